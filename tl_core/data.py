@@ -1,0 +1,280 @@
+"""Datasets: find the images in a folder, split them, and build the transforms the weights expect.
+
+Two layouts are accepted:
+  root/train/<class>/*  +  root/val/<class>/*     (split by the user)
+  root/<class>/*                                  (split here: per class, seeded, stratified)
+Validation always uses the deterministic transform; augmentation is for training only.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2 as T
+
+from .backbones import Preprocessing
+from .errors import UserError
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+AUGMENTATIONS = ("none", "light", "standard")
+
+
+@dataclass
+class Item:
+    path: str
+    label: int
+
+
+@dataclass
+class DatasetIndex:
+    """Every usable image under a dataset root, and what was skipped."""
+
+    root: str
+    layout: str  # "split" (train/ + val/) or "folders" (one folder per class)
+    classes: list[str]
+    items: dict[str, list[Item]]  # "all" for the folders layout, else "train" and "val"
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    sizes: list[tuple[int, int]] = field(default_factory=list)  # (width, height) of each image
+
+
+@dataclass
+class Splits:
+    classes: list[str]
+    train: list[Item]
+    val: list[Item]
+    index: DatasetIndex
+
+
+# --- finding images -----------------------------------------------------------------------
+
+
+def _class_dirs(folder: Path) -> list[Path]:
+    return sorted((d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")),
+                  key=lambda d: d.name)
+
+
+def _scan_class(folder: Path, label: int, index: DatasetIndex) -> list[Item]:
+    items = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+            index.skipped.append((str(path), "not an image file"))
+            continue
+        try:
+            with Image.open(path) as img:  # reads the header only
+                index.sizes.append(img.size)
+        except Exception as e:
+            index.skipped.append((str(path), f"unreadable: {e.__class__.__name__}"))
+            continue
+        items.append(Item(str(path), label))
+    return items
+
+
+def _scan_classes(folder: Path, classes: list[str], index: DatasetIndex) -> list[Item]:
+    items: list[Item] = []
+    for label, name in enumerate(classes):
+        found = _scan_class(folder / name, label, index)
+        if not found:
+            raise UserError(f"class {name!r} in {folder / name} has no readable images; "
+                            f"add images or remove the folder")
+        items.extend(found)
+    return items
+
+
+def scan_dataset(root: str | os.PathLike) -> DatasetIndex:
+    """Find classes and images under `root`; raise UserError for a folder that cannot train."""
+    path = Path(root).expanduser()
+    if not path.exists():
+        raise UserError(f"dataset folder {path} does not exist; pass a folder with one sub-folder "
+                        f"of images per class (or train/ and val/ folders holding those)")
+    if not path.is_dir():
+        raise UserError(f"dataset path {path} is a file, not a folder; pass the folder that holds "
+                        f"one sub-folder of images per class")
+    path = path.resolve()
+    train, val = path / "train", path / "val"
+    if train.is_dir() and val.is_dir():
+        classes = [d.name for d in _class_dirs(train)]
+        val_classes = [d.name for d in _class_dirs(val)]
+        if classes != val_classes:
+            only_train = sorted(set(classes) - set(val_classes))
+            only_val = sorted(set(val_classes) - set(classes))
+            raise UserError(f"train/ and val/ in {path} have different classes (only in train: "
+                            f"{only_train or 'none'}; only in val: {only_val or 'none'}); "
+                            f"give both the same class folders")
+        _check_classes(classes, path)
+        index = DatasetIndex(str(path), "split", classes, {})
+        index.items["train"] = _scan_classes(train, classes, index)
+        index.items["val"] = _scan_classes(val, classes, index)
+    else:
+        classes = [d.name for d in _class_dirs(path)]
+        _check_classes(classes, path)
+        index = DatasetIndex(str(path), "folders", classes, {})
+        index.items["all"] = _scan_classes(path, classes, index)
+    return index
+
+
+def _check_classes(classes: list[str], path: Path) -> None:
+    if not classes:
+        raise UserError(f"dataset folder {path} has no class folders; put each class's images in "
+                        f"a sub-folder named after the class")
+    if len(classes) < 2:
+        raise UserError(f"dataset folder {path} has only one class ({classes[0]!r}); a classifier "
+                        f"needs at least two class folders")
+
+
+# --- splitting ------------------------------------------------------------------------------
+
+
+def _by_class(items: list[Item]) -> dict[int, list[Item]]:
+    groups: dict[int, list[Item]] = {}
+    for it in items:
+        groups.setdefault(it.label, []).append(it)
+    return groups
+
+
+def _keep_fraction(items: list[Item], fraction: float, rng: random.Random) -> list[Item]:
+    """Keep `fraction` of every class (at least one image each), chosen by `rng`."""
+    if fraction >= 1.0:
+        return items
+    kept: list[Item] = []
+    for _, group in sorted(_by_class(items).items()):
+        group = list(group)
+        rng.shuffle(group)
+        kept.extend(group[:max(1, round(len(group) * fraction))])
+    return sorted(kept, key=lambda it: (it.label, it.path))
+
+
+def split_dataset(index: DatasetIndex, val_fraction: float = 0.2, train_fraction: float = 1.0,
+                  seed: int = 0) -> Splits:
+    """Train/val items: the user's split, or a stratified seeded split per class."""
+    rng = random.Random(seed)
+    if index.layout == "split":
+        train, val = list(index.items["train"]), list(index.items["val"])
+    else:
+        train, val = [], []
+        for label, group in sorted(_by_class(index.items["all"]).items()):
+            if len(group) < 2:
+                raise UserError(f"class {index.classes[label]!r} has {len(group)} image; each class "
+                                f"needs at least 2 to be split into train and val")
+            group = list(group)
+            rng.shuffle(group)
+            n_val = min(len(group) - 1, max(1, round(len(group) * val_fraction)))
+            val.extend(group[:n_val])
+            train.extend(group[n_val:])
+        train.sort(key=lambda it: (it.label, it.path))
+        val.sort(key=lambda it: (it.label, it.path))
+    train = _keep_fraction(train, train_fraction, rng)
+    return Splits(index.classes, train, val, index)
+
+
+# --- images and transforms -----------------------------------------------------------------
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode to 8-bit RGB: 16-bit and float scaled, alpha composited on white."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = arr.max() if arr.size else 0
+        arr = arr / hi * 255 if hi > 255 else arr
+        img = Image.fromarray(arr.clip(0, 255).astype(np.uint8), "L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert("RGB")
+
+
+def load_image(path: str) -> Image.Image:
+    with Image.open(path) as img:
+        return to_rgb(img)
+
+
+def build_transforms(pre: Preprocessing, image_size: int, augment: str = "none") -> tuple[T.Compose, T.Compose]:
+    """(train, val) transforms at `image_size`, normalised with the weights' own mean/std."""
+    if augment not in AUGMENTATIONS:
+        raise UserError(f"unknown augmentation {augment!r}; choose one of {', '.join(AUGMENTATIONS)}")
+    interp = T.InterpolationMode(pre.interpolation)
+    to_tensor = [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(pre.mean, pre.std)]
+    # Resize so that the centre crop keeps the weights' crop ratio (224 of 256 for most).
+    resize = math.floor(image_size / pre.crop_pct + 0.5)
+    val = T.Compose([T.Resize(resize, interpolation=interp), T.CenterCrop(image_size), *to_tensor])
+    if augment == "none":
+        return val, val
+    if augment == "light":
+        aug = [T.RandomResizedCrop(image_size, scale=(0.6, 1.0), interpolation=interp),
+               T.RandomHorizontalFlip()]
+    else:
+        aug = [T.RandomResizedCrop(image_size, scale=(0.25, 1.0), interpolation=interp),
+               T.RandomHorizontalFlip(), T.ColorJitter(0.3, 0.3, 0.3, 0.05)]
+    return T.Compose([*aug, *to_tensor]), val
+
+
+class ImageDataset(Dataset):
+    def __init__(self, items: list[Item], transform):
+        self.items = items
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        item = self.items[i]
+        return self.transform(load_image(item.path)), item.label
+
+
+def make_loaders(splits: Splits, train_tf, val_tf, batch_size: int, seed: int, workers: int,
+                 pin_memory: bool = False) -> tuple[DataLoader, DataLoader]:
+    g = torch.Generator().manual_seed(seed)
+    common = dict(num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0)
+    # drop_last keeps BatchNorm away from a final batch of one image.
+    drop_last = len(splits.train) > batch_size and len(splits.train) % batch_size == 1
+    train = DataLoader(ImageDataset(splits.train, train_tf), batch_size=batch_size, shuffle=True,
+                       generator=g, drop_last=drop_last, **common)
+    val = DataLoader(ImageDataset(splits.val, val_tf), batch_size=batch_size, shuffle=False, **common)
+    return train, val
+
+
+# --- the report ---------------------------------------------------------------------------
+
+
+def dataset_report(root: str | os.PathLike, val_fraction: float = 0.2, seed: int = 0) -> dict:
+    """Classes, images per class per split, image sizes, skipped files: for the CLI and UI."""
+    index = scan_dataset(root)
+    splits = split_dataset(index, val_fraction=val_fraction, seed=seed)
+    train_counts = Counter(it.label for it in splits.train)
+    val_counts = Counter(it.label for it in splits.val)
+    widths = [w for w, _ in index.sizes] or [0]
+    heights = [h for _, h in index.sizes] or [0]
+    per_class = {name: {"train": train_counts[i], "val": val_counts[i]} for i, name in enumerate(index.classes)}
+    totals = [c["train"] + c["val"] for c in per_class.values()]
+    warnings = []
+    if max(totals) >= 3 * max(1, min(totals)):
+        warnings.append(f"imbalanced classes: {min(totals)} to {max(totals)} images per class")
+    few = [n for n, c in per_class.items() if c["train"] + c["val"] < 10]
+    if few:
+        warnings.append(f"classes with fewer than 10 images: {', '.join(few)}")
+    if index.skipped:
+        warnings.append(f"{len(index.skipped)} files skipped (not images or unreadable)")
+    return {
+        "root": index.root,
+        "layout": index.layout,
+        "classes": index.classes,
+        "num_classes": len(index.classes),
+        "per_class": per_class,
+        "train_images": len(splits.train),
+        "val_images": len(splits.val),
+        "image_size": {"min": [min(widths), min(heights)], "max": [max(widths), max(heights)],
+                       "median": [int(np.median(widths)), int(np.median(heights))]},
+        "skipped": [{"path": p, "reason": r} for p, r in index.skipped],
+        "warnings": warnings,
+    }

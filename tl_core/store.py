@@ -1,0 +1,351 @@
+"""The experiment store: experiments, runs, per-epoch metrics and per-class results.
+
+Shaped after mlflow's SQLAlchemy tracking store: a run holds its config as JSON, metrics are
+narrow rows (run, epoch, key, value) so a new metric needs no migration, the run status sits
+under a check constraint, and every public method returns plain dataclasses, never ORM rows.
+SQLite (the default) gets WAL, a busy timeout and foreign keys; the same code runs on
+PostgreSQL through `DATABASE_URL`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    delete,
+    event,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+STATUSES = ("queued", "running", "completed", "failed", "cancelled")
+FINISHED = ("completed", "failed", "cancelled")
+DEFAULT_DB_URL = "sqlite:///experiments.db"
+
+
+def default_db_url() -> str:
+    return os.environ.get("DATABASE_URL") or DEFAULT_DB_URL
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+# --- tables -----------------------------------------------------------------------------
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class SqlExperiment(Base):
+    __tablename__ = "experiments"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=_now)
+
+
+class SqlRun(Base):
+    __tablename__ = "runs"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('queued', 'running', 'completed', 'failed', 'cancelled')",
+            name="run_status",
+        ),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(20), default="queued", index=True)
+    config: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=_now)
+    started_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    ended_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    host: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    worker_pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    epochs_done: Mapped[int] = mapped_column(Integer, default=0)
+    best_val_acc: Mapped[float | None] = mapped_column(Float, nullable=True)
+    best_epoch: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    summary: Mapped[dict] = mapped_column(JSON, default=dict)
+    environment: Mapped[dict] = mapped_column(JSON, default=dict)
+    run_dir: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class SqlEpochMetric(Base):
+    __tablename__ = "epoch_metrics"
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    value: Mapped[float] = mapped_column(Float)
+
+
+class SqlClassMetric(Base):
+    __tablename__ = "class_metrics"
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    class_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    class_name: Mapped[str] = mapped_column(String(300))
+    precision: Mapped[float] = mapped_column(Float)
+    recall: Mapped[float] = mapped_column(Float)
+    f1: Mapped[float] = mapped_column(Float)
+    support: Mapped[int] = mapped_column(Integer)
+    # This class's row of the confusion matrix: counts of predictions per class.
+    confusion: Mapped[list] = mapped_column(JSON)
+
+
+# --- plain domain objects ---------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    id: int
+    experiment: str
+    name: str
+    status: str
+    config: dict
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    ended_at: dt.datetime | None
+    pid: int | None
+    host: str | None
+    worker_pid: int | None
+    error: str | None
+    cancel_requested: bool
+    epochs_done: int
+    best_val_acc: float | None
+    best_epoch: int | None
+    summary: dict = field(default_factory=dict)
+    environment: dict = field(default_factory=dict)
+    run_dir: str | None = None
+
+    @property
+    def epochs(self) -> int:
+        return int(self.config.get("epochs", 0))
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.started_at is None:
+            return None
+        return ((self.ended_at or _now()) - self.started_at).total_seconds()
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        for k in ("created_at", "started_at", "ended_at"):
+            d[k] = d[k].isoformat() if d[k] else None
+        d["duration_s"] = self.duration_s
+        return d
+
+
+@dataclass
+class ClassMetric:
+    class_index: int
+    class_name: str
+    precision: float
+    recall: float
+    f1: float
+    support: int
+    confusion: list[int]
+
+
+def _to_run(row: SqlRun, experiment: str) -> Run:
+    return Run(
+        id=row.id, experiment=experiment, name=row.name, status=row.status,
+        config=dict(row.config or {}), created_at=row.created_at, started_at=row.started_at,
+        ended_at=row.ended_at, pid=row.pid, host=row.host, worker_pid=row.worker_pid,
+        error=row.error, cancel_requested=bool(row.cancel_requested),
+        epochs_done=row.epochs_done, best_val_acc=row.best_val_acc, best_epoch=row.best_epoch,
+        summary=dict(row.summary or {}), environment=dict(row.environment or {}),
+        run_dir=row.run_dir,
+    )
+
+
+class UnknownRun(LookupError):
+    pass
+
+
+# --- the store --------------------------------------------------------------------------
+
+
+class Store:
+    """All reads and writes of experiments, runs and metrics go through here."""
+
+    def __init__(self, url: str | None = None):
+        self.url = url or default_db_url()
+        is_sqlite = self.url.startswith("sqlite")
+        connect_args = {"timeout": 30} if is_sqlite else {}
+        self.engine = create_engine(self.url, connect_args=connect_args, pool_pre_ping=not is_sqlite)
+        if is_sqlite:
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        Base.metadata.create_all(self.engine)
+        self._session = sessionmaker(self.engine, expire_on_commit=False)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # experiments
+    def experiment_id(self, name: str) -> int:
+        """Id of the experiment called `name`, made on first use."""
+        with self._session.begin() as s:
+            found = s.scalar(select(SqlExperiment.id).where(SqlExperiment.name == name))
+            if found is not None:
+                return found
+            exp = SqlExperiment(name=name)
+            s.add(exp)
+            s.flush()
+            return exp.id
+
+    def list_experiments(self) -> list[str]:
+        with self._session() as s:
+            return list(s.scalars(select(SqlExperiment.name).order_by(SqlExperiment.id)))
+
+    # runs
+    def create_run(self, config: dict, experiment: str = "default", name: str | None = None,
+                   status: str = "queued") -> Run:
+        exp_id = self.experiment_id(experiment)
+        with self._session.begin() as s:
+            row = SqlRun(experiment_id=exp_id, name=name or "", status=status, config=config,
+                         summary={}, environment={})
+            s.add(row)
+            s.flush()
+            if not row.name:
+                row.name = f"{config.get('strategy', 'run')}-{row.id}"
+            return _to_run(row, experiment)
+
+    def get_run(self, run_id: int) -> Run:
+        with self._session() as s:
+            found = s.execute(
+                select(SqlRun, SqlExperiment.name).join(SqlExperiment).where(SqlRun.id == run_id)
+            ).first()
+            if found is None:
+                raise UnknownRun(f"no run with id {run_id}")
+            return _to_run(found[0], found[1])
+
+    def list_runs(self, experiment: str | None = None, statuses: Iterable[str] | None = None,
+                  run_ids: Iterable[int] | None = None) -> list[Run]:
+        q = select(SqlRun, SqlExperiment.name).join(SqlExperiment).order_by(SqlRun.id.desc())
+        if experiment:
+            q = q.where(SqlExperiment.name == experiment)
+        if statuses:
+            q = q.where(SqlRun.status.in_(list(statuses)))
+        if run_ids is not None:
+            q = q.where(SqlRun.id.in_(list(run_ids)))
+        with self._session() as s:
+            return [_to_run(r, e) for r, e in s.execute(q).all()]
+
+    def update_run(self, run_id: int, **fields: Any) -> None:
+        if "status" in fields and fields["status"] not in STATUSES:
+            raise ValueError(f"unknown status {fields['status']!r}")
+        with self._session.begin() as s:
+            s.execute(update(SqlRun).where(SqlRun.id == run_id).values(**fields))
+
+    def start_run(self, run_id: int, pid: int, host: str, environment: dict, run_dir: str) -> None:
+        self.update_run(run_id, status="running", started_at=_now(), pid=pid, host=host,
+                        environment=environment, run_dir=run_dir, error=None)
+
+    def finish_run(self, run_id: int, status: str, error: str | None = None,
+                   summary: dict | None = None) -> None:
+        fields: dict[str, Any] = {"status": status, "ended_at": _now(), "error": error}
+        if summary is not None:
+            fields["summary"] = summary
+        self.update_run(run_id, **fields)
+
+    def request_cancel(self, run_id: int) -> Run:
+        """Queued runs are cancelled at once; running ones stop at their next batch."""
+        run = self.get_run(run_id)
+        with self._session.begin() as s:
+            s.execute(update(SqlRun).where(SqlRun.id == run_id).values(cancel_requested=True))
+            s.execute(update(SqlRun).where(SqlRun.id == run_id, SqlRun.status == "queued")
+                      .values(status="cancelled", ended_at=_now()))
+        return self.get_run(run.id)
+
+    def cancel_requested(self, run_id: int) -> bool:
+        with self._session() as s:
+            return bool(s.scalar(select(SqlRun.cancel_requested).where(SqlRun.id == run_id)))
+
+    def claim_next_queued(self, worker_pid: int) -> Run | None:
+        """Atomically move the oldest queued run to running for this worker, or None."""
+        with self._session.begin() as s:
+            run_id = s.scalar(select(SqlRun.id).where(SqlRun.status == "queued")
+                              .order_by(SqlRun.id).limit(1))
+            if run_id is None:
+                return None
+            # The status guard makes the claim safe when two workers race for one run.
+            claimed = s.execute(update(SqlRun).where(SqlRun.id == run_id, SqlRun.status == "queued")
+                                .values(status="running", started_at=_now(), worker_pid=worker_pid))
+            if claimed.rowcount != 1:
+                return None
+        return self.get_run(run_id)
+
+    def delete_run(self, run_id: int) -> None:
+        with self._session.begin() as s:
+            s.execute(delete(SqlEpochMetric).where(SqlEpochMetric.run_id == run_id))
+            s.execute(delete(SqlClassMetric).where(SqlClassMetric.run_id == run_id))
+            s.execute(delete(SqlRun).where(SqlRun.id == run_id))
+
+    # metrics
+    def log_epoch(self, run_id: int, epoch: int, metrics: dict[str, float],
+                  best: tuple[float, int] | None = None) -> None:
+        """One epoch's metrics and the run's progress, in one transaction."""
+        with self._session.begin() as s:
+            s.add_all(SqlEpochMetric(run_id=run_id, epoch=epoch, key=k, value=float(v))
+                      for k, v in metrics.items())
+            progress: dict[str, Any] = {"epochs_done": epoch + 1}
+            if best is not None:
+                progress.update(best_val_acc=best[0], best_epoch=best[1])
+            s.execute(update(SqlRun).where(SqlRun.id == run_id).values(**progress))
+
+    def epoch_metrics(self, run_ids: Iterable[int]) -> dict[int, dict[int, dict[str, float]]]:
+        """{run_id: {epoch: {key: value}}} for the given runs."""
+        ids = list(run_ids)
+        out: dict[int, dict[int, dict[str, float]]] = {i: {} for i in ids}
+        if not ids:
+            return out
+        q = select(SqlEpochMetric.run_id, SqlEpochMetric.epoch, SqlEpochMetric.key,
+                   SqlEpochMetric.value).where(SqlEpochMetric.run_id.in_(ids))
+        with self._session() as s:
+            for run_id, epoch, key, value in s.execute(q):
+                out[run_id].setdefault(epoch, {})[key] = value
+        return {r: dict(sorted(e.items())) for r, e in out.items()}
+
+    def count_epoch_rows(self, run_id: int) -> int:
+        with self._session() as s:
+            return s.scalar(select(func.count()).select_from(SqlEpochMetric)
+                            .where(SqlEpochMetric.run_id == run_id)) or 0
+
+    def log_class_metrics(self, run_id: int, rows: list[ClassMetric]) -> None:
+        with self._session.begin() as s:
+            s.execute(delete(SqlClassMetric).where(SqlClassMetric.run_id == run_id))
+            s.add_all(SqlClassMetric(run_id=run_id, **r.__dict__) for r in rows)
+
+    def class_metrics(self, run_id: int) -> list[ClassMetric]:
+        q = select(SqlClassMetric).where(SqlClassMetric.run_id == run_id).order_by(SqlClassMetric.class_index)
+        with self._session() as s:
+            return [ClassMetric(r.class_index, r.class_name, r.precision, r.recall, r.f1,
+                                r.support, list(r.confusion)) for r in s.scalars(q)]
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    # WAL lets the dashboard read while a run writes; busy_timeout waits out a writer
+    # instead of failing with "database is locked"; SQLite enforces foreign keys only on ask.
+    cur = dbapi_connection.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()

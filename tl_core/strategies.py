@@ -1,0 +1,212 @@
+"""Transfer strategies: which layer groups train, and at what learning rate, epoch by epoch.
+
+A strategy is a small declarative object over a backbone's ordered layer groups
+(stem, stages..., head). It answers two questions and nothing else:
+  n_trainable(epoch, val_losses): how many groups, counted from the head down, train now;
+  lr_multipliers(n_trainable):    each trainable group's LR as a multiple of the base LR.
+The training loop asks them every epoch; there is no per-strategy branch in the loop. Because
+the answers depend only on the epoch and the validation-loss history, a resumed run gets the
+same plan back. Groups are numbered k = 1..L with the head L; discriminative LRs follow
+lr_k = base / decay^(L-k).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class StrategyParams:
+    """The knobs strategies read (a subset of the run config)."""
+
+    unfreeze: int = 2  # partial: body groups trained below the head
+    lr_decay: float = 3.0  # discriminative / progressive: LR ratio between neighbouring groups
+    head_epochs: int = 2  # two_phase: epochs with only the head training
+    phase2_lr_factor: float = 0.1  # two_phase: LR of the second phase, as a multiple of base
+    unfreeze_every: int = 1  # progressive: epochs between unfreezing steps ("schedule")
+    unfreeze_on: str = "schedule"  # progressive: "schedule" or "plateau" (of val loss)
+    patience: int = 1  # progressive, plateau: epochs without improvement before unfreezing
+
+
+class Strategy:
+    name: str = ""
+    summary: str = ""  # what it does, one sentence
+    when: str = ""  # when to use it, one sentence
+    default_lr: float = 1e-3
+    pretrained: bool = True  # False: random init (the scratch baseline)
+    knobs: tuple[str, ...] = ()  # StrategyParams fields this strategy reads
+
+    def n_trainable(self, epoch: int, n_groups: int, p: StrategyParams,
+                    val_losses: Sequence[float] = ()) -> int:
+        """Groups trainable in `epoch` (0-based), counted from the head: 1 = head only."""
+        return n_groups
+
+    def lr_multipliers(self, n_trainable: int, n_groups: int, p: StrategyParams) -> list[float]:
+        """LR multiple of each of the top `n_trainable` groups, ordered stem-side first."""
+        return [1.0] * n_trainable
+
+    def next_change(self, epoch: int, n_groups: int, p: StrategyParams) -> int | None:
+        """The next epoch at which the plan is known to change (the LR schedule's phase end)."""
+        return None
+
+    def validate(self, n_groups: int, epochs: int, p: StrategyParams) -> None:
+        """Raise UserError for settings this strategy cannot run with."""
+
+
+def discriminative(n_trainable: int, n_groups: int, decay: float) -> list[float]:
+    """lr_k / base = 1 / decay^(L-k) for the top n_trainable groups k = L-n+1..L."""
+    return [1.0 / decay ** (n_groups - k) for k in range(n_groups - n_trainable + 1, n_groups + 1)]
+
+
+_REGISTRY: dict[str, Strategy] = {}
+
+
+def register_strategy(cls: type[Strategy]) -> type[Strategy]:
+    if cls.name in _REGISTRY:
+        raise ValueError(f"strategy {cls.name!r} is registered twice")
+    _REGISTRY[cls.name] = cls()
+    return cls
+
+
+def list_strategies() -> list[str]:
+    return list(_REGISTRY)
+
+
+def get_strategy(name: str) -> Strategy:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UserError(f"unknown strategy {name!r}; choose one of: {', '.join(_REGISTRY)}") from None
+
+
+@register_strategy
+class FeatureExtraction(Strategy):
+    name = "feature_extraction"
+    summary = "Freeze the whole pretrained backbone and train only a new head on its features."
+    when = "Small dataset close to ImageNet-like images: cheapest, and hard to overfit."
+    default_lr = 1e-3
+
+    def n_trainable(self, epoch, n_groups, p, val_losses=()):
+        return 1
+
+
+@register_strategy
+class Partial(Strategy):
+    name = "partial"
+    summary = "Train the new head and the last N layer groups; keep the earlier, generic layers frozen."
+    when = "Medium dataset, or images somewhat unlike ImageNet: adapt the high-level features only."
+    default_lr = 1e-3
+    knobs = ("unfreeze",)
+
+    def n_trainable(self, epoch, n_groups, p, val_losses=()):
+        return p.unfreeze + 1
+
+    def validate(self, n_groups, epochs, p):
+        if not 1 <= p.unfreeze <= n_groups - 1:
+            raise UserError(f"--unfreeze {p.unfreeze}: this backbone has {n_groups - 1} layer groups "
+                            f"below the head; choose 1 to {n_groups - 1}")
+
+
+@register_strategy
+class Full(Strategy):
+    name = "full"
+    summary = "Fine-tune every layer at a low learning rate, starting from the pretrained weights."
+    when = "Plenty of data (hundreds of images per class) or a domain far from ImageNet."
+    default_lr = 1e-4
+
+
+@register_strategy
+class TwoPhase(Strategy):
+    name = "two_phase"
+    summary = "Train the head alone first, then unfreeze everything and fine-tune at a lower LR."
+    when = "A safer full fine-tune: the new head settles before its gradients reach the backbone."
+    default_lr = 1e-3
+    knobs = ("head_epochs", "phase2_lr_factor")
+
+    def n_trainable(self, epoch, n_groups, p, val_losses=()):
+        return 1 if epoch < p.head_epochs else n_groups
+
+    def lr_multipliers(self, n_trainable, n_groups, p):
+        return [1.0] if n_trainable == 1 else [p.phase2_lr_factor] * n_trainable
+
+    def next_change(self, epoch, n_groups, p):
+        return p.head_epochs if epoch < p.head_epochs else None
+
+    def validate(self, n_groups, epochs, p):
+        if not 1 <= p.head_epochs < epochs:
+            raise UserError(f"--head-epochs {p.head_epochs}: the head-only phase must last 1 to "
+                            f"{epochs - 1} epochs of the {epochs}")
+        if p.phase2_lr_factor <= 0:
+            raise UserError("--phase2-lr-factor must be > 0 (0.1 trains the second phase at LR/10)")
+
+
+@register_strategy
+class Discriminative(Strategy):
+    name = "discriminative"
+    summary = "Fine-tune every layer, with learning rates falling by a factor per group towards the stem."
+    when = "Full fine-tuning that protects the generic early features: lr_k = base / decay^(L-k)."
+    default_lr = 1e-3
+    knobs = ("lr_decay",)
+
+    def lr_multipliers(self, n_trainable, n_groups, p):
+        return discriminative(n_trainable, n_groups, p.lr_decay)
+
+    def validate(self, n_groups, epochs, p):
+        _check_decay(p)
+
+
+@register_strategy
+class Progressive(Strategy):
+    name = "progressive"
+    summary = "Start with the head; unfreeze one more group, top down, every K epochs or on a val-loss plateau."
+    when = "Small to medium data where full fine-tuning overfits: the ULMFiT recipe."
+    default_lr = 1e-3
+    knobs = ("unfreeze_every", "unfreeze_on", "patience", "lr_decay")
+
+    def n_trainable(self, epoch, n_groups, p, val_losses=()):
+        if p.unfreeze_on == "schedule":
+            return min(n_groups, 1 + epoch // p.unfreeze_every)
+        # Plateau: replay the history, unfreezing one group each time `patience` epochs pass
+        # without a new best val loss. Pure in the history, so a resume replays the same steps.
+        n, best, waited = 1, float("inf"), 0
+        for loss in val_losses[:epoch]:
+            if loss < best - 1e-4:
+                best, waited = loss, 0
+            else:
+                waited += 1
+            if waited >= p.patience:
+                n, waited = min(n_groups, n + 1), 0
+        return n
+
+    def lr_multipliers(self, n_trainable, n_groups, p):
+        return discriminative(n_trainable, n_groups, p.lr_decay)
+
+    def next_change(self, epoch, n_groups, p):
+        if p.unfreeze_on != "schedule" or 1 + epoch // p.unfreeze_every >= n_groups:
+            return None
+        return (epoch // p.unfreeze_every + 1) * p.unfreeze_every
+
+    def validate(self, n_groups, epochs, p):
+        _check_decay(p)
+        if p.unfreeze_on not in ("schedule", "plateau"):
+            raise UserError(f"--unfreeze-on {p.unfreeze_on!r}: choose schedule or plateau")
+        if p.unfreeze_every < 1 or p.patience < 1:
+            raise UserError("--unfreeze-every and --patience must be at least 1 epoch")
+
+
+@register_strategy
+class Scratch(Strategy):
+    name = "scratch"
+    summary = "Random initialisation, every layer trained: the baseline that shows what pretraining buys."
+    when = "As a control in a comparison, or when the images share nothing with ImageNet."
+    default_lr = 1e-3
+    pretrained = False
+
+
+def _check_decay(p: StrategyParams) -> None:
+    if p.lr_decay < 1:
+        raise UserError(f"--lr-decay {p.lr_decay}: must be at least 1 (2.6 to 10 is usual; "
+                        f"1 gives every group the same LR)")

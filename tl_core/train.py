@@ -1,0 +1,369 @@
+"""The training loop: one run, from its stored config to its recorded epochs and checkpoints.
+
+Read it top to bottom in `train_run`. The strategy decides, each epoch, how many layer groups
+train and at what LR; the loop only applies that plan:
+  1. freeze everything below the trainable groups (BatchNorm there stays in eval mode);
+  2. give the optimizer any newly trainable group, at its own LR;
+  3. train one epoch, setting each group's LR from the schedule at every step;
+  4. validate, record the epoch's metrics, save the checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import random
+import resource
+import socket
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from . import backbones, data
+from .config import RunConfig
+from .errors import UserError
+from .store import ClassMetric, Store
+from .strategies import Strategy, get_strategy
+
+
+class RunCancelled(Exception):
+    pass
+
+
+@dataclass
+class RunResult:
+    run_id: int
+    status: str
+    best_val_acc: float | None
+    best_epoch: int | None
+    epochs: int
+    error: str | None = None
+
+
+def runs_dir() -> Path:
+    return Path(os.environ.get("TL_RUNS_DIR", "runs"))
+
+
+# --- small pure helpers -----------------------------------------------------------------
+
+
+def lr_factor(schedule: str, t: float) -> float:
+    """Multiple of a group's peak LR at progress t in [0, 1) through the current phase."""
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * t))
+    if schedule == "step":  # x0.1 at half and at three quarters of the phase
+        return 0.1 ** ((t >= 0.5) + (t >= 0.75))
+    if schedule == "onecycle":  # warm up from 1/25 over 25%, then cosine anneal to 1/25e4
+        warm, start, end = 0.25, 1 / 25, 1 / 25e4
+        if t < warm:
+            return start + (1 - start) * 0.5 * (1 - math.cos(math.pi * t / warm))
+        return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * (t - warm) / (1 - warm)))
+    raise ValueError(f"unknown schedule {schedule!r}")
+
+
+def freeze_to(groups: list[backbones.LayerGroup], n_trainable: int) -> None:
+    """Train the top `n_trainable` groups (the head is the last); freeze the rest."""
+    boundary = len(groups) - n_trainable
+    for i, group in enumerate(groups):
+        for p in group.parameters():
+            p.requires_grad_(i >= boundary)
+
+
+def set_train_mode(model: nn.Module, groups: list[backbones.LayerGroup], n_trainable: int) -> None:
+    """model.train(), but frozen groups in eval mode: their BatchNorm statistics stay put."""
+    model.train()
+    for group in groups[: len(groups) - n_trainable]:
+        for module in group.modules():
+            module.eval()
+
+
+def make_optimizer(cfg: RunConfig, param_groups: list[dict]) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(param_groups, lr=cfg.base_lr, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay, nesterov=True)
+    return torch.optim.AdamW(param_groups, lr=cfg.base_lr, weight_decay=cfg.weight_decay)
+
+
+def sync_param_groups(optimizer: torch.optim.Optimizer | None, cfg: RunConfig, groups, n_trainable: int,
+                      multipliers: list[float]) -> torch.optim.Optimizer:
+    """Make the optimizer hold exactly the trainable groups, each at base LR x its multiplier.
+
+    Groups already in the optimizer keep their state (Adam moments) and get their new peak LR;
+    newly unfrozen groups are added (as fastai's freeze_to moves a boundary, not a rebuild).
+    """
+    top = groups[len(groups) - n_trainable:]
+    wanted = [{"params": g.parameters(), "name": g.name, "peak_lr": cfg.base_lr * m, "lr": cfg.base_lr * m}
+              for g, m in zip(top, multipliers)]
+    if optimizer is None:
+        return make_optimizer(cfg, wanted)
+    have = {pg["name"]: pg for pg in optimizer.param_groups}
+    for w in wanted:
+        if w["name"] in have:
+            have[w["name"]]["peak_lr"] = w["peak_lr"]
+        else:
+            optimizer.add_param_group(w)
+    # Groups are only ever unfrozen; keep them ordered stem-side first like the model.
+    order = {g.name: i for i, g in enumerate(groups)}
+    optimizer.param_groups.sort(key=lambda pg: order[pg["name"]])
+    return optimizer
+
+
+def per_class_metrics(confusion: torch.Tensor, classes: list[str]) -> list[ClassMetric]:
+    """Precision, recall and F1 of each class from a (true x predicted) confusion matrix."""
+    cm = confusion.double()
+    tp = cm.diag()
+    precision = tp / cm.sum(0).clamp(min=1)
+    recall = tp / cm.sum(1).clamp(min=1)
+    f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
+    return [ClassMetric(i, name, float(precision[i]), float(recall[i]), float(f1[i]),
+                        int(cm[i].sum()), [int(x) for x in confusion[i].tolist()])
+            for i, name in enumerate(classes)]
+
+
+def pick_device(preference: str) -> torch.device:
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA GPU is visible; use --device auto or cpu")
+    if preference == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda")
+
+
+def environment(device: torch.device) -> dict:
+    import timm
+    import torchvision
+
+    env = {"torch": torch.__version__, "torchvision": torchvision.__version__, "timm": timm.__version__,
+           "python": platform.python_version(), "device": str(device), "threads": torch.get_num_threads(),
+           "cpus": os.cpu_count()}
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _save(obj: dict, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)  # a crash mid-write never leaves a half checkpoint
+
+
+# --- one epoch ----------------------------------------------------------------------------
+
+
+@dataclass
+class Phase:
+    start: int  # first epoch of the phase
+    end: int  # epoch at which the phase's LR schedule ends
+
+
+def train_one_epoch(model, loader, optimizer, loss_fn, cfg: RunConfig, device, amp, scaler, phase: Phase,
+                    epoch: int, bar, should_stop) -> tuple[float, float, int]:
+    steps_per_epoch = len(loader)
+    phase_steps = max(1, (phase.end - phase.start) * steps_per_epoch)
+    total_loss, correct, seen = 0.0, 0, 0
+    for i, (x, y) in enumerate(loader):
+        if should_stop():
+            raise RunCancelled()
+        # The schedule restarts with every phase (each unfreezing step is a new fit).
+        t = ((epoch - phase.start) * steps_per_epoch + i) / phase_steps
+        for pg in optimizer.param_groups:
+            pg["lr"] = pg["peak_lr"] * lr_factor(cfg.schedule, min(t, 1.0))
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            logits = model(x)
+            loss = loss_fn(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        total_loss += loss.item() * len(y)
+        correct += (logits.argmax(1) == y).sum().item()
+        seen += len(y)
+        bar.update(1)
+        bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
+    return total_loss / max(seen, 1), correct / max(seen, 1), seen
+
+
+@torch.inference_mode()
+def evaluate(model, loader, loss_fn, device, amp, num_classes: int) -> dict:
+    model.eval()
+    total_loss, correct, top5, seen = 0.0, 0, 0, 0
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            logits = model(x)
+        total_loss += loss_fn(logits.float(), y).item() * len(y)
+        pred = logits.argmax(1)
+        correct += (pred == y).sum().item()
+        if num_classes >= 5:
+            top5 += (logits.topk(5, 1).indices == y[:, None]).any(1).sum().item()
+        confusion += torch.bincount((y * num_classes + pred).cpu(), minlength=num_classes ** 2).view(
+            num_classes, num_classes)
+        seen += len(y)
+    out = {"val_loss": total_loss / max(seen, 1), "val_acc": correct / max(seen, 1), "confusion": confusion}
+    if num_classes >= 5:
+        out["val_top5"] = top5 / max(seen, 1)
+    return out
+
+
+# --- the run ------------------------------------------------------------------------------
+
+
+def train_run(store: Store, run_id: int, progress: bool = True) -> RunResult:
+    """Train run `run_id` from its stored config; record every epoch; never leave it 'running'."""
+    run = store.get_run(run_id)
+    cfg = RunConfig(**run.config)
+    run_dir = runs_dir() / str(run_id)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        device = pick_device(cfg.device)
+        store.start_run(run_id, os.getpid(), socket.gethostname(), environment(device), str(run_dir.resolve()))
+        return _fit(store, run_id, cfg, device, run_dir, progress)
+    except RunCancelled:
+        store.finish_run(run_id, "cancelled", error="cancelled by request")
+        return _result(store, run_id)
+    except Exception as e:  # the run must end failed, with a readable reason, whatever broke
+        store.finish_run(run_id, "failed", error=_explain(e))
+        if not isinstance(e, UserError):
+            traceback.print_exc(file=sys.stderr)
+        return _result(store, run_id)
+
+
+def _explain(e: Exception) -> str:
+    if isinstance(e, torch.cuda.OutOfMemoryError):
+        return f"CUDA out of memory: reduce --batch-size or --image-size ({e})"
+    if isinstance(e, UserError):
+        return str(e)
+    return f"{type(e).__name__}: {e}"
+
+
+def _result(store: Store, run_id: int) -> RunResult:
+    r = store.get_run(run_id)
+    return RunResult(run_id, r.status, r.best_val_acc, r.best_epoch, r.epochs_done, r.error)
+
+
+def _fit(store: Store, run_id: int, cfg: RunConfig, device: torch.device, run_dir: Path,
+         progress: bool) -> RunResult:
+    started = time.perf_counter()
+    seed_everything(cfg.seed)
+    strategy: Strategy = get_strategy(cfg.strategy)
+    params = cfg.strategy_params()
+
+    # 1. Data: split, and transforms from the weights' own preprocessing.
+    splits = data.split_dataset(data.scan_dataset(cfg.data), cfg.val_fraction, cfg.train_fraction, cfg.seed)
+    if cfg.batch_size > len(splits.train):
+        raise UserError(f"--batch-size {cfg.batch_size} is larger than the {len(splits.train)} training "
+                        f"images; use at most {len(splits.train)}")
+    classes = splits.classes
+    pre = backbones.preprocessing(cfg.backbone)
+    train_tf, val_tf = data.build_transforms(pre, cfg.image_size, cfg.augment)
+    workers = cfg.workers if cfg.workers is not None else _default_workers(device)
+    train_loader, val_loader = data.make_loaders(splits, train_tf, val_tf, cfg.batch_size, cfg.seed, workers,
+                                                 pin_memory=device.type == "cuda")
+
+    # 2. Model: pretrained body (or random, for scratch) and a new head.
+    bb = backbones.create_backbone(cfg.backbone, len(classes), weights=cfg.weights_to_load,
+                                   head=cfg.head, hidden=cfg.hidden, dropout=cfg.dropout)
+    model, groups = bb.model.to(device), bb.groups
+    amp, scaler = _amp(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    store.update_run(run_id, summary={"classes": classes, "train_images": len(splits.train),
+                                      "val_images": len(splits.val), "weights": bb.weights,
+                                      "groups": [g.name for g in groups]})
+
+    optimizer, n_now, phase = None, 0, Phase(0, cfg.epochs)
+    val_losses: list[float] = []
+    best_acc, best_epoch, best_confusion = -1.0, -1, None
+    bar = tqdm(total=cfg.epochs * len(train_loader), unit="batch", disable=not progress, file=sys.stderr,
+               dynamic_ncols=True)
+    for epoch in range(cfg.epochs):
+        epoch_start = time.perf_counter()
+        # 1-2. Ask the strategy what trains now; move the freeze boundary if it changed.
+        n = strategy.n_trainable(epoch, len(groups), params, val_losses)
+        if n != n_now:
+            freeze_to(groups, n)
+            optimizer = sync_param_groups(optimizer, cfg, groups, n, strategy.lr_multipliers(n, len(groups), params))
+            phase = Phase(epoch, strategy.next_change(epoch, len(groups), params) or cfg.epochs)
+            n_now = n
+        set_train_mode(model, groups, n)
+        bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}")
+
+        # 3. Train one epoch.
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        t0 = time.perf_counter()
+        train_loss, train_acc, seen = train_one_epoch(
+            model, train_loader, optimizer, loss_fn, cfg, device, amp, scaler, phase, epoch, bar,
+            should_stop=lambda: store.cancel_requested(run_id))
+        train_seconds = time.perf_counter() - t0
+
+        # 4. Validate, record, checkpoint.
+        ev = evaluate(model, val_loader, loss_fn, device, amp, len(classes))
+        val_losses.append(ev["val_loss"])
+        if ev["val_acc"] > best_acc:
+            best_acc, best_epoch, best_confusion = ev["val_acc"], epoch, ev["confusion"]
+            _save({"model": model.state_dict(), "classes": classes, "config": cfg.model_dump(),
+                   "epoch": epoch, "val_acc": best_acc}, run_dir / "best.pt")
+        metrics = {
+            "train_loss": train_loss, "train_acc": train_acc,
+            "val_loss": ev["val_loss"], "val_acc": ev["val_acc"],
+            **({"val_top5": ev["val_top5"]} if "val_top5" in ev else {}),
+            **{f"lr/{pg['name']}": pg["lr"] for pg in optimizer.param_groups},
+            "trainable_groups": n,
+            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "epoch_seconds": time.perf_counter() - epoch_start,
+            "images_per_sec": seen / max(train_seconds, 1e-9),
+            "peak_memory_mb": peak_memory_mb(device),
+            "wall_seconds": time.perf_counter() - started,
+        }
+        store.log_epoch(run_id, epoch, metrics, best=(best_acc, best_epoch))
+        _save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+               "val_losses": val_losses, "best": (best_acc, best_epoch), "classes": classes,
+               "config": cfg.model_dump()}, run_dir / "last.pt")
+        bar.write(f"epoch {epoch + 1}/{cfg.epochs}  train loss {train_loss:.3f} acc {train_acc:.3f}  "
+                  f"val loss {ev['val_loss']:.3f} acc {ev['val_acc']:.3f}  groups {n}/{len(groups)}")
+    bar.close()
+
+    store.log_class_metrics(run_id, per_class_metrics(best_confusion, classes))
+    run = store.get_run(run_id)
+    store.finish_run(run_id, "completed", summary={**run.summary, "total_seconds": time.perf_counter() - started})
+    return _result(store, run_id)
+
+
+def _amp(device: torch.device):
+    """Autocast dtype and grad scaler: bf16 where the GPU has it, fp16 + scaling otherwise, none on CPU."""
+    if device.type != "cuda":
+        return None, torch.amp.GradScaler("cpu", enabled=False)
+    if torch.cuda.is_bf16_supported():
+        return torch.bfloat16, torch.amp.GradScaler("cuda", enabled=False)
+    return torch.float16, torch.amp.GradScaler("cuda")
+
+
+def _default_workers(device: torch.device) -> int:
+    cpus = os.cpu_count() or 1
+    # On a small CPU box the model's threads need the cores more than decoding does.
+    return min(8, cpus - 1) if device.type == "cuda" else min(4, max(0, cpus - 2))
