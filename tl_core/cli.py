@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import socket
 import sys
 import typing
 from typing import Any, Sequence
@@ -89,6 +91,17 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", parents=[common], help="side-by-side summary of runs")
     p.add_argument("run_ids", type=int, nargs="+")
 
+    p = sub.add_parser("cancel", parents=[common], help="cancel a queued or running run (stops within one batch)")
+    p.add_argument("run_id", type=int)
+
+    p = sub.add_parser("worker", parents=[common], help="take queued runs from the database and train them")
+    p.add_argument("--max-concurrent", type=int, default=None, help="runs at once (default $TL_MAX_CONCURRENT, "
+                   "else one per GPU, one on CPU)")
+    p.add_argument("--poll", type=float, default=1.0, help="seconds between looks at the queue")
+
+    p = sub.add_parser("train-run", parents=[common], help=argparse.SUPPRESS)  # what the worker starts
+    p.add_argument("run_id", type=int)
+
     sub.add_parser("backbones", parents=[common], help="registered backbones, sizes and weight availability")
     sub.add_parser("strategies", parents=[common], help="registered strategies")
     return parser
@@ -159,7 +172,8 @@ def cmd_run(args) -> int:
         return 0
     from .train import train_run
 
-    run = store.create_run(cfg.model_dump(), cfg.experiment, cfg.name, status="running")
+    run = store.create_run(cfg.model_dump(), cfg.experiment, cfg.name, status="running",
+                           pid=os.getpid(), host=socket.gethostname())
     result = train_run(store, run.id, progress=not args.no_progress)
     run = store.get_run(run.id)
     obj = {"run_id": run.id, "status": run.status, "best_val_acc": run.best_val_acc,
@@ -263,5 +277,34 @@ def cmd_strategies(args) -> int:
     return 0
 
 
-COMMANDS = {"demo-data": cmd_demo_data, "dataset": cmd_dataset, "run": cmd_run, "runs": cmd_runs,
+def cmd_cancel(args) -> int:
+    store = Store(args.db)
+    run = store.get_run(args.run_id)
+    if run.status not in ("queued", "running"):
+        raise UserError(f"run {run.id} is {run.status}; only queued or running runs can be cancelled")
+    run = store.request_cancel(run.id)
+    _out(args, {"run_id": run.id, "status": run.status, "cancel_requested": True},
+         f"run {run.id}: " + ("cancelled" if run.status == "cancelled" else "will stop at its next batch"))
+    return 0
+
+
+def cmd_worker(args) -> int:
+    from .store import default_db_url as _url
+    from .worker import Worker
+
+    if args.max_concurrent is not None and args.max_concurrent < 1:
+        raise UserError("--max-concurrent must be at least 1")
+    Worker(args.db or _url(), args.max_concurrent, args.poll).serve()
+    return 0
+
+
+def cmd_train_run(args) -> int:
+    from .train import train_run
+
+    result = train_run(Store(args.db), args.run_id, progress=False)
+    _out(args, result.__dict__, f"run {result.run_id} {result.status}")
+    return 1 if result.status == "failed" else 0
+
+
+COMMANDS = {"cancel": cmd_cancel, "worker": cmd_worker, "train-run": cmd_train_run, "demo-data": cmd_demo_data, "dataset": cmd_dataset, "run": cmd_run, "runs": cmd_runs,
             "show": cmd_show, "compare": cmd_compare, "backbones": cmd_backbones, "strategies": cmd_strategies}

@@ -216,11 +216,12 @@ class Store:
 
     # runs
     def create_run(self, config: dict, experiment: str = "default", name: str | None = None,
-                   status: str = "queued") -> Run:
+                   status: str = "queued", pid: int | None = None, host: str | None = None) -> Run:
+        """A new run; a foreground run is created `running` with its own pid, so no worker takes it."""
         exp_id = self.experiment_id(experiment)
         with self._session.begin() as s:
             row = SqlRun(experiment_id=exp_id, name=name or "", status=status, config=config,
-                         summary={}, environment={})
+                         summary={}, environment={}, pid=pid, host=host)
             s.add(row)
             s.flush()
             if not row.name:

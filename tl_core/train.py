@@ -345,7 +345,7 @@ def _fit(store: Store, run_id: int, cfg: RunConfig, device: torch.device, run_di
                "val_losses": val_losses, "best": (best_acc, best_epoch), "classes": classes,
                "config": cfg.model_dump()}, run_dir / "last.pt")
         bar.write(f"epoch {epoch + 1}/{cfg.epochs}  train loss {train_loss:.3f} acc {train_acc:.3f}  "
-                  f"val loss {ev['val_loss']:.3f} acc {ev['val_acc']:.3f}  groups {n}/{len(groups)}")
+                  f"val loss {ev['val_loss']:.3f} acc {ev['val_acc']:.3f}  groups {n}/{len(groups)}", file=sys.stderr)
     bar.close()
 
     store.log_class_metrics(run_id, per_class_metrics(best_confusion, classes))

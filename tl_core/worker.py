@@ -1,0 +1,168 @@
+"""The worker: takes queued runs from the database and trains each in a process of its own.
+
+It is detached from the browser: closing the tab or restarting Streamlit stops nothing.
+At most TL_MAX_CONCURRENT runs train at once (default: one per GPU, one on a CPU machine).
+Each run's process is started without a shell and records its own pid in the run; if the
+worker dies, the kernel stops its runs too (PR_SET_PDEATHSIG), and a worker that starts again
+marks runs left `running` by a dead process as failed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .store import Store
+from .train import runs_dir
+
+PROCESS_LOST = "process lost: its training process stopped without recording an end"
+
+
+def max_concurrent() -> int:
+    env = os.environ.get("TL_MAX_CONCURRENT")
+    if env:
+        return max(1, int(env))
+    try:
+        import torch
+
+        return max(1, torch.cuda.device_count())
+    except Exception:
+        return 1
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not yet reaped) is not alive for our purposes.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: stop this run if the worker dies
+
+
+@dataclass
+class Child:
+    run_id: int
+    proc: subprocess.Popen
+    log: object
+
+
+class Worker:
+    def __init__(self, db_url: str, concurrency: int | None = None, poll_seconds: float = 1.0):
+        self.db_url = db_url
+        self.store = Store(db_url)
+        self.concurrency = concurrency or max_concurrent()
+        self.poll_seconds = poll_seconds
+        self.children: dict[int, Child] = {}
+        self.host = socket.gethostname()
+        self.stopping = False
+
+    def recover(self) -> list[int]:
+        """Mark runs whose process is gone as failed (left over from a dead worker or run)."""
+        lost = []
+        for run in self.store.list_runs(statuses=["running"]):
+            if run.id in self.children or (run.host not in (None, self.host)):
+                continue
+            owner_alive = pid_alive(run.pid) or (run.pid is None and pid_alive(run.worker_pid)
+                                                 and run.worker_pid != os.getpid())
+            if not owner_alive:
+                self.store.finish_run(run.id, "failed", error=PROCESS_LOST + " (resumable from its last checkpoint)")
+                lost.append(run.id)
+        return lost
+
+    def launch(self, run_id: int) -> None:
+        log_dir = runs_dir() / str(run_id)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log = open(log_dir / "train.log", "ab")
+        cmd = [sys.executable, "-m", "tl_core", "train-run", str(run_id), "--db", self.db_url]
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                preexec_fn=_die_with_parent, cwd=os.getcwd())
+        self.store.update_run(run_id, pid=proc.pid, host=self.host)
+        self.children[run_id] = Child(run_id, proc, log)
+
+    def reap(self) -> None:
+        for run_id, child in list(self.children.items()):
+            code = child.proc.poll()
+            if code is None:
+                continue
+            child.log.close()
+            del self.children[run_id]
+            if self.store.get_run(run_id).status in ("running", "queued"):
+                self.store.finish_run(run_id, "failed", error=f"{PROCESS_LOST} (exit code {code})")
+
+    def step(self) -> None:
+        self.reap()
+        self.recover()
+        while not self.stopping and len(self.children) < self.concurrency:
+            run = self.store.claim_next_queued(os.getpid())
+            if run is None:
+                break
+            self.launch(run.id)
+
+    def serve(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self._stop())
+        runs_dir().mkdir(parents=True, exist_ok=True)
+        _pidfile().write_text(str(os.getpid()))
+        print(f"worker {os.getpid()}: up to {self.concurrency} runs at once, db {self.db_url}", flush=True)
+        try:
+            while not self.stopping:
+                self.step()
+                time.sleep(self.poll_seconds)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self._stop()
+
+    def _stop(self) -> None:
+        self.stopping = True
+        for child in self.children.values():
+            child.proc.terminate()
+        if running_worker() == os.getpid():
+            _pidfile().unlink(missing_ok=True)
+
+
+# --- one worker per state directory, started on demand by the dashboard ---------------------
+
+
+def _pidfile() -> Path:
+    return runs_dir() / "worker.pid"
+
+
+def running_worker() -> int | None:
+    try:
+        pid = int(_pidfile().read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if pid_alive(pid) else None
+
+
+def ensure_worker(db_url: str) -> int:
+    """The pid of this state directory's worker, starting a detached one if none is alive."""
+    pid = running_worker()
+    if pid:
+        return pid
+    runs_dir().mkdir(parents=True, exist_ok=True)
+    log = open(runs_dir() / "worker.log", "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "tl_core", "worker", "--db", db_url], stdout=log,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    _pidfile().write_text(str(proc.pid))
+    return proc.pid
