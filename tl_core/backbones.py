@@ -369,6 +369,14 @@ def _load_body(spec: BackboneSpec, model: nn.Module, state: dict[str, torch.Tens
     model.load_state_dict(body, strict=False)
 
 
+def imagenet_model(name: str) -> nn.Module:
+    """The pretrained network with its own 1000-class ImageNet classifier, in eval mode."""
+    spec = get_spec(name)
+    model = _architecture(spec)
+    model.load_state_dict(_imagenet_state_dict(spec, model))
+    return model.eval()
+
+
 def preprocessing(name: str) -> Preprocessing:
     """Normalisation and resizing taken from the weights' own metadata."""
     spec = get_spec(name)

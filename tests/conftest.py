@@ -1,0 +1,36 @@
+"""Shared fixtures: real demo images (subsampled), temporary databases and run folders."""
+
+from __future__ import annotations
+
+import pytest
+
+from tl_core.demo_data import write_demo_data
+from tl_core.store import Store
+
+
+@pytest.fixture(scope="session")
+def animals(tmp_path_factory) -> str:
+    """The animal silhouettes, 30 per class, 64 px: 240 train / 60 val images."""
+    out = tmp_path_factory.mktemp("demo")
+    write_demo_data(out, datasets=("animals",), per_class=30, size=64)
+    return str(out / "animals")
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> str:
+    """Four animal classes, 8 per class, 32 px: for tests that check plumbing, not accuracy."""
+    out = tmp_path_factory.mktemp("tiny")
+    write_demo_data(out, datasets=("animals",), per_class=8, size=32)
+    for extra in ("elephant", "giraffe", "horse", "sheep", "zebra", "dog"):
+        for f in (out / "animals" / extra).iterdir():
+            f.unlink()
+        (out / "animals" / extra).rmdir()
+    return str(out / "animals")
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch) -> Store:
+    monkeypatch.setenv("TL_RUNS_DIR", str(tmp_path / "runs"))
+    s = Store(f"sqlite:///{tmp_path / 'experiments.db'}")
+    yield s
+    s.close()

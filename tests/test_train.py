@@ -1,0 +1,116 @@
+"""Training on real images: pretraining pays, frozen means frozen, every epoch is recorded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tl_core import backbones, train as T
+
+from .helpers import train
+
+EPOCH_KEYS = {"train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "trainable_groups",
+              "trainable_params", "epoch_seconds", "images_per_sec", "peak_memory_mb", "wall_seconds"}
+
+
+def test_feature_extraction_beats_scratch_on_the_same_budget(animals, store):
+    budget = dict(data=animals, backbone="efficientnet_lite0", epochs=3, image_size=64, batch_size=16)
+    fe = train(store, strategy="feature_extraction", **budget)
+    scratch = train(store, strategy="scratch", **budget)
+    assert fe.status == scratch.status == "completed"
+    assert fe.best_val_acc >= 0.6, fe.best_val_acc  # 10 classes: chance is 0.1
+    assert fe.best_val_acc > scratch.best_val_acc + 0.25, (fe.best_val_acc, scratch.best_val_acc)
+
+
+def _state(model) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("strategy, trained_groups", [("feature_extraction", 0), ("partial", 2)])
+def test_frozen_parameters_and_batchnorm_buffers_are_bitwise_unchanged(strategy, trained_groups, tiny, store):
+    result = train(store, data=tiny, strategy=strategy, unfreeze=2, epochs=2, lr=0.05)
+    assert result.status == "completed", result.error
+    before = backbones.create_backbone("efficientnet_lite0", 4)
+    after = torch.load(Path(store.get_run(result.run_id).run_dir) / "last.pt", weights_only=True)["model"]
+    body = before.groups[:-1]
+    frozen, trained = body[:len(body) - trained_groups], body[len(body) - trained_groups:]
+    names = {id(m): n for n, m in before.model.named_modules()}
+    for group in frozen:
+        for module in group.modules():
+            for key, value in module.state_dict().items():  # weights and BN running stats
+                full = f"{names[id(module)]}.{key}"
+                assert torch.equal(after[full], value), f"{group.name}: {full} moved"
+    for group in trained:  # and the groups that train did move, BN statistics included
+        module = group.modules()[0]
+        prefix = names[id(module)]
+        moved = [k for k, v in module.state_dict().items() if not torch.equal(after[f"{prefix}.{k}"], v)]
+        assert any("running_mean" in k for k in moved) and any(k.endswith("weight") for k in moved)
+
+
+def test_every_epoch_has_its_rows_and_the_run_its_results(animals, store):
+    result = train(store, data=animals, strategy="two_phase", head_epochs=1, epochs=2, image_size=32)
+    run = store.get_run(result.run_id)
+    assert run.status == "completed" and run.epochs_done == 2 and run.pid and run.host
+    assert run.environment["torch"] == torch.__version__ and run.environment["device"] == "cpu"
+    epochs = store.epoch_metrics([run.id])[run.id]
+    assert sorted(epochs) == [0, 1]
+    groups = run.summary["groups"]
+    assert set(epochs[0]) == EPOCH_KEYS | {"lr/head"}
+    assert set(epochs[1]) == EPOCH_KEYS | {f"lr/{g}" for g in groups}
+    assert epochs[1]["trainable_params"] > epochs[0]["trainable_params"]
+    assert run.best_val_acc == max(m["val_acc"] for m in epochs.values())
+    classes = store.class_metrics(run.id)
+    assert [c.class_name for c in classes] == run.summary["classes"]
+    assert sum(c.support for c in classes) == run.summary["val_images"] == 60
+    assert sum(sum(c.confusion) for c in classes) == 60
+    best = [m["val_acc"] for m in epochs.values()].index(run.best_val_acc)
+    assert sum(c.confusion[c.class_index] for c in classes) / 60 == pytest.approx(epochs[best]["val_acc"])
+    assert {p.name for p in Path(run.run_dir).iterdir()} >= {"best.pt", "last.pt"}
+
+
+def test_a_cpu_run_is_repeatable_with_its_seed(tiny, store):
+    a = train(store, data=tiny, strategy="partial", unfreeze=1, epochs=2, seed=3, augment="light")
+    b = train(store, data=tiny, strategy="partial", unfreeze=1, epochs=2, seed=3, augment="light")
+    ma, mb = (store.epoch_metrics([r.run_id])[r.run_id] for r in (a, b))
+    for e in ma:
+        for k in ("train_loss", "train_acc", "val_loss", "val_acc"):
+            assert ma[e][k] == mb[e][k], (e, k)
+
+
+def test_a_cancel_request_stops_the_run_and_records_it(tiny, store):
+    run_id = store.create_run({}, status="queued").id
+    store.request_cancel(run_id)
+    assert store.get_run(run_id).status == "cancelled"
+    from tl_core.config import make_config
+
+    cfg = make_config(data=tiny, epochs=3, image_size=32, batch_size=8, workers=0)
+    run = store.create_run(cfg.model_dump(), status="running")
+    store.update_run(run.id, cancel_requested=True)
+    result = T.train_run(store, run.id, progress=False)
+    assert result.status == "cancelled" and result.epochs == 0
+
+
+def test_a_failing_run_is_recorded_as_failed_with_its_error(tiny, store, monkeypatch):
+    def boom(*a, **k):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(T, "evaluate", boom)
+    result = train(store, data=tiny, epochs=1)
+    run = store.get_run(result.run_id)
+    assert run.status == "failed" and "RuntimeError: disk on fire" in run.error and run.ended_at
+
+
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine", "step", "constant"])
+def test_schedules_start_peak_and_end_where_they_should(schedule):
+    f = [T.lr_factor(schedule, t / 100) for t in range(100)]
+    assert max(f) <= 1.0 and min(f) >= 0.0
+    if schedule == "onecycle":
+        assert f[0] == pytest.approx(1 / 25) and max(f) == pytest.approx(1, abs=1e-3) and f[-1] < 1e-3
+    elif schedule == "cosine":
+        assert f[0] == 1.0 and f[-1] < 1e-3
+    elif schedule == "step":
+        assert f[0] == 1.0 and f[60] == pytest.approx(0.1) and f[-1] == pytest.approx(0.01)
+    else:
+        assert set(f) == {1.0}
