@@ -155,6 +155,8 @@ def check_run(cfg: RunConfig) -> None:
     """Refuse a run before it is recorded: the dataset must be trainable as configured."""
     from .data import scan_dataset, split_dataset
 
+    if cfg.weights not in ("imagenet", "none") and not os.path.isfile(cfg.weights):
+        raise UserError(f"--weights {cfg.weights}: no such file; pass imagenet, none, or a state_dict file")
     splits = split_dataset(scan_dataset(cfg.data), cfg.val_fraction, cfg.train_fraction, cfg.seed)
     if cfg.batch_size > len(splits.train):
         raise UserError(f"--batch-size {cfg.batch_size} is larger than the {len(splits.train)} "

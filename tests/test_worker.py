@@ -1,0 +1,86 @@
+"""The background worker: queued runs train in processes of their own; lost ones are failed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tl_core.config import make_config
+from tl_core.store import Store
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture
+def worker(tmp_path):
+    db = f"sqlite:///{tmp_path / 'w.db'}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TL_RUNS_DIR": str(tmp_path / "runs"), "TL_MAX_CONCURRENT": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "tl_core", "worker", "--db", db, "--poll", "0.3"],
+                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    yield Store(db), proc
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def _queue(store: Store, data: str, **kw) -> int:
+    cfg = make_config(data=data, image_size=32, batch_size=8, workers=0, **kw)
+    return store.create_run(cfg.model_dump(), cfg.experiment, status="queued").id
+
+
+def test_queued_runs_train_one_at_a_time_in_their_own_processes(worker, tiny):
+    store, proc = worker
+    ids = [_queue(store, tiny, epochs=2, strategy=s) for s in ("feature_extraction", "partial")]
+    seen_running = set()
+
+    def done():
+        runs = store.list_runs(run_ids=ids)
+        running = [r for r in runs if r.status == "running"]
+        assert len(running) <= 1, "TL_MAX_CONCURRENT=1 but two runs train at once"
+        seen_running.update(r.pid for r in running if r.pid)
+        return all(r.status == "completed" for r in runs)
+
+    wait_for(done, 240, "both runs to complete")
+    runs = store.list_runs(run_ids=ids)
+    pids = {r.pid for r in runs}
+    assert len(pids) == 2 and proc.pid not in pids and None not in pids
+    assert all(r.epochs_done == 2 and r.worker_pid == proc.pid for r in runs)
+    assert all((Path(r.run_dir) / "train.log").read_text().count("epoch ") >= 2 for r in runs)
+
+
+def test_a_killed_run_is_failed_with_its_epochs_kept_and_the_next_one_starts(worker, tiny):
+    store, _ = worker
+    long_run = _queue(store, tiny, epochs=200, strategy="feature_extraction")
+    next_run = _queue(store, tiny, epochs=1, strategy="feature_extraction")
+    run = wait_for(lambda: (r := store.get_run(long_run)).epochs_done >= 2 and r, 120, "two epochs")
+    os.kill(run.pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    wait_for(lambda: store.get_run(long_run).status == "failed", 15, "the killed run to show failed")
+    assert time.monotonic() - killed_at < 15
+    lost = store.get_run(long_run)
+    assert "process lost" in lost.error
+    assert len(store.epoch_metrics([long_run])[long_run]) == lost.epochs_done >= 2
+    wait_for(lambda: store.get_run(next_run).status == "completed", 120, "the next queued run")
+
+
+def test_cancel_stops_a_running_run(worker, tiny):
+    store, _ = worker
+    run_id = _queue(store, tiny, epochs=200)
+    wait_for(lambda: store.get_run(run_id).epochs_done >= 1, 120, "the run to start")
+    store.request_cancel(run_id)
+    wait_for(lambda: store.get_run(run_id).status == "cancelled", 20, "the run to stop")
