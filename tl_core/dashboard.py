@@ -17,7 +17,9 @@ from typing import Iterable
 
 from .config import RunConfig, make_config
 from .errors import UserError
-from .store import FINISHED, Run, Store, default_db_url
+from .store import FINISHED, STATUSES, Run, Store, default_db_url
+
+# FINISHED and STATUSES are imported here for the pages too: they never import the store module.
 
 # --- the store and the worker ---------------------------------------------------------------
 
@@ -26,6 +28,13 @@ from .store import FINISHED, Run, Store, default_db_url
 def open_store(url: str | None = None) -> Store:
     """One Store (one connection pool) per database URL for the whole dashboard process."""
     return Store(url or default_db_url())
+
+
+def display_db_url(url: str) -> str:
+    """The database URL with any password masked, for showing on screen."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def worker_disabled() -> bool:
@@ -79,6 +88,13 @@ def resolve_data_path(path: str, roots: Iterable[Path]) -> str:
     if not real.is_dir():
         raise UserError(f"{path} is not a folder; choose the folder that holds one sub-folder per class")
     return str(real)
+
+
+def dataset_report(path: str, val_fraction: float = 0.2, seed: int = 0) -> dict:
+    """Classes, images per class per split, sizes, skipped files and warnings (UserError if unusable)."""
+    from .data import dataset_report as report
+
+    return report(path, val_fraction, seed)
 
 
 def sample_images(path: str, per_class: int = 4) -> dict[str, list[str]]:
@@ -254,8 +270,6 @@ def runs_rows(runs: list[Run]) -> list[dict]:
 
 
 def status_counts(runs: list[Run]) -> dict[str, int]:
-    from .store import STATUSES
-
     return {s: sum(r.status == s for r in runs) for s in STATUSES}
 
 

@@ -1,0 +1,47 @@
+"""TransferLab dashboard: the router. Run it with `streamlit run app.py`.
+
+Each page is one file in pages/; this file only sets the page up, makes sure a worker is
+training the queue (a separate, detached process), and shows where the data lives.
+"""
+
+import streamlit as st
+
+from tl_core import dashboard
+from tl_core.store import default_db_url
+
+st.set_page_config(page_title="TransferLab", page_icon=":material/science:", layout="wide")
+
+
+@st.cache_resource(show_spinner=False)
+def _start_worker(db_url: str) -> int | None:
+    # Once per dashboard process; the sidebar offers a restart if it dies later.
+    return dashboard.start_worker(db_url)
+
+
+db_url = default_db_url()
+_start_worker(db_url)
+
+pages = [
+    st.Page("pages/new_run.py", title="New run", icon=":material/add_circle:", default=True),
+    st.Page("pages/runs.py", title="Runs", icon=":material/view_list:"),
+    st.Page("pages/compare.py", title="Compare", icon=":material/stacked_line_chart:"),
+    st.Page("pages/run_detail.py", title="Run detail", icon=":material/insights:"),
+]
+page = st.navigation(pages)
+
+with st.sidebar:
+    st.markdown("### :material/science: TransferLab")
+    st.caption("Measure how transfer-learning strategies compare on your images.")
+    st.caption(f"**Database** `{dashboard.display_db_url(db_url)}`")
+    pid = dashboard.worker_pid()
+    if pid:
+        st.caption(f":green[:material/circle:] **Worker** running (pid {pid})")
+    elif dashboard.worker_disabled():
+        st.caption(":gray[:material/circle:] **Worker** off (TL_NO_WORKER is set)")
+    else:
+        st.caption(":red[:material/circle:] **Worker** not running: queued runs wait")
+        if st.button("Start worker", icon=":material/play_arrow:"):
+            dashboard.start_worker(db_url)
+            st.rerun()
+
+page.run()

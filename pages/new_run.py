@@ -1,0 +1,252 @@
+"""New run: choose a dataset, a backbone and one or more strategies, then queue the runs.
+
+Dataset, backbone and strategy sit outside the form so that the preview, the parameter counts
+and the strategy knobs follow every change; the training settings and Launch sit in a form,
+and Launch validates every run before it queues any.
+"""
+
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import streamlit as st
+from streamlit.errors import StreamlitPageNotFoundError
+
+from tl_core import charts, dashboard
+from tl_core.errors import UserError
+
+DEFAULT_BACKBONE = "efficientnet_lite0"
+DEFAULT_STRATEGY = "feature_extraction"
+
+
+@st.cache_data(show_spinner="Describing backbones…")
+def backbone_table() -> list[dict]:
+    return dashboard.backbone_table()
+
+
+@st.cache_data(show_spinner=False)
+def strategy_table() -> list[dict]:
+    return dashboard.strategy_table()
+
+
+@st.cache_data(show_spinner="Scanning the dataset…", ttl=60)
+def dataset_report(path: str, val_fraction: float) -> dict:
+    return dashboard.dataset_report(path, val_fraction)
+
+
+@st.cache_data(show_spinner=False, ttl=60)
+def sample_images(path: str) -> dict[str, list[str]]:
+    return dashboard.sample_images(path, per_class=4)
+
+
+@st.cache_data(show_spinner=False)
+def param_counts(backbone: str, strategy: str, settings: tuple, num_classes: int) -> dict:
+    return dashboard.strategy_param_counts(backbone, strategy, dict(settings), num_classes)
+
+
+def millions(n: int) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}k"
+
+
+st.title("New run")
+st.caption("Pick a dataset, a backbone and one or more transfer strategies. Launch queues the runs; "
+           "a background worker trains them, so you can close this tab.")
+
+# --- 1. dataset ----------------------------------------------------------------------------------
+st.header("1 · Dataset", divider="gray")
+roots = dashboard.data_roots()
+folders = dashboard.dataset_folders(roots)
+left, right = st.columns(2)
+chosen = left.selectbox(
+    "Dataset folder", folders, key="dataset_choice", format_func=lambda p: f"{Path(p).name}   ({Path(p).parent})",
+    placeholder="no dataset folders under the data roots", help="Sub-folders of the data roots: "
+    "one folder of images per class, or train/ and val/ folders holding those.")
+typed = right.text_input("…or type a folder path", key="dataset_typed",
+                         placeholder="/path/inside/a/data/root")
+st.caption("Data roots: " + ", ".join(f"`{r}`" for r in roots) + " (set TL_DATA_ROOTS to add more).")
+
+data_path, report = None, None
+try:
+    data_path = dashboard.resolve_data_path(typed or chosen or "", roots)
+    report = dataset_report(data_path, st.session_state.get("val_fraction", 0.2))
+except UserError as e:
+    st.error(dashboard.form_message(e), icon=":material/folder_off:")
+
+if report:
+    per_class_train = report["train_images"] / max(1, report["num_classes"])
+    m = st.columns(4)
+    m[0].metric("Classes", report["num_classes"])
+    m[1].metric("Train images", report["train_images"])
+    m[2].metric("Val images", report["val_images"])
+    m[3].metric("Median image size", "×".join(str(v) for v in report["image_size"]["median"]))
+    for warning in report["warnings"]:
+        st.warning(warning, icon=":material/warning:")
+    chart, thumbs = st.columns([2, 3])
+    chart.plotly_chart(charts.split_counts(report["per_class"]), key="split_counts")
+    with thumbs:
+        st.caption("Sample images per class")
+        samples = sample_images(data_path)
+        names = list(samples)
+        for row in range(0, len(names), 5):
+            for col, name in zip(st.columns(5), names[row:row + 5]):
+                col.markdown(f"**{name}**")
+                col.image(samples[name], width=44)
+    if report["skipped"]:
+        with st.expander(f"{len(report['skipped'])} skipped files"):
+            st.dataframe(report["skipped"], hide_index=True)
+else:
+    per_class_train = 0
+
+# --- 2. backbone ---------------------------------------------------------------------------------
+st.header("2 · Backbone", divider="gray")
+table = backbone_table()
+by_name = {row["backbone"]: row for row in table}
+names = list(by_name)
+backbone = st.selectbox(
+    "Backbone", names, index=names.index(DEFAULT_BACKBONE) if DEFAULT_BACKBONE in names else 0, key="backbone",
+    format_func=lambda n: f"{n}  ·  {by_name[n]['params_m']:.1f}M params  ·  ImageNet top-1 "
+                          f"{by_name[n]['imagenet_top1'] or 0:.1f}%  ·  weights {by_name[n]['weights']}")
+if by_name[backbone]["weights"] != "offline" and by_name[backbone]["weights"] != "cached":
+    st.warning(f"{backbone}'s ImageNet weights are {by_name[backbone]['weights']}: without internet "
+               f"access its pretrained runs will fail. The EfficientNet-Lite backbones work offline.",
+               icon=":material/cloud_off:")
+with st.expander("All backbones"):
+    st.dataframe(table, hide_index=True, column_config={
+        "backbone": "Backbone",
+        "params_m": st.column_config.NumberColumn("Params (M)", format="%.1f"),
+        "layer_groups": st.column_config.NumberColumn("Layer groups", help="Groups incl. the new head"),
+        "imagenet_top1": st.column_config.NumberColumn("ImageNet top-1 (%)", format="%.1f"),
+        "weights": st.column_config.TextColumn("Weights", help="offline: ships in a package; cached: "
+                                               "downloaded before; needs download: internet required"),
+    })
+
+# --- 3. strategies -------------------------------------------------------------------------------
+st.header("3 · Strategies", divider="gray")
+st.caption("Tick one strategy for a single run, or several to compare them in one experiment "
+           "(everything else equal).")
+recommended: list[str] = []
+if report:
+    recommended, why = dashboard.recommend_strategy(per_class_train)
+    st.info(f"**Recommended: {', '.join(recommended)}.** Rule of thumb: {why}.", icon=":material/lightbulb:")
+
+strategies = strategy_table()
+ticked_now = [s["strategy"] for s in strategies if st.session_state.get(f"strategy_{s['strategy']}",
+                                                                          s["strategy"] == DEFAULT_STRATEGY)]
+knobs_in_use = {k for s in strategies if s["strategy"] in ticked_now for k in s["knobs"]}
+
+# The knobs every ticked strategy reads; they shape the parameter counts shown beside each one.
+settings: dict = {"epochs": st.session_state.get("epochs", 5)}
+head_cols = st.columns(4)
+settings["head"] = head_cols[0].segmented_control("Head", ["linear", "mlp"], default="linear", key="head",
+                                                  help="The new classifier: one Linear layer, or Linear-ReLU-"
+                                                       "Dropout-Linear") or "linear"
+if settings["head"] == "mlp":
+    settings["hidden"] = head_cols[1].number_input("Hidden units", 1, 8192, 512, key="hidden")
+    settings["dropout"] = head_cols[2].number_input("Dropout", 0.0, 0.95, 0.2, 0.05, key="dropout")
+n_groups = len(dashboard.describe_backbone(backbone)["groups"])
+if knobs_in_use:
+    st.markdown("**Strategy settings**")
+    cols = iter(st.columns(4) + st.columns(4))
+    if "unfreeze" in knobs_in_use:
+        settings["unfreeze"] = next(cols).number_input(
+            "Groups to unfreeze (partial)", 1, max(1, n_groups - 1), min(2, n_groups - 1), key="unfreeze",
+            help=f"Layer groups trained below the head; {backbone} has {n_groups - 1}")
+    if "lr_decay" in knobs_in_use:
+        settings["lr_decay"] = next(cols).number_input(
+            "LR decay per group", 1.0, 100.0, 3.0, 0.5, key="lr_decay",
+            help="discriminative / progressive: each group down trains at LR / decay")
+    if "head_epochs" in knobs_in_use:
+        settings["head_epochs"] = next(cols).number_input(
+            "Head-only epochs (two_phase)", 1, 1000, 2, key="head_epochs")
+        settings["phase2_lr_factor"] = next(cols).number_input(
+            "Phase-2 LR factor (two_phase)", 0.001, 10.0, 0.1, 0.05, key="phase2_lr_factor", format="%.3f")
+    if "unfreeze_on" in knobs_in_use:
+        settings["unfreeze_on"] = next(cols).selectbox(
+            "Unfreeze on (progressive)", ["schedule", "plateau"], key="unfreeze_on",
+            help="schedule: one more group every K epochs; plateau: when val loss stops improving")
+        if settings["unfreeze_on"] == "schedule":
+            settings["unfreeze_every"] = next(cols).number_input("Unfreeze every (epochs)", 1, 1000, 1,
+                                                                 key="unfreeze_every")
+        else:
+            settings["patience"] = next(cols).number_input("Patience (epochs)", 1, 1000, 1, key="patience")
+
+num_classes = report["num_classes"] if report else 10
+st.markdown("")
+for s in strategies:
+    name = s["strategy"]
+    c_tick, c_text, c_params = st.columns([2, 6, 3], vertical_alignment="center")
+    c_tick.checkbox(f"**{name}**", value=name == DEFAULT_STRATEGY, key=f"strategy_{name}")
+    if name in recommended:
+        c_tick.badge("recommended", icon=":material/star:", color="green")
+    c_text.markdown(f"{s['summary']}  \n:gray[*When:* {s['when']}]")
+    counts = param_counts(backbone, name, tuple(sorted(settings.items())), num_classes)
+    start = f"{millions(counts['start_trainable'])} trainable · {millions(counts['start_frozen'])} frozen"
+    if counts["start_groups"] == counts["end_groups"] and not counts["end_is_bound"]:
+        c_params.markdown(f"{start}  \n:gray[{counts['start_groups']} of {counts['groups']} groups train]")
+    else:
+        end = ("up to " if counts["end_is_bound"] else "") + f"{millions(counts['end_trainable'])} trainable"
+        c_params.markdown(f"{start} at first  \n:gray[{end} by the last epoch "
+                          f"({counts['end_groups']} of {counts['groups']} groups)]")
+
+# --- 4. training and launch ---------------------------------------------------------------------
+st.header("4 · Training", divider="gray")
+st.session_state.setdefault("experiment", f"{Path(data_path).name if data_path else 'experiment'}-"
+                                          f"{time.strftime('%m%d-%H%M')}")
+with st.form("launch_form", border=True):
+    r1 = st.columns(4)
+    epochs = r1[0].number_input("Epochs", value=5, step=1, key="epochs")
+    batch_size = r1[1].number_input("Batch size", value=32, step=8, key="batch_size")
+    lr_text = r1[2].text_input("Learning rate", key="lr", placeholder="blank = strategy default",
+                               help="Blank uses each strategy's own default (1e-3, or 1e-4 for full)")
+    optimizer = r1[3].selectbox("Optimizer", ["adamw", "sgd"], key="optimizer")
+    r2 = st.columns(4)
+    schedule = r2[0].selectbox("LR schedule", ["onecycle", "cosine", "step", "constant"], key="schedule")
+    weight_decay = r2[1].number_input("Weight decay", value=0.01, step=0.01, format="%.4f", key="weight_decay")
+    augment = r2[2].selectbox("Augmentation", ["none", "light", "standard"], key="augment")
+    image_size = r2[3].number_input("Image size (px)", value=96, step=16, key="image_size")
+    r3 = st.columns(4)
+    seed = r3[0].number_input("Seed", value=0, step=1, key="seed")
+    n_seeds = r3[1].number_input("Seeds per strategy", value=1, min_value=1, max_value=10, key="n_seeds",
+                                 help="Repeat each strategy with seeds seed, seed+1, …: Compare shows mean ± std")
+    train_fraction = r3[2].number_input("Train fraction", value=1.0, step=0.1, key="train_fraction",
+                                        help="Keep this share of every class's training images")
+    val_fraction = r3[3].number_input("Val fraction", value=0.2, step=0.05, key="val_fraction")
+    experiment = st.text_input("Experiment name", key="experiment",
+                               help="Runs launched together share it; Compare groups runs by experiment")
+    ticked = [s["strategy"] for s in strategies if st.session_state.get(f"strategy_{s['strategy']}")]
+    st.caption(f"Will queue **{len(ticked) * int(n_seeds)}** run(s): {', '.join(ticked) or 'no strategy ticked'}"
+               f" × {int(n_seeds)} seed(s), on {backbone}.")
+    launched = st.form_submit_button("Launch", type="primary", icon=":material/rocket_launch:")
+    if launched:
+        try:
+            lr = None
+            if lr_text.strip():
+                try:
+                    lr = float(lr_text)
+                except ValueError:
+                    raise UserError(f"Learning rate {lr_text!r} is not a number; type e.g. 0.001, "
+                                    f"or leave it blank for the strategy default") from None
+            base = {**settings, "data": dashboard.resolve_data_path(typed or chosen or "", roots),
+                    "backbone": backbone, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+                    "optimizer": optimizer, "schedule": schedule, "weight_decay": weight_decay,
+                    "augment": augment, "image_size": image_size, "train_fraction": train_fraction,
+                    "val_fraction": val_fraction, "experiment": experiment.strip()}
+            seeds = [int(seed) + i for i in range(int(n_seeds))]
+            queued = dashboard.queue_runs(dashboard.open_store(), base, ticked, seeds)
+        except UserError as e:
+            st.error(f"Nothing was queued: {dashboard.form_message(e)}", icon=":material/error:")
+        else:
+            st.session_state["queued"] = {"experiment": experiment.strip(), "ids": [r.id for r in queued],
+                                          "names": [r.name for r in queued]}
+
+if done := st.session_state.get("queued"):
+    st.success(f"Queued {len(done['ids'])} run(s) in experiment **{done['experiment']}**: "
+               + ", ".join(f"#{i} {n}" for i, n in zip(done["ids"], done["names"])), icon=":material/check_circle:")
+    links = st.columns([1, 1, 4])
+    try:
+        links[0].page_link("pages/runs.py", label="Watch them on Runs", icon=":material/view_list:")
+        links[1].page_link("pages/compare.py", label="Compare them", icon=":material/stacked_line_chart:",
+                           query_params={"experiment": done["experiment"]})
+    except StreamlitPageNotFoundError:  # this page run on its own, without app.py's navigation
+        links[0].markdown("[Watch them on Runs](runs)")
+        links[1].markdown(f"[Compare them](compare?experiment={quote(done['experiment'])})")

@@ -1,0 +1,117 @@
+"""Run detail: one run's settings, every epoch's metrics, per-class results, log and checkpoint.
+
+Open a run directly with ?run=<id> in the URL (the Runs page links here that way).
+"""
+
+import streamlit as st
+
+from tl_core import charts, dashboard
+
+store = dashboard.open_store()
+
+st.title("Run detail")
+runs = store.list_runs()
+if not runs:
+    st.info("No runs yet: start one on **New run**.", icon=":material/info:")
+    st.stop()
+
+by_id = {r.id: r for r in runs}
+ids = list(by_id)
+try:
+    wanted = int(st.query_params.get("run", ids[0]))
+except ValueError:
+    wanted = ids[0]
+run_id = st.selectbox("Run", ids, index=ids.index(wanted) if wanted in by_id else 0, key="detail_run",
+                      format_func=lambda i: f"#{i}  {by_id[i].name}  ·  {by_id[i].experiment}  ·  {by_id[i].status}")
+st.query_params["run"] = str(run_id)  # the URL names the run shown, so it can be shared or reloaded
+run = store.get_run(run_id)
+cfg = run.config
+
+# --- headline ------------------------------------------------------------------------------------
+st.caption(f"**{cfg.get('backbone')}** with **{cfg.get('strategy')}** on `{cfg.get('data')}` · experiment "
+           f"**{run.experiment}** · seed {cfg.get('seed')} · queued {run.created_at:%Y-%m-%d %H:%M}")
+m = st.columns(5)
+m[0].metric("Status", run.status.capitalize(), border=True)
+m[1].metric("Best val accuracy", f"{run.best_val_acc:.1%}" if run.best_val_acc is not None else "–", border=True)
+m[2].metric("Best epoch", run.best_epoch + 1 if run.best_epoch is not None else "–", border=True)
+m[3].metric("Epochs", f"{run.epochs_done} of {run.epochs}", border=True)
+m[4].metric("Duration", dashboard.format_seconds(run.duration_s) or "–", border=True)
+if run.status == "running":
+    st.progress(run.epochs_done / max(1, run.epochs),
+                text=f"epoch {run.epochs_done} of {run.epochs} · ETA {dashboard.format_seconds(dashboard.eta_seconds(run))}")
+if run.error:
+    (st.warning if run.status == "cancelled" else st.error)(f"{run.status.capitalize()}: {run.error}",
+                                                            icon=":material/error:")
+
+epochs = store.epoch_metrics([run.id])[run.id]
+best_pt = dashboard.checkpoint(run, "best")
+if best_pt:
+    st.download_button("Download best checkpoint (best.pt)", data=best_pt.read_bytes, file_name=f"run{run.id}-best.pt",
+                       mime="application/octet-stream", icon=":material/download:",
+                       help="The model's state_dict at its best epoch, with its classes and config")
+
+curves_tab, table_tab, lr_tab, class_tab, log_tab, config_tab = st.tabs(
+    ["Curves", "Every epoch", "Learning rates", "Per class", "Log", "Config & environment"])
+
+with curves_tab:
+    if not epochs:
+        st.info("No epoch has finished yet.", icon=":material/hourglass_top:")
+    else:
+        a, b = st.columns(2)
+        a.plotly_chart(charts.epoch_lines(epochs, ["train_acc", "val_acc", "val_top5"], "accuracy", "accuracy"),
+                       key="acc_curves")
+        b.plotly_chart(charts.epoch_lines(epochs, ["train_loss", "val_loss"], "loss", "loss"), key="loss_curves")
+        a, b = st.columns(2)
+        a.plotly_chart(charts.epoch_lines(epochs, ["images_per_sec"], "throughput", "images / s"),
+                       key="throughput")
+        b.plotly_chart(charts.epoch_lines(epochs, ["trainable_params"], "trainable parameters", "parameters"),
+                       key="trainable")
+
+with table_tab:
+    rows = dashboard.metric_rows([run], {run.id: epochs})
+    st.dataframe(rows, hide_index=True, column_order=["epoch"] + [k for k in (rows[0] if rows else {})
+                                                                  if k not in ("run_id", "name", "strategy", "epoch")])
+    st.caption("Every metric the run recorded per epoch; lr/<group> is each layer group's LR at the end of the epoch.")
+
+with lr_tab:
+    keys = charts.lr_keys(epochs, run.summary.get("groups", ()))
+    if keys:
+        st.plotly_chart(charts.epoch_lines(epochs, keys, "learning rate of each layer group", "learning rate",
+                                           log_y=True), key="lr_curves")
+        st.caption("Only trainable groups have a learning rate; a line that starts late is a group the strategy "
+                   "unfroze then.")
+    else:
+        st.info("No learning rates recorded yet.", icon=":material/hourglass_top:")
+
+with class_tab:
+    classes = store.class_metrics(run.id)
+    if not classes:
+        st.info("Per-class results are written when the run completes.", icon=":material/hourglass_top:")
+    else:
+        a, b = st.columns([2, 3])
+        a.dataframe([{"class": c.class_name, "precision": c.precision, "recall": c.recall, "f1": c.f1,
+                      "support": c.support} for c in classes], hide_index=True, column_config={
+            "precision": st.column_config.NumberColumn("Precision", format="percent"),
+            "recall": st.column_config.NumberColumn("Recall (accuracy)", format="percent"),
+            "f1": st.column_config.NumberColumn("F1", format="%.3f"),
+            "support": st.column_config.NumberColumn("Val images")})
+        b.plotly_chart(charts.confusion_heatmap([c.class_name for c in classes], [c.confusion for c in classes],
+                                                title="confusion matrix at the best epoch"), key="confusion")
+
+with log_tab:
+    tail = dashboard.log_tail(run, 50)
+    st.caption(f"Last 50 lines of `{dashboard.run_files_dir(run) / 'train.log'}`")
+    st.code(tail or "(no log yet)", language=None)
+
+with config_tab:
+    summary = run.summary
+    if summary.get("classes"):
+        st.markdown(f"**{len(summary['classes'])} classes**: {', '.join(summary['classes'])}  \n"
+                    f"**Images**: {summary.get('train_images')} train / {summary.get('val_images')} val · "
+                    f"**weights**: {summary.get('weights')} · **layer groups**: {', '.join(summary.get('groups', []))}")
+    a, b = st.columns(2)
+    with a.expander("Config", expanded=True):
+        st.json(cfg)
+    with b.expander("Environment", expanded=True):
+        st.dataframe([{"": k, "value": str(v)} for k, v in run.environment.items()] or [{"": "not started", "value": ""}],
+                     hide_index=True)
