@@ -153,14 +153,12 @@ def cmd_dataset(args) -> int:
 
 def check_run(cfg: RunConfig) -> None:
     """Refuse a run before it is recorded: the dataset must be trainable as configured."""
-    from .data import scan_dataset, split_dataset
+    from .data import check_batch_size, scan_dataset, split_dataset
 
     if cfg.weights not in ("imagenet", "none") and not os.path.isfile(cfg.weights):
         raise UserError(f"--weights {cfg.weights}: no such file; pass imagenet, none, or a state_dict file")
     splits = split_dataset(scan_dataset(cfg.data), cfg.val_fraction, cfg.train_fraction, cfg.seed)
-    if cfg.batch_size > len(splits.train):
-        raise UserError(f"--batch-size {cfg.batch_size} is larger than the {len(splits.train)} "
-                        f"training images; use at most {len(splits.train)}")
+    check_batch_size(cfg.batch_size, splits)
 
 
 def cmd_run(args) -> int:

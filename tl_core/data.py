@@ -175,6 +175,12 @@ def split_dataset(index: DatasetIndex, val_fraction: float = 0.2, train_fraction
     return Splits(index.classes, train, val, index)
 
 
+def check_batch_size(batch_size: int, splits: Splits) -> None:
+    if batch_size > len(splits.train):
+        raise UserError(f"--batch-size {batch_size} is larger than the {len(splits.train)} training "
+                        f"images; use at most {len(splits.train)}")
+
+
 # --- images and transforms -----------------------------------------------------------------
 
 

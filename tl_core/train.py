@@ -273,9 +273,7 @@ def _fit(store: Store, run_id: int, cfg: RunConfig, device: torch.device, run_di
 
     # 1. Data: split, and transforms from the weights' own preprocessing.
     splits = data.split_dataset(data.scan_dataset(cfg.data), cfg.val_fraction, cfg.train_fraction, cfg.seed)
-    if cfg.batch_size > len(splits.train):
-        raise UserError(f"--batch-size {cfg.batch_size} is larger than the {len(splits.train)} training "
-                        f"images; use at most {len(splits.train)}")
+    data.check_batch_size(cfg.batch_size, splits)
     classes = splits.classes
     pre = backbones.preprocessing(cfg.backbone)
     train_tf, val_tf = data.build_transforms(pre, cfg.image_size, cfg.augment)
