@@ -13,7 +13,6 @@ PORT   ?= 8501
 
 $(VENV)/.runtime: requirements.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	# animal-mnist declares tensorflow, which it does not need for its data files.
 	$(PY) -m pip install --quiet --no-deps animal-mnist==0.4
