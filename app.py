@@ -18,9 +18,6 @@ def _start_worker(db_url: str) -> int | None:
     return dashboard.start_worker(db_url)
 
 
-db_url = default_db_url()
-_start_worker(db_url)
-
 pages = [
     st.Page("pages/new_run.py", title="New run", icon=":material/add_circle:", default=True),
     st.Page("pages/runs.py", title="Runs", icon=":material/view_list:"),
@@ -28,6 +25,13 @@ pages = [
     st.Page("pages/run_detail.py", title="Run detail", icon=":material/insights:"),
 ]
 page = st.navigation(pages)
+# On a fresh server, a deep link (/runs) can reach a page before any session ran this router
+# (Streamlit's old pages/ folder mode); the page then sends the browser here with ?goto=<page>.
+st.session_state["_tl_router"] = True
+if (goto := st.query_params.get("goto")) in {"new_run", "runs", "compare", "run_detail"}:
+    st.switch_page(f"pages/{goto}.py", query_params={k: v for k, v in st.query_params.items() if k != "goto"})
+db_url = default_db_url()
+_start_worker(db_url)
 
 with st.sidebar:
     st.markdown("### :material/science: TransferLab")
@@ -35,11 +39,11 @@ with st.sidebar:
     st.caption(f"**Database** `{dashboard.display_db_url(db_url)}`")
     pid = dashboard.worker_pid()
     if pid:
-        st.caption(f":green[:material/circle:] **Worker** running (pid {pid})")
+        st.caption(f"**Worker** :green-badge[running] pid {pid}")
     elif dashboard.worker_disabled():
-        st.caption(":gray[:material/circle:] **Worker** off (TL_NO_WORKER is set)")
+        st.caption("**Worker** :gray-badge[off] TL_NO_WORKER is set")
     else:
-        st.caption(":red[:material/circle:] **Worker** not running: queued runs wait")
+        st.caption("**Worker** :red-badge[stopped] queued runs wait")
         if st.button("Start worker", icon=":material/play_arrow:"):
             dashboard.start_worker(db_url)
             st.rerun()

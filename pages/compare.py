@@ -9,8 +9,15 @@ import csv
 import io
 
 import streamlit as st
+from streamlit.errors import StreamlitPageNotFoundError
 
 from tl_core import charts, dashboard
+
+if not st.session_state.get("_tl_router"):  # reached without app.py's router: see app.py
+    try:
+        st.switch_page("app.py", query_params={"goto": "compare", **st.query_params.to_dict()})
+    except StreamlitPageNotFoundError:  # run on its own (tests): no router to go through
+        pass
 
 store = dashboard.open_store()
 
@@ -61,11 +68,11 @@ done = [row for row in summary if row["total_seconds"]]
 fastest = min(done, key=lambda row: row["total_seconds"], default=None)
 m = st.columns(4)
 m[0].metric("Runs", len(runs), f"{sum(r.status == 'completed' for r in runs)} completed", delta_color="off",
-            border=True)
+            delta_arrow="off", border=True)
 m[1].metric("Best val accuracy", f"{best.best_val_acc:.1%}" if best else "–", best.name if best else None,
-            delta_color="off", border=True)
+            delta_color="off", delta_arrow="off", border=True)
 m[2].metric("Fastest run", dashboard.format_seconds(fastest["total_seconds"]) if fastest else "–",
-            fastest["name"] if fastest else None, delta_color="off", border=True)
+            fastest["name"] if fastest else None, delta_color="off", delta_arrow="off", border=True)
 m[3].metric("Still training", sum(r.status in ("queued", "running") for r in runs), border=True)
 if not with_epochs:
     st.info("No epoch has finished yet; curves appear after the first one.", icon=":material/hourglass_top:")
@@ -104,24 +111,26 @@ c1.number_input("Target accuracy", 0.0, 1.0, 0.8, 0.05, key="target_acc", format
                 help="The table shows how long each run took to first reach it")
 c2.caption("Best val accuracy and when it came, time to the target accuracy, total time, trainable "
            "parameters at the last epoch and training throughput.")
+several_seeds = len({row["seed"] for row in summary}) > 1
 st.dataframe(summary, hide_index=True, column_order=[
-    "id", "name", "strategy", "seed", "status", "best_val_acc", "best_epoch", "final_val_acc",
+    "name", "strategy", *(["seed"] if several_seeds else []), "status", "best_val_acc", "best_epoch", "final_val_acc",
     "time_to_target_s", "total_seconds", "trainable_params", "images_per_sec"], column_config={
     "id": st.column_config.NumberColumn("ID", width="small"),
     "name": "Run", "strategy": "Strategy", "seed": st.column_config.NumberColumn("Seed", width="small"),
-    "status": "Status",
-    "best_val_acc": st.column_config.NumberColumn("Best val acc", format="percent"),
-    "best_epoch": st.column_config.NumberColumn("Epoch of best"),
-    "final_val_acc": st.column_config.NumberColumn("Final val acc", format="percent"),
-    "time_to_target_s": st.column_config.NumberColumn(f"Time to {target:.0%}", format="%.1f s",
-                                                      help="Blank: never reached"),
-    "total_seconds": st.column_config.NumberColumn("Total time", format="%.1f s"),
-    "trainable_params": st.column_config.NumberColumn("Trainable params", format="compact"),
-    "images_per_sec": st.column_config.NumberColumn("Images/s", format="%.0f"),
+    "status": st.column_config.TextColumn("Status", width="small"),
+    "best_val_acc": st.column_config.NumberColumn("Best val acc", format="percent", width="small"),
+    "best_epoch": st.column_config.NumberColumn("Best epoch", width="small"),
+    "final_val_acc": st.column_config.NumberColumn("Final val acc", format="percent", width="small"),
+    "time_to_target_s": st.column_config.NumberColumn(f"Time to {target:.0%}", format="%.1f s", width="small",
+                                                      help="None: never reached"),
+    "total_seconds": st.column_config.NumberColumn("Total time", format="%.1f s", width="small"),
+    "trainable_params": st.column_config.NumberColumn("Trainable", format="compact", width="small",
+                                                      help="Trainable parameters at the last epoch"),
+    "images_per_sec": st.column_config.NumberColumn("Images/s", format="%.0f", width="small"),
 })
-d1, d2, _ = st.columns([1, 1, 3])
-d1.download_button("Summary CSV", to_csv(summary), "summary.csv", "text/csv", icon=":material/download:")
-d2.download_button("Per-epoch metrics CSV", to_csv(dashboard.metric_rows(runs, metrics)), "metrics.csv", "text/csv",
+downloads = st.container(horizontal=True)
+downloads.download_button("Summary CSV", to_csv(summary), "summary.csv", "text/csv", icon=":material/download:")
+downloads.download_button("Per-epoch metrics CSV", to_csv(dashboard.metric_rows(runs, metrics)), "metrics.csv", "text/csv",
                    icon=":material/download:")
 
 # --- per-class results -------------------------------------------------------------------------
@@ -132,7 +141,7 @@ st.subheader("Per class")
 if not class_rows:
     st.caption("Per-class results appear when a run completes.")
     st.stop()
-st.plotly_chart(charts.per_class_recall({label[i]: rows for i, rows in class_rows.items()}), key="per_class")
+st.plotly_chart(charts.per_class_recall(runs, class_rows, label), key="per_class")
 st.markdown("**Confusion matrices** at each run's best epoch (rows: true class, columns: predicted)")
 items = list(class_rows.items())
 for start in range(0, len(items), 3):

@@ -15,6 +15,12 @@ from streamlit.errors import StreamlitPageNotFoundError
 from tl_core import charts, dashboard
 from tl_core.errors import UserError
 
+if not st.session_state.get("_tl_router"):  # reached without app.py's router: see app.py
+    try:
+        st.switch_page("app.py", query_params={"goto": "new_run", **st.query_params.to_dict()})
+    except StreamlitPageNotFoundError:  # run on its own (tests): no router to go through
+        pass
+
 DEFAULT_BACKBONE = "efficientnet_lite0"
 DEFAULT_STRATEGY = "feature_extraction"
 
@@ -45,6 +51,8 @@ def param_counts(backbone: str, strategy: str, settings: tuple, num_classes: int
 
 
 def millions(n: int) -> str:
+    if n == 0:
+        return "0"
     return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}k"
 
 
@@ -134,7 +142,10 @@ ticked_now = [s["strategy"] for s in strategies if st.session_state.get(f"strate
                                                                           s["strategy"] == DEFAULT_STRATEGY)]
 knobs_in_use = {k for s in strategies if s["strategy"] in ticked_now for k in s["knobs"]}
 
+strategy_list = st.container()  # filled below, once the knobs (which change its counts) are read
+
 # The knobs every ticked strategy reads; they shape the parameter counts shown beside each one.
+st.markdown("**Settings of the ticked strategies**")
 settings: dict = {"epochs": st.session_state.get("epochs", 5)}
 head_cols = st.columns(4)
 settings["head"] = head_cols[0].segmented_control("Head", ["linear", "mlp"], default="linear", key="head",
@@ -145,7 +156,6 @@ if settings["head"] == "mlp":
     settings["dropout"] = head_cols[2].number_input("Dropout", 0.0, 0.95, 0.2, 0.05, key="dropout")
 n_groups = len(dashboard.describe_backbone(backbone)["groups"])
 if knobs_in_use:
-    st.markdown("**Strategy settings**")
     cols = iter(st.columns(4) + st.columns(4))
     if "unfreeze" in knobs_in_use:
         settings["unfreeze"] = next(cols).number_input(
@@ -171,10 +181,9 @@ if knobs_in_use:
             settings["patience"] = next(cols).number_input("Patience (epochs)", 1, 1000, 1, key="patience")
 
 num_classes = report["num_classes"] if report else 10
-st.markdown("")
 for s in strategies:
     name = s["strategy"]
-    c_tick, c_text, c_params = st.columns([2, 6, 3], vertical_alignment="center")
+    c_tick, c_text, c_params = strategy_list.columns([2, 6, 3], vertical_alignment="center")
     c_tick.checkbox(f"**{name}**", value=name == DEFAULT_STRATEGY, key=f"strategy_{name}")
     if name in recommended:
         c_tick.badge("recommended", icon=":material/star:", color="green")
@@ -242,11 +251,11 @@ with st.form("launch_form", border=True):
 if done := st.session_state.get("queued"):
     st.success(f"Queued {len(done['ids'])} run(s) in experiment **{done['experiment']}**: "
                + ", ".join(f"#{i} {n}" for i, n in zip(done["ids"], done["names"])), icon=":material/check_circle:")
-    links = st.columns([1, 1, 4])
+    links = st.container(horizontal=True)
     try:
-        links[0].page_link("pages/runs.py", label="Watch them on Runs", icon=":material/view_list:")
-        links[1].page_link("pages/compare.py", label="Compare them", icon=":material/stacked_line_chart:",
-                           query_params={"experiment": done["experiment"]})
+        links.page_link("pages/runs.py", label="Watch them on Runs", icon=":material/view_list:")
+        links.page_link("pages/compare.py", label="Compare them", icon=":material/stacked_line_chart:",
+                       query_params={"experiment": done["experiment"]})
     except StreamlitPageNotFoundError:  # this page run on its own, without app.py's navigation
-        links[0].markdown("[Watch them on Runs](runs)")
-        links[1].markdown(f"[Compare them](compare?experiment={quote(done['experiment'])})")
+        links.markdown("[Watch them on Runs](runs)")
+        links.markdown(f"[Compare them](compare?experiment={quote(done['experiment'])})")

@@ -4,8 +4,15 @@ Open a run directly with ?run=<id> in the URL (the Runs page links here that way
 """
 
 import streamlit as st
+from streamlit.errors import StreamlitPageNotFoundError
 
 from tl_core import charts, dashboard
+
+if not st.session_state.get("_tl_router"):  # reached without app.py's router: see app.py
+    try:
+        st.switch_page("app.py", query_params={"goto": "run_detail", **st.query_params.to_dict()})
+    except StreamlitPageNotFoundError:  # run on its own (tests): no router to go through
+        pass
 
 store = dashboard.open_store()
 
@@ -28,14 +35,15 @@ run = store.get_run(run_id)
 cfg = run.config
 
 # --- headline ------------------------------------------------------------------------------------
-st.caption(f"**{cfg.get('backbone')}** with **{cfg.get('strategy')}** on `{cfg.get('data')}` · experiment "
-           f"**{run.experiment}** · seed {cfg.get('seed')} · queued {run.created_at:%Y-%m-%d %H:%M}")
-m = st.columns(5)
-m[0].metric("Status", run.status.capitalize(), border=True)
-m[1].metric("Best val accuracy", f"{run.best_val_acc:.1%}" if run.best_val_acc is not None else "–", border=True)
-m[2].metric("Best epoch", run.best_epoch + 1 if run.best_epoch is not None else "–", border=True)
-m[3].metric("Epochs", f"{run.epochs_done} of {run.epochs}", border=True)
-m[4].metric("Duration", dashboard.format_seconds(run.duration_s) or "–", border=True)
+STATUS_COLOURS = {"queued": "gray", "running": "blue", "completed": "green", "failed": "red", "cancelled": "orange"}
+st.markdown(f":{STATUS_COLOURS.get(run.status, 'gray')}-badge[{run.status}] **{cfg.get('backbone')}** with "
+            f"**{cfg.get('strategy')}** on `{cfg.get('data')}` · experiment **{run.experiment}** · seed "
+            f"{cfg.get('seed')} · queued {run.created_at:%Y-%m-%d %H:%M}")
+m = st.columns(4)
+m[0].metric("Best val accuracy", f"{run.best_val_acc:.1%}" if run.best_val_acc is not None else "–", border=True)
+m[1].metric("Best epoch", run.best_epoch + 1 if run.best_epoch is not None else "–", border=True)
+m[2].metric("Epochs", f"{run.epochs_done} of {run.epochs}", border=True)
+m[3].metric("Duration", dashboard.format_seconds(run.duration_s) or "–", border=True)
 if run.status == "running":
     st.progress(run.epochs_done / max(1, run.epochs),
                 text=f"epoch {run.epochs_done} of {run.epochs} · ETA {dashboard.format_seconds(dashboard.eta_seconds(run))}")

@@ -33,8 +33,11 @@ def _label(key: str) -> str:
 
 def _layout(fig: go.Figure, title: str, x: str, y: str, height: int = 360) -> go.Figure:
     fig.update_layout(title=title, height=height, hovermode="closest", margin=dict(l=10, r=10, t=50, b=10),
-                      legend=dict(orientation="h", yanchor="top", y=-0.18, xanchor="left", x=0))
+                      legend=dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0))
     fig.update_xaxes(title=_label(x))
+    if x == "epoch":  # whole epochs only, about ten ticks at most
+        last = max((v for trace in fig.data for v in (trace.x or ()) if v is not None), default=1)
+        fig.update_xaxes(tick0=1, dtick=max(1, math.ceil(last / 10)))
     fig.update_yaxes(title=_label(y), tickformat=".0%" if "acc" in y or "_top" in y else None)
     return fig
 
@@ -158,15 +161,25 @@ def split_counts(per_class: dict[str, dict[str, int]]) -> go.Figure:
     return fig
 
 
-def per_class_recall(by_run: dict[str, Sequence]) -> go.Figure:
-    """Per-class accuracy (recall) grouped by run: {run name: [ClassMetric-like rows]}."""
+def per_class_recall(runs: Sequence[RunLike], class_rows: dict[int, Sequence],
+                     labels: dict[int, str] | None = None) -> go.Figure:
+    """Per-class accuracy (recall) grouped by run; class_rows is {run id: [ClassMetric-like rows]}.
+
+    Colours match the curves (one per strategy); a strategy's further seeds are hatched.
+    """
     fig = go.Figure()
-    for i, (name, rows) in enumerate(by_run.items()):
+    styles = _styles(runs)
+    for r in runs:
+        rows = class_rows.get(r.id)
+        if not rows:
+            continue
+        name = (labels or {}).get(r.id, r.name)
+        hatch = "" if styles[r.id]["dash"] == "solid" else "/"
         fig.add_trace(go.Bar(x=[c.class_name for c in rows], y=[c.recall for c in rows], name=name,
-                             marker_color=PALETTE[i % len(PALETTE)],
+                             marker=dict(color=styles[r.id]["color"], pattern_shape=hatch),
                              hovertemplate=f"<b>{name}</b><br>%{{x}}: %{{y:.1%}}<extra></extra>"))
-    fig.update_layout(barmode="group", title="per-class accuracy (recall) at the best epoch", height=360,
-                      margin=dict(l=10, r=10, t=50, b=10), legend=dict(orientation="h", y=-0.2))
+    fig.update_layout(barmode="group", title="per-class accuracy (recall) at the best epoch", height=380,
+                      margin=dict(l=10, r=10, t=50, b=10), legend=dict(orientation="h", y=-0.15))
     fig.update_yaxes(tickformat=".0%", range=[0, 1.02])
     return fig
 

@@ -24,10 +24,14 @@ from .store import FINISHED, STATUSES, Run, Store, default_db_url
 # --- the store and the worker ---------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=8)
 def open_store(url: str | None = None) -> Store:
     """One Store (one connection pool) per database URL for the whole dashboard process."""
-    return Store(url or default_db_url())
+    return _store(url or default_db_url())
+
+
+@functools.lru_cache(maxsize=8)
+def _store(url: str) -> Store:
+    return Store(url)
 
 
 def display_db_url(url: str) -> str:

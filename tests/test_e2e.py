@@ -1,0 +1,192 @@
+"""End to end in a real browser: launch two strategies from New run, watch them train, compare them.
+
+Starts `streamlit run app.py` on a free port with its own database, runs folder and data root;
+the app starts the real worker, which trains both runs on the CPU. Drives Debian's chromium
+(never a downloaded browser) with Playwright and leaves a screenshot of every page in
+artifacts/screenshots/.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tl_core.demo_data import write_demo_data
+from tl_core.store import Store
+
+ROOT = Path(__file__).resolve().parents[1]
+SHOTS = ROOT / "artifacts" / "screenshots"
+TRAIN_TIMEOUT_S = 180
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie has exited
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _stop(pid: int) -> None:
+    """SIGTERM, then SIGKILL after 10 s; returns once the process is gone."""
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.time() + wait
+        while time.time() < deadline:
+            if not _alive(pid):
+                return
+            time.sleep(0.1)
+
+
+@pytest.fixture()
+def app_server(tmp_path):
+    """The dashboard on a free port with its own state; yields (base URL, database URL, runs dir)."""
+    write_demo_data(tmp_path / "data", datasets=("animals",), per_class=20, size=48)
+    db_url = f"sqlite:///{tmp_path / 'e2e.db'}"
+    runs = tmp_path / "runs"
+    port = _free_port()
+    env = {**os.environ, "DATABASE_URL": db_url, "TL_DATA_ROOTS": str(tmp_path / "data"),
+           "TL_RUNS_DIR": str(runs), "TL_MAX_CONCURRENT": "1"}
+    env.pop("TL_NO_WORKER", None)
+    log = open(tmp_path / "streamlit.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                if urllib.request.urlopen(base + "/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                pass
+            assert proc.poll() is None, (tmp_path / "streamlit.log").read_text()
+            assert time.time() < deadline, "streamlit did not come up in 60 s"
+            time.sleep(0.3)
+        yield base, db_url, runs
+    finally:
+        _stop(proc.pid)
+        log.close()
+        # The app started a detached worker (its own session); stop it, and so its training runs.
+        pidfile = runs / "worker.pid"
+        if pidfile.exists():
+            worker = int(pidfile.read_text().strip())
+            _stop(worker)
+            assert not _alive(worker), "the worker outlived the test"
+        for run in Store(db_url).list_runs():
+            assert not (run.pid and _alive(run.pid)), f"run {run.id}'s process outlived the test"
+
+
+def _browser(p):
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.fail("Debian's chromium is not installed: run `apt-get install chromium` "
+                    "(the end-to-end test never downloads a browser)")
+    return p.chromium.launch(executable_path=chromium, args=[
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+
+
+def _settle(page, timeout_ms: int = 90_000) -> None:
+    """Wait until the script has finished running (Streamlit's status widget has gone)."""
+    page.wait_for_timeout(800)
+    page.wait_for_selector('[data-testid="stStatusWidget"]', state="detached", timeout=timeout_ms)
+    page.wait_for_timeout(500)
+
+
+def _screenshot(page, name: str) -> None:
+    """The whole page: Streamlit scrolls inside <main>, so grow the viewport to its height first."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    height = page.evaluate("() => document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
+    page.set_viewport_size({"width": 1400, "height": min(max(height + 40, 900), 8000)})
+    page.wait_for_timeout(1500)  # plotly re-lays out its charts on resize
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+    page.set_viewport_size({"width": 1400, "height": 1000})
+
+
+def _metric_value(page, label: str) -> str:
+    metric = page.locator('[data-testid="stMetric"]').filter(
+        has=page.locator('[data-testid="stMetricLabel"]', has_text=re.compile(rf"^{label}$")))
+    return metric.locator('[data-testid="stMetricValue"]').inner_text().strip()
+
+
+def test_launch_two_strategies_watch_them_train_and_compare(app_server):
+    from playwright.sync_api import expect, sync_playwright
+
+    base, db_url, _ = app_server
+    with sync_playwright() as p:
+        browser = _browser(p)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(60_000)
+
+        # 1. New run: the demo dataset is the only folder under the root, so it is chosen.
+        page.goto(base)
+        _settle(page)
+        expect(page.get_by_role("heading", name="New run")).to_be_visible()
+        expect(page.get_by_role("combobox", name="Dataset folder")).to_have_value(re.compile(r"^animals"))
+        assert _metric_value(page, "Classes") == "10"
+        page.locator('[data-testid="stCheckbox"]').filter(has_text=re.compile(r"^partial$")).click()
+        _settle(page)
+        expect(page.get_by_role("spinbutton", name="Groups to unfreeze (partial)")).to_be_visible()  # partial's knob appears
+        page.get_by_role("spinbutton", name="Epochs").fill("2")
+        page.get_by_role("spinbutton", name="Image size (px)").fill("48")
+        page.get_by_role("textbox", name="Experiment name").fill("e2e-two-strategies")
+        page.get_by_role("button", name="Launch").click()
+        _settle(page)
+        expect(page.get_by_text("Queued 2 run(s)")).to_be_visible()
+        _screenshot(page, "1-new-run")
+
+        runs = Store(db_url).list_runs(experiment="e2e-two-strategies")
+        assert sorted(r.config["strategy"] for r in runs) == ["feature_extraction", "partial"]
+        assert {r.config["epochs"] for r in runs} == {2} and {r.config["image_size"] for r in runs} == {48}
+
+        # 2. Runs: the live table (a fragment) shows both runs completed without a reload.
+        page.get_by_role("link", name="Watch them on Runs").click()
+        _settle(page)
+        deadline = time.time() + TRAIN_TIMEOUT_S
+        while _metric_value(page, "Completed") != "2":
+            failed = [r for r in Store(db_url).list_runs() if r.status in ("failed", "cancelled")]
+            assert not failed, f"run {failed[0].id} {failed[0].status}: {failed[0].error}"
+            assert time.time() < deadline, f"runs not completed in {TRAIN_TIMEOUT_S} s"
+            page.wait_for_timeout(1000)
+        page.wait_for_timeout(2500)  # one more refresh so the table shows the final rows
+        _screenshot(page, "2-runs")
+
+        # 3. Compare: the experiment opens with both runs' curves, one legend entry per run.
+        page.goto(f"{base}/compare?experiment=e2e-two-strategies")
+        _settle(page)
+        chart = page.locator('[data-testid="stPlotlyChart"]').first
+        for run in runs:
+            expect(chart.locator(".legendtext", has_text=run.name)).to_have_count(1)
+        expect(page.get_by_text("Per class")).to_be_visible()
+        _screenshot(page, "3-compare")
+
+        # 4. Run detail of one of them, through its URL.
+        page.goto(f"{base}/run_detail?run={runs[0].id}")
+        _settle(page)
+        expect(page.get_by_role("button", name=re.compile("Download best checkpoint"))).to_be_visible()
+        _screenshot(page, "4-run-detail")
+        browser.close()
