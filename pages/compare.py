@@ -74,6 +74,9 @@ m[1].metric("Best val accuracy", f"{best.best_val_acc:.1%}" if best else "–", 
 m[2].metric("Fastest run", dashboard.format_seconds(fastest["total_seconds"]) if fastest else "–",
             fastest["name"] if fastest else None, delta_color="off", delta_arrow="off", border=True)
 m[3].metric("Still training", sum(r.status in ("queued", "running") for r in runs), border=True)
+if any(r.status in ("queued", "running") for r in runs):
+    st.button("Refresh", icon=":material/refresh:", key="compare_refresh", help="Some runs are still training: "
+              "read their latest epochs")
 if not with_epochs:
     st.info("No epoch has finished yet; curves appear after the first one.", icon=":material/hourglass_top:")
 

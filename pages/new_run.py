@@ -50,6 +50,12 @@ def param_counts(backbone: str, strategy: str, settings: tuple, num_classes: int
     return dashboard.strategy_param_counts(backbone, strategy, dict(settings), num_classes)
 
 
+def grid(per_row: int = 4):
+    """Columns for widgets, a new row of `per_row` each time the last row is full."""
+    while True:
+        yield from st.columns(per_row)
+
+
 def millions(n: int) -> str:
     if n == 0:
         return "0"
@@ -147,38 +153,37 @@ strategy_list = st.container()  # filled below, once the knobs (which change its
 # The knobs every ticked strategy reads; they shape the parameter counts shown beside each one.
 st.markdown("**Settings of the ticked strategies**")
 settings: dict = {"epochs": st.session_state.get("epochs", 5)}
-head_cols = st.columns(4)
-settings["head"] = head_cols[0].segmented_control("Head", ["linear", "mlp"], default="linear", key="head",
-                                                  help="The new classifier: one Linear layer, or Linear-ReLU-"
-                                                       "Dropout-Linear") or "linear"
+cols = grid()  # one grid for the head and every knob in use
+settings["head"] = next(cols).segmented_control("Head", ["linear", "mlp"], default="linear", key="head",
+                                                help="The new classifier: one Linear layer, or Linear-ReLU-"
+                                                     "Dropout-Linear") or "linear"
 if settings["head"] == "mlp":
-    settings["hidden"] = head_cols[1].number_input("Hidden units", 1, 8192, 512, key="hidden")
-    settings["dropout"] = head_cols[2].number_input("Dropout", 0.0, 0.95, 0.2, 0.05, key="dropout")
-n_groups = len(dashboard.describe_backbone(backbone)["groups"])
-if knobs_in_use:
-    cols = iter(st.columns(4) + st.columns(4))
-    if "unfreeze" in knobs_in_use:
-        settings["unfreeze"] = next(cols).number_input(
-            "Groups to unfreeze (partial)", 1, max(1, n_groups - 1), min(2, n_groups - 1), key="unfreeze",
-            help=f"Layer groups trained below the head; {backbone} has {n_groups - 1}")
-    if "lr_decay" in knobs_in_use:
-        settings["lr_decay"] = next(cols).number_input(
-            "LR decay per group", 1.0, 100.0, 3.0, 0.5, key="lr_decay",
-            help="discriminative / progressive: each group down trains at LR / decay")
-    if "head_epochs" in knobs_in_use:
-        settings["head_epochs"] = next(cols).number_input(
-            "Head-only epochs (two_phase)", 1, 1000, 2, key="head_epochs")
-        settings["phase2_lr_factor"] = next(cols).number_input(
-            "Phase-2 LR factor (two_phase)", 0.001, 10.0, 0.1, 0.05, key="phase2_lr_factor", format="%.3f")
-    if "unfreeze_on" in knobs_in_use:
-        settings["unfreeze_on"] = next(cols).selectbox(
-            "Unfreeze on (progressive)", ["schedule", "plateau"], key="unfreeze_on",
-            help="schedule: one more group every K epochs; plateau: when val loss stops improving")
-        if settings["unfreeze_on"] == "schedule":
-            settings["unfreeze_every"] = next(cols).number_input("Unfreeze every (epochs)", 1, 1000, 1,
-                                                                 key="unfreeze_every")
-        else:
-            settings["patience"] = next(cols).number_input("Patience (epochs)", 1, 1000, 1, key="patience")
+    settings["hidden"] = next(cols).number_input("Hidden units", 1, 8192, 512, key="hidden")
+    settings["dropout"] = next(cols).number_input("Dropout", 0.0, 0.95, 0.2, 0.05, key="dropout")
+n_groups = by_name[backbone]["layer_groups"]
+if "unfreeze" in knobs_in_use:
+    if st.session_state.get("unfreeze", 0) > n_groups - 1:  # a smaller backbone than before was chosen
+        st.session_state["unfreeze"] = n_groups - 1
+    settings["unfreeze"] = next(cols).number_input(
+        "Groups to unfreeze (partial)", 1, max(1, n_groups - 1), min(2, n_groups - 1), key="unfreeze",
+        help=f"Layer groups trained below the head; {backbone} has {n_groups - 1}")
+if "lr_decay" in knobs_in_use:
+    settings["lr_decay"] = next(cols).number_input(
+        "LR decay per group", 1.0, 100.0, 3.0, 0.5, key="lr_decay",
+        help="discriminative / progressive: each group down trains at LR / decay")
+if "head_epochs" in knobs_in_use:
+    settings["head_epochs"] = next(cols).number_input("Head-only epochs (two_phase)", 1, 1000, 2, key="head_epochs")
+    settings["phase2_lr_factor"] = next(cols).number_input(
+        "Phase-2 LR factor (two_phase)", 0.001, 10.0, 0.1, 0.05, key="phase2_lr_factor", format="%.3f")
+if "unfreeze_on" in knobs_in_use:
+    settings["unfreeze_on"] = next(cols).selectbox(
+        "Unfreeze on (progressive)", ["schedule", "plateau"], key="unfreeze_on",
+        help="schedule: one more group every K epochs; plateau: when val loss stops improving")
+    if settings["unfreeze_on"] == "schedule":
+        settings["unfreeze_every"] = next(cols).number_input("Unfreeze every (epochs)", 1, 1000, 1,
+                                                             key="unfreeze_every")
+    else:
+        settings["patience"] = next(cols).number_input("Patience (epochs)", 1, 1000, 1, key="patience")
 
 num_classes = report["num_classes"] if report else 10
 for s in strategies:

@@ -44,6 +44,8 @@ m[0].metric("Best val accuracy", f"{run.best_val_acc:.1%}" if run.best_val_acc i
 m[1].metric("Best epoch", run.best_epoch + 1 if run.best_epoch is not None else "–", border=True)
 m[2].metric("Epochs", f"{run.epochs_done} of {run.epochs}", border=True)
 m[3].metric("Duration", dashboard.format_seconds(run.duration_s) or "–", border=True)
+if run.status in ("queued", "running"):
+    st.button("Refresh", icon=":material/refresh:", key="detail_refresh", help="Read the run's latest epochs")
 if run.status == "running":
     st.progress(run.epochs_done / max(1, run.epochs),
                 text=f"epoch {run.epochs_done} of {run.epochs} · ETA {dashboard.format_seconds(dashboard.eta_seconds(run))}")
@@ -72,7 +74,8 @@ with curves_tab:
         a, b = st.columns(2)
         a.plotly_chart(charts.epoch_lines(epochs, ["images_per_sec"], "throughput", "images / s"),
                        key="throughput")
-        b.plotly_chart(charts.epoch_lines(epochs, ["trainable_params"], "trainable parameters", "parameters"),
+        b.plotly_chart(charts.epoch_lines(epochs, ["trainable_params"], "trainable parameters", "parameters",
+                                           count=True),
                        key="trainable")
 
 with table_tab:

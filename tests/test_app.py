@@ -145,6 +145,27 @@ def test_new_run_knobs_appear_only_for_the_strategies_that_read_them(env):
     assert at.number_input(key="unfreeze").value == 2
 
 
+def test_new_run_every_strategy_ticked_shows_every_knob(env):
+    at = no_exception(page("new_run.py").run())
+    for name in list_strategies():
+        at.checkbox(key=f"strategy_{name}").check()
+    at.segmented_control(key="head").set_value("mlp")
+    at = no_exception(at.run())
+    at = no_exception(at.selectbox(key="unfreeze_on").set_value("plateau").run())
+    shown = {w.key for w in at.number_input} | {w.key for w in at.selectbox}
+    assert {"hidden", "dropout", "unfreeze", "lr_decay", "head_epochs", "phase2_lr_factor", "unfreeze_on",
+            "patience"} <= shown
+    assert "unfreeze_every" not in shown  # a schedule knob, hidden while unfreezing on a plateau
+
+
+def test_new_run_unfreeze_follows_a_smaller_backbone(env):
+    at = no_exception(page("new_run.py").run())
+    at = no_exception(at.checkbox(key="strategy_partial").check().run())
+    at = no_exception(at.number_input(key="unfreeze").set_value(8).run())  # EfficientNet-Lite0: 8 body groups
+    at = no_exception(at.selectbox(key="backbone").set_value("resnet18").run())  # resnet18: 5
+    assert at.number_input(key="unfreeze").value == 5
+
+
 def test_new_run_two_strategies_queue_one_experiment_of_two_runs(env):
     at = no_exception(page("new_run.py").run())
     at = no_exception(at.checkbox(key="strategy_partial").check().run())

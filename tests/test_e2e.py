@@ -175,18 +175,22 @@ def test_launch_two_strategies_watch_them_train_and_compare(app_server):
         page.wait_for_timeout(2500)  # one more refresh so the table shows the final rows
         _screenshot(page, "2-runs")
 
-        # 3. Compare: the experiment opens with both runs' curves, one legend entry per run.
-        page.goto(f"{base}/compare?experiment=e2e-two-strategies")
+        # 3. Run detail of the newest run, through the Runs page's action (a switch from inside the fragment).
+        newest = max(runs, key=lambda r: r.id)
+        page.get_by_role("button", name="Open details").click()
         _settle(page)
+        expect(page.get_by_role("heading", name="Run detail")).to_be_visible()
+        assert f"run={newest.id}" in page.url
+        expect(page.get_by_role("button", name=re.compile("Download best checkpoint"))).to_be_visible()
+        _screenshot(page, "3-run-detail")
+
+        # 4. Compare, from the sidebar: the newest experiment opens with one legend entry per run.
+        page.get_by_role("link", name="Compare").click()
+        _settle(page)
+        expect(page.get_by_role("combobox", name="Experiment")).to_have_value("e2e-two-strategies")
         chart = page.locator('[data-testid="stPlotlyChart"]').first
         for run in runs:
             expect(chart.locator(".legendtext", has_text=run.name)).to_have_count(1)
         expect(page.get_by_text("Per class")).to_be_visible()
-        _screenshot(page, "3-compare")
-
-        # 4. Run detail of one of them, through its URL.
-        page.goto(f"{base}/run_detail?run={runs[0].id}")
-        _settle(page)
-        expect(page.get_by_role("button", name=re.compile("Download best checkpoint"))).to_be_visible()
-        _screenshot(page, "4-run-detail")
+        _screenshot(page, "4-compare")
         browser.close()

@@ -200,8 +200,11 @@ def confusion_heatmap(classes: Sequence[str], matrix: Sequence[Sequence[int]], t
 
 
 def epoch_lines(epochs: dict[int, dict[str, float]], keys: Iterable[str], title: str, y_title: str,
-                log_y: bool = False) -> go.Figure:
-    """Several keys of one run against epoch (1-based): a trace per key that has values."""
+                log_y: bool = False, count: bool = False) -> go.Figure:
+    """Several keys of one run against epoch (1-based): a trace per key that has values.
+
+    log_y suits learning rates; count draws the y axis from zero with k / M ticks.
+    """
     fig = go.Figure()
     for i, key in enumerate(keys):
         pts = [(e + 1, m[key]) for e, m in sorted(epochs.items()) if key in m]
@@ -211,6 +214,8 @@ def epoch_lines(epochs: dict[int, dict[str, float]], keys: Iterable[str], title:
     fig = _layout(fig, title, "epoch", y_title)
     if log_y:
         fig.update_yaxes(type="log", tickformat=".0e")
+    if count:  # a count such as trainable parameters: from zero, in k / M
+        fig.update_yaxes(rangemode="tozero", tickformat=".3s")
     return fig
 
 

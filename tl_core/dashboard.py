@@ -118,19 +118,13 @@ def sample_images(path: str, per_class: int = 4) -> dict[str, list[str]]:
 # --- backbones and strategies -------------------------------------------------------------------
 
 
-def describe_backbone(name: str, num_classes: int = 10) -> dict:
-    from .backbones import describe
-
-    return describe(name, num_classes)
-
-
 def backbone_table() -> list[dict]:
     """One row per registered backbone: size, layer groups, ImageNet top-1, weights availability."""
-    from .backbones import list_backbones
+    from .backbones import describe, list_backbones
 
     rows = []
     for name in list_backbones():
-        d = describe_backbone(name)
+        d = describe(name)
         rows.append({"backbone": name, "params_m": d["params"] / 1e6, "layer_groups": len(d["groups"]),
                      "imagenet_top1": d["imagenet_top1"], "weights": d["weights"]})
     return rows
