@@ -80,8 +80,17 @@ with curves_tab:
 
 with table_tab:
     rows = dashboard.metric_rows([run], {run.id: epochs})
-    st.dataframe(rows, hide_index=True, column_order=["epoch"] + [k for k in (rows[0] if rows else {})
-                                                                  if k not in ("run_id", "name", "strategy", "epoch")])
+    columns = [k for k in (rows[0] if rows else {}) if k not in ("run_id", "name", "strategy")]
+    percent = st.column_config.NumberColumn(format="percent")
+    st.dataframe(rows, hide_index=True, column_order=columns, column_config={
+        "epoch": st.column_config.NumberColumn("epoch", width="small"),
+        "train_acc": percent, "val_acc": percent, "val_top5": percent,
+        "train_loss": st.column_config.NumberColumn(format="%.4f"),
+        "val_loss": st.column_config.NumberColumn(format="%.4f"),
+        "trainable_params": st.column_config.NumberColumn(format="compact"),
+        **{k: st.column_config.NumberColumn(format="%.1f") for k in
+           ("epoch_seconds", "images_per_sec", "peak_memory_mb", "wall_seconds")},
+        **{k: st.column_config.NumberColumn(format="%.2e") for k in columns if k.startswith("lr/")}})
     st.caption("Every metric the run recorded per epoch; lr/<group> is each layer group's LR at the end of the epoch.")
 
 with lr_tab:
@@ -99,7 +108,7 @@ with class_tab:
     if not classes:
         st.info("Per-class results are written when the run completes.", icon=":material/hourglass_top:")
     else:
-        a, b = st.columns([2, 3])
+        a, b = st.columns([1, 1])
         a.dataframe([{"class": c.class_name, "precision": c.precision, "recall": c.recall, "f1": c.f1,
                       "support": c.support} for c in classes], hide_index=True, column_config={
             "precision": st.column_config.NumberColumn("Precision", format="percent"),

@@ -31,14 +31,14 @@ def _label(key: str) -> str:
     return LABELS.get(key, key.replace("_", " "))
 
 
-def _layout(fig: go.Figure, title: str, x: str, y: str, height: int = 360) -> go.Figure:
+def _layout(fig: go.Figure, title: str, x: str, y: str, height: int = 360, y_title: str | None = None) -> go.Figure:
     fig.update_layout(title=title, height=height, hovermode="closest", margin=dict(l=10, r=10, t=50, b=10),
                       legend=dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0))
     fig.update_xaxes(title=_label(x))
     if x == "epoch":  # whole epochs only, about ten ticks at most
         last = max((v for trace in fig.data for v in (trace.x or ()) if v is not None), default=1)
         fig.update_xaxes(tick0=1, dtick=max(1, math.ceil(last / 10)))
-    fig.update_yaxes(title=_label(y), tickformat=".0%" if "acc" in y or "_top" in y else None)
+    fig.update_yaxes(title=y_title or _label(y), tickformat=".0%" if "acc" in y or "_top" in y else None)
     return fig
 
 
@@ -120,7 +120,7 @@ def seed_bands(runs: Sequence[RunLike], metrics: Metrics, y: str = "val_acc",
         lower = [m - s for m, s in stats]
         name = f"{strategy} (n={len(members)})"
         fig.add_trace(go.Scatter(x=[e + 1 for e in xs] + [e + 1 for e in reversed(xs)], y=upper + lower[::-1],
-                                 fill="toself", fillcolor=_rgba(colour, 0.18), line=dict(width=0),
+                                 fill="toself", fillcolor=_rgba(colour, 0.18), line=dict(width=0), mode="lines",
                                  hoverinfo="skip", showlegend=False, legendgroup=name))
         fig.add_trace(go.Scatter(x=[e + 1 for e in xs], y=[m for m, _ in stats], name=name, legendgroup=name,
                                  mode="lines+markers", line=dict(color=colour),
@@ -148,7 +148,8 @@ def train_val_gap(runs: Sequence[RunLike], metrics: Metrics, metric: str = "acc"
             fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], name=f"{r.name} {split}",
                                      legendgroup=r.name, mode="lines+markers",
                                      line=dict(color=styles[r.id]["color"], dash=dash)))
-    return _layout(fig, f"train vs val {'accuracy' if metric == 'acc' else 'loss'}", "epoch", f"val_{metric}")
+    what = "accuracy" if metric == "acc" else "loss"
+    return _layout(fig, f"train vs val {what}", "epoch", f"val_{metric}", y_title=what)
 
 
 def split_counts(per_class: dict[str, dict[str, int]]) -> go.Figure:
@@ -213,7 +214,7 @@ def epoch_lines(epochs: dict[int, dict[str, float]], keys: Iterable[str], title:
                                      name=_label(key.removeprefix("lr/")), line=dict(color=PALETTE[i % len(PALETTE)])))
     fig = _layout(fig, title, "epoch", y_title)
     if log_y:
-        fig.update_yaxes(type="log", tickformat=".0e")
+        fig.update_yaxes(type="log", tickformat=".0e", dtick=1)  # one labelled tick per decade
     if count:  # a count such as trainable parameters: from zero, in k / M
         fig.update_yaxes(rangemode="tozero", tickformat=".3s")
     return fig

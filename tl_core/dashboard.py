@@ -336,7 +336,22 @@ def summary_rows(runs: list[Run], metrics: dict[int, dict[int, dict[str, float]]
     return rows
 
 
+EPOCH_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "trainable_groups", "trainable_params",
+              "epoch_seconds", "images_per_sec", "peak_memory_mb", "wall_seconds")
+
+
 def metric_rows(runs: list[Run], metrics: dict[int, dict[int, dict[str, float]]]) -> list[dict]:
-    """Every epoch of every run as one flat row (epoch 1-based), for tables and CSV."""
-    return [{"run_id": r.id, "name": r.name, "strategy": r.config.get("strategy"), "epoch": e + 1, **m}
-            for r in runs for e, m in metrics.get(r.id, {}).items()]
+    """Every epoch of every run as one flat row (epoch 1-based), for tables and CSV.
+
+    Keys come in a reading order: losses and accuracies, then the strategy's trainable
+    groups, then speed, then each layer group's LR, then anything newer.
+    """
+    rows = []
+    for r in runs:
+        for e, m in metrics.get(r.id, {}).items():
+            known = {k: m[k] for k in EPOCH_KEYS if k in m}
+            lrs = {k: m[k] for k in sorted(m) if k.startswith("lr/")}
+            rest = {k: v for k, v in m.items() if k not in known and k not in lrs}
+            rows.append({"run_id": r.id, "name": r.name, "strategy": r.config.get("strategy"), "epoch": e + 1,
+                         **known, **lrs, **rest})
+    return rows
