@@ -80,11 +80,16 @@ typed = right.text_input("…or type a folder path", key="dataset_typed",
 st.caption("Data roots: " + ", ".join(f"`{r}`" for r in roots) + " (set TL_DATA_ROOTS to add more).")
 
 data_path, report = None, None
-try:
-    data_path = dashboard.resolve_data_path(typed or chosen or "", roots)
-    report = dataset_report(data_path, st.session_state.get("val_fraction", 0.2))
-except UserError as e:
-    st.error(dashboard.form_message(e), icon=":material/folder_off:")
+if not (typed or chosen):
+    st.info("No dataset folders under the data roots yet: write the demo datasets with "
+            "`python -m tl_core demo-data data`, or put a folder of class sub-folders there.",
+            icon=":material/folder_open:")
+else:
+    try:
+        data_path = dashboard.resolve_data_path(typed or chosen, roots)
+        report = dataset_report(data_path, st.session_state.get("val_fraction", 0.2))
+    except UserError as e:
+        st.error(dashboard.form_message(e), icon=":material/folder_off:")
 
 if report:
     per_class_train = report["train_images"] / max(1, report["num_classes"])

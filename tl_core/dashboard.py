@@ -218,7 +218,7 @@ def plan_runs(base: dict, strategies: list[str], seeds: list[int]) -> list[RunCo
     configs = [make_config(**{**base, "strategy": s, "seed": seed}) for s in strategies for seed in seeds]
     checked: set[tuple] = set()
     for cfg in configs:  # the dataset check depends only on these, not on the strategy
-        key = (cfg.data, cfg.val_fraction, cfg.train_fraction, cfg.seed, cfg.batch_size)
+        key = (cfg.data, cfg.val_fraction, cfg.train_fraction, cfg.seed, cfg.batch_size, cfg.weights)
         if key not in checked:
             check_run(cfg)
             checked.add(key)
