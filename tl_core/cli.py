@@ -94,6 +94,11 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cancel", parents=[common], help="cancel a queued or running run (stops within one batch)")
     p.add_argument("run_id", type=int)
 
+    p = sub.add_parser("resume", parents=[common], help="continue a failed or cancelled run from its last checkpoint")
+    p.add_argument("run_id", type=int)
+    p.add_argument("--detach", action="store_true", help="queue it for the worker instead of training here")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     p = sub.add_parser("worker", parents=[common], help="take queued runs from the database and train them")
     p.add_argument("--max-concurrent", type=int, default=None, help="runs at once (default $TL_MAX_CONCURRENT, "
                    "else one per GPU, one on CPU)")
@@ -170,10 +175,31 @@ def cmd_run(args) -> int:
         run = store.create_run(cfg.model_dump(), cfg.experiment, cfg.name, status="queued")
         _out(args, {"run_id": run.id, "status": run.status}, f"queued run {run.id}")
         return 0
-    from .train import train_run
-
     run = store.create_run(cfg.model_dump(), cfg.experiment, cfg.name, status="running",
                            pid=os.getpid(), host=socket.gethostname())
+    return _train_here(args, store, run.id)
+
+
+def cmd_resume(args) -> int:
+    store = Store(args.db)
+    run = store.get_run(args.run_id)
+    if run.status not in ("failed", "cancelled"):
+        raise UserError(f"run {run.id} is {run.status}; only failed or cancelled runs can be resumed")
+    check_run(make_config(**run.config))
+    if args.detach:
+        store.requeue(run.id)
+        _out(args, {"run_id": run.id, "status": "queued"}, f"queued run {run.id} to resume")
+        return 0
+    store.requeue(run.id, status="running")
+    store.update_run(run.id, pid=os.getpid(), host=socket.gethostname())
+    return _train_here(args, store, run.id)
+
+
+def _train_here(args, store: Store, run_id: int) -> int:
+    """Train a recorded run in this process and report it; exit 1 if it failed."""
+    from .train import train_run
+
+    run = store.get_run(run_id)
     result = train_run(store, run.id, progress=not args.no_progress)
     run = store.get_run(run.id)
     obj = {"run_id": run.id, "status": run.status, "best_val_acc": run.best_val_acc,
@@ -306,5 +332,5 @@ def cmd_train_run(args) -> int:
     return 1 if result.status == "failed" else 0
 
 
-COMMANDS = {"cancel": cmd_cancel, "worker": cmd_worker, "train-run": cmd_train_run, "demo-data": cmd_demo_data, "dataset": cmd_dataset, "run": cmd_run, "runs": cmd_runs,
+COMMANDS = {"resume": cmd_resume, "cancel": cmd_cancel, "worker": cmd_worker, "train-run": cmd_train_run, "demo-data": cmd_demo_data, "dataset": cmd_dataset, "run": cmd_run, "runs": cmd_runs,
             "show": cmd_show, "compare": cmd_compare, "backbones": cmd_backbones, "strategies": cmd_strategies}

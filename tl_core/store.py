@@ -266,6 +266,12 @@ class Store:
             fields["summary"] = summary
         self.update_run(run_id, **fields)
 
+    def requeue(self, run_id: int, status: str = "queued") -> Run:
+        """A failed or cancelled run back in the queue (or `running` in the foreground), to resume."""
+        self.update_run(run_id, status=status, cancel_requested=False, error=None, ended_at=None,
+                        pid=None, worker_pid=None)
+        return self.get_run(run_id)
+
     def request_cancel(self, run_id: int) -> Run:
         """Queued runs are cancelled at once; running ones stop at their next batch."""
         run = self.get_run(run_id)
@@ -304,6 +310,8 @@ class Store:
                   best: tuple[float, int] | None = None) -> None:
         """One epoch's metrics and the run's progress, in one transaction."""
         with self._session.begin() as s:
+            # A resumed run may repeat an epoch that was recorded just before its process died.
+            s.execute(delete(SqlEpochMetric).where(SqlEpochMetric.run_id == run_id, SqlEpochMetric.epoch == epoch))
             s.add_all(SqlEpochMetric(run_id=run_id, epoch=epoch, key=k, value=float(v))
                       for k, v in metrics.items())
             progress: dict[str, Any] = {"epochs_done": epoch + 1}

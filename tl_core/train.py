@@ -19,7 +19,7 @@ import socket
 import sys
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -293,12 +293,16 @@ def _fit(store: Store, run_id: int, cfg: RunConfig, device: torch.device, run_di
                                       "val_images": len(splits.val), "weights": bb.weights,
                                       "groups": [g.name for g in groups]})
 
-    optimizer, n_now, phase = None, 0, Phase(0, cfg.epochs)
-    val_losses: list[float] = []
-    best_acc, best_epoch, best_confusion = -1.0, -1, None
-    bar = tqdm(total=cfg.epochs * len(train_loader), unit="batch", disable=not progress, file=sys.stderr,
-               dynamic_ncols=True)
-    for epoch in range(cfg.epochs):
+    # A fresh start, or a resume from the last checkpoint: the same trainable groups, optimizer
+    # state, schedule position, unfreezing history and random streams as when it stopped.
+    last = run_dir / "last.pt"
+    st = _resume(last, model, cfg, groups, classes, train_loader) if last.exists() else TrainState(cfg.epochs)
+    optimizer, n_now, phase, val_losses = st.optimizer, st.n_trainable, st.phase, st.val_losses
+    best_acc, best_epoch, best_confusion = st.best_acc, st.best_epoch, st.best_confusion
+    started -= st.elapsed
+    bar = tqdm(total=cfg.epochs * len(train_loader), initial=st.start_epoch * len(train_loader), unit="batch",
+               disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    for epoch in range(st.start_epoch, cfg.epochs):
         epoch_start = time.perf_counter()
         # 1-2. Ask the strategy what trains now; move the freeze boundary if it changed.
         n = strategy.n_trainable(epoch, len(groups), params, val_losses)
@@ -340,8 +344,10 @@ def _fit(store: Store, run_id: int, cfg: RunConfig, device: torch.device, run_di
         }
         store.log_epoch(run_id, epoch, metrics, best=(best_acc, best_epoch))
         _save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-               "val_losses": val_losses, "best": (best_acc, best_epoch), "classes": classes,
-               "config": cfg.model_dump()}, run_dir / "last.pt")
+               "n_trainable": n, "phase": (phase.start, phase.end), "val_losses": val_losses,
+               "best": (best_acc, best_epoch), "best_confusion": best_confusion, "classes": classes,
+               "rng": torch.get_rng_state(), "loader_rng": train_loader.generator.get_state(),
+               "wall_seconds": metrics["wall_seconds"], "config": cfg.model_dump()}, last)
         bar.write(f"epoch {epoch + 1}/{cfg.epochs}  train loss {train_loss:.3f} acc {train_acc:.3f}  "
                   f"val loss {ev['val_loss']:.3f} acc {ev['val_acc']:.3f}  groups {n}/{len(groups)}", file=sys.stderr)
     bar.close()
@@ -350,6 +356,47 @@ def _fit(store: Store, run_id: int, cfg: RunConfig, device: torch.device, run_di
     run = store.get_run(run_id)
     store.finish_run(run_id, "completed", summary={**run.summary, "total_seconds": time.perf_counter() - started})
     return _result(store, run_id)
+
+
+@dataclass
+class TrainState:
+    """Where the epoch loop starts: all zeros for a fresh run, a checkpoint's values on resume."""
+
+    epochs: int
+    start_epoch: int = 0
+    optimizer: torch.optim.Optimizer | None = None
+    n_trainable: int = 0
+    phase: Phase | None = None
+    val_losses: list[float] = field(default_factory=list)
+    best_acc: float = -1.0
+    best_epoch: int = -1
+    best_confusion: torch.Tensor | None = None
+    elapsed: float = 0.0
+
+    def __post_init__(self):
+        self.phase = self.phase or Phase(0, self.epochs)
+
+
+def _resume(path: Path, model: nn.Module, cfg: RunConfig, groups, classes: list[str], train_loader) -> TrainState:
+    """Restore a run from its last checkpoint (written at the end of every epoch)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if ckpt["classes"] != classes:
+        raise UserError(f"cannot resume: the dataset's classes changed since the checkpoint {path} "
+                        f"({len(ckpt['classes'])} then, {len(classes)} now); start a new run instead")
+    model.load_state_dict(ckpt["model"])
+    # Rebuild the optimizer with exactly the groups it held (the unfrozen ones, stem-side first),
+    # then load its state: Adam moments, and each group's name and peak LR.
+    n = ckpt["n_trainable"]
+    freeze_to(groups, n)
+    strategy = get_strategy(cfg.strategy)
+    optimizer = sync_param_groups(None, cfg, groups, n, strategy.lr_multipliers(n, len(groups), cfg.strategy_params()))
+    optimizer.load_state_dict(ckpt["optimizer"])
+    torch.set_rng_state(ckpt["rng"])
+    train_loader.generator.set_state(ckpt["loader_rng"])
+    return TrainState(cfg.epochs, start_epoch=ckpt["epoch"] + 1, optimizer=optimizer, n_trainable=n,
+                      phase=Phase(*ckpt["phase"]), val_losses=list(ckpt["val_losses"]),
+                      best_acc=ckpt["best"][0], best_epoch=ckpt["best"][1], best_confusion=ckpt["best_confusion"],
+                      elapsed=ckpt["wall_seconds"])
 
 
 def _amp(device: torch.device):

@@ -1,0 +1,61 @@
+"""Resume: a stopped run continues from its last checkpoint as if it had never stopped."""
+
+from __future__ import annotations
+
+import pytest
+
+from tl_core import train as T
+from tl_core.config import make_config
+
+from .helpers import train
+
+
+def _stop_before_epoch(monkeypatch, store, stop_at: int):
+    original = T.train_one_epoch
+
+    def stopping(*args, **kwargs):
+        epoch = args[9]  # train_one_epoch(model, loader, optimizer, loss_fn, cfg, device, amp, scaler, phase, epoch, ...)
+        if epoch == stop_at:
+            raise T.RunCancelled()
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(T, "train_one_epoch", stopping)
+
+
+@pytest.mark.parametrize("strategy", ["progressive", "two_phase"])
+def test_a_resumed_run_matches_an_uninterrupted_one(strategy, tiny, store, monkeypatch):
+    # Param groups change at epochs 1, 2, 3 (progressive) or 2 (two_phase): the resume must
+    # rebuild the optimizer with the groups unfrozen so far and its state, LR phase and RNG.
+    settings = dict(data=tiny, strategy=strategy, epochs=4, head_epochs=2, augment="light", seed=5,
+                    schedule="onecycle", unfreeze_every=1)
+    whole = train(store, **settings)
+    with monkeypatch.context() as m:
+        _stop_before_epoch(m, store, stop_at=2)
+        stopped = train(store, **settings)
+    assert stopped.status == "cancelled" and stopped.epochs == 2
+    store.requeue(stopped.run_id, status="running")
+    resumed = T.train_run(store, stopped.run_id, progress=False)
+    assert resumed.status == "completed" and resumed.epochs == 4
+    a, b = (store.epoch_metrics([r.run_id])[r.run_id] for r in (whole, resumed))
+    assert sorted(a) == sorted(b) == [0, 1, 2, 3]
+    for epoch in range(4):
+        for key in a[epoch]:
+            if key.startswith(("lr/", "train_", "val_", "trainable_")):
+                assert b[epoch][key] == pytest.approx(a[epoch][key], rel=1e-5, abs=1e-7), (epoch, key)
+    assert resumed.best_val_acc == whole.best_val_acc
+    assert [c.confusion for c in store.class_metrics(resumed.run_id)] == \
+        [c.confusion for c in store.class_metrics(whole.run_id)]
+
+
+def test_resume_refuses_a_dataset_whose_classes_changed(tiny, store, monkeypatch, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny, data)
+    with monkeypatch.context() as m:
+        _stop_before_epoch(m, store, stop_at=1)
+        stopped = train(store, data=str(data), epochs=3)
+    shutil.copytree(data / "cat", data / "lynx")
+    store.requeue(stopped.run_id, status="running")
+    result = T.train_run(store, stopped.run_id, progress=False)
+    assert result.status == "failed" and "classes changed" in result.error
