@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 import os
 import random
+import sys
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageFile
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision.transforms import v2 as T
 
 from .backbones import Preprocessing
@@ -57,22 +59,53 @@ class Splits:
 # --- finding images -----------------------------------------------------------------------
 
 
+# Decompression bombs are refused from the header, before any pixel is decoded.
+MAX_IMAGE_PIXELS = int(os.environ.get("TL_MAX_IMAGE_PIXELS", 64_000_000))
+Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+
+
+class UnreadableImage(Exception):
+    """An image file that cannot be decoded (truncated, corrupt, too large)."""
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path.resolve().is_relative_to(root)
+
+
 def _class_dirs(folder: Path) -> list[Path]:
-    return sorted((d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")),
-                  key=lambda d: d.name)
+    # A class folder that is a symlink out of the dataset is not part of it.
+    return sorted((d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")
+                   and _inside(d, folder.resolve())), key=lambda d: d.name)
+
+
+def _open_header(path: Path) -> tuple[int, int]:
+    """(width, height) from the header only; refuses images over MAX_IMAGE_PIXELS undecoded."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as img:
+            if img.width * img.height > MAX_IMAGE_PIXELS:
+                raise Image.DecompressionBombError(f"{img.width}x{img.height} pixels")
+            return img.size
 
 
 def _scan_class(folder: Path, label: int, index: DatasetIndex) -> list[Item]:
     items = []
+    root = Path(index.root)
+    # rglob does not descend into symlinked folders, so a symlink loop cannot trap the scan.
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         if path.suffix.lower() not in IMAGE_EXTENSIONS:
             index.skipped.append((str(path), "not an image file"))
             continue
+        if not _inside(path, root):
+            index.skipped.append((str(path), "a symlink to a file outside the dataset"))
+            continue
         try:
-            with Image.open(path) as img:  # reads the header only
-                index.sizes.append(img.size)
-        except Exception as e:
-            index.skipped.append((str(path), f"unreadable: {e.__class__.__name__}"))
+            index.sizes.append(_open_header(path))
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            index.skipped.append((str(path), f"refused: larger than {MAX_IMAGE_PIXELS:,} pixels ({e})"))
+            continue
+        except Exception as e:  # zero-byte, not an image after all, no permission
+            index.skipped.append((str(path), f"unreadable: {e.__class__.__name__}: {e}"))
             continue
         items.append(Item(str(path), label))
     return items
@@ -201,8 +234,15 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def load_image(path: str) -> Image.Image:
-    with Image.open(path) as img:
-        return to_rgb(img)
+    """Decode to RGB; UnreadableImage if the file is truncated, corrupt or a decompression bomb."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                return to_rgb(img)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise UnreadableImage(f"{path}: {e.__class__.__name__}: {e}") from None
 
 
 def build_transforms(pre: Preprocessing, image_size: int, augment: str = "none") -> tuple[T.Compose, T.Compose]:
@@ -233,15 +273,29 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | None:
         item = self.items[i]
-        return self.transform(load_image(item.path)), item.label
+        try:
+            return self.transform(load_image(item.path)), item.label
+        except UnreadableImage as e:
+            # Skipped and listed (in the run's log); the batch goes on without it.
+            print(f"skipped unreadable image {e}", file=sys.stderr, flush=True)
+            return None
+
+
+def collate_readable(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """default_collate over the images that could be read (an empty batch if none could)."""
+    batch = [b for b in batch if b is not None]
+    if not batch:
+        return torch.empty(0), torch.empty(0, dtype=torch.long)
+    return default_collate(batch)
 
 
 def make_loaders(splits: Splits, train_tf, val_tf, batch_size: int, seed: int, workers: int,
                  pin_memory: bool = False) -> tuple[DataLoader, DataLoader]:
     g = torch.Generator().manual_seed(seed)
-    common = dict(num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0)
+    common = dict(num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0,
+                  collate_fn=collate_readable)
     # drop_last keeps BatchNorm away from a final batch of one image.
     drop_last = len(splits.train) > batch_size and len(splits.train) % batch_size == 1
     train = DataLoader(ImageDataset(splits.train, train_tf), batch_size=batch_size, shuffle=True,

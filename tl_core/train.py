@@ -185,6 +185,8 @@ def train_one_epoch(model, loader, optimizer, loss_fn, cfg: RunConfig, device, a
     for i, (x, y) in enumerate(loader):
         if should_stop():
             raise RunCancelled()
+        if len(y) == 0:  # every image of this batch was unreadable (and listed in the log)
+            continue
         # The schedule restarts with every phase (each unfreezing step is a new fit).
         t = ((epoch - phase.start) * steps_per_epoch + i) / phase_steps
         for pg in optimizer.param_groups:
@@ -211,6 +213,8 @@ def evaluate(model, loader, loss_fn, device, amp, num_classes: int) -> dict:
     total_loss, correct, top5, seen = 0.0, 0, 0, 0
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
     for x, y in loader:
+        if len(y) == 0:
+            continue
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             logits = model(x)
