@@ -8,6 +8,12 @@ from tl_core.demo_data import write_demo_data
 from tl_core.store import Store
 
 
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    """No test reaches the network: weights that need a download count as unobtainable."""
+    monkeypatch.setenv("TL_OFFLINE", "1")
+
+
 @pytest.fixture(scope="session")
 def animals(tmp_path_factory) -> str:
     """The animal silhouettes, 30 per class, 64 px: 240 train / 60 val images."""

