@@ -1,6 +1,6 @@
 # TransferLab on a GPU host:
 #   docker build -t transferlab .
-#   docker run --gpus all -p 8501:8501 -v <data>:/data:ro -v <state>:/state transferlab
+#   docker run --gpus all -p 8501:8501 -e TL_PASSWORD=<password> -v <data>:/data:ro -v <state>:/state transferlab
 # The pinned torch/torchvision pair in requirements.txt is the CUDA build on Linux x86_64.
 FROM python:3.11-slim
 

@@ -6,7 +6,7 @@ training the queue (a separate, detached process), and shows where the data live
 
 import streamlit as st
 
-from tl_core import dashboard
+from tl_core import auth, dashboard
 from tl_core.store import default_db_url
 
 st.set_page_config(page_title="TransferLab", page_icon=":material/science:", layout="wide")
@@ -17,6 +17,21 @@ def _start_worker(db_url: str) -> int | None:
     # Once per dashboard process; the sidebar offers a restart if it dies later.
     return dashboard.start_worker(db_url)
 
+
+# Served on a network, the dashboard needs a password (TL_PASSWORD); on localhost it does not.
+if problem := auth.serving_problem(st.get_option("server.address")):
+    st.error(problem, icon=":material/lock:")
+    st.stop()
+if auth.password() and not st.session_state.get("authenticated"):
+    with st.form("login"):
+        st.markdown("### :material/lock: TransferLab")
+        given = st.text_input("Password", type="password")
+        if st.form_submit_button("Sign in"):
+            if auth.check_password(given):
+                st.session_state["authenticated"] = True
+                st.rerun()
+            st.error("Wrong password.")
+    st.stop()
 
 pages = [
     st.Page("pages/new_run.py", title="New run", icon=":material/add_circle:", default=True),

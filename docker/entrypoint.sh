@@ -11,6 +11,14 @@ export TL_RUNS_DIR="${TL_RUNS_DIR:-$TL_STATE/runs}"
 export TORCH_HOME="${TORCH_HOME:-$TL_STATE/torch}"
 export TL_DATA_ROOTS="${TL_DATA_ROOTS:-/data:$TL_STATE/demo-data}"
 
+case "$TL_HOST" in
+  127.0.0.1|localhost|::1) ;;
+  *) if [ -z "${TL_PASSWORD:-}" ]; then
+       echo "error: serving on $TL_HOST makes the dashboard reachable from the network; set a password:" \
+            "docker run -e TL_PASSWORD=... (or TL_HOST=127.0.0.1)" >&2
+       exit 2
+     fi ;;
+esac
 if ! mkdir -p "$TL_RUNS_DIR" "$TORCH_HOME" 2>/dev/null || [ ! -w "$TL_STATE" ]; then
   echo "error: $TL_STATE is not writable by uid $(id -u); mount a writable folder: -v <state>:$TL_STATE" >&2
   exit 2

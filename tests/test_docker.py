@@ -68,6 +68,15 @@ def test_entrypoint_refuses_an_unwritable_state_folder(tmp_path):
             state.chmod(0o700)
 
 
+def test_entrypoint_refuses_the_network_without_a_password(tmp_path):
+    env = _env(tmp_path, _free_port())
+    env.update(TL_HOST="0.0.0.0")
+    env.pop("TL_PASSWORD", None)
+    r = subprocess.run([str(ENTRYPOINT)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "TL_PASSWORD" in r.stderr
+    assert not (tmp_path / "demo-data").exists()  # refused before doing anything
+
+
 def test_dockerfile_runs_the_entrypoint_as_a_non_root_user_with_a_healthcheck():
     text = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^USER (?!root)\w+", text, re.M)
