@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
 from tl_core.config import make_config
 from tl_core.store import Store
 from tl_core.train import RunResult, train_run
@@ -15,3 +22,32 @@ def train(store: Store, **settings) -> RunResult:
     cfg = make_config(**settings)
     run = store.create_run(cfg.model_dump(), cfg.experiment, cfg.name, status="running")
     return train_run(store, run.id, progress=False)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_dashboard(env: dict, port: int, log_path: Path) -> subprocess.Popen:
+    """`streamlit run app.py` on 127.0.0.1:port; returns once it answers its health check."""
+    log = open(log_path, "ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    log.close()
+    deadline = time.time() + 60
+    while True:
+        try:
+            if urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2).read() == b"ok":
+                return proc
+        except OSError:
+            pass
+        assert proc.poll() is None, log_path.read_text()
+        assert time.time() < deadline, "streamlit did not come up in 60 s"
+        time.sleep(0.3)

@@ -12,11 +12,7 @@ import os
 import re
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -24,15 +20,11 @@ import pytest
 from tl_core.demo_data import write_demo_data
 from tl_core.store import Store
 
+from .helpers import free_port, start_dashboard
+
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / "artifacts" / "screenshots"
 TRAIN_TIMEOUT_S = 180
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _alive(pid: int) -> bool:
@@ -66,31 +58,16 @@ def app_server(tmp_path):
     write_demo_data(tmp_path / "data", datasets=("animals",), per_class=20, size=48)
     db_url = f"sqlite:///{tmp_path / 'e2e.db'}"
     runs = tmp_path / "runs"
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "DATABASE_URL": db_url, "TL_DATA_ROOTS": str(tmp_path / "data"),
            "TL_RUNS_DIR": str(runs), "TL_MAX_CONCURRENT": "1"}
     env.pop("TL_NO_WORKER", None)
-    log = open(tmp_path / "streamlit.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    proc = start_dashboard(env, port, tmp_path / "streamlit.log")
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                if urllib.request.urlopen(base + "/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            except OSError:
-                pass
-            assert proc.poll() is None, (tmp_path / "streamlit.log").read_text()
-            assert time.time() < deadline, "streamlit did not come up in 60 s"
-            time.sleep(0.3)
         yield base, db_url, runs
     finally:
         _stop(proc.pid)
-        log.close()
         # The app started a detached worker (its own session); stop it, and so its training runs.
         pidfile = runs / "worker.pid"
         if pidfile.exists():
