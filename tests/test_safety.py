@@ -78,3 +78,8 @@ def test_no_unsafe_loads_or_shell_strings(path):
         for call in _calls(tree, name):
             assert not any(k.arg == "shell" for k in call.keywords), f"{path}:{call.lineno}: shell=True"
             assert getattr(call.func, "attr", "") != "system", f"{path}:{call.lineno}: os.system"
+
+
+def test_the_dashboard_listens_on_localhost_by_default():
+    make = (ROOT / "Makefile").read_text()
+    assert "HOST   ?= 127.0.0.1" in make and "--server.address $(HOST)" in make
