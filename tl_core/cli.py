@@ -324,12 +324,11 @@ def cmd_cancel(args) -> int:
 
 
 def cmd_worker(args) -> int:
-    from .store import default_db_url as _url
     from .worker import Worker
 
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise UserError("--max-concurrent must be at least 1")
-    Worker(args.db or _url(), args.max_concurrent, args.poll).serve()
+    Worker(args.db or default_db_url(), args.max_concurrent, args.poll).serve()
     return 0
 
 
