@@ -256,13 +256,18 @@ def build_transforms(pre: Preprocessing, image_size: int, augment: str = "none")
     val = T.Compose([T.Resize(resize, interpolation=interp), T.CenterCrop(image_size), *to_tensor])
     if augment == "none":
         return val, val
+    return T.Compose([*augmentations(augment, image_size, interp), *to_tensor]), val
+
+
+def augmentations(augment: str, image_size: int, interp: T.InterpolationMode) -> list:
+    """The random training transforms of `augment`; they take PIL images and uint8 tensors alike."""
+    if augment == "none":
+        return []
     if augment == "light":
-        aug = [T.RandomResizedCrop(image_size, scale=(0.6, 1.0), interpolation=interp),
-               T.RandomHorizontalFlip()]
-    else:
-        aug = [T.RandomResizedCrop(image_size, scale=(0.25, 1.0), interpolation=interp),
-               T.RandomHorizontalFlip(), T.ColorJitter(0.3, 0.3, 0.3, 0.05)]
-    return T.Compose([*aug, *to_tensor]), val
+        return [T.RandomResizedCrop(image_size, scale=(0.6, 1.0), interpolation=interp),
+                T.RandomHorizontalFlip()]
+    return [T.RandomResizedCrop(image_size, scale=(0.25, 1.0), interpolation=interp),
+            T.RandomHorizontalFlip(), T.ColorJitter(0.3, 0.3, 0.3, 0.05)]
 
 
 class ImageDataset(Dataset):

@@ -1,0 +1,279 @@
+"""Decode once: every image of a dataset decoded, resized and cropped one time, kept as uint8.
+
+Preprocessing is split in two stages:
+  decode (PIL, deterministic): open, convert to RGB, resize the shorter side, crop the centre
+      square. Done once per dataset and image size and stored as uint8 (3, S, S) rows of a
+      memory-mapped array (cache.py): JPEG/PNG decoding is paid once, not once per epoch;
+  tensor (every epoch): the random augmentation on the uint8 tensor, then, on the device and
+      on whole batches, scaling to [0, 1] and the weights' mean/std.
+Without augmentation the stored crop is exactly the validation transform's, so the model sees
+bitwise the same input as when decoding every time. With augmentation the stored square is the
+resized image's centre (image_size / crop_pct on a side) and the random crop is taken from it:
+the corners of a non-square image are not reachable by the crop.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2 as T
+from torchvision.transforms.v2 import functional as F
+
+from . import data
+from .backbones import Preprocessing
+from .cache import ArrayCache, CacheTooLarge, files_fingerprint
+
+DECODE_VERSION = 1
+Check = Callable[[], None]  # called between batches; raises to stop (a cancelled run)
+
+
+# --- the dataset's rows ------------------------------------------------------------------
+
+
+@dataclass
+class DatasetRows:
+    """Every image of a dataset, one row each (sorted by path), and a fingerprint of their content."""
+
+    root: str
+    paths: list[str]
+    fingerprint: str
+    row: dict[str, int]
+
+    @classmethod
+    def of(cls, index: data.DatasetIndex) -> "DatasetRows":
+        paths = sorted({it.path for items in index.items.values() for it in items})
+        fingerprint = files_fingerprint(paths, index.root, extra={"classes": index.classes})
+        return cls(index.root, paths, fingerprint, {p: i for i, p in enumerate(paths)})
+
+    def rows(self, items: Sequence[data.Item]) -> np.ndarray:
+        return np.array([self.row[it.path] for it in items], dtype=np.int64)
+
+
+# --- the two stages ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DecodeStage:
+    """Open, RGB, resize the shorter side to `resize`, crop the centre `crop` square: uint8 CHW."""
+
+    resize: int
+    crop: int
+    interpolation: str
+
+    def __call__(self, path: str) -> np.ndarray:
+        interp = T.InterpolationMode(self.interpolation)
+        img = T.CenterCrop(self.crop)(T.Resize(self.resize, interpolation=interp)(data.load_image(path)))
+        return np.ascontiguousarray(np.asarray(img).transpose(2, 0, 1))
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """How an image file becomes a model input, at one image size, for one set of weights."""
+
+    pre: Preprocessing  # the weights' own: mean/std, interpolation, crop ratio
+    image_size: int
+    augment: str = "none"
+
+    @property
+    def resize(self) -> int:
+        """Shorter side before the centre crop (as data.build_transforms)."""
+        return math.floor(self.image_size / self.pre.crop_pct + 0.5)
+
+    @property
+    def interpolation(self) -> str:
+        return self.pre.interpolation
+
+    def stage(self, train: bool) -> DecodeStage:
+        """Validation (and unaugmented training) stores the final crop; augmentation a bigger square."""
+        crop = self.resize if train and self.augment != "none" else self.image_size
+        return DecodeStage(self.resize, crop, self.interpolation)
+
+    def train_transform(self) -> T.Compose | None:
+        """The random part, on uint8 tensors; None without augmentation."""
+        aug = data.augmentations(self.augment, self.image_size, T.InterpolationMode(self.interpolation))
+        return T.Compose(aug) if aug else None
+
+    def to_model(self, x: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
+        """A uint8 batch to the normalised float batch the model takes, on `device`."""
+        x = F.normalize(F.to_dtype(x.to(device, non_blocking=True), torch.float32, scale=True),
+                        list(self.pre.mean), list(self.pre.std))
+        return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+    def describe(self) -> dict:
+        return {**asdict(self), "resize": self.resize}
+
+
+# --- the cache of decoded images ------------------------------------------------------------
+
+
+class DecodedImages:
+    """Every image of a dataset through one DecodeStage, as uint8 rows of a memory-mapped array.
+
+    Rows are filled as they are first read (PixelDataset decodes a missing row and writes it),
+    so the first epoch decodes as it goes and later epochs, and later runs, only read.
+    """
+
+    def __init__(self, rows: DatasetRows, stage: DecodeStage, root=None):
+        self.dataset, self.stage = rows, stage
+        key = {"dataset": rows.fingerprint, "stage": asdict(stage), "version": DECODE_VERSION}
+        self.cache = ArrayCache("decoded", key, len(rows.paths), (3, stage.crop, stage.crop), np.uint8, root)
+
+    def state(self) -> tuple[np.ndarray, set[int]]:
+        """(filled mask, unreadable rows) as of now."""
+        return self.cache.filled(), set(self.cache.failed().tolist())
+
+    def record(self, decoded: np.ndarray, unreadable: np.ndarray) -> None:
+        """Mark rows written by readers (any process) as filled, and the unreadable ones as failed."""
+        if len(decoded) or len(unreadable):
+            with self.cache.locked():
+                self.cache.commit(decoded, unreadable)
+
+
+class PixelDataset(Dataset):
+    """Rows of DecodedImages as uint8 tensors (decoded and stored on first read), through an
+    optional random transform.
+
+    An item is (image, label, row, fresh): fresh is 1 when this read decoded the row; an
+    unreadable image is (None, label, row, -1) and is listed on stderr. With `seeds`, item i is
+    transformed under its own seed (the same view every time: the K views of the feature
+    cache); without, under the loader's random stream.
+    """
+
+    def __init__(self, images: DecodedImages, rows: np.ndarray, labels: Sequence[int],
+                 transform: Callable | None = None, seeds: np.ndarray | None = None):
+        self.images, self.rows, self.labels = images, np.asarray(rows), list(labels)
+        self.transform, self.seeds = transform, seeds
+        self.filled: np.ndarray | None = None  # set by the loader before each pass (and its workers' fork)
+        self.unreadable: set[int] = set()
+        self._data: np.memmap | None = None  # opened on first read, in whichever process reads
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        row, label = int(self.rows[i]), self.labels[i]
+        if row in self.unreadable:
+            return None, label, row, -1
+        if self._data is None:
+            self._data = self.images.cache.writable()
+        fresh = 0
+        if self.filled is None or not self.filled[row]:
+            try:
+                self._data[row] = self.images.stage(self.images.dataset.paths[row])
+            except data.UnreadableImage as e:
+                print(f"skipped unreadable image {e}", file=sys.stderr, flush=True)
+                return None, label, row, -1
+            fresh = 1
+        x = torch.from_numpy(np.array(self._data[row]))
+        if self.transform is not None:
+            if self.seeds is None:
+                x = self.transform(x)
+            else:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(int(self.seeds[i]))
+                    x = self.transform(x)
+        return x, label, row, fresh
+
+
+def collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]:
+    """(images, labels) of the readable items, and the rows this batch decoded and found unreadable."""
+    good = [b for b in batch if b[0] is not None]
+    x = torch.stack([b[0] for b in good]) if good else torch.empty(0, dtype=torch.uint8)
+    y = torch.tensor([b[1] for b in good], dtype=torch.long)
+    fresh = np.array([b[2] for b in batch if b[3] == 1], dtype=np.int64)
+    bad = np.array([b[2] for b in batch if b[3] == -1], dtype=np.int64)
+    return x, y, fresh, bad
+
+
+def read_through(dataset: PixelDataset, **loader_args) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Iterate a DataLoader over `dataset`, recording the rows it decoded (even when stopped)."""
+    dataset.filled, dataset.unreadable = dataset.images.state()  # before the workers fork
+    dataset.images.cache.create()
+    fresh, bad = [], []
+    try:
+        for x, y, f, b in DataLoader(dataset, collate_fn=collate, **loader_args):
+            fresh.append(f)
+            bad.append(b)
+            yield x, y
+    finally:
+        if fresh:
+            dataset.images.record(np.concatenate(fresh), np.concatenate(bad))
+
+
+# --- loaders ------------------------------------------------------------------------------
+
+
+class PixelLoader:
+    """Batches from the decode cache, normalised on the device; decodes what is missing as it goes."""
+
+    def __init__(self, dataset: PixelDataset, pipeline: Pipeline, device: torch.device, batch_size: int,
+                 shuffle: bool = False, seed: int = 0, workers: int = 0, drop_last: bool = False,
+                 channels_last: bool = False):
+        self.dataset, self.pipeline, self.device, self.channels_last = dataset, pipeline, device, channels_last
+        self.generator = torch.Generator().manual_seed(seed)  # a checkpoint saves it, a resume restores it
+        self.args = dict(batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, generator=self.generator,
+                         num_workers=workers, pin_memory=device.type == "cuda")
+        self._steady: DataLoader | None = None  # once every row is decoded: workers kept across epochs
+        self._listed = False
+
+    def __len__(self) -> int:
+        n, b = len(self.dataset), self.args["batch_size"]
+        return n // b if self.args["drop_last"] else -(-n // b)
+
+    def __iter__(self):
+        ds = self.dataset
+        ds.filled, ds.unreadable = ds.images.state()  # before any worker forks
+        if len(ds.rows) and ds.filled[ds.rows].all():
+            if self._steady is None:
+                self._steady = DataLoader(ds, collate_fn=collate, persistent_workers=self.args["num_workers"] > 0,
+                                          **self.args)
+            batches = ((x, y) for x, y, _, _ in self._steady)
+        else:
+            batches = read_through(ds, **self.args)
+        for x, y in batches:
+            if not self._listed:
+                self._list_unreadable()
+            if len(y):
+                x = self.pipeline.to_model(x, self.device, self.channels_last)
+            yield x, y.to(self.device, non_blocking=True)
+
+    def _list_unreadable(self) -> None:
+        """Once per run: images found unreadable by an earlier pass (this pass lists its own)."""
+        paths = self.dataset.images.dataset.paths
+        for row in sorted(self.dataset.unreadable & set(self.dataset.rows.tolist())):
+            print(f"skipped unreadable image {paths[row]}", file=sys.stderr, flush=True)
+        self._listed = True
+
+
+def make_loaders(splits: data.Splits, rows: DatasetRows, pipeline: Pipeline, batch_size: int, seed: int,
+                 workers: int, device: torch.device, channels_last: bool = False, enabled: bool = True):
+    """(train, val, note): loaders over the decode cache, or, where it is off or cannot hold the
+    dataset, data.make_loaders decoding every image every epoch; the note says which and why."""
+    stages = {pipeline.stage(True), pipeline.stage(False)}
+    images = {s: DecodedImages(rows, s) for s in stages}
+    try:
+        if not enabled:
+            raise CacheTooLarge("off (--decode-cache off)")
+        for s in stages:
+            images[s].cache.check_fits()
+    except CacheTooLarge as e:
+        train_tf, val_tf = data.build_transforms(pipeline.pre, pipeline.image_size, pipeline.augment)
+        train, val = data.make_loaders(splits, train_tf, val_tf, batch_size, seed, workers,
+                                       pin_memory=device.type == "cuda")
+        return train, val, {"used": False, "why": str(e)}
+    # drop_last keeps BatchNorm away from a final batch of one image (as data.make_loaders).
+    drop_last = len(splits.train) > batch_size and len(splits.train) % batch_size == 1
+    common = dict(pipeline=pipeline, device=device, batch_size=batch_size, workers=workers,
+                  channels_last=channels_last)
+    train = PixelLoader(PixelDataset(images[pipeline.stage(True)], rows.rows(splits.train),
+                                     [it.label for it in splits.train], pipeline.train_transform()),
+                        shuffle=True, seed=seed, drop_last=drop_last, **common)
+    val = PixelLoader(PixelDataset(images[pipeline.stage(False)], rows.rows(splits.val),
+                                   [it.label for it in splits.val]), **common)
+    return train, val, {"used": True}
