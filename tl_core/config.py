@@ -48,6 +48,17 @@ class RunConfig(BaseModel):
     name: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     workers: int | None = Field(None, ge=0, description="DataLoader workers; None picks by CPU count")
+    # speed: caches and hardware (see tl_core/features.py, tl_core/decoded.py)
+    feature_cache: Literal["on", "off"] = Field(
+        "on", description="train above frozen layers on their output, computed once and cached on disk")
+    feature_views: int = Field(4, ge=1, le=64, description="with augmentation: augmented views of each "
+                               "image the feature cache keeps (each epoch samples one)")
+    feature_precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="precision the frozen layers' output is computed in; auto: bf16 where the hardware "
+        "computes it natively (a GPU's autocast, CPUs with AVX512-BF16 or AMX), else fp32")
+    decode_cache: Literal["on", "off"] = Field("on", description="decode and resize each image once, "
+                                               "kept as uint8 on disk")
+    compile: Literal["off", "on"] = Field("off", description="torch.compile the trainable part")
 
     @model_validator(mode="after")
     def _check_against_registries(self) -> "RunConfig":

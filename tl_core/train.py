@@ -22,13 +22,14 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from . import backbones, data
+from . import backbones, cache, data, decoded, features
 from .config import RunConfig
 from .errors import UserError
 from .store import ClassMetric, Store
@@ -86,6 +87,20 @@ def set_train_mode(model: nn.Module, groups: list[backbones.LayerGroup], n_train
     for group in groups[: len(groups) - n_trainable]:
         for module in group.modules():
             module.eval()
+
+
+def throttled(ask: Callable[[], bool], seconds: float) -> Callable[[], bool]:
+    """`ask`, but asked at most once every `seconds` (the answer in between is False)."""
+    last = -math.inf
+
+    def asked() -> bool:
+        nonlocal last
+        if time.monotonic() - last < seconds:
+            return False
+        last = time.monotonic()
+        return ask()
+
+    return asked
 
 
 def make_optimizer(cfg: RunConfig, param_groups: list[dict]) -> torch.optim.Optimizer:
@@ -271,6 +286,11 @@ def _explain(e: Exception) -> str:
     return f"{type(e).__name__}: {e}"
 
 
+def _note(store: Store, run_id: int, **fields) -> None:
+    """Add `fields` to the run's summary."""
+    store.update_run(run_id, summary={**store.get_run(run_id).summary, **fields})
+
+
 def _result(store: Store, run_id: int) -> RunResult:
     r = store.get_run(run_id)
     return RunResult(run_id, r.status, r.best_val_acc, r.best_epoch, r.epochs_done, r.error)
@@ -283,27 +303,45 @@ def _fit(store: Store, run_id: int, cfg: RunConfig, device: torch.device, run_di
     strategy: Strategy = get_strategy(cfg.strategy)
     params = cfg.strategy_params()
 
-    # 1. Data: split, and transforms from the weights' own preprocessing.
-    splits = data.split_dataset(data.scan_dataset(cfg.data), cfg.val_fraction, cfg.train_fraction, cfg.seed)
+    # Asked between batches; at most every 0.2 s (a query per batch would cost more than a small batch).
+    stop_requested = throttled(lambda: store.cancel_requested(run_id), 0.2)
+
+    def check() -> None:  # between batches of feature caching
+        if stop_requested():
+            raise RunCancelled()
+
+    # 1. Data: split; each image decoded once (decoded.py), transforms from the weights' own
+    #    preprocessing, batches normalised on the device.
+    index = cache.scan_dataset(cfg.data)  # data.scan_dataset, reused while no file changed
+    splits = data.split_dataset(index, cfg.val_fraction, cfg.train_fraction, cfg.seed)
     data.check_batch_size(cfg.batch_size, splits)
     classes = splits.classes
-    pre = backbones.preprocessing(cfg.backbone)
-    train_tf, val_tf = data.build_transforms(pre, cfg.image_size, cfg.augment)
+    pipeline = decoded.Pipeline(backbones.preprocessing(cfg.backbone), cfg.image_size, cfg.augment)
+    rows = decoded.DatasetRows.of(index)
     workers = cfg.workers if cfg.workers is not None else _default_workers(device)
-    train_loader, val_loader = data.make_loaders(splits, train_tf, val_tf, cfg.batch_size, cfg.seed, workers,
-                                                 pin_memory=device.type == "cuda")
+    channels_last = True  # NHWC: the layout convolutions run fastest in, on GPUs and CPUs (oneDNN) alike
+    train_loader, val_loader, decode_note = decoded.make_loaders(
+        splits, rows, pipeline, cfg.batch_size, cfg.seed, workers, device, channels_last=channels_last,
+        enabled=cfg.decode_cache == "on")
 
     # 2. Model: pretrained body (or random, for scratch) and a new head.
     bb = backbones.create_backbone(cfg.backbone, len(classes), weights=cfg.weights_to_load,
                                    head=cfg.head, hidden=cfg.hidden, dropout=cfg.dropout)
     model, groups = bb.model.to(device), bb.groups
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     amp, scaler = _amp(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    # Frozen groups' output is computed once per image and cached on disk (features.py).
+    frozen = features.FrozenFeatures(bb, splits, rows, pipeline, views=cfg.feature_views, batch_size=cfg.batch_size,
+                                     seed=cfg.seed, device=device, workers=workers, channels_last=channels_last,
+                                     precision=features.extraction_dtype(cfg.feature_precision, device, amp),
+                                     enabled=cfg.feature_cache == "on", check=check)
     store.update_run(run_id, summary={"classes": classes, "train_images": len(splits.train),
                                       "val_images": len(splits.val), "weights": bb.weights,
-                                      "groups": [g.name for g in groups]})
+                                      "groups": [g.name for g in groups], "decode_cache": decode_note})
 
     # A fresh start, or a resume from the last checkpoint: the same trainable groups, optimizer
     # state, schedule position, unfreezing history and random streams as when it stopped.
@@ -314,6 +352,7 @@ def _fit(store: Store, run_id: int, cfg: RunConfig, device: torch.device, run_di
     started -= st.elapsed
     bar = tqdm(total=cfg.epochs * len(train_loader), initial=st.start_epoch * len(train_loader), unit="batch",
                disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    feats, feats_n, compiled = None, None, {}
     for epoch in range(st.start_epoch, cfg.epochs):
         epoch_start = time.perf_counter()
         # 1-2. Ask the strategy what trains now; move the freeze boundary if it changed.
@@ -323,20 +362,32 @@ def _fit(store: Store, run_id: int, cfg: RunConfig, device: torch.device, run_di
             optimizer = sync_param_groups(optimizer, cfg, groups, n, strategy.lr_multipliers(n, len(groups), params))
             phase = Phase(epoch, strategy.next_change(epoch, len(groups), params) or cfg.epochs)
             n_now = n
+        # 2b. With groups frozen, train the rest on their cached output when that pays (or is cached).
+        if n != feats_n:
+            feats, feats_n = frozen.at(len(groups) - n, epoch, phase.end - epoch), n
+            bar.write(frozen.describe(), file=sys.stderr)
+            _note(store, run_id, feature_cache=frozen.summary())
+        net, train_batches, val_batches = ((feats.cut.rest, feats.train.for_epoch(epoch), feats.val) if feats
+                                           else (model, train_loader, val_loader))
+        if cfg.compile == "on":  # once per module: a new freeze boundary may bring a new one
+            net = compiled[net] if net in compiled else compiled.setdefault(net, torch.compile(net))
         set_train_mode(model, groups, n)
         bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}")
 
         # 3. Train one epoch.
+        if epoch == st.start_epoch:  # startup is over: record what it cost
+            _note(store, run_id, startup_seconds=round(time.perf_counter() - started - st.elapsed, 3),
+                  first_batch_at=time.time())
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         t0 = time.perf_counter()
         train_loss, train_acc, seen = train_one_epoch(
-            model, train_loader, optimizer, loss_fn, cfg, device, amp, scaler, phase, epoch, bar,
-            should_stop=lambda: store.cancel_requested(run_id))
+            net, train_batches, optimizer, loss_fn, cfg, device, amp, scaler, phase, epoch, bar,
+            should_stop=stop_requested)
         train_seconds = time.perf_counter() - t0
 
         # 4. Validate, record, checkpoint.
-        ev = evaluate(model, val_loader, loss_fn, device, amp, len(classes))
+        ev = evaluate(net, val_batches, loss_fn, device, amp, len(classes))
         val_losses.append(ev["val_loss"])
         if ev["val_acc"] > best_acc:
             best_acc, best_epoch, best_confusion = ev["val_acc"], epoch, ev["confusion"]

@@ -1,0 +1,189 @@
+"""Frozen features computed once: exact cuts (cuts.py), cache hits that skip the backbone, keys, views, accuracy."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tl_core import backbones, cuts, data, decoded, features
+from tl_core import train as T
+
+from .helpers import train
+
+# One backbone per family: a new family is tested the day it is registered.
+FAMILIES: dict[str, str] = {}
+for _name in backbones.list_backbones():
+    FAMILIES.setdefault(backbones.get_spec(_name).family, _name)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_every_cut_reproduces_the_model(family):
+    name = FAMILIES[family]
+    torch.manual_seed(0)
+    bb = backbones.create_backbone(name, 5, weights="none")
+    spec = backbones.get_spec(name)
+    size = spec.fixed_image_size or max(64, spec.min_image_size)
+    x = torch.randn(2, 3, size, size)
+    bb.model.eval()
+    with torch.no_grad():
+        want = bb.model(x)
+        for boundary in range(1, len(bb.groups)):
+            if boundary < len(bb.groups) - 1 and family not in cuts.CHAINS:
+                with pytest.raises(cuts.NoCut, match="no stage-by-stage runner"):
+                    cuts.cut_at(bb, boundary, size, torch.device("cpu"))
+                continue
+            cut = cuts.cut_at(bb, boundary, size, torch.device("cpu"))
+            torch.testing.assert_close(cut.rest(cut.frozen(x)), want, rtol=1e-4, atol=1e-5)
+    assert set(cuts.CHAINS) >= {"efficientnet_lite", "efficientnet", "mobilenet", "resnet", "regnet",
+                                    "convnext", "vgg"}
+
+
+def _images_through_the_stem(monkeypatch) -> list[int]:
+    """Count the images that reach the backbone's first layer, in every model a run builds."""
+    seen: list[int] = []
+    real = backbones.create_backbone
+
+    def counting(*args, **kwargs):
+        bb = real(*args, **kwargs)
+        bb.model.conv_stem.register_forward_hook(lambda m, inp, out: seen.append(len(inp[0])))
+        return bb
+
+    monkeypatch.setattr(backbones, "create_backbone", counting)
+    return seen
+
+
+def test_a_cache_hit_skips_the_backbone_and_other_heads_and_seeds_reuse_it(tiny, store, monkeypatch):
+    seen = _images_through_the_stem(monkeypatch)
+    first = train(store, data=tiny, epochs=3)
+    n_images = 32
+    check = 4  # cut_at checks its cut on 2 random images: through the whole model, then the frozen part
+    assert sum(seen) == n_images + check  # once per image, not once per epoch
+    seen.clear()
+    second = train(store, data=tiny, epochs=3, head="mlp", seed=7, lr=3e-3)
+    assert sum(seen) == check
+    fc = [store.get_run(r.run_id).summary["feature_cache"] for r in (first, second)]
+    assert [f["hit"] for f in fc] == [False, True]
+    assert fc[0] | {"hit": True, "seconds": 0.0} == fc[1] and fc[0]["used"] and fc[0]["boundary"] == "head input"
+
+
+def test_cached_features_equal_the_live_frozen_forward(tiny, store):
+    result = train(store, data=tiny, epochs=1, feature_precision="fp32")
+    assert store.get_run(result.run_id).summary["feature_cache"]["precision"] == "fp32"
+    index = data.scan_dataset(tiny)
+    splits = data.split_dataset(index, 0.2, seed=0)
+    rows = decoded.DatasetRows.of(index)
+    bb = backbones.create_backbone("efficientnet_lite0", 4)
+    pipe = decoded.Pipeline(bb.preprocessing, 32)
+    ff = features.FrozenFeatures(bb, splits, rows, pipe, views=1, batch_size=8, seed=0, device=torch.device("cpu"))
+    run = ff.at(len(bb.groups) - 1, 0, 1)
+    assert ff.records[-1]["hit"]
+    cached = torch.cat([x for x, _ in run.val])
+    _, val_tf = data.build_transforms(bb.preprocessing, 32, "none")
+    live = torch.stack([val_tf(data.load_image(it.path)) for it in splits.val])
+    bb.model.eval()
+    with torch.inference_mode():
+        bb.model.classifier = torch.nn.Identity()
+        torch.testing.assert_close(cached, bb.model(live), rtol=1e-4, atol=1e-5)
+
+
+def _hit(store, **settings) -> bool:
+    result = train(store, **settings)
+    assert result.status == "completed", result.error
+    return store.get_run(result.run_id).summary["feature_cache"]["hit"]
+
+
+def test_the_cache_is_invalidated_when_any_part_of_its_key_changes(tiny, store, tmp_path):
+    root = tmp_path / "d"
+    shutil.copytree(tiny, root)
+    base = dict(data=str(root), epochs=2)
+    assert not _hit(store, **base)
+    assert _hit(store, **base, seed=1, head="mlp")  # heads and seeds share it
+    assert not _hit(store, **base, image_size=40)  # the transform
+    assert not _hit(store, **base, strategy="partial", unfreeze=2)  # the frozen boundary
+    weights = tmp_path / "w.pt"
+    torch.save(backbones.create_backbone("efficientnet_lite0", 4).model.state_dict(), weights)
+    assert not _hit(store, **base, weights=str(weights))  # the weights: the same values, another file
+    assert _hit(store, **base, weights=str(weights))
+    state = torch.load(weights, weights_only=True)
+    state["conv_stem.weight"] += 0.01
+    torch.save(state, weights)
+    assert not _hit(store, **base, weights=str(weights))  # the file's content
+    some = sorted((root / "cat").iterdir())[0]
+    some.write_bytes(some.read_bytes())  # the dataset's content (a rewritten file)
+    assert not _hit(store, **base)
+
+
+def test_augmentation_caches_k_views_and_samples_one_per_image_each_epoch(tiny, store, capfd):
+    result = train(store, data=tiny, epochs=3, augment="light", feature_views=3)
+    summary = store.get_run(result.run_id).summary["feature_cache"]
+    assert summary["used"] and summary["views"] == 3
+    assert "3 cached views per image" in capfd.readouterr().err
+    index = data.scan_dataset(tiny)
+    splits = data.split_dataset(index, 0.2, seed=0)
+    bb = backbones.create_backbone("efficientnet_lite0", 4)
+    ff = features.FrozenFeatures(bb, splits, decoded.DatasetRows.of(index),
+                                 decoded.Pipeline(bb.preprocessing, 32, "light"), views=3, batch_size=8, seed=0,
+                                 device=torch.device("cpu"),
+                                 precision=features.extraction_dtype("auto", torch.device("cpu"), None))
+    run = ff.at(len(bb.groups) - 1, 0, 3)
+    entry = run.train.entry
+    assert ff.records[-1]["hit"] and entry.rows == 32 * 3
+    views = entry.data()[run.train.rows * 3 + 0], entry.data()[run.train.rows * 3 + 1]
+    assert not np.allclose(*views)  # different augmentations of the same images
+    epochs = [torch.cat([x for x, _ in run.train.for_epoch(e)]) for e in (0, 1)]
+    order = [torch.cat([y for _, y in run.train.for_epoch(e)]) for e in (0, 1)]
+    assert epochs[0].shape == epochs[1].shape == (len(splits.train), 1280)
+    assert not torch.equal(epochs[0], epochs[1]) and not torch.equal(order[0], order[1])
+
+
+def test_a_short_phase_with_augmentation_is_not_worth_caching_and_says_why(tiny, store):
+    result = train(store, data=tiny, strategy="two_phase", head_epochs=1, epochs=2, augment="light")
+    fc = store.get_run(result.run_id).summary["feature_cache"]
+    assert not fc["used"] and "1-epoch phase" in fc["why"]
+    assert [p["frozen_groups"] for p in fc["phases"]] == [8, 0] and "nothing is frozen" in fc["phases"][1]["why"]
+
+
+def test_a_run_with_the_cache_is_as_accurate_as_without(animals, store):
+    budget = dict(data=animals, epochs=3, image_size=64, batch_size=16, feature_precision="fp32")
+    on = train(store, **budget)
+    off = train(store, **budget, feature_cache="off")
+    assert store.get_run(off.run_id).summary["feature_cache"] == {
+        "used": False, "boundary": None, "views": 1, "hit": False, "precision": "fp32", "seconds": 0.0,
+        "why": "off (--feature-cache off)"}
+    assert on.best_val_acc >= 0.6 and abs(on.best_val_acc - off.best_val_acc) <= 0.07, (on, off)
+
+
+def test_a_run_on_cached_features_resumes_as_if_it_never_stopped(tiny, store, monkeypatch):
+    settings = dict(data=tiny, epochs=3, seed=4)
+    whole = train(store, **settings)
+    original = T.train_one_epoch
+
+    def stopping(*args, **kwargs):
+        if args[9] == 2:
+            raise T.RunCancelled()
+        return original(*args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(T, "train_one_epoch", stopping)
+        stopped = train(store, **settings)
+    store.requeue(stopped.run_id, status="running")
+    resumed = T.train_run(store, stopped.run_id, progress=False)
+    a, b = (store.epoch_metrics([r.run_id])[r.run_id] for r in (whole, resumed))
+    for epoch in range(3):
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
+            assert b[epoch][key] == pytest.approx(a[epoch][key], rel=1e-5, abs=1e-7), (epoch, key)
+
+
+def test_a_cancel_stops_feature_caching_and_keeps_what_was_computed(tiny, store, monkeypatch):
+    asked = []
+    monkeypatch.setattr(store, "cancel_requested", lambda run_id: asked.append(1) or len(asked) > 1)
+    monkeypatch.setattr(T, "throttled", lambda ask, seconds: ask)  # every check reaches the store
+    monkeypatch.setattr(features.FrozenFeatures, "EXTRACT_BATCH", {"cpu": 8})
+    result = train(store, data=tiny, epochs=2)
+    assert result.status == "cancelled" and result.epochs == 0
+    filled = next((Path(store.get_run(result.run_id).run_dir).parent / "cache").glob("features/*/filled.npy"))
+    assert np.load(filled).sum() == 16  # the two batches computed before the cancel are kept
