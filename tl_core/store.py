@@ -10,10 +10,12 @@ PostgreSQL through `DATABASE_URL`.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+import numpy as np
 from sqlalchemy import (
     JSON,
     CheckConstraint,
@@ -21,12 +23,14 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Integer,
+    LargeBinary,
     String,
     Text,
     create_engine,
     delete,
     event,
     func,
+    insert,
     select,
     update,
 )
@@ -94,6 +98,21 @@ class SqlEpochMetric(Base):
     epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
     key: Mapped[str] = mapped_column(String(100), primary_key=True)
     value: Mapped[float] = mapped_column(Float)
+
+
+class SqlRunCurves(Base):
+    """Every epoch's metrics of one run in one row: what the Compare page loads.
+
+    The narrow epoch_metrics table stays the record; this copy is written in the same
+    transaction as a float64 (epochs x keys) matrix, so that loading 500 runs reads 500 rows
+    instead of 700,000. A metric an epoch lacks (or a NaN) is NaN in the matrix.
+    """
+
+    __tablename__ = "run_curves"
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    keys: Mapped[list] = mapped_column(JSON)
+    epochs: Mapped[list] = mapped_column(JSON)
+    matrix: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class SqlClassMetric(Base):
@@ -302,6 +321,7 @@ class Store:
     def delete_run(self, run_id: int) -> None:
         with self._session.begin() as s:
             s.execute(delete(SqlEpochMetric).where(SqlEpochMetric.run_id == run_id))
+            s.execute(delete(SqlRunCurves).where(SqlRunCurves.run_id == run_id))
             s.execute(delete(SqlClassMetric).where(SqlClassMetric.run_id == run_id))
             s.execute(delete(SqlRun).where(SqlRun.id == run_id))
 
@@ -314,23 +334,43 @@ class Store:
             s.execute(delete(SqlEpochMetric).where(SqlEpochMetric.run_id == run_id, SqlEpochMetric.epoch == epoch))
             s.add_all(SqlEpochMetric(run_id=run_id, epoch=epoch, key=k, value=float(v))
                       for k, v in metrics.items())
+            _add_to_curves(s, run_id, {epoch: metrics})
             progress: dict[str, Any] = {"epochs_done": epoch + 1}
             if best is not None:
                 progress.update(best_val_acc=best[0], best_epoch=best[1])
             s.execute(update(SqlRun).where(SqlRun.id == run_id).values(**progress))
 
+    def import_epochs(self, run_id: int, epochs: dict[int, dict[str, float]]) -> None:
+        """Record many epochs of a run at once (imports, generated databases), as log_epoch would."""
+        with self._session.begin() as s:
+            s.execute(delete(SqlEpochMetric).where(SqlEpochMetric.run_id == run_id,
+                                                   SqlEpochMetric.epoch.in_(list(epochs))))
+            s.execute(insert(SqlEpochMetric), [{"run_id": run_id, "epoch": e, "key": k, "value": float(v)}
+                                               for e, metrics in epochs.items() for k, v in metrics.items()])
+            _add_to_curves(s, run_id, epochs)
+            last = max(epochs)
+            s.execute(update(SqlRun).where(SqlRun.id == run_id).values(epochs_done=last + 1))
+
     def epoch_metrics(self, run_ids: Iterable[int]) -> dict[int, dict[int, dict[str, float]]]:
-        """{run_id: {epoch: {key: value}}} for the given runs."""
+        """{run_id: {epoch: {key: value}}} for the given runs (from run_curves: one row per run)."""
         ids = list(run_ids)
         out: dict[int, dict[int, dict[str, float]]] = {i: {} for i in ids}
         if not ids:
             return out
-        q = select(SqlEpochMetric.run_id, SqlEpochMetric.epoch, SqlEpochMetric.key,
-                   SqlEpochMetric.value).where(SqlEpochMetric.run_id.in_(ids))
         with self._session() as s:
-            for run_id, epoch, key, value in s.execute(q):
+            for run_id, keys, epochs, matrix in s.execute(
+                    select(SqlRunCurves.run_id, SqlRunCurves.keys, SqlRunCurves.epochs, SqlRunCurves.matrix)
+                    .where(SqlRunCurves.run_id.in_(ids))):
+                out[run_id] = _curve_epochs(keys, epochs, matrix)
+            # Runs recorded before run_curves existed: from the narrow rows.
+            older = [i for i in ids if not out[i]]
+            q = select(SqlEpochMetric.run_id, SqlEpochMetric.epoch, SqlEpochMetric.key,
+                       SqlEpochMetric.value).where(SqlEpochMetric.run_id.in_(older))
+            for run_id, epoch, key, value in (s.execute(q) if older else []):
                 out[run_id].setdefault(epoch, {})[key] = value
-        return {r: dict(sorted(e.items())) for r, e in out.items()}
+        for run_id in older:
+            out[run_id] = dict(sorted(out[run_id].items()))
+        return out
 
     def count_epoch_rows(self, run_id: int) -> int:
         with self._session() as s:
@@ -347,6 +387,28 @@ class Store:
         with self._session() as s:
             return [ClassMetric(r.class_index, r.class_name, r.precision, r.recall, r.f1,
                                 r.support, list(r.confusion)) for r in s.scalars(q)]
+
+
+def _curve_epochs(keys: list[str], epochs: list[int], matrix: bytes) -> dict[int, dict[str, float]]:
+    """{epoch: {key: value}} from a curves row, leaving out the NaNs (metrics an epoch lacks)."""
+    values = np.frombuffer(matrix, dtype="<f8").reshape(len(epochs), len(keys)).tolist()
+    return {e: {k: v for k, v in zip(keys, row) if v == v} for e, row in zip(epochs, values)}
+
+
+def _add_to_curves(s: Session, run_id: int, epochs: dict[int, dict[str, float]]) -> None:
+    """Put `epochs` into the run's curves row (an epoch recorded again replaces its row)."""
+    row = s.get(SqlRunCurves, run_id)
+    keys, rows = ([], {}) if row is None else (list(row.keys), dict(zip(row.epochs, np.frombuffer(
+        row.matrix, dtype="<f8").reshape(len(row.epochs), len(row.keys)).tolist())))
+    for epoch, metrics in epochs.items():
+        keys += [k for k in metrics if k not in keys]
+        rows[epoch] = [float(metrics[k]) if k in metrics else math.nan for k in keys]
+    order = sorted(rows)
+    matrix = np.array([rows[e] + [math.nan] * (len(keys) - len(rows[e])) for e in order], dtype="<f8")
+    if row is None:
+        s.add(SqlRunCurves(run_id=run_id, keys=keys, epochs=order, matrix=matrix.tobytes()))
+    else:
+        row.keys, row.epochs, row.matrix = keys, order, matrix.tobytes()
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
