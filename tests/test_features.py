@@ -140,6 +140,15 @@ def test_augmentation_caches_k_views_and_samples_one_per_image_each_epoch(tiny, 
     assert not torch.equal(epochs[0], epochs[1]) and not torch.equal(order[0], order[1])
 
 
+def test_every_phase_with_frozen_groups_trains_on_its_own_cached_boundary(tiny, store):
+    result = train(store, data=tiny, strategy="progressive", unfreeze_every=2, epochs=5)
+    fc = store.get_run(result.run_id).summary["feature_cache"]
+    assert [(p["frozen_groups"], p.get("boundary"), p["used"]) for p in fc["phases"]] == [
+        (8, "head input", True), (7, "stage7 input", True), (6, "stage6 input", True)]
+    epochs = store.epoch_metrics([result.run_id])[result.run_id]
+    assert [epochs[e]["trainable_groups"] for e in range(5)] == [1, 1, 2, 2, 3]
+
+
 def test_a_short_phase_with_augmentation_is_not_worth_caching_and_says_why(tiny, store):
     result = train(store, data=tiny, strategy="two_phase", head_epochs=1, epochs=2, augment="light")
     fc = store.get_run(result.run_id).summary["feature_cache"]

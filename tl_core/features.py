@@ -133,12 +133,18 @@ class FrozenFeatures:
         self.train_rows, self.val_rows = rows.rows(splits.train), rows.rows(splits.val)
         self.records: list[dict] = []
         self._weights: dict | None = None
+        self._lowest = len(bb.groups)  # the lowest boundary so far: groups from here up may have trained
 
     def at(self, boundary: int, epoch: int, phase_epochs: int) -> FeatureRun | None:
         """Cached activations for this boundary (computing what is missing), or None; recorded either way."""
         record = {"epoch": epoch, "frozen_groups": boundary, "views": self.views, "precision": _name(self.precision)}
         self.records.append(record)
         try:
+            # The key names the pretrained weights: right only while the groups below the boundary
+            # never trained. Strategies only ever unfreeze; a boundary moving back up is refused.
+            if boundary > self._lowest:
+                raise NoCut("groups below the boundary trained earlier in this run")
+            self._lowest = min(self._lowest, boundary)
             run = self._prepare(boundary, phase_epochs, record)
         except (NoCut, CacheTooLarge) as e:
             record.update(used=False, why=str(e))
