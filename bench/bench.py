@@ -1,0 +1,546 @@
+"""TransferLab against the textbook loop, measured side by side in one run; writes BENCHMARKS.md.
+
+    python bench/bench.py            # the default: about 15-20 minutes on a 2-core CPU
+    python bench/bench.py --quick    # a smoke test of every measurement (a few minutes; not the targets)
+
+Every number comes from this one process (and the subprocesses it starts), on the same data,
+model (EfficientNet-Lite0), image size (96 px), batch size (32) and seed; see bench/reference.py
+for the reference loop. Ratios are what the targets are about: absolute times depend on the
+machine and on whatever else runs on it (the report gives the CPU share other processes took).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import io
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # tl_core; this folder (bench/) is on the path as the script's own
+
+import bookkeeping  # noqa: E402
+import torch  # noqa: E402
+from reference import run_reference  # noqa: E402
+
+from tl_core import backbones, data  # noqa: E402
+from tl_core.config import make_config  # noqa: E402
+from tl_core.demo_data import write_demo_data  # noqa: E402
+from tl_core.store import Store  # noqa: E402
+from tl_core.train import train_run  # noqa: E402
+
+BACKBONE, SIZE, BATCH = "efficientnet_lite0", 96, 32
+
+
+# --- the machine ------------------------------------------------------------------------------
+
+
+class CpuShare:
+    """The share of the machine's CPU time that other processes used while a block ran."""
+
+    def __init__(self):
+        self.start = None
+
+    @staticmethod
+    def _ticks() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        busy = sum(fields) - fields[3] - fields[4]  # all but idle and iowait
+        own = os.times()
+        mine = (own.user + own.system + own.children_user + own.children_system) * os.sysconf("SC_CLK_TCK")
+        return busy, int(mine)
+
+    def __enter__(self):
+        self.start = (self._ticks(), time.perf_counter())
+        return self
+
+    def __exit__(self, *exc):
+        (busy0, mine0), t0 = self.start
+        busy1, mine1 = self._ticks()
+        wall = (time.perf_counter() - t0) * os.sysconf("SC_CLK_TCK") * (os.cpu_count() or 1)
+        self.others = max(0.0, (busy1 - busy0) - (mine1 - mine0)) / max(wall, 1)
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "python": platform.python_version(), "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M")}
+
+
+# --- TransferLab runs, in this process -----------------------------------------------------------
+
+
+def tl_run(store: Store, cache: Path, **settings) -> dict:
+    """One TransferLab run through train_run, as `python -m tl_core run` does; the caches under `cache`."""
+    os.environ["TL_CACHE_DIR"] = str(cache)
+    settings = {"backbone": BACKBONE, "image_size": SIZE, "batch_size": BATCH, **settings}
+    cfg = make_config(**settings)
+    run = store.create_run(cfg.model_dump(), "bench", status="running")
+    called = time.time()
+    t0 = time.perf_counter()
+    with contextlib.redirect_stderr(io.StringIO()) as log, CpuShare() as load:
+        result = train_run(store, run.id, progress=False)
+    seconds = time.perf_counter() - t0
+    if result.status != "completed":
+        raise RuntimeError(f"run {run.id} {result.status}: {result.error}\n{log.getvalue()[-2000:]}")
+    r = store.get_run(run.id)
+    epochs = store.epoch_metrics([run.id])[run.id]
+    return {"seconds": seconds, "best_val_acc": r.best_val_acc, "summary": r.summary, "epochs": epochs,
+            "to_first_batch": r.summary["first_batch_at"] - called, "run_id": run.id,
+            "final_val_acc": epochs[max(epochs)]["val_acc"], "others": load.others}
+
+
+def reference(*args, **kwargs) -> dict:
+    """bench/reference.py's loop, with the CPU share other processes took meanwhile."""
+    with CpuShare() as load:
+        r = run_reference(*args, **kwargs)
+    return {**r.__dict__, "best_val_acc": r.best_val_acc, "images_per_sec": r.images_per_sec, "others": load.others}
+
+
+def _split(root: str) -> tuple[list[str], list[str]]:
+    splits = data.split_dataset(data.scan_dataset(root), 0.2, seed=0)
+    return [it.path for it in splits.train], [it.path for it in splits.val]
+
+
+# --- measurements ----------------------------------------------------------------------------
+
+
+def compute_limit(n_batches: int) -> dict:
+    """The model alone on tensors already in memory: forward (eval) and forward+backward (train)."""
+    torch.manual_seed(0)
+    out = {}
+    for layout in ("nchw", "channels_last"):
+        bb = backbones.create_backbone(BACKBONE, 10)
+        model = bb.model
+        x, y = torch.randn(BATCH, 3, SIZE, SIZE), torch.randint(0, 10, (BATCH,))
+        if layout == "channels_last":
+            model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+        model.eval()
+        for dtype in (None, torch.bfloat16):
+            with torch.inference_mode(), torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+                out[f"forward {layout} {'bf16' if dtype else 'fp32'}"] = _rate(lambda: model(x), n_batches)
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), 1e-4)
+        loss_fn = torch.nn.CrossEntropyLoss()
+
+        def step():
+            loss = loss_fn(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+        out[f"train step {layout} fp32"] = _rate(step, n_batches)
+    return out
+
+
+def _rate(fn, n: int) -> float:
+    """Images per second of fn() on one batch, best-of-3 medians after a warm-up."""
+    fn()
+    fn()
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    times.sort()
+    return BATCH / times[len(times) // 2]
+
+
+def compiled_step(n_batches: int) -> dict:
+    """torch.compile of the training step: compile time, then steady images per second."""
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    torch.manual_seed(0)
+    model = backbones.create_backbone(BACKBONE, 10).model.to(memory_format=torch.channels_last).train()
+    x = torch.randn(BATCH, 3, SIZE, SIZE).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (BATCH,))
+    opt = torch.optim.AdamW(model.parameters(), 1e-4)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    compiled = torch.compile(model)
+
+    def step():
+        loss = loss_fn(compiled(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    t = time.perf_counter()
+    step()
+    first = time.perf_counter() - t
+    return {"compile_seconds": first, "images_per_sec": _rate(step, n_batches)}
+
+
+def memory_run(root: str, cache: Path, db: Path, epochs: int) -> dict:
+    """A cold feature-extraction run in a fresh process (`python -m tl_core run`): its peak memory."""
+    env = {**os.environ, "TL_CACHE_DIR": str(cache), "PYTHONPATH": str(ROOT), "TL_RUNS_DIR": str(db.with_suffix(".runs"))}
+    t = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "tl_core", "run", "--data", root, "--backbone", BACKBONE,
+                          "--strategy", "feature_extraction", "--epochs", str(epochs), "--image-size", str(SIZE),
+                          "--batch-size", str(BATCH), "--db", f"sqlite:///{db}", "--json", "--no-progress"],
+                         capture_output=True, text=True, env=env, cwd=db.parent)
+    seconds = time.perf_counter() - t
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-3000:])
+    run_id = json.loads(out.stdout)["run_id"]
+    store = Store(f"sqlite:///{db}")
+    epochs_m = store.epoch_metrics([run_id])[run_id]
+    run = store.get_run(run_id)
+    store.close()
+    return {"seconds": seconds, "peak_memory_mb": max(m["peak_memory_mb"] for m in epochs_m.values()),
+            "best_val_acc": run.best_val_acc, "images": run.summary["train_images"] + run.summary["val_images"]}
+
+
+def queued_to_first_batch(db: Path, cache: Path, runs: list[dict]) -> list[dict]:
+    """Queue runs for a worker (started here, default poll) and time queued -> first batch."""
+    env = {**os.environ, "TL_CACHE_DIR": str(cache), "PYTHONPATH": str(ROOT), "TL_RUNS_DIR": str(db.with_suffix(".runs"))}
+    store = Store(f"sqlite:///{db}")
+    worker = subprocess.Popen([sys.executable, "-m", "tl_core", "worker", "--db", f"sqlite:///{db}"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=db.parent)
+    out = []
+    try:
+        time.sleep(3)  # the worker is up and idle, as it is when a user queues a run
+        for settings in runs:
+            cfg = make_config(backbone=BACKBONE, batch_size=BATCH, **settings)
+            run = store.create_run(cfg.model_dump(), "bench-queue", status="queued")
+            queued = run.created_at.replace(tzinfo=dt.timezone.utc).timestamp()
+            deadline = time.time() + 300
+            while time.time() < deadline:
+                r = store.get_run(run.id)
+                if "first_batch_at" in r.summary or r.status in ("failed", "cancelled", "completed"):
+                    break
+                time.sleep(0.05)
+            r = store.get_run(run.id)
+            if "first_batch_at" not in r.summary:
+                raise RuntimeError(f"queued run {run.id}: {r.status} {r.error}")
+            out.append({**settings, "seconds": r.summary["first_batch_at"] - queued,
+                        "startup_in_process": r.summary["startup_seconds"]})
+            store.request_cancel(run.id)
+            while store.get_run(run.id).status == "running":
+                time.sleep(0.1)
+    finally:
+        worker.terminate()
+        worker.wait(30)
+        store.close()
+    return out
+
+
+# --- the report ---------------------------------------------------------------------------------
+
+
+def verdict(ok: bool) -> str:
+    return "**met**" if ok else "**missed**"
+
+
+def write_report(path: Path, r: dict) -> None:
+    m, q = r["machine"], r["quick"]
+    fe, aug, ft = r["fe"], r["aug"], r["full"]
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Written by `python bench/bench.py{' --quick' if q else ''}` on {m['date']}: {m['cpu']}, {m['cores']} cores, "
+        f"torch {m['torch']} ({m['threads']} threads), Python {m['python']}, no GPU. Every number below comes from "
+        f"that one run: TransferLab and the reference loop (bench/reference.py: ImageFolder + PIL transforms per "
+        f"item + DataLoader, a full fp32 forward every epoch, `model.train()` on the whole model) on the same "
+        f"data (the animal demo set, {SIZE} px PNGs), model ({BACKBONE}, ImageNet weights), image size {SIZE}, "
+        f"batch size {BATCH}, optimizer, LR schedule and seed. Other processes on this machine took "
+        f"{r['others']:.0%} of its CPU time during the run{' (the machine was shared)' if r['others'] > 0.05 else ''}; "
+        f"ratios are measured side by side, but absolute times move with such load.",
+        "",
+        "No GPU was lent to this task, so the fp32 vs bf16/channels_last comparison on ResNet-50 at 224 px "
+        "(img/s and peak GPU memory) is **not measured**; `python bench/bench.py` on a CUDA machine is where it "
+        "would run. TransferLab's CUDA path (bf16 autocast, channels_last, cudnn.benchmark, pinned memory, "
+        "non-blocking copies) is the code path of this report minus the CPU specifics.",
+        "",
+        "## Targets",
+        "",
+        "| target | measured | |",
+        "|---|---|---|",
+        f"| Feature extraction, {fe['epochs']} epochs, no augmentation: >= 10x faster end to end, accuracy no more "
+        f"than 1 point below | {fe['speedup']:.1f}x ({fe['tl']['seconds']:.1f} s vs {fe['ref']['seconds']:.0f} s); "
+        f"best val acc {fe['tl']['best_val_acc']:.1%} vs {fe['ref']['best_val_acc']:.1%} | "
+        f"{verdict(fe['speedup'] >= 10 and fe['tl']['best_val_acc'] >= fe['ref']['best_val_acc'] - 0.01)} |",
+        f"| Feature extraction, light augmentation ({aug['views']} cached views): >= 3x | {aug['speedup']:.1f}x "
+        f"({aug['tl']['seconds']:.1f} s vs {aug['ref']['seconds']:.0f} s); best val acc "
+        f"{aug['tl']['best_val_acc']:.1%} vs {aug['ref']['best_val_acc']:.1%} | {verdict(aug['speedup'] >= 3)} |",
+        f"| Full fine-tuning: training throughput >= 0.9x the compute limit | {ft['tl_ips']:.0f} img/s = "
+        f"{ft['vs_limit']:.2f}x the limit in the same layout ({ft['limit_cl']:.0f} img/s, channels_last); "
+        f"{ft['vs_limit_nchw']:.2f}x the fp32 NCHW limit ({ft['limit_nchw']:.0f} img/s) | "
+        f"{verdict(ft['vs_limit'] >= 0.9)} |",
+        f"| Full fine-tuning: >= 1.3x the reference loop | {ft['vs_ref']:.2f}x ({ft['tl_ips']:.0f} vs "
+        f"{ft['ref_ips']:.0f} img/s) | {verdict(ft['vs_ref'] >= 1.3)} |",
+        f"| A second feature-extraction run (other head, seed) starts training its head within 2 s | "
+        f"{r['second']['to_first_batch']:.2f} s from the call to the first batch (cache hit: "
+        f"{r['second']['summary']['feature_cache']['hit']}) | {verdict(r['second']['to_first_batch'] < 2)} |",
+    ]
+    for qrun in r["queued"]:
+        lines.append(f"| Queued run to first batch under 5 s ({qrun['label']}) | {qrun['seconds']:.2f} s: "
+                     f"{qrun['seconds'] - qrun['startup_in_process']:.2f} s until the run's code starts (the "
+                     f"worker's 1 s poll, a new Python process, importing torch and torchvision), then "
+                     f"{qrun['startup_in_process']:.2f} s to the first batch | {verdict(qrun['seconds'] < 5)} |")
+    mem = r["memory"]
+    bk = r["bookkeeping"]
+    lines += [
+        f"| Peak memory of a CPU feature-extraction run on {mem['images']:,} images at {SIZE} px < 2 GB | "
+        f"{mem['peak_memory_mb']:.0f} MB (max RSS of the run's process; cold caches, {mem['seconds']:.0f} s) | "
+        f"{verdict(mem['peak_memory_mb'] < 2048)} |",
+        f"| Writing one epoch's metrics < 1% of the epoch | {bk['log_epoch_ms']:.1f} ms: "
+        f"{bk['log_epoch_ms'] / 1000 / fe['tl_epoch_seconds']:.1%} of a cached-features epoch "
+        f"({fe['tl_epoch_seconds']:.2f} s), {bk['log_epoch_ms'] / 1000 / ft['tl_epoch_seconds']:.2%} of a "
+        f"fine-tuning epoch ({ft['tl_epoch_seconds']:.0f} s) | "
+        f"{verdict(bk['log_epoch_ms'] / 1000 < 0.01 * fe['tl_epoch_seconds'])} |",
+        f"| The Runs page's refresh does not reload every metric row | {bk['runs_refresh_ms']:.0f} ms for "
+        f"{bk['runs']} runs; {bk['runs_refresh_metric_queries']} queries touch the metric tables | "
+        f"{verdict(bk['runs_refresh_metric_queries'] == 0)} |",
+        f"| Loading the Compare page's data, {bk['runs']} runs x {bk['epochs']} epochs, < 300 ms | "
+        f"{bk['compare_ms']:.0f} ms (median of 3; {bk['rows']:,} metric values) | {verdict(bk['compare_ms'] < 300)} |",
+        "",
+    ]
+    lines += _details(r)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _details(r: dict) -> list[str]:
+    fe, aug, ft, lim = r["fe"], r["aug"], r["full"], r["limit"]
+    fc = fe["tl"]["summary"]["feature_cache"]
+    lines = [
+        "## How the time is spent",
+        "",
+        f"Feature extraction, no augmentation ({fe['images']:,} images, {fe['epochs']} epochs, caches cold):",
+        "",
+        "| | seconds | best val acc | final val acc | CPU taken by other processes meanwhile |",
+        "|---|---|---|---|---|",
+        f"| reference loop | {fe['ref']['seconds']:.1f} | {fe['ref']['best_val_acc']:.1%} | {fe['ref']['val_acc'][-1]:.1%} "
+        f"| {fe['ref']['others']:.0%} |",
+        f"| TransferLab (frozen features in bf16, cached) | {fe['tl']['seconds']:.1f} | {fe['tl']['best_val_acc']:.1%} | "
+        f"{fe['tl']['final_val_acc']:.1%} | {fe['tl']['others']:.0%} |",
+        f"| TransferLab, features computed in fp32 | {fe['tl_fp32']['seconds']:.1f} | "
+        f"{fe['tl_fp32']['best_val_acc']:.1%} | {fe['tl_fp32']['final_val_acc']:.1%} | {fe['tl_fp32']['others']:.0%} |",
+        f"| TransferLab, second run (cache hit, MLP head, seed 1) | {r['second_small']['seconds']:.1f} | "
+        f"{r['second_small']['best_val_acc']:.1%} | {r['second_small']['final_val_acc']:.1%} | "
+        f"{r['second_small']['others']:.0%} |",
+        "",
+        f"In TransferLab's cold run, computing the frozen features (decoding each image once on the way) took "
+        f"{fe['tl_phase_seconds']:.1f} s; each epoch after it {fe['tl_epoch_seconds']:.2f} s (training the head on "
+        f"cached features, validation, metrics, checkpoints). The reference spends about "
+        f"{fe['ref']['seconds'] / fe['epochs']:.0f} s on every epoch. Its frozen BatchNorm statistics drift under "
+        f"`model.train()`: that costs it {fe['tl_fp32']['best_val_acc'] - fe['ref']['best_val_acc']:+.1%} best val "
+        f"accuracy against TransferLab with the same fp32 features (frozen BatchNorm in eval mode). Computing the "
+        f"frozen features in bf16 (native on this CPU: AVX512-BF16) changes TransferLab's accuracy by "
+        f"{fe['tl']['best_val_acc'] - fe['tl_fp32']['best_val_acc']:+.1%} and its time by "
+        f"{fe['tl']['seconds'] / fe['tl_fp32']['seconds']:.2f}x; the run records the precision "
+        f"(`summary.feature_cache`: {json.dumps({k: fc[k] for k in ('used', 'boundary', 'views', 'hit', 'precision')})}).",
+        "",
+        f"Light augmentation: TransferLab caches {aug['views']} augmented views of every training image "
+        f"(and one plain view of every validation image) and samples one view per image each epoch; "
+        f"the reference augments every image afresh every epoch. TransferLab {aug['tl']['seconds']:.1f} s "
+        f"(computing the views: {aug['tl']['summary']['feature_cache']['seconds']:.1f} s), reference "
+        f"{aug['ref']['seconds']:.1f} s ({aug['images']:,} images, {aug['epochs']} epochs; other processes took "
+        f"{aug['tl']['others']:.0%} and {aug['ref']['others']:.0%} of the CPU meanwhile).",
+        "",
+        "Full fine-tuning (every layer trains; no frozen features to cache), steady-state training throughput:",
+        "",
+        "| | img/s |",
+        "|---|---|",
+        f"| compute limit: forward+backward on tensors in memory, fp32 NCHW | {lim['train step nchw fp32']:.0f} |",
+        f"| compute limit: the same, channels_last (TransferLab's layout) | {lim['train step channels_last fp32']:.0f} |",
+        f"| TransferLab, epoch 2 (decode cache warm; epoch 1 decodes as it goes: {ft['tl_first_ips']:.0f} img/s) "
+        f"| {ft['tl_ips']:.0f} |",
+        f"| reference loop (PIL decode + transforms every epoch, NCHW) | {ft['ref_ips']:.0f} |",
+    ]
+    if r.get("compiled"):
+        c = r["compiled"]
+        lines.append(f"| `torch.compile` (`--compile on`) training step on tensors in memory, channels_last, after "
+                     f"{c['compile_seconds']:.0f} s of compiling | {c['images_per_sec']:.0f} |")
+    lines += [
+        "",
+        "The compute limit, forward only (eval mode, tensors in memory):",
+        "",
+        "| layout | fp32 img/s | bf16 img/s |",
+        "|---|---|---|",
+        f"| NCHW | {lim['forward nchw fp32']:.0f} | {lim['forward nchw bf16']:.0f} |",
+        f"| channels_last | {lim['forward channels_last fp32']:.0f} | {lim['forward channels_last bf16']:.0f} |",
+        "",
+        "## How epoch time grows with images and image size",
+        "",
+        "Feature extraction with TransferLab, caches cold: the first epoch computes the features (its time "
+        "grows with images x pixels), later epochs train the head on them (they grow with images only). "
+        "Full fine-tuning: an epoch is images / throughput.",
+        "",
+        "| images | image size | FE first epoch (s) | FE later epoch (s) | full fine-tuning img/s | full FT epoch (s, est.) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in r["scaling"]:
+        lines.append(f"| {row['images']:,} | {row['size']} | {row['first']:.1f} | {row['later']:.2f} | "
+                     f"{row['ft_ips']:.0f} | {row['images'] * 0.8 / row['ft_ips']:.0f} |")
+    lines += ["", "## Settings of this run", "", "```", json.dumps(r["settings"], indent=1), "```"]
+    return lines
+
+
+# --- the bench ---------------------------------------------------------------------------------
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small and short: checks the bench, not the targets")
+    ap.add_argument("--images", type=int, default=None, help="images in the side-by-side comparisons "
+                    "(default 4,000; --quick 600)")
+    ap.add_argument("--epochs", type=int, default=None, help="epochs of the comparisons (default 10; --quick 3)")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile measurement (~2 min on CPU)")
+    ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
+    ap.add_argument("--work", default=None, help="folder for data, caches and databases (default: a temp folder)")
+    args = ap.parse_args()
+    quick = args.quick
+    n_images = args.images or (600 if quick else 4000)
+    epochs = args.epochs or (3 if quick else 10)
+    big = 2000 if quick else 10_000
+    work = Path(args.work or tempfile.mkdtemp(prefix="tl-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    os.environ["TL_RUNS_DIR"] = str(work / "runs")
+    os.chdir(work)  # runs/, caches and databases all under it
+    report: dict = {"machine": machine(), "quick": quick,
+                    "settings": {"images": n_images, "epochs": epochs, "big": big, "work": str(work)}}
+    say = lambda *a: print(*a, flush=True)  # noqa: E731
+
+    with CpuShare() as whole:
+        say(f"data: writing the animal demo set ({big:,} and {n_images:,} images, {SIZE} px) under {work}")
+        big_root = _dataset(work / "data-big", big)
+        root = _dataset(work / f"data-{n_images}", n_images)
+        train_paths, val_paths = _split(root)
+        store = Store(f"sqlite:///{work / 'bench.db'}")
+
+        say("compute limit: the model alone on tensors in memory")
+        report["limit"] = lim = compute_limit(4 if quick else 10)
+        say("  " + ", ".join(f"{k} {v:.0f}" for k, v in lim.items()))
+
+        # 1. Feature extraction, no augmentation.
+        say(f"feature extraction, no augmentation, {n_images:,} images x {epochs} epochs")
+        ref = reference(root, train_paths, val_paths, epochs=epochs)
+        say(f"  reference {ref['seconds']:.1f} s, best val acc {ref['best_val_acc']:.3f}")
+        tl = tl_run(store, work / "cache-fe", data=root, strategy="feature_extraction", epochs=epochs)
+        tl32 = tl_run(store, work / "cache-fe32", data=root, strategy="feature_extraction", epochs=epochs,
+                      feature_precision="fp32")
+        second_small = tl_run(store, work / "cache-fe", data=root, strategy="feature_extraction", epochs=epochs,
+                              head="mlp", seed=1)
+        ep = tl["epochs"]
+        report["fe"] = {"images": n_images, "epochs": epochs, "ref": ref, "tl": tl, "tl_fp32": tl32,
+                        "speedup": ref["seconds"] / tl["seconds"],
+                        "tl_phase_seconds": tl["summary"]["feature_cache"]["seconds"],
+                        "tl_epoch_seconds": _median([m["epoch_seconds"] for e, m in ep.items() if e])}
+        report["second_small"] = second_small
+        say(f"  TransferLab {tl['seconds']:.1f} s (fp32 features {tl32['seconds']:.1f} s), best val acc "
+            f"{tl['best_val_acc']:.3f}: {report['fe']['speedup']:.1f}x")
+
+        # 2. Feature extraction, light augmentation.
+        say(f"feature extraction, light augmentation, {n_images:,} images x {epochs} epochs")
+        ref = reference(root, train_paths, val_paths, epochs=epochs, augment="light")
+        say(f"  reference {ref['seconds']:.1f} s, best val acc {ref['best_val_acc']:.3f}")
+        tl = tl_run(store, work / "cache-aug", data=root, strategy="feature_extraction", epochs=epochs,
+                    augment="light")
+        report["aug"] = {"images": n_images, "epochs": epochs, "views": tl["summary"]["feature_cache"]["views"],
+                         "ref": ref, "tl": tl, "speedup": ref["seconds"] / tl["seconds"]}
+        say(f"  TransferLab {tl['seconds']:.1f} s, best val acc {tl['best_val_acc']:.3f}: "
+            f"{report['aug']['speedup']:.1f}x")
+
+        # 3. Full fine-tuning throughput.
+        ft_images = 500 if quick else 2000
+        ft_root = _dataset(work / f"data-{ft_images}", ft_images)
+        ft_train, ft_val = _split(ft_root)
+        say(f"full fine-tuning, {ft_images:,} images: TransferLab 2 epochs, reference 1 epoch")
+        tl = tl_run(store, work / "cache-ft", data=ft_root, strategy="full", epochs=2)
+        ref = reference(ft_root, ft_train, ft_val, strategy="full", epochs=1, lr=1e-4)
+        ep = tl["epochs"]
+        report["full"] = {"tl_ips": ep[1]["images_per_sec"], "tl_first_ips": ep[0]["images_per_sec"],
+                          "ref_ips": ref["images_per_sec"], "limit_cl": lim["train step channels_last fp32"],
+                          "limit_nchw": lim["train step nchw fp32"], "tl_epoch_seconds": ep[1]["epoch_seconds"]}
+        f = report["full"]
+        f["vs_limit"] = f["tl_ips"] / f["limit_cl"]
+        f["vs_limit_nchw"] = f["tl_ips"] / f["limit_nchw"]
+        f["vs_ref"] = f["tl_ips"] / f["ref_ips"]
+        say(f"  TransferLab {f['tl_ips']:.0f} img/s, reference {f['ref_ips']:.0f}, limit {f['limit_cl']:.0f} "
+            f"(channels_last) / {f['limit_nchw']:.0f} (NCHW)")
+        if not args.no_compile and not quick:
+            say("torch.compile of the training step (CPU inductor)")
+            report["compiled"] = compiled_step(10)
+            say(f"  {report['compiled']}")
+
+        # 4. Memory and a second run, on the big set.
+        say(f"peak memory: cold feature extraction on {big:,} images in a fresh process")
+        report["memory"] = memory_run(big_root, work / "cache-big", work / "memory.db", epochs)
+        say(f"  {report['memory']}")
+        second = tl_run(store, work / "cache-big", data=big_root, strategy="feature_extraction", epochs=2,
+                        head="mlp", seed=1, lr=3e-3)
+        report["second"] = second
+        say(f"  second run on {big:,} images: first batch {second['to_first_batch']:.2f} s after the call")
+
+        # 5. Queued run -> first batch, through a worker.
+        say("queued run to first batch, through a worker")
+        queued = queued_to_first_batch(work / "queue.db", work / "cache-big", [
+            {"data": big_root, "strategy": "feature_extraction", "epochs": 5, "image_size": SIZE, "seed": 2},
+            {"data": big_root, "strategy": "full", "epochs": 5, "image_size": 88},
+        ])
+        queued[0]["label"] = f"feature extraction, {big:,} images, features cached"
+        queued[1]["label"] = f"full fine-tuning, {big:,} images, decode cache cold (decodes as it trains)"
+        report["queued"] = queued
+        say(f"  {[(q['label'], round(q['seconds'], 2)) for q in queued]}")
+
+        # 6. Scaling.
+        say("scaling: epoch time against images and image size")
+        report["scaling"] = scaling(work, store, quick)
+
+        # 7. Bookkeeping.
+        say("bookkeeping: metric writes, the Runs and Compare pages' reads on a generated database")
+        report["bookkeeping"] = bookkeeping.measure(work / "big.db", runs=100 if quick else 500, epochs=100)
+        say(f"  {report['bookkeeping']}")
+        store.close()
+    report["others"] = whole.others
+    write_report(Path(args.out), report)
+    (Path(args.out).with_suffix(".json")).write_text(json.dumps(report, indent=1, default=str))
+    say(f"wrote {args.out}")
+    return 0
+
+
+def scaling(work: Path, store: Store, quick: bool) -> list[dict]:
+    rows = []
+    sizes = (64, 96) if quick else (64, 96, 128)
+    counts = (200, 400) if quick else (1000, 2000, 4000)
+    for n in counts:
+        root = _dataset(work / f"data-{n}", n)
+        for size in sizes:
+            tl = tl_run(store, work / f"cache-scale-{n}-{size}", data=root, strategy="feature_extraction",
+                        epochs=2, image_size=size)
+            rows.append({"images": n, "size": size, "first": tl["epochs"][0]["epoch_seconds"],
+                         "later": tl["epochs"][1]["epoch_seconds"]})
+    ft_root = _dataset(work / "data-500", 500)
+    ips = {}
+    for size in sizes:
+        tl = tl_run(store, work / f"cache-scale-ft-{size}", data=ft_root, strategy="full", epochs=2,
+                    image_size=size, train_fraction=0.5)
+        ips[size] = tl["epochs"][1]["images_per_sec"]
+    for row in rows:
+        row["ft_ips"] = ips[row["size"]]
+    return rows
+
+
+def _dataset(folder: Path, n: int) -> str:
+    if not (folder / "animals").is_dir():
+        write_demo_data(folder, datasets=("animals",), per_class=n // 10, size=SIZE)
+    return str(folder / "animals")
+
+
+def _median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if xs else float("nan")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
