@@ -49,9 +49,12 @@ def test_runs_keep_training_through_a_dashboard_restart_and_show_live_after(tmp_
             # 3. A new server shows the same run live, and finds the worker instead of starting one.
             port = free_port()
             servers.append(start_dashboard(env, port, tmp_path / "second.log"))
-            page.goto(f"http://127.0.0.1:{port}/runs")
+            page.goto(f"http://127.0.0.1:{port}")
             _settle(page)
-            expect(page.get_by_text(f"pid {worker}")).to_be_visible()
+            page.get_by_role("link", name="Runs").click()
+            _settle(page)
+            expect(page.get_by_role("heading", name="Runs")).to_be_visible(timeout=60_000)
+            expect(page.get_by_text(f"pid {worker}")).to_be_visible(timeout=60_000)
             assert _metric_value(page, "Running") == "1"
             # Live: cancelled from elsewhere, the open page shows it without a reload.
             store.request_cancel(run_id)
