@@ -129,6 +129,8 @@ with config_tab:
         st.markdown(f"**{len(summary['classes'])} classes**: {', '.join(summary['classes'])}  \n"
                     f"**Images**: {summary.get('train_images')} train / {summary.get('val_images')} val · "
                     f"**weights**: {summary.get('weights')} · **layer groups**: {', '.join(summary.get('groups', []))}")
+    if note := dashboard.speed_note(summary):
+        st.markdown(note)
     a, b = st.columns(2)
     with a.expander("Config", expanded=True):
         st.json(cfg)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tl_core import backbones, cuts, data, decoded, features
+from tl_core import backbones, cuts, dashboard, data, decoded, features
 from tl_core import train as T
 
 from .helpers import train
@@ -147,6 +147,17 @@ def test_every_phase_with_frozen_groups_trains_on_its_own_cached_boundary(tiny, 
         (8, "head input", True), (7, "stage7 input", True), (6, "stage6 input", True)]
     epochs = store.epoch_metrics([result.run_id])[result.run_id]
     assert [epochs[e]["trainable_groups"] for e in range(5)] == [1, 1, 2, 2, 3]
+
+
+def test_the_run_detail_page_says_what_the_caches_did():
+    used = {"feature_cache": {"used": True, "boundary": "head input", "views": 4, "hit": False, "precision": "bf16",
+                              "seconds": 12.34}, "decode_cache": {"used": True}, "startup_seconds": 0.8}
+    assert dashboard.speed_note(used) == ("**frozen features**: cached at the head input (computed in 12.3 s, bf16, "
+                                          "4 augmented views per image) · **decoded images**: cached · "
+                                          "**startup**: 0.8 s to the first batch")
+    off = {"feature_cache": {"used": False, "why": "nothing is frozen"}}
+    assert dashboard.speed_note(off) == "**frozen features**: not cached (nothing is frozen)"
+    assert dashboard.speed_note({}) == ""
 
 
 def test_a_short_phase_with_augmentation_is_not_worth_caching_and_says_why(tiny, store):

@@ -299,6 +299,23 @@ def delete_run(store: Store, run_id: int) -> None:
 # --- one run's files ------------------------------------------------------------------------------
 
 
+def speed_note(summary: dict) -> str:
+    """One line on what a run's caches did (features, decoded images) and its startup time."""
+    parts = []
+    fc, dc = summary.get("feature_cache"), summary.get("decode_cache")
+    if fc and fc.get("used"):
+        how = "found in the cache" if fc.get("hit") else f"computed in {fc.get('seconds', 0):.1f} s"
+        views = f", {fc['views']} augmented views per image" if fc.get("views", 1) > 1 else ""
+        parts.append(f"**frozen features**: cached at the {fc.get('boundary')} ({how}, {fc.get('precision')}{views})")
+    elif fc:
+        parts.append(f"**frozen features**: not cached ({fc.get('why', '')})")
+    if dc:
+        parts.append("**decoded images**: cached" if dc.get("used") else f"**decoded images**: not cached ({dc.get('why')})")
+    if "startup_seconds" in summary:
+        parts.append(f"**startup**: {summary['startup_seconds']:.1f} s to the first batch")
+    return " · ".join(parts)
+
+
 def log_tail(run: Run, lines: int = 50) -> str:
     path = run_files_dir(run) / "train.log"
     if not path.is_file():
