@@ -34,6 +34,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 STATUSES = ("queued", "running", "completed", "failed", "cancelled")
@@ -329,10 +330,9 @@ class Store:
     def log_epoch(self, run_id: int, epoch: int, metrics: dict[str, float],
                   best: tuple[float, int] | None = None) -> None:
         """One epoch's metrics and the run's progress, in one transaction."""
-        with self._session.begin() as s:
+        with self.engine.begin() as s:  # Core, not the ORM: it runs every epoch and should cost ~1 ms
             # A resumed run may repeat an epoch that was recorded just before its process died.
             s.execute(delete(SqlEpochMetric).where(SqlEpochMetric.run_id == run_id, SqlEpochMetric.epoch == epoch))
-            # Core statements, not ORM objects: this runs every epoch and should cost ~1 ms.
             s.execute(insert(SqlEpochMetric), [{"run_id": run_id, "epoch": epoch, "key": k, "value": float(v)}
                                                for k, v in metrics.items()])
             _add_to_curves(s, run_id, {epoch: metrics})
@@ -396,7 +396,7 @@ def _curve_epochs(keys: list[str], epochs: list[int], matrix: bytes) -> dict[int
     return {e: {k: v for k, v in zip(keys, row) if v == v} for e, row in zip(epochs, values)}
 
 
-def _add_to_curves(s: Session, run_id: int, epochs: dict[int, dict[str, float]]) -> None:
+def _add_to_curves(s: Session | Connection, run_id: int, epochs: dict[int, dict[str, float]]) -> None:
     """Put `epochs` into the run's curves row (an epoch recorded again replaces its row)."""
     c = SqlRunCurves
     row = s.execute(select(c.keys, c.epochs, c.matrix).where(c.run_id == run_id)).first()
