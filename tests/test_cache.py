@@ -136,3 +136,17 @@ def test_an_unreadable_image_is_listed_skipped_and_not_retried(tiny, tmp_path, c
     images = train.dataset.images
     assert images.cache.failed().tolist() == [images.dataset.row[str(bad)]]
     assert sum(len(y) for _, y in train) + sum(len(y) for _, y in val) == total  # the next epoch too
+
+
+def test_the_views_of_an_image_decode_it_once_and_differ(tiny, monkeypatch):
+    decodes = _count_decodes(monkeypatch)
+    index = data.scan_dataset(tiny)
+    pipe = decoded.Pipeline(backbones.preprocessing("efficientnet_lite0"), 32, "light")
+    images = decoded.DecodedImages(decoded.DatasetRows.of(index), pipe.stage(True))
+    views = decoded.PixelDataset(images, np.array([0, 0, 0, 1]), [0, 0, 0, 1], pipe.train_transform(),
+                                 seeds=np.arange(4))
+    (x, y), = list(decoded.read_through(views, batch_size=4))
+    assert len(decodes) == 2 and images.cache.filled()[[0, 1]].all()
+    assert not torch.equal(x[0], x[1]) and not torch.equal(x[1], x[2])
+    (again, _), = list(decoded.read_through(views, batch_size=4))
+    assert torch.equal(again, x) and len(decodes) == 2  # the same views, from the cache

@@ -168,8 +168,11 @@ class PixelDataset(Dataset):
                 self._data[row] = self.images.stage(self.images.dataset.paths[row])
             except data.UnreadableImage as e:
                 print(f"skipped unreadable image {e}", file=sys.stderr, flush=True)
+                self.unreadable.add(row)
                 return None, label, row, -1
             fresh = 1
+            if self.filled is not None:  # a row read again in this pass (K views of an image) is decoded once
+                self.filled[row] = True
         x = torch.from_numpy(np.array(self._data[row]))
         if self.transform is not None:
             if self.seeds is None:
