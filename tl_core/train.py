@@ -369,8 +369,10 @@ def _fit(store: Store, run_id: int, cfg: RunConfig, device: torch.device, run_di
             _note(store, run_id, feature_cache=frozen.summary())
         net, train_batches, val_batches = ((feats.cut.rest, feats.train.for_epoch(epoch), feats.val) if feats
                                            else (model, train_loader, val_loader))
-        if cfg.compile == "on":  # once per module: a new freeze boundary may bring a new one
-            net = compiled[net] if net in compiled else compiled.setdefault(net, torch.compile(net))
+        if cfg.compile == "on":  # compiled once per module (a new freeze boundary brings a new one)
+            if net not in compiled:
+                compiled[net] = torch.compile(net)
+            net = compiled[net]
         set_train_mode(model, groups, n)
         bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}")
 
