@@ -33,7 +33,8 @@ def test_frozen_parameters_and_batchnorm_buffers_are_bitwise_unchanged(strategy,
     result = train(store, data=tiny, strategy=strategy, unfreeze=2, epochs=2, lr=0.05)
     assert result.status == "completed", result.error
     before = backbones.create_backbone("efficientnet_lite0", 4)
-    after = torch.load(Path(store.get_run(result.run_id).run_dir) / "last.pt", weights_only=True)["model"]
+    after = torch.load(Path(store.get_run(result.run_id).run_dir) / "last.pt", map_location="cpu",
+                       weights_only=True)["model"]
     body = before.groups[:-1]
     frozen, trained = body[:len(body) - trained_groups], body[len(body) - trained_groups:]
     names = {id(m): n for n, m in before.model.named_modules()}

@@ -84,3 +84,46 @@ def test_cancel_stops_a_running_run(worker, tiny):
     wait_for(lambda: store.get_run(run_id).epochs_done >= 1, 120, "the run to start")
     store.request_cancel(run_id)
     wait_for(lambda: store.get_run(run_id).status == "cancelled", 20, "the run to stop")
+
+
+def _standbys(worker_pid: int) -> list[int]:
+    """Pids of the worker's standby training processes (imported, waiting for a run id)."""
+    import psutil
+
+    return [p.pid for p in psutil.Process(worker_pid).children() if "--standby" in p.cmdline()]
+
+
+def test_a_queued_run_is_handed_to_the_standby_process_and_a_new_one_replaces_it(worker, tiny):
+    store, proc = worker
+    ready = wait_for(lambda: _standbys(proc.pid), 30, "a standby process")[0]
+    time.sleep(6)  # its imports are done: what a user queueing a run finds
+    run_id = _queue(store, tiny, epochs=1, strategy="full")
+    run = wait_for(lambda: (r := store.get_run(run_id)).status == "completed" and r, 120, "the run")
+    assert run.pid == ready and run.worker_pid == proc.pid
+    assert run.summary["startup_seconds"] < 3  # no imports left to do: it started on the standby's
+    assert "epoch 1/1" in (Path(run.run_dir) / "train.log").read_text()
+    assert wait_for(lambda: [p for p in _standbys(proc.pid) if p != ready], 30, "a new standby")
+
+
+def test_a_dead_standby_does_not_stop_the_next_run(worker, tiny):
+    store, proc = worker
+    dead = wait_for(lambda: _standbys(proc.pid), 30, "a standby process")[0]
+    os.kill(dead, signal.SIGKILL)
+    run_id = _queue(store, tiny, epochs=1)
+    run = wait_for(lambda: (r := store.get_run(run_id)).status == "completed" and r, 120, "the run")
+    assert run.pid != dead and run.epochs_done == 1
+
+
+def test_without_standby_every_run_starts_a_fresh_process(tmp_path, tiny):
+    db = f"sqlite:///{tmp_path / 'w.db'}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TL_RUNS_DIR": str(tmp_path / "runs"), "TL_STANDBY": "0"}
+    proc = subprocess.Popen([sys.executable, "-m", "tl_core", "worker", "--db", db, "--poll", "0.3"],
+                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        store = Store(db)
+        run_id = _queue(store, tiny, epochs=1)
+        run = wait_for(lambda: (r := store.get_run(run_id)).status == "completed" and r, 120, "the run")
+        assert run.epochs_done == 1 and not _standbys(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -107,7 +107,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--poll", type=float, default=1.0, help="seconds between looks at the queue")
 
     p = sub.add_parser("train-run", parents=[common], help=argparse.SUPPRESS)  # what the worker starts
-    p.add_argument("run_id", type=int)
+    p.add_argument("run_id", type=int, nargs="?")
+    p.add_argument("--standby", action="store_true", help="import everything, then read the run id from stdin")
 
     sub.add_parser("backbones", parents=[common], help="registered backbones, sizes and weight availability")
     sub.add_parser("strategies", parents=[common], help="registered strategies")
@@ -333,9 +334,25 @@ def cmd_worker(args) -> int:
 
 
 def cmd_train_run(args) -> int:
-    from .train import train_run
+    from .train import runs_dir, train_run  # torch, torchvision and timm: the seconds a standby saves
 
-    result = train_run(Store(args.db), args.run_id, progress=False)
+    run_id = args.run_id
+    if args.standby:  # the worker's process kept ready ahead of need (worker.py)
+        import timm  # noqa: F401  (models are built by timm: imported here, not after the run is handed over)
+
+        line = sys.stdin.readline().strip()
+        if not line:  # the worker stopped without a run for us
+            return 0
+        run_id = int(line)
+        log = runs_dir() / str(run_id) / "train.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        sys.stdout.flush(), sys.stderr.flush()
+        with open(log, "ab") as f:  # from here on, this process writes the run's log
+            os.dup2(f.fileno(), 1)
+            os.dup2(f.fileno(), 2)
+    elif run_id is None:
+        raise UserError("train-run: give a run id (or --standby)")
+    result = train_run(Store(args.db), run_id, progress=False)
     _out(args, result.__dict__, f"run {result.run_id} {result.status}")
     return 1 if result.status == "failed" else 0
 

@@ -200,7 +200,10 @@ def train_one_epoch(model, loader, optimizer, loss_fn, cfg: RunConfig, device, a
                     epoch: int, bar, should_stop) -> tuple[float, float, int]:
     steps_per_epoch = len(loader)
     phase_steps = max(1, (phase.end - phase.start) * steps_per_epoch)
-    total_loss, correct, seen = 0.0, 0, 0
+    # Sums stay on the device: reading a GPU value back waits for the queued kernels, so it is
+    # done only when the progress bar shows it (at most twice a second) and at the end.
+    total_loss, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long), 0
+    show = throttled(lambda: True, 0.5)
     for i, (x, y) in enumerate(loader):
         if should_stop():
             raise RunCancelled()
@@ -218,36 +221,39 @@ def train_one_epoch(model, loader, optimizer, loss_fn, cfg: RunConfig, device, a
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        total_loss += loss.item() * len(y)
-        correct += (logits.argmax(1) == y).sum().item()
+        total_loss += loss.detach().float() * len(y)
+        correct += (logits.detach().argmax(1) == y).sum()
         seen += len(y)
         bar.update(1)
-        bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
-    return total_loss / max(seen, 1), correct / max(seen, 1), seen
+        if not bar.disable and show():
+            bar.set_postfix(loss=f"{total_loss.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}")
+    return total_loss.item() / max(seen, 1), correct.item() / max(seen, 1), seen
 
 
 @torch.inference_mode()
 def evaluate(model, loader, loss_fn, device, amp, num_classes: int) -> dict:
     model.eval()
-    total_loss, correct, top5, seen = 0.0, 0, 0, 0
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    # Summed on the device and read back once (see train_one_epoch).
+    total_loss, correct, top5 = (torch.zeros((), device=device) for _ in range(3))
+    confusion = torch.zeros(num_classes * num_classes, dtype=torch.long, device=device)
+    seen = 0
     for x, y in loader:
         if len(y) == 0:
             continue
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             logits = model(x)
-        total_loss += loss_fn(logits.float(), y).item() * len(y)
+        total_loss += loss_fn(logits.float(), y) * len(y)
         pred = logits.argmax(1)
-        correct += (pred == y).sum().item()
+        correct += (pred == y).sum()
         if num_classes >= 5:
-            top5 += (logits.topk(5, 1).indices == y[:, None]).any(1).sum().item()
-        confusion += torch.bincount((y * num_classes + pred).cpu(), minlength=num_classes ** 2).view(
-            num_classes, num_classes)
+            top5 += (logits.topk(5, 1).indices == y[:, None]).any(1).sum()
+        confusion += torch.bincount(y * num_classes + pred, minlength=num_classes ** 2)
         seen += len(y)
-    out = {"val_loss": total_loss / max(seen, 1), "val_acc": correct / max(seen, 1), "confusion": confusion}
+    out = {"val_loss": total_loss.item() / max(seen, 1), "val_acc": correct.item() / max(seen, 1),
+           "confusion": confusion.view(num_classes, num_classes).cpu()}
     if num_classes >= 5:
-        out["val_top5"] = top5 / max(seen, 1)
+        out["val_top5"] = top5.item() / max(seen, 1)
     return out
 
 

@@ -5,6 +5,12 @@ At most TL_MAX_CONCURRENT runs train at once (default: one per GPU, one on a CPU
 Each run's process is started without a shell and records its own pid in the run; if the
 worker dies, the kernel stops its runs too (PR_SET_PDEATHSIG), and a worker that starts again
 marks runs left `running` by a dead process as failed.
+
+Starting a Python process that imports torch, torchvision and timm takes seconds, so the worker
+keeps one such process ready ahead of need (a standby: `train-run --standby`, which has done
+its imports and waits for a run id on stdin) and hands the next queued run to it. It is started
+while no run of this worker is still starting up (they would compete for the CPU) and replaced
+once used. TL_STANDBY=0 turns it off: every run then starts a fresh process.
 """
 
 from __future__ import annotations
@@ -63,7 +69,11 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 class Child:
     run_id: int
     proc: subprocess.Popen
-    log: object
+    started: bool = False  # its process has done its imports and started the run
+
+
+def standby_enabled() -> bool:
+    return os.environ.get("TL_STANDBY", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 class Worker:
@@ -75,6 +85,8 @@ class Worker:
         self.children: dict[int, Child] = {}
         self.host = socket.gethostname()
         self.stopping = False
+        self.standby: subprocess.Popen | None = None  # a training process, imported and waiting for a run id
+        self.standby_retry_at = 0.0  # after a standby that died unused: not before then
 
     def recover(self) -> list[int]:
         """Mark runs whose process is gone as failed (left over from a dead worker or run)."""
@@ -89,22 +101,64 @@ class Worker:
                 lost.append(run.id)
         return lost
 
+    def _start(self, run_id: int | None) -> subprocess.Popen:
+        """The training process of run_id, or (None) a standby that waits for a run id on stdin;
+        either is stopped by the kernel if this worker dies."""
+        if run_id is None:
+            args, log_path, stdin = ["--standby"], runs_dir() / "standby.log", subprocess.PIPE
+        else:
+            args, log_path, stdin = [str(run_id)], runs_dir() / str(run_id) / "train.log", subprocess.DEVNULL
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as log:
+            return subprocess.Popen([sys.executable, "-m", "tl_core", "train-run", *args, "--db", self.db_url],
+                                    stdout=log, stderr=subprocess.STDOUT, stdin=stdin,
+                                    preexec_fn=_die_with_parent, cwd=os.getcwd())
+
+    def _hand_to_standby(self, run_id: int) -> subprocess.Popen | None:
+        """Give run_id to the standby process; None if there is none alive to take it."""
+        proc, self.standby = self.standby, None
+        if proc is None:
+            return None
+        try:
+            if proc.poll() is not None:
+                raise OSError(f"exited with {proc.returncode}")
+            proc.stdin.write(f"{run_id}\n".encode())
+            proc.stdin.close()
+            return proc
+        except OSError as e:
+            print(f"worker: the standby process is gone ({e}); starting run {run_id} in a new process", flush=True)
+            self.standby_retry_at = time.monotonic() + 30
+            proc.kill()
+            return None
+
+    def _keep_standby(self) -> None:
+        """Start a standby process if there is none and no run of ours is still starting."""
+        if self.stopping or not standby_enabled() or time.monotonic() < self.standby_retry_at:
+            return
+        if self.standby is not None:
+            if self.standby.poll() is None:
+                return
+            print(f"worker: the standby process exited unused ({self.standby.returncode}); see "
+                  f"{runs_dir() / 'standby.log'}", flush=True)
+            self.standby, self.standby_retry_at = None, time.monotonic() + 30
+            return
+        for child in self.children.values():
+            if not child.started:
+                child.started = self.store.get_run(child.run_id).started_at is not None
+            if not child.started:
+                return
+        self.standby = self._start(None)
+
     def launch(self, run_id: int) -> None:
-        log_dir = runs_dir() / str(run_id)
-        log_dir.mkdir(parents=True, exist_ok=True)
-        log = open(log_dir / "train.log", "ab")
-        cmd = [sys.executable, "-m", "tl_core", "train-run", str(run_id), "--db", self.db_url]
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                preexec_fn=_die_with_parent, cwd=os.getcwd())
+        proc = self._hand_to_standby(run_id) or self._start(run_id)
         self.store.update_run(run_id, pid=proc.pid, host=self.host)
-        self.children[run_id] = Child(run_id, proc, log)
+        self.children[run_id] = Child(run_id, proc)
 
     def reap(self) -> None:
         for run_id, child in list(self.children.items()):
             code = child.proc.poll()
             if code is None:
                 continue
-            child.log.close()
             del self.children[run_id]
             if self.store.get_run(run_id).status in ("running", "queued"):
                 self.store.finish_run(run_id, "failed", error=f"{PROCESS_LOST} (exit code {code})")
@@ -117,6 +171,7 @@ class Worker:
             if run is None:
                 break
             self.launch(run.id)
+        self._keep_standby()
 
     def serve(self) -> None:
         signal.signal(signal.SIGTERM, lambda *_: self._stop())
@@ -136,6 +191,8 @@ class Worker:
         self.stopping = True
         for child in self.children.values():
             child.proc.terminate()
+        if self.standby is not None:
+            self.standby.terminate()
         if running_worker() == os.getpid():
             _pidfile().unlink(missing_ok=True)
 
