@@ -23,6 +23,7 @@ import io
 import json
 import os
 import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -49,16 +50,20 @@ PRECISIONS = {  # name: (TF32 allowed, autocast dtype, channels_last)
 START, END = "<!-- gpu:start -->", "<!-- gpu:end -->"
 
 
-def _timed(fn, steps: int) -> float:
-    """Seconds per call of fn(), after warm-up (cudnn.benchmark picks its algorithms there)."""
-    for _ in range(5):
+def _timed(fn, steps: int) -> tuple[float, float]:
+    """(seconds of the first call: cudnn.benchmark's search for this shape, seconds per call after warm-up)."""
+    t = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    first = time.perf_counter() - t
+    for _ in range(4):
         fn()
     torch.cuda.synchronize()
     t = time.perf_counter()
     for _ in range(steps):
         fn()
     torch.cuda.synchronize()
-    return (time.perf_counter() - t) / steps
+    return first, (time.perf_counter() - t) / steps
 
 
 def model_limits(make_model, batch: int, steps: int) -> dict[str, dict[str, float]]:
@@ -91,13 +96,67 @@ def model_limits(make_model, batch: int, steps: int) -> dict[str, dict[str, floa
             model.train(kind == "training")
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-            seconds = _timed(train if kind == "training" else infer, steps)
+            first, seconds = _timed(train if kind == "training" else infer, steps)
             row[f"{kind} img/s"] = batch / seconds
+            row[f"{kind} first call s"] = first
             row[f"{kind} peak GiB"] = torch.cuda.max_memory_allocated() / 2**30
             del model, x, y, opt
             torch.cuda.empty_cache()
         out[name] = row
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = True, False  # PyTorch's defaults
+    return out
+
+
+def cudnn_probe(benchmark: bool, batch: int, steps: int) -> dict:
+    """EfficientNet-Lite0's bf16 channels_last training step with cudnn.benchmark on or off: the
+    first step at `batch` and at a new shape (a smaller last batch), then steady img/s. Run in a
+    process of its own (`--cudnn-probe on|off`): the algorithm choices are cached per process."""
+    torch.backends.cudnn.benchmark = benchmark
+    model = backbones.create_backbone("efficientnet_lite0", 10).model.cuda().to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), 1e-4)
+
+    def step(b: int):
+        x = torch.randn(b, 3, SIZE, SIZE, device="cuda").contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = torch.nn.functional.cross_entropy(model(x), torch.randint(0, 10, (b,), device="cuda"))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    torch.zeros(1, device="cuda")
+    out = {}
+    for name, b in (("first step s", batch), ("first step at a new shape s", batch // 4)):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        step(b)
+        torch.cuda.synchronize()
+        out[name] = time.perf_counter() - t
+    out["img/s"] = batch / _timed(lambda: step(batch), steps)[1]
+    return out
+
+
+def decode_pass(root: str, batch: int, cache: Path, device: torch.device = torch.device("cuda")) -> dict:
+    """The decode cache on its own: one cold pass (PNG decode, resize, store), then one warm pass
+    (read back, pinned, copied to the GPU), through TransferLab's loaders with their default workers."""
+    from tl_core import data, decoded
+    from tl_core.train import _default_workers
+
+    os.environ["TL_CACHE_DIR"], runs_cache = str(cache), os.environ.get("TL_CACHE_DIR")  # not the runs' cache
+    index = data.scan_dataset(root)
+    splits = data.split_dataset(index, 0.2, 1.0, 0)
+    pipeline = decoded.Pipeline(backbones.preprocessing("efficientnet_lite0"), SIZE)
+    workers = _default_workers(device)
+    train, _, _ = decoded.make_loaders(splits, decoded.DatasetRows.of(index), pipeline, batch, 0, workers, device,
+                                       channels_last=True)
+    out = {"workers": workers}
+    for name in ("img_s", "warm_img_s"):
+        t, n = time.perf_counter(), 0
+        for x, _ in train:
+            n += len(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        out[name] = n / (time.perf_counter() - t)
+    os.environ["TL_CACHE_DIR"] = runs_cache
     return out
 
 
@@ -128,6 +187,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"), help="the report whose GPU section is rewritten")
     ap.add_argument("--json", default=None, help="also write the measurements here")
+    ap.add_argument("--cudnn-probe", choices=["on", "off"], help=argparse.SUPPRESS)  # one probe, as JSON
     ap.add_argument("--deadline", type=float, default=None, help="seconds after which to print every "
                     "thread's stack and exit (to see where a run hangs)")
     args = ap.parse_args()
@@ -138,6 +198,9 @@ def main() -> int:
         return 2
     say = lambda *a: print(*a, flush=True)  # noqa: E731
     batch, steps, per_class, epochs = (32, 5, 40, 2) if args.quick else (128, 30, 500, 4)
+    if args.cudnn_probe:
+        print(json.dumps(cudnn_probe(args.cudnn_probe == "on", batch, steps)))
+        return 0
     work = Path(tempfile.mkdtemp(prefix="tl-gpu-"))
     os.environ["TL_RUNS_DIR"], os.environ["TL_CACHE_DIR"] = str(work / "runs"), str(work / "cache")
     r: dict = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "torchvision": torchvision.__version__,
@@ -150,8 +213,17 @@ def main() -> int:
     say("EfficientNet-Lite0, the same")
     r["lite0"] = model_limits(lambda: backbones.create_backbone("efficientnet_lite0", 10).model, batch, steps)
 
+    r["cudnn"] = {}
+    for setting in ("off", "on"):
+        out = subprocess.run([sys.executable, __file__, "--cudnn-probe", setting] + (["--quick"] if args.quick else []),
+                             capture_output=True, text=True, check=True).stdout
+        r["cudnn"][setting] = json.loads(out.strip().splitlines()[-1])
+        say(f"  EfficientNet-Lite0 with cudnn.benchmark {setting}: {r['cudnn'][setting]}")
     say(f"data: the animal demo set, {per_class} per class, {SIZE} px PNGs")
     write_demo_data(work / "data", datasets=("animals",), per_class=per_class, size=SIZE)
+    r["decode"] = decode_pass(str(work / "data" / "animals"), batch, work / "decode-cache")
+    say(f"  decoding into the decode cache: {r['decode']['img_s']:.0f} img/s with {r['decode']['workers']} "
+        f"workers; reading it back: {r['decode']['warm_img_s']:.0f} img/s")
     store = Store(f"sqlite:///{work / 'gpu.db'}")
     common = {"data": str(work / "data" / "animals"), "image_size": SIZE, "batch_size": batch}
     runs = {
@@ -182,11 +254,13 @@ def section(r: dict, quick: bool) -> str:
              f"{r['torch']}, torchvision {r['torchvision']}; batch {r['batch']}, {SIZE} px. Model alone: a batch "
              "already in GPU memory, AdamW for training; peak memory is PyTorch's `max_memory_allocated`.", "",
              "ResNet-50:", "",
-             "| precision | inference img/s | training img/s | inference peak GiB | training peak GiB |",
-             "|---|---|---|---|---|"]
+             "| precision | inference img/s | training img/s | inference peak GiB | training peak GiB | "
+             "first training step s |",
+             "|---|---|---|---|---|---|"]
     for name, row in r["resnet50"].items():
         lines.append(f"| {name} | {row['inference img/s']:,.0f} | {row['training img/s']:,.0f} | "
-                     f"{row['inference peak GiB']:.2f} | {row['training peak GiB']:.2f} |")
+                     f"{row['inference peak GiB']:.2f} | {row['training peak GiB']:.2f} | "
+                     f"{row['training first call s']:.1f} |")
     base, fast = r["resnet50"]["fp32 (TF32 off)"], r["resnet50"][bf16]
     lines += ["", f"bf16 + channels_last against strict fp32: training {fast['training img/s'] / base['training img/s']:.1f}x "
               f"the img/s in {fast['training peak GiB'] / base['training peak GiB']:.2f}x the memory; inference "
@@ -196,6 +270,13 @@ def section(r: dict, quick: bool) -> str:
               f"at {SIZE} px. img/s is the training throughput of the epochs after the first (the first decodes "
               "each image once, or computes the frozen features); the limit is the same model's bf16 + channels_last "
               "training step above.", "",
+              *_cudnn_lines(r), f"The decode cache on its own (EfficientNet-Lite0's preprocessing, {r['decode']['workers']} "
+              f"DataLoader workers): a cold pass decodes and stores {r['decode']['img_s']:,.0f} img/s; a warm pass "
+              f"reads, pins and copies to the GPU {r['decode']['warm_img_s']:,.0f} img/s. EfficientNet-Lite0's "
+              f"first bf16 training step (cudnn.benchmark's search) takes "
+              f"{r['lite0']['bf16 autocast + channels_last']['training first call s']:.1f} s, ResNet-50's "
+              f"{r['resnet50']['bf16 autocast + channels_last']['training first call s']:.1f} s; each new batch "
+              "shape (a last partial batch, validation's) searches again.", "",
               "| run | img/s | of the limit | first epoch img/s | peak GiB | epoch seconds | best val acc |",
               "|---|---|---|---|---|---|---|"]
     for label, run in r["runs"].items():
@@ -206,6 +287,16 @@ def section(r: dict, quick: bool) -> str:
                      f"{run['peak_gib']:.2f} | {', '.join(map(str, run['epoch_seconds']))} | {run['best_val_acc']:.1%} |")
     lines.append(END)
     return "\n".join(lines)
+
+
+def _cudnn_lines(r: dict) -> list[str]:
+    on, off = r["cudnn"]["on"], r["cudnn"]["off"]
+    return [f"cudnn.benchmark (EfficientNet-Lite0, bf16, channels_last, batch {r['batch']}; each setting in a fresh "
+            f"process): steady {on['img/s']:,.0f} img/s on, {off['img/s']:,.0f} off "
+            f"({on['img/s'] / off['img/s']:.2f}x); the first step takes {on['first step s']:.1f} s on, "
+            f"{off['first step s']:.1f} s off, and the first at a new batch shape {on['first step at a new shape s']:.1f} "
+            f"s on, {off['first step at a new shape s']:.1f} s off. `--cudnn-benchmark off` trades one for the "
+            "other; it is on by default.", ""]
 
 
 def write_section(path: Path, r: dict, quick: bool) -> None:

@@ -71,7 +71,7 @@ def test_a_cache_hit_skips_the_backbone_and_other_heads_and_seeds_reuse_it(tiny,
 
 
 def test_cached_features_equal_the_live_frozen_forward(tiny, store):
-    result = train(store, data=tiny, epochs=1, feature_precision="fp32")
+    result = train(store, data=tiny, epochs=1, feature_precision="fp32", device="cpu")
     assert store.get_run(result.run_id).summary["feature_cache"]["precision"] == "fp32"
     index = data.scan_dataset(tiny)
     splits = data.split_dataset(index, 0.2, seed=0)
@@ -118,7 +118,7 @@ def test_the_cache_is_invalidated_when_any_part_of_its_key_changes(tiny, store, 
 
 
 def test_augmentation_caches_k_views_and_samples_one_per_image_each_epoch(tiny, store, capfd):
-    result = train(store, data=tiny, epochs=3, augment="light", feature_views=3)
+    result = train(store, data=tiny, epochs=3, augment="light", feature_views=3, device="cpu")  # looked up on a CPU
     summary = store.get_run(result.run_id).summary["feature_cache"]
     assert summary["used"] and summary["views"] == 3
     assert "3 cached views per image" in capfd.readouterr().err
@@ -202,7 +202,7 @@ def test_a_cancel_stops_feature_caching_and_keeps_what_was_computed(tiny, store,
     asked = []
     monkeypatch.setattr(store, "cancel_requested", lambda run_id: asked.append(1) or len(asked) > 1)
     monkeypatch.setattr(T, "throttled", lambda ask, seconds: ask)  # every check reaches the store
-    monkeypatch.setattr(features.FrozenFeatures, "EXTRACT_BATCH", {"cpu": 8})
+    monkeypatch.setattr(features.FrozenFeatures, "EXTRACT_BATCH", {"cpu": 8, "cuda": 8})
     result = train(store, data=tiny, epochs=2)
     assert result.status == "cancelled" and result.epochs == 0
     filled = next((Path(store.get_run(result.run_id).run_dir).parent / "cache").glob("features/*/filled.npy"))

@@ -11,6 +11,8 @@ from tl_core import backbones, train as T
 
 from .helpers import train
 
+# The GPU cases run where a CUDA GPU is visible (a GPU host; CI has none).
+ON_GPU = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"))
 EPOCH_KEYS = {"train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "trainable_groups",
               "trainable_params", "epoch_seconds", "images_per_sec", "peak_memory_mb", "wall_seconds"}
 
@@ -28,9 +30,10 @@ def _state(model) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
+@pytest.mark.parametrize("device", ["cpu", ON_GPU])
 @pytest.mark.parametrize("strategy, trained_groups", [("feature_extraction", 0), ("partial", 2)])
-def test_frozen_parameters_and_batchnorm_buffers_are_bitwise_unchanged(strategy, trained_groups, tiny, store):
-    result = train(store, data=tiny, strategy=strategy, unfreeze=2, epochs=2, lr=0.05)
+def test_frozen_parameters_and_batchnorm_buffers_are_bitwise_unchanged(strategy, trained_groups, device, tiny, store):
+    result = train(store, data=tiny, strategy=strategy, unfreeze=2, epochs=2, lr=0.05, device=device)
     assert result.status == "completed", result.error
     before = backbones.create_backbone("efficientnet_lite0", 4)
     after = torch.load(Path(store.get_run(result.run_id).run_dir) / "last.pt", map_location="cpu",
@@ -51,7 +54,7 @@ def test_frozen_parameters_and_batchnorm_buffers_are_bitwise_unchanged(strategy,
 
 
 def test_every_epoch_has_its_rows_and_the_run_its_results(animals, store):
-    result = train(store, data=animals, strategy="two_phase", head_epochs=1, epochs=2, image_size=32)
+    result = train(store, data=animals, strategy="two_phase", head_epochs=1, epochs=2, image_size=32, device="cpu")
     run = store.get_run(result.run_id)
     assert run.status == "completed" and run.epochs_done == 2 and run.pid and run.host
     assert run.environment["torch"] == torch.__version__ and run.environment["device"] == "cpu"
@@ -69,6 +72,21 @@ def test_every_epoch_has_its_rows_and_the_run_its_results(animals, store):
     best = [m["val_acc"] for m in epochs.values()].index(run.best_val_acc)
     assert sum(c.confusion[c.class_index] for c in classes) / 60 == pytest.approx(epochs[best]["val_acc"])
     assert {p.name for p in Path(run.run_dir).iterdir()} >= {"best.pt", "last.pt"}
+
+
+def test_a_gpu_run_trains_in_bf16_and_records_the_gpu_and_its_memory(animals, store):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    fe = train(store, data=animals, strategy="feature_extraction", epochs=3, image_size=64, device="cuda")
+    full = train(store, data=animals, strategy="full", epochs=2, image_size=64, device="cuda")
+    assert fe.status == full.status == "completed", (fe.error, full.error)
+    assert fe.best_val_acc >= 0.6, fe.best_val_acc  # as on a CPU: 10 classes, chance is 0.1
+    run = store.get_run(full.run_id)
+    assert run.environment["device"] == "cuda" and run.environment["gpu"] == torch.cuda.get_device_name()
+    amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    assert store.get_run(fe.run_id).summary["feature_cache"]["precision"] == amp  # the run's autocast
+    peak = [m["peak_memory_mb"] for m in store.epoch_metrics([run.id])[run.id].values()]
+    assert all(0 < p < torch.cuda.get_device_properties(0).total_memory / 2**20 for p in peak)
 
 
 def test_a_cpu_run_is_repeatable_with_its_seed(tiny, store):

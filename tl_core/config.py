@@ -59,6 +59,9 @@ class RunConfig(BaseModel):
     decode_cache: Literal["on", "off"] = Field("on", description="decode and resize each image once, "
                                                "kept as uint8 on disk")
     compile: Literal["off", "on"] = Field("off", description="torch.compile the trainable part")
+    cudnn_benchmark: Literal["on", "off"] = Field(
+        "on", description="on a GPU: cuDNN times its algorithms for each new input shape (faster steps for "
+        "many models; the first step of each shape is slower; see BENCHMARKS.md)")
 
     @model_validator(mode="after")
     def _check_against_registries(self) -> "RunConfig":

@@ -338,7 +338,7 @@ def _fit(store: Store, run_id: int, cfg: RunConfig, device: torch.device, run_di
         model = model.to(memory_format=torch.channels_last)
     amp, scaler = _amp(device)
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.benchmark = cfg.cudnn_benchmark == "on"
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     # Frozen groups' output is computed once per image and cached on disk (features.py).
     frozen = features.FrozenFeatures(bb, splits, rows, pipeline, views=cfg.feature_views, batch_size=cfg.batch_size,
