@@ -47,6 +47,29 @@ def test_a_resumed_run_matches_an_uninterrupted_one(strategy, tiny, store, monke
         [c.confusion for c in store.class_metrics(whole.run_id)]
 
 
+def test_an_epoch_row_lost_with_the_process_is_written_again_from_the_checkpoint(tiny, store, monkeypatch):
+    # Epoch rows are written in the background (store.EpochWriter): a process killed right after
+    # its checkpoint may not have written the last row. The checkpoint holds it; resume writes it.
+    settings = dict(data=tiny, epochs=3, seed=2)
+    whole = train(store, **settings)
+
+    class LosesEpoch1(T.EpochWriter):
+        def log_epoch(self, run_id, epoch, metrics, best=None):
+            if epoch != 1:
+                super().log_epoch(run_id, epoch, metrics, best)
+
+    with monkeypatch.context() as m:
+        m.setattr(T, "EpochWriter", LosesEpoch1)
+        _stop_before_epoch(m, store, stop_at=2)
+        stopped = train(store, **settings)
+    assert sorted(store.epoch_metrics([stopped.run_id])[stopped.run_id]) == [0]
+    store.requeue(stopped.run_id, status="running")
+    resumed = T.train_run(store, stopped.run_id, progress=False)
+    a, b = (store.epoch_metrics([r.run_id])[r.run_id] for r in (whole, resumed))
+    assert sorted(b) == [0, 1, 2] and resumed.epochs == 3
+    assert [b[e]["val_acc"] for e in b] == pytest.approx([a[e]["val_acc"] for e in a])
+
+
 def test_resume_refuses_a_dataset_whose_classes_changed(tiny, store, monkeypatch, tmp_path):
     import shutil
 

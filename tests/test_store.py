@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
-from tl_core.store import Run, Store
+from tl_core.store import EpochWriter, Run, Store
 
 
 def test_sqlite_gets_wal_busy_timeout_and_foreign_keys(store):
@@ -48,3 +48,22 @@ def test_a_queued_run_is_claimed_once(tmp_path):
     claims = [a.claim_next_queued(1), b.claim_next_queued(2)]
     assert [c.id for c in claims if c] == [run.id]
     assert a.get_run(run.id).status == "running"
+
+
+def test_the_epoch_writer_writes_every_row_in_order_and_raises_a_failed_write(store):
+    run = store.create_run({"epochs": 50}, "x", status="running")
+    with EpochWriter(store) as writer:
+        for epoch in range(50):
+            writer.log_epoch(run.id, epoch, {"val_acc": epoch / 50}, best=(epoch / 50, epoch))
+    assert [m["val_acc"] for m in store.epoch_metrics([run.id])[run.id].values()] == [e / 50 for e in range(50)]
+    assert store.get_run(run.id).epochs_done == 50  # close() waited for all of them
+
+    def broken(*args, **kwargs):
+        raise OSError("disk I/O error")
+
+    writer = EpochWriter(store)
+    writer.store = type("Broken", (), {"log_epoch": staticmethod(broken)})()
+    writer.log_epoch(run.id, 50, {"val_acc": 1.0})
+    with pytest.raises(OSError, match="disk I/O error"):
+        writer.close()
+    assert not writer.thread.is_alive()

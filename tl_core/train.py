@@ -32,7 +32,7 @@ from tqdm import tqdm
 from . import backbones, cache, data, decoded, features
 from .config import RunConfig
 from .errors import UserError
-from .store import ClassMetric, Store
+from .store import ClassMetric, EpochWriter, Store
 from .strategies import Strategy, get_strategy
 
 
@@ -352,75 +352,79 @@ def _fit(store: Store, run_id: int, cfg: RunConfig, device: torch.device, run_di
     # A fresh start, or a resume from the last checkpoint: the same trainable groups, optimizer
     # state, schedule position, unfreezing history and random streams as when it stopped.
     last = run_dir / "last.pt"
-    st = _resume(last, model, cfg, groups, classes, train_loader) if last.exists() else TrainState(cfg.epochs)
+    st = (_resume(last, model, cfg, groups, classes, train_loader, store, run_id) if last.exists()
+          else TrainState(cfg.epochs))
     optimizer, n_now, phase, val_losses = st.optimizer, st.n_trainable, st.phase, st.val_losses
     best_acc, best_epoch, best_confusion = st.best_acc, st.best_epoch, st.best_confusion
     started -= st.elapsed
     bar = tqdm(total=cfg.epochs * len(train_loader), initial=st.start_epoch * len(train_loader), unit="batch",
                disable=not progress, file=sys.stderr, dynamic_ncols=True)
     feats, feats_n, compiled = None, None, {}
-    for epoch in range(st.start_epoch, cfg.epochs):
-        epoch_start = time.perf_counter()
-        # 1-2. Ask the strategy what trains now; move the freeze boundary if it changed.
-        n = strategy.n_trainable(epoch, len(groups), params, val_losses)
-        if n != n_now:
-            freeze_to(groups, n)
-            optimizer = sync_param_groups(optimizer, cfg, groups, n, strategy.lr_multipliers(n, len(groups), params))
-            phase = Phase(epoch, strategy.next_change(epoch, len(groups), params) or cfg.epochs)
-            n_now = n
-        # 2b. With groups frozen, train the rest on their cached output when that pays (or is cached).
-        if n != feats_n:
-            feats, feats_n = frozen.at(len(groups) - n, epoch, phase.end - epoch), n
-            bar.write(frozen.describe(), file=sys.stderr)
-            _note(store, run_id, feature_cache=frozen.summary())
-        net, train_batches, val_batches = ((feats.cut.rest, feats.train.for_epoch(epoch), feats.val) if feats
-                                           else (model, train_loader, val_loader))
-        if cfg.compile == "on":  # compiled once per module (a new freeze boundary brings a new one)
-            if net not in compiled:
-                compiled[net] = torch.compile(net)
-            net = compiled[net]
-        set_train_mode(model, groups, n)
-        bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}")
+    with EpochWriter(store) as writer:  # epoch rows written in the background, all before the run ends
+        for epoch in range(st.start_epoch, cfg.epochs):
+            epoch_start = time.perf_counter()
+            # 1-2. Ask the strategy what trains now; move the freeze boundary if it changed.
+            n = strategy.n_trainable(epoch, len(groups), params, val_losses)
+            if n != n_now:
+                freeze_to(groups, n)
+                multipliers = strategy.lr_multipliers(n, len(groups), params)
+                optimizer = sync_param_groups(optimizer, cfg, groups, n, multipliers)
+                phase = Phase(epoch, strategy.next_change(epoch, len(groups), params) or cfg.epochs)
+                n_now = n
+            # 2b. With groups frozen, train the rest on their cached output when that pays (or is cached).
+            if n != feats_n:
+                feats, feats_n = frozen.at(len(groups) - n, epoch, phase.end - epoch), n
+                bar.write(frozen.describe(), file=sys.stderr)
+                _note(store, run_id, feature_cache=frozen.summary())
+            net, train_batches, val_batches = ((feats.cut.rest, feats.train.for_epoch(epoch), feats.val) if feats
+                                               else (model, train_loader, val_loader))
+            if cfg.compile == "on":  # compiled once per module (a new freeze boundary brings a new one)
+                if net not in compiled:
+                    compiled[net] = torch.compile(net)
+                net = compiled[net]
+            set_train_mode(model, groups, n)
+            bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}")
 
-        # 3. Train one epoch.
-        if epoch == st.start_epoch:  # startup is over: record what it cost
-            _note(store, run_id, startup_seconds=round(time.perf_counter() - started - st.elapsed, 3),
-                  first_batch_at=time.time())
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        t0 = time.perf_counter()
-        train_loss, train_acc, seen = train_one_epoch(
-            net, train_batches, optimizer, loss_fn, cfg, device, amp, scaler, phase, epoch, bar,
-            should_stop=stop_requested)
-        train_seconds = time.perf_counter() - t0
+            # 3. Train one epoch.
+            if epoch == st.start_epoch:  # startup is over: record what it cost
+                _note(store, run_id, startup_seconds=round(time.perf_counter() - started - st.elapsed, 3),
+                      first_batch_at=time.time())
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            t0 = time.perf_counter()
+            train_loss, train_acc, seen = train_one_epoch(
+                net, train_batches, optimizer, loss_fn, cfg, device, amp, scaler, phase, epoch, bar,
+                should_stop=stop_requested)
+            train_seconds = time.perf_counter() - t0
 
-        # 4. Validate, record, checkpoint.
-        ev = evaluate(net, val_batches, loss_fn, device, amp, len(classes))
-        val_losses.append(ev["val_loss"])
-        if ev["val_acc"] > best_acc:
-            best_acc, best_epoch, best_confusion = ev["val_acc"], epoch, ev["confusion"]
-            _save({"model": model.state_dict(), "classes": classes, "config": cfg.model_dump(),
-                   "epoch": epoch, "val_acc": best_acc}, run_dir / "best.pt")
-        metrics = {
-            "train_loss": train_loss, "train_acc": train_acc,
-            "val_loss": ev["val_loss"], "val_acc": ev["val_acc"],
-            **({"val_top5": ev["val_top5"]} if "val_top5" in ev else {}),
-            **{f"lr/{pg['name']}": pg["lr"] for pg in optimizer.param_groups},
-            "trainable_groups": n,
-            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            "epoch_seconds": time.perf_counter() - epoch_start,
-            "images_per_sec": seen / max(train_seconds, 1e-9),
-            "peak_memory_mb": peak_memory_mb(device),
-            "wall_seconds": time.perf_counter() - started,
-        }
-        store.log_epoch(run_id, epoch, metrics, best=(best_acc, best_epoch))
-        _save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-               "n_trainable": n, "phase": (phase.start, phase.end), "val_losses": val_losses,
-               "best": (best_acc, best_epoch), "best_confusion": best_confusion, "classes": classes,
-               "rng": torch.get_rng_state(), "loader_rng": train_loader.generator.get_state(),
-               "wall_seconds": metrics["wall_seconds"], "config": cfg.model_dump()}, last)
-        bar.write(f"epoch {epoch + 1}/{cfg.epochs}  train loss {train_loss:.3f} acc {train_acc:.3f}  "
-                  f"val loss {ev['val_loss']:.3f} acc {ev['val_acc']:.3f}  groups {n}/{len(groups)}", file=sys.stderr)
+            # 4. Validate, record, checkpoint.
+            ev = evaluate(net, val_batches, loss_fn, device, amp, len(classes))
+            val_losses.append(ev["val_loss"])
+            if ev["val_acc"] > best_acc:
+                best_acc, best_epoch, best_confusion = ev["val_acc"], epoch, ev["confusion"]
+                _save({"model": model.state_dict(), "classes": classes, "config": cfg.model_dump(),
+                       "epoch": epoch, "val_acc": best_acc}, run_dir / "best.pt")
+            metrics = {
+                "train_loss": train_loss, "train_acc": train_acc,
+                "val_loss": ev["val_loss"], "val_acc": ev["val_acc"],
+                **({"val_top5": ev["val_top5"]} if "val_top5" in ev else {}),
+                **{f"lr/{pg['name']}": pg["lr"] for pg in optimizer.param_groups},
+                "trainable_groups": n,
+                "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+                "epoch_seconds": time.perf_counter() - epoch_start,
+                "images_per_sec": seen / max(train_seconds, 1e-9),
+                "peak_memory_mb": peak_memory_mb(device),
+                "wall_seconds": time.perf_counter() - started,
+            }
+            writer.log_epoch(run_id, epoch, metrics, best=(best_acc, best_epoch))
+            _save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                   "n_trainable": n, "phase": (phase.start, phase.end), "val_losses": val_losses,
+                   "best": (best_acc, best_epoch), "best_confusion": best_confusion, "classes": classes,
+                   "rng": torch.get_rng_state(), "loader_rng": train_loader.generator.get_state(),
+                   "wall_seconds": metrics["wall_seconds"], "config": cfg.model_dump(), "metrics": metrics}, last)
+            bar.write(f"epoch {epoch + 1}/{cfg.epochs}  train loss {train_loss:.3f} acc {train_acc:.3f}  "
+                      f"val loss {ev['val_loss']:.3f} acc {ev['val_acc']:.3f}  groups {n}/{len(groups)}",
+                      file=sys.stderr)
     bar.close()
 
     store.log_class_metrics(run_id, per_class_metrics(best_confusion, classes))
@@ -448,9 +452,12 @@ class TrainState:
         self.phase = self.phase or Phase(0, self.epochs)
 
 
-def _resume(path: Path, model: nn.Module, cfg: RunConfig, groups, classes: list[str], train_loader) -> TrainState:
+def _resume(path: Path, model: nn.Module, cfg: RunConfig, groups, classes: list[str], train_loader,
+            store: Store, run_id: int) -> TrainState:
     """Restore a run from its last checkpoint (written at the end of every epoch)."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if "metrics" in ckpt:  # the checkpointed epoch's row, in case the process died before writing it
+        store.log_epoch(run_id, ckpt["epoch"], ckpt["metrics"], best=tuple(ckpt["best"]))
     if ckpt["classes"] != classes:
         raise UserError(f"cannot resume: the dataset's classes changed since the checkpoint {path} "
                         f"({len(ckpt['classes'])} then, {len(classes)} now); start a new run instead")
