@@ -52,7 +52,7 @@ with st.sidebar:
     st.markdown("### :material/science: TransferLab")
     st.caption("Measure how transfer-learning strategies compare on your images.")
     st.caption(f"**Database** `{dashboard.display_db_url(db_url)}`")
-    pid = dashboard.worker_pid()
+    pid = dashboard.worker_pid(db_url)
     if pid:
         st.caption(f"**Worker** :green-badge[running] pid {pid}")
     elif dashboard.worker_disabled():

@@ -36,8 +36,8 @@ def strategy_table() -> list[dict]:
 
 
 @st.cache_data(show_spinner="Scanning the dataset…", ttl=60)
-def dataset_report(path: str, val_fraction: float) -> dict:
-    return dashboard.dataset_report(path, val_fraction)
+def dataset_report(path: str, val_fraction: float, split_seed: int) -> dict:
+    return dashboard.dataset_report(path, val_fraction, split_seed)
 
 
 @st.cache_data(show_spinner=False, ttl=60)
@@ -87,7 +87,8 @@ if not (typed or chosen):
 else:
     try:
         data_path = dashboard.resolve_data_path(typed or chosen, roots)
-        report = dataset_report(data_path, st.session_state.get("val_fraction", 0.2))
+        report = dataset_report(data_path, st.session_state.get("val_fraction", 0.2),
+                                int(st.session_state.get("split_seed", 0)))
     except UserError as e:
         st.error(dashboard.form_message(e), icon=":material/folder_off:")
 
@@ -175,7 +176,12 @@ if "unfreeze" in knobs_in_use:
 if "lr_decay" in knobs_in_use:
     settings["lr_decay"] = next(cols).number_input(
         "LR decay per group", 1.0, 100.0, 3.0, 0.5, key="lr_decay",
-        help="discriminative / progressive: each group down trains at LR / decay")
+        help="partial / discriminative / progressive: the head trains at the LR, each group below it at "
+             "the LR of the group above / decay")
+if "head_lr_factor" in knobs_in_use:
+    settings["head_lr_factor"] = next(cols).number_input(
+        "Head LR factor (full)", 0.01, 1000.0, 10.0, 1.0, key="head_lr_factor",
+        help="full: the new, random head trains at this multiple of the pretrained layers' LR")
 if "head_epochs" in knobs_in_use:
     settings["head_epochs"] = next(cols).number_input("Head-only epochs (two_phase)", 1, 1000, 2, key="head_epochs")
     settings["phase2_lr_factor"] = next(cols).number_input(
@@ -189,6 +195,9 @@ if "unfreeze_on" in knobs_in_use:
                                                              key="unfreeze_every")
     else:
         settings["patience"] = next(cols).number_input("Patience (epochs)", 1, 1000, 1, key="patience")
+    settings["stage_lr_factor"] = next(cols).number_input(
+        "Stage LR factor (progressive)", 0.01, 1.0, 1.0, 0.05, key="stage_lr_factor",
+        help="progressive: every group's LR is multiplied by this at each unfreezing step (1: unchanged)")
 
 num_classes = report["num_classes"] if report else 10
 for s in strategies:
@@ -207,6 +216,11 @@ for s in strategies:
         c_params.markdown(f"{start} at first  \n:gray[{end} by the last epoch "
                           f"({counts['end_groups']} of {counts['groups']} groups)]")
 
+# What the ticked strategies would do that is likely not meant, said before anything is queued.
+draft = {**settings, "image_size": st.session_state.get("image_size", 96)}
+for warning in dashboard.draft_warnings(backbone, ticked_now, draft):
+    st.warning(dashboard.form_message(warning), icon=":material/warning:")
+
 # --- 4. training and launch ---------------------------------------------------------------------
 st.header("4 · Training", divider="gray")
 st.session_state.setdefault("experiment", f"{Path(data_path).name if data_path else 'experiment'}-"
@@ -214,7 +228,10 @@ st.session_state.setdefault("experiment", f"{Path(data_path).name if data_path e
 with st.form("launch_form", border=True):
     r1 = st.columns(4)
     epochs = r1[0].number_input("Epochs", value=5, step=1, key="epochs")
-    batch_size = r1[1].number_input("Batch size", value=32, step=8, key="batch_size")
+    batch_size = r1[1].number_input("Batch size", value=None, min_value=1, step=8, key="batch_size",
+                                    placeholder="auto: 32, or fewer",
+                                    help="Blank: 32, or all the training images when there are fewer (the run "
+                                         "says what it used)")
     lr_text = r1[2].text_input("Learning rate", key="lr", placeholder="blank = strategy default",
                                help="Blank uses each strategy's own default (1e-3, or 1e-4 for full)")
     optimizer = r1[3].selectbox("Optimizer", ["adamw", "sgd"], key="optimizer")
@@ -223,13 +240,17 @@ with st.form("launch_form", border=True):
     weight_decay = r2[1].number_input("Weight decay", value=0.01, step=0.01, format="%.4f", key="weight_decay")
     augment = r2[2].selectbox("Augmentation", ["none", "light", "standard"], key="augment")
     image_size = r2[3].number_input("Image size (px)", value=96, step=16, key="image_size")
-    r3 = st.columns(4)
-    seed = r3[0].number_input("Seed", value=0, step=1, key="seed")
+    r3 = st.columns(5)
+    seed = r3[0].number_input("Seed", value=0, step=1, key="seed",
+                              help="Seeds the initialisation, data order and augmentation")
     n_seeds = r3[1].number_input("Seeds per strategy", value=1, min_value=1, max_value=10, key="n_seeds",
                                  help="Repeat each strategy with seeds seed, seed+1, …: Compare shows mean ± std")
-    train_fraction = r3[2].number_input("Train fraction", value=1.0, step=0.1, key="train_fraction",
+    split_seed = r3[2].number_input("Split seed", value=0, step=1, key="split_seed",
+                                    help="Seeds the train/val split: every run of the experiment shares it, so "
+                                         "the seeds' spread is training variance alone")
+    train_fraction = r3[3].number_input("Train fraction", value=1.0, step=0.1, key="train_fraction",
                                         help="Keep this share of every class's training images")
-    val_fraction = r3[3].number_input("Val fraction", value=0.2, step=0.05, key="val_fraction")
+    val_fraction = r3[4].number_input("Val fraction", value=0.2, step=0.05, key="val_fraction")
     experiment = st.text_input("Experiment name", key="experiment",
                                help="Runs launched together share it; Compare groups runs by experiment")
     ticked = [s["strategy"] for s in strategies if st.session_state.get(f"strategy_{s['strategy']}")]
@@ -249,7 +270,7 @@ with st.form("launch_form", border=True):
                     "backbone": backbone, "epochs": epochs, "batch_size": batch_size, "lr": lr,
                     "optimizer": optimizer, "schedule": schedule, "weight_decay": weight_decay,
                     "augment": augment, "image_size": image_size, "train_fraction": train_fraction,
-                    "val_fraction": val_fraction, "experiment": experiment.strip()}
+                    "val_fraction": val_fraction, "split_seed": split_seed, "experiment": experiment.strip()}
             seeds = [int(seed) + i for i in range(int(n_seeds))]
             queued = dashboard.queue_runs(dashboard.open_store(), base, ticked, seeds)
         except UserError as e:
@@ -261,6 +282,7 @@ with st.form("launch_form", border=True):
 if done := st.session_state.get("queued"):
     st.success(f"Queued {len(done['ids'])} run(s) in experiment **{done['experiment']}**: "
                + ", ".join(f"#{i} {n}" for i, n in zip(done["ids"], done["names"])), icon=":material/check_circle:")
+
     links = st.container(horizontal=True)
     try:
         links.page_link("pages/runs.py", label="Watch them on Runs", icon=":material/view_list:")

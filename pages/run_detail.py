@@ -41,7 +41,7 @@ st.markdown(f":{STATUS_COLOURS.get(run.status, 'gray')}-badge[{run.status}] **{c
             f"{cfg.get('seed')} · queued {run.created_at:%Y-%m-%d %H:%M}")
 m = st.columns(4)
 m[0].metric("Best val accuracy", f"{run.best_val_acc:.1%}" if run.best_val_acc is not None else "–", border=True)
-m[1].metric("Best epoch", run.best_epoch + 1 if run.best_epoch is not None else "–", border=True)
+m[1].metric("Best epoch", run.best_epoch_number or "–", border=True)
 m[2].metric("Epochs", f"{run.epochs_done} of {run.epochs}", border=True)
 m[3].metric("Duration", dashboard.format_seconds(run.duration_s) or "–", border=True)
 if run.status in ("queued", "running"):
@@ -52,6 +52,8 @@ if run.status == "running":
 if run.error:
     (st.warning if run.status == "cancelled" else st.error)(f"{run.status.capitalize()}: {run.error}",
                                                             icon=":material/error:")
+for warning in run.summary.get("warnings", []):
+    st.warning(dashboard.form_message(warning), icon=":material/warning:")
 
 epochs = store.epoch_metrics([run.id])[run.id]
 best_pt = dashboard.checkpoint(run, "best")
@@ -129,8 +131,13 @@ with config_tab:
         st.markdown(f"**{len(summary['classes'])} classes**: {', '.join(summary['classes'])}  \n"
                     f"**Images**: {summary.get('train_images')} train / {summary.get('val_images')} val · "
                     f"**weights**: {summary.get('weights')} · **layer groups**: {', '.join(summary.get('groups', []))}")
+    if note := dashboard.input_note(summary):
+        st.markdown(note)
     if note := dashboard.speed_note(summary):
         st.markdown(note)
+    if skipped := dashboard.skipped_files(summary):
+        with st.expander(f"{len(skipped)} files skipped"):
+            st.dataframe(skipped, hide_index=True)
     a, b = st.columns(2)
     with a.expander("Config", expanded=True):
         st.json(cfg)

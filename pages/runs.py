@@ -80,6 +80,14 @@ def manage(runs: list) -> None:
             st.toast(f"Run {run.id}: cancel requested", icon=":material/stop_circle:")
         except UserError as e:
             st.error(str(e))
+    if bar.button("Resume run", icon=":material/replay:", key="resume_run",
+                  disabled=run.status not in ("failed", "cancelled"),
+                  help="Queue a failed or cancelled run to continue from its last checkpoint"):
+        try:
+            dashboard.resume_run(store, run.id)
+            st.toast(f"Run {run.id}: queued to resume", icon=":material/replay:")
+        except UserError as e:
+            st.error(dashboard.form_message(e))
     if bar.button("Delete run", icon=":material/delete:", key="delete_run",
                   disabled=run.status not in dashboard.FINISHED,
                   help="Only finished runs can be deleted; cancel a running one first"):

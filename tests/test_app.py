@@ -104,7 +104,7 @@ def test_app_router_runs_every_page_without_starting_a_worker(env):
     assert any("TL_NO_WORKER" in c.value for c in at.sidebar.caption)
     for name in PAGES:
         no_exception(at.switch_page(f"pages/{name}").run())
-    assert not (Path(os.environ["TL_RUNS_DIR"]) / "worker.pid").exists()
+    assert not (Path(os.environ["TL_RUNS_DIR"]) / "workers").exists()  # no worker files: none was started
 
 
 # --- New run ------------------------------------------------------------------------------------
@@ -154,7 +154,7 @@ def test_new_run_every_strategy_ticked_shows_every_knob(env):
     at = no_exception(at.selectbox(key="unfreeze_on").set_value("plateau").run())
     shown = {w.key for w in at.number_input} | {w.key for w in at.selectbox}
     assert {"hidden", "dropout", "unfreeze", "lr_decay", "head_epochs", "phase2_lr_factor", "unfreeze_on",
-            "patience"} <= shown
+            "patience", "head_lr_factor", "stage_lr_factor"} <= shown
     assert "unfreeze_every" not in shown  # a schedule knob, hidden while unfreezing on a plateau
 
 
@@ -191,6 +191,27 @@ def test_new_run_seeds_multiply_the_runs(env):
     assert sorted((r.config["strategy"], r.config["seed"]) for r in runs) == [
         ("feature_extraction", 7), ("feature_extraction", 8), ("full", 7), ("full", 8)]
     assert len({r.experiment for r in runs}) == 1
+
+
+def test_new_run_leaves_the_batch_size_to_the_run_and_shares_one_split_seed(env):
+    at = no_exception(page("new_run.py").run())
+    assert at.number_input(key="batch_size").value is None  # blank: the run picks 32, or fewer
+    at.number_input(key="n_seeds").set_value(2)
+    at.number_input(key="split_seed").set_value(3)
+    at = launch(at)
+    runs = env.list_runs()
+    assert sorted((r.config["seed"], r.config["split_seed"], r.config["batch_size"]) for r in runs) == [
+        (0, 3, None), (1, 3, None)]
+
+
+def test_new_run_says_before_launch_what_the_settings_would_not_do(env):
+    at = no_exception(page("new_run.py").run())
+    assert any("below half the 224 px" in w.value and "Image size" in w.value for w in at.warning)
+    at = no_exception(at.checkbox(key="strategy_progressive").check().run())
+    at = no_exception(at.number_input(key="unfreeze_every").set_value(3).run())
+    assert any("progressive unfreezes 2 of 9 groups in 5 epochs" in w.value for w in at.warning), \
+        [w.value for w in at.warning]
+    assert env.list_runs() == []  # said before anything is queued
 
 
 def test_new_run_bad_learning_rate_queues_nothing(env):
@@ -233,6 +254,24 @@ def test_runs_delete_a_finished_run_and_its_files(env, tmp_path):
     no_exception(at.button(key="delete_confirm").click().run())
     assert [r.id for r in env.list_runs()] == [keep.id]
     assert not (tmp_path / "runs" / str(done.id)).exists() and (tmp_path / "runs" / str(keep.id)).exists()
+
+
+def test_runs_resume_queues_a_failed_run_or_says_why_not(env, demo_root):
+    real = make_run(env, "stopped", "full", status="failed")
+    env.update_run(real.id, config={**real.config, "data": str(demo_root / "animals")})
+    gone = make_run(env, "gone", "full", status="failed")  # its dataset (/nowhere) is not there
+    done = make_run(env, "done", "full")
+    at = no_exception(page("runs.py").run())
+    at.selectbox(key="runs_pick").set_value(done.id)
+    at = no_exception(at.run())
+    assert at.button(key="resume_run").disabled
+    at = no_exception(at.selectbox(key="runs_pick").set_value(gone.id).run())
+    at = no_exception(at.button(key="resume_run").click().run())
+    assert any("does not exist" in e.value for e in at.error) and env.get_run(gone.id).status == "failed"
+    at = no_exception(at.selectbox(key="runs_pick").set_value(real.id).run())
+    no_exception(at.button(key="resume_run").click().run())
+    resumed = env.get_run(real.id)
+    assert resumed.status == "queued" and resumed.resume
 
 
 # --- Compare ------------------------------------------------------------------------------------
@@ -278,6 +317,24 @@ def test_run_detail_opens_the_run_in_the_query_string(env, tmp_path):
     log = at.code[0].value.splitlines()
     assert len(log) == 50 and log[-1] == "line 79"  # the last 50 lines of train.log
     assert {m.label: m.value for m in at.metric}["Epochs"] == "3 of 3"
+
+
+def test_run_detail_shows_the_input_the_batch_and_what_was_skipped(env):
+    run = make_run(env, "small", "feature_extraction")
+    env.update_run(run.id, summary={
+        "warnings": ["--image-size 96 is below half the 224 px the efficientnet_lite0 weights were trained at"],
+        "preprocessing": {"pre": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolation": "bicubic",
+                                  "crop_pct": 0.875, "native_size": 224},
+                          "image_size": 96, "augment": "none", "resize": 110, "native_size": 224},
+        "batch_size": {"used": 10, "why": "batch size 10: the default 32 is more than the 10 training images"},
+        "skipped": {"count": 1, "files": [{"path": "/d/a/notes.txt", "reason": "not an image file"}]},
+        "unreadable": ["/d/b/cut.png"]})
+    at = no_exception(page("run_detail.py").run())
+    assert any("Image size 96 is below half" in w.value for w in at.warning)
+    text = " ".join(m.value for m in at.markdown)
+    assert "**input**: 96 px (the weights' native size: 224 px)" in text and "**batch size**: 10 (" in text
+    skipped = next(d.value for d in at.dataframe if "reason" in d.value.columns)
+    assert list(skipped["reason"]) == ["not an image file", "unreadable when decoded"]
 
 
 def test_run_detail_shows_a_failed_run_error(env):

@@ -69,6 +69,13 @@ def test_run_show_runs_compare_json(tmp_path, tiny):
     assert {r["id"] for r in runs} == {out["run_id"], r2["run_id"]}
     cmp = json.loads(cli("compare", str(out["run_id"]), str(r2["run_id"]), "--json", "--db", db, cwd=tmp_path).stdout)
     assert [r["strategy"] for r in cmp["runs"]] == ["feature_extraction", "scratch"]
+    # One numbering of epochs, from 1, wherever a person or a JSON consumer reads them.
+    best = max(show["epochs"], key=lambda e: e["val_acc"])  # the first epoch with the best val acc
+    assert [e["epoch"] for e in show["epochs"]] == [1, 2]
+    assert out["best_epoch"] == show["best_epoch"] == cmp["runs"][0]["best_epoch"] == best["epoch"]
+    text = cli("run", *[a for a in common if a != "--json"], "--strategy", "partial", cwd=tmp_path).stdout
+    shown = json.loads(cli("show", text.split()[1], "--json", "--db", db, cwd=tmp_path).stdout)
+    assert f"at epoch {shown['best_epoch']} of 2" in text
     assert cmp["runs"][0]["trainable_params"] < cmp["runs"][1]["trainable_params"]
     missing = cli("show", "999", "--db", db, cwd=tmp_path)
     assert missing.returncode == 2 and "no run with id 999" in missing.stderr

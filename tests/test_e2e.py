@@ -19,6 +19,7 @@ import pytest
 
 from tl_core.demo_data import write_demo_data
 from tl_core.store import Store
+from tl_core.worker import pidfile as worker_pidfile
 
 from .helpers import free_port, start_dashboard
 
@@ -53,7 +54,7 @@ def _stop(pid: int) -> None:
 
 
 @pytest.fixture()
-def app_server(tmp_path):
+def app_server(tmp_path, monkeypatch):
     """The dashboard on a free port with its own state; yields (base URL, database URL, runs dir)."""
     write_demo_data(tmp_path / "data", datasets=("animals",), per_class=20, size=48)
     db_url = f"sqlite:///{tmp_path / 'e2e.db'}"
@@ -62,6 +63,7 @@ def app_server(tmp_path):
     env = {**os.environ, "DATABASE_URL": db_url, "TL_DATA_ROOTS": str(tmp_path / "data"),
            "TL_RUNS_DIR": str(runs), "TL_MAX_CONCURRENT": "1"}
     env.pop("TL_NO_WORKER", None)
+    monkeypatch.setenv("TL_RUNS_DIR", str(runs))  # where this test looks for the worker's files
     proc = start_dashboard(env, port, tmp_path / "streamlit.log")
     base = f"http://127.0.0.1:{port}"
     try:
@@ -69,7 +71,7 @@ def app_server(tmp_path):
     finally:
         _stop(proc.pid)
         # The app started a detached worker (its own session); stop it, and so its training runs.
-        pidfile = runs / "worker.pid"
+        pidfile = worker_pidfile(Store(db_url))
         if pidfile.exists():
             worker = int(pidfile.read_text().strip())
             _stop(worker)

@@ -21,16 +21,20 @@ def expected_plan(name: str, n_groups: int, epoch: int, p: StrategyParams) -> di
     head_only = {L - 1: BASE_LR}
     every = {k: BASE_LR for k in range(L)}
 
-    def disc(n):  # lr_k = base / decay^(L-k), k = 1..L, for the top n groups
-        return {k - 1: BASE_LR / p.lr_decay ** (L - k) for k in range(L - n + 1, L + 1)}
+    def disc(n, scale=1.0):  # lr_k = base / decay^(L-k), k = 1..L, for the top n groups
+        return {k - 1: scale * BASE_LR / p.lr_decay ** (L - k) for k in range(L - n + 1, L + 1)}
 
+    stage = min(L, 1 + epoch // p.unfreeze_every)  # progressive: groups trainable now
     return {
         "feature_extraction": head_only,
-        "partial": {k: BASE_LR for k in range(L - 1 - p.unfreeze, L)},
-        "full": every,
+        # the pretrained groups below the head at discriminative LRs, the new head at the base LR
+        "partial": disc(p.unfreeze + 1),
+        # the pretrained body at the base LR, the new head at head_lr_factor x base
+        "full": {**every, L - 1: BASE_LR * p.head_lr_factor},
         "two_phase": head_only if epoch < p.head_epochs else {k: BASE_LR * p.phase2_lr_factor for k in range(L)},
         "discriminative": disc(L),
-        "progressive": disc(min(L, 1 + epoch // p.unfreeze_every)),
+        # every unfreezing step multiplies the plan by stage_lr_factor
+        "progressive": disc(stage, p.stage_lr_factor ** (stage - 1)),
         "scratch": every,
     }[name]
 
@@ -38,7 +42,8 @@ def expected_plan(name: str, n_groups: int, epoch: int, p: StrategyParams) -> di
 @pytest.mark.parametrize("name", list_strategies())
 def test_param_groups_and_lrs_are_as_specified(name, tiny, store):
     settings = dict(data=tiny, backbone="efficientnet_lite0", strategy=name, epochs=EPOCHS, lr=BASE_LR,
-                    schedule="constant", unfreeze=2, lr_decay=2.5, head_epochs=1, unfreeze_every=1)
+                    schedule="constant", unfreeze=2, lr_decay=2.5, head_epochs=1, unfreeze_every=1,
+                    head_lr_factor=10, stage_lr_factor=0.5)
     result = train(store, **settings)
     assert result.status == "completed", result.error
     groups = store.get_run(result.run_id).summary["groups"]

@@ -14,6 +14,7 @@ import sys
 import typing
 from typing import Any, Sequence
 
+from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 
 from .config import RunConfig, make_config
@@ -28,12 +29,14 @@ _HELP = {
     "weights": "imagenet (pretrained), none (random init), or a path to a state_dict",
     "lr": "base learning rate (default: the strategy's own)",
     "unfreeze": "partial: layer groups trained below the head",
-    "lr_decay": "discriminative/progressive: lr_k = lr / decay^(L-k)",
+    "lr_decay": "partial/discriminative/progressive: lr_k = lr / decay^(L-k), the head at --lr",
     "head_epochs": "two_phase: epochs that train the head alone",
     "phase2_lr_factor": "two_phase: LR of the second phase as a multiple of --lr",
     "unfreeze_every": "progressive: epochs between unfreezing steps",
     "unfreeze_on": "progressive: unfreeze on a schedule or when val loss plateaus",
     "train_fraction": "keep this share of every class's training images",
+    "head_lr_factor": "full: the new head's LR as a multiple of --lr (the pretrained layers')",
+    "stage_lr_factor": "progressive: every group's LR x this at each unfreezing step (1: unchanged)",
     "workers": "DataLoader worker processes (default: by CPU count)",
 }
 
@@ -76,7 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("dataset", parents=[common], help="report on a dataset folder")
     p.add_argument("path")
     p.add_argument("--val-fraction", type=float, default=0.2)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split-seed", "--seed", dest="split_seed", type=int, default=0,
+                   help="seed of the train/val split (default 0, as runs use)")
 
     p = sub.add_parser("run", parents=[common], help="train one run in the foreground (or queue it with --detach)")
     _add_config_flags(p)
@@ -152,7 +156,7 @@ def cmd_demo_data(args) -> int:
 def cmd_dataset(args) -> int:
     from .data import dataset_report
 
-    rep = dataset_report(args.path, args.val_fraction, args.seed)
+    rep = dataset_report(args.path, args.val_fraction, args.split_seed)
     lines = [f"{rep['root']} ({rep['layout']}): {rep['num_classes']} classes, "
              f"{rep['train_images']} train / {rep['val_images']} val images",
              f"image sizes: min {rep['image_size']['min']}, median {rep['image_size']['median']}, max {rep['image_size']['max']}"]
@@ -165,21 +169,31 @@ def cmd_dataset(args) -> int:
 
 def check_run(cfg: RunConfig) -> None:
     """Refuse a run before it is recorded: the dataset must be trainable as configured."""
-    from .data import check_batch_size, scan_dataset, split_dataset
+    from .data import batch_size_for, scan_dataset, split_dataset
 
     from .backbones import check_weights_obtainable
 
     if cfg.weights not in ("imagenet", "none") and not os.path.isfile(cfg.weights):
         raise UserError(f"--weights {cfg.weights}: no such file; pass imagenet, none, or a state_dict file")
     check_weights_obtainable(cfg.backbone, cfg.weights_to_load)
-    splits = split_dataset(scan_dataset(cfg.data), cfg.val_fraction, cfg.train_fraction, cfg.seed)
-    check_batch_size(cfg.batch_size, splits)
+    splits = split_dataset(scan_dataset(cfg.data), cfg.val_fraction, cfg.train_fraction, cfg.split_seed)
+    batch_size_for(cfg.batch_size, len(splits.train))
+
+
+def stored_config(run: Run) -> RunConfig:
+    """A recorded run's config, validated as a new one would be."""
+    try:
+        return RunConfig.from_stored(run.config)
+    except ValidationError:
+        return make_config(**run.config)  # raises the UserError naming the setting
 
 
 def cmd_run(args) -> int:
     settings = {k: v for k, v in vars(args).items() if k in RunConfig.model_fields}
     cfg = make_config(**settings)
     check_run(cfg)
+    for warning in cfg.warnings():
+        print(f"warning: {warning}", file=sys.stderr)
     store = Store(args.db)
     if args.detach:
         run = store.create_run(cfg.model_dump(), cfg.experiment, cfg.name, status="queued")
@@ -195,7 +209,7 @@ def cmd_resume(args) -> int:
     run = store.get_run(args.run_id)
     if run.status not in ("failed", "cancelled"):
         raise UserError(f"run {run.id} is {run.status}; only failed or cancelled runs can be resumed")
-    check_run(make_config(**run.config))
+    check_run(stored_config(run))
     if args.detach:
         store.requeue(run.id)
         _out(args, {"run_id": run.id, "status": "queued"}, f"queued run {run.id} to resume")
@@ -213,11 +227,15 @@ def _train_here(args, store: Store, run_id: int) -> int:
     result = train_run(store, run.id, progress=not args.no_progress)
     run = store.get_run(run.id)
     obj = {"run_id": run.id, "status": run.status, "best_val_acc": run.best_val_acc,
-           "best_epoch": run.best_epoch, "epochs": run.epochs_done, "error": run.error,
-           "duration_s": run.duration_s, "run_dir": run.run_dir}
+           "best_epoch": run.best_epoch_number, "epochs": run.epochs_done, "error": run.error,
+           "duration_s": run.duration_s, "run_dir": run.run_dir, "batch_size": run.summary.get("batch_size"),
+           "warnings": run.summary.get("warnings", []), "skipped": run.summary.get("skipped"),
+           "unreadable": run.summary.get("unreadable", [])}
     text = (f"run {run.id} {run.status}: best val acc {run.best_val_acc or 0:.4f} at epoch "
-            f"{(run.best_epoch or 0) + 1} of {run.epochs_done}" if run.status == "completed"
+            f"{run.best_epoch_number} of {run.epochs_done}" if run.status == "completed"
             else f"run {run.id} {run.status}: {run.error}")
+    if skipped := (run.summary.get("skipped") or {}).get("count", 0) + len(run.summary.get("unreadable", [])):
+        text += f"\n{skipped} files skipped (listed in `python -m tl_core show {run.id}`)"
     _out(args, obj, text)
     if result.status == "failed":
         print(f"error: run {run.id} failed: {run.error}", file=sys.stderr)
@@ -257,13 +275,16 @@ def cmd_show(args) -> int:
     run = store.get_run(args.run_id)
     epochs = store.epoch_metrics([run.id])[run.id]
     classes = [c.__dict__ for c in store.class_metrics(run.id)]
-    obj = {**run.to_dict(), "epochs": [{"epoch": e, **m} for e, m in epochs.items()], "class_metrics": classes}
+    obj = {**run.to_dict(), "epochs": [{"epoch": e + 1, **m} for e, m in epochs.items()], "class_metrics": classes}
     keys = ["train_loss", "train_acc", "val_loss", "val_acc", "trainable_groups", "epoch_seconds"]
     text = "\n".join([
         f"run {run.id} {run.name!r} [{run.experiment}]: {run.status}" + (f" ({run.error})" if run.error else ""),
         "config: " + ", ".join(f"{k}={v}" for k, v in run.config.items() if v is not None),
         f"environment: {run.environment}",
         _table([{"epoch": e + 1, **m} for e, m in epochs.items()], ["epoch", *keys]) if epochs else "no epochs yet",
+        *[f"warning: {w}" for w in run.summary.get("warnings", [])],
+        *[f"skipped {f['path']} ({f['reason']})" for f in (run.summary.get("skipped") or {}).get("files", [])],
+        *[f"skipped {p} (unreadable when decoded)" for p in run.summary.get("unreadable", [])],
     ])
     _out(args, obj, text)
     return 0
@@ -275,7 +296,7 @@ def summarize(run: Run, epochs: dict[int, dict[str, float]]) -> dict:
     ips = [m["images_per_sec"] for m in epochs.values() if "images_per_sec" in m]
     return {"id": run.id, "name": run.name, "strategy": run.config.get("strategy"),
             "backbone": run.config.get("backbone"), "status": run.status,
-            "best_val_acc": run.best_val_acc, "best_epoch": None if run.best_epoch is None else run.best_epoch + 1,
+            "best_val_acc": run.best_val_acc, "best_epoch": run.best_epoch_number,
             "final_val_acc": last.get("val_acc"), "epochs": len(epochs),
             "total_seconds": last.get("wall_seconds"), "trainable_params": last.get("trainable_params"),
             "images_per_sec": sum(ips) / len(ips) if ips else None}
@@ -334,7 +355,8 @@ def cmd_worker(args) -> int:
 
 
 def cmd_train_run(args) -> int:
-    from .train import runs_dir, train_run  # torch, torchvision and timm: the seconds a standby saves
+    from .runfiles import run_folder
+    from .train import train_run  # torch, torchvision and timm: the seconds a standby saves
 
     run_id = args.run_id
     if args.standby:  # the worker's process kept ready ahead of need (worker.py)
@@ -344,7 +366,7 @@ def cmd_train_run(args) -> int:
         if not line:  # the worker stopped without a run for us
             return 0
         run_id = int(line)
-        log = runs_dir() / str(run_id) / "train.log"
+        log = run_folder(Store(args.db).get_run(run_id)) / "train.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         sys.stdout.flush(), sys.stderr.flush()
         with open(log, "ab") as f:  # from here on, this process writes the run's log

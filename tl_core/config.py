@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import UserError
+
+
+DEFAULT_BATCH_SIZE = 32
+# Settings that name or file a run but do not change what it trains: left out of its fingerprint.
+BOOKKEEPING = ("name", "experiment")
 
 
 class RunConfig(BaseModel):
@@ -25,9 +32,12 @@ class RunConfig(BaseModel):
     augment: Literal["none", "light", "standard"] = "none"
     val_fraction: float = Field(0.2, gt=0, lt=1)
     train_fraction: float = Field(1.0, gt=0, le=1)
+    split_seed: int = Field(0, description="seeds the train/val split and the train-fraction subset, so that "
+                            "the runs of an experiment share them whatever their --seed")
     # optimisation
     epochs: int = Field(5, gt=0)
-    batch_size: int = Field(32, gt=0)
+    batch_size: int | None = Field(None, gt=0, description=f"images per batch; default: {DEFAULT_BATCH_SIZE}, "
+                                   f"or fewer for a small dataset (the run says what it used)")
     lr: float | None = Field(None, gt=0, description="None: the strategy's default")
     optimizer: Literal["adamw", "sgd"] = "adamw"
     schedule: Literal["onecycle", "cosine", "step", "constant"] = "onecycle"
@@ -37,13 +47,16 @@ class RunConfig(BaseModel):
     # strategy knobs
     unfreeze: int = 2
     lr_decay: float = 3.0
+    head_lr_factor: float = 10.0
     head_epochs: int = 2
     phase2_lr_factor: float = 0.1
     unfreeze_every: int = 1
     unfreeze_on: Literal["schedule", "plateau"] = "schedule"
     patience: int = 1
+    stage_lr_factor: float = 1.0
     # bookkeeping and hardware
-    seed: int = 0
+    seed: int = Field(0, description="seeds the initialisation, data order and augmentation (not the split: "
+                      "--split-seed)")
     experiment: str = Field("default", min_length=1, max_length=200)
     name: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -80,12 +93,47 @@ class RunConfig(BaseModel):
                             f"{spec.min_image_size} px")
         return self
 
+    def warnings(self) -> list[str]:
+        """Settings that run but likely not as meant: said before queueing, kept in the run."""
+        from .backbones import get_spec, preprocessing
+        from .strategies import get_strategy
+
+        n_groups = len(get_spec(self.backbone).body_groups) + 1
+        out = get_strategy(self.strategy).warnings(n_groups, self.epochs, self.strategy_params())
+        native = preprocessing(self.backbone).native_size
+        if self.weights_to_load != "none" and self.image_size < native / 2:
+            out.append(f"--image-size {self.image_size} is below half the {native} px the {self.backbone} weights "
+                       f"were trained at: accuracy is traded for speed (fine for a quick comparison on a CPU; "
+                       f"raise it towards {native} for the best accuracy)")
+        return out
+
+    @classmethod
+    def from_stored(cls, stored: dict) -> "RunConfig":
+        """The config of a recorded run, as it trained when it was recorded.
+
+        A run recorded before --split-seed existed (its config has no split_seed) split its data
+        with --seed, trained full's head at the base LR and partial's groups at one LR: those
+        settings are filled in so that such a run resumes exactly as it began.
+        """
+        settings = dict(stored)
+        if "split_seed" not in settings:
+            settings.update(split_seed=settings.get("seed", 0), head_lr_factor=1.0)
+            if settings.get("strategy") == "partial":
+                settings["lr_decay"] = 1.0
+        return cls(**settings)
+
+    def fingerprint(self) -> str:
+        """A digest of every setting that shapes training (not the run's name or experiment)."""
+        settings = {k: v for k, v in self.model_dump().items() if k not in BOOKKEEPING}
+        return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
     def strategy_params(self):
         from .strategies import StrategyParams
 
-        return StrategyParams(unfreeze=self.unfreeze, lr_decay=self.lr_decay, head_epochs=self.head_epochs,
-                              phase2_lr_factor=self.phase2_lr_factor, unfreeze_every=self.unfreeze_every,
-                              unfreeze_on=self.unfreeze_on, patience=self.patience)
+        return StrategyParams(unfreeze=self.unfreeze, lr_decay=self.lr_decay, head_lr_factor=self.head_lr_factor,
+                              head_epochs=self.head_epochs, phase2_lr_factor=self.phase2_lr_factor,
+                              unfreeze_every=self.unfreeze_every, unfreeze_on=self.unfreeze_on,
+                              patience=self.patience, stage_lr_factor=self.stage_lr_factor)
 
     @property
     def base_lr(self) -> float:

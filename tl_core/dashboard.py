@@ -52,13 +52,14 @@ def start_worker(db_url: str) -> int | None:
         return None
     from .worker import ensure_worker
 
-    return ensure_worker(db_url)
+    return ensure_worker(open_store(db_url))
 
 
-def worker_pid() -> int | None:
+def worker_pid(db_url: str) -> int | None:
+    """The pid of this database's live worker (another database's worker is not ours), or None."""
     from .worker import running_worker
 
-    return running_worker()
+    return running_worker(open_store(db_url))
 
 
 # --- datasets ---------------------------------------------------------------------------------
@@ -94,11 +95,11 @@ def resolve_data_path(path: str, roots: Iterable[Path]) -> str:
     return str(real)
 
 
-def dataset_report(path: str, val_fraction: float = 0.2, seed: int = 0) -> dict:
+def dataset_report(path: str, val_fraction: float = 0.2, split_seed: int = 0) -> dict:
     """Classes, images per class per split, sizes, skipped files and warnings (UserError if unusable)."""
     from .data import dataset_report as report
 
-    return report(path, val_fraction, seed)
+    return report(path, val_fraction, split_seed)
 
 
 def sample_images(path: str, per_class: int = 4) -> dict[str, list[str]]:
@@ -218,11 +219,19 @@ def plan_runs(base: dict, strategies: list[str], seeds: list[int]) -> list[RunCo
     configs = [make_config(**{**base, "strategy": s, "seed": seed}) for s in strategies for seed in seeds]
     checked: set[tuple] = set()
     for cfg in configs:  # the dataset check depends only on these, not on the strategy
-        key = (cfg.data, cfg.val_fraction, cfg.train_fraction, cfg.seed, cfg.batch_size, cfg.weights)
+        key = (cfg.data, cfg.val_fraction, cfg.train_fraction, cfg.split_seed, cfg.batch_size, cfg.weights)
         if key not in checked:
             check_run(cfg)
             checked.add(key)
     return configs
+
+
+def draft_warnings(backbone: str, strategies: list[str], settings: dict) -> list[str]:
+    """What runs of these strategies with these (partial) settings would do that is likely not
+    meant, each said once; the rest of the settings take their defaults."""
+    fields = {k: v for k, v in settings.items() if k in RunConfig.model_fields}
+    drafts = [RunConfig.model_construct(**{**fields, "backbone": backbone, "strategy": s}) for s in strategies]
+    return list(dict.fromkeys(w for cfg in drafts for w in cfg.warnings()))
 
 
 def queue_runs(store: Store, base: dict, strategies: list[str], seeds: list[int]) -> list[Run]:
@@ -278,10 +287,21 @@ def cancel_run(store: Store, run_id: int) -> Run:
     return store.request_cancel(run_id)
 
 
-def run_files_dir(run: Run) -> Path:
-    from .train import runs_dir
+def resume_run(store: Store, run_id: int) -> Run:
+    """Queue a failed or cancelled run to continue from its last checkpoint."""
+    from .cli import check_run, stored_config
 
-    return Path(run.run_dir) if run.run_dir else runs_dir() / str(run.id)
+    run = store.get_run(run_id)
+    if run.status not in ("failed", "cancelled"):
+        raise UserError(f"run {run.id} is {run.status}; only failed or cancelled runs can be resumed")
+    check_run(stored_config(run))
+    return store.requeue(run.id)
+
+
+def run_files_dir(run: Run) -> Path:
+    from .runfiles import run_folder
+
+    return run_folder(run)
 
 
 def delete_run(store: Store, run_id: int) -> None:
@@ -291,8 +311,10 @@ def delete_run(store: Store, run_id: int) -> None:
         raise UserError(f"run {run.id} is {run.status}; cancel it first, then delete it")
     folder = run_files_dir(run)
     store.delete_run(run_id)
+    from .runfiles import is_run_folder
+
     # Only ever a folder named after this run: a wrong run_dir must not remove anything else.
-    if folder.is_dir() and folder.name == str(run_id):
+    if folder.is_dir() and is_run_folder(folder, run):
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -314,6 +336,26 @@ def speed_note(summary: dict) -> str:
     if "startup_seconds" in summary:
         parts.append(f"**startup**: {summary['startup_seconds']:.1f} s to the first batch")
     return " · ".join(parts)
+
+
+def input_note(summary: dict) -> str:
+    """One line on what the model was fed: image size against the weights' own, preprocessing, batch."""
+    parts = []
+    if pre := summary.get("preprocessing"):
+        p = pre["pre"]
+        mean, std = (", ".join(f"{v:.3f}" for v in p[k]) for k in ("mean", "std"))
+        parts.append(f"**input**: {pre['image_size']} px (the weights' native size: {pre['native_size']} px), "
+                     f"resized {p['interpolation']} to {pre['resize']} px and centre-cropped, augmentation "
+                     f"{pre['augment']}, normalised with mean ({mean}) and std ({std}) from the weights")
+    if batch := summary.get("batch_size"):
+        parts.append(f"**batch size**: {batch['used']}" + (f" ({batch['why']})" if batch.get("why") else ""))
+    return " · ".join(parts)
+
+
+def skipped_files(summary: dict) -> list[dict]:
+    """Files a run left out: those its scan refused, then those that failed to decode."""
+    return [*(summary.get("skipped") or {}).get("files", []),
+            *({"path": p, "reason": "unreadable when decoded"} for p in summary.get("unreadable", []))]
 
 
 def log_tail(run: Run, lines: int = 50) -> str:

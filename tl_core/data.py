@@ -8,6 +8,7 @@ Validation always uses the deterministic transform; augmentation is for training
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import random
@@ -24,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision.transforms import v2 as T
 
 from .backbones import Preprocessing
+from .config import DEFAULT_BATCH_SIZE
 from .errors import UserError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -112,6 +114,8 @@ def _scan_class(folder: Path, label: int, index: DatasetIndex) -> list[Item]:
 
 
 def _scan_classes(folder: Path, classes: list[str], index: DatasetIndex) -> list[Item]:
+    for loose in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
+        index.skipped.append((str(loose), "not in a class folder; move it into the folder of its class"))
     items: list[Item] = []
     for label, name in enumerate(classes):
         found = _scan_class(folder / name, label, index)
@@ -208,10 +212,40 @@ def split_dataset(index: DatasetIndex, val_fraction: float = 0.2, train_fraction
     return Splits(index.classes, train, val, index)
 
 
-def check_batch_size(batch_size: int, splits: Splits) -> None:
-    if batch_size > len(splits.train):
-        raise UserError(f"--batch-size {batch_size} is larger than the {len(splits.train)} training "
-                        f"images; use at most {len(splits.train)}")
+def batch_size_for(requested: int | None, n_train: int) -> tuple[int, str | None]:
+    """The batch size a run trains with, and a note when it is not the one asked for.
+
+    An explicit size larger than the training set is refused. Without one, the default, or all
+    the training images when there are fewer; smaller still where the default would leave a last
+    batch of one image (BatchNorm cannot train on a batch of one).
+    """
+    if requested is not None:
+        if requested > n_train:
+            raise UserError(f"--batch-size {requested} is larger than the {n_train} training images; "
+                            f"use at most {n_train}, or leave it out to let the run choose")
+        return requested, None
+    size = min(DEFAULT_BATCH_SIZE, n_train)
+    while size > 2 and n_train % size == 1:
+        size -= 1
+    if size == DEFAULT_BATCH_SIZE:
+        return size, None
+    if size == n_train:
+        return size, (f"batch size {size}: the default {DEFAULT_BATCH_SIZE} is more than the {n_train} "
+                      f"training images, so each epoch is one batch of all of them")
+    return size, (f"batch size {size}, not {min(DEFAULT_BATCH_SIZE, n_train)}: {n_train} training images would "
+                  f"leave a last batch of one image, which BatchNorm cannot train on")
+
+
+def split_fingerprint(splits: Splits) -> str:
+    """A digest of which images are in the validation set: equal for runs that share their split."""
+    paths = sorted(os.path.relpath(it.path, splits.index.root) for it in splits.val)
+    return hashlib.sha256("\n".join(paths).encode()).hexdigest()[:16]
+
+
+def skipped_summary(index: DatasetIndex, limit: int = 100) -> dict:
+    """The files a scan left out, for a run's summary: how many, and the first `limit` with why."""
+    return {"count": len(index.skipped),
+            "files": [{"path": p, "reason": r} for p, r in index.skipped[:limit]]}
 
 
 # --- images and transforms -----------------------------------------------------------------

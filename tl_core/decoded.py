@@ -209,6 +209,15 @@ def read_through(dataset: PixelDataset, **loader_args) -> Iterator[tuple[torch.T
             dataset.images.record(np.concatenate(fresh), np.concatenate(bad))
 
 
+def unreadable_paths(rows: DatasetRows, pipeline: Pipeline, splits: data.Splits) -> list[str]:
+    """Images of this split that could not be decoded (truncated, corrupt): found as they were read."""
+    wanted = set(rows.rows(splits.train).tolist()) | set(rows.rows(splits.val).tolist())
+    failed: set[int] = set()
+    for stage in {pipeline.stage(True), pipeline.stage(False)}:
+        failed |= set(DecodedImages(rows, stage).cache.failed().tolist())
+    return [rows.paths[r] for r in sorted(failed & wanted)]
+
+
 # --- loaders ------------------------------------------------------------------------------
 
 

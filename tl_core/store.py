@@ -14,6 +14,7 @@ import math
 import os
 import queue
 import threading
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -33,10 +34,13 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    inspect,
     select,
+    text,
     update,
 )
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 STATUSES = ("queued", "running", "completed", "failed", "cancelled")
@@ -66,6 +70,14 @@ class SqlExperiment(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=_now)
 
 
+class SqlStoreInfo(Base):
+    """Facts about the database itself: `instance_id`, made once when the database is created."""
+
+    __tablename__ = "store_info"
+    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
 class SqlRun(Base):
     __tablename__ = "runs"
     __table_args__ = (
@@ -75,6 +87,8 @@ class SqlRun(Base):
         ),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # Unique across every database and reset: the name of the run's folder of checkpoints and log.
+    uid: Mapped[str] = mapped_column(String(32), unique=True, default=lambda: uuid.uuid4().hex)
     experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(20), default="queued", index=True)
@@ -93,6 +107,35 @@ class SqlRun(Base):
     summary: Mapped[dict] = mapped_column(JSON, default=dict)
     environment: Mapped[dict] = mapped_column(JSON, default=dict)
     run_dir: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Set by an explicit resume: the next start continues from the run's own last checkpoint.
+    resume: Mapped[bool] = mapped_column(default=False)
+
+
+# Columns added since the first release, with the SQL that adds them to an older database and
+# fills them (Alembic takes this over with the team setup).
+_ADDED_COLUMNS = {
+    "runs": {
+        "uid": ["ALTER TABLE runs ADD COLUMN uid VARCHAR(32)", "CREATE UNIQUE INDEX ix_runs_uid ON runs (uid)"],
+        "resume": ["ALTER TABLE runs ADD COLUMN resume BOOLEAN NOT NULL DEFAULT FALSE"],
+    },
+}
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Bring a database made by an earlier release up to these tables, keeping every row."""
+    names = inspect(engine)
+    for table, columns in _ADDED_COLUMNS.items():
+        have = {c["name"] for c in names.get_columns(table)}
+        missing = [c for c in columns if c not in have]
+        if not missing:
+            continue
+        with engine.begin() as c:
+            for column in missing:
+                for statement in columns[column]:
+                    c.execute(text(statement))
+            if "uid" in missing:
+                for (run_id,) in c.execute(text("SELECT id FROM runs")).all():
+                    c.execute(text("UPDATE runs SET uid = :uid WHERE id = :id"), {"uid": uuid.uuid4().hex, "id": run_id})
 
 
 class SqlEpochMetric(Base):
@@ -155,6 +198,8 @@ class Run:
     summary: dict = field(default_factory=dict)
     environment: dict = field(default_factory=dict)
     run_dir: str | None = None
+    uid: str = ""  # globally unique: names the run's folder
+    resume: bool = False  # the next start continues from the run's last checkpoint
 
     @property
     def epochs(self) -> int:
@@ -166,10 +211,17 @@ class Run:
             return None
         return ((self.ended_at or _now()) - self.started_at).total_seconds()
 
+    @property
+    def best_epoch_number(self) -> int | None:
+        """The best epoch as people count them, from 1 (best_epoch is the loop's 0-based index)."""
+        return None if self.best_epoch is None else self.best_epoch + 1
+
     def to_dict(self) -> dict[str, Any]:
+        """The run as a JSON consumer reads it: epochs counted from 1, times in ISO format."""
         d = dict(self.__dict__)
         for k in ("created_at", "started_at", "ended_at"):
             d[k] = d[k].isoformat() if d[k] else None
+        d["best_epoch"] = self.best_epoch_number
         d["duration_s"] = self.duration_s
         return d
 
@@ -193,7 +245,7 @@ def _to_run(row: SqlRun, experiment: str) -> Run:
         error=row.error, cancel_requested=bool(row.cancel_requested),
         epochs_done=row.epochs_done, best_val_acc=row.best_val_acc, best_epoch=row.best_epoch,
         summary=dict(row.summary or {}), environment=dict(row.environment or {}),
-        run_dir=row.run_dir,
+        run_dir=row.run_dir, uid=row.uid, resume=bool(row.resume),
     )
 
 
@@ -215,7 +267,27 @@ class Store:
         if is_sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         Base.metadata.create_all(self.engine)
+        _add_missing_columns(self.engine)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
+        self._instance_id: str | None = None
+
+    @property
+    def instance_id(self) -> str:
+        """This database's own identity, made when it was created: a new file at the same path (a
+        deleted experiments.db made again) is another database, with another worker."""
+        if self._instance_id is None:
+            key = SqlStoreInfo.key == "instance_id"
+            try:
+                with self.engine.begin() as c:
+                    found = c.scalar(select(SqlStoreInfo.value).where(key))
+                    if found is None:
+                        found = uuid.uuid4().hex
+                        c.execute(insert(SqlStoreInfo).values(key="instance_id", value=found))
+            except IntegrityError:  # another process made it first
+                with self.engine.connect() as c:
+                    found = c.scalar(select(SqlStoreInfo.value).where(key))
+            self._instance_id = found
+        return self._instance_id
 
     def close(self) -> None:
         self.engine.dispose()
@@ -289,9 +361,10 @@ class Store:
         self.update_run(run_id, **fields)
 
     def requeue(self, run_id: int, status: str = "queued") -> Run:
-        """A failed or cancelled run back in the queue (or `running` in the foreground), to resume."""
+        """A failed or cancelled run back in the queue (or `running` in the foreground), to resume
+        from its own last checkpoint."""
         self.update_run(run_id, status=status, cancel_requested=False, error=None, ended_at=None,
-                        pid=None, worker_pid=None)
+                        pid=None, worker_pid=None, resume=True)
         return self.get_run(run_id)
 
     def request_cancel(self, run_id: int) -> Run:

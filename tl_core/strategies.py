@@ -7,7 +7,9 @@ A strategy is a small declarative object over a backbone's ordered layer groups
 The training loop asks them every epoch; there is no per-strategy branch in the loop. Because
 the answers depend only on the epoch and the validation-loss history, a resumed run gets the
 same plan back. Groups are numbered k = 1..L with the head L; discriminative LRs follow
-lr_k = base / decay^(L-k).
+lr_k = base / decay^(L-k). As the field practises it, pretrained groups fine-tune well below
+the new head's LR: every strategy that trains pretrained groups beside a new head gives the
+head the higher LR (partial and progressive by discriminative LRs, full by --head-lr-factor).
 """
 
 from __future__ import annotations
@@ -23,12 +25,14 @@ class StrategyParams:
     """The knobs strategies read (a subset of the run config)."""
 
     unfreeze: int = 2  # partial: body groups trained below the head
-    lr_decay: float = 3.0  # discriminative / progressive: LR ratio between neighbouring groups
+    lr_decay: float = 3.0  # partial / discriminative / progressive: LR ratio between neighbouring groups
+    head_lr_factor: float = 10.0  # full: the new head's LR as a multiple of base (the body's)
     head_epochs: int = 2  # two_phase: epochs with only the head training
     phase2_lr_factor: float = 0.1  # two_phase: LR of the second phase, as a multiple of base
     unfreeze_every: int = 1  # progressive: epochs between unfreezing steps ("schedule")
     unfreeze_on: str = "schedule"  # progressive: "schedule" or "plateau" (of val loss)
     patience: int = 1  # progressive, plateau: epochs without improvement before unfreezing
+    stage_lr_factor: float = 1.0  # progressive: every group's LR x this at each unfreezing stage
 
 
 class Strategy:
@@ -54,6 +58,10 @@ class Strategy:
 
     def validate(self, n_groups: int, epochs: int, p: StrategyParams) -> None:
         """Raise UserError for settings this strategy cannot run with."""
+
+    def warnings(self, n_groups: int, epochs: int, p: StrategyParams) -> list[str]:
+        """Settings that run but likely not as meant: said before the run is queued."""
+        return []
 
 
 def discriminative(n_trainable: int, n_groups: int, decay: float) -> list[float]:
@@ -99,12 +107,16 @@ class Partial(Strategy):
     summary = "Train the new head and the last N layer groups; keep the earlier, generic layers frozen."
     when = "Medium dataset, or images somewhat unlike ImageNet: adapt the high-level features only."
     default_lr = 1e-3
-    knobs = ("unfreeze",)
+    knobs = ("unfreeze", "lr_decay")
 
     def n_trainable(self, epoch, n_groups, p, val_losses=()):
         return p.unfreeze + 1
 
+    def lr_multipliers(self, n_trainable, n_groups, p):
+        return discriminative(n_trainable, n_groups, p.lr_decay)
+
     def validate(self, n_groups, epochs, p):
+        _check_decay(p)
         if not 1 <= p.unfreeze <= n_groups - 1:
             raise UserError(f"--unfreeze {p.unfreeze}: this backbone has {n_groups - 1} layer groups "
                             f"below the head; choose 1 to {n_groups - 1}")
@@ -116,6 +128,16 @@ class Full(Strategy):
     summary = "Fine-tune every layer at a low learning rate, starting from the pretrained weights."
     when = "Plenty of data (hundreds of images per class) or a domain far from ImageNet."
     default_lr = 1e-4
+    knobs = ("head_lr_factor",)
+
+    def lr_multipliers(self, n_trainable, n_groups, p):
+        # The head is new and random: at the body's low LR it would barely learn.
+        return [1.0] * (n_trainable - 1) + [p.head_lr_factor]
+
+    def validate(self, n_groups, epochs, p):
+        if p.head_lr_factor <= 0:
+            raise UserError(f"--head-lr-factor {p.head_lr_factor}: must be > 0 (10 trains the new head at "
+                            f"10x the pretrained layers' LR)")
 
 
 @register_strategy
@@ -164,7 +186,7 @@ class Progressive(Strategy):
     summary = "Start with the head; unfreeze one more group, top down, every K epochs or on a val-loss plateau."
     when = "Small to medium data where full fine-tuning overfits: the ULMFiT recipe."
     default_lr = 1e-3
-    knobs = ("unfreeze_every", "unfreeze_on", "patience", "lr_decay")
+    knobs = ("unfreeze_every", "unfreeze_on", "patience", "lr_decay", "stage_lr_factor")
 
     def n_trainable(self, epoch, n_groups, p, val_losses=()):
         if p.unfreeze_on == "schedule":
@@ -182,7 +204,9 @@ class Progressive(Strategy):
         return n
 
     def lr_multipliers(self, n_trainable, n_groups, p):
-        return discriminative(n_trainable, n_groups, p.lr_decay)
+        # Stage s (s groups unfrozen below the head) runs at stage_lr_factor^s of the plan.
+        stage = p.stage_lr_factor ** (n_trainable - 1)
+        return [m * stage for m in discriminative(n_trainable, n_groups, p.lr_decay)]
 
     def next_change(self, epoch, n_groups, p):
         if p.unfreeze_on != "schedule" or 1 + epoch // p.unfreeze_every >= n_groups:
@@ -195,6 +219,19 @@ class Progressive(Strategy):
             raise UserError(f"--unfreeze-on {p.unfreeze_on!r}: choose schedule or plateau")
         if p.unfreeze_every < 1 or p.patience < 1:
             raise UserError("--unfreeze-every and --patience must be at least 1 epoch")
+        if not 0 < p.stage_lr_factor <= 1:
+            raise UserError(f"--stage-lr-factor {p.stage_lr_factor}: must be in (0, 1] (0.5 halves every "
+                            f"group's LR at each unfreezing step; 1 keeps it)")
+
+    def warnings(self, n_groups, epochs, p):
+        if p.unfreeze_on != "schedule":
+            return []
+        reached = self.n_trainable(epochs - 1, n_groups, p)
+        if reached >= n_groups:
+            return []
+        needed = 1 + (n_groups - 1) * p.unfreeze_every
+        return [f"progressive unfreezes {reached} of {n_groups} groups in {epochs} epochs (one more every "
+                f"{p.unfreeze_every}); raise --epochs to {needed} or lower --unfreeze-every to train them all"]
 
 
 @register_strategy

@@ -32,7 +32,8 @@ from tqdm import tqdm
 from . import backbones, cache, data, decoded, features
 from .config import RunConfig
 from .errors import UserError
-from .store import ClassMetric, EpochWriter, Store
+from .runfiles import run_folder, runs_dir
+from .store import ClassMetric, EpochWriter, Run, Store
 from .strategies import Strategy, get_strategy
 
 
@@ -45,20 +46,17 @@ class RunResult:
     run_id: int
     status: str
     best_val_acc: float | None
-    best_epoch: int | None
+    best_epoch: int | None  # counted from 1, as people and JSON consumers read it
     epochs: int
     error: str | None = None
-
-
-def runs_dir() -> Path:
-    return Path(os.environ.get("TL_RUNS_DIR", "runs"))
 
 
 # --- small pure helpers -----------------------------------------------------------------
 
 
 def lr_factor(schedule: str, t: float) -> float:
-    """Multiple of a group's peak LR at progress t in [0, 1) through the current phase."""
+    """Multiple of a group's peak LR at progress t through the current phase: t = 0 on its first
+    step, 1 on its last (so every schedule ends a phase at its end value)."""
     if schedule == "constant":
         return 1.0
     if schedule == "cosine":
@@ -196,10 +194,18 @@ class Phase:
     end: int  # epoch at which the phase's LR schedule ends
 
 
+def progress(step: int, phase_steps: int) -> float:
+    """t of `step` (0-based) in a phase of `phase_steps` steps: 0 on the first, 1 on the last.
+
+    (A phase of a single step takes its schedule's start value: its end value is ~0 for most.)
+    """
+    return min(1.0, step / (phase_steps - 1)) if phase_steps > 1 else 0.0
+
+
 def train_one_epoch(model, loader, optimizer, loss_fn, cfg: RunConfig, device, amp, scaler, phase: Phase,
                     epoch: int, bar, should_stop) -> tuple[float, float, int]:
     steps_per_epoch = len(loader)
-    phase_steps = max(1, (phase.end - phase.start) * steps_per_epoch)
+    phase_steps = (phase.end - phase.start) * steps_per_epoch
     # Sums stay on the device: reading a GPU value back waits for the queued kernels, so it is
     # done only when the progress bar shows it (at most twice a second) and at the end.
     total_loss, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long), 0
@@ -210,9 +216,9 @@ def train_one_epoch(model, loader, optimizer, loss_fn, cfg: RunConfig, device, a
         if len(y) == 0:  # every image of this batch was unreadable (and listed in the log)
             continue
         # The schedule restarts with every phase (each unfreezing step is a new fit).
-        t = ((epoch - phase.start) * steps_per_epoch + i) / phase_steps
+        t = progress((epoch - phase.start) * steps_per_epoch + i, phase_steps)
         for pg in optimizer.param_groups:
-            pg["lr"] = pg["peak_lr"] * lr_factor(cfg.schedule, min(t, 1.0))
+            pg["lr"] = pg["peak_lr"] * lr_factor(cfg.schedule, t)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             logits = model(x)
@@ -263,13 +269,13 @@ def evaluate(model, loader, loss_fn, device, amp, num_classes: int) -> dict:
 def train_run(store: Store, run_id: int, progress: bool = True) -> RunResult:
     """Train run `run_id` from its stored config; record every epoch; never leave it 'running'."""
     run = store.get_run(run_id)
-    cfg = RunConfig(**run.config)
-    run_dir = runs_dir() / str(run_id)
+    run_dir = run_folder(run)
     try:
+        cfg = RunConfig.from_stored(run.config)
         run_dir.mkdir(parents=True, exist_ok=True)
         device = pick_device(cfg.device)
         store.start_run(run_id, os.getpid(), socket.gethostname(), environment(device), str(run_dir.resolve()))
-        return _fit(store, run_id, cfg, device, run_dir, progress)
+        return _fit(store, run, cfg, device, run_dir, progress)
     except RunCancelled:
         store.finish_run(run_id, "cancelled", error="cancelled by request")
         return _result(store, run_id)
@@ -299,11 +305,12 @@ def _note(store: Store, run_id: int, **fields) -> None:
 
 def _result(store: Store, run_id: int) -> RunResult:
     r = store.get_run(run_id)
-    return RunResult(run_id, r.status, r.best_val_acc, r.best_epoch, r.epochs_done, r.error)
+    return RunResult(run_id, r.status, r.best_val_acc, r.best_epoch_number, r.epochs_done, r.error)
 
 
-def _fit(store: Store, run_id: int, cfg: RunConfig, device: torch.device, run_dir: Path,
+def _fit(store: Store, run: Run, cfg: RunConfig, device: torch.device, run_dir: Path,
          progress: bool) -> RunResult:
+    run_id = run.id
     started = time.perf_counter()
     seed_everything(cfg.seed)
     strategy: Strategy = get_strategy(cfg.strategy)
@@ -318,16 +325,17 @@ def _fit(store: Store, run_id: int, cfg: RunConfig, device: torch.device, run_di
 
     # 1. Data: split; each image decoded once (decoded.py), transforms from the weights' own
     #    preprocessing, batches normalised on the device.
+    #    The split has its own seed: an experiment's runs share it whatever their --seed.
     index = cache.scan_dataset(cfg.data)  # data.scan_dataset, reused while no file changed
-    splits = data.split_dataset(index, cfg.val_fraction, cfg.train_fraction, cfg.seed)
-    data.check_batch_size(cfg.batch_size, splits)
+    splits = data.split_dataset(index, cfg.val_fraction, cfg.train_fraction, cfg.split_seed)
+    batch_size, batch_note = data.batch_size_for(cfg.batch_size, len(splits.train))
     classes = splits.classes
     pipeline = decoded.Pipeline(backbones.preprocessing(cfg.backbone), cfg.image_size, cfg.augment)
     rows = decoded.DatasetRows.of(index)
     workers = cfg.workers if cfg.workers is not None else _default_workers(device)
     channels_last = True  # NHWC: the layout convolutions run fastest in, on GPUs and CPUs (oneDNN) alike
     train_loader, val_loader, decode_note = decoded.make_loaders(
-        splits, rows, pipeline, cfg.batch_size, cfg.seed, workers, device, channels_last=channels_last,
+        splits, rows, pipeline, batch_size, cfg.seed, workers, device, channels_last=channels_last,
         enabled=cfg.decode_cache == "on")
 
     # 2. Model: pretrained body (or random, for scratch) and a new head.
@@ -341,18 +349,29 @@ def _fit(store: Store, run_id: int, cfg: RunConfig, device: torch.device, run_di
         torch.backends.cudnn.benchmark = cfg.cudnn_benchmark == "on"
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     # Frozen groups' output is computed once per image and cached on disk (features.py).
-    frozen = features.FrozenFeatures(bb, splits, rows, pipeline, views=cfg.feature_views, batch_size=cfg.batch_size,
+    frozen = features.FrozenFeatures(bb, splits, rows, pipeline, views=cfg.feature_views, batch_size=batch_size,
                                      seed=cfg.seed, device=device, workers=workers, channels_last=channels_last,
                                      precision=features.extraction_dtype(cfg.feature_precision, device, amp),
                                      enabled=cfg.feature_cache == "on", check=check)
-    store.update_run(run_id, summary={"classes": classes, "train_images": len(splits.train),
-                                      "val_images": len(splits.val), "weights": bb.weights,
-                                      "groups": [g.name for g in groups], "decode_cache": decode_note})
+    warnings, skipped = cfg.warnings(), data.skipped_summary(index)
+    store.update_run(run_id, summary={
+        "classes": classes, "train_images": len(splits.train), "val_images": len(splits.val),
+        "split": {"seed": cfg.split_seed, "val_fingerprint": data.split_fingerprint(splits)},
+        "batch_size": {"used": batch_size, **({"why": batch_note} if batch_note else {})},
+        "preprocessing": {**pipeline.describe(), "native_size": bb.preprocessing.native_size},
+        "warnings": warnings, "skipped": skipped,
+        "weights": bb.weights, "groups": [g.name for g in groups], "decode_cache": decode_note})
+    unlisted = skipped["count"] - len(skipped["files"])
+    for line in ([batch_note] if batch_note else []) + [f"warning: {w}" for w in warnings] + [
+            f"skipped {f['path']} ({f['reason']})" for f in skipped["files"]] + (
+            [f"skipped {unlisted} more files"] if unlisted else []):
+        print(line, file=sys.stderr, flush=True)
 
-    # A fresh start, or a resume from the last checkpoint: the same trainable groups, optimizer
-    # state, schedule position, unfreezing history and random streams as when it stopped.
+    # A fresh start, or (only when a resume was asked for) the run's own last checkpoint: the
+    # same trainable groups, optimizer state, schedule position, unfreezing history and random
+    # streams as when it stopped.
     last = run_dir / "last.pt"
-    st = (_resume(last, model, cfg, groups, classes, train_loader, store, run_id) if last.exists()
+    st = (_resume(last, run, model, cfg, groups, classes, train_loader, store) if run.resume
           else TrainState(cfg.epochs))
     optimizer, n_now, phase, val_losses = st.optimizer, st.n_trainable, st.phase, st.val_losses
     best_acc, best_epoch, best_confusion = st.best_acc, st.best_epoch, st.best_confusion
@@ -360,6 +379,7 @@ def _fit(store: Store, run_id: int, cfg: RunConfig, device: torch.device, run_di
     bar = tqdm(total=cfg.epochs * len(train_loader), initial=st.start_epoch * len(train_loader), unit="batch",
                disable=not progress, file=sys.stderr, dynamic_ncols=True)
     feats, feats_n, compiled = None, None, {}
+    identity = {"run_uid": run.uid, "config_fingerprint": cfg.fingerprint()}  # checked by a resume
     with EpochWriter(store) as writer:  # epoch rows written in the background, all before the run ends
         for epoch in range(st.start_epoch, cfg.epochs):
             epoch_start = time.perf_counter()
@@ -369,7 +389,8 @@ def _fit(store: Store, run_id: int, cfg: RunConfig, device: torch.device, run_di
                 freeze_to(groups, n)
                 multipliers = strategy.lr_multipliers(n, len(groups), params)
                 optimizer = sync_param_groups(optimizer, cfg, groups, n, multipliers)
-                phase = Phase(epoch, strategy.next_change(epoch, len(groups), params) or cfg.epochs)
+                # The LR schedule runs to the next change of plan, never past the run's last epoch.
+                phase = Phase(epoch, min(cfg.epochs, strategy.next_change(epoch, len(groups), params) or cfg.epochs))
                 n_now = n
             # 2b. With groups frozen, train the rest on their cached output when that pays (or is cached).
             if n != feats_n:
@@ -402,7 +423,7 @@ def _fit(store: Store, run_id: int, cfg: RunConfig, device: torch.device, run_di
             val_losses.append(ev["val_loss"])
             if ev["val_acc"] > best_acc:
                 best_acc, best_epoch, best_confusion = ev["val_acc"], epoch, ev["confusion"]
-                _save({"model": model.state_dict(), "classes": classes, "config": cfg.model_dump(),
+                _save({"model": model.state_dict(), "classes": classes, "config": cfg.model_dump(), **identity,
                        "epoch": epoch, "val_acc": best_acc}, run_dir / "best.pt")
             metrics = {
                 "train_loss": train_loss, "train_acc": train_acc,
@@ -421,15 +442,18 @@ def _fit(store: Store, run_id: int, cfg: RunConfig, device: torch.device, run_di
                    "n_trainable": n, "phase": (phase.start, phase.end), "val_losses": val_losses,
                    "best": (best_acc, best_epoch), "best_confusion": best_confusion, "classes": classes,
                    "rng": torch.get_rng_state(), "loader_rng": train_loader.generator.get_state(),
-                   "wall_seconds": metrics["wall_seconds"], "config": cfg.model_dump(), "metrics": metrics}, last)
+                   "wall_seconds": metrics["wall_seconds"], "config": cfg.model_dump(), **identity,
+                   "metrics": metrics}, last)
             bar.write(f"epoch {epoch + 1}/{cfg.epochs}  train loss {train_loss:.3f} acc {train_acc:.3f}  "
                       f"val loss {ev['val_loss']:.3f} acc {ev['val_acc']:.3f}  groups {n}/{len(groups)}",
                       file=sys.stderr)
     bar.close()
 
     store.log_class_metrics(run_id, per_class_metrics(best_confusion, classes))
-    run = store.get_run(run_id)
-    store.finish_run(run_id, "completed", summary={**run.summary, "total_seconds": time.perf_counter() - started})
+    summary = store.get_run(run_id).summary
+    if unreadable := decoded.unreadable_paths(rows, pipeline, splits):  # found while decoding (a truncated file)
+        summary["unreadable"] = unreadable
+    store.finish_run(run_id, "completed", summary={**summary, "total_seconds": time.perf_counter() - started})
     return _result(store, run_id)
 
 
@@ -452,15 +476,27 @@ class TrainState:
         self.phase = self.phase or Phase(0, self.epochs)
 
 
-def _resume(path: Path, model: nn.Module, cfg: RunConfig, groups, classes: list[str], train_loader,
-            store: Store, run_id: int) -> TrainState:
-    """Restore a run from its last checkpoint (written at the end of every epoch)."""
+def _resume(path: Path, run: Run, model: nn.Module, cfg: RunConfig, groups, classes: list[str], train_loader,
+            store: Store) -> TrainState:
+    """Restore a run from its own last checkpoint (written at the end of every epoch).
+
+    The checkpoint must be this run's (its uid) and written with these settings (the config's
+    fingerprint); anything else is refused, never half-loaded. A run that stopped before its
+    first checkpoint starts from its first epoch.
+    """
+    if not path.exists():
+        if run.epochs_done:
+            raise UserError(f"cannot resume run {run.id}: it recorded {run.epochs_done} epochs but its checkpoint "
+                            f"{path} is gone; start a new run with the same settings instead")
+        print(f"resume: run {run.id} stopped before its first checkpoint; starting from epoch 1",
+              file=sys.stderr, flush=True)
+        return TrainState(cfg.epochs)
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    _check_checkpoint(ckpt, path, run, cfg, classes)
+    _note(store, run.id, resumed_from={"epoch": ckpt["epoch"] + 1, "checkpoint": str(path)})
+    print(f"resume: run {run.id} continues after epoch {ckpt['epoch'] + 1} from {path}", file=sys.stderr, flush=True)
     if "metrics" in ckpt:  # the checkpointed epoch's row, in case the process died before writing it
-        store.log_epoch(run_id, ckpt["epoch"], ckpt["metrics"], best=tuple(ckpt["best"]))
-    if ckpt["classes"] != classes:
-        raise UserError(f"cannot resume: the dataset's classes changed since the checkpoint {path} "
-                        f"({len(ckpt['classes'])} then, {len(classes)} now); start a new run instead")
+        store.log_epoch(run.id, ckpt["epoch"], ckpt["metrics"], best=tuple(ckpt["best"]))
     model.load_state_dict(ckpt["model"])
     # Rebuild the optimizer with exactly the groups it held (the unfrozen ones, stem-side first),
     # then load its state: Adam moments, and each group's name and peak LR.
@@ -475,6 +511,21 @@ def _resume(path: Path, model: nn.Module, cfg: RunConfig, groups, classes: list[
                       phase=Phase(*ckpt["phase"]), val_losses=list(ckpt["val_losses"]),
                       best_acc=ckpt["best"][0], best_epoch=ckpt["best"][1], best_confusion=ckpt["best_confusion"],
                       elapsed=ckpt["wall_seconds"])
+
+
+def _check_checkpoint(ckpt: dict, path: Path, run: Run, cfg: RunConfig, classes: list[str]) -> None:
+    """Refuse a checkpoint that is not this run's own, as it was configured."""
+    owner = ckpt.get("run_uid")  # checkpoints of runs made before run uids name no owner
+    if owner is not None and owner != run.uid:
+        raise UserError(f"cannot resume run {run.id}: {path} is the checkpoint of another run (uid {owner}, "
+                        f"not {run.uid}); start a new run instead")
+    written = ckpt.get("config_fingerprint") or RunConfig.from_stored(ckpt.get("config", {})).fingerprint()
+    if written != cfg.fingerprint():
+        raise UserError(f"cannot resume run {run.id}: its checkpoint {path} was written with other settings "
+                        f"than the run's config; start a new run instead")
+    if ckpt["classes"] != classes:
+        raise UserError(f"cannot resume: the dataset's classes changed since the checkpoint {path} "
+                        f"({len(ckpt['classes'])} then, {len(classes)} now); start a new run instead")
 
 
 def _amp(device: torch.device):

@@ -11,6 +11,10 @@ keeps one such process ready ahead of need (a standby: `train-run --standby`, wh
 its imports and waits for a run id on stdin) and hands the next queued run to it. It is started
 while no run of this worker is still starting up (they would compete for the CPU) and replaced
 once used. TL_STANDBY=0 turns it off: every run then starts a fresh process.
+
+A worker serves one database. Its files (pid, log, the standby's log) sit in a folder named
+by that database's instance id (runfiles.py), so several databases can share a runs folder,
+each with its own worker, and a dashboard only ever finds the worker of its own database.
 """
 
 from __future__ import annotations
@@ -25,8 +29,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .store import Store
-from .train import runs_dir
+from .runfiles import run_folder, worker_folder
+from .store import Run, Store
 
 PROCESS_LOST = "process lost: its training process stopped without recording an end"
 
@@ -67,7 +71,7 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 
 @dataclass
 class Child:
-    run_id: int
+    run: Run
     proc: subprocess.Popen
     started: bool = False  # its process has done its imports and started the run
 
@@ -80,6 +84,7 @@ class Worker:
     def __init__(self, db_url: str, concurrency: int | None = None, poll_seconds: float = 1.0):
         self.db_url = db_url
         self.store = Store(db_url)
+        self.files = worker_folder(self.store.instance_id)
         self.concurrency = concurrency or max_concurrent()
         self.poll_seconds = poll_seconds
         self.children: dict[int, Child] = {}
@@ -101,13 +106,13 @@ class Worker:
                 lost.append(run.id)
         return lost
 
-    def _start(self, run_id: int | None) -> subprocess.Popen:
-        """The training process of run_id, or (None) a standby that waits for a run id on stdin;
+    def _start(self, run: Run | None) -> subprocess.Popen:
+        """The training process of `run`, or (None) a standby that waits for a run id on stdin;
         either is stopped by the kernel if this worker dies."""
-        if run_id is None:
-            args, log_path, stdin = ["--standby"], runs_dir() / "standby.log", subprocess.PIPE
+        if run is None:
+            args, log_path, stdin = ["--standby"], self.files / "standby.log", subprocess.PIPE
         else:
-            args, log_path, stdin = [str(run_id)], runs_dir() / str(run_id) / "train.log", subprocess.DEVNULL
+            args, log_path, stdin = [str(run.id)], run_folder(run) / "train.log", subprocess.DEVNULL
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as log:
             return subprocess.Popen([sys.executable, "-m", "tl_core", "train-run", *args, "--db", self.db_url],
@@ -139,20 +144,20 @@ class Worker:
             if self.standby.poll() is None:
                 return
             print(f"worker: the standby process exited unused ({self.standby.returncode}); see "
-                  f"{runs_dir() / 'standby.log'}", flush=True)
+                  f"{self.files / 'standby.log'}", flush=True)
             self.standby, self.standby_retry_at = None, time.monotonic() + 30
             return
         for child in self.children.values():
             if not child.started:
-                child.started = self.store.get_run(child.run_id).started_at is not None
+                child.started = self.store.get_run(child.run.id).started_at is not None
             if not child.started:
                 return
         self.standby = self._start(None)
 
-    def launch(self, run_id: int) -> None:
-        proc = self._hand_to_standby(run_id) or self._start(run_id)
-        self.store.update_run(run_id, pid=proc.pid, host=self.host)
-        self.children[run_id] = Child(run_id, proc)
+    def launch(self, run: Run) -> None:
+        proc = self._hand_to_standby(run.id) or self._start(run)
+        self.store.update_run(run.id, pid=proc.pid, host=self.host)
+        self.children[run.id] = Child(run, proc)
 
     def reap(self) -> None:
         for run_id, child in list(self.children.items()):
@@ -170,13 +175,13 @@ class Worker:
             run = self.store.claim_next_queued(os.getpid())
             if run is None:
                 break
-            self.launch(run.id)
+            self.launch(run)
         self._keep_standby()
 
     def serve(self) -> None:
         signal.signal(signal.SIGTERM, lambda *_: self._stop())
-        runs_dir().mkdir(parents=True, exist_ok=True)
-        _pidfile().write_text(str(os.getpid()))
+        self.files.mkdir(parents=True, exist_ok=True)
+        pidfile(self.store).write_text(str(os.getpid()))
         print(f"worker {os.getpid()}: up to {self.concurrency} runs at once, db {self.db_url}", flush=True)
         try:
             while not self.stopping:
@@ -193,33 +198,36 @@ class Worker:
             child.proc.terminate()
         if self.standby is not None:
             self.standby.terminate()
-        if running_worker() == os.getpid():
-            _pidfile().unlink(missing_ok=True)
+        if running_worker(self.store) == os.getpid():
+            pidfile(self.store).unlink(missing_ok=True)
 
 
-# --- one worker per state directory, started on demand by the dashboard ---------------------
+# --- one worker per database, started on demand by the dashboard ----------------------------
 
 
-def _pidfile() -> Path:
-    return runs_dir() / "worker.pid"
+def pidfile(store: Store) -> Path:
+    """Where the pid of the worker of `store`'s database is kept."""
+    return worker_folder(store.instance_id) / "worker.pid"
 
 
-def running_worker() -> int | None:
+def running_worker(store: Store) -> int | None:
+    """The pid of the live worker of `store`'s database, or None."""
     try:
-        pid = int(_pidfile().read_text().strip())
+        pid = int(pidfile(store).read_text().strip())
     except (OSError, ValueError):
         return None
     return pid if pid_alive(pid) else None
 
 
-def ensure_worker(db_url: str) -> int:
-    """The pid of this state directory's worker, starting a detached one if none is alive."""
-    pid = running_worker()
+def ensure_worker(store: Store) -> int:
+    """The pid of the worker of `store`'s database, starting a detached one if none is alive."""
+    pid = running_worker(store)
     if pid:
         return pid
-    runs_dir().mkdir(parents=True, exist_ok=True)
-    log = open(runs_dir() / "worker.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "tl_core", "worker", "--db", db_url], stdout=log,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-    _pidfile().write_text(str(proc.pid))
+    folder = worker_folder(store.instance_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "worker.log", "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "tl_core", "worker", "--db", store.url], stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    pidfile(store).write_text(str(proc.pid))
     return proc.pid
