@@ -183,15 +183,15 @@ def _compute_limit(n_batches: int) -> dict:
 def train_limit(n_steps: int) -> dict:
     """TransferLab's own full fine-tuning step (channels_last, its param groups and optimizer, loss
     read back every step) on one batch already in memory: images per second over n_steps."""
-    from tl_core.train import freeze_to, sync_param_groups
+    from tl_core.finetuning import freeze_to, sync_param_groups
 
     with CpuShare() as load:
         torch.manual_seed(0)
         bb = backbones.create_backbone(BACKBONE, 10)
         model = bb.model.to(memory_format=torch.channels_last).train()
         cfg = make_config(data=".", strategy="full")
-        freeze_to(bb.groups, len(bb.groups))
-        opt = sync_param_groups(None, cfg, bb.groups, len(bb.groups), [1.0] * len(bb.groups))
+        freeze_to(bb.groups, 0)  # everything trains
+        opt = sync_param_groups(None, cfg, bb.groups, 0, [1.0] * len(bb.groups))
         x = torch.randn(BATCH, 3, SIZE, SIZE).contiguous(memory_format=torch.channels_last)
         y = torch.randint(0, 10, (BATCH,))
         loss_fn = torch.nn.CrossEntropyLoss()

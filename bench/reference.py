@@ -23,7 +23,7 @@ from torchvision import datasets
 from torchvision import transforms as T
 
 from tl_core import backbones
-from tl_core.train import lr_factor
+from tl_core.schedules import lr_factor
 
 
 @dataclass

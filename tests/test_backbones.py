@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from tl_core import backbones
-from tl_core.data import build_transforms
+from tl_core import backbones, weights
+from tl_core.transforms import build_transforms
 from tl_core.errors import UserError
 
 
@@ -78,15 +78,15 @@ def test_lite_preprocessing_comes_from_the_weights():
 
 def test_torchvision_weights_from_cache_without_download(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    assert backbones.weights_availability("resnet18") == "needs download"
+    assert weights.availability("resnet18") == "needs download"
     reference = backbones.create_backbone("resnet18", 4, weights="none").model
     sd = {k: v for k, v in reference.state_dict().items() if not k.startswith("fc.")}
     sd |= {"fc.weight": torch.zeros(1000, 512), "fc.bias": torch.zeros(1000)}
-    url = backbones._tv_weights(backbones.get_spec("resnet18")).url
-    path = backbones._cached_path(url)
+    url = weights._tv_weights(backbones.get_spec("resnet18")).url
+    path = weights._cached_path(url)
     os.makedirs(os.path.dirname(path))
     torch.save(sd, path)
-    assert backbones.weights_availability("resnet18") == "cached"
+    assert weights.availability("resnet18") == "cached"
     bb = backbones.create_backbone("resnet18", 4, weights="imagenet")
     assert torch.equal(bb.model.conv1.weight, sd["conv1.weight"])
     assert torch.equal(bb.model.layer4[1].bn2.running_var, sd["layer4.1.bn2.running_var"])
@@ -121,7 +121,7 @@ def test_weights_from_a_local_file_and_a_wrong_file(tmp_path):
 
 
 def test_offline_weights_availability():
-    assert backbones.weights_availability("efficientnet_lite0") == "offline"
-    assert backbones.weights_availability("efficientnet_lite1") == "offline"
+    assert weights.availability("efficientnet_lite0") == "offline"
+    assert weights.availability("efficientnet_lite1") == "offline"
     with pytest.raises(UserError, match="unknown backbone"):
-        backbones.weights_availability("resnet9000")
+        weights.availability("resnet9000")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tl_core import backbones, cache, data, decoded
+from tl_core import backbones, cache, data, decoded, transforms
 from tl_core.cache import ArrayCache
 
 
@@ -89,7 +89,7 @@ def _count_decodes(monkeypatch) -> list:
 
 def test_decoded_batches_equal_decoding_every_time_bitwise(tiny):
     splits, pipe, train, val = _loaders(tiny)
-    _, val_tf = data.build_transforms(pipe.pre, 48, "none")
+    _, val_tf = transforms.build_transforms(pipe.pre, 48, "none")
     for _ in range(2):  # decoded on the way, then read from the cache
         got = torch.cat([x for x, _ in val])
         want = torch.stack([val_tf(data.load_image(it.path)) for it in splits.val])

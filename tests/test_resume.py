@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from tl_core import train as T
-from tl_core.config import make_config
 
 from .helpers import train
 

@@ -61,7 +61,8 @@ def test_param_groups_and_lrs_are_as_specified(name, tiny, store):
 
 def test_progressive_unfreezes_on_schedule_every_k_epochs():
     s, p = get_strategy("progressive"), StrategyParams(unfreeze_every=2)
-    assert [s.n_trainable(e, 5, p) for e in range(10)] == [1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+    # freeze_to(n): groups [0, n) frozen; of 5 groups, 4 is the head alone and 0 everything
+    assert [s.freeze_to(e, 5, p) for e in range(10)] == [4, 4, 3, 3, 2, 2, 1, 1, 0, 0]
     assert [s.next_change(e, 5, p) for e in (0, 1, 2, 7, 8)] == [2, 2, 4, 8, None]
 
 
@@ -69,17 +70,17 @@ def test_progressive_unfreezes_when_val_loss_plateaus():
     s, p = get_strategy("progressive"), StrategyParams(unfreeze_on="plateau", patience=2)
     losses = [1.0, 0.8, 0.81, 0.82, 0.7, 0.75, 0.76, 0.77, 0.78]
     # No improvement at epochs 2 and 3 -> unfreeze for epoch 4; again at 5, 6 -> epoch 7; 7, 8 -> 9.
-    assert [s.n_trainable(e, 9, p, losses) for e in range(10)] == [1, 1, 1, 1, 2, 2, 2, 3, 3, 4]
-    assert s.n_trainable(30, 3, p, [1.0] * 30) == 3  # never more than the backbone has
+    assert [s.freeze_to(e, 9, p, losses) for e in range(10)] == [8, 8, 8, 8, 7, 7, 7, 6, 6, 5]
+    assert s.freeze_to(30, 3, p, [1.0] * 30) == 0  # never more than the backbone has
 
 
 def test_discriminative_formula_and_two_phase_plan():
     d = get_strategy("discriminative")
-    assert d.lr_multipliers(4, 4, StrategyParams(lr_decay=3)) == [1 / 27, 1 / 9, 1 / 3, 1]
+    assert d.lr_multipliers(0, 4, StrategyParams(lr_decay=3)) == [1 / 27, 1 / 9, 1 / 3, 1]
     t = get_strategy("two_phase")
     p = StrategyParams(head_epochs=3, phase2_lr_factor=0.1)
-    assert [t.n_trainable(e, 6, p) for e in range(5)] == [1, 1, 1, 6, 6]
-    assert t.lr_multipliers(6, 6, p) == [0.1] * 6
+    assert [t.freeze_to(e, 6, p) for e in range(5)] == [5, 5, 5, 0, 0]
+    assert t.lr_multipliers(0, 6, p) == [0.1] * 6 and t.lr_multipliers(5, 6, p) == [1.0]
 
 
 @pytest.mark.parametrize("settings, message", [

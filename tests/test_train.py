@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tl_core import backbones, train as T
+from tl_core.schedules import lr_factor
 
 from .helpers import train
 
@@ -123,7 +124,7 @@ def test_a_failing_run_is_recorded_as_failed_with_its_error(tiny, store, monkeyp
 
 @pytest.mark.parametrize("schedule", ["onecycle", "cosine", "step", "constant"])
 def test_schedules_start_peak_and_end_where_they_should(schedule):
-    f = [T.lr_factor(schedule, t / 100) for t in range(100)]
+    f = [lr_factor(schedule, t / 100) for t in range(100)]
     assert max(f) <= 1.0 and min(f) >= 0.0
     if schedule == "onecycle":
         assert f[0] == pytest.approx(1 / 25) and max(f) == pytest.approx(1, abs=1e-3) and f[-1] < 1e-3

@@ -1,4 +1,3 @@
-"""TransferLab's engine: data, backbones, strategies, training and the experiment store.
-
-Never imports streamlit; the dashboard (app.py, pages/) calls into it.
+"""TransferLab's engine: data, backbones, strategies, training, the experiment store and the
+service layer both front ends call (docs/architecture.md). Never imports streamlit or plotly.
 """

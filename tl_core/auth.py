@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hmac
-import os
+
+from . import settings
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
 def password() -> str | None:
-    return os.environ.get("TL_PASSWORD") or None
+    return settings.current().password
 
 
 def serving_problem(address: str | None) -> str | None:

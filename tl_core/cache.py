@@ -26,18 +26,17 @@ from typing import Iterator
 
 import numpy as np
 
-DEFAULT_MAX_GB = 20.0
+from . import settings
 
 
 def cache_dir() -> Path:
     """$TL_CACHE_DIR, else <TL_RUNS_DIR or runs>/cache."""
-    env = os.environ.get("TL_CACHE_DIR")
-    return Path(env) if env else Path(os.environ.get("TL_RUNS_DIR", "runs")) / "cache"
+    return settings.current().cache_dir
 
 
 def max_entry_bytes() -> int:
     """The largest single entry to create ($TL_CACHE_MAX_GB, 20 GB by default)."""
-    return int(float(os.environ.get("TL_CACHE_MAX_GB", DEFAULT_MAX_GB)) * 2**30)
+    return int(settings.current().cache_max_gb * 2**30)
 
 
 def digest(key: dict) -> str:

@@ -1,10 +1,15 @@
-"""RunConfig: every setting of a run, validated before anything is queued or trained."""
+"""RunConfig: every setting of a run, validated before anything is queued or trained.
+
+The one declaration of a run's settings: the CLI makes a flag of each field (cli.py), and the
+New run form reads each field's choices and default from here (`choices`, `default`).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Literal
+import typing
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -78,7 +83,7 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_against_registries(self) -> "RunConfig":
-        from .backbones import get_spec
+        from .families import get_spec
         from .strategies import get_strategy
 
         spec = get_spec(self.backbone)
@@ -95,12 +100,13 @@ class RunConfig(BaseModel):
 
     def warnings(self) -> list[str]:
         """Settings that run but likely not as meant: said before queueing, kept in the run."""
-        from .backbones import get_spec, preprocessing
+        from .families import get_spec
         from .strategies import get_strategy
+        from .weights import native_size
 
         n_groups = len(get_spec(self.backbone).body_groups) + 1
         out = get_strategy(self.strategy).warnings(n_groups, self.epochs, self.strategy_params())
-        native = preprocessing(self.backbone).native_size
+        native = native_size(self.backbone)
         if self.weights_to_load != "none" and self.image_size < native / 2:
             out.append(f"--image-size {self.image_size} is below half the {native} px the {self.backbone} weights "
                        f"were trained at: accuracy is traded for speed (fine for a quick comparison on a CPU; "
@@ -146,6 +152,15 @@ class RunConfig(BaseModel):
         from .strategies import get_strategy
 
         return self.weights if get_strategy(self.strategy).pretrained else "none"
+
+
+def choices(field: str) -> list[str]:
+    """The values a Literal setting allows, in their declared order."""
+    return list(typing.get_args(RunConfig.model_fields[field].annotation))
+
+
+def default(field: str) -> Any:
+    return RunConfig.model_fields[field].default
 
 
 def make_config(**settings) -> RunConfig:

@@ -1,10 +1,11 @@
 """Cutting a model at a freeze boundary: `frozen` (images -> activations) and `rest` (-> logits).
 
-The head boundary is generic: the activations are the head's input, for every backbone (the
-model run with its head swapped for nn.Identity; dropout between body and head stays in
-`rest`). A deeper boundary needs the family's stages in forward order, one per layer group,
-then the tail (pooling, classifier): CHAINS, for the families whose groups are a plain chain.
-Every cut is checked against the whole model's output (eval mode) before it is used.
+A boundary b is fastai's `freeze_to(b)`: groups 0..b-1 frozen (finetuning.py). The head
+boundary is generic: the activations are the head's input, for every backbone (the model run
+with its head swapped for nn.Identity; dropout between body and head stays in `rest`). A
+deeper boundary runs the family's stages (families.py: one per layer group, in forward order)
+below it, and those above it then the tail. Every cut is checked against the whole model's
+output (eval mode) before it is used.
 """
 
 from __future__ import annotations
@@ -58,72 +59,6 @@ class Cut:
     shape: tuple[int, ...] = ()  # one image's activations
 
 
-Stages = tuple[list[Callable], Callable]  # one stage per body group, in forward order; then the tail
-CHAINS: dict[str, Callable[[nn.Module, Backbone], Stages]] = {}
-
-
-def chain(family: str):
-    """Register a family's stages: running them in order, then the tail, is the model's forward."""
-
-    def deco(fn):
-        CHAINS[family] = fn
-        return fn
-
-    return deco
-
-
-def _seq(*parts) -> nn.Sequential:
-    return nn.Sequential(*parts)
-
-
-@chain("resnet")
-def _resnet(m, bb):
-    stem = _seq(m.conv1, m.bn1, m.relu, m.maxpool)
-    return [stem, m.layer1, m.layer2, m.layer3, m.layer4], lambda x: m.fc(torch.flatten(m.avgpool(x), 1))
-
-
-@chain("efficientnet")
-def _efficientnet(m, bb):
-    f = m.features
-    return [*f[:7], _seq(f[7], f[8])], lambda x: m.classifier(torch.flatten(m.avgpool(x), 1))
-
-
-@chain("efficientnet_lite")
-def _efficientnet_lite(m, bb):
-    b = m.blocks
-    return [_seq(m.conv_stem, m.bn1), *b[:-1], _seq(b[-1], m.conv_head, m.bn2)], m.forward_head
-
-
-@chain("mobilenet")
-def _mobilenet(m, bb):
-    body = [g for g in bb.groups[:-1] if g.name != "fc"]
-    stages: list[Callable] = [_seq(*g.parts) for g in body]
-    if len(body) < len(bb.groups) - 1:  # MobileNetV3: a pretrained 576->1024 layer before the head
-        stages.append(_seq(m.avgpool, nn.Flatten(1), *list(m.classifier)[:-1]))
-        return stages, lambda x: m.classifier[-1](x)
-    return stages, lambda x: m.classifier(torch.flatten(nnf.adaptive_avg_pool2d(x, (1, 1)), 1))
-
-
-@chain("regnet")
-def _regnet(m, bb):
-    t = m.trunk_output
-    return [m.stem, t.block1, t.block2, t.block3, t.block4], lambda x: m.fc(torch.flatten(m.avgpool(x), 1))
-
-
-@chain("convnext")
-def _convnext(m, bb):
-    f = m.features
-    stages = [f[0], f[1], _seq(f[2], f[3]), _seq(f[4], f[5]), _seq(f[6], f[7], m.avgpool, m.classifier[0])]
-    return stages, lambda x: m.classifier[2](m.classifier[1](x))
-
-
-@chain("vgg")
-def _vgg(m, bb):
-    blocks = [_seq(*g.parts) for g in bb.groups[:5]]
-    fc = _seq(m.avgpool, nn.Flatten(1), *list(m.classifier)[:-1])
-    return [*blocks, fc], lambda x: m.classifier[-1](x)
-
-
 @contextlib.contextmanager
 def _without_head(bb: Backbone) -> Iterator[None]:
     head = bb.head
@@ -158,12 +93,8 @@ def _head_cut(bb: Backbone) -> Cut:
 
 
 def _chain_cut(bb: Backbone, boundary: int) -> Cut:
-    make = CHAINS.get(bb.spec.family)
-    if make is None:
-        raise NoCut(f"no stage-by-stage runner for the {bb.spec.family} family; only the head boundary is cached")
-    stages, tail = make(bb.model, bb)
-    if len(stages) != len(bb.groups) - 1:
-        raise NoCut(f"{bb.spec.family}: {len(stages)} stages for {len(bb.groups) - 1} layer groups")
+    """A deeper boundary: the family's stages below it, then those above and the tail."""
+    stages, tail = bb.layout.stages, bb.layout.tail
     below, above = stages[:boundary], stages[boundary:]
 
     def frozen(x):
@@ -176,8 +107,8 @@ def _chain_cut(bb: Backbone, boundary: int) -> Cut:
             x = stage(x)
         return tail(x)
 
-    return Cut(boundary, f"{bb.groups[boundary].name} input", frozen, Rest(bb.model, rest, [bb.head, *[
-        s for s in above if isinstance(s, nn.Module)]]))
+    trainable = [bb.head, *(p for s in above for p in s.parts if isinstance(p, nn.Module))]
+    return Cut(boundary, f"{bb.groups[boundary].name} input", frozen, Rest(bb.model, rest, trainable))
 
 
 @contextlib.contextmanager

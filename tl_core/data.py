@@ -1,35 +1,30 @@
-"""Datasets: find the images in a folder, split them, and build the transforms the weights expect.
+"""Datasets: find the images in a folder, split them, read them (no torch: transforms.py).
 
 Two layouts are accepted:
   root/train/<class>/*  +  root/val/<class>/*     (split by the user)
   root/<class>/*                                  (split here: per class, seeded, stratified)
-Validation always uses the deterministic transform; augmentation is for training only.
+Anything else in the folder (stray files, unreadable or oversized images, symlinks leading out
+of it) is skipped and listed with why; a folder that cannot train is refused with what to do.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import random
-import sys
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
-from PIL import Image, ImageFile
-from torch.utils.data import DataLoader, Dataset, default_collate
-from torchvision.transforms import v2 as T
+from PIL import Image
 
-from .backbones import Preprocessing
+from . import settings
 from .config import DEFAULT_BATCH_SIZE
 from .errors import UserError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-AUGMENTATIONS = ("none", "light", "standard")
 
 
 @dataclass
@@ -62,7 +57,7 @@ class Splits:
 
 
 # Decompression bombs are refused from the header, before any pixel is decoded.
-MAX_IMAGE_PIXELS = int(os.environ.get("TL_MAX_IMAGE_PIXELS", 64_000_000))
+MAX_IMAGE_PIXELS = settings.current().max_image_pixels
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 
 
@@ -277,70 +272,6 @@ def load_image(path: str) -> Image.Image:
                 return to_rgb(img)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise UnreadableImage(f"{path}: {e.__class__.__name__}: {e}") from None
-
-
-def build_transforms(pre: Preprocessing, image_size: int, augment: str = "none") -> tuple[T.Compose, T.Compose]:
-    """(train, val) transforms at `image_size`, normalised with the weights' own mean/std."""
-    if augment not in AUGMENTATIONS:
-        raise UserError(f"unknown augmentation {augment!r}; choose one of {', '.join(AUGMENTATIONS)}")
-    interp = T.InterpolationMode(pre.interpolation)
-    to_tensor = [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(pre.mean, pre.std)]
-    # Resize so that the centre crop keeps the weights' crop ratio (224 of 256 for most).
-    resize = math.floor(image_size / pre.crop_pct + 0.5)
-    val = T.Compose([T.Resize(resize, interpolation=interp), T.CenterCrop(image_size), *to_tensor])
-    if augment == "none":
-        return val, val
-    return T.Compose([*augmentations(augment, image_size, interp), *to_tensor]), val
-
-
-def augmentations(augment: str, image_size: int, interp: T.InterpolationMode) -> list:
-    """The random training transforms of `augment`; they take PIL images and uint8 tensors alike."""
-    if augment == "none":
-        return []
-    if augment == "light":
-        return [T.RandomResizedCrop(image_size, scale=(0.6, 1.0), interpolation=interp),
-                T.RandomHorizontalFlip()]
-    return [T.RandomResizedCrop(image_size, scale=(0.25, 1.0), interpolation=interp),
-            T.RandomHorizontalFlip(), T.ColorJitter(0.3, 0.3, 0.3, 0.05)]
-
-
-class ImageDataset(Dataset):
-    def __init__(self, items: list[Item], transform):
-        self.items = items
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | None:
-        item = self.items[i]
-        try:
-            return self.transform(load_image(item.path)), item.label
-        except UnreadableImage as e:
-            # Skipped and listed (in the run's log); the batch goes on without it.
-            print(f"skipped unreadable image {e}", file=sys.stderr, flush=True)
-            return None
-
-
-def collate_readable(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
-    """default_collate over the images that could be read (an empty batch if none could)."""
-    batch = [b for b in batch if b is not None]
-    if not batch:
-        return torch.empty(0), torch.empty(0, dtype=torch.long)
-    return default_collate(batch)
-
-
-def make_loaders(splits: Splits, train_tf, val_tf, batch_size: int, seed: int, workers: int,
-                 pin_memory: bool = False) -> tuple[DataLoader, DataLoader]:
-    g = torch.Generator().manual_seed(seed)
-    common = dict(num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0,
-                  collate_fn=collate_readable)
-    # drop_last keeps BatchNorm away from a final batch of one image.
-    drop_last = len(splits.train) > batch_size and len(splits.train) % batch_size == 1
-    train = DataLoader(ImageDataset(splits.train, train_tf), batch_size=batch_size, shuffle=True,
-                       generator=g, drop_last=drop_last, **common)
-    val = DataLoader(ImageDataset(splits.val, val_tf), batch_size=batch_size, shuffle=False, **common)
-    return train, val
 
 
 # --- the report ---------------------------------------------------------------------------

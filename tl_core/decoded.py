@@ -25,9 +25,9 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as F
 
-from . import data
-from .backbones import Preprocessing
+from . import data, transforms
 from .cache import ArrayCache, CacheTooLarge, files_fingerprint
+from .weights import Preprocessing
 
 DECODE_VERSION = 1
 Check = Callable[[], None]  # called between batches; raises to stop (a cancelled run)
@@ -82,7 +82,7 @@ class Pipeline:
 
     @property
     def resize(self) -> int:
-        """Shorter side before the centre crop (as data.build_transforms)."""
+        """Shorter side before the centre crop (as transforms.build_transforms)."""
         return math.floor(self.image_size / self.pre.crop_pct + 0.5)
 
     @property
@@ -96,7 +96,7 @@ class Pipeline:
 
     def train_transform(self) -> T.Compose | None:
         """The random part, on uint8 tensors; None without augmentation."""
-        aug = data.augmentations(self.augment, self.image_size, T.InterpolationMode(self.interpolation))
+        aug = transforms.augmentations(self.augment, self.image_size, T.InterpolationMode(self.interpolation))
         return T.Compose(aug) if aug else None
 
     def to_model(self, x: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
@@ -266,7 +266,7 @@ class PixelLoader:
 def make_loaders(splits: data.Splits, rows: DatasetRows, pipeline: Pipeline, batch_size: int, seed: int,
                  workers: int, device: torch.device, channels_last: bool = False, enabled: bool = True):
     """(train, val, note): loaders over the decode cache, or, where it is off or cannot hold the
-    dataset, data.make_loaders decoding every image every epoch; the note says which and why."""
+    dataset, transforms.make_loaders decoding every image every epoch; the note says which and why."""
     stages = {pipeline.stage(True), pipeline.stage(False)}
     images = {s: DecodedImages(rows, s) for s in stages}
     try:
@@ -275,11 +275,11 @@ def make_loaders(splits: data.Splits, rows: DatasetRows, pipeline: Pipeline, bat
         for s in stages:
             images[s].cache.check_fits()
     except CacheTooLarge as e:
-        train_tf, val_tf = data.build_transforms(pipeline.pre, pipeline.image_size, pipeline.augment)
-        train, val = data.make_loaders(splits, train_tf, val_tf, batch_size, seed, workers,
-                                       pin_memory=device.type == "cuda")
+        train_tf, val_tf = transforms.build_transforms(pipeline.pre, pipeline.image_size, pipeline.augment)
+        train, val = transforms.make_loaders(splits, train_tf, val_tf, batch_size, seed, workers,
+                                             pin_memory=device.type == "cuda")
         return train, val, {"used": False, "why": str(e)}
-    # drop_last keeps BatchNorm away from a final batch of one image (as data.make_loaders).
+    # drop_last keeps BatchNorm away from a final batch of one image (as transforms.make_loaders).
     drop_last = len(splits.train) > batch_size and len(splits.train) % batch_size == 1
     common = dict(pipeline=pipeline, device=device, batch_size=batch_size, workers=workers,
                   channels_last=channels_last)

@@ -1,7 +1,8 @@
 """Frozen features computed once: train the layers above the freeze boundary on cached activations.
 
 When a backbone's bottom layer groups are frozen (eval mode, no gradient), their output for an
-image is the same in every epoch. So, for each freeze boundary a strategy sets:
+image is the same in every epoch. So, for each freeze boundary a strategy sets (fastai's
+freeze_to(n): groups 0..n-1 frozen, finetuning.py):
   1. cut the model there into `frozen` (images -> activations) and `rest` (activations ->
      logits): cuts.py;
   2. compute `frozen` once per image into an on-disk cache (cache.py) keyed by backbone,
@@ -14,16 +15,15 @@ and, where not, why.
 
 from __future__ import annotations
 
-import importlib.metadata
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from . import data
-from .backbones import LITE_WEIGHTS, Backbone
-from .cache import ArrayCache, CacheTooLarge, file_sha256
+from . import data, weights
+from .backbones import Backbone
+from .cache import ArrayCache, CacheTooLarge
 from .cuts import Cut, NoCut, cut_at, modes_kept
 from .decoded import Check, DatasetRows, DecodedImages, Pipeline, PixelDataset, read_through
 
@@ -52,20 +52,6 @@ def extraction_dtype(setting: str, device: torch.device, amp: torch.dtype | None
 def _name(dtype: torch.dtype | None) -> str:
     return "fp32" if dtype is None else str(dtype).removeprefix("torch.").replace("bfloat16", "bf16").replace(
         "float16", "fp16")
-
-
-def weights_identity(bb: Backbone, seed: int) -> dict:
-    """What the frozen weights are: a file's hash, a package's version, or the random init's seed."""
-    if bb.weights == "none":
-        return {"random_init_seed": seed}
-    if bb.weights != "imagenet":
-        return {"file_sha256": file_sha256(bb.weights)}
-    if bb.spec.source == "package":
-        dist = LITE_WEIGHTS[bb.spec.name][0].replace("_", "-")
-        return {"package": dist, "version": importlib.metadata.version(dist)}
-    from torchvision.models import get_model_weights
-
-    return {"torchvision": get_model_weights(bb.spec.name).DEFAULT.url}
 
 
 # --- batches of cached activations ----------------------------------------------------------------
@@ -178,7 +164,7 @@ class FrozenFeatures:
     # the work
     def _entry(self, cut: Cut, augmented: bool) -> ArrayCache:
         if self._weights is None:
-            self._weights = weights_identity(self.bb, self.seed)
+            self._weights = weights.identity(self.bb.spec, self.bb.weights, self.seed)
         key = {"backbone": self.bb.spec.name, "weights": self._weights,
                "boundary": cut.boundary, "cut": cut.name, "dataset": self.rows.fingerprint,
                "transform": {**self.pipeline.describe(), "view": "augmented" if augmented else "val",

@@ -12,9 +12,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Protocol
+
+from . import settings
 
 
 class RunLike(Protocol):
@@ -24,7 +25,7 @@ class RunLike(Protocol):
 
 
 def runs_dir() -> Path:
-    return Path(os.environ.get("TL_RUNS_DIR", "runs"))
+    return settings.current().runs_dir
 
 
 def run_folder(run: RunLike) -> Path:

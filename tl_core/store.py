@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import os
 import queue
 import threading
 import uuid
@@ -43,13 +42,15 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from . import settings
+
 STATUSES = ("queued", "running", "completed", "failed", "cancelled")
 FINISHED = ("completed", "failed", "cancelled")
-DEFAULT_DB_URL = "sqlite:///experiments.db"
 
 
 def default_db_url() -> str:
-    return os.environ.get("DATABASE_URL") or DEFAULT_DB_URL
+    """$DATABASE_URL, else SQLite experiments.db in the working folder."""
+    return settings.current().database_url
 
 
 def _now() -> dt.datetime:

@@ -2,12 +2,13 @@
 
 A strategy is a small declarative object over a backbone's ordered layer groups
 (stem, stages..., head). It answers two questions and nothing else:
-  n_trainable(epoch, val_losses): how many groups, counted from the head down, train now;
-  lr_multipliers(n_trainable):    each trainable group's LR as a multiple of the base LR.
-The training loop asks them every epoch; there is no per-strategy branch in the loop. Because
-the answers depend only on the epoch and the validation-loss history, a resumed run gets the
-same plan back. Groups are numbered k = 1..L with the head L; discriminative LRs follow
-lr_k = base / decay^(L-k). As the field practises it, pretrained groups fine-tune well below
+  freeze_to(epoch, val_losses): the freeze boundary now, fastai's freeze_to(n): groups 0..n-1
+                                frozen, the rest trained (L-1 of L groups: the head alone);
+  lr_multipliers(n):            each trainable group's LR as a multiple of the base LR.
+The training loop asks them every epoch (finetuning.py applies the answer); there is no
+per-strategy branch in the loop. Because the answers depend only on the epoch and the
+validation-loss history, a resumed run gets the same plan back. Groups are numbered k = 1..L
+with the head L; discriminative LRs follow lr_k = base / decay^(L-k). As the field practises it, pretrained groups fine-tune well below
 the new head's LR: every strategy that trains pretrained groups beside a new head gives the
 head the higher LR (partial and progressive by discriminative LRs, full by --head-lr-factor).
 """
@@ -43,14 +44,13 @@ class Strategy:
     pretrained: bool = True  # False: random init (the scratch baseline)
     knobs: tuple[str, ...] = ()  # StrategyParams fields this strategy reads
 
-    def n_trainable(self, epoch: int, n_groups: int, p: StrategyParams,
-                    val_losses: Sequence[float] = ()) -> int:
-        """Groups trainable in `epoch` (0-based), counted from the head: 1 = head only."""
-        return n_groups
+    def freeze_to(self, epoch: int, n_groups: int, p: StrategyParams, val_losses: Sequence[float] = ()) -> int:
+        """The freeze boundary in `epoch` (0-based): groups [0, n) frozen. 0 trains everything."""
+        return 0
 
-    def lr_multipliers(self, n_trainable: int, n_groups: int, p: StrategyParams) -> list[float]:
-        """LR multiple of each of the top `n_trainable` groups, ordered stem-side first."""
-        return [1.0] * n_trainable
+    def lr_multipliers(self, n: int, n_groups: int, p: StrategyParams) -> list[float]:
+        """LR multiple of each trainable group [n, n_groups), stem-side first."""
+        return [1.0] * (n_groups - n)
 
     def next_change(self, epoch: int, n_groups: int, p: StrategyParams) -> int | None:
         """The next epoch at which the plan is known to change (the LR schedule's phase end)."""
@@ -64,9 +64,9 @@ class Strategy:
         return []
 
 
-def discriminative(n_trainable: int, n_groups: int, decay: float) -> list[float]:
-    """lr_k / base = 1 / decay^(L-k) for the top n_trainable groups k = L-n+1..L."""
-    return [1.0 / decay ** (n_groups - k) for k in range(n_groups - n_trainable + 1, n_groups + 1)]
+def discriminative(n: int, n_groups: int, decay: float) -> list[float]:
+    """lr_k / base = 1 / decay^(L-k) for the trainable groups k = n+1..L (1-based; the head is L)."""
+    return [1.0 / decay ** (n_groups - k) for k in range(n + 1, n_groups + 1)]
 
 
 _REGISTRY: dict[str, Strategy] = {}
@@ -97,8 +97,8 @@ class FeatureExtraction(Strategy):
     when = "Small dataset close to ImageNet-like images: cheapest, and hard to overfit."
     default_lr = 1e-3
 
-    def n_trainable(self, epoch, n_groups, p, val_losses=()):
-        return 1
+    def freeze_to(self, epoch, n_groups, p, val_losses=()):
+        return n_groups - 1
 
 
 @register_strategy
@@ -109,11 +109,11 @@ class Partial(Strategy):
     default_lr = 1e-3
     knobs = ("unfreeze", "lr_decay")
 
-    def n_trainable(self, epoch, n_groups, p, val_losses=()):
-        return p.unfreeze + 1
+    def freeze_to(self, epoch, n_groups, p, val_losses=()):
+        return n_groups - 1 - p.unfreeze
 
-    def lr_multipliers(self, n_trainable, n_groups, p):
-        return discriminative(n_trainable, n_groups, p.lr_decay)
+    def lr_multipliers(self, n, n_groups, p):
+        return discriminative(n, n_groups, p.lr_decay)
 
     def validate(self, n_groups, epochs, p):
         _check_decay(p)
@@ -130,9 +130,9 @@ class Full(Strategy):
     default_lr = 1e-4
     knobs = ("head_lr_factor",)
 
-    def lr_multipliers(self, n_trainable, n_groups, p):
+    def lr_multipliers(self, n, n_groups, p):
         # The head is new and random: at the body's low LR it would barely learn.
-        return [1.0] * (n_trainable - 1) + [p.head_lr_factor]
+        return [1.0] * (n_groups - n - 1) + [p.head_lr_factor]
 
     def validate(self, n_groups, epochs, p):
         if p.head_lr_factor <= 0:
@@ -148,11 +148,11 @@ class TwoPhase(Strategy):
     default_lr = 1e-3
     knobs = ("head_epochs", "phase2_lr_factor")
 
-    def n_trainable(self, epoch, n_groups, p, val_losses=()):
-        return 1 if epoch < p.head_epochs else n_groups
+    def freeze_to(self, epoch, n_groups, p, val_losses=()):
+        return n_groups - 1 if epoch < p.head_epochs else 0
 
-    def lr_multipliers(self, n_trainable, n_groups, p):
-        return [1.0] if n_trainable == 1 else [p.phase2_lr_factor] * n_trainable
+    def lr_multipliers(self, n, n_groups, p):
+        return [1.0] if n == n_groups - 1 else [p.phase2_lr_factor] * (n_groups - n)
 
     def next_change(self, epoch, n_groups, p):
         return p.head_epochs if epoch < p.head_epochs else None
@@ -173,8 +173,8 @@ class Discriminative(Strategy):
     default_lr = 1e-3
     knobs = ("lr_decay",)
 
-    def lr_multipliers(self, n_trainable, n_groups, p):
-        return discriminative(n_trainable, n_groups, p.lr_decay)
+    def lr_multipliers(self, n, n_groups, p):
+        return discriminative(n, n_groups, p.lr_decay)
 
     def validate(self, n_groups, epochs, p):
         _check_decay(p)
@@ -188,25 +188,25 @@ class Progressive(Strategy):
     default_lr = 1e-3
     knobs = ("unfreeze_every", "unfreeze_on", "patience", "lr_decay", "stage_lr_factor")
 
-    def n_trainable(self, epoch, n_groups, p, val_losses=()):
+    def freeze_to(self, epoch, n_groups, p, val_losses=()):
         if p.unfreeze_on == "schedule":
-            return min(n_groups, 1 + epoch // p.unfreeze_every)
+            return max(0, n_groups - 1 - epoch // p.unfreeze_every)
         # Plateau: replay the history, unfreezing one group each time `patience` epochs pass
         # without a new best val loss. Pure in the history, so a resume replays the same steps.
-        n, best, waited = 1, float("inf"), 0
+        n, best, waited = n_groups - 1, float("inf"), 0
         for loss in val_losses[:epoch]:
             if loss < best - 1e-4:
                 best, waited = loss, 0
             else:
                 waited += 1
             if waited >= p.patience:
-                n, waited = min(n_groups, n + 1), 0
+                n, waited = max(0, n - 1), 0
         return n
 
-    def lr_multipliers(self, n_trainable, n_groups, p):
+    def lr_multipliers(self, n, n_groups, p):
         # Stage s (s groups unfrozen below the head) runs at stage_lr_factor^s of the plan.
-        stage = p.stage_lr_factor ** (n_trainable - 1)
-        return [m * stage for m in discriminative(n_trainable, n_groups, p.lr_decay)]
+        stage = p.stage_lr_factor ** (n_groups - 1 - n)
+        return [m * stage for m in discriminative(n, n_groups, p.lr_decay)]
 
     def next_change(self, epoch, n_groups, p):
         if p.unfreeze_on != "schedule" or 1 + epoch // p.unfreeze_every >= n_groups:
@@ -226,7 +226,7 @@ class Progressive(Strategy):
     def warnings(self, n_groups, epochs, p):
         if p.unfreeze_on != "schedule":
             return []
-        reached = self.n_trainable(epochs - 1, n_groups, p)
+        reached = n_groups - self.freeze_to(epochs - 1, n_groups, p)
         if reached >= n_groups:
             return []
         needed = 1 + (n_groups - 1) * p.unfreeze_every

@@ -1,11 +1,15 @@
 """The training loop: one run, from its stored config to its recorded epochs and checkpoints.
 
-Read it top to bottom in `train_run`. The strategy decides, each epoch, how many layer groups
-train and at what LR; the loop only applies that plan:
-  1. freeze everything below the trainable groups (BatchNorm there stays in eval mode);
-  2. give the optimizer any newly trainable group, at its own LR;
-  3. train one epoch, setting each group's LR from the schedule at every step;
-  4. validate, record the epoch's metrics, save the checkpoints.
+Read `_fit` top to bottom:
+  1. data: the split, each image decoded once (decoded.py), a batch size that fits the data;
+  2. model: the pretrained body and a new head, in layer groups (backbones.py);
+  3. the strategy's plan over those groups (finetuning.py) and frozen features cached on disk
+     where groups are frozen (features.py);
+  4. a fresh start, or, only when a resume was asked for, the run's own last checkpoint;
+  then, every epoch:
+  5. move the freeze boundary where the strategy wants it; the optimizer follows;
+  6. train one epoch, setting each group's LR from its schedule (schedules.py) at every step;
+  7. validate, record the epoch, save the checkpoints.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ import socket
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import Callable
 
@@ -32,9 +37,12 @@ from tqdm import tqdm
 from . import backbones, cache, data, decoded, features
 from .config import RunConfig
 from .errors import UserError
-from .runfiles import run_folder, runs_dir
+from .finetuning import Finetuning, Phase, sync_param_groups
+from .runfiles import run_folder
+from .schedules import lr_factor, progress
+from .settings import current as settings
 from .store import ClassMetric, EpochWriter, Run, Store
-from .strategies import Strategy, get_strategy
+from .strategies import get_strategy
 
 
 class RunCancelled(Exception):
@@ -54,39 +62,6 @@ class RunResult:
 # --- small pure helpers -----------------------------------------------------------------
 
 
-def lr_factor(schedule: str, t: float) -> float:
-    """Multiple of a group's peak LR at progress t through the current phase: t = 0 on its first
-    step, 1 on its last (so every schedule ends a phase at its end value)."""
-    if schedule == "constant":
-        return 1.0
-    if schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * t))
-    if schedule == "step":  # x0.1 at half and at three quarters of the phase
-        return 0.1 ** ((t >= 0.5) + (t >= 0.75))
-    if schedule == "onecycle":  # warm up from 1/25 over 25%, then cosine anneal to 1/25e4
-        warm, start, end = 0.25, 1 / 25, 1 / 25e4
-        if t < warm:
-            return start + (1 - start) * 0.5 * (1 - math.cos(math.pi * t / warm))
-        return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * (t - warm) / (1 - warm)))
-    raise ValueError(f"unknown schedule {schedule!r}")
-
-
-def freeze_to(groups: list[backbones.LayerGroup], n_trainable: int) -> None:
-    """Train the top `n_trainable` groups (the head is the last); freeze the rest."""
-    boundary = len(groups) - n_trainable
-    for i, group in enumerate(groups):
-        for p in group.parameters():
-            p.requires_grad_(i >= boundary)
-
-
-def set_train_mode(model: nn.Module, groups: list[backbones.LayerGroup], n_trainable: int) -> None:
-    """model.train(), but frozen groups in eval mode: their BatchNorm statistics stay put."""
-    model.train()
-    for group in groups[: len(groups) - n_trainable]:
-        for module in group.modules():
-            module.eval()
-
-
 def throttled(ask: Callable[[], bool], seconds: float) -> Callable[[], bool]:
     """`ask`, but asked at most once every `seconds` (the answer in between is False)."""
     last = -math.inf
@@ -99,37 +74,6 @@ def throttled(ask: Callable[[], bool], seconds: float) -> Callable[[], bool]:
         return ask()
 
     return asked
-
-
-def make_optimizer(cfg: RunConfig, param_groups: list[dict]) -> torch.optim.Optimizer:
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(param_groups, lr=cfg.base_lr, momentum=cfg.momentum,
-                               weight_decay=cfg.weight_decay, nesterov=True)
-    return torch.optim.AdamW(param_groups, lr=cfg.base_lr, weight_decay=cfg.weight_decay)
-
-
-def sync_param_groups(optimizer: torch.optim.Optimizer | None, cfg: RunConfig, groups, n_trainable: int,
-                      multipliers: list[float]) -> torch.optim.Optimizer:
-    """Make the optimizer hold exactly the trainable groups, each at base LR x its multiplier.
-
-    Groups already in the optimizer keep their state (Adam moments) and get their new peak LR;
-    newly unfrozen groups are added (as fastai's freeze_to moves a boundary, not a rebuild).
-    """
-    top = groups[len(groups) - n_trainable:]
-    wanted = [{"params": g.parameters(), "name": g.name, "peak_lr": cfg.base_lr * m, "lr": cfg.base_lr * m}
-              for g, m in zip(top, multipliers)]
-    if optimizer is None:
-        return make_optimizer(cfg, wanted)
-    have = {pg["name"]: pg for pg in optimizer.param_groups}
-    for w in wanted:
-        if w["name"] in have:
-            have[w["name"]]["peak_lr"] = w["peak_lr"]
-        else:
-            optimizer.add_param_group(w)
-    # Groups are only ever unfrozen; keep them ordered stem-side first like the model.
-    order = {g.name: i for i, g in enumerate(groups)}
-    optimizer.param_groups.sort(key=lambda pg: order[pg["name"]])
-    return optimizer
 
 
 def per_class_metrics(confusion: torch.Tensor, classes: list[str]) -> list[ClassMetric]:
@@ -153,10 +97,7 @@ def pick_device(preference: str) -> torch.device:
 
 
 def environment(device: torch.device) -> dict:
-    import timm
-    import torchvision
-
-    env = {"torch": torch.__version__, "torchvision": torchvision.__version__, "timm": timm.__version__,
+    env = {"torch": torch.__version__, "torchvision": version("torchvision"), "timm": version("timm"),
            "python": platform.python_version(), "device": str(device), "threads": torch.get_num_threads(),
            "cpus": os.cpu_count()}
     if device.type == "cuda":
@@ -186,20 +127,6 @@ def _save(obj: dict, path: Path) -> None:
 
 
 # --- one epoch ----------------------------------------------------------------------------
-
-
-@dataclass
-class Phase:
-    start: int  # first epoch of the phase
-    end: int  # epoch at which the phase's LR schedule ends
-
-
-def progress(step: int, phase_steps: int) -> float:
-    """t of `step` (0-based) in a phase of `phase_steps` steps: 0 on the first, 1 on the last.
-
-    (A phase of a single step takes its schedule's start value: its end value is ~0 for most.)
-    """
-    return min(1.0, step / (phase_steps - 1)) if phase_steps > 1 else 0.0
 
 
 def train_one_epoch(model, loader, optimizer, loss_fn, cfg: RunConfig, device, amp, scaler, phase: Phase,
@@ -292,7 +219,8 @@ def _explain(e: Exception) -> str:
     if isinstance(e, UserError):
         return str(e)
     if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-        return f"disk full while writing under {runs_dir().resolve()}: free some space, then resume the run ({e})"
+        return (f"disk full while writing under {settings().runs_dir.resolve()}: free some space, then resume "
+                f"the run ({e})")
     if isinstance(e, RuntimeError) and any(m in str(e).lower() for m in ("out of memory", "can't allocate memory")):
         return f"out of memory: reduce --batch-size or --image-size ({e})"
     return f"{type(e).__name__}: {e}"
@@ -303,181 +231,200 @@ def _note(store: Store, run_id: int, **fields) -> None:
     store.update_run(run_id, summary={**store.get_run(run_id).summary, **fields})
 
 
+def _log(*lines: str) -> None:
+    for line in lines:
+        print(line, file=sys.stderr, flush=True)
+
+
 def _result(store: Store, run_id: int) -> RunResult:
     r = store.get_run(run_id)
     return RunResult(run_id, r.status, r.best_val_acc, r.best_epoch_number, r.epochs_done, r.error)
 
 
-def _fit(store: Store, run: Run, cfg: RunConfig, device: torch.device, run_dir: Path,
-         progress: bool) -> RunResult:
-    run_id = run.id
+@dataclass
+class RunData:
+    """What a run trains and validates on, and what it said about it."""
+
+    index: data.DatasetIndex
+    splits: data.Splits
+    rows: decoded.DatasetRows
+    pipeline: decoded.Pipeline
+    batch_size: int
+    batch_note: str | None
+    workers: int
+    train: object  # batches of (images, labels) on the device
+    val: object
+    decode_note: dict
+
+    @property
+    def classes(self) -> list[str]:
+        return self.splits.classes
+
+
+CHANNELS_LAST = True  # NHWC: the layout convolutions run fastest in, on GPUs and CPUs (oneDNN) alike
+
+
+def load_data(cfg: RunConfig, device: torch.device) -> RunData:
+    """The split (by its own seed: an experiment's runs share it whatever their --seed), the batch
+    size, and loaders over images decoded once, normalised on the device with the weights' own
+    preprocessing."""
+    index = cache.scan_dataset(cfg.data)  # data.scan_dataset, reused while no file changed
+    splits = data.split_dataset(index, cfg.val_fraction, cfg.train_fraction, cfg.split_seed)
+    batch_size, batch_note = data.batch_size_for(cfg.batch_size, len(splits.train))
+    pipeline = decoded.Pipeline(backbones.preprocessing(cfg.backbone), cfg.image_size, cfg.augment)
+    rows = decoded.DatasetRows.of(index)
+    workers = cfg.workers if cfg.workers is not None else _default_workers(device)
+    train, val, note = decoded.make_loaders(splits, rows, pipeline, batch_size, cfg.seed, workers, device,
+                                            channels_last=CHANNELS_LAST, enabled=cfg.decode_cache == "on")
+    return RunData(index, splits, rows, pipeline, batch_size, batch_note, workers, train, val, note)
+
+
+def load_model(cfg: RunConfig, num_classes: int, device: torch.device) -> backbones.Backbone:
+    """The pretrained body (or random, for scratch) and a new head, on the device."""
+    bb = backbones.create_backbone(cfg.backbone, num_classes, weights=cfg.weights_to_load,
+                                   head=cfg.head, hidden=cfg.hidden, dropout=cfg.dropout)
+    bb.model = bb.model.to(device, memory_format=torch.channels_last if CHANNELS_LAST else torch.preserve_format)
+    return bb
+
+
+def _record_start(store: Store, run: Run, cfg: RunConfig, d: RunData, bb: backbones.Backbone) -> None:
+    """The run's summary before its first epoch: data, batch, input, warnings, skipped files; and its log."""
+    warnings, skipped = cfg.warnings(), data.skipped_summary(d.index)
+    store.update_run(run.id, summary={
+        "classes": d.classes, "train_images": len(d.splits.train), "val_images": len(d.splits.val),
+        "split": {"seed": cfg.split_seed, "val_fingerprint": data.split_fingerprint(d.splits)},
+        "batch_size": {"used": d.batch_size, **({"why": d.batch_note} if d.batch_note else {})},
+        "preprocessing": {**d.pipeline.describe(), "native_size": bb.preprocessing.native_size},
+        "warnings": warnings, "skipped": skipped,
+        "weights": bb.weights, "groups": [g.name for g in bb.groups], "decode_cache": d.decode_note})
+    unlisted = skipped["count"] - len(skipped["files"])
+    _log(*([d.batch_note] if d.batch_note else []), *(f"warning: {w}" for w in warnings),
+         *(f"skipped {f['path']} ({f['reason']})" for f in skipped["files"]),
+         *([f"skipped {unlisted} more files"] if unlisted else []))
+
+
+@dataclass
+class Progress:
+    """Where the epoch loop starts: zeros for a fresh run, a checkpoint's values on resume."""
+
+    start_epoch: int = 0
+    optimizer: torch.optim.Optimizer | None = None
+    best_acc: float = -1.0
+    best_epoch: int = -1
+    best_confusion: torch.Tensor | None = None
+    elapsed: float = 0.0
+
+
+def _fit(store: Store, run: Run, cfg: RunConfig, device: torch.device, run_dir: Path, show: bool) -> RunResult:
     started = time.perf_counter()
     seed_everything(cfg.seed)
-    strategy: Strategy = get_strategy(cfg.strategy)
-    params = cfg.strategy_params()
-
-    # Asked between batches; at most every 0.2 s (a query per batch would cost more than a small batch).
-    stop_requested = throttled(lambda: store.cancel_requested(run_id), 0.2)
+    # Asked between batches, at most every 0.2 s (a query per batch would cost more than a small batch).
+    stop_requested = throttled(lambda: store.cancel_requested(run.id), 0.2)
 
     def check() -> None:  # between batches of feature caching
         if stop_requested():
             raise RunCancelled()
 
-    # 1. Data: split; each image decoded once (decoded.py), transforms from the weights' own
-    #    preprocessing, batches normalised on the device.
-    #    The split has its own seed: an experiment's runs share it whatever their --seed.
-    index = cache.scan_dataset(cfg.data)  # data.scan_dataset, reused while no file changed
-    splits = data.split_dataset(index, cfg.val_fraction, cfg.train_fraction, cfg.split_seed)
-    batch_size, batch_note = data.batch_size_for(cfg.batch_size, len(splits.train))
-    classes = splits.classes
-    pipeline = decoded.Pipeline(backbones.preprocessing(cfg.backbone), cfg.image_size, cfg.augment)
-    rows = decoded.DatasetRows.of(index)
-    workers = cfg.workers if cfg.workers is not None else _default_workers(device)
-    channels_last = True  # NHWC: the layout convolutions run fastest in, on GPUs and CPUs (oneDNN) alike
-    train_loader, val_loader, decode_note = decoded.make_loaders(
-        splits, rows, pipeline, batch_size, cfg.seed, workers, device, channels_last=channels_last,
-        enabled=cfg.decode_cache == "on")
-
-    # 2. Model: pretrained body (or random, for scratch) and a new head.
-    bb = backbones.create_backbone(cfg.backbone, len(classes), weights=cfg.weights_to_load,
-                                   head=cfg.head, hidden=cfg.hidden, dropout=cfg.dropout)
-    model, groups = bb.model.to(device), bb.groups
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    # 1. Data.
+    d = load_data(cfg, device)
+    # 2. Model.
+    bb = load_model(cfg, len(d.classes), device)
+    model, groups = bb.model, bb.groups
     amp, scaler = _amp(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = cfg.cudnn_benchmark == "on"
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    # Frozen groups' output is computed once per image and cached on disk (features.py).
-    frozen = features.FrozenFeatures(bb, splits, rows, pipeline, views=cfg.feature_views, batch_size=batch_size,
-                                     seed=cfg.seed, device=device, workers=workers, channels_last=channels_last,
-                                     precision=features.extraction_dtype(cfg.feature_precision, device, amp),
-                                     enabled=cfg.feature_cache == "on", check=check)
-    warnings, skipped = cfg.warnings(), data.skipped_summary(index)
-    store.update_run(run_id, summary={
-        "classes": classes, "train_images": len(splits.train), "val_images": len(splits.val),
-        "split": {"seed": cfg.split_seed, "val_fingerprint": data.split_fingerprint(splits)},
-        "batch_size": {"used": batch_size, **({"why": batch_note} if batch_note else {})},
-        "preprocessing": {**pipeline.describe(), "native_size": bb.preprocessing.native_size},
-        "warnings": warnings, "skipped": skipped,
-        "weights": bb.weights, "groups": [g.name for g in groups], "decode_cache": decode_note})
-    unlisted = skipped["count"] - len(skipped["files"])
-    for line in ([batch_note] if batch_note else []) + [f"warning: {w}" for w in warnings] + [
-            f"skipped {f['path']} ({f['reason']})" for f in skipped["files"]] + (
-            [f"skipped {unlisted} more files"] if unlisted else []):
-        print(line, file=sys.stderr, flush=True)
-
-    # A fresh start, or (only when a resume was asked for) the run's own last checkpoint: the
-    # same trainable groups, optimizer state, schedule position, unfreezing history and random
-    # streams as when it stopped.
-    last = run_dir / "last.pt"
-    st = (_resume(last, run, model, cfg, groups, classes, train_loader, store) if run.resume
-          else TrainState(cfg.epochs))
-    optimizer, n_now, phase, val_losses = st.optimizer, st.n_trainable, st.phase, st.val_losses
-    best_acc, best_epoch, best_confusion = st.best_acc, st.best_epoch, st.best_confusion
-    started -= st.elapsed
-    bar = tqdm(total=cfg.epochs * len(train_loader), initial=st.start_epoch * len(train_loader), unit="batch",
-               disable=not progress, file=sys.stderr, dynamic_ncols=True)
-    feats, feats_n, compiled = None, None, {}
-    identity = {"run_uid": run.uid, "config_fingerprint": cfg.fingerprint()}  # checked by a resume
+    # 3. The strategy's plan; frozen groups' output computed once per image and cached on disk.
+    plan = Finetuning(get_strategy(cfg.strategy), cfg.strategy_params(), groups, cfg.epochs)
+    frozen = features.FrozenFeatures(bb, d.splits, d.rows, d.pipeline, views=cfg.feature_views,
+                                     batch_size=d.batch_size, seed=cfg.seed, device=device, workers=d.workers,
+                                     channels_last=CHANNELS_LAST, check=check, enabled=cfg.feature_cache == "on",
+                                     precision=features.extraction_dtype(cfg.feature_precision, device, amp))
+    _record_start(store, run, cfg, d, bb)
+    # 4. A fresh start, or the run's own last checkpoint: the same trainable groups, optimizer
+    #    state, schedule position, unfreezing history and random streams as when it stopped.
+    at = _resume(run_dir / "last.pt", run, cfg, bb, plan, d, store) if run.resume else Progress()
+    optimizer, best_acc, best_epoch, best_confusion = at.optimizer, at.best_acc, at.best_epoch, at.best_confusion
+    started -= at.elapsed
+    identity = {"run_uid": run.uid, "config_fingerprint": cfg.fingerprint()}  # what a resume checks
+    bar = tqdm(total=cfg.epochs * len(d.train), initial=at.start_epoch * len(d.train), unit="batch",
+               disable=not show, file=sys.stderr, dynamic_ncols=True)
+    feats, compiled = None, {}
     with EpochWriter(store) as writer:  # epoch rows written in the background, all before the run ends
-        for epoch in range(st.start_epoch, cfg.epochs):
+        for epoch in range(at.start_epoch, cfg.epochs):
             epoch_start = time.perf_counter()
-            # 1-2. Ask the strategy what trains now; move the freeze boundary if it changed.
-            n = strategy.n_trainable(epoch, len(groups), params, val_losses)
-            if n != n_now:
-                freeze_to(groups, n)
-                multipliers = strategy.lr_multipliers(n, len(groups), params)
-                optimizer = sync_param_groups(optimizer, cfg, groups, n, multipliers)
-                # The LR schedule runs to the next change of plan, never past the run's last epoch.
-                phase = Phase(epoch, min(cfg.epochs, strategy.next_change(epoch, len(groups), params) or cfg.epochs))
-                n_now = n
-            # 2b. With groups frozen, train the rest on their cached output when that pays (or is cached).
-            if n != feats_n:
-                feats, feats_n = frozen.at(len(groups) - n, epoch, phase.end - epoch), n
+            # 5. Move the freeze boundary where the strategy wants it; the optimizer follows, and
+            #    the rest trains on the frozen groups' cached output when that pays (or is cached).
+            if plan.plan(epoch) or epoch == at.start_epoch:
+                optimizer = sync_param_groups(optimizer, cfg, groups, plan.boundary, plan.multipliers())
+                feats = frozen.at(plan.boundary, epoch, plan.phase.end - epoch)
                 bar.write(frozen.describe(), file=sys.stderr)
-                _note(store, run_id, feature_cache=frozen.summary())
+                _note(store, run.id, feature_cache=frozen.summary())
             net, train_batches, val_batches = ((feats.cut.rest, feats.train.for_epoch(epoch), feats.val) if feats
-                                               else (model, train_loader, val_loader))
-            if cfg.compile == "on":  # compiled once per module (a new freeze boundary brings a new one)
-                if net not in compiled:
-                    compiled[net] = torch.compile(net)
-                net = compiled[net]
-            set_train_mode(model, groups, n)
+                                               else (model, d.train, d.val))
+            net = _compiled(net, compiled) if cfg.compile == "on" else net
+            plan.train_mode(model)
             bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}")
-
-            # 3. Train one epoch.
-            if epoch == st.start_epoch:  # startup is over: record what it cost
-                _note(store, run_id, startup_seconds=round(time.perf_counter() - started - st.elapsed, 3),
+            if epoch == at.start_epoch:  # startup is over: record what it cost
+                _note(store, run.id, startup_seconds=round(time.perf_counter() - started - at.elapsed, 3),
                       first_batch_at=time.time())
+
+            # 6. Train one epoch.
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             t0 = time.perf_counter()
             train_loss, train_acc, seen = train_one_epoch(
-                net, train_batches, optimizer, loss_fn, cfg, device, amp, scaler, phase, epoch, bar,
+                net, train_batches, optimizer, loss_fn, cfg, device, amp, scaler, plan.phase, epoch, bar,
                 should_stop=stop_requested)
             train_seconds = time.perf_counter() - t0
 
-            # 4. Validate, record, checkpoint.
-            ev = evaluate(net, val_batches, loss_fn, device, amp, len(classes))
-            val_losses.append(ev["val_loss"])
+            # 7. Validate, record, checkpoint.
+            ev = evaluate(net, val_batches, loss_fn, device, amp, len(d.classes))
+            plan.observe(ev["val_loss"])
             if ev["val_acc"] > best_acc:
                 best_acc, best_epoch, best_confusion = ev["val_acc"], epoch, ev["confusion"]
-                _save({"model": model.state_dict(), "classes": classes, "config": cfg.model_dump(), **identity,
+                _save({"model": model.state_dict(), "classes": d.classes, "config": cfg.model_dump(), **identity,
                        "epoch": epoch, "val_acc": best_acc}, run_dir / "best.pt")
             metrics = {
                 "train_loss": train_loss, "train_acc": train_acc,
                 "val_loss": ev["val_loss"], "val_acc": ev["val_acc"],
                 **({"val_top5": ev["val_top5"]} if "val_top5" in ev else {}),
                 **{f"lr/{pg['name']}": pg["lr"] for pg in optimizer.param_groups},
-                "trainable_groups": n,
+                "trainable_groups": plan.trainable_groups,
                 "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
                 "epoch_seconds": time.perf_counter() - epoch_start,
                 "images_per_sec": seen / max(train_seconds, 1e-9),
                 "peak_memory_mb": peak_memory_mb(device),
                 "wall_seconds": time.perf_counter() - started,
             }
-            writer.log_epoch(run_id, epoch, metrics, best=(best_acc, best_epoch))
+            writer.log_epoch(run.id, epoch, metrics, best=(best_acc, best_epoch))
             _save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                   "n_trainable": n, "phase": (phase.start, phase.end), "val_losses": val_losses,
-                   "best": (best_acc, best_epoch), "best_confusion": best_confusion, "classes": classes,
-                   "rng": torch.get_rng_state(), "loader_rng": train_loader.generator.get_state(),
+                   "finetuning": plan.state_dict(), "best": (best_acc, best_epoch), "best_confusion": best_confusion,
+                   "classes": d.classes, "rng": torch.get_rng_state(), "loader_rng": d.train.generator.get_state(),
                    "wall_seconds": metrics["wall_seconds"], "config": cfg.model_dump(), **identity,
-                   "metrics": metrics}, last)
+                   "metrics": metrics}, run_dir / "last.pt")
             bar.write(f"epoch {epoch + 1}/{cfg.epochs}  train loss {train_loss:.3f} acc {train_acc:.3f}  "
-                      f"val loss {ev['val_loss']:.3f} acc {ev['val_acc']:.3f}  groups {n}/{len(groups)}",
-                      file=sys.stderr)
+                      f"val loss {ev['val_loss']:.3f} acc {ev['val_acc']:.3f}  "
+                      f"groups {plan.trainable_groups}/{len(groups)}", file=sys.stderr)
     bar.close()
 
-    store.log_class_metrics(run_id, per_class_metrics(best_confusion, classes))
-    summary = store.get_run(run_id).summary
-    if unreadable := decoded.unreadable_paths(rows, pipeline, splits):  # found while decoding (a truncated file)
+    store.log_class_metrics(run.id, per_class_metrics(best_confusion, d.classes))
+    summary = store.get_run(run.id).summary
+    if unreadable := decoded.unreadable_paths(d.rows, d.pipeline, d.splits):  # found while decoding (truncated)
         summary["unreadable"] = unreadable
-    store.finish_run(run_id, "completed", summary={**summary, "total_seconds": time.perf_counter() - started})
-    return _result(store, run_id)
+    store.finish_run(run.id, "completed", summary={**summary, "total_seconds": time.perf_counter() - started})
+    return _result(store, run.id)
 
 
-@dataclass
-class TrainState:
-    """Where the epoch loop starts: all zeros for a fresh run, a checkpoint's values on resume."""
-
-    epochs: int
-    start_epoch: int = 0
-    optimizer: torch.optim.Optimizer | None = None
-    n_trainable: int = 0
-    phase: Phase | None = None
-    val_losses: list[float] = field(default_factory=list)
-    best_acc: float = -1.0
-    best_epoch: int = -1
-    best_confusion: torch.Tensor | None = None
-    elapsed: float = 0.0
-
-    def __post_init__(self):
-        self.phase = self.phase or Phase(0, self.epochs)
+def _compiled(net: nn.Module, cache_: dict) -> nn.Module:
+    """torch.compile, once per module (a new freeze boundary brings a new one)."""
+    if net not in cache_:
+        cache_[net] = torch.compile(net)
+    return cache_[net]
 
 
-def _resume(path: Path, run: Run, model: nn.Module, cfg: RunConfig, groups, classes: list[str], train_loader,
-            store: Store) -> TrainState:
+def _resume(path: Path, run: Run, cfg: RunConfig, bb: backbones.Backbone, plan: Finetuning, d: RunData,
+            store: Store) -> Progress:
     """Restore a run from its own last checkpoint (written at the end of every epoch).
 
     The checkpoint must be this run's (its uid) and written with these settings (the config's
@@ -488,29 +435,24 @@ def _resume(path: Path, run: Run, model: nn.Module, cfg: RunConfig, groups, clas
         if run.epochs_done:
             raise UserError(f"cannot resume run {run.id}: it recorded {run.epochs_done} epochs but its checkpoint "
                             f"{path} is gone; start a new run with the same settings instead")
-        print(f"resume: run {run.id} stopped before its first checkpoint; starting from epoch 1",
-              file=sys.stderr, flush=True)
-        return TrainState(cfg.epochs)
+        _log(f"resume: run {run.id} stopped before its first checkpoint; starting from epoch 1")
+        return Progress()
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    _check_checkpoint(ckpt, path, run, cfg, classes)
+    _check_checkpoint(ckpt, path, run, cfg, d.classes)
     _note(store, run.id, resumed_from={"epoch": ckpt["epoch"] + 1, "checkpoint": str(path)})
-    print(f"resume: run {run.id} continues after epoch {ckpt['epoch'] + 1} from {path}", file=sys.stderr, flush=True)
+    _log(f"resume: run {run.id} continues after epoch {ckpt['epoch'] + 1} from {path}")
     if "metrics" in ckpt:  # the checkpointed epoch's row, in case the process died before writing it
         store.log_epoch(run.id, ckpt["epoch"], ckpt["metrics"], best=tuple(ckpt["best"]))
-    model.load_state_dict(ckpt["model"])
-    # Rebuild the optimizer with exactly the groups it held (the unfrozen ones, stem-side first),
-    # then load its state: Adam moments, and each group's name and peak LR.
-    n = ckpt["n_trainable"]
-    freeze_to(groups, n)
-    strategy = get_strategy(cfg.strategy)
-    optimizer = sync_param_groups(None, cfg, groups, n, strategy.lr_multipliers(n, len(groups), cfg.strategy_params()))
+    bb.model.load_state_dict(ckpt["model"])
+    # The plan as it stood (its groups frozen again), then an optimizer with exactly the groups it
+    # held (the unfrozen ones, stem-side first) and its state: Adam moments, each group's peak LR.
+    plan.load_state_dict(ckpt.get("finetuning") or Finetuning.from_legacy(ckpt, len(bb.groups)))
+    optimizer = sync_param_groups(None, cfg, bb.groups, plan.boundary, plan.multipliers())
     optimizer.load_state_dict(ckpt["optimizer"])
     torch.set_rng_state(ckpt["rng"])
-    train_loader.generator.set_state(ckpt["loader_rng"])
-    return TrainState(cfg.epochs, start_epoch=ckpt["epoch"] + 1, optimizer=optimizer, n_trainable=n,
-                      phase=Phase(*ckpt["phase"]), val_losses=list(ckpt["val_losses"]),
-                      best_acc=ckpt["best"][0], best_epoch=ckpt["best"][1], best_confusion=ckpt["best_confusion"],
-                      elapsed=ckpt["wall_seconds"])
+    d.train.generator.set_state(ckpt["loader_rng"])
+    return Progress(start_epoch=ckpt["epoch"] + 1, optimizer=optimizer, best_acc=ckpt["best"][0],
+                    best_epoch=ckpt["best"][1], best_confusion=ckpt["best_confusion"], elapsed=ckpt["wall_seconds"])
 
 
 def _check_checkpoint(ckpt: dict, path: Path, run: Run, cfg: RunConfig, classes: list[str]) -> None:

@@ -12,6 +12,9 @@ its imports and waits for a run id on stdin) and hands the next queued run to it
 while no run of this worker is still starting up (they would compete for the CPU) and replaced
 once used. TL_STANDBY=0 turns it off: every run then starts a fresh process.
 
+The worker imports no torch (nor anything that does): starting and supervising processes needs
+the database and the settings only, and it counts GPUs from the driver, not through CUDA.
+
 A worker serves one database. Its files (pid, log, the standby's log) sit in a folder named
 by that database's instance id (runfiles.py), so several databases can share a runs folder,
 each with its own worker, and a dashboard only ever finds the worker of its own database.
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -29,22 +33,39 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import settings
 from .runfiles import run_folder, worker_folder
 from .store import Run, Store
 
 PROCESS_LOST = "process lost: its training process stopped without recording an end"
 
 
-def max_concurrent() -> int:
-    env = os.environ.get("TL_MAX_CONCURRENT")
-    if env:
-        return max(1, int(env))
-    try:
-        import torch
+def gpu_count() -> int:
+    """The GPUs CUDA would see, without initialising CUDA (or importing torch): the NVIDIA driver's
+    list (/proc/driver/nvidia/gpus, else `nvidia-smi -L`), narrowed by CUDA_VISIBLE_DEVICES."""
+    driver = Path("/proc/driver/nvidia/gpus")
+    if driver.is_dir():
+        present = len(list(driver.iterdir()))
+    elif shutil.which("nvidia-smi"):
+        listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
+        present = sum(line.startswith("GPU ") for line in listed.stdout.splitlines())
+    else:
+        return 0
+    visible = settings.current().cuda_visible_devices
+    if visible is None:
+        return present
+    chosen = []
+    for device in visible.split(","):  # CUDA stops at the first invalid entry
+        device = device.strip()
+        if not device or device.startswith("-"):
+            break
+        chosen.append(device)
+    return min(present, len(chosen))
 
-        return max(1, torch.cuda.device_count())
-    except Exception:
-        return 1
+
+def max_concurrent() -> int:
+    """Runs at once: TL_MAX_CONCURRENT, else one per GPU, one on a CPU machine."""
+    return settings.current().max_concurrent or max(1, gpu_count())
 
 
 def pid_alive(pid: int | None) -> bool:
@@ -74,10 +95,6 @@ class Child:
     run: Run
     proc: subprocess.Popen
     started: bool = False  # its process has done its imports and started the run
-
-
-def standby_enabled() -> bool:
-    return os.environ.get("TL_STANDBY", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 class Worker:
@@ -138,7 +155,7 @@ class Worker:
 
     def _keep_standby(self) -> None:
         """Start a standby process if there is none and no run of ours is still starting."""
-        if self.stopping or not standby_enabled() or time.monotonic() < self.standby_retry_at:
+        if self.stopping or not settings.current().standby or time.monotonic() < self.standby_retry_at:
             return
         if self.standby is not None:
             if self.standby.poll() is None:

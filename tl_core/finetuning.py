@@ -1,0 +1,133 @@
+"""Fine-tuning: a strategy's plan applied to a model's layer groups over a run.
+
+One convention, fastai's: `freeze_to(n)` freezes groups 0..n-1 (stem first) and trains the rest,
+so n = 0 trains everything and n = L-1 (of L groups, the head last) trains the head alone.
+Strategies answer with that boundary (strategies.py), the feature cache cuts there (cuts.py,
+features.py), and this module moves it:
+  - frozen parameters get no gradient, and frozen groups stay in eval mode, so their BatchNorm
+    running statistics do not move (Lightning's BaseFinetuning does the same with train_bn=False);
+  - the optimizer holds exactly the trainable groups, each at its own peak LR; a group that
+    unfreezes is added with fresh state, groups already there keep theirs (Adam moments);
+  - each move starts a phase: the LR schedule runs from the move to the strategy's next change,
+    never past the run's last epoch.
+`Finetuning` keeps that state (boundary, phase, val-loss history) and gives it to a checkpoint
+with `state_dict()` and takes it back with `load_state_dict()`, as Lightning's callback does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .backbones import LayerGroup
+from .config import RunConfig
+from .strategies import Strategy, StrategyParams
+
+
+def freeze_to(groups: Sequence[LayerGroup], n: int) -> None:
+    """Freeze groups[:n], train groups[n:] (fastai's freeze_to)."""
+    for i, group in enumerate(groups):
+        for p in group.parameters():
+            p.requires_grad_(i >= n)
+
+
+def set_train_mode(model: nn.Module, groups: Sequence[LayerGroup], n: int) -> None:
+    """model.train(), but groups[:n] (the frozen ones) in eval mode: their BatchNorm statistics stay put."""
+    model.train()
+    for group in groups[:n]:
+        for module in group.modules():
+            module.eval()
+
+
+def make_optimizer(cfg: RunConfig, param_groups: list[dict]) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(param_groups, lr=cfg.base_lr, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay, nesterov=True)
+    return torch.optim.AdamW(param_groups, lr=cfg.base_lr, weight_decay=cfg.weight_decay)
+
+
+def sync_param_groups(optimizer: torch.optim.Optimizer | None, cfg: RunConfig, groups: Sequence[LayerGroup],
+                      n: int, multipliers: list[float]) -> torch.optim.Optimizer:
+    """Make the optimizer hold exactly groups[n:], each at base LR x its multiplier.
+
+    Groups already in the optimizer keep their state (Adam moments) and get their new peak LR;
+    newly unfrozen groups are added (as fastai's freeze_to moves a boundary, not a rebuild).
+    """
+    wanted = [{"params": g.parameters(), "name": g.name, "peak_lr": cfg.base_lr * m, "lr": cfg.base_lr * m}
+              for g, m in zip(groups[n:], multipliers)]
+    if optimizer is None:
+        return make_optimizer(cfg, wanted)
+    have = {pg["name"]: pg for pg in optimizer.param_groups}
+    for w in wanted:
+        if w["name"] in have:
+            have[w["name"]]["peak_lr"] = w["peak_lr"]
+        else:
+            optimizer.add_param_group(w)
+    # Groups are only ever unfrozen; keep them ordered stem-side first like the model.
+    order = {g.name: i for i, g in enumerate(groups)}
+    optimizer.param_groups.sort(key=lambda pg: order[pg["name"]])
+    return optimizer
+
+
+@dataclass
+class Phase:
+    start: int  # first epoch of the phase
+    end: int  # the epoch at which its LR schedule ends (exclusive; at most the run's epochs)
+
+
+class Finetuning:
+    """Where a run's freeze boundary is, which LR phase it is in, and the val losses it has seen."""
+
+    def __init__(self, strategy: Strategy, params: StrategyParams, groups: Sequence[LayerGroup], epochs: int):
+        self.strategy, self.params, self.groups, self.epochs = strategy, params, groups, epochs
+        self.boundary: int | None = None  # freeze_to(boundary); None until the first epoch is planned
+        self.phase = Phase(0, epochs)
+        self.val_losses: list[float] = []
+
+    @property
+    def trainable_groups(self) -> int:
+        return len(self.groups) - (self.boundary or 0)
+
+    def plan(self, epoch: int) -> bool:
+        """Move the boundary where the strategy wants it for `epoch`; True if it moved (a new phase)."""
+        n = self.strategy.freeze_to(epoch, len(self.groups), self.params, self.val_losses)
+        if n == self.boundary:
+            return False
+        self._move(n)
+        # The schedule runs to the next change of plan, never past the run's last epoch.
+        self.phase = Phase(epoch, min(self.epochs, self.strategy.next_change(epoch, len(self.groups), self.params)
+                                      or self.epochs))
+        return True
+
+    def multipliers(self) -> list[float]:
+        """Each trainable group's LR as a multiple of the base LR, stem-side first."""
+        return self.strategy.lr_multipliers(self.boundary, len(self.groups), self.params)
+
+    def train_mode(self, model: nn.Module) -> None:
+        set_train_mode(model, self.groups, self.boundary or 0)
+
+    def observe(self, val_loss: float) -> None:
+        """An epoch's validation loss (a plateau-driven strategy unfreezes on it)."""
+        self.val_losses.append(val_loss)
+
+    def state_dict(self) -> dict:
+        return {"boundary": self.boundary, "phase": (self.phase.start, self.phase.end),
+                "val_losses": list(self.val_losses)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Back to a checkpoint's state: its boundary (frozen again), phase and history."""
+        self._move(state["boundary"])
+        self.phase = Phase(*state["phase"])
+        self.val_losses = list(state["val_losses"])
+
+    @staticmethod
+    def from_legacy(ckpt: dict, n_groups: int) -> dict:
+        """The state of a checkpoint written before this class (trainable groups counted from the head)."""
+        return {"boundary": n_groups - ckpt["n_trainable"], "phase": ckpt["phase"], "val_losses": ckpt["val_losses"]}
+
+    def _move(self, n: int) -> None:
+        freeze_to(self.groups, n)
+        self.boundary = n

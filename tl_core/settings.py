@@ -1,0 +1,70 @@
+"""Settings: the one place that reads the environment. Every other module asks `current()`.
+
+| variable              | default                     | meaning                                            |
+|-----------------------|-----------------------------|----------------------------------------------------|
+| DATABASE_URL          | sqlite:///experiments.db    | the experiment store                               |
+| TL_RUNS_DIR           | runs                        | run folders, worker files (runfiles.py)            |
+| TL_CACHE_DIR          | $TL_RUNS_DIR/cache          | decoded images and frozen features (cache.py)      |
+| TL_CACHE_MAX_GB       | 20                          | the largest single cache entry                     |
+| TL_DATA_ROOTS         | data                        | folders the dashboard may read datasets from (:)   |
+| TL_MAX_CONCURRENT     | one per GPU, 1 on CPU       | runs a worker trains at once                       |
+| TL_STANDBY            | 1                           | keep a training process imported ahead of need     |
+| TL_NO_WORKER          | (unset)                     | the dashboard starts no worker (tests, viewers)    |
+| TL_PASSWORD           | (unset)                     | needed to serve the dashboard beyond localhost     |
+| TL_MAX_IMAGE_PIXELS   | 64000000                    | larger images are refused from their header        |
+| TL_OFFLINE            | (unset)                     | never try to download weights                      |
+| CUDA_VISIBLE_DEVICES  | (unset)                     | the GPUs a worker counts (as CUDA sees them)       |
+
+Settings are read afresh on each call (a dozen dictionary lookups), so a test or a process that
+changes its environment sees the change; nothing else in tl_core touches os.environ.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+DEFAULT_DB_URL = "sqlite:///experiments.db"
+TRUE = ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = DEFAULT_DB_URL
+    runs_dir: Path = Path("runs")
+    cache_dir: Path = Path("runs") / "cache"
+    cache_max_gb: float = 20.0
+    data_roots: tuple[Path, ...] = (Path("data"),)
+    max_concurrent: int | None = None  # None: one per GPU, one on a CPU machine
+    standby: bool = True
+    no_worker: bool = False
+    password: str | None = None
+    max_image_pixels: int = 64_000_000
+    offline: bool = False
+    cuda_visible_devices: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> "Settings":
+        runs = Path(env.get("TL_RUNS_DIR") or "runs")
+        concurrent = env.get("TL_MAX_CONCURRENT", "").strip()
+        return cls(
+            database_url=env.get("DATABASE_URL") or DEFAULT_DB_URL,
+            runs_dir=runs,
+            cache_dir=Path(env["TL_CACHE_DIR"]) if env.get("TL_CACHE_DIR") else runs / "cache",
+            cache_max_gb=float(env.get("TL_CACHE_MAX_GB") or 20.0),
+            data_roots=tuple(Path(p) for p in (env.get("TL_DATA_ROOTS") or "data").split(os.pathsep) if p.strip()),
+            max_concurrent=max(1, int(concurrent)) if concurrent else None,
+            standby=env.get("TL_STANDBY", "1").strip().lower() not in ("0", "false", "no", "off"),
+            no_worker=env.get("TL_NO_WORKER", "").strip().lower() in TRUE,
+            password=env.get("TL_PASSWORD") or None,
+            max_image_pixels=int(env.get("TL_MAX_IMAGE_PIXELS") or 64_000_000),
+            offline=bool(env.get("TL_OFFLINE")),
+            cuda_visible_devices=env.get("CUDA_VISIBLE_DEVICES"),
+        )
+
+
+def current() -> Settings:
+    """The settings as the environment has them now."""
+    return Settings.from_env(os.environ)
