@@ -6,8 +6,8 @@ training the queue (a separate, detached process), and shows where the data live
 
 import streamlit as st
 
-from tl_core import auth, dashboard
-from tl_core.store import default_db_url
+from tl_core import auth, service
+from ui import session
 
 st.set_page_config(page_title="TransferLab", page_icon=":material/science:", layout="wide")
 
@@ -15,7 +15,7 @@ st.set_page_config(page_title="TransferLab", page_icon=":material/science:", lay
 @st.cache_resource(show_spinner=False)
 def _start_worker(db_url: str) -> int | None:
     # Once per dashboard process; the sidebar offers a restart if it dies later.
-    return dashboard.start_worker(db_url)
+    return service.start_worker(service.open_store(db_url))
 
 
 # Served on a network, the dashboard needs a password (TL_PASSWORD); on localhost it does not.
@@ -43,24 +43,24 @@ page = st.navigation(pages)
 # On a fresh server, a deep link (/runs) can reach a page before any session ran this router
 # (Streamlit's old pages/ folder mode); the page then sends the browser here with ?goto=<page>.
 st.session_state["_tl_router"] = True
-if (goto := st.query_params.get("goto")) in {"new_run", "runs", "compare", "run_detail"}:
+if (goto := st.query_params.get("goto")) in session.PAGES:
     st.switch_page(f"pages/{goto}.py", query_params={k: v for k, v in st.query_params.items() if k != "goto"})
-db_url = default_db_url()
-_start_worker(db_url)
+store = session.store()
+_start_worker(store.url)
 
 with st.sidebar:
     st.markdown("### :material/science: TransferLab")
     st.caption("Measure how transfer-learning strategies compare on your images.")
-    st.caption(f"**Database** `{dashboard.display_db_url(db_url)}`")
-    pid = dashboard.worker_pid(db_url)
+    st.caption(f"**Database** `{service.display_db_url(store.url)}`")
+    pid = service.worker_pid(store)
     if pid:
         st.caption(f"**Worker** :green-badge[running] pid {pid}")
-    elif dashboard.worker_disabled():
+    elif service.worker_disabled():
         st.caption("**Worker** :gray-badge[off] TL_NO_WORKER is set")
     else:
         st.caption("**Worker** :red-badge[stopped] queued runs wait")
         if st.button("Start worker", icon=":material/play_arrow:"):
-            dashboard.start_worker(db_url)
+            service.start_worker(store)
             st.rerun()
 
 page.run()

@@ -9,8 +9,9 @@ from pathlib import Path
 
 from sqlalchemy import event
 
-from tl_core import dashboard
+from tl_core import service
 from tl_core.store import EpochWriter, Store
+from ui import format as fmt
 
 GROUPS = ["stem", *(f"stage{i}" for i in range(1, 8)), "head"]
 
@@ -82,8 +83,8 @@ def measure(db: Path, runs: int = 500, epochs: int = 100) -> dict:
 
     def runs_page():
         rows = store.list_runs()
-        dashboard.runs_rows(rows)
-        dashboard.status_counts(rows)
+        fmt.runs_rows(rows)
+        service.status_counts(rows)
 
     out["runs_refresh_ms"] = _median_ms(runs_page)
     out["runs_refresh_metric_queries"] = sum(("epoch_metrics" in q or "run_curves" in q) for q in statements)
@@ -96,8 +97,8 @@ def measure(db: Path, runs: int = 500, epochs: int = 100) -> dict:
     out["compare_ms"] = _median_ms(compare_data)
     metrics = compare_data()
     chosen = [r for r in store.list_runs(experiment="generated") if r.id != live]
-    out["compare_tables_ms"] = _median_ms(lambda: (dashboard.summary_rows(chosen, metrics, 0.8),
-                                                   dashboard.metric_rows(chosen, metrics)))
+    out["compare_tables_ms"] = _median_ms(lambda: (service.summary_rows(chosen, metrics, 0.8),
+                                                   service.metric_rows(chosen, metrics)))
     store.close()
     return out
 

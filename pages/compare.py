@@ -9,17 +9,14 @@ import csv
 import io
 
 import streamlit as st
-from streamlit.errors import StreamlitPageNotFoundError
 
-from tl_core import charts, dashboard
+from tl_core import service
+from ui import charts, session
+from ui import format as fmt
 
-if not st.session_state.get("_tl_router"):  # reached without app.py's router: see app.py
-    try:
-        st.switch_page("app.py", query_params={"goto": "compare", **st.query_params.to_dict()})
-    except StreamlitPageNotFoundError:  # run on its own (tests): no router to go through
-        pass
+session.through_router("compare")  # a deep link on a fresh server goes through app.py
 
-store = dashboard.open_store()
+store = session.store()
 
 
 def to_csv(rows: list[dict]) -> str:
@@ -60,7 +57,7 @@ if not runs:
 metrics = store.epoch_metrics([r.id for r in runs])
 with_epochs = [r for r in runs if metrics.get(r.id)]
 target = st.session_state.get("target_acc", 0.8)
-summary = dashboard.summary_rows(runs, metrics, target)
+summary = service.summary_rows(runs, metrics, target)
 
 # --- headline numbers --------------------------------------------------------------------------
 best = max((r for r in runs if r.best_val_acc is not None), key=lambda r: r.best_val_acc, default=None)
@@ -71,7 +68,7 @@ m[0].metric("Runs", len(runs), f"{sum(r.status == 'completed' for r in runs)} co
             delta_arrow="off", border=True)
 m[1].metric("Best val accuracy", f"{best.best_val_acc:.1%}" if best else "–", best.name if best else None,
             delta_color="off", delta_arrow="off", border=True)
-m[2].metric("Fastest run", dashboard.format_seconds(fastest["total_seconds"]) if fastest else "–",
+m[2].metric("Fastest run", fmt.format_seconds(fastest["total_seconds"]) if fastest else "–",
             fastest["name"] if fastest else None, delta_color="off", delta_arrow="off", border=True)
 m[3].metric("Still training", sum(r.status in ("queued", "running") for r in runs), border=True)
 if any(r.status in ("queued", "running") for r in runs):
@@ -133,7 +130,7 @@ st.dataframe(summary, hide_index=True, column_order=[
 })
 downloads = st.container(horizontal=True)
 downloads.download_button("Summary CSV", to_csv(summary), "summary.csv", "text/csv", icon=":material/download:")
-downloads.download_button("Per-epoch metrics CSV", to_csv(dashboard.metric_rows(runs, metrics)), "metrics.csv", "text/csv",
+downloads.download_button("Per-epoch metrics CSV", to_csv(service.metric_rows(runs, metrics)), "metrics.csv", "text/csv",
                    icon=":material/download:")
 
 # --- per-class results -------------------------------------------------------------------------

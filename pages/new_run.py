@@ -7,47 +7,44 @@ and Launch validates every run before it queues any.
 
 import time
 from pathlib import Path
-from urllib.parse import quote
 
 import streamlit as st
-from streamlit.errors import StreamlitPageNotFoundError
 
-from tl_core import charts, dashboard
+from tl_core import service
+from tl_core.config import DEFAULT_BATCH_SIZE, choices, default
 from tl_core.errors import UserError
+from ui import charts, session
+from ui import format as fmt
 
-if not st.session_state.get("_tl_router"):  # reached without app.py's router: see app.py
-    try:
-        st.switch_page("app.py", query_params={"goto": "new_run", **st.query_params.to_dict()})
-    except StreamlitPageNotFoundError:  # run on its own (tests): no router to go through
-        pass
+session.through_router("new_run")  # a deep link on a fresh server goes through app.py
 
-DEFAULT_BACKBONE = "efficientnet_lite0"
-DEFAULT_STRATEGY = "feature_extraction"
+DEFAULT_BACKBONE = default("backbone")
+DEFAULT_STRATEGY = default("strategy")
 
 
 @st.cache_data(show_spinner="Describing backbones…")
 def backbone_table() -> list[dict]:
-    return dashboard.backbone_table()
+    return service.backbone_table()
 
 
 @st.cache_data(show_spinner=False)
 def strategy_table() -> list[dict]:
-    return dashboard.strategy_table()
+    return service.strategy_table()
 
 
 @st.cache_data(show_spinner="Scanning the dataset…", ttl=60)
 def dataset_report(path: str, val_fraction: float, split_seed: int) -> dict:
-    return dashboard.dataset_report(path, val_fraction, split_seed)
+    return service.dataset_report(path, val_fraction, split_seed)
 
 
 @st.cache_data(show_spinner=False, ttl=60)
 def sample_images(path: str) -> dict[str, list[str]]:
-    return dashboard.sample_images(path, per_class=4)
+    return service.sample_images(path, per_class=4)
 
 
 @st.cache_data(show_spinner=False)
 def param_counts(backbone: str, strategy: str, settings: tuple, num_classes: int) -> dict:
-    return dashboard.strategy_param_counts(backbone, strategy, dict(settings), num_classes)
+    return service.strategy_param_counts(backbone, strategy, dict(settings), num_classes)
 
 
 def grid(per_row: int = 4):
@@ -56,20 +53,14 @@ def grid(per_row: int = 4):
         yield from st.columns(per_row)
 
 
-def millions(n: int) -> str:
-    if n == 0:
-        return "0"
-    return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}k"
-
-
 st.title("New run")
 st.caption("Pick a dataset, a backbone and one or more transfer strategies. Launch queues the runs; "
            "a background worker trains them, so you can close this tab.")
 
 # --- 1. dataset ----------------------------------------------------------------------------------
 st.header("1 · Dataset", divider="gray")
-roots = dashboard.data_roots()
-folders = dashboard.dataset_folders(roots)
+roots = service.data_roots()
+folders = service.dataset_folders(roots)
 left, right = st.columns(2)
 chosen = left.selectbox(
     "Dataset folder", folders, key="dataset_choice", format_func=lambda p: f"{Path(p).name}   ({Path(p).parent})",
@@ -86,11 +77,11 @@ if not (typed or chosen):
             icon=":material/folder_open:")
 else:
     try:
-        data_path = dashboard.resolve_data_path(typed or chosen, roots)
-        report = dataset_report(data_path, st.session_state.get("val_fraction", 0.2),
-                                int(st.session_state.get("split_seed", 0)))
+        data_path = service.resolve_data_path(typed or chosen, roots)
+        report = dataset_report(data_path, st.session_state.get("val_fraction", default("val_fraction")),
+                                int(st.session_state.get("split_seed", default("split_seed"))))
     except UserError as e:
-        st.error(dashboard.form_message(e), icon=":material/folder_off:")
+        st.error(fmt.form_message(e), icon=":material/folder_off:")
 
 if report:
     per_class_train = report["train_images"] / max(1, report["num_classes"])
@@ -124,7 +115,7 @@ by_name = {row["backbone"]: row for row in table}
 names = list(by_name)
 backbone = st.selectbox(
     "Backbone", names, index=names.index(DEFAULT_BACKBONE) if DEFAULT_BACKBONE in names else 0, key="backbone",
-    format_func=lambda n: f"{n}  ·  {by_name[n]['params_m']:.1f}M params  ·  ImageNet top-1 "
+    format_func=lambda n: f"{n}  ·  {by_name[n]['params'] / 1e6:.1f}M params  ·  ImageNet top-1 "
                           f"{by_name[n]['imagenet_top1'] or 0:.1f}%  ·  weights {by_name[n]['weights']}")
 if by_name[backbone]["weights"] != "offline" and by_name[backbone]["weights"] != "cached":
     st.warning(f"{backbone}'s ImageNet weights are {by_name[backbone]['weights']}: without internet "
@@ -133,7 +124,7 @@ if by_name[backbone]["weights"] != "offline" and by_name[backbone]["weights"] !=
 with st.expander("All backbones"):
     st.dataframe(table, hide_index=True, column_config={
         "backbone": "Backbone",
-        "params_m": st.column_config.NumberColumn("Params (M)", format="%.1f"),
+        "params": st.column_config.NumberColumn("Params", format="compact"),
         "layer_groups": st.column_config.NumberColumn("Layer groups", help="Groups incl. the new head"),
         "imagenet_top1": st.column_config.NumberColumn("ImageNet top-1 (%)", format="%.1f"),
         "weights": st.column_config.TextColumn("Weights", help="offline: ships in a package; cached: "
@@ -146,7 +137,7 @@ st.caption("Tick one strategy for a single run, or several to compare them in on
            "(everything else equal).")
 recommended: list[str] = []
 if report:
-    recommended, why = dashboard.recommend_strategy(per_class_train)
+    recommended, why = service.recommend_strategy(per_class_train)
     st.info(f"**Recommended: {', '.join(recommended)}.** Rule of thumb: {why}.", icon=":material/lightbulb:")
 
 strategies = strategy_table()
@@ -158,45 +149,48 @@ strategy_list = st.container()  # filled below, once the knobs (which change its
 
 # The knobs every ticked strategy reads; they shape the parameter counts shown beside each one.
 st.markdown("**Settings of the ticked strategies**")
-settings: dict = {"epochs": st.session_state.get("epochs", 5)}
+settings: dict = {"epochs": st.session_state.get("epochs", default("epochs"))}
 cols = grid()  # one grid for the head and every knob in use
-settings["head"] = next(cols).segmented_control("Head", ["linear", "mlp"], default="linear", key="head",
+settings["head"] = next(cols).segmented_control("Head", choices("head"), default=default("head"), key="head",
                                                 help="The new classifier: one Linear layer, or Linear-ReLU-"
-                                                     "Dropout-Linear") or "linear"
+                                                     "Dropout-Linear") or default("head")
 if settings["head"] == "mlp":
-    settings["hidden"] = next(cols).number_input("Hidden units", 1, 8192, 512, key="hidden")
-    settings["dropout"] = next(cols).number_input("Dropout", 0.0, 0.95, 0.2, 0.05, key="dropout")
-n_groups = by_name[backbone]["layer_groups"]
+    settings["hidden"] = next(cols).number_input("Hidden units", 1, 8192, default("hidden"), key="hidden")
+    settings["dropout"] = next(cols).number_input("Dropout", 0.0, 0.95, default("dropout"), 0.05, key="dropout")
+n_groups = service.layer_groups(backbone)
 if "unfreeze" in knobs_in_use:
     if st.session_state.get("unfreeze", 0) > n_groups - 1:  # a smaller backbone than before was chosen
         st.session_state["unfreeze"] = n_groups - 1
     settings["unfreeze"] = next(cols).number_input(
-        "Groups to unfreeze (partial)", 1, max(1, n_groups - 1), min(2, n_groups - 1), key="unfreeze",
+        "Groups to unfreeze (partial)", 1, max(1, n_groups - 1), min(default("unfreeze"), n_groups - 1), key="unfreeze",
         help=f"Layer groups trained below the head; {backbone} has {n_groups - 1}")
 if "lr_decay" in knobs_in_use:
     settings["lr_decay"] = next(cols).number_input(
-        "LR decay per group", 1.0, 100.0, 3.0, 0.5, key="lr_decay",
+        "LR decay per group", 1.0, 100.0, default("lr_decay"), 0.5, key="lr_decay",
         help="partial / discriminative / progressive: the head trains at the LR, each group below it at "
              "the LR of the group above / decay")
 if "head_lr_factor" in knobs_in_use:
     settings["head_lr_factor"] = next(cols).number_input(
-        "Head LR factor (full)", 0.01, 1000.0, 10.0, 1.0, key="head_lr_factor",
+        "Head LR factor (full)", 0.01, 1000.0, default("head_lr_factor"), 1.0, key="head_lr_factor",
         help="full: the new, random head trains at this multiple of the pretrained layers' LR")
 if "head_epochs" in knobs_in_use:
-    settings["head_epochs"] = next(cols).number_input("Head-only epochs (two_phase)", 1, 1000, 2, key="head_epochs")
+    settings["head_epochs"] = next(cols).number_input("Head-only epochs (two_phase)", 1, 1000, default("head_epochs"),
+                                                      key="head_epochs")
     settings["phase2_lr_factor"] = next(cols).number_input(
-        "Phase-2 LR factor (two_phase)", 0.001, 10.0, 0.1, 0.05, key="phase2_lr_factor", format="%.3f")
+        "Phase-2 LR factor (two_phase)", 0.001, 10.0, default("phase2_lr_factor"), 0.05, key="phase2_lr_factor",
+        format="%.3f")
 if "unfreeze_on" in knobs_in_use:
     settings["unfreeze_on"] = next(cols).selectbox(
-        "Unfreeze on (progressive)", ["schedule", "plateau"], key="unfreeze_on",
+        "Unfreeze on (progressive)", choices("unfreeze_on"), key="unfreeze_on",
         help="schedule: one more group every K epochs; plateau: when val loss stops improving")
     if settings["unfreeze_on"] == "schedule":
-        settings["unfreeze_every"] = next(cols).number_input("Unfreeze every (epochs)", 1, 1000, 1,
-                                                             key="unfreeze_every")
+        settings["unfreeze_every"] = next(cols).number_input("Unfreeze every (epochs)", 1, 1000,
+                                                             default("unfreeze_every"), key="unfreeze_every")
     else:
-        settings["patience"] = next(cols).number_input("Patience (epochs)", 1, 1000, 1, key="patience")
+        settings["patience"] = next(cols).number_input("Patience (epochs)", 1, 1000, default("patience"),
+                                                       key="patience")
     settings["stage_lr_factor"] = next(cols).number_input(
-        "Stage LR factor (progressive)", 0.01, 1.0, 1.0, 0.05, key="stage_lr_factor",
+        "Stage LR factor (progressive)", 0.01, 1.0, default("stage_lr_factor"), 0.05, key="stage_lr_factor",
         help="progressive: every group's LR is multiplied by this at each unfreezing step (1: unchanged)")
 
 num_classes = report["num_classes"] if report else 10
@@ -208,18 +202,18 @@ for s in strategies:
         c_tick.badge("recommended", icon=":material/star:", color="green")
     c_text.markdown(f"{s['summary']}  \n:gray[*When:* {s['when']}]")
     counts = param_counts(backbone, name, tuple(sorted(settings.items())), num_classes)
-    start = f"{millions(counts['start_trainable'])} trainable · {millions(counts['start_frozen'])} frozen"
+    start = f"{fmt.millions(counts['start_trainable'])} trainable · {fmt.millions(counts['start_frozen'])} frozen"
     if counts["start_groups"] == counts["end_groups"] and not counts["end_is_bound"]:
         c_params.markdown(f"{start}  \n:gray[{counts['start_groups']} of {counts['groups']} groups train]")
     else:
-        end = ("up to " if counts["end_is_bound"] else "") + f"{millions(counts['end_trainable'])} trainable"
+        end = ("up to " if counts["end_is_bound"] else "") + f"{fmt.millions(counts['end_trainable'])} trainable"
         c_params.markdown(f"{start} at first  \n:gray[{end} by the last epoch "
                           f"({counts['end_groups']} of {counts['groups']} groups)]")
 
 # What the ticked strategies would do that is likely not meant, said before anything is queued.
-draft = {**settings, "image_size": st.session_state.get("image_size", 96)}
-for warning in dashboard.draft_warnings(backbone, ticked_now, draft):
-    st.warning(dashboard.form_message(warning), icon=":material/warning:")
+draft = {**settings, "image_size": st.session_state.get("image_size", default("image_size"))}
+for warning in service.draft_warnings(backbone, ticked_now, draft):
+    st.warning(fmt.form_message(warning), icon=":material/warning:")
 
 # --- 4. training and launch ---------------------------------------------------------------------
 st.header("4 · Training", divider="gray")
@@ -227,30 +221,31 @@ st.session_state.setdefault("experiment", f"{Path(data_path).name if data_path e
                                           f"{time.strftime('%m%d-%H%M')}")
 with st.form("launch_form", border=True):
     r1 = st.columns(4)
-    epochs = r1[0].number_input("Epochs", value=5, step=1, key="epochs")
-    batch_size = r1[1].number_input("Batch size", value=None, min_value=1, step=8, key="batch_size",
-                                    placeholder="auto: 32, or fewer",
-                                    help="Blank: 32, or all the training images when there are fewer (the run "
-                                         "says what it used)")
+    epochs = r1[0].number_input("Epochs", value=default("epochs"), step=1, key="epochs")
+    batch_size = r1[1].number_input("Batch size", value=default("batch_size"), min_value=1, step=8, key="batch_size",
+                                    placeholder=f"auto: {DEFAULT_BATCH_SIZE}, or fewer",
+                                    help=f"Blank: {DEFAULT_BATCH_SIZE}, or all the training images when there are "
+                                         f"fewer (the run says what it used)")
     lr_text = r1[2].text_input("Learning rate", key="lr", placeholder="blank = strategy default",
                                help="Blank uses each strategy's own default (1e-3, or 1e-4 for full)")
-    optimizer = r1[3].selectbox("Optimizer", ["adamw", "sgd"], key="optimizer")
+    optimizer = r1[3].selectbox("Optimizer", choices("optimizer"), key="optimizer")
     r2 = st.columns(4)
-    schedule = r2[0].selectbox("LR schedule", ["onecycle", "cosine", "step", "constant"], key="schedule")
-    weight_decay = r2[1].number_input("Weight decay", value=0.01, step=0.01, format="%.4f", key="weight_decay")
-    augment = r2[2].selectbox("Augmentation", ["none", "light", "standard"], key="augment")
-    image_size = r2[3].number_input("Image size (px)", value=96, step=16, key="image_size")
+    schedule = r2[0].selectbox("LR schedule", choices("schedule"), key="schedule")
+    weight_decay = r2[1].number_input("Weight decay", value=default("weight_decay"), step=0.01, format="%.4f",
+                                      key="weight_decay")
+    augment = r2[2].selectbox("Augmentation", choices("augment"), key="augment")
+    image_size = r2[3].number_input("Image size (px)", value=default("image_size"), step=16, key="image_size")
     r3 = st.columns(5)
-    seed = r3[0].number_input("Seed", value=0, step=1, key="seed",
+    seed = r3[0].number_input("Seed", value=default("seed"), step=1, key="seed",
                               help="Seeds the initialisation, data order and augmentation")
     n_seeds = r3[1].number_input("Seeds per strategy", value=1, min_value=1, max_value=10, key="n_seeds",
                                  help="Repeat each strategy with seeds seed, seed+1, …: Compare shows mean ± std")
-    split_seed = r3[2].number_input("Split seed", value=0, step=1, key="split_seed",
+    split_seed = r3[2].number_input("Split seed", value=default("split_seed"), step=1, key="split_seed",
                                     help="Seeds the train/val split: every run of the experiment shares it, so "
                                          "the seeds' spread is training variance alone")
-    train_fraction = r3[3].number_input("Train fraction", value=1.0, step=0.1, key="train_fraction",
-                                        help="Keep this share of every class's training images")
-    val_fraction = r3[4].number_input("Val fraction", value=0.2, step=0.05, key="val_fraction")
+    train_fraction = r3[3].number_input("Train fraction", value=default("train_fraction"), step=0.1,
+                                        key="train_fraction", help="Keep this share of every class's training images")
+    val_fraction = r3[4].number_input("Val fraction", value=default("val_fraction"), step=0.05, key="val_fraction")
     experiment = st.text_input("Experiment name", key="experiment",
                                help="Runs launched together share it; Compare groups runs by experiment")
     ticked = [s["strategy"] for s in strategies if st.session_state.get(f"strategy_{s['strategy']}")]
@@ -266,15 +261,15 @@ with st.form("launch_form", border=True):
                 except ValueError:
                     raise UserError(f"Learning rate {lr_text!r} is not a number; type e.g. 0.001, "
                                     f"or leave it blank for the strategy default") from None
-            base = {**settings, "data": dashboard.resolve_data_path(typed or chosen or "", roots),
+            base = {**settings, "data": service.resolve_data_path(typed or chosen or "", roots),
                     "backbone": backbone, "epochs": epochs, "batch_size": batch_size, "lr": lr,
                     "optimizer": optimizer, "schedule": schedule, "weight_decay": weight_decay,
                     "augment": augment, "image_size": image_size, "train_fraction": train_fraction,
                     "val_fraction": val_fraction, "split_seed": split_seed, "experiment": experiment.strip()}
             seeds = [int(seed) + i for i in range(int(n_seeds))]
-            queued = dashboard.queue_runs(dashboard.open_store(), base, ticked, seeds)
+            queued = service.queue_runs(session.store(), base, ticked, seeds)
         except UserError as e:
-            st.error(f"Nothing was queued: {dashboard.form_message(e)}", icon=":material/error:")
+            st.error(f"Nothing was queued: {fmt.form_message(e)}", icon=":material/error:")
         else:
             st.session_state["queued"] = {"experiment": experiment.strip(), "ids": [r.id for r in queued],
                                           "names": [r.name for r in queued]}
@@ -283,11 +278,6 @@ if done := st.session_state.get("queued"):
     st.success(f"Queued {len(done['ids'])} run(s) in experiment **{done['experiment']}**: "
                + ", ".join(f"#{i} {n}" for i, n in zip(done["ids"], done["names"])), icon=":material/check_circle:")
 
-    links = st.container(horizontal=True)
-    try:
-        links.page_link("pages/runs.py", label="Watch them on Runs", icon=":material/view_list:")
-        links.page_link("pages/compare.py", label="Compare them", icon=":material/stacked_line_chart:",
-                       query_params={"experiment": done["experiment"]})
-    except StreamlitPageNotFoundError:  # this page run on its own, without app.py's navigation
-        links.markdown("[Watch them on Runs](runs)")
-        links.markdown(f"[Compare them](compare?experiment={quote(done['experiment'])})")
+    with st.container(horizontal=True):
+        session.page_link("runs", "Watch them on Runs", ":material/view_list:")
+        session.page_link("compare", "Compare them", ":material/stacked_line_chart:", experiment=done["experiment"])

@@ -4,17 +4,14 @@ Open a run directly with ?run=<id> in the URL (the Runs page links here that way
 """
 
 import streamlit as st
-from streamlit.errors import StreamlitPageNotFoundError
 
-from tl_core import charts, dashboard
+from tl_core import service
+from ui import charts, session
+from ui import format as fmt
 
-if not st.session_state.get("_tl_router"):  # reached without app.py's router: see app.py
-    try:
-        st.switch_page("app.py", query_params={"goto": "run_detail", **st.query_params.to_dict()})
-    except StreamlitPageNotFoundError:  # run on its own (tests): no router to go through
-        pass
+session.through_router("run_detail")  # a deep link on a fresh server goes through app.py
 
-store = dashboard.open_store()
+store = session.store()
 
 st.title("Run detail")
 runs = store.list_runs()
@@ -43,20 +40,20 @@ m = st.columns(4)
 m[0].metric("Best val accuracy", f"{run.best_val_acc:.1%}" if run.best_val_acc is not None else "–", border=True)
 m[1].metric("Best epoch", run.best_epoch_number or "–", border=True)
 m[2].metric("Epochs", f"{run.epochs_done} of {run.epochs}", border=True)
-m[3].metric("Duration", dashboard.format_seconds(run.duration_s) or "–", border=True)
+m[3].metric("Duration", fmt.format_seconds(run.duration_s) or "–", border=True)
 if run.status in ("queued", "running"):
     st.button("Refresh", icon=":material/refresh:", key="detail_refresh", help="Read the run's latest epochs")
 if run.status == "running":
     st.progress(run.epochs_done / max(1, run.epochs),
-                text=f"epoch {run.epochs_done} of {run.epochs} · ETA {dashboard.format_seconds(dashboard.eta_seconds(run))}")
+                text=f"epoch {run.epochs_done} of {run.epochs} · ETA {fmt.format_seconds(service.eta_seconds(run))}")
 if run.error:
     (st.warning if run.status == "cancelled" else st.error)(f"{run.status.capitalize()}: {run.error}",
                                                             icon=":material/error:")
 for warning in run.summary.get("warnings", []):
-    st.warning(dashboard.form_message(warning), icon=":material/warning:")
+    st.warning(fmt.form_message(warning), icon=":material/warning:")
 
 epochs = store.epoch_metrics([run.id])[run.id]
-best_pt = dashboard.checkpoint(run, "best")
+best_pt = service.checkpoint(run, "best")
 if best_pt:
     st.download_button("Download best checkpoint (best.pt)", data=best_pt.read_bytes, file_name=f"run{run.id}-best.pt",
                        mime="application/octet-stream", icon=":material/download:",
@@ -81,7 +78,7 @@ with curves_tab:
                        key="trainable")
 
 with table_tab:
-    rows = dashboard.metric_rows([run], {run.id: epochs})
+    rows = service.metric_rows([run], {run.id: epochs})
     columns = [k for k in (rows[0] if rows else {}) if k not in ("run_id", "name", "strategy")]
     percent = st.column_config.NumberColumn(format="percent")
     st.dataframe(rows, hide_index=True, column_order=columns, column_config={
@@ -121,8 +118,8 @@ with class_tab:
                                                 title="confusion matrix at the best epoch"), key="confusion")
 
 with log_tab:
-    tail = dashboard.log_tail(run, 50)
-    st.caption(f"Last 50 lines of `{dashboard.run_files_dir(run) / 'train.log'}`")
+    tail = service.log_tail(run, 50)
+    st.caption(f"Last 50 lines of `{service.run_files_dir(run) / 'train.log'}`")
     st.code(tail or "(no log yet)", language=None)
 
 with config_tab:
@@ -131,11 +128,11 @@ with config_tab:
         st.markdown(f"**{len(summary['classes'])} classes**: {', '.join(summary['classes'])}  \n"
                     f"**Images**: {summary.get('train_images')} train / {summary.get('val_images')} val · "
                     f"**weights**: {summary.get('weights')} · **layer groups**: {', '.join(summary.get('groups', []))}")
-    if note := dashboard.input_note(summary):
+    if note := fmt.input_note(summary):
         st.markdown(note)
-    if note := dashboard.speed_note(summary):
+    if note := fmt.speed_note(summary):
         st.markdown(note)
-    if skipped := dashboard.skipped_files(summary):
+    if skipped := service.skipped_files(summary):
         with st.expander(f"{len(skipped)} files skipped"):
             st.dataframe(skipped, hide_index=True)
     a, b = st.columns(2)

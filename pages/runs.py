@@ -1,4 +1,4 @@
-"""Runs: every run with its live progress; cancel, delete, or open one.
+"""Runs: every run with its live progress; cancel, resume, delete, or open one.
 
 The table refreshes itself every 2 s from the run records alone (no metric rows), so it stays
 cheap however long the runs are.
@@ -7,17 +7,14 @@ cheap however long the runs are.
 import streamlit as st
 from streamlit.errors import StreamlitPageNotFoundError
 
-from tl_core import dashboard
+from tl_core import service
 from tl_core.errors import UserError
+from ui import format as fmt
+from ui import session
 
+session.through_router("runs")  # a deep link on a fresh server goes through app.py
 
-if not st.session_state.get("_tl_router"):  # reached without app.py's router: see app.py
-    try:
-        st.switch_page("app.py", query_params={"goto": "runs", **st.query_params.to_dict()})
-    except StreamlitPageNotFoundError:  # run on its own (tests): no router to go through
-        pass
-
-store = dashboard.open_store()
+store = session.store()
 
 st.title("Runs")
 st.caption("Every queued, running and finished run. The table updates by itself; training goes on "
@@ -27,7 +24,7 @@ left, right = st.columns([2, 3])
 experiments = store.list_experiments()
 experiment = left.selectbox("Experiment", experiments[::-1], index=None, key="runs_experiment",
                             placeholder="All experiments")
-statuses = right.multiselect("Status", dashboard.STATUSES, key="runs_statuses", placeholder="All statuses")
+statuses = right.multiselect("Status", service.STATUSES, key="runs_statuses", placeholder="All statuses")
 
 COLUMNS = {
     "name": st.column_config.TextColumn("Run"),
@@ -48,14 +45,14 @@ COLUMNS = {
 def live_runs(experiment: str | None, statuses: list[str]) -> None:
     """Counts, the table and the actions, re-read every 2 s (run records only)."""
     runs = store.list_runs(experiment, statuses or None)
-    counts = dashboard.status_counts(runs)
-    for col, status in zip(st.columns(5), dashboard.STATUSES):
+    counts = service.status_counts(runs)
+    for col, status in zip(st.columns(5), service.STATUSES):
         col.metric(status.capitalize(), counts[status], border=True)
     if not runs:
         st.info("No runs here yet. Start some on **New run**.", icon=":material/info:")
         return
     order = [c for c in COLUMNS if c != "experiment" or experiment is None]
-    st.dataframe(dashboard.runs_rows(runs), hide_index=True, column_config=COLUMNS, column_order=order)
+    st.dataframe(fmt.runs_rows(runs), hide_index=True, column_config=COLUMNS, column_order=order)
     manage(runs)
 
 
@@ -76,7 +73,7 @@ def manage(runs: list) -> None:
                   disabled=run.status not in ("queued", "running"),
                   help="Queued runs are cancelled at once; running ones stop at their next batch"):
         try:
-            dashboard.cancel_run(store, run.id)
+            service.cancel_run(store, run.id)
             st.toast(f"Run {run.id}: cancel requested", icon=":material/stop_circle:")
         except UserError as e:
             st.error(str(e))
@@ -84,12 +81,12 @@ def manage(runs: list) -> None:
                   disabled=run.status not in ("failed", "cancelled"),
                   help="Queue a failed or cancelled run to continue from its last checkpoint"):
         try:
-            dashboard.resume_run(store, run.id)
+            service.resume_run(store, run.id)
             st.toast(f"Run {run.id}: queued to resume", icon=":material/replay:")
         except UserError as e:
-            st.error(dashboard.form_message(e))
+            st.error(fmt.form_message(e))
     if bar.button("Delete run", icon=":material/delete:", key="delete_run",
-                  disabled=run.status not in dashboard.FINISHED,
+                  disabled=run.status not in service.FINISHED,
                   help="Only finished runs can be deleted; cancel a running one first"):
         st.session_state["confirm_delete"] = run.id
     # A two-step delete whose state lives in the session, so the 2 s refresh cannot lose it.
@@ -101,7 +98,7 @@ def manage(runs: list) -> None:
             if yes_no.button("Delete for good", type="primary", key="delete_confirm"):
                 st.session_state.pop("confirm_delete")
                 try:
-                    dashboard.delete_run(store, run.id)
+                    service.delete_run(store, run.id)
                 except UserError as e:
                     st.error(str(e))
                 else:

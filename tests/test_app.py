@@ -1,5 +1,5 @@
 """The dashboard without a browser: every page through Streamlit's AppTest, and the pure helpers
-(tl_core.dashboard, tl_core.charts) it is built on.
+(tl_core.service, ui.charts, ui.format) it is built on.
 
 Each test gets its own SQLite database, runs folder and data root (tiny demo images); no worker
 is started (TL_NO_WORKER=1, and pages never start one: only app.py does).
@@ -14,11 +14,13 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tl_core import charts, dashboard
+from tl_core import service
 from tl_core.demo_data import write_demo_data
 from tl_core.errors import UserError
 from tl_core.store import ClassMetric, Store
 from tl_core.strategies import list_strategies
+from ui import charts
+from ui import format as fmt
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = sorted(p.name for p in (ROOT / "pages").glob("*.py"))
@@ -41,7 +43,7 @@ def env(tmp_path, monkeypatch, demo_root) -> Store:
     monkeypatch.setenv("TL_RUNS_DIR", str(tmp_path / "runs"))
     monkeypatch.setenv("TL_NO_WORKER", "1")
     monkeypatch.syspath_prepend(str(ROOT))  # the pages import tl_core from the repository
-    return dashboard.open_store(db_url)
+    return service.open_store(db_url)
 
 
 def page(name: str) -> AppTest:
@@ -348,35 +350,35 @@ def test_run_detail_shows_a_failed_run_error(env):
 
 
 def test_resolve_data_path_follows_symlinks_out_of_the_roots(tmp_path, demo_root):
-    assert dashboard.resolve_data_path(str(demo_root / "animals"), [demo_root]) == str(demo_root / "animals")
+    assert service.resolve_data_path(str(demo_root / "animals"), [demo_root]) == str(demo_root / "animals")
     link = demo_root / "sneaky"
     link.symlink_to(tmp_path, target_is_directory=True)
     try:
         with pytest.raises(UserError, match="outside the data folders"):
-            dashboard.resolve_data_path(str(link), [demo_root])
+            service.resolve_data_path(str(link), [demo_root])
     finally:
         link.unlink()
     with pytest.raises(UserError, match="outside"):
-        dashboard.resolve_data_path(str(demo_root / ".." / ".."), [demo_root])
+        service.resolve_data_path(str(demo_root / ".." / ".."), [demo_root])
     with pytest.raises(UserError, match="choose a dataset"):
-        dashboard.resolve_data_path("  ", [demo_root])
+        service.resolve_data_path("  ", [demo_root])
 
 
 @pytest.mark.parametrize("per_class, first", [(20, "feature_extraction"), (300, "partial"), (5000, "full")])
 def test_recommend_strategy_by_images_per_class(per_class, first):
-    names, why = dashboard.recommend_strategy(per_class)
+    names, why = service.recommend_strategy(per_class)
     assert names[0] == first and str(per_class) in why
     assert set(names) <= set(list_strategies())
 
 
 @pytest.mark.parametrize("strategy", list_strategies())
 def test_strategy_param_counts_add_up(strategy):
-    c = dashboard.strategy_param_counts("efficientnet_lite0", strategy, {"epochs": 5, "unfreeze": 2}, 10)
+    c = service.strategy_param_counts("efficientnet_lite0", strategy, {"epochs": 5, "unfreeze": 2}, 10)
     for when in ("start", "end"):
         assert c[f"{when}_trainable"] + c[f"{when}_frozen"] == c["total"]
         assert 0 < c[f"{when}_trainable"] <= c["total"]
     assert c["start_groups"] <= c["end_groups"] <= c["groups"]
-    head = dashboard.strategy_param_counts("efficientnet_lite0", "feature_extraction", {}, 10)["start_trainable"]
+    head = service.strategy_param_counts("efficientnet_lite0", "feature_extraction", {}, 10)["start_trainable"]
     assert head == 1280 * 10 + 10  # the new Linear head on EfficientNet-Lite0's 1280 features
     if strategy in ("full", "discriminative", "scratch"):
         assert c["start_trainable"] == c["total"]
@@ -387,26 +389,26 @@ def test_eta_from_pace_so_far(env):
     env.start_run(run.id, pid=os.getpid(), host="test", environment={}, run_dir="")
     env.log_epoch(run.id, 0, {"val_acc": 0.5})
     run = env.get_run(run.id)
-    assert dashboard.eta_seconds(run) == pytest.approx(run.duration_s * 3, rel=0.5)
+    assert service.eta_seconds(run) == pytest.approx(run.duration_s * 3, rel=0.5)
     queued = make_run(env, "q", "full", status="queued")
-    assert dashboard.eta_seconds(queued) is None
-    assert dashboard.format_seconds(65) == "1m 05s" and dashboard.format_seconds(3700) == "1h 01m"
+    assert service.eta_seconds(queued) is None
+    assert fmt.format_seconds(65) == "1m 05s" and fmt.format_seconds(3700) == "1h 01m"
 
 
 def test_delete_refuses_an_unfinished_run(env):
     queued = make_run(env, "q", "full", status="queued")
     with pytest.raises(UserError, match="cancel it first"):
-        dashboard.delete_run(env, queued.id)
+        service.delete_run(env, queued.id)
     assert env.get_run(queued.id)
 
 
 def test_queue_runs_validates_all_before_queueing_any(env, demo_root):
     base = {"data": str(demo_root / "animals"), "epochs": 3, "head_epochs": 3}  # two_phase needs head_epochs < epochs
     with pytest.raises(UserError, match="head-epochs"):
-        dashboard.queue_runs(env, base, ["feature_extraction", "two_phase"], [0])
+        service.queue_runs(env, base, ["feature_extraction", "two_phase"], [0])
     assert env.list_runs() == []
     with pytest.raises(UserError, match="batch"):
-        dashboard.queue_runs(env, {**base, "batch_size": 10_000}, ["feature_extraction"], [0])
+        service.queue_runs(env, {**base, "batch_size": 10_000}, ["feature_extraction"], [0])
     assert env.list_runs() == []
 
 

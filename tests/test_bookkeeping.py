@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import delete, event, select
 
-from tl_core import dashboard
+from ui import format as fmt
 from tl_core.store import SqlEpochMetric, SqlRunCurves
 
 
@@ -44,7 +44,7 @@ def test_the_compare_page_reads_one_row_per_run_and_the_runs_page_none(store):
         store.import_epochs(run, {e: {"val_acc": e / 50, "val_loss": 1 - e / 50} for e in range(50)})
     fetched = []
     event.listen(store.engine, "after_cursor_execute", lambda conn, cur, stmt, *a: fetched.append((stmt, cur.rowcount)))
-    dashboard.runs_rows(store.list_runs())
+    fmt.runs_rows(store.list_runs())
     assert not [q for q, _ in fetched if "epoch_metrics" in q or "run_curves" in q]
     fetched.clear()
     metrics = store.epoch_metrics(ids)

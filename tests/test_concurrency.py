@@ -10,7 +10,7 @@ from pathlib import Path
 
 from sqlalchemy.exc import OperationalError
 
-from tl_core import dashboard
+from ui import format as fmt
 from tl_core.config import make_config
 from tl_core.store import Store
 
@@ -25,7 +25,7 @@ def _poll_like_a_dashboard(url: str, stop: threading.Event, errors: list, polls:
     while not stop.is_set():
         try:
             runs = store.list_runs()
-            dashboard.runs_rows(runs)  # the Runs page's refresh
+            fmt.runs_rows(runs)  # the Runs page's refresh
             metrics = store.epoch_metrics([r.id for r in runs])  # the Compare page's data
             for r in runs:
                 store.class_metrics(r.id)

@@ -116,6 +116,7 @@ def test_launch_two_strategies_watch_them_train_and_compare(app_server):
     from playwright.sync_api import expect, sync_playwright
 
     base, db_url, _ = app_server
+    expect.set_options(timeout=60_000)  # wait as a person would on a loaded machine, not Playwright's 5 s
     with sync_playwright() as p:
         browser = _browser(p)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})

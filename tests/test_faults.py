@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from tl_core import train as T
-from tl_core.cli import check_run, main
+from tl_core.cli import main
+from tl_core.service import check_run
 from tl_core.config import make_config
 from tl_core.errors import UserError
 from tl_core.store import Store

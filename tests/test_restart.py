@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 from tl_core.config import make_config
 from tl_core.demo_data import write_demo_data

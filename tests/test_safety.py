@@ -11,7 +11,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from tl_core import auth
-from tl_core.dashboard import resolve_data_path
+from tl_core.service import resolve_data_path
 from tl_core.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]

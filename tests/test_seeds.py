@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tl_core import dashboard, data
+from tl_core import data, service
 from tl_core.config import RunConfig
 
 from .helpers import train
@@ -22,7 +22,7 @@ def test_the_split_follows_the_split_seed_only(tiny, store):
 
 
 def test_an_experiments_seeds_share_one_split_seed(tiny):
-    configs = dashboard.plan_runs({"data": tiny, "split_seed": 4, "image_size": 32}, ["feature_extraction", "full"],
+    configs = service.plan_runs({"data": tiny, "split_seed": 4, "image_size": 32}, ["feature_extraction", "full"],
                                   [0, 1, 2])
     assert [c.seed for c in configs] == [0, 1, 2, 0, 1, 2] and {c.split_seed for c in configs} == {4}
 

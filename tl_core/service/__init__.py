@@ -1,0 +1,32 @@
+"""The service layer: everything a front end asks of the engine, in one place.
+
+The command line (cli.py) and the dashboard (app.py, pages/) both call these functions and
+nothing deeper, so an operation (queue, cancel, resume, a comparison) behaves the same from
+either, and a new front end (an HTTP API, a notebook) starts here. Nothing here formats for
+a screen: that is cli.py's printing and ui/'s widgets and charts. torch is imported only by
+what builds or trains a model (the backbone table, a run trained in this process).
+
+  catalog    backbones and strategies as tables, what a strategy trains, what to try first
+  datasets   the folders a front end may read, a dataset's report, sample images
+  runs       the store and the worker; plan, check and queue runs; cancel, resume, delete
+  results    one run in full, comparison rows, per-epoch rows, a run's log and checkpoints
+"""
+
+from ..store import FINISHED, STATUSES
+from .catalog import backbone_table, layer_groups, recommend_strategy, strategy_param_counts, strategy_table
+from .datasets import data_roots, dataset_folders, dataset_report, resolve_data_path, sample_images
+from .results import (checkpoint, compare, eta_seconds, log_tail, metric_rows, run_details, run_row, skipped_files,
+                      status_counts, summarize, summary_rows, time_to_accuracy)
+from .runs import (cancel_run, check_run, delete_run, display_db_url, draft_warnings, open_store, plan_runs, queue_run,
+                   queue_runs, resume_run, run_files_dir, start_here, start_worker, stored_config, train_here,
+                   worker_disabled, worker_pid)
+
+__all__ = [
+    "FINISHED", "STATUSES", "backbone_table", "cancel_run", "check_run", "checkpoint", "compare", "data_roots",
+    "dataset_folders", "dataset_report", "delete_run", "display_db_url", "draft_warnings", "eta_seconds",
+    "layer_groups", "log_tail", "metric_rows", "open_store", "plan_runs", "queue_run", "queue_runs",
+    "recommend_strategy", "resolve_data_path", "resume_run", "run_details", "run_files_dir", "run_row",
+    "sample_images", "skipped_files", "start_here", "start_worker", "status_counts", "stored_config",
+    "strategy_param_counts", "strategy_table", "summarize", "summary_rows", "time_to_accuracy", "train_here",
+    "worker_disabled", "worker_pid",
+]

@@ -1,0 +1,114 @@
+"""Results: one run in full, runs as table rows, runs compared; a run's files (log, checkpoints).
+
+Epochs are counted from 1 in everything returned here (the store keeps the loop's 0-based index).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from pathlib import Path
+
+from ..runfiles import run_folder
+from ..store import STATUSES, Run, Store
+
+Metrics = dict[int, dict[int, dict[str, float]]]  # {run id: {epoch index: {key: value}}}
+
+EPOCH_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "trainable_groups", "trainable_params",
+              "epoch_seconds", "images_per_sec", "peak_memory_mb", "wall_seconds")
+
+
+def run_row(r: Run) -> dict:
+    """A run as a line of the runs table."""
+    return {"id": r.id, "experiment": r.experiment, "name": r.name, "backbone": r.config.get("backbone"),
+            "strategy": r.config.get("strategy"), "seed": r.config.get("seed"), "status": r.status,
+            "epochs_done": r.epochs_done, "epochs": r.epochs, "best_val_acc": r.best_val_acc,
+            "duration_s": r.duration_s}
+
+
+def run_details(store: Store, run_id: int) -> dict:
+    """Everything about one run: its record, every epoch's metrics and its per-class results."""
+    run = store.get_run(run_id)
+    epochs = store.epoch_metrics([run.id])[run.id]
+    return {**run.to_dict(), "epochs": [{"epoch": e + 1, **m} for e, m in epochs.items()],
+            "class_metrics": [c.__dict__ for c in store.class_metrics(run.id)]}
+
+
+def skipped_files(summary: dict) -> list[dict]:
+    """Files a run left out: those its scan refused, then those that failed to decode."""
+    return [*(summary.get("skipped") or {}).get("files", []),
+            *({"path": p, "reason": "unreadable when decoded"} for p in summary.get("unreadable", []))]
+
+
+def summarize(run: Run, epochs: dict[int, dict[str, float]]) -> dict:
+    """The comparison row of one run."""
+    last = epochs[max(epochs)] if epochs else {}
+    ips = [m["images_per_sec"] for m in epochs.values() if "images_per_sec" in m]
+    return {"id": run.id, "name": run.name, "strategy": run.config.get("strategy"),
+            "backbone": run.config.get("backbone"), "status": run.status,
+            "best_val_acc": run.best_val_acc, "best_epoch": run.best_epoch_number,
+            "final_val_acc": last.get("val_acc"), "epochs": len(epochs),
+            "total_seconds": last.get("wall_seconds"), "trainable_params": last.get("trainable_params"),
+            "images_per_sec": sum(ips) / len(ips) if ips else None}
+
+
+def compare(store: Store, run_ids: list[int]) -> list[dict]:
+    """The comparison rows of these runs, in the order given."""
+    runs = [store.get_run(i) for i in run_ids]
+    metrics = store.epoch_metrics(run_ids)
+    return [summarize(r, metrics[r.id]) for r in runs]
+
+
+def time_to_accuracy(epochs: dict[int, dict[str, float]], target: float) -> float | None:
+    """Wall-clock seconds until val_acc first reached `target`; None if it never did."""
+    for m in epochs.values():
+        if m.get("val_acc", -1) >= target:
+            return m.get("wall_seconds")
+    return None
+
+
+def summary_rows(runs: list[Run], metrics: Metrics, target_acc: float) -> list[dict]:
+    """Comparison rows with each run's seed and its time to `target_acc`."""
+    return [{**summarize(r, metrics.get(r.id, {})), "seed": r.config.get("seed"),
+             "time_to_target_s": time_to_accuracy(metrics.get(r.id, {}), target_acc)} for r in runs]
+
+
+def metric_rows(runs: list[Run], metrics: Metrics) -> list[dict]:
+    """Every epoch of every run as one flat row (epoch 1-based), for tables and CSV.
+
+    Keys come in a reading order: losses and accuracies, then the strategy's trainable
+    groups, then speed, then each layer group's LR, then anything newer.
+    """
+    rows = []
+    for r in runs:
+        for e, m in metrics.get(r.id, {}).items():
+            known = {k: m[k] for k in EPOCH_KEYS if k in m}
+            lrs = {k: m[k] for k in sorted(m) if k.startswith("lr/")}
+            rest = {k: v for k, v in m.items() if k not in known and k not in lrs}
+            rows.append({"run_id": r.id, "name": r.name, "strategy": r.config.get("strategy"), "epoch": e + 1,
+                         **known, **lrs, **rest})
+    return rows
+
+
+def eta_seconds(run: Run, epochs: int | None = None) -> float | None:
+    """Seconds left for a running run, from its pace so far; None when unknown."""
+    epochs = epochs or run.epochs
+    if run.status != "running" or not run.epochs_done or run.duration_s is None:
+        return None
+    return run.duration_s / run.epochs_done * max(0, epochs - run.epochs_done)
+
+
+def status_counts(runs: list[Run]) -> dict[str, int]:
+    return {s: sum(r.status == s for r in runs) for s in STATUSES}
+
+
+def log_tail(run: Run, lines: int = 50) -> str:
+    path = run_folder(run) / "train.log"
+    if not path.is_file():
+        return ""
+    with open(path, errors="replace") as f:
+        return "".join(deque(f, maxlen=lines))
+
+
+def checkpoint(run: Run, which: str = "best") -> Path | None:
+    path = run_folder(run) / f"{which}.pt"
+    return path if path.is_file() else None

@@ -1,0 +1,168 @@
+"""Runs and the worker: plan, check and queue runs; cancel, resume, delete; train one here."""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import socket
+from pathlib import Path
+
+from .. import settings
+from ..config import RunConfig, make_config
+from ..data import batch_size_for, scan_dataset, split_dataset
+from ..errors import UserError
+from ..runfiles import is_run_folder, run_folder
+from ..store import FINISHED, Run, Store, default_db_url
+from ..weights import check_obtainable
+
+# --- the store and the worker ---------------------------------------------------------------
+
+
+def open_store(url: str | None = None) -> Store:
+    """One Store (one connection pool) per database URL for the whole process."""
+    return _store(url or default_db_url())
+
+
+@functools.lru_cache(maxsize=8)
+def _store(url: str) -> Store:
+    return Store(url)
+
+
+def display_db_url(url: str) -> str:
+    """The database URL with any password masked, for showing on screen."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def worker_disabled() -> bool:
+    """TL_NO_WORKER=1 keeps the dashboard from starting a worker (tests, read-only viewers)."""
+    return settings.current().no_worker
+
+
+def start_worker(store: Store) -> int | None:
+    """The pid of the worker training this database's queue, started if none is alive."""
+    if worker_disabled():
+        return None
+    from ..worker import ensure_worker
+
+    return ensure_worker(store)
+
+
+def worker_pid(store: Store) -> int | None:
+    """The pid of this database's live worker (another database's worker is not ours), or None."""
+    from ..worker import running_worker
+
+    return running_worker(store)
+
+
+# --- planning and queueing -----------------------------------------------------------------------
+
+
+def check_run(cfg: RunConfig) -> None:
+    """Refuse a run before it is recorded: its weights must be obtainable and its dataset trainable."""
+    check_obtainable(cfg.backbone, cfg.weights_to_load)
+    splits = split_dataset(scan_dataset(cfg.data), cfg.val_fraction, cfg.train_fraction, cfg.split_seed)
+    batch_size_for(cfg.batch_size, len(splits.train))
+
+
+def stored_config(run: Run) -> RunConfig:
+    """A recorded run's config, validated as a new one would be."""
+    from pydantic import ValidationError
+
+    try:
+        return RunConfig.from_stored(run.config)
+    except ValidationError:
+        return make_config(**run.config)  # raises the UserError naming the setting
+
+
+def plan_runs(base: dict, strategies: list[str], seeds: list[int]) -> list[RunConfig]:
+    """One validated config per (strategy, seed), everything else equal; UserError if any is invalid."""
+    if not strategies:
+        raise UserError("tick at least one strategy")
+    if not seeds:
+        raise UserError("choose at least one seed")
+    configs = [make_config(**{**base, "strategy": s, "seed": seed}) for s in strategies for seed in seeds]
+    checked: set[tuple] = set()
+    for cfg in configs:  # the dataset check depends only on these, not on the strategy or seed
+        key = (cfg.data, cfg.val_fraction, cfg.train_fraction, cfg.split_seed, cfg.batch_size, cfg.backbone,
+               cfg.weights_to_load)
+        if key not in checked:
+            check_run(cfg)
+            checked.add(key)
+    return configs
+
+
+def draft_warnings(backbone: str, strategies: list[str], settings_: dict) -> list[str]:
+    """What runs of these strategies with these (partial) settings would do that is likely not
+    meant, each said once; the rest of the settings take their defaults."""
+    fields = {k: v for k, v in settings_.items() if k in RunConfig.model_fields}
+    drafts = [RunConfig.model_construct(**{**fields, "backbone": backbone, "strategy": s}) for s in strategies]
+    return list(dict.fromkeys(w for cfg in drafts for w in cfg.warnings()))
+
+
+def queue_runs(store: Store, base: dict, strategies: list[str], seeds: list[int]) -> list[Run]:
+    """Validate every run first, then queue them all as one experiment (nothing queued on error)."""
+    configs = plan_runs(base, strategies, seeds)
+    return [queue_run(store, c) for c in configs]
+
+
+def queue_run(store: Store, cfg: RunConfig) -> Run:
+    """Record a checked run as queued: the worker will train it."""
+    return store.create_run(cfg.model_dump(), cfg.experiment, cfg.name, status="queued")
+
+
+def start_here(store: Store, cfg: RunConfig) -> Run:
+    """Record a checked run as running in this process (so no worker takes it)."""
+    return store.create_run(cfg.model_dump(), cfg.experiment, cfg.name, status="running", pid=os.getpid(),
+                            host=socket.gethostname())
+
+
+def train_here(store: Store, run_id: int, progress: bool = True) -> Run:
+    """Train a recorded run in this process; the run as it ended."""
+    from ..train import train_run  # torch, torchvision and timm: only what trains imports them
+
+    train_run(store, run_id, progress=progress)
+    return store.get_run(run_id)
+
+
+# --- a run's life ----------------------------------------------------------------------------------
+
+
+def cancel_run(store: Store, run_id: int) -> Run:
+    """Queued runs are cancelled at once; running ones stop at their next batch."""
+    run = store.get_run(run_id)
+    if run.status not in ("queued", "running"):
+        raise UserError(f"run {run.id} is {run.status}; only queued or running runs can be cancelled")
+    return store.request_cancel(run_id)
+
+
+def resume_run(store: Store, run_id: int, here: bool = False) -> Run:
+    """A failed or cancelled run back in the queue (here: running in this process) to continue from
+    its last checkpoint; refused, with why, if it could not train now."""
+    run = store.get_run(run_id)
+    if run.status not in ("failed", "cancelled"):
+        raise UserError(f"run {run.id} is {run.status}; only failed or cancelled runs can be resumed")
+    check_run(stored_config(run))
+    if not here:
+        return store.requeue(run.id)
+    store.requeue(run.id, status="running")
+    store.update_run(run.id, pid=os.getpid(), host=socket.gethostname())
+    return store.get_run(run.id)
+
+
+def run_files_dir(run: Run) -> Path:
+    return run_folder(run)
+
+
+def delete_run(store: Store, run_id: int) -> None:
+    """Delete a finished run: its records and its folder of checkpoints and log."""
+    run = store.get_run(run_id)
+    if run.status not in FINISHED:
+        raise UserError(f"run {run.id} is {run.status}; cancel it first, then delete it")
+    folder = run_files_dir(run)
+    store.delete_run(run_id)
+    # Only ever a folder named after this run: a wrong run_dir must not remove anything else.
+    if folder.is_dir() and is_run_folder(folder, run):
+        shutil.rmtree(folder, ignore_errors=True)

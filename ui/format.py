@@ -1,0 +1,87 @@
+"""Words and numbers for the screen: durations, the runs table, notes on a run, form messages."""
+
+from __future__ import annotations
+
+import re
+
+from tl_core import service
+from tl_core.errors import UserError
+from tl_core.store import Run
+
+# The form's label for each setting a message may name as a CLI flag.
+LABELS = {"data": "Dataset", "lr": "Learning rate", "batch_size": "Batch size", "image_size": "Image size",
+          "weight_decay": "Weight decay", "train_fraction": "Train fraction", "val_fraction": "Val fraction",
+          "unfreeze": "Groups to unfreeze", "lr_decay": "LR decay", "head_epochs": "Head epochs",
+          "unfreeze_every": "Unfreeze every", "unfreeze_on": "Unfreeze on", "phase2_lr_factor": "Phase-2 LR factor",
+          "head_lr_factor": "Head LR factor", "stage_lr_factor": "Stage LR factor", "split_seed": "Split seed"}
+
+
+def form_message(error: UserError | str) -> str:
+    """A UserError worded for the form: CLI flags (--batch-size) become the form's labels."""
+    def label(m: re.Match) -> str:
+        field = m.group(1).replace("-", "_")
+        return LABELS.get(field, field.replace("_", " ").capitalize())
+
+    return re.sub(r"--([a-z0-9][a-z0-9-]*)", label, str(error))
+
+
+def format_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    return f"{s // 3600}h {s % 3600 // 60:02d}m"
+
+
+def millions(n: int) -> str:
+    if n == 0:
+        return "0"
+    return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}k"
+
+
+def runs_rows(runs: list[Run]) -> list[dict]:
+    """The Runs page table, from run records only (no metric rows: it refreshes every 2 s)."""
+    rows = []
+    for r in runs:
+        rows.append({
+            "id": r.id, "name": r.name, "experiment": r.experiment, "backbone": r.config.get("backbone"),
+            "strategy": r.config.get("strategy"), "seed": r.config.get("seed"), "status": r.status,
+            "epoch": f"{r.epochs_done} of {r.epochs}", "progress": r.epochs_done / max(1, r.epochs),
+            "eta": format_seconds(service.eta_seconds(r)), "best_val_acc": r.best_val_acc,
+            "duration": format_seconds(r.duration_s), "created": r.created_at.strftime("%Y-%m-%d %H:%M"),
+        })
+    return rows
+
+
+def speed_note(summary: dict) -> str:
+    """One line on what a run's caches did (features, decoded images) and its startup time."""
+    parts = []
+    fc, dc = summary.get("feature_cache"), summary.get("decode_cache")
+    if fc and fc.get("used"):
+        how = "found in the cache" if fc.get("hit") else f"computed in {fc.get('seconds', 0):.1f} s"
+        views = f", {fc['views']} augmented views per image" if fc.get("views", 1) > 1 else ""
+        parts.append(f"**frozen features**: cached at the {fc.get('boundary')} ({how}, {fc.get('precision')}{views})")
+    elif fc:
+        parts.append(f"**frozen features**: not cached ({fc.get('why', '')})")
+    if dc:
+        parts.append("**decoded images**: cached" if dc.get("used") else f"**decoded images**: not cached ({dc.get('why')})")
+    if "startup_seconds" in summary:
+        parts.append(f"**startup**: {summary['startup_seconds']:.1f} s to the first batch")
+    return " · ".join(parts)
+
+
+def input_note(summary: dict) -> str:
+    """One line on what the model was fed: image size against the weights' own, preprocessing, batch."""
+    parts = []
+    if pre := summary.get("preprocessing"):
+        p = pre["pre"]
+        mean, std = (", ".join(f"{v:.3f}" for v in p[k]) for k in ("mean", "std"))
+        parts.append(f"**input**: {pre['image_size']} px (the weights' native size: {pre['native_size']} px), "
+                     f"resized {p['interpolation']} to {pre['resize']} px and centre-cropped, augmentation "
+                     f"{pre['augment']}, normalised with mean ({mean}) and std ({std}) from the weights")
+    if batch := summary.get("batch_size"):
+        parts.append(f"**batch size**: {batch['used']}" + (f" ({batch['why']})" if batch.get("why") else ""))
+    return " · ".join(parts)

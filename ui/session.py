@@ -1,0 +1,38 @@
+"""What every page shares: the process's store, and the router guard written once."""
+
+from __future__ import annotations
+
+import streamlit as st
+from streamlit.errors import StreamlitPageNotFoundError
+
+from tl_core import service
+from tl_core.store import Store
+
+PAGES = ("new_run", "runs", "compare", "run_detail")
+
+
+def store() -> Store:
+    """The store of the dashboard's database (one connection pool per process)."""
+    return service.open_store()
+
+
+def through_router(page: str) -> None:
+    """Send a page reached without app.py's router (a deep link on a fresh server, where Streamlit
+    runs the page before any session ran the router) back through it, with its query string.
+    A page run on its own (AppTest) has no router to go through and carries on."""
+    if st.session_state.get("_tl_router"):
+        return
+    try:
+        st.switch_page("app.py", query_params={"goto": page, **st.query_params.to_dict()})
+    except StreamlitPageNotFoundError:
+        pass
+
+
+def page_link(page: str, label: str, icon: str, **query: str) -> None:
+    """A link to another page, or a plain one when this page runs without app.py's navigation."""
+    try:
+        st.page_link(f"pages/{page}.py", label=label, icon=icon, query_params=query or None)
+    except StreamlitPageNotFoundError:
+        from urllib.parse import urlencode
+
+        st.markdown(f"[{label}]({page}{'?' + urlencode(query) if query else ''})")
