@@ -56,6 +56,16 @@ def live_runs(experiment: str | None, statuses: list[str]) -> None:
     manage(runs)
 
 
+def act(bar, label: str, icon: str, key: str, allowed: bool, help: str, do, done: str) -> None:
+    """A button for a service action: a toast when done, the reason when refused."""
+    if bar.button(label, icon=icon, key=key, disabled=not allowed, help=help):
+        try:
+            do()
+            st.toast(done, icon=icon)
+        except UserError as e:
+            st.error(fmt.form_message(e))
+
+
 def manage(runs: list) -> None:
     st.subheader("Manage a run")
     by_id = {r.id: r for r in runs}
@@ -69,22 +79,12 @@ def manage(runs: list) -> None:
             st.switch_page("pages/run_detail.py", query_params={"run": str(run.id)})
         except StreamlitPageNotFoundError:  # this page run on its own, without app.py's navigation
             st.markdown(f"[Run {run.id} details](run_detail?run={run.id})")
-    if bar.button("Cancel run", icon=":material/stop_circle:", key="cancel_run",
-                  disabled=run.status not in ("queued", "running"),
-                  help="Queued runs are cancelled at once; running ones stop at their next batch"):
-        try:
-            service.cancel_run(store, run.id)
-            st.toast(f"Run {run.id}: cancel requested", icon=":material/stop_circle:")
-        except UserError as e:
-            st.error(str(e))
-    if bar.button("Resume run", icon=":material/replay:", key="resume_run",
-                  disabled=run.status not in ("failed", "cancelled"),
-                  help="Queue a failed or cancelled run to continue from its last checkpoint"):
-        try:
-            service.resume_run(store, run.id)
-            st.toast(f"Run {run.id}: queued to resume", icon=":material/replay:")
-        except UserError as e:
-            st.error(fmt.form_message(e))
+    act(bar, "Cancel run", ":material/stop_circle:", "cancel_run", run.status in ("queued", "running"),
+        "Queued runs are cancelled at once; running ones stop at their next batch",
+        lambda: service.cancel_run(store, run.id), f"Run {run.id}: cancel requested")
+    act(bar, "Resume run", ":material/replay:", "resume_run", run.status in ("failed", "cancelled"),
+        "Queue a failed or cancelled run to continue from its last checkpoint",
+        lambda: service.resume_run(store, run.id), f"Run {run.id}: queued to resume")
     if bar.button("Delete run", icon=":material/delete:", key="delete_run",
                   disabled=run.status not in service.FINISHED,
                   help="Only finished runs can be deleted; cancel a running one first"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import socket
 import subprocess
 import sys
@@ -22,6 +23,20 @@ def train(store: Store, **settings) -> RunResult:
     cfg = make_config(**settings)
     run = store.create_run(cfg.model_dump(), cfg.experiment, cfg.name, status="running")
     return train_run(store, run.id, progress=False)
+
+
+def stop_before_epoch(monkeypatch, epoch: int) -> None:
+    """Make training stop as epoch `epoch` (0-based) begins, as a cancel request would."""
+    from tl_core import train as T
+
+    original = T.train_one_epoch
+
+    def stopping(*args, **kwargs):
+        if inspect.signature(original).bind(*args, **kwargs).arguments["epoch"] == epoch:
+            raise T.RunCancelled()
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(T, "train_one_epoch", stopping)
 
 
 ROOT = Path(__file__).resolve().parents[1]

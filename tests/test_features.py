@@ -14,7 +14,7 @@ from tl_core import backbones, cuts, data, decoded, features, transforms
 from tl_core import train as T
 from ui import format as fmt
 
-from .helpers import train
+from .helpers import stop_before_epoch, train
 
 # One backbone per family: a new family is tested the day it is registered.
 FAMILIES: dict[str, str] = {}
@@ -190,15 +190,8 @@ def test_a_run_with_the_cache_is_as_accurate_as_without(animals, store):
 def test_a_run_on_cached_features_resumes_as_if_it_never_stopped(tiny, store, monkeypatch):
     settings = dict(data=tiny, epochs=3, seed=4)
     whole = train(store, **settings)
-    original = T.train_one_epoch
-
-    def stopping(*args, **kwargs):
-        if args[9] == 2:
-            raise T.RunCancelled()
-        return original(*args, **kwargs)
-
     with monkeypatch.context() as m:
-        m.setattr(T, "train_one_epoch", stopping)
+        stop_before_epoch(m, 2)
         stopped = train(store, **settings)
     store.requeue(stopped.run_id, status="running")
     resumed = T.train_run(store, stopped.run_id, progress=False)

@@ -14,7 +14,7 @@ from tl_core import train as T
 from tl_core.store import Store
 from tl_core.worker import ensure_worker, pid_alive, running_worker
 
-from .helpers import train
+from .helpers import stop_before_epoch, train
 from .test_worker import _queue, wait_for
 
 
@@ -51,15 +51,8 @@ def test_a_database_made_again_at_the_same_path_is_another_database(tmp_path):
 
 def _stopped(store, monkeypatch, **settings):
     """A run cancelled before its third epoch, with a checkpoint of its second."""
-    original = T.train_one_epoch
-
-    def stopping(*args, **kwargs):
-        if args[9] == 2:
-            raise T.RunCancelled()
-        return original(*args, **kwargs)
-
     with monkeypatch.context() as m:
-        m.setattr(T, "train_one_epoch", stopping)
+        stop_before_epoch(m, 2)
         result = train(store, **settings)
     assert result.status == "cancelled" and result.epochs == 2
     return store.get_run(result.run_id)

@@ -6,19 +6,7 @@ import pytest
 
 from tl_core import train as T
 
-from .helpers import train
-
-
-def _stop_before_epoch(monkeypatch, store, stop_at: int):
-    original = T.train_one_epoch
-
-    def stopping(*args, **kwargs):
-        epoch = args[9]  # train_one_epoch(model, loader, optimizer, loss_fn, cfg, device, amp, scaler, phase, epoch, ...)
-        if epoch == stop_at:
-            raise T.RunCancelled()
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(T, "train_one_epoch", stopping)
+from .helpers import stop_before_epoch, train
 
 
 @pytest.mark.parametrize("strategy", ["progressive", "two_phase"])
@@ -29,7 +17,7 @@ def test_a_resumed_run_matches_an_uninterrupted_one(strategy, tiny, store, monke
                     schedule="onecycle", unfreeze_every=1)
     whole = train(store, **settings)
     with monkeypatch.context() as m:
-        _stop_before_epoch(m, store, stop_at=2)
+        stop_before_epoch(m, 2)
         stopped = train(store, **settings)
     assert stopped.status == "cancelled" and stopped.epochs == 2
     store.requeue(stopped.run_id, status="running")
@@ -59,7 +47,7 @@ def test_an_epoch_row_lost_with_the_process_is_written_again_from_the_checkpoint
 
     with monkeypatch.context() as m:
         m.setattr(T, "EpochWriter", LosesEpoch1)
-        _stop_before_epoch(m, store, stop_at=2)
+        stop_before_epoch(m, 2)
         stopped = train(store, **settings)
     assert sorted(store.epoch_metrics([stopped.run_id])[stopped.run_id]) == [0]
     store.requeue(stopped.run_id, status="running")
@@ -75,7 +63,7 @@ def test_resume_refuses_a_dataset_whose_classes_changed(tiny, store, monkeypatch
     data = tmp_path / "data"
     shutil.copytree(tiny, data)
     with monkeypatch.context() as m:
-        _stop_before_epoch(m, store, stop_at=1)
+        stop_before_epoch(m, 1)
         stopped = train(store, data=str(data), epochs=3)
     shutil.copytree(data / "cat", data / "lynx")
     store.requeue(stopped.run_id, status="running")

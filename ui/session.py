@@ -25,7 +25,7 @@ def through_router(page: str) -> None:
     try:
         st.switch_page("app.py", query_params={"goto": page, **st.query_params.to_dict()})
     except StreamlitPageNotFoundError:
-        pass
+        return  # run on its own: nothing to go through
 
 
 def page_link(page: str, label: str, icon: str, **query: str) -> None:
