@@ -167,8 +167,9 @@ class FrozenFeatures:
             self._weights = weights.identity(self.bb.spec, self.bb.weights, self.seed)
         key = {"backbone": self.bb.spec.name, "weights": self._weights,
                "boundary": cut.boundary, "cut": cut.name, "dataset": self.rows.fingerprint,
-               "transform": {**self.pipeline.describe(), "view": "augmented" if augmented else "val",
-                             "views": self.views if augmented else 1},
+               # The val view never augments: runs with and without augmentation (and probes) share it.
+               "transform": {**self.pipeline.describe(), **({} if augmented else {"augment": "none"}),
+                             "view": "augmented" if augmented else "val", "views": self.views if augmented else 1},
                "compute": {"device": self.device.type, "precision": _name(self.precision), "torch": torch.__version__},
                "version": FEATURES_VERSION}
         n = len(self.rows.paths) * (self.views if augmented else 1)

@@ -41,7 +41,8 @@ from .finetuning import Finetuning, Phase, sync_param_groups
 from .runfiles import run_folder
 from .schedules import lr_factor, progress
 from .settings import current as settings
-from .store import ClassMetric, EpochWriter, Run, Store
+from .metrics import class_metrics
+from .store import EpochWriter, Run, Store
 from .strategies import get_strategy
 
 
@@ -74,18 +75,6 @@ def throttled(ask: Callable[[], bool], seconds: float) -> Callable[[], bool]:
         return ask()
 
     return asked
-
-
-def per_class_metrics(confusion: torch.Tensor, classes: list[str]) -> list[ClassMetric]:
-    """Precision, recall and F1 of each class from a (true x predicted) confusion matrix."""
-    cm = confusion.double()
-    tp = cm.diag()
-    precision = tp / cm.sum(0).clamp(min=1)
-    recall = tp / cm.sum(1).clamp(min=1)
-    f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
-    return [ClassMetric(i, name, float(precision[i]), float(recall[i]), float(f1[i]),
-                        int(cm[i].sum()), [int(x) for x in confusion[i].tolist()])
-            for i, name in enumerate(classes)]
 
 
 def pick_device(preference: str) -> torch.device:
@@ -287,6 +276,15 @@ def load_model(cfg: RunConfig, num_classes: int, device: torch.device) -> backbo
     return bb
 
 
+def frozen_features(cfg: RunConfig, bb: backbones.Backbone, d: RunData, device: torch.device,
+                    amp: torch.dtype | None, check: Callable[[], None] | None = None) -> features.FrozenFeatures:
+    """The run's cache of frozen groups' output (features.py), as its settings ask for it."""
+    return features.FrozenFeatures(bb, d.splits, d.rows, d.pipeline, views=cfg.feature_views, batch_size=d.batch_size,
+                                   seed=cfg.seed, device=device, workers=d.workers, channels_last=CHANNELS_LAST,
+                                   check=check, enabled=cfg.feature_cache == "on",
+                                   precision=features.extraction_dtype(cfg.feature_precision, device, amp))
+
+
 def _record_start(store: Store, run: Run, cfg: RunConfig, d: RunData, bb: backbones.Backbone) -> None:
     """The run's summary before its first epoch: data, batch, input, warnings, skipped files; and its log."""
     warnings, skipped = cfg.warnings(), data.skipped_summary(d.index)
@@ -330,16 +328,13 @@ def _fit(store: Store, run: Run, cfg: RunConfig, device: torch.device, run_dir: 
     # 2. Model.
     bb = load_model(cfg, len(d.classes), device)
     model, groups = bb.model, bb.groups
-    amp, scaler = _amp(device)
+    amp, scaler = amp_for(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = cfg.cudnn_benchmark == "on"
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     # 3. The strategy's plan; frozen groups' output computed once per image and cached on disk.
     plan = Finetuning(get_strategy(cfg.strategy), cfg.strategy_params(), groups, cfg.epochs)
-    frozen = features.FrozenFeatures(bb, d.splits, d.rows, d.pipeline, views=cfg.feature_views,
-                                     batch_size=d.batch_size, seed=cfg.seed, device=device, workers=d.workers,
-                                     channels_last=CHANNELS_LAST, check=check, enabled=cfg.feature_cache == "on",
-                                     precision=features.extraction_dtype(cfg.feature_precision, device, amp))
+    frozen = frozen_features(cfg, bb, d, device, amp, check)
     _record_start(store, run, cfg, d, bb)
     # 4. A fresh start, or the run's own last checkpoint: the same trainable groups, optimizer
     #    state, schedule position, unfreezing history and random streams as when it stopped.
@@ -349,7 +344,7 @@ def _fit(store: Store, run: Run, cfg: RunConfig, device: torch.device, run_dir: 
     identity = {"run_uid": run.uid, "config_fingerprint": cfg.fingerprint()}  # what a resume checks
     bar = tqdm(total=cfg.epochs * len(d.train), initial=at.start_epoch * len(d.train), unit="batch",
                disable=not show, file=sys.stderr, dynamic_ncols=True)
-    feats, compiled = None, {}
+    feats, compiled, last_confusion = None, {}, None
     with EpochWriter(store) as writer:  # epoch rows written in the background, all before the run ends
         for epoch in range(at.start_epoch, cfg.epochs):
             epoch_start = time.perf_counter()
@@ -381,6 +376,7 @@ def _fit(store: Store, run: Run, cfg: RunConfig, device: torch.device, run_dir: 
             # 7. Validate, record, checkpoint.
             ev = evaluate(net, val_batches, loss_fn, device, amp, len(d.classes))
             plan.observe(ev["val_loss"])
+            last_confusion = ev["confusion"].tolist()
             if ev["val_acc"] > best_acc:
                 best_acc, best_epoch, best_confusion = ev["val_acc"], epoch, ev["confusion"]
                 _save({"model": model.state_dict(), "classes": d.classes, "config": cfg.model_dump(), **identity,
@@ -408,8 +404,10 @@ def _fit(store: Store, run: Run, cfg: RunConfig, device: torch.device, run_dir: 
                       f"groups {plan.trainable_groups}/{len(groups)}", file=sys.stderr)
     bar.close()
 
-    store.log_class_metrics(run.id, per_class_metrics(best_confusion, d.classes))
+    store.log_class_metrics(run.id, class_metrics(best_confusion.tolist(), d.classes))
     summary = store.get_run(run.id).summary
+    if last_confusion is not None:  # per-class results at the last epoch too, for comparisons read there
+        summary["last_confusion"] = last_confusion
     if unreadable := decoded.unreadable_paths(d.rows, d.pipeline, d.splits):  # found while decoding (truncated)
         summary["unreadable"] = unreadable
     store.finish_run(run.id, "completed", summary={**summary, "total_seconds": time.perf_counter() - started})
@@ -470,7 +468,7 @@ def _check_checkpoint(ckpt: dict, path: Path, run: Run, cfg: RunConfig, classes:
                         f"({len(ckpt['classes'])} then, {len(classes)} now); start a new run instead")
 
 
-def _amp(device: torch.device):
+def amp_for(device: torch.device):
     """Autocast dtype and grad scaler: bf16 where the GPU has it, fp16 + scaling otherwise, none on CPU."""
     if device.type != "cuda":
         return None, torch.amp.GradScaler("cpu", enabled=False)
