@@ -14,6 +14,13 @@ def offline(monkeypatch):
     monkeypatch.setenv("TL_OFFLINE", "1")
 
 
+@pytest.fixture(autouse=True)
+def own_runs_dir(tmp_path_factory, monkeypatch):
+    """No test writes run folders or caches into the repository: a runs folder of its own by
+    default (tests that need a particular one set TL_RUNS_DIR themselves)."""
+    monkeypatch.setenv("TL_RUNS_DIR", str(tmp_path_factory.mktemp("runs")))
+
+
 @pytest.fixture(scope="session")
 def animals(tmp_path_factory) -> str:
     """The animal silhouettes, 30 per class, 64 px: 240 train / 60 val images."""

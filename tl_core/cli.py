@@ -11,7 +11,9 @@ import argparse
 import json
 import os
 import sys
+import time
 import typing
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from sqlalchemy.exc import DBAPIError
@@ -41,9 +43,11 @@ _HELP = {
 }
 
 
-def _add_config_flags(p: argparse.ArgumentParser) -> None:
-    """One --flag per RunConfig field, with its type, choices and default."""
+def _add_config_flags(p: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
+    """One --flag per RunConfig field (but `skip`), with its type, choices and default."""
     for name, field in RunConfig.model_fields.items():
+        if name in skip:
+            continue
         flag = "--" + name.replace("_", "-")
         ann = field.annotation
         args = typing.get_args(ann)
@@ -87,6 +91,34 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--detach", action="store_true", help="queue the run for the worker and print its id")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    p = sub.add_parser("experiment", parents=[common], help="a grid of runs as one experiment: strategies x "
+                       "train fractions x LRs x seeds (trained here one after another, or queued with --detach)")
+    _add_config_flags(p, skip=("strategy", "seed", "train_fraction", "lr"))
+    p.add_argument("--strategies", type=_names, required=True, help="comma-separated, e.g. feature_extraction,full")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per cell, from --first-seed on (default 1)")
+    p.add_argument("--first-seed", type=int, default=0)
+    p.add_argument("--train-fractions", type=_floats, default=None, help="comma-separated, e.g. 0.1,0.3,1 "
+                   "(nested: a smaller subset lies inside a larger one)")
+    p.add_argument("--lrs", type=_floats, default=None, help="comma-separated base LRs (default: each strategy's own)")
+    p.add_argument("--detach", action="store_true", help="queue the runs for the worker and print their ids")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("probe", parents=[common], help="before training: images per class, how well frozen "
+                       "pretrained features separate the classes (linear probe, k-NN), which strategy to try first")
+    _add_config_flags(p)
+    p.add_argument("--max-per-class", type=int, default=50, help="images per class probed (default 50)")
+    p.add_argument("--job", help=argparse.SUPPRESS)  # set by the dashboard, which waits for this result
+
+    p = sub.add_parser("lr-find", parents=[common], help="the LR range test under the strategy's freezing and "
+                       "per-group LR ratios: loss against LR, and a suggested LR")
+    _add_config_flags(p)
+    p.add_argument("--start-lr", type=float, default=1e-7)
+    p.add_argument("--end-lr", type=float, default=10.0)
+    p.add_argument("--num-iter", type=int, default=100, help="batches at most (default 100)")
+    p.add_argument("--rule", choices=["steepest", "valley"], default="steepest",
+                   help="steepest: where the smoothed loss falls fastest (PyTorch Lightning); valley: fastai's")
+    p.add_argument("--job", help=argparse.SUPPRESS)
+
     p = sub.add_parser("runs", parents=[common], help="table of runs")
     p.add_argument("--experiment", default=None)
     p.add_argument("--status", default=None)
@@ -94,8 +126,11 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("show", parents=[common], help="one run: config, status, per-epoch metrics")
     p.add_argument("run_id", type=int)
 
-    p = sub.add_parser("compare", parents=[common], help="side-by-side summary of runs")
+    p = sub.add_parser("compare", parents=[common], help="side-by-side summary of runs, and whether their "
+                       "differences are real (seed-paired bootstrap CIs)")
     p.add_argument("run_ids", type=int, nargs="+")
+    p.add_argument("--which", choices=["best", "last"], default="best",
+                   help="each run's best epoch (by val accuracy) or its last, everywhere (default best)")
 
     p = sub.add_parser("cancel", parents=[common], help="cancel a queued or running run (stops within one batch)")
     p.add_argument("run_id", type=int)
@@ -117,6 +152,20 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("backbones", parents=[common], help="registered backbones, sizes and weight availability")
     sub.add_parser("strategies", parents=[common], help="registered strategies")
     return parser
+
+
+def _names(text: str) -> list[str]:
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("give at least one name, comma-separated")
+    return names
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give numbers separated by commas, e.g. 0.1,0.3,1") from None
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
@@ -213,7 +262,7 @@ def cmd_dataset(args) -> int:
 
 @command("run")
 def cmd_run(args) -> int:
-    cfg = make_config(**{k: v for k, v in vars(args).items() if k in RunConfig.model_fields})
+    cfg = _config(args)
     service.check_run(cfg)
     for warning in cfg.warnings():
         print(f"warning: {warning}", file=sys.stderr)
@@ -224,6 +273,66 @@ def cmd_run(args) -> int:
         return 0
     run = service.start_here(store, cfg)
     return _ended(args, service.train_here(store, run.id, progress=not args.no_progress))
+
+
+@command("experiment")
+def cmd_experiment(args) -> int:
+    base = {k: v for k, v in vars(args).items() if k in RunConfig.model_fields}
+    if "experiment" not in base:  # a grid is its own experiment: named after its data and the time
+        base["experiment"] = f"{Path(args.data).name}-{time.strftime('%m%d-%H%M%S')}"
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    configs = service.plan_runs(base, args.strategies, seeds, args.train_fractions, args.lrs)
+    store = service.open_store(args.db)
+    estimate = service.estimate_seconds(store, configs)
+    for warning in dict.fromkeys(w for c in configs for w in c.warnings()):
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"{len(configs)} runs in experiment {base['experiment']}; "
+          + (f"about {estimate['seconds'] / 60:.1f} min ({estimate['basis']})" if estimate["seconds"]
+             else f"no time estimate ({estimate['basis']})"), file=sys.stderr)
+    if args.detach:
+        runs = [service.queue_run(store, c) for c in configs]
+        _out(args, {"experiment": base["experiment"], "run_ids": [r.id for r in runs], "estimate": estimate},
+             f"queued runs {', '.join(str(r.id) for r in runs)} in experiment {base['experiment']}")
+        return 0
+    ids, failed = [], 0
+    for cfg in configs:
+        run = service.train_here(store, service.start_here(store, cfg).id, progress=not args.no_progress)
+        ids.append(run.id)
+        failed += run.status == "failed"
+    report = service.experiment_report(store, base["experiment"])
+    _out(args, report, _experiment_text(report))
+    return 1 if failed else 0
+
+
+def _experiment_text(report: dict) -> str:
+    lines = [_table(report["runs"], ["id", "strategy", "status", "best_val_acc", "best_epoch", "final_val_acc",
+                                     "total_seconds"])]
+    lines += [d["text"] for d in report["statistics"]]
+    lines += [c["text"] for c in report["data_efficiency"]["crossovers"]]
+    return "\n".join(lines)
+
+
+def _config(args) -> RunConfig:
+    return make_config(**{k: v for k, v in vars(args).items() if k in RunConfig.model_fields})
+
+
+@command("probe")
+def cmd_probe(args) -> int:
+    p = service.probe_data(service.open_store(args.db), _config(args), args.max_per_class, args.job)
+    rec = p["recommendation"]
+    _out(args, p, f"{p['images_per_class']:.0f} training images per class ({p['size']}); linear probe "
+                  f"{p['linear_probe_acc']:.1%}, k-NN {p['knn_acc']:.1%}, chance {p['chance']:.1%} "
+                  f"(separability {p['separability']:.2f}: {p['similarity']} to ImageNet)\n"
+                  f"try first: {', '.join(rec['strategies'])}: {rec['why']}")
+    return 0
+
+
+@command("lr-find")
+def cmd_lr_find(args) -> int:
+    found = service.find_lr(service.open_store(args.db), _config(args), args.start_lr, args.end_lr, args.num_iter,
+                            args.rule, args.job)
+    _out(args, found, f"suggested LR {found['suggested_lr']:.2e} ({found['rule_description']}); {found['stopped']}")
+    return 0
 
 
 @command("resume")
@@ -266,10 +375,10 @@ def cmd_show(args) -> int:
 
 @command("compare")
 def cmd_compare(args) -> int:
-    rows = service.compare(service.open_store(args.db), args.run_ids)
+    report = service.compare(service.open_store(args.db), args.run_ids, which=args.which)
     cols = ["id", "strategy", "backbone", "status", "best_val_acc", "best_epoch", "final_val_acc", "epochs",
             "total_seconds", "trainable_params", "images_per_sec"]
-    _out(args, {"runs": rows}, _table(rows, cols))
+    _out(args, report, "\n".join([_table(report["runs"], cols), *(d["text"] for d in report["statistics"])]))
     return 0
 
 

@@ -110,6 +110,19 @@ class SqlRun(Base):
     run_dir: Mapped[str | None] = mapped_column(Text, nullable=True)
     # Set by an explicit resume: the next start continues from the run's own last checkpoint.
     resume: Mapped[bool] = mapped_column(default=False)
+    notes: Mapped[str | None] = mapped_column(Text, nullable=True)  # a person's words on the run
+    tags: Mapped[list | None] = mapped_column(JSON, nullable=True)  # labels to filter runs by
+
+
+class SqlArtifact(Base):
+    """Something measured for an experiment rather than a run: an LR finder's curve, a probe."""
+
+    __tablename__ = "artifacts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(50))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=_now)
+    data: Mapped[dict] = mapped_column(JSON)
 
 
 # Columns added since the first release, with the SQL that adds them to an older database and
@@ -118,6 +131,8 @@ _ADDED_COLUMNS = {
     "runs": {
         "uid": ["ALTER TABLE runs ADD COLUMN uid VARCHAR(32)", "CREATE UNIQUE INDEX ix_runs_uid ON runs (uid)"],
         "resume": ["ALTER TABLE runs ADD COLUMN resume BOOLEAN NOT NULL DEFAULT FALSE"],
+        "notes": ["ALTER TABLE runs ADD COLUMN notes TEXT"],
+        "tags": ["ALTER TABLE runs ADD COLUMN tags JSON"],
     },
 }
 
@@ -201,6 +216,8 @@ class Run:
     run_dir: str | None = None
     uid: str = ""  # globally unique: names the run's folder
     resume: bool = False  # the next start continues from the run's last checkpoint
+    notes: str = ""
+    tags: list[str] = field(default_factory=list)
 
     @property
     def epochs(self) -> int:
@@ -246,8 +263,18 @@ def _to_run(row: SqlRun, experiment: str) -> Run:
         error=row.error, cancel_requested=bool(row.cancel_requested),
         epochs_done=row.epochs_done, best_val_acc=row.best_val_acc, best_epoch=row.best_epoch,
         summary=dict(row.summary or {}), environment=dict(row.environment or {}),
-        run_dir=row.run_dir, uid=row.uid, resume=bool(row.resume),
+        run_dir=row.run_dir, uid=row.uid, resume=bool(row.resume), notes=row.notes or "",
+        tags=list(row.tags or []),
     )
+
+
+@dataclass
+class Artifact:
+    id: int
+    experiment: str
+    kind: str
+    created_at: dt.datetime
+    data: dict
 
 
 class UnknownRun(LookupError):
@@ -333,7 +360,7 @@ class Store:
             return _to_run(found[0], found[1])
 
     def list_runs(self, experiment: str | None = None, statuses: Iterable[str] | None = None,
-                  run_ids: Iterable[int] | None = None) -> list[Run]:
+                  run_ids: Iterable[int] | None = None, tag: str | None = None) -> list[Run]:
         q = select(SqlRun, SqlExperiment.name).join(SqlExperiment).order_by(SqlRun.id.desc())
         if experiment:
             q = q.where(SqlExperiment.name == experiment)
@@ -342,7 +369,46 @@ class Store:
         if run_ids is not None:
             q = q.where(SqlRun.id.in_(list(run_ids)))
         with self._session() as s:
-            return [_to_run(r, e) for r, e in s.execute(q).all()]
+            runs = [_to_run(r, e) for r, e in s.execute(q).all()]
+        # Tags are a JSON list; matched here, the same on SQLite and PostgreSQL.
+        return [r for r in runs if tag in r.tags] if tag else runs
+
+    def annotate(self, run_id: int, notes: str | None = None, tags: Iterable[str] | None = None) -> Run:
+        """Set a run's notes and/or tags (tags trimmed, empty ones dropped, each once, in order)."""
+        fields: dict[str, Any] = {}
+        if notes is not None:
+            fields["notes"] = notes.strip()
+        if tags is not None:
+            fields["tags"] = list(dict.fromkeys(t.strip() for t in tags if t.strip()))
+        self.get_run(run_id)  # an unknown run is an error, not a silent no-op
+        self.update_run(run_id, **fields)
+        return self.get_run(run_id)
+
+    def tags(self, experiment: str | None = None) -> list[str]:
+        """Every tag in use (in an experiment), sorted: the tags column alone, however many runs."""
+        q = select(SqlRun.tags).join(SqlExperiment).where(SqlRun.tags.is_not(None))
+        if experiment:
+            q = q.where(SqlExperiment.name == experiment)
+        with self._session() as s:
+            return sorted({t for (tags,) in s.execute(q) for t in tags or []})
+
+    # experiments' artifacts
+    def add_artifact(self, experiment: str, kind: str, data: dict) -> Artifact:
+        exp_id = self.experiment_id(experiment)
+        with self._session.begin() as s:
+            row = SqlArtifact(experiment_id=exp_id, kind=kind, data=data)
+            s.add(row)
+            s.flush()
+            return Artifact(row.id, experiment, kind, row.created_at, dict(row.data))
+
+    def artifacts(self, experiment: str, kind: str | None = None) -> list[Artifact]:
+        """An experiment's artifacts, newest first."""
+        q = (select(SqlArtifact).join(SqlExperiment).where(SqlExperiment.name == experiment)
+             .order_by(SqlArtifact.id.desc()))
+        if kind:
+            q = q.where(SqlArtifact.kind == kind)
+        with self._session() as s:
+            return [Artifact(r.id, experiment, r.kind, r.created_at, dict(r.data)) for r in s.scalars(q)]
 
     def update_run(self, run_id: int, **fields: Any) -> None:
         if "status" in fields and fields["status"] not in STATUSES:

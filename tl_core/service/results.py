@@ -51,11 +51,25 @@ def summarize(run: Run, epochs: dict[int, dict[str, float]]) -> dict:
             "images_per_sec": sum(ips) / len(ips) if ips else None}
 
 
-def compare(store: Store, run_ids: list[int]) -> list[dict]:
-    """The comparison rows of these runs, in the order given."""
+def compare(store: Store, run_ids: list[int], which: str = "best") -> dict:
+    """These runs side by side (in the order given) and, where strategies were run with several
+    seeds, whether their differences are real: each run read at its best epoch or its last."""
+    from .compare import statistics
+
     runs = [store.get_run(i) for i in run_ids]
     metrics = store.epoch_metrics(run_ids)
-    return [summarize(r, metrics[r.id]) for r in runs]
+    return {"which": which, "runs": [summarize(r, metrics[r.id]) for r in runs],
+            "statistics": statistics(runs, metrics, which)}
+
+
+def experiment_report(store: Store, experiment: str, which: str = "best") -> dict:
+    """An experiment's runs side by side, its statistics and its data-efficiency curves."""
+    from .compare import data_efficiency, statistics
+
+    runs = sorted(store.list_runs(experiment), key=lambda r: r.id)
+    metrics = store.epoch_metrics([r.id for r in runs])
+    return {"experiment": experiment, "which": which, "runs": [summarize(r, metrics[r.id]) for r in runs],
+            "statistics": statistics(runs, metrics, which), "data_efficiency": data_efficiency(runs, metrics, which)}
 
 
 def time_to_accuracy(epochs: dict[int, dict[str, float]], target: float) -> float | None:

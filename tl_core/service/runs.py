@@ -7,10 +7,11 @@ import os
 import shutil
 import socket
 from pathlib import Path
+from typing import Sequence
 
 from .. import settings
 from ..config import RunConfig, make_config
-from ..data import batch_size_for, scan_dataset, split_dataset
+from ..data import batch_size_for, split_dataset
 from ..errors import UserError
 from ..runfiles import is_run_folder, run_folder
 from ..store import FINISHED, Run, Store, default_db_url
@@ -62,6 +63,8 @@ def worker_pid(store: Store) -> int | None:
 
 def check_run(cfg: RunConfig) -> None:
     """Refuse a run before it is recorded: its weights must be obtainable and its dataset trainable."""
+    from ..cache import scan_dataset  # data.scan_dataset, reused while no file changed
+
     check_obtainable(cfg.backbone, cfg.weights_to_load)
     splits = split_dataset(scan_dataset(cfg.data), cfg.val_fraction, cfg.train_fraction, cfg.split_seed)
     batch_size_for(cfg.batch_size, len(splits.train))
@@ -77,13 +80,20 @@ def stored_config(run: Run) -> RunConfig:
         return make_config(**run.config)  # raises the UserError naming the setting
 
 
-def plan_runs(base: dict, strategies: list[str], seeds: list[int]) -> list[RunConfig]:
-    """One validated config per (strategy, seed), everything else equal; UserError if any is invalid."""
+def plan_runs(base: dict, strategies: Sequence[str], seeds: Sequence[int],
+              train_fractions: Sequence[float] | None = None, lrs: Sequence[float | None] | None = None) -> list[RunConfig]:
+    """The grid strategies x train fractions x LRs x seeds, everything else equal: one validated
+    config per cell and seed; UserError if any is invalid. Fractions and LRs default to `base`'s."""
     if not strategies:
         raise UserError("tick at least one strategy")
     if not seeds:
         raise UserError("choose at least one seed")
-    configs = [make_config(**{**base, "strategy": s, "seed": seed}) for s in strategies for seed in seeds]
+    fractions = list(train_fractions or [base.get("train_fraction", 1.0)])
+    rates = list(lrs or [base.get("lr")])
+    if len(set(fractions)) < len(fractions) or len(set(rates)) < len(rates) or len(set(seeds)) < len(seeds):
+        raise UserError("a train fraction, LR or seed is listed twice; list each once")
+    configs = [make_config(**{**base, "strategy": s, "train_fraction": f, "lr": lr, "seed": seed})
+               for s in strategies for f in fractions for lr in rates for seed in seeds]
     checked: set[tuple] = set()
     for cfg in configs:  # the dataset check depends only on these, not on the strategy or seed
         key = (cfg.data, cfg.val_fraction, cfg.train_fraction, cfg.split_seed, cfg.batch_size, cfg.backbone,
@@ -102,10 +112,69 @@ def draft_warnings(backbone: str, strategies: list[str], settings_: dict) -> lis
     return list(dict.fromkeys(w for cfg in drafts for w in cfg.warnings()))
 
 
-def queue_runs(store: Store, base: dict, strategies: list[str], seeds: list[int]) -> list[Run]:
-    """Validate every run first, then queue them all as one experiment (nothing queued on error)."""
-    configs = plan_runs(base, strategies, seeds)
+def queue_runs(store: Store, base: dict, strategies: Sequence[str], seeds: Sequence[int],
+               train_fractions: Sequence[float] | None = None, lrs: Sequence[float | None] | None = None) -> list[Run]:
+    """Validate every run of the grid first, then queue them all as one experiment (nothing queued on error)."""
+    return [queue_run(store, c) for c in plan_runs(base, strategies, seeds, train_fractions, lrs)]
+
+
+def more_seeds(store: Store, runs: Sequence[Run], n: int = 2) -> list[Run]:
+    """Queue `n` more seeds of exactly these runs' settings (each group of runs that differ only by
+    seed gets seeds after its highest), to tell a difference from noise."""
+    if n < 1:
+        raise UserError("add at least one seed")
+    groups: dict[str, list[Run]] = {}
+    for r in runs:
+        settings = {k: v for k, v in r.config.items() if k not in ("seed", "name")}
+        groups.setdefault(repr(sorted(settings.items())), []).append(r)
+    configs = []
+    for members in groups.values():
+        top = max(int(r.config.get("seed", 0)) for r in members)
+        base = {**{k: v for k, v in members[0].config.items() if k != "name"}, "experiment": members[0].experiment}
+        configs += [RunConfig.from_stored({**base, "seed": top + i}) for i in range(1, n + 1)]
     return [queue_run(store, c) for c in configs]
+
+
+def estimate_seconds(store: Store, configs: Sequence[RunConfig]) -> dict:
+    """How long the planned runs should take here, from earlier runs on this machine.
+
+    Each planned run is timed by the seconds per training image per epoch (startup and caches
+    included) of earlier completed runs on this host with its backbone and image size, the same
+    strategy where there is one; without any, no estimate is made (the answer says so).
+    """
+    host = socket.gethostname()
+    done = [r for r in store.list_runs(statuses=["completed"]) if r.host == host and r.summary.get("total_seconds")
+            and r.summary.get("train_images") and r.epochs]
+    per_image = {}  # (backbone, image size, strategy | None) -> seconds per image-epoch, the median
+    for key_of in (lambda r: (r.config.get("backbone"), r.config.get("image_size"), r.config.get("strategy")),
+                   lambda r: (r.config.get("backbone"), r.config.get("image_size"), None)):
+        seen: dict[tuple, list[float]] = {}
+        for r in done:
+            seen.setdefault(key_of(r), []).append(r.summary["total_seconds"] / (r.summary["train_images"] * r.epochs))
+        for k, v in seen.items():
+            per_image.setdefault(k, sorted(v)[len(v) // 2])
+    total, measured = 0.0, 0
+    for cfg in configs:
+        rate = (per_image.get((cfg.backbone, cfg.image_size, cfg.strategy))
+                or per_image.get((cfg.backbone, cfg.image_size, None)))
+        if rate is None:
+            continue
+        total += rate * _train_images(cfg) * cfg.epochs
+        measured += 1
+    if not measured:
+        return {"runs": len(configs), "seconds": None,
+                "basis": "no earlier run with this backbone and image size on this machine to estimate from"}
+    if measured < len(configs):  # the rest as the measured ones, on average
+        total *= len(configs) / measured
+    return {"runs": len(configs), "seconds": total,
+            "basis": f"from {len(done)} earlier runs on this machine"
+                     + ("" if measured == len(configs) else f" ({measured} of the {len(configs)} runs matched one)")}
+
+
+def _train_images(cfg: RunConfig) -> int:
+    from ..cache import scan_dataset  # reused while no file changed
+
+    return len(split_dataset(scan_dataset(cfg.data), cfg.val_fraction, cfg.train_fraction, cfg.split_seed).train)
 
 
 def queue_run(store: Store, cfg: RunConfig) -> Run:

@@ -1,0 +1,54 @@
+"""Measurements before training, stored with the experiment: the probe of the data, the LR finder.
+
+Each runs here (the CLI) or in a job's process (the dashboard, jobs.py) and records its result
+as an artifact of the experiment named in its config, with the job id when a job started it.
+"""
+
+from __future__ import annotations
+
+from ..config import RunConfig
+from ..store import Store
+
+
+def probe_data(store: Store, cfg: RunConfig, max_per_class: int = 50, job: str | None = None) -> dict:
+    """Images per class and how well frozen pretrained features separate the classes; the strategies
+    to try first and why (probe.py). Stored as a "probe" artifact of cfg.experiment."""
+    from ..probe import probe  # torch: only what measures imports it
+
+    result = {**probe(cfg, max_per_class=max_per_class).to_dict(), "data": cfg.data, "job": job}
+    store.add_artifact(cfg.experiment, "probe", result)
+    return result
+
+
+def find_lr(store: Store, cfg: RunConfig, start_lr: float = 1e-7, end_lr: float = 10.0, num_iter: int = 100,
+            rule: str = "steepest", job: str | None = None) -> dict:
+    """The LR range test under cfg's strategy (lr_finder.py). Stored as an "lr_find" artifact."""
+    from ..lr_finder import lr_find
+    from .runs import check_run
+
+    check_run(cfg)
+    found = lr_find(cfg, start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, rule=rule)
+    result = {**found.to_dict(), "data": cfg.data, "image_size": cfg.image_size, "job": job}
+    store.add_artifact(cfg.experiment, "lr_find", result)
+    return result
+
+
+def probe_verdict(store: Store, experiment: str, which: str = "best") -> str | None:
+    """After a comparison, whether the experiment's probe recommended the strategy that won (the
+    mean over seeds of each strategy's val accuracy, read at `which` epoch)."""
+    from collections import defaultdict
+
+    from ..probe import judge
+    from .compare import value
+
+    found = store.artifacts(experiment, "probe")
+    runs = [r for r in store.list_runs(experiment) if r.status == "completed"]
+    if not found or not runs:
+        return None
+    metrics = store.epoch_metrics([r.id for r in runs])
+    by_strategy: dict[str, list[float]] = defaultdict(list)
+    for r in runs:
+        if (v := value(r, metrics[r.id], which)) is not None:
+            by_strategy[r.config.get("strategy")].append(v)
+    results = {s: sum(v) / len(v) for s, v in by_strategy.items()}
+    return judge(found[0].data["recommendation"]["strategies"], results) if results else None
