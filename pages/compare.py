@@ -1,8 +1,11 @@
-"""Compare: the runs of one experiment (or any runs) side by side.
+"""Compare: the runs of one experiment (or any runs) side by side, and what the numbers say.
 
-Curves per run (val accuracy and loss against epochs and wall-clock time, train vs val),
-mean ± std bands for strategies run with several seeds, a summary table, per-class accuracy
-and confusion matrices. Markers on the curves show where a strategy unfroze more layers.
+Curves (val accuracy and loss against epochs and wall-clock time, train vs val), the fine-tuning
+timeline, whether each difference between strategies is real (seed-paired bootstrap CIs), how
+much data each needs (a data-efficiency chart when the experiment varied the train fraction), a
+summary and the settings that differ, per-class results for the runs picked. Past a dozen runs,
+runs that differ only by seed are drawn as one group (a mean and a band). Every table and chart
+reads each run at its best epoch or its last, as chosen; the URL keeps the selection.
 """
 
 import csv
@@ -10,13 +13,14 @@ import io
 
 import streamlit as st
 
-from tl_core import service
-from ui import charts, session
+from tl_core import service, stats
+from ui import charts, report, session
 from ui import format as fmt
 
 session.through_router("compare")  # a deep link on a fresh server goes through app.py
 
 store = session.store()
+GROUP_AT = 12  # more runs than this are drawn as groups of seeds
 
 
 def to_csv(rows: list[dict]) -> str:
@@ -30,43 +34,93 @@ def to_csv(rows: list[dict]) -> str:
     return out.getvalue()
 
 
+@st.cache_data(show_spinner="Testing the differences…", max_entries=32)
+def statistics(run_ids: tuple[int, ...], progress: tuple, which: str) -> list[dict]:
+    runs = store.list_runs(run_ids=run_ids)
+    return service.statistics(runs, store.epoch_metrics(run_ids), which)
+
+
+def from_url(key: str, param: str, cast=str) -> None:
+    """Seed a widget from the URL on the first run of a session (a shared link reopens the view)."""
+    if key not in st.session_state and param in st.query_params:
+        try:
+            st.session_state[key] = cast(st.query_params[param])
+        except (ValueError, KeyError):
+            return  # a malformed link falls back to the default view
+
+
 st.title("Compare runs")
 st.caption("Pick an experiment to compare its runs (everything but the strategy or seed equal), or pick "
-           "any runs. ◆ on a curve marks an epoch where the strategy unfroze more layer groups.")
+           "any runs. ◆ on a curve marks an epoch where the strategy unfroze more layer groups; hover any "
+           "epoch to see what trained then.")
 
+# --- what to compare (kept in the URL) ------------------------------------------------------------
 experiments = store.list_experiments()[::-1]  # newest first
-wanted = st.query_params.get("experiment")
+from_url("compare_mode", "runs", lambda v: "Any runs")
+from_url("compare_runs", "runs", lambda v: [int(i) for i in v.split(",") if i])
+from_url("compare_experiment", "experiment")
+from_url("compare_which", "which", lambda v: {"best": "best epoch", "last": "last epoch"}[v])
+from_url("compare_smooth", "smooth", float)
 mode = st.segmented_control("Compare", ["An experiment", "Any runs"], default="An experiment", key="compare_mode")
+pick, tags = st.columns([3, 1])
+tag = tags.selectbox("Tag", store.tags(), index=None, key="compare_tag", placeholder="any tag")
 if mode == "Any runs":
-    everything = {r.id: r for r in store.list_runs()}
-    chosen = st.multiselect("Runs", list(everything), key="compare_runs",
-                            format_func=lambda i: f"#{i} {everything[i].name} · {everything[i].experiment}",
-                            placeholder="Choose runs to compare")
+    everything = {r.id: r for r in store.list_runs(tag=tag)}
+    st.session_state["compare_runs"] = [i for i in st.session_state.get("compare_runs", []) if i in everything]
+    chosen = pick.multiselect("Runs", list(everything), key="compare_runs",
+                              format_func=lambda i: f"#{i} {everything[i].name} · {everything[i].experiment}",
+                              placeholder="Choose runs to compare")
     runs = sorted((everything[i] for i in chosen), key=lambda r: r.id)
+    st.query_params.from_dict({"runs": ",".join(str(r.id) for r in runs)})
 else:
-    experiment = st.selectbox("Experiment", experiments, key="compare_experiment",
-                              index=experiments.index(wanted) if wanted in experiments else 0,
-                              placeholder="No experiments yet")
-    runs = sorted(store.list_runs(experiment=experiment), key=lambda r: r.id) if experiment else []
+    if st.session_state.get("compare_experiment") not in experiments:
+        st.session_state.pop("compare_experiment", None)
+    experiment = pick.selectbox("Experiment", experiments, key="compare_experiment", placeholder="No experiments yet")
+    runs = sorted(store.list_runs(experiment=experiment, tag=tag), key=lambda r: r.id) if experiment else []
+    st.query_params.from_dict({"experiment": experiment} if experiment else {})
 
 if not runs:
     st.info("Nothing to compare yet: launch an experiment on **New run**, or pick runs above.",
             icon=":material/info:")
     st.stop()
 
+view = st.columns([2, 2, 2])
+which = {"best epoch": "best", "last epoch": "last"}[view[0].segmented_control(
+    "Read each run at its", ["best epoch", "last epoch"], default="best epoch", key="compare_which",
+    help="Every table, chart and statistic below uses the same choice") or "best epoch"]
+smoothing = view[1].slider("Smoothing", 0.0, 0.95, 0.0, 0.05, key="compare_smooth",
+                           help="An exponential moving average over epochs, for noisy curves (the table is not smoothed)")
+groups = service.group_runs(runs)
+grouped = len(runs) > GROUP_AT and len(groups) < len(runs)
+if grouped:
+    grouped = not view[2].toggle("Show single runs", key="compare_single",
+                                 help=f"{len(runs)} runs are drawn as groups (mean and band over seeds); show every "
+                                      f"run instead")
+differing = service.differing_keys(runs)
+if grouped and len(differing) > 1:
+    # A grid's every cell on one chart is a hundred lines: group by the first setting that differs
+    # until the reader asks for more (the statistics below still compare cell by cell).
+    default_keys = differing if len(groups) <= 2 * GROUP_AT else differing[:1]
+    keys = st.multiselect("Group the curves by", differing, default=default_keys, key="compare_group_by",
+                          help="Runs equal in these settings are one line (their mean) with a band (± one std)")
+    groups = service.group_runs(runs, keys or differing[:1])
+st.query_params.update({"which": which, **({"smooth": f"{smoothing:g}"} if smoothing else {})})
+
 metrics = store.epoch_metrics([r.id for r in runs])
-with_epochs = [r for r in runs if metrics.get(r.id)]
 target = st.session_state.get("target_acc", 0.8)
 summary = service.summary_rows(runs, metrics, target)
+values = {r.id: service.value(r, metrics.get(r.id, {}), which) for r in runs}
+for row in summary:
+    row["val_acc"] = values[row["id"]]
 
 # --- headline numbers --------------------------------------------------------------------------
-best = max((r for r in runs if r.best_val_acc is not None), key=lambda r: r.best_val_acc, default=None)
+top = max((r for r in runs if values[r.id] is not None), key=lambda r: values[r.id], default=None)
 done = [row for row in summary if row["total_seconds"]]
 fastest = min(done, key=lambda row: row["total_seconds"], default=None)
 m = st.columns(4)
 m[0].metric("Runs", len(runs), f"{sum(r.status == 'completed' for r in runs)} completed", delta_color="off",
             delta_arrow="off", border=True)
-m[1].metric("Best val accuracy", f"{best.best_val_acc:.1%}" if best else "–", best.name if best else None,
+m[1].metric(f"Val accuracy ({which} epoch)", f"{values[top.id]:.1%}" if top else "–", top.name if top else None,
             delta_color="off", delta_arrow="off", border=True)
 m[2].metric("Fastest run", fmt.format_seconds(fastest["total_seconds"]) if fastest else "–",
             fastest["name"] if fastest else None, delta_color="off", delta_arrow="off", border=True)
@@ -74,53 +128,117 @@ m[3].metric("Still training", sum(r.status in ("queued", "running") for r in run
 if any(r.status in ("queued", "running") for r in runs):
     st.button("Refresh", icon=":material/refresh:", key="compare_refresh", help="Some runs are still training: "
               "read their latest epochs")
-if not with_epochs:
+if not any(metrics.get(r.id) for r in runs):
     st.info("No epoch has finished yet; curves appear after the first one.", icon=":material/hourglass_top:")
 
 # --- curves -----------------------------------------------------------------------------------
-left, right = st.columns(2)
-left.plotly_chart(charts.curves(runs, metrics, "val_acc", "epoch"), key="val_acc_epoch")
-right.plotly_chart(charts.curves(runs, metrics, "val_loss", "epoch"), key="val_loss_epoch")
+bands = [(g.label, g.runs) for g in groups]
 
-groups: dict[str, int] = {}
-for r in runs:
-    groups[r.config.get("strategy", "")] = groups.get(r.config.get("strategy", ""), 0) + 1
-tab_names = ["Wall-clock time", "Overfitting gap"] + (["Seeds: mean ± std"] if max(groups.values()) > 1 else [])
-tabs = st.tabs(tab_names)
-with tabs[0]:
+
+def curve(y: str, x: str = "epoch"):
+    if grouped and x == "epoch":
+        return charts.group_bands(bands, metrics, y, smoothing=smoothing)
+    return charts.curves(runs, metrics, y, x, smoothing=smoothing)
+
+
+figures = {"val_acc_epoch": curve("val_acc"), "val_loss_epoch": curve("val_loss")}
+left, right = st.columns(2)
+left.plotly_chart(figures["val_acc_epoch"], key="val_acc_epoch")
+right.plotly_chart(figures["val_loss_epoch"], key="val_loss_epoch")
+
+several = any(len(g.runs) > 1 for g in groups)
+views = ["Fine-tuning timeline", "Wall-clock time", "Overfitting gap"] + (["Seeds: mean ± std"] if several else [])
+# One view drawn at a time: a grid's page stays quick however many views there are.
+shown_view = st.segmented_control("More views", views, default=views[0], key="compare_view") or views[0]
+if shown_view == "Fine-tuning timeline":
+    st.caption("What trains, epoch by epoch: a bar per phase, darker as more layer groups train; hover for the "
+               "trainable parameters and each group's LR." + (" One row per strategy: its phases are the same at "
+                                                               "every setting." if grouped else ""))
+    by_strategy = service.group_runs(runs, ["strategy"])
+    rows = [(g.label, g.runs) for g in by_strategy] if grouped else [(r.name, [r]) for r in runs]
+    figures["timeline"] = charts.timeline(rows, metrics)
+    st.plotly_chart(figures["timeline"], key="timeline")
+elif shown_view == "Wall-clock time":
     st.caption("The same curves against seconds since each run started: what a strategy costs in time.")
-    a, b = st.columns(2)
-    a.plotly_chart(charts.curves(runs, metrics, "val_acc", "wall_seconds"), key="val_acc_time")
-    b.plotly_chart(charts.curves(runs, metrics, "val_loss", "wall_seconds"), key="val_loss_time")
-with tabs[1]:
+    if grouped:
+        st.caption("Drawn per run: turn on **Show single runs** above to see them.")
+    else:
+        a, b = st.columns(2)
+        a.plotly_chart(curve("val_acc", "wall_seconds"), key="val_acc_time")
+        b.plotly_chart(curve("val_loss", "wall_seconds"), key="val_loss_time")
+elif shown_view == "Overfitting gap":
     st.caption("Train (dotted) against val (solid): a widening gap is overfitting.")
     a, b = st.columns(2)
-    a.plotly_chart(charts.train_val_gap(runs, metrics, "acc"), key="gap_acc")
-    b.plotly_chart(charts.train_val_gap(runs, metrics, "loss"), key="gap_loss")
-if len(tabs) > 2:
-    with tabs[2]:
-        st.caption("Strategies run with several seeds: mean and one standard deviation per epoch.")
-        a, b = st.columns(2)
-        a.plotly_chart(charts.seed_bands(runs, metrics, "val_acc"), key="bands_acc")
-        b.plotly_chart(charts.seed_bands(runs, metrics, "val_loss"), key="bands_loss")
+    a.plotly_chart(charts.train_val_gap(runs, metrics, "acc", bands if grouped else None), key="gap_acc")
+    b.plotly_chart(charts.train_val_gap(runs, metrics, "loss", bands if grouped else None), key="gap_loss")
+else:
+    st.caption("Groups run with several seeds: mean and one standard deviation per epoch.")
+    a, b = st.columns(2)
+    a.plotly_chart(charts.group_bands(bands, metrics, "val_acc", min_runs=2), key="bands_acc")
+    b.plotly_chart(charts.group_bands(bands, metrics, "val_loss", min_runs=2), key="bands_loss")
 
-# --- summary table -------------------------------------------------------------------------------
+# --- is the difference real? -------------------------------------------------------------------
+progress = tuple((r.id, r.epochs_done, r.status) for r in runs)
+differences = statistics(tuple(r.id for r in runs), progress, which)
+st.subheader("Is the difference real?")
+if not differences:
+    st.caption("With two or more strategies run on the same settings, each pair gets a seed-paired bootstrap "
+               "confidence interval of the difference in val accuracy here (more seeds, narrower intervals).")
+def pair_runs(d: dict) -> list:
+    """The runs behind a difference: its two strategies in its cell of the grid."""
+    return [r for r in runs if r.config.get("strategy") in (d["a"], d["b"])
+            and all(r.config.get(k) == v for k, v in d["cell"].items())]
+
+
+unsure = [d for d in differences if d["verdict"] in ("noise", "too_few") or d["n_pairs"] < stats.FEW_SEEDS]
+if len(differences) <= GROUP_AT:  # a few pairs: each with its own button
+    for i, d in enumerate(differences):
+        where = " · ".join(f"{k} {v}" for k, v in d["cell"].items())
+        line = st.columns([6, 1], vertical_alignment="center")
+        icon = ":material/check_circle:" if d["verdict"] in ("a", "b") else ":material/help:"
+        line[0].markdown(f"{icon} {d['text']}" + (f"  \n:gray[{where}]" if where else ""))
+        if d in unsure and line[1].button("Add 2 seeds", key=f"more_seeds_{i}", help="Queue two more seeds of "
+                                          "exactly these two strategies on these settings, to tell the difference "
+                                          "from noise"):
+            queued = service.more_seeds(store, pair_runs(d), 2)
+            st.toast(f"Queued {len(queued)} runs: {d['a']} and {d['b']} with two more seeds each",
+                     icon=":material/add_circle:")
+else:  # a grid's hundreds of pairs: one table, one button
+    st.dataframe([{"where": " · ".join(f"{k} {v}" for k, v in d["cell"].items()), "verdict": d["text"]}
+                  for d in differences], hide_index=True, column_config={"verdict": st.column_config.TextColumn(
+                      "Verdict", width="large")})
+    if unsure and st.button(f"Add 2 seeds to the {len(unsure)} pairs not yet told apart", key="more_seeds_all"):
+        chosen = {r.id: r for d in unsure for r in pair_runs(d)}
+        queued = service.more_seeds(store, list(chosen.values()), 2)
+        st.toast(f"Queued {len(queued)} runs", icon=":material/add_circle:")
+
+# --- how much data? ----------------------------------------------------------------------------
+if len({r.config.get("train_fraction") for r in runs}) > 1:
+    st.subheader("How much data do I need?")
+    efficiency = service.data_efficiency(runs, metrics, which)
+    figures["data_efficiency"] = charts.data_efficiency(efficiency, f"val accuracy ({which} epoch)")
+    st.plotly_chart(figures["data_efficiency"], key="data_efficiency")
+    for c in efficiency["crossovers"]:
+        st.markdown(f":material/swap_horiz: {c['text']}")
+    if not efficiency["crossovers"]:
+        st.caption("No curves cross: the order of the groups holds at every data size measured.")
+
+# --- summary and settings ------------------------------------------------------------------------
 st.subheader("Summary")
 c1, c2 = st.columns([1, 4])
 c1.number_input("Target accuracy", 0.0, 1.0, 0.8, 0.05, key="target_acc", format="%.2f",
                 help="The table shows how long each run took to first reach it")
-c2.caption("Best val accuracy and when it came, time to the target accuracy, total time, trainable "
-           "parameters at the last epoch and training throughput.")
+c2.caption(f"Val accuracy at each run's {which} epoch, when its best came, time to the target accuracy, total "
+           f"time, trainable parameters at the last epoch and training throughput.")
 several_seeds = len({row["seed"] for row in summary}) > 1
 st.dataframe(summary, hide_index=True, column_order=[
-    "name", "strategy", *(["seed"] if several_seeds else []), "status", "best_val_acc", "best_epoch", "final_val_acc",
+    "name", "strategy", *(["seed"] if several_seeds else []), "status", "val_acc", "best_epoch",
     "time_to_target_s", "total_seconds", "trainable_params", "images_per_sec"], column_config={
     "id": st.column_config.NumberColumn("ID", width="small"),
     "name": "Run", "strategy": "Strategy", "seed": st.column_config.NumberColumn("Seed", width="small"),
     "status": st.column_config.TextColumn("Status", width="small"),
-    "best_val_acc": st.column_config.NumberColumn("Best val acc", format="percent", width="small"),
+    "val_acc": st.column_config.NumberColumn(f"Val acc ({which})", format="percent", width="small"),
     "best_epoch": st.column_config.NumberColumn("Best epoch", width="small"),
-    "final_val_acc": st.column_config.NumberColumn("Final val acc", format="percent", width="small"),
     "time_to_target_s": st.column_config.NumberColumn(f"Time to {target:.0%}", format="%.1f s", width="small",
                                                       help="None: never reached"),
     "total_seconds": st.column_config.NumberColumn("Total time", format="%.1f s", width="small"),
@@ -128,21 +246,49 @@ st.dataframe(summary, hide_index=True, column_order=[
                                                       help="Trainable parameters at the last epoch"),
     "images_per_sec": st.column_config.NumberColumn("Images/s", format="%.0f", width="small"),
 })
+differs_only = st.toggle("Only settings that differ", value=True, key="compare_differs")
+settings_rows = service.config_table(runs, differs_only=differs_only)
+st.dataframe(settings_rows, hide_index=True)
 downloads = st.container(horizontal=True)
-downloads.download_button("Summary CSV", to_csv(summary), "summary.csv", "text/csv", icon=":material/download:")
-downloads.download_button("Per-epoch metrics CSV", to_csv(service.metric_rows(runs, metrics)), "metrics.csv", "text/csv",
-                   icon=":material/download:")
+downloads.download_button("Summary CSV", lambda: to_csv(summary), "summary.csv", "text/csv",
+                          icon=":material/download:")
+downloads.download_button("Per-epoch metrics CSV", lambda: to_csv(service.metric_rows(runs, metrics)), "metrics.csv",
+                          "text/csv", icon=":material/download:")  # made when clicked: every epoch of every run
+title = st.session_state.get("compare_experiment") if mode != "Any runs" else f"{len(runs)} runs"
+downloads.download_button(
+    "HTML report", lambda: report.build(
+        f"TransferLab: {title}", f"{len(runs)} runs, each read at its {which} epoch",
+        [("Curves", [figures["val_acc_epoch"], figures["val_loss_epoch"],
+                     charts.timeline([(g.label, g.runs) for g in service.group_runs(runs, ["strategy"])], metrics)]),
+         ("Is the difference real?", [d["text"] for d in differences] or ["one strategy, or one seed each"]),
+         *([("How much data", [figures["data_efficiency"], *(c["text"] for c in efficiency["crossovers"])])]
+           if "data_efficiency" in figures else []),
+         ("Summary", [summary]), ("Settings", [service.config_table(runs, differs_only=False)])]),
+    "transferlab-report.html", "text/html", icon=":material/description:",
+    help="One HTML file with these charts, tables, statistics and every setting; opens offline")
 
-# --- per-class results -------------------------------------------------------------------------
+# --- per-class results, for the runs picked ----------------------------------------------------------
 names = [r.name for r in runs]
 label = {r.id: r.name if names.count(r.name) == 1 else f"{r.name} (#{r.id})" for r in runs}
-class_rows = {r.id: rows for r in runs if (rows := store.class_metrics(r.id))}
+finished = [r for r in runs if r.status == "completed"]
 st.subheader("Per class")
-if not class_rows:
+if not finished:
     st.caption("Per-class results appear when a run completes.")
     st.stop()
-st.plotly_chart(charts.per_class_recall(runs, class_rows, label), key="per_class")
-st.markdown("**Confusion matrices** at each run's best epoch (rows: true class, columns: predicted)")
+best_per_group = sorted((max(g.runs, key=lambda r: values[r.id] or -1) for g in groups if
+                         any(r.status == "completed" for r in g.runs)), key=lambda r: -(values[r.id] or -1))
+st.session_state.setdefault("compare_class_runs", [r.id for r in best_per_group[:3]])
+st.session_state["compare_class_runs"] = [i for i in st.session_state["compare_class_runs"]
+                                          if i in {r.id for r in finished}]
+picked = st.multiselect("Runs to show per class", [r.id for r in finished], key="compare_class_runs",
+                        format_func=lambda i: label[i], help="At first the best run of each group (up to three)")
+class_rows = {i: rows for i in picked if (rows := service.class_rows(store, store.get_run(i), which))}
+if not class_rows:
+    st.caption("Pick runs above to see their per-class accuracy and confusion matrices.")
+    st.stop()
+shown = [r for r in runs if r.id in class_rows]
+st.plotly_chart(charts.per_class_recall(shown, class_rows, label, which), key="per_class")
+st.markdown(f"**Confusion matrices** at each run's {which} epoch (rows: true class, columns: predicted)")
 items = list(class_rows.items())
 for start in range(0, len(items), 3):
     for col, (run_id, rows) in zip(st.columns(3), items[start:start + 3]):

@@ -1,8 +1,8 @@
 """New run: choose a dataset, a backbone and one or more strategies, then queue the runs.
 
-Dataset, backbone and strategy sit outside the form so that the preview, the parameter counts
-and the strategy knobs follow every change; the training settings and Launch sit in a form,
-and Launch validates every run before it queues any.
+The preview, the parameter counts, the strategy knobs and the plan (how many runs, about how
+long, from earlier runs here) follow every change. A grid is one launch: strategies x train
+fractions x LRs x seeds. Launch queues every run of the plan or, if any is invalid, none.
 """
 
 import time
@@ -11,7 +11,8 @@ from pathlib import Path
 import streamlit as st
 
 from tl_core import service
-from tl_core.config import DEFAULT_BATCH_SIZE, choices, default
+from tl_core.config import DEFAULT_BATCH_SIZE, choices, default, make_config
+from tl_core.service import jobs
 from tl_core.errors import UserError
 from ui import charts, session
 from ui import format as fmt
@@ -45,6 +46,28 @@ def sample_images(path: str) -> dict[str, list[str]]:
 @st.cache_data(show_spinner=False)
 def param_counts(backbone: str, strategy: str, settings: tuple, num_classes: int) -> dict:
     return service.strategy_param_counts(backbone, strategy, dict(settings), num_classes)
+
+
+def lr_finder(configs: list, ticked: list[str]) -> None:
+    """The LR range test of the first ticked strategy on these settings, its chart, and one click to use it."""
+    store = session.store()
+    found = session.job_result("lr_job", store) or (jobs.latest(
+        store, configs[0].experiment, "lr-find", data=configs[0].data, backbone=configs[0].backbone,
+        strategy=configs[0].strategy, image_size=configs[0].image_size) if configs else None)
+    row = st.columns([2, 5], vertical_alignment="center")
+    if row[0].button("Find the LR", icon=":material/query_stats:", key="lr_find", disabled=not configs,
+                     help="The LR range test (LR grows exponentially, loss smoothed, stopped when it diverges) under "
+                          "the first ticked strategy's freezing and per-group LR ratios; the model is left untouched"):
+        st.session_state["lr_job"] = jobs.start(store, "lr-find", configs[0])
+        st.rerun()
+    if found is None:
+        row[1].caption(f"for {ticked[0]}: the suggestion goes into Learning rates in one click" if ticked else "")
+        return
+    lr = float(f"{found['suggested_lr']:.2g}")
+    row[1].button(f"Use {lr:g} ({found['strategy']})", key="use_lr", icon=":material/input:",
+                  on_click=lambda: st.session_state.update(lr=f"{lr:g}"),
+                  help=f"Suggested at the {found['rule_description']}")
+    st.plotly_chart(charts.lr_finder(found), key="lr_finder_chart")
 
 
 def grid(per_row: int = 4):
@@ -135,10 +158,38 @@ with st.expander("All backbones"):
 st.header("3 · Strategies", divider="gray")
 st.caption("Tick one strategy for a single run, or several to compare them in one experiment "
            "(everything else equal).")
+st.session_state.setdefault("experiment", f"{Path(data_path).name if data_path else 'experiment'}-"
+                                          f"{time.strftime('%m%d-%H%M')}")
+store = session.store()
 recommended: list[str] = []
 if report:
-    recommended, why = service.recommend_strategy(per_class_train)
-    st.info(f"**Recommended: {', '.join(recommended)}.** Rule of thumb: {why}.", icon=":material/lightbulb:")
+    image_size_now = int(st.session_state.get("image_size", default("image_size")))
+    session.job_result("probe_job", store)
+    probed = jobs.latest(store, st.session_state["experiment"], "probe", data=data_path, backbone=backbone,
+                         image_size=image_size_now)
+    if probed:
+        recommended, why = probed["recommendation"]["strategies"], probed["recommendation"]["why"]
+        st.info(f"**Recommended: {', '.join(recommended)}.** The probe measured {why}.", icon=":material/science:")
+        st.caption(f"Probe: linear probe {probed['linear_probe_acc']:.0%}, k-NN {probed['knn_acc']:.0%}, chance "
+                   f"{probed['chance']:.0%} on {probed['probed_images']['train']} + {probed['probed_images']['val']} "
+                   f"images in {probed['seconds']:.1f} s; its features are cached for feature extraction runs.")
+    else:
+        recommended, why = service.recommend_strategy(per_class_train)
+        st.info(f"**Recommended: {', '.join(recommended)}.** Rule of thumb: {why}. Probe the data to measure how "
+                f"well pretrained features already separate its classes.", icon=":material/lightbulb:")
+    if st.button("Probe the data", icon=":material/science:", key="probe",
+                 disabled="probe_job" in st.session_state and not probed,
+                 help="A linear probe and k-NN on frozen pretrained features of up to 50 images per class: how "
+                      "far the data is from ImageNet, and which strategy to try first (seconds)"):
+        try:
+            cfg = make_config(data=data_path, backbone=backbone, image_size=image_size_now,
+                              experiment=st.session_state["experiment"].strip() or "default",
+                              val_fraction=st.session_state.get("val_fraction", default("val_fraction")),
+                              split_seed=int(st.session_state.get("split_seed", default("split_seed"))))
+            st.session_state["probe_job"] = jobs.start(store, "probe", cfg)
+            st.rerun()
+        except UserError as e:
+            st.error(fmt.form_message(e), icon=":material/error:")
 
 strategies = strategy_table()
 ticked_now = [s["strategy"] for s in strategies if st.session_state.get(f"strategy_{s['strategy']}",
@@ -217,17 +268,16 @@ for warning in service.draft_warnings(backbone, ticked_now, draft):
 
 # --- 4. training and launch ---------------------------------------------------------------------
 st.header("4 · Training", divider="gray")
-st.session_state.setdefault("experiment", f"{Path(data_path).name if data_path else 'experiment'}-"
-                                          f"{time.strftime('%m%d-%H%M')}")
-with st.form("launch_form", border=True):
+with st.container(border=True):
     r1 = st.columns(4)
     epochs = r1[0].number_input("Epochs", value=default("epochs"), step=1, key="epochs")
     batch_size = r1[1].number_input("Batch size", value=default("batch_size"), min_value=1, step=8, key="batch_size",
                                     placeholder=f"auto: {DEFAULT_BATCH_SIZE}, or fewer",
                                     help=f"Blank: {DEFAULT_BATCH_SIZE}, or all the training images when there are "
                                          f"fewer (the run says what it used)")
-    lr_text = r1[2].text_input("Learning rate", key="lr", placeholder="blank = strategy default",
-                               help="Blank uses each strategy's own default (1e-3, or 1e-4 for full)")
+    lr_text = r1[2].text_input("Learning rates", key="lr", placeholder="blank = strategy default",
+                               help="One LR, or several separated by commas for a grid (each strategy's runs at "
+                                    "each). Blank uses each strategy's own default (1e-3, or 1e-4 for full)")
     optimizer = r1[3].selectbox("Optimizer", choices("optimizer"), key="optimizer")
     r2 = st.columns(4)
     schedule = r2[0].selectbox("LR schedule", choices("schedule"), key="schedule")
@@ -239,38 +289,48 @@ with st.form("launch_form", border=True):
     seed = r3[0].number_input("Seed", value=default("seed"), step=1, key="seed",
                               help="Seeds the initialisation, data order and augmentation")
     n_seeds = r3[1].number_input("Seeds per strategy", value=1, min_value=1, max_value=10, key="n_seeds",
-                                 help="Repeat each strategy with seeds seed, seed+1, …: Compare shows mean ± std")
+                                 help="Repeat each run with seeds seed, seed+1, …: Compare shows mean ± std and "
+                                      "whether differences are real")
     split_seed = r3[2].number_input("Split seed", value=default("split_seed"), step=1, key="split_seed",
                                     help="Seeds the train/val split: every run of the experiment shares it, so "
                                          "the seeds' spread is training variance alone")
-    train_fraction = r3[3].number_input("Train fraction", value=default("train_fraction"), step=0.1,
-                                        key="train_fraction", help="Keep this share of every class's training images")
+    fractions_text = r3[3].text_input("Train fractions", value=f"{default('train_fraction'):g}", key="train_fraction",
+                                      help="Keep this share of every class's training images; several separated by "
+                                           "commas (0.1, 0.3, 1) for a data-efficiency curve. Smaller subsets lie "
+                                           "inside larger ones, and every class keeps an image")
     val_fraction = r3[4].number_input("Val fraction", value=default("val_fraction"), step=0.05, key="val_fraction")
     experiment = st.text_input("Experiment name", key="experiment",
                                help="Runs launched together share it; Compare groups runs by experiment")
     ticked = [s["strategy"] for s in strategies if st.session_state.get(f"strategy_{s['strategy']}")]
-    st.caption(f"Will queue **{len(ticked) * int(n_seeds)}** run(s): {', '.join(ticked) or 'no strategy ticked'}"
-               f" × {int(n_seeds)} seed(s), on {backbone}.")
-    launched = st.form_submit_button("Launch", type="primary", icon=":material/rocket_launch:")
-    if launched:
-        try:
-            lr = None
-            if lr_text.strip():
-                try:
-                    lr = float(lr_text)
-                except ValueError:
-                    raise UserError(f"Learning rate {lr_text!r} is not a number; type e.g. 0.001, "
-                                    f"or leave it blank for the strategy default") from None
-            base = {**settings, "data": service.resolve_data_path(typed or chosen or "", roots),
-                    "backbone": backbone, "epochs": epochs, "batch_size": batch_size, "lr": lr,
-                    "optimizer": optimizer, "schedule": schedule, "weight_decay": weight_decay,
-                    "augment": augment, "image_size": image_size, "train_fraction": train_fraction,
-                    "val_fraction": val_fraction, "split_seed": split_seed, "experiment": experiment.strip()}
-            seeds = [int(seed) + i for i in range(int(n_seeds))]
-            queued = service.queue_runs(session.store(), base, ticked, seeds)
-        except UserError as e:
-            st.error(f"Nothing was queued: {fmt.form_message(e)}", icon=":material/error:")
+
+    # The plan, live: every run of the grid checked, counted and timed before anything is queued.
+    configs, problem = [], None
+    try:
+        base = {**settings, "data": service.resolve_data_path(typed or chosen or "", roots),
+                "backbone": backbone, "epochs": epochs, "batch_size": batch_size, "optimizer": optimizer,
+                "schedule": schedule, "weight_decay": weight_decay, "augment": augment, "image_size": image_size,
+                "val_fraction": val_fraction, "split_seed": split_seed, "experiment": experiment.strip()}
+        lrs = fmt.numbers(lr_text, "Learning rates") or [None]
+        fractions = fmt.numbers(fractions_text, "Train fractions") or [default("train_fraction")]
+        seeds = [int(seed) + i for i in range(int(n_seeds))]
+        configs = service.plan_runs(base, ticked, seeds, fractions, lrs)
+    except UserError as e:
+        problem = e
+    if configs:
+        estimate = service.estimate_seconds(session.store(), configs)
+        when = (f"about {fmt.format_seconds(estimate['seconds'])} ({estimate['basis']})" if estimate["seconds"]
+                else estimate["basis"])
+        st.caption(f"Will queue **{len(configs)}** run(s): {', '.join(ticked)} × {len(fractions)} train fraction(s) "
+                   f"× {len(lrs)} LR(s) × {len(seeds)} seed(s), on {backbone}; {when}.")
+    else:
+        st.caption(f"Will queue runs of {', '.join(ticked) or 'no strategy ticked'} on {backbone} once the settings "
+                   f"are complete.")
+    lr_finder(configs, ticked)
+    if st.button("Launch", type="primary", icon=":material/rocket_launch:", key="launch"):
+        if problem is not None:
+            st.error(f"Nothing was queued: {fmt.form_message(problem)}", icon=":material/error:")
         else:
+            queued = [service.queue_run(session.store(), c) for c in configs]
             st.session_state["queued"] = {"experiment": experiment.strip(), "ids": [r.id for r in queued],
                                           "names": [r.name for r in queued]}
 

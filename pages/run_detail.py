@@ -1,4 +1,5 @@
-"""Run detail: one run's settings, every epoch's metrics, per-class results, log and checkpoint.
+"""Run detail: one run's settings, every epoch's metrics, per-class results, log and checkpoint;
+its notes and tags, editable here.
 
 Open a run directly with ?run=<id> in the URL (the Runs page links here that way).
 """
@@ -52,6 +53,17 @@ if run.error:
 for warning in run.summary.get("warnings", []):
     st.warning(fmt.form_message(warning), icon=":material/warning:")
 
+with st.expander(f"Notes and tags{': ' + ', '.join(run.tags) if run.tags else ''}", expanded=bool(run.notes),
+                 icon=":material/edit_note:"):
+    with st.form(f"annotate_{run.id}", border=False):
+        notes = st.text_area("Notes", run.notes, key=f"notes_{run.id}", placeholder="What this run was for, what you saw")
+        tags = st.multiselect("Tags", sorted(set(store.tags()) | set(run.tags)), default=run.tags, key=f"tags_{run.id}",
+                              accept_new_options=True, placeholder="Add tags (type a new one and press Enter)",
+                              help="Filter by tag on Runs and Compare")
+        if st.form_submit_button("Save notes and tags", icon=":material/save:"):
+            run = store.annotate(run.id, notes=notes, tags=tags)
+            st.toast("Saved", icon=":material/save:")
+
 epochs = store.epoch_metrics([run.id])[run.id]
 best_pt = service.checkpoint(run, "best")
 if best_pt:
@@ -66,10 +78,14 @@ with curves_tab:
     if not epochs:
         st.info("No epoch has finished yet.", icon=":material/hourglass_top:")
     else:
+        if len(charts.phases(epochs)) > 1:
+            st.caption("Shaded spans are the fine-tuning phases (how many layer groups train); hover an epoch to "
+                       "see its trainable parameters and each group's LR.")
         a, b = st.columns(2)
-        a.plotly_chart(charts.epoch_lines(epochs, ["train_acc", "val_acc", "val_top5"], "accuracy", "accuracy"),
-                       key="acc_curves")
-        b.plotly_chart(charts.epoch_lines(epochs, ["train_loss", "val_loss"], "loss", "loss"), key="loss_curves")
+        a.plotly_chart(charts.shade_phases(charts.epoch_lines(epochs, ["train_acc", "val_acc", "val_top5"], "accuracy",
+                                                              "accuracy"), epochs), key="acc_curves")
+        b.plotly_chart(charts.shade_phases(charts.epoch_lines(epochs, ["train_loss", "val_loss"], "loss", "loss"),
+                                           epochs), key="loss_curves")
         a, b = st.columns(2)
         a.plotly_chart(charts.epoch_lines(epochs, ["images_per_sec"], "throughput", "images / s"),
                        key="throughput")

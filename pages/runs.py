@@ -20,11 +20,13 @@ st.title("Runs")
 st.caption("Every queued, running and finished run. The table updates by itself; training goes on "
            "in the background worker whether or not this page is open.")
 
-left, right = st.columns([2, 3])
+left, middle, right = st.columns([2, 3, 2])
 experiments = store.list_experiments()
 experiment = left.selectbox("Experiment", experiments[::-1], index=None, key="runs_experiment",
                             placeholder="All experiments")
-statuses = right.multiselect("Status", service.STATUSES, key="runs_statuses", placeholder="All statuses")
+statuses = middle.multiselect("Status", service.STATUSES, key="runs_statuses", placeholder="All statuses")
+tag = right.selectbox("Tag", store.tags(), index=None, key="runs_tag", placeholder="Any tag",
+                      help="Tags are set on a run's detail page")
 
 COLUMNS = {
     "name": st.column_config.TextColumn("Run"),
@@ -38,13 +40,14 @@ COLUMNS = {
     "eta": st.column_config.TextColumn("ETA", width="small", help="Time left at the pace so far"),
     "best_val_acc": st.column_config.NumberColumn("Best val acc", format="percent", width="small"),
     "duration": st.column_config.TextColumn("Duration", width="small"),
+    "tags": st.column_config.ListColumn("Tags"),
 }
 
 
 @st.fragment(run_every=2)
-def live_runs(experiment: str | None, statuses: list[str]) -> None:
+def live_runs(experiment: str | None, statuses: list[str], tag: str | None) -> None:
     """Counts, the table and the actions, re-read every 2 s (run records only)."""
-    runs = store.list_runs(experiment, statuses or None)
+    runs = store.list_runs(experiment, statuses or None, tag=tag)
     counts = service.status_counts(runs)
     for col, status in zip(st.columns(5), service.STATUSES):
         col.metric(status.capitalize(), counts[status], border=True)
@@ -109,4 +112,4 @@ def manage(runs: list) -> None:
                 st.rerun()
 
 
-live_runs(experiment, statuses)
+live_runs(experiment, statuses, tag)

@@ -56,7 +56,7 @@ def no_exception(at: AppTest) -> AppTest:
 
 
 def launch(at: AppTest) -> AppTest:
-    return no_exception(at.button(key="FormSubmitter:launch_form-Launch").click().run())
+    return no_exception(at.button(key="launch").click().run())
 
 
 def make_run(store: Store, name: str, strategy: str, experiment: str = "exp", seed: int = 0, epochs: int = 3,
@@ -288,7 +288,13 @@ def test_compare_draws_one_val_acc_trace_per_run(env):
     at = no_exception(at.run())
     figure = json.loads(at.get("plotly_chart")[0].proto.spec)
     assert [t["name"] for t in figure["data"]] == ["fe-s0", "fe-s1", "prog"]
-    assert len(at.tabs) == 3  # wall-clock, overfitting gap, and mean ± std: feature_extraction has 2 seeds
+    # the timeline, wall-clock, overfitting gap, and mean ± std: feature_extraction has 2 seeds
+    assert at.segmented_control(key="compare_view").options == [
+        "Fine-tuning timeline", "Wall-clock time", "Overfitting gap", "Seeds: mean ± std"]
+    at = no_exception(at.segmented_control(key="compare_view").set_value("Seeds: mean ± std").run())
+    bands = json.loads(at.get("plotly_chart")[-2].proto.spec)
+    assert [t["name"] for t in bands["data"] if t.get("showlegend", True) and t.get("name")] == [
+        "feature_extraction (n=2)"]
     summary = at.dataframe[0].value
     assert list(summary["name"]) == ["fe-s0", "fe-s1", "prog"] and list(summary["best_epoch"]) == [3, 3, 3]
     assert list(summary["time_to_target_s"]) == [6.0, 4.0, 6.0]  # wall seconds when val_acc first >= 0.51

@@ -1,4 +1,4 @@
-"""End to end in a real browser: launch two strategies from New run, watch them train, compare them.
+"""End to end in a real browser: launch a grid from New run, watch it train, compare it.
 
 Starts `streamlit run app.py` on a free port with its own database, runs folder and data root;
 the app starts the real worker, which trains both runs on the CPU. Drives Debian's chromium
@@ -25,7 +25,7 @@ from .helpers import free_port, start_dashboard
 
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / "artifacts" / "screenshots"
-TRAIN_TIMEOUT_S = 180
+TRAIN_TIMEOUT_S = 360
 
 
 def _alive(pid: int) -> bool:
@@ -112,7 +112,7 @@ def _metric_value(page, label: str) -> str:
     return metric.locator('[data-testid="stMetricValue"]').inner_text().strip()
 
 
-def test_launch_two_strategies_watch_them_train_and_compare(app_server):
+def test_launch_a_grid_watch_it_train_and_compare_it(app_server):
     from playwright.sync_api import expect, sync_playwright
 
     base, db_url, _ = app_server
@@ -131,23 +131,32 @@ def test_launch_two_strategies_watch_them_train_and_compare(app_server):
         page.locator('[data-testid="stCheckbox"]').filter(has_text=re.compile(r"^partial$")).click()
         _settle(page)
         expect(page.get_by_role("spinbutton", name="Groups to unfreeze (partial)")).to_be_visible()  # partial's knob appears
-        page.get_by_role("spinbutton", name="Epochs").fill("2")
-        page.get_by_role("spinbutton", name="Image size (px)").fill("48")
-        page.get_by_role("textbox", name="Experiment name").fill("e2e-two-strategies")
+        # A grid: 2 strategies x 2 train fractions x 2 seeds, its count shown before launching.
+        for label, value in (("Epochs", "2"), ("Image size (px)", "48"), ("Seeds per strategy", "2")):
+            page.get_by_role("spinbutton", name=label).fill(value)
+            page.get_by_role("spinbutton", name=label).press("Enter")
+            _settle(page)
+        page.get_by_role("textbox", name="Train fractions").fill("0.5, 1")
+        page.get_by_role("textbox", name="Train fractions").press("Enter")
+        page.get_by_role("textbox", name="Experiment name").fill("e2e-grid")
+        page.get_by_role("textbox", name="Experiment name").press("Enter")
+        _settle(page)
+        expect(page.get_by_text(re.compile(r"Will queue 8 run\(s\)"))).to_be_visible()
         page.get_by_role("button", name="Launch").click()
         _settle(page)
-        expect(page.get_by_text("Queued 2 run(s)")).to_be_visible()
+        expect(page.get_by_text("Queued 8 run(s)")).to_be_visible()
         _screenshot(page, "1-new-run")
 
-        runs = Store(db_url).list_runs(experiment="e2e-two-strategies")
-        assert sorted(r.config["strategy"] for r in runs) == ["feature_extraction", "partial"]
+        runs = Store(db_url).list_runs(experiment="e2e-grid")
+        assert sorted((r.config["strategy"], r.config["train_fraction"], r.config["seed"]) for r in runs) == sorted(
+            (s, f, seed) for s in ("feature_extraction", "partial") for f in (0.5, 1.0) for seed in (0, 1))
         assert {r.config["epochs"] for r in runs} == {2} and {r.config["image_size"] for r in runs} == {48}
 
         # 2. Runs: the live table (a fragment) shows both runs completed without a reload.
         page.get_by_role("link", name="Watch them on Runs").click()
         _settle(page)
         deadline = time.time() + TRAIN_TIMEOUT_S
-        while _metric_value(page, "Completed") != "2":
+        while _metric_value(page, "Completed") != "8":
             failed = [r for r in Store(db_url).list_runs() if r.status in ("failed", "cancelled")]
             assert not failed, f"run {failed[0].id} {failed[0].status}: {failed[0].error}"
             assert time.time() < deadline, f"runs not completed in {TRAIN_TIMEOUT_S} s"
@@ -167,10 +176,27 @@ def test_launch_two_strategies_watch_them_train_and_compare(app_server):
         # 4. Compare, from the sidebar: the newest experiment opens with one legend entry per run.
         page.get_by_role("link", name="Compare").click()
         _settle(page)
-        expect(page.get_by_role("combobox", name="Experiment")).to_have_value("e2e-two-strategies")
+        expect(page.get_by_role("combobox", name="Experiment")).to_have_value("e2e-grid")
         chart = page.locator('[data-testid="stPlotlyChart"]').first
         for run in runs:
             expect(chart.locator(".legendtext", has_text=run.name)).to_have_count(1)
-        expect(page.get_by_text("Per class")).to_be_visible()
+        expect(page.get_by_role("heading", name="Per class", exact=True)).to_be_visible()
         _screenshot(page, "4-compare")
+        # The statistics of each pair of strategies, at each train fraction, in plain words.
+        expect(page.get_by_role("heading", name="Is the difference real?")).to_be_visible()
+        verdicts = page.get_by_text(re.compile(r"beats .* by .* points \(95% CI|within noise|add seeds to tell"))
+        expect(verdicts.first).to_be_visible()
+        assert verdicts.count() == 2, [verdicts.nth(i).inner_text() for i in range(verdicts.count())]
+        verdicts.first.scroll_into_view_if_needed()
+        page.wait_for_timeout(800)
+        page.screenshot(path=str(SHOTS / "5-statistics.png"))
+        # The data-efficiency chart: accuracy against training images per class, one line per strategy.
+        expect(page.get_by_role("heading", name="How much data do I need?")).to_be_visible()
+        efficiency = page.locator('[data-testid="stPlotlyChart"]').filter(has_text="how much data")
+        expect(efficiency).to_have_count(1)
+        for strategy in ("feature_extraction", "partial"):
+            expect(efficiency.locator(".legendtext", has_text=strategy)).to_have_count(1)
+        efficiency.scroll_into_view_if_needed()
+        page.wait_for_timeout(800)
+        page.screenshot(path=str(SHOTS / "6-data-efficiency.png"))
         browser.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,11 +22,12 @@ ROOT = Path(__file__).resolve().parents[1]
 ENGINE = sorted((ROOT / "tl_core").rglob("*.py"))
 
 
-def _imported(code: str) -> set[str]:
+def _imported(code: str, runs_dir: Path | None = None) -> set[str]:
     """Top-level packages in sys.modules after running `code` in a fresh interpreter."""
+    env = {**os.environ, **({"TL_RUNS_DIR": str(runs_dir)} if runs_dir else {})}
     out = subprocess.run([sys.executable, "-c", f"{code}\nimport json, sys\n"
                           "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+                         cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr
     return set(json.loads(out.stdout.strip().splitlines()[-1]))
 
@@ -53,11 +55,11 @@ def test_the_worker_imports_no_torch():
     assert "tl_core" in loaded and not loaded & {"torch", "torchvision", "timm"}
 
 
-def test_queueing_a_run_imports_no_torch(tiny):
+def test_queueing_a_run_imports_no_torch(tiny, tmp_path):
     # The CLI's `run --detach` and the form's checks: settings, registries, the dataset, the weights' presence.
     loaded = _imported(f"from tl_core import service\nfrom tl_core.config import make_config\n"
                        f"cfg = make_config(data={tiny!r})\nservice.check_run(cfg)\ncfg.warnings()\n"
-                       f"import tl_core.cli")
+                       f"import tl_core.cli", runs_dir=tmp_path / "runs")
     assert not loaded & {"torch", "torchvision", "timm"}
 
 

@@ -1,15 +1,19 @@
 """Charts: pure functions from runs and metric rows to plotly figures (no streamlit here).
 
-Every curve figure draws exactly one trace per run, named after the run, so a legend entry is
-a run. Runs of one strategy share a colour (seeds differ by dash); an epoch where a strategy
-unfroze more layer groups is drawn as a larger diamond on that run's own trace.
+A curve figure draws one trace per run, named after the run, so a legend entry is a run; runs of
+one strategy share a colour (seeds differ by dash); an epoch where a strategy unfroze more layer
+groups is a larger diamond, and hovering any epoch says what trained then. Past a dozen runs the
+pages draw groups instead (`group_bands`: a mean line and a band per group of seeds, one legend
+entry each), so hundreds of runs stay readable and fast.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Iterable, Protocol, Sequence
 
+import numpy as np
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
@@ -36,7 +40,8 @@ def _layout(fig: go.Figure, title: str, x: str, y: str, height: int = 360, y_tit
                       legend=dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0))
     fig.update_xaxes(title=_label(x))
     if x == "epoch":  # whole epochs only, about ten ticks at most
-        last = max((v for trace in fig.data for v in (trace.x or ()) if v is not None), default=1)
+        last = max((v for trace in fig.data if trace.x is not None for v in trace.x if v is not None and v == v),
+                   default=1)
         fig.update_xaxes(tick0=1, dtick=max(1, math.ceil(last / 10)))
     fig.update_yaxes(title=y_title or _label(y), tickformat=".0%" if "acc" in y or "_top" in y else None)
     return fig
@@ -66,26 +71,59 @@ def unfreeze_epochs(epochs: dict[int, dict[str, float]]) -> dict[int, int]:
     return out
 
 
+def phases(epochs: dict[int, dict[str, float]]) -> list[tuple[int, int, int]]:
+    """The fine-tuning timeline: (first epoch, last epoch, trainable groups), 1-based, per phase."""
+    out: list[tuple[int, int, int]] = []
+    for e, m in sorted(epochs.items()):
+        n = int(m.get("trainable_groups", 0))
+        if out and out[-1][2] == n and out[-1][1] == e:
+            out[-1] = (out[-1][0], e + 1, n)
+        else:
+            out.append((e + 1, e + 1, n))
+    return out
+
+
+def timeline_text(m: dict[str, float]) -> str:
+    """What trains at an epoch: trainable groups and parameters, and each group's LR."""
+    lrs = ", ".join(f"{k[3:]} {v:.1e}" for k, v in m.items() if k.startswith("lr/"))
+    parts = []
+    if "trainable_groups" in m:
+        parts.append(f"{int(m['trainable_groups'])} groups train")
+    if "trainable_params" in m:
+        parts.append(f"{m['trainable_params'] / 1e6:.2f}M trainable parameters")
+    return " · ".join(parts) + (f"<br>LR {lrs}" if lrs else "")
+
+
 def _x(e: int, m: dict[str, float], x: str) -> float | None:
     return e + 1 if x == "epoch" else m.get(x)
 
 
+def _smoothed(ys: list[float], smoothing: float) -> list[float]:
+    from tl_core.service import smooth
+
+    return smooth(ys, smoothing) if smoothing else ys
+
+
 def curves(runs: Sequence[RunLike], metrics: Metrics, y: str = "val_acc", x: str = "epoch",
-           title: str | None = None) -> go.Figure:
-    """`y` against epoch (1-based) or wall_seconds: one trace per run, unfreeze steps marked."""
+           title: str | None = None, smoothing: float = 0.0) -> go.Figure:
+    """`y` against epoch (1-based) or wall_seconds: one trace per run, unfreeze steps marked, and on
+    hover what trained at that epoch (the fine-tuning timeline). WebGL past a few thousand points."""
     fig = go.Figure()
     styles = _styles(runs)
+    many = sum(len(metrics.get(r.id, {})) for r in runs) > 2000
+    trace = go.Scattergl if many else go.Scatter
     for r in runs:
         epochs = metrics.get(r.id, {})
         points = [(e, m) for e, m in sorted(epochs.items()) if y in m and _x(e, m, x) is not None]
         steps = unfreeze_epochs(epochs)
-        fig.add_trace(go.Scatter(
-            x=[_x(e, m, x) for e, m in points], y=[m[y] for _, m in points], name=r.name,
-            mode="lines+markers", line=dict(color=styles[r.id]["color"], dash=styles[r.id]["dash"]),
+        fig.add_trace(trace(
+            x=np.array([_x(e, m, x) for e, m in points], dtype=float),
+            y=np.array(_smoothed([m[y] for _, m in points], smoothing)), name=r.name,
+            mode="lines" if many else "lines+markers", line=dict(color=styles[r.id]["color"], dash=styles[r.id]["dash"]),
             marker=dict(symbol=["diamond" if e in steps else "circle" for e, _ in points],
                         size=[13 if e in steps else 6 for e, _ in points],
                         line=dict(width=[1.5 if e in steps else 0 for e, _ in points], color="black")),
-            text=[f"unfroze: {steps[e]} groups train" if e in steps else "" for e, _ in points],
+            text=[("<b>unfroze</b> · " if e in steps else "") + timeline_text(m) for e, m in points],
             hovertemplate=f"<b>{r.name}</b><br>{_label(x)} %{{x}}<br>{_label(y)} %{{y:.4f}}<br>%{{text}}<extra></extra>",
         ))
     return _layout(fig, title or f"{_label(y)} by {_label(x)}", x, y)
@@ -97,37 +135,68 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(var)
 
 
+Group = tuple[str, Sequence[RunLike]]  # a label and its runs (seeds of one setting)
+
+
+def _band(fig: go.Figure, name: str, colour: str, xs: list, stats: list[tuple[float, float]], x_title: str,
+          y_title: str, dash: str = "solid", showlegend: bool = True) -> None:
+    """A mean line with a +/- one standard deviation band, one legend entry."""
+    # numpy arrays: plotly takes them whole (lists it validates value by value, slow for big grids)
+    x, mean, std = np.asarray(xs, dtype=float), np.array([m for m, _ in stats]), np.array([s for _, s in stats])
+    trace = go.Scatter  # SVG: faster than WebGL here for bands (measured; headless Chromium renders WebGL in software)
+    fig.add_trace(trace(x=np.concatenate([x, x[::-1]]), y=np.concatenate([mean + std, (mean - std)[::-1]]),
+                        fill="toself", fillcolor=_rgba(colour, 0.18), line=dict(width=0), mode="lines",
+                        hoverinfo="skip", showlegend=False, legendgroup=name))
+    fig.add_trace(trace(x=x, y=mean, name=name, legendgroup=name, mode="lines",
+                             line=dict(color=colour, dash=dash), customdata=std,
+                             showlegend=showlegend,
+                             hovertemplate=f"<b>{name}</b><br>{x_title} %{{x}}<br>{y_title} %{{y:.4f}} "
+                                           f"± %{{customdata:.4f}}<extra></extra>"))
+
+
+def group_bands(groups: Sequence[Group], metrics: Metrics, y: str = "val_acc", title: str | None = None,
+                smoothing: float = 0.0, min_runs: int = 1) -> go.Figure:
+    """Mean +/- one standard deviation of `y` per epoch, one line and band per group of runs:
+    hundreds of runs drawn as a legend entry per group."""
+    fig = go.Figure()
+    for i, (label, members) in enumerate(groups):
+        if len(members) < min_runs:
+            continue
+        xs, mean, std = _epoch_stats(members, metrics, y, min_runs)
+        if not len(xs):
+            continue
+        mean = np.array(_smoothed(list(mean), smoothing)) if smoothing else mean
+        _band(fig, f"{label} (n={len(members)})", PALETTE[i % len(PALETTE)], xs + 1, list(zip(mean, std)), "epoch",
+              _label(y))
+    return _layout(fig, title or f"{_label(y)}: mean ± std per group", "epoch", y)
+
+
+def _epoch_stats(members: Sequence[RunLike], metrics: Metrics, y: str, min_runs: int = 1):
+    """(epochs, mean, sample std) of `y` over runs, at the epochs with at least `min_runs` values."""
+    last = max((e for r in members for e in metrics.get(r.id, {})), default=-1)
+    values = np.full((len(members), last + 1), np.nan)
+    for row, r in enumerate(members):
+        for e, m in metrics.get(r.id, {}).items():
+            values[row, e] = m.get(y, np.nan)
+    counts = (~np.isnan(values)).sum(0)
+    keep = np.flatnonzero(counts >= max(min_runs, 1))
+    if not len(keep):
+        return keep, keep, keep
+    kept = values[:, keep]
+    with warnings.catch_warnings():  # an epoch with one value has no spread: 0, not a warning
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(kept, 0)
+        std = np.nan_to_num(np.nanstd(kept, 0, ddof=1)) if len(members) > 1 else np.zeros(len(keep))
+    return keep, mean, np.where(counts[keep] > 1, std, 0.0)
+
+
 def seed_bands(runs: Sequence[RunLike], metrics: Metrics, y: str = "val_acc",
                title: str | None = None) -> go.Figure:
     """Mean +/- one standard deviation of `y` per epoch for each strategy run with several seeds."""
-    fig = go.Figure()
     groups: dict[str, list[RunLike]] = {}
     for r in runs:
         groups.setdefault(str(r.config.get("strategy", r.name)), []).append(r)
-    styles = _styles(runs)
-    for strategy, members in groups.items():
-        if len(members) < 2:
-            continue
-        colour = styles[members[0].id]["color"]
-        by_epoch: dict[int, list[float]] = {}
-        for r in members:
-            for e, m in metrics.get(r.id, {}).items():
-                if y in m:
-                    by_epoch.setdefault(e, []).append(m[y])
-        xs = sorted(e for e, v in by_epoch.items() if len(v) >= 2)
-        stats = [_mean_std(by_epoch[e]) for e in xs]
-        upper = [m + s for m, s in stats]
-        lower = [m - s for m, s in stats]
-        name = f"{strategy} (n={len(members)})"
-        fig.add_trace(go.Scatter(x=[e + 1 for e in xs] + [e + 1 for e in reversed(xs)], y=upper + lower[::-1],
-                                 fill="toself", fillcolor=_rgba(colour, 0.18), line=dict(width=0), mode="lines",
-                                 hoverinfo="skip", showlegend=False, legendgroup=name))
-        fig.add_trace(go.Scatter(x=[e + 1 for e in xs], y=[m for m, _ in stats], name=name, legendgroup=name,
-                                 mode="lines+markers", line=dict(color=colour),
-                                 customdata=[s for _, s in stats],
-                                 hovertemplate=f"<b>{name}</b><br>epoch %{{x}}<br>mean %{{y:.4f}} "
-                                               f"± %{{customdata:.4f}}<extra></extra>"))
-    return _layout(fig, title or f"{_label(y)}: mean ± std over seeds", "epoch", y)
+    return group_bands(list(groups.items()), metrics, y, title or f"{_label(y)}: mean ± std over seeds", min_runs=2)
 
 
 def _rgba(hex_colour: str, alpha: float) -> str:
@@ -136,9 +205,25 @@ def _rgba(hex_colour: str, alpha: float) -> str:
     return f"rgba({r},{g},{b},{alpha})"
 
 
-def train_val_gap(runs: Sequence[RunLike], metrics: Metrics, metric: str = "acc") -> go.Figure:
-    """Train (dotted) and val (solid) `metric` per run: the gap between them is overfitting."""
+def train_val_gap(runs: Sequence[RunLike], metrics: Metrics, metric: str = "acc",
+                  groups: Sequence[Group] | None = None) -> go.Figure:
+    """Train (dotted) and val (solid) `metric` per run, or per group's mean: the gap is overfitting."""
     fig = go.Figure()
+    what = "accuracy" if metric == "acc" else "loss"
+    if groups is not None:
+        for i, (label, members) in enumerate(groups):
+            for split, dash in (("val", "solid"), ("train", "dot")):
+                key = f"{split}_{metric}"
+                by_epoch: dict[int, list[float]] = {}
+                for r in members:
+                    for e, m in metrics.get(r.id, {}).items():
+                        if key in m:
+                            by_epoch.setdefault(e, []).append(m[key])
+                xs = sorted(by_epoch)
+                if xs:
+                    _band(fig, f"{label} {split}", PALETTE[i % len(PALETTE)], [e + 1 for e in xs],
+                          [_mean_std(by_epoch[e]) for e in xs], "epoch", what, dash=dash)
+        return _layout(fig, f"train vs val {what}", "epoch", f"val_{metric}", y_title=what)
     styles = _styles(runs)
     for r in runs:
         epochs = sorted(metrics.get(r.id, {}).items())
@@ -148,8 +233,85 @@ def train_val_gap(runs: Sequence[RunLike], metrics: Metrics, metric: str = "acc"
             fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], name=f"{r.name} {split}",
                                      legendgroup=r.name, mode="lines+markers",
                                      line=dict(color=styles[r.id]["color"], dash=dash)))
-    what = "accuracy" if metric == "acc" else "loss"
     return _layout(fig, f"train vs val {what}", "epoch", f"val_{metric}", y_title=what)
+
+
+def timeline(rows: Sequence[Group], metrics: Metrics) -> go.Figure:
+    """The fine-tuning timeline: per run (or group of seeds, read from its first run) a bar per phase,
+    its length the epochs it lasted and its shade the layer groups that trained; hover says what."""
+    fig = go.Figure()
+    most = max((m.get("trainable_groups", 0) for _, rs in rows for r in rs[:1]
+                for m in metrics.get(r.id, {}).values()), default=1) or 1
+    for label, members in rows:
+        if not members:
+            continue
+        epochs = metrics.get(members[0].id, {})
+        for first, last, n in phases(epochs):
+            m = epochs[first - 1]
+            fig.add_trace(go.Bar(
+                y=[label], x=[last - first + 1], base=[first - 0.5], orientation="h", showlegend=False,
+                marker=dict(color=_rgba(PALETTE[0], 0.25 + 0.75 * n / most), line=dict(width=1, color="white")),
+                text=[f"{n} group{'s' if n != 1 else ''}"], textposition="inside", insidetextanchor="middle",
+                hovertemplate=f"<b>{label}</b><br>epochs {first}-{last}<br>{timeline_text(m)}<extra></extra>"))
+    fig.update_layout(title="fine-tuning timeline: what trains, epoch by epoch", barmode="overlay",
+                      height=max(200, 60 + 28 * len(rows)), margin=dict(l=10, r=10, t=50, b=10))
+    fig.update_xaxes(title="epoch", tick0=1, dtick=1 if max((len(metrics.get(rs[0].id, {})) for _, rs in rows if rs),
+                                                           default=1) <= 20 else None)
+    fig.update_yaxes(autorange="reversed")
+    return fig
+
+
+def shade_phases(fig: go.Figure, epochs: dict[int, dict[str, float]]) -> go.Figure:
+    """Shaded spans for each phase of one run's fine-tuning, labelled with the groups that train."""
+    spans = phases(epochs)
+    if len(spans) < 2:
+        return fig
+    for i, (first, last, n) in enumerate(spans):
+        fig.add_vrect(x0=first - 0.5, x1=last + 0.5, fillcolor=PALETTE[i % len(PALETTE)], opacity=0.08,
+                      line_width=0, annotation_text=f"{n} group{'s' if n != 1 else ''}", annotation_position="top left")
+    return fig
+
+
+def data_efficiency(report: dict, y_title: str = "best val accuracy") -> go.Figure:
+    """Val accuracy against training images per class (log x), a line and band per group of runs,
+    crossovers marked where one group overtakes another."""
+    fig = go.Figure()
+    for i, (label, points) in enumerate(report["curves"].items()):
+        xs = [p["images_per_class"] for p in points]
+        _band(fig, label, PALETTE[i % len(PALETTE)], xs, [(p["mean"], p["std"]) for p in points],
+              "images per class", y_title)
+        fig.data[-1].update(mode="lines+markers")
+    # One layout update for every marker (plotly's add_vline redraws the layout each call); on a
+    # log axis, shapes and annotations take log10 coordinates.
+    crossings = report.get("crossovers", [])
+    fig.update_layout(
+        shapes=[dict(type="line", xref="x", yref="paper", x0=math.log10(c["x"]), x1=math.log10(c["x"]), y0=0, y1=1,
+                     line=dict(dash="dash", color="grey")) for c in crossings],
+        annotations=[dict(x=math.log10(c["x"]), xref="x", yref="paper", y=1, text=f"~{c['x']:g}", showarrow=False,
+                          yanchor="bottom") for c in crossings])
+    fig.update_layout(title="how much data: accuracy against training images per class", height=380,
+                      margin=dict(l=10, r=10, t=50, b=10), hovermode="closest",
+                      legend=dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0))
+    fig.update_xaxes(type="log", title="training images per class (log)")
+    fig.update_yaxes(title=y_title, tickformat=".0%")
+    return fig
+
+
+def lr_finder(result: dict) -> go.Figure:
+    """The LR range test: smoothed loss against LR (log x), the suggestion marked with its rule."""
+    fig = go.Figure(go.Scatter(x=result["lrs"], y=result["losses"], mode="lines", name="smoothed loss",
+                               hovertemplate="LR %{x:.2e}<br>loss %{y:.4f}<extra></extra>"))
+    i = result["suggestion_index"]
+    fig.add_trace(go.Scatter(x=[result["lrs"][i]], y=[result["losses"][i]], mode="markers",
+                             marker=dict(size=14, symbol="star", color="crimson"),
+                             name=f"suggested {result['suggested_lr']:.1e}",
+                             hovertemplate=f"suggested LR %{{x:.2e}}<br>{result['rule_description']}<extra></extra>"))
+    fig.update_layout(title=f"LR finder: {result.get('strategy', '')} on {result.get('backbone', '')}", height=360,
+                      margin=dict(l=10, r=10, t=50, b=10),
+                      legend=dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0))
+    fig.update_xaxes(type="log", title="learning rate (log)", exponentformat="e")
+    fig.update_yaxes(title="training loss (smoothed)")
+    return fig
 
 
 def split_counts(per_class: dict[str, dict[str, int]]) -> go.Figure:
@@ -163,7 +325,7 @@ def split_counts(per_class: dict[str, dict[str, int]]) -> go.Figure:
 
 
 def per_class_recall(runs: Sequence[RunLike], class_rows: dict[int, Sequence],
-                     labels: dict[int, str] | None = None) -> go.Figure:
+                     labels: dict[int, str] | None = None, which: str = "best") -> go.Figure:
     """Per-class accuracy (recall) grouped by run; class_rows is {run id: [ClassMetric-like rows]}.
 
     Colours match the curves (one per strategy); a strategy's further seeds are hatched.
@@ -179,7 +341,7 @@ def per_class_recall(runs: Sequence[RunLike], class_rows: dict[int, Sequence],
         fig.add_trace(go.Bar(x=[c.class_name for c in rows], y=[c.recall for c in rows], name=name,
                              marker=dict(color=styles[r.id]["color"], pattern_shape=hatch),
                              hovertemplate=f"<b>{name}</b><br>%{{x}}: %{{y:.1%}}<extra></extra>"))
-    fig.update_layout(barmode="group", title="per-class accuracy (recall) at the best epoch", height=380,
+    fig.update_layout(barmode="group", title=f"per-class accuracy (recall) at the {which} epoch", height=380,
                       margin=dict(l=10, r=10, t=50, b=10), legend=dict(orientation="h", y=-0.15))
     fig.update_yaxes(tickformat=".0%", range=[0, 1.02])
     return fig
@@ -208,10 +370,12 @@ def epoch_lines(epochs: dict[int, dict[str, float]], keys: Iterable[str], title:
     """
     fig = go.Figure()
     for i, key in enumerate(keys):
-        pts = [(e + 1, m[key]) for e, m in sorted(epochs.items()) if key in m]
+        pts = [(e + 1, m[key], timeline_text(m)) for e, m in sorted(epochs.items()) if key in m]
         if pts:
             fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers",
-                                     name=_label(key.removeprefix("lr/")), line=dict(color=PALETTE[i % len(PALETTE)])))
+                                     name=_label(key.removeprefix("lr/")), line=dict(color=PALETTE[i % len(PALETTE)]),
+                                     text=[p[2] for p in pts],
+                                     hovertemplate="epoch %{x}<br>%{y:.4g}<br>%{text}<extra>%{fullData.name}</extra>"))
     fig = _layout(fig, title, "epoch", y_title)
     if log_y:
         fig.update_yaxes(type="log", tickformat=".0e", dtick=1)  # one labelled tick per decade

@@ -25,6 +25,14 @@ def form_message(error: UserError | str) -> str:
     return re.sub(r"--([a-z0-9][a-z0-9-]*)", label, str(error))
 
 
+def numbers(text: str, label: str) -> list[float]:
+    """Comma-separated numbers typed into a field ("0.1, 0.3, 1"); empty text: none."""
+    try:
+        return [float(t) for t in text.replace(";", ",").split(",") if t.strip()]
+    except ValueError:
+        raise UserError(f"{label} {text!r}: type numbers separated by commas, e.g. 0.1, 0.3, 1") from None
+
+
 def format_seconds(seconds: float | None) -> str:
     if seconds is None:
         return ""
@@ -52,6 +60,7 @@ def runs_rows(runs: list[Run]) -> list[dict]:
             "epoch": f"{r.epochs_done} of {r.epochs}", "progress": r.epochs_done / max(1, r.epochs),
             "eta": format_seconds(service.eta_seconds(r)), "best_val_acc": r.best_val_acc,
             "duration": format_seconds(r.duration_s), "created": r.created_at.strftime("%Y-%m-%d %H:%M"),
+            "tags": r.tags,
         })
     return rows
 

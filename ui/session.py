@@ -36,3 +36,30 @@ def page_link(page: str, label: str, icon: str, **query: str) -> None:
         from urllib.parse import urlencode
 
         st.markdown(f"[{label}]({page}{'?' + urlencode(query) if query else ''})")
+
+
+def job_result(key: str, store: Store) -> dict | None:
+    """The result of the measurement job kept in session_state[key] (service/jobs.py), shown as it
+    runs: a line that checks every second until the result is stored or the job has failed.
+    None while it runs (or when none was started)."""
+    from tl_core.service import jobs
+
+    job = st.session_state.get(key)
+    if job is None:
+        return None
+    if (found := jobs.result(store, job)) is not None:
+        return found
+
+    @st.fragment(run_every=1.0)
+    def waiting() -> None:
+        if jobs.result(store, job) is not None:
+            st.rerun()  # the whole page, now with the result
+        elif (why := jobs.failure(job)) is not None:
+            st.session_state.pop(key, None)
+            st.error(f"The {job.command} stopped without a result: {why}", icon=":material/error:")
+        else:
+            st.caption(f":material/hourglass_top: {job.command} running (a process of its own; it takes seconds "
+                       f"to a minute)…")
+
+    waiting()
+    return None
