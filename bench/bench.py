@@ -17,6 +17,7 @@ import datetime as dt
 import io
 import json
 import os
+import re
 import platform
 import shutil
 import subprocess
@@ -40,7 +41,6 @@ from tl_core.train import train_run  # noqa: E402
 from tl_core.worker import pid_alive  # noqa: E402
 
 BACKBONE, SIZE, BATCH = "efficientnet_lite0", 96, 32
-GPU_START, GPU_END = "<!-- gpu:start -->", "<!-- gpu:end -->"  # bench/gpu.py's section of the report
 
 
 # --- the machine ------------------------------------------------------------------------------
@@ -381,9 +381,10 @@ def verdict(ok: bool) -> str:
 
 
 def write_report(path: Path, r: dict) -> None:
-    """The CPU report; the GPU section bench/gpu.py wrote into the same file is kept."""
+    """The CPU report; the sections bench/gpu.py and bench/compare_browser.py wrote into the same file are kept."""
     old = path.read_text() if path.exists() else ""
-    gpu = old[old.index(GPU_START):old.index(GPU_END) + len(GPU_END)] if GPU_START in old and GPU_END in old else ""
+    # Sections other benches own (bench/gpu.py, bench/compare_browser.py), between their markers: kept.
+    gpu = "\n\n".join(m.group(0) for m in re.finditer(r"<!-- ([\w-]+):start -->.*?<!-- \1:end -->", old, re.S))
     m, q = r["machine"], r["quick"]
     fe, aug, ft = r["fe"], r["aug"], r["full"]
     lines = [

@@ -212,6 +212,9 @@ else:  # a grid's hundreds of pairs: one table, one button
         queued = service.more_seeds(store, list(chosen.values()), 2)
         st.toast(f"Queued {len(queued)} runs", icon=":material/add_circle:")
 
+if mode != "Any runs" and (verdict := service.probe_verdict(store, st.session_state["compare_experiment"], which)):
+    st.markdown(f":material/science: **The probe before training** recommended a strategy; {verdict}.")
+
 # --- how much data? ----------------------------------------------------------------------------
 if len({r.config.get("train_fraction") for r in runs}) > 1:
     st.subheader("How much data do I need?")

@@ -68,6 +68,8 @@ def lr_finder(configs: list, ticked: list[str]) -> None:
                   on_click=lambda: st.session_state.update(lr=f"{lr:g}"),
                   help=f"Suggested at the {found['rule_description']}")
     st.plotly_chart(charts.lr_finder(found), key="lr_finder_chart")
+    st.caption(f"★ suggested at the {found['rule_description']}; {found['stopped']} Runs of other strategies "
+               f"fine-tune other groups: find their LR with them ticked first.")
 
 
 def grid(per_row: int = 4):

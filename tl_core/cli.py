@@ -309,6 +309,7 @@ def _experiment_text(report: dict) -> str:
                                      "total_seconds"])]
     lines += [d["text"] for d in report["statistics"]]
     lines += [c["text"] for c in report["data_efficiency"]["crossovers"]]
+    lines += [f"the probe's recommendation: {report['probe']}"] if report.get("probe") else []
     return "\n".join(lines)
 
 

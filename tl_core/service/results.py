@@ -68,8 +68,11 @@ def experiment_report(store: Store, experiment: str, which: str = "best") -> dic
 
     runs = sorted(store.list_runs(experiment), key=lambda r: r.id)
     metrics = store.epoch_metrics([r.id for r in runs])
+    from .measure import probe_verdict
+
     return {"experiment": experiment, "which": which, "runs": [summarize(r, metrics[r.id]) for r in runs],
-            "statistics": statistics(runs, metrics, which), "data_efficiency": data_efficiency(runs, metrics, which)}
+            "statistics": statistics(runs, metrics, which), "data_efficiency": data_efficiency(runs, metrics, which),
+            "probe": probe_verdict(store, experiment, which)}
 
 
 def time_to_accuracy(epochs: dict[int, dict[str, float]], target: float) -> float | None:
