@@ -135,10 +135,15 @@ if not any(metrics.get(r.id) for r in runs):
 bands = [(g.label, g.runs) for g in groups]
 
 
+timelines = {tuple(charts.phases(metrics.get(r.id, {}))) for r in runs if metrics.get(r.id)}
+
+
 def curve(y: str, x: str = "epoch"):
-    if grouped and x == "epoch":
-        return charts.group_bands(bands, metrics, y, smoothing=smoothing)
-    return charts.curves(runs, metrics, y, x, smoothing=smoothing)
+    fig = (charts.group_bands(bands, metrics, y, smoothing=smoothing) if grouped and x == "epoch"
+           else charts.curves(runs, metrics, y, x, smoothing=smoothing))
+    if x == "epoch" and len(timelines) == 1:  # every run fine-tuned in the same phases: shade them
+        fig = charts.shade_phases(fig, metrics[next(r.id for r in runs if metrics.get(r.id))])
+    return fig
 
 
 figures = {"val_acc_epoch": curve("val_acc"), "val_loss_epoch": curve("val_loss")}
@@ -280,11 +285,11 @@ if not finished:
     st.stop()
 best_per_group = sorted((max(g.runs, key=lambda r: values[r.id] or -1) for g in groups if
                          any(r.status == "completed" for r in g.runs)), key=lambda r: -(values[r.id] or -1))
-st.session_state.setdefault("compare_class_runs", [r.id for r in best_per_group[:3]])
+st.session_state.setdefault("compare_class_runs", [r.id for r in best_per_group[:1]])
 st.session_state["compare_class_runs"] = [i for i in st.session_state["compare_class_runs"]
                                           if i in {r.id for r in finished}]
 picked = st.multiselect("Runs to show per class", [r.id for r in finished], key="compare_class_runs",
-                        format_func=lambda i: label[i], help="At first the best run of each group (up to three)")
+                        format_func=lambda i: label[i], help="At first the best run; add others to compare their classes")
 class_rows = {i: rows for i in picked if (rows := service.class_rows(store, store.get_run(i), which))}
 if not class_rows:
     st.caption("Pick runs above to see their per-class accuracy and confusion matrices.")

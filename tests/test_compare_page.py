@@ -138,3 +138,16 @@ def test_notes_and_tags_are_edited_on_the_run_page_and_filter_runs(env):
     compare = no_exception(compare.selectbox(key="compare_tag").set_value("baseline").run())
     assert list(compare.dataframe[0].value["name"]) == ["keep"]
     assert other.name not in set(compare.dataframe[0].value["name"])
+
+
+def test_runs_that_fine_tuned_in_the_same_phases_have_them_shaded_on_compare(env):
+    for seed in (0, 1):
+        make_run(env, f"prog-{seed}", "progressive", experiment="phases", seed=seed, unfreeze_at=1)
+    at = page("compare.py")
+    at.query_params["experiment"] = "phases"
+    at = no_exception(at.run())
+    figure = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert len(figure["layout"]["shapes"]) == 2  # epochs 1 and 2-3: one group, then three
+    assert [a["text"] for a in figure["layout"]["annotations"]] == ["1 group", "3 groups"]
+    hover = next(t for t in figure["data"] if t["name"] == "prog-0")["text"]
+    assert "3 groups train" in hover[-1] and "LR head" in hover[-1]
