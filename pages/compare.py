@@ -97,13 +97,15 @@ if grouped:
                                  help=f"{len(runs)} runs are drawn as groups (mean and band over seeds); show every "
                                       f"run instead")
 differing = service.differing_keys(runs)
+keys = differing
 if grouped and len(differing) > 1:
     # A grid's every cell on one chart is a hundred lines: group by the first setting that differs
     # until the reader asks for more (the statistics below still compare cell by cell).
     default_keys = differing if len(groups) <= 2 * GROUP_AT else differing[:1]
     keys = st.multiselect("Group the curves by", differing, default=default_keys, key="compare_group_by",
                           help="Runs equal in these settings are one line (their mean) with a band (± one std)")
-    groups = service.group_runs(runs, keys or differing[:1])
+    keys = keys or differing[:1]
+    groups = service.group_runs(runs, keys)
 st.query_params.update({"which": which, **({"smooth": f"{smoothing:g}"} if smoothing else {})})
 
 metrics = store.epoch_metrics([r.id for r in runs])
@@ -223,7 +225,7 @@ if mode != "Any runs" and (verdict := service.probe_verdict(store, st.session_st
 # --- how much data? ----------------------------------------------------------------------------
 if len({r.config.get("train_fraction") for r in runs}) > 1:
     st.subheader("How much data do I need?")
-    efficiency = service.data_efficiency(runs, metrics, which)
+    efficiency = service.data_efficiency(runs, metrics, which, keys)  # grouped as the curves are
     figures["data_efficiency"] = charts.data_efficiency(efficiency, f"val accuracy ({which} epoch)")
     st.plotly_chart(figures["data_efficiency"], key="data_efficiency")
     for c in efficiency["crossovers"]:

@@ -125,10 +125,12 @@ class Point:
     n: int
 
 
-def data_efficiency(runs: Sequence[Run], metrics: Metrics, which: str = "best") -> dict:
-    """Val accuracy against training images per class, one curve per group of everything but the
-    train fraction (and seed), mean and spread over seeds at each point; and where curves cross."""
-    keys = [k for k in differing_keys(runs) if k != "train_fraction"]
+def data_efficiency(runs: Sequence[Run], metrics: Metrics, which: str = "best",
+                    keys: Sequence[str] | None = None) -> dict:
+    """Val accuracy against training images per class, one curve per group of runs equal in `keys`
+    (default: every setting that differs but the train fraction), mean and spread over the rest
+    (seeds, and settings left out of `keys`) at each point; and where the best curve changes."""
+    keys = [k for k in (differing_keys(runs) if keys is None else keys) if k != "train_fraction"]
     curves: dict[str, list[Point]] = {}
     for g in group_runs(runs, keys):
         by_x: dict[float, list[float]] = defaultdict(list)
