@@ -94,11 +94,11 @@ def test_a_training_failure_exits_1_and_is_recorded(tmp_path, tiny):
     assert json.loads(cli("show", str(out["run_id"]), "--json", "--db", db, cwd=tmp_path).stdout)["status"] == "failed"
 
 
-def test_demo_data_writes_both_datasets(tmp_path):
+def test_demo_data_writes_every_dataset(tmp_path):
     r = cli("demo-data", str(tmp_path / "d"), "--per-class", "3", "--size", "24", "--json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert set(json.loads(r.stdout)["datasets"]) == {"animals", "digits"}
-    for name in ("animals", "digits"):
+    assert set(json.loads(r.stdout)["datasets"]) == {"animals", "digits", "digits_target"}
+    for name in ("animals", "digits", "digits_target"):
         classes = sorted(p.name for p in (tmp_path / "d" / name).iterdir())
         assert len(classes) == 10
         files = list((tmp_path / "d" / name / classes[0]).iterdir())
