@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from . import channels
 from . import weights as W
 from .errors import UserError
 from .families import BackboneSpec, Layout, Stage, get_spec, list_backbones
@@ -100,11 +101,14 @@ def _groups(stages: list[Stage], head: nn.Module) -> list[LayerGroup]:
 
 
 def create_backbone(name: str, num_classes: int, weights: str = "imagenet", head: str = "linear",
-                    hidden: int = 512, dropout: float = 0.2, device: str | torch.device | None = None) -> Backbone:
+                    hidden: int = 512, dropout: float = 0.2, device: str | torch.device | None = None,
+                    in_channels: int = 3) -> Backbone:
     """Build `name` with a new `num_classes` head.
 
     weights: "imagenet" (the pretrained default: offline package, torch cache or download),
     "none" (random init, the scratch baseline) or a path to a state_dict.
+    in_channels: the image's channels; other than 3, the first convolution is rebuilt from the
+    loaded RGB filters (channels.py).
     """
     spec = get_spec(name)
     with torch.device(device) if device is not None else contextlib.nullcontext():
@@ -116,6 +120,7 @@ def create_backbone(name: str, num_classes: int, weights: str = "imagenet", head
     elif weights != "none":
         _load_body(spec, model, W.file_state_dict(weights), f"--weights {weights}")
         loaded = os.path.abspath(weights)
+    channels.adapt_first_conv(model, spec, in_channels)
     old = model.get_submodule(spec.head_path)
     new_head = make_head(old.in_features, num_classes, head, hidden, dropout).to(old.weight.device)
     model.set_submodule(spec.head_path, new_head)

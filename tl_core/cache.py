@@ -70,8 +70,8 @@ def file_sha256(path: str) -> str:
 # --- a dataset's scan, remembered ----------------------------------------------------------------
 
 
-def scan_dataset(root: str | os.PathLike):
-    """data.scan_dataset, reused while nothing under `root` changed.
+def scan_dataset(root: str | os.PathLike, in_channels: int = 3):
+    """data.scan_dataset, reused while nothing under `root` changed (one scan per channel count).
 
     Scanning reads every image's header (seconds for 10,000 files); listing the tree with each
     entry's size, mtime and symlink target takes a fraction of that and says whether any file
@@ -81,17 +81,18 @@ def scan_dataset(root: str | os.PathLike):
 
     path = Path(root).expanduser()
     if not path.is_dir():
-        return data.scan_dataset(root)  # its own error messages
+        return data.scan_dataset(root, in_channels)  # its own error messages
     path = path.resolve()
     key = {"root": str(path), "tree": _tree_fingerprint(path), "max_pixels": data.MAX_IMAGE_PIXELS,
-           "code": hashlib.sha256(Path(data.__file__).read_bytes()).hexdigest()[:16]}
+           "code": hashlib.sha256(Path(data.__file__).read_bytes()).hexdigest()[:16],
+           **({"in_channels": in_channels} if in_channels != 3 else {})}
     saved = cache_dir() / "scans" / f"{digest(key)}.json"
     if saved.exists():
         obj = json.loads(saved.read_text())
         items = {k: [data.Item(p, label) for p, label in v] for k, v in obj["items"].items()}
         return data.DatasetIndex(obj["root"], obj["layout"], obj["classes"], items,
                                  [tuple(x) for x in obj["skipped"]], [tuple(x) for x in obj["sizes"]])
-    index = data.scan_dataset(path)
+    index = data.scan_dataset(path, in_channels)
     obj = {"root": index.root, "layout": index.layout, "classes": index.classes,
            "items": {k: [(it.path, it.label) for it in v] for k, v in index.items.items()},
            "skipped": index.skipped, "sizes": index.sizes}

@@ -127,7 +127,8 @@ def cut_at(bb: Backbone, boundary: int, image_size: int, device: torch.device) -
     if not 0 < boundary < len(bb.groups):
         raise NoCut("nothing is frozen" if boundary <= 0 else "every group is frozen")
     cut = _head_cut(bb) if boundary == len(bb.groups) - 1 else _chain_cut(bb, boundary)
-    x = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0)).to(device)
+    channels = bb.model.get_submodule(bb.spec.first_conv).in_channels  # 3, or --in-channels
+    x = torch.randn(2, channels, image_size, image_size, generator=torch.Generator().manual_seed(0)).to(device)
     with modes_kept(bb.model), torch.no_grad():
         bb.model.eval()
         want, acts = bb.model(x), cut.frozen(x)

@@ -5,6 +5,10 @@ Two layouts are accepted:
   root/<class>/*                                  (split here: per class, seeded, stratified)
 Anything else in the folder (stray files, unreadable or oversized images, symlinks leading out
 of it) is skipped and listed with why; a folder that cannot train is refused with what to do.
+
+Images are RGB (`load_image`) unless a run asks for `--in-channels N` other than 3; then
+`load_pixels` reads (N, H, W) float32 (the "Other channel counts" section says how), files with
+another number of channels are skipped with why, and a class with none of N is refused.
 """
 
 from __future__ import annotations
@@ -25,6 +29,12 @@ from .config import DEFAULT_BATCH_SIZE
 from .errors import UserError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+ARRAY_EXTENSIONS = {".npy"}  # read only with --in-channels other than 3
+
+
+def image_extensions(channels: int = 3) -> set[str]:
+    """The file types a scan reads for images of `channels` channels."""
+    return IMAGE_EXTENSIONS if channels == 3 else IMAGE_EXTENSIONS | ARRAY_EXTENSIONS
 
 
 @dataclass
@@ -85,19 +95,26 @@ def _open_header(path: Path) -> tuple[int, int]:
             return img.size
 
 
-def _scan_class(folder: Path, label: int, index: DatasetIndex) -> list[Item]:
+def _scan_class(folder: Path, label: int, index: DatasetIndex, channels: int = 3,
+                mismatched: Counter | None = None) -> list[Item]:
+    """The usable images in one class folder; files of another channel count are counted in `mismatched`."""
     items = []
     root = Path(index.root)
     # rglob does not descend into symlinked folders, so a symlink loop cannot trap the scan.
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+        if path.suffix.lower() not in image_extensions(channels):
             index.skipped.append((str(path), "not an image file"))
             continue
         if not _inside(path, root):
             index.skipped.append((str(path), "a symlink to a file outside the dataset"))
             continue
         try:
-            index.sizes.append(_open_header(path))
+            index.sizes.append(_open_header(path) if channels == 3 else _probe(path, channels))
+        except ChannelMismatch as e:
+            index.skipped.append((str(path), str(e)))
+            if mismatched is not None:
+                mismatched[e.found] += 1
+            continue
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
             index.skipped.append((str(path), f"refused: larger than {MAX_IMAGE_PIXELS:,} pixels ({e})"))
             continue
@@ -108,12 +125,18 @@ def _scan_class(folder: Path, label: int, index: DatasetIndex) -> list[Item]:
     return items
 
 
-def _scan_classes(folder: Path, classes: list[str], index: DatasetIndex) -> list[Item]:
+def _scan_classes(folder: Path, classes: list[str], index: DatasetIndex, channels: int = 3) -> list[Item]:
     for loose in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
         index.skipped.append((str(loose), "not in a class folder; move it into the folder of its class"))
     items: list[Item] = []
     for label, name in enumerate(classes):
-        found = _scan_class(folder / name, label, index)
+        mismatched: Counter = Counter()
+        found = _scan_class(folder / name, label, index, channels, mismatched)
+        if not found and mismatched:
+            have = " or ".join(str(c) for c, _ in mismatched.most_common())
+            raise UserError(f"--in-channels {channels} but the images in {folder / name} have {have} channels; "
+                            f"pass --in-channels {mismatched.most_common(1)[0][0]}, or save them as {channels}-channel "
+                            f".npy arrays (H x W x {channels}) or TIFFs")
         if not found:
             raise UserError(f"class {name!r} in {folder / name} has no readable images; "
                             f"add images or remove the folder")
@@ -121,8 +144,9 @@ def _scan_classes(folder: Path, classes: list[str], index: DatasetIndex) -> list
     return items
 
 
-def scan_dataset(root: str | os.PathLike) -> DatasetIndex:
-    """Find classes and images under `root`; raise UserError for a folder that cannot train."""
+def scan_dataset(root: str | os.PathLike, in_channels: int = 3) -> DatasetIndex:
+    """Find classes and images under `root` (of `in_channels` channels); raise UserError for a
+    folder that cannot train."""
     path = Path(root).expanduser()
     if not path.exists():
         raise UserError(f"dataset folder {path} does not exist; pass a folder with one sub-folder "
@@ -143,13 +167,13 @@ def scan_dataset(root: str | os.PathLike) -> DatasetIndex:
                             f"give both the same class folders")
         _check_classes(classes, path)
         index = DatasetIndex(str(path), "split", classes, {})
-        index.items["train"] = _scan_classes(train, classes, index)
-        index.items["val"] = _scan_classes(val, classes, index)
+        index.items["train"] = _scan_classes(train, classes, index, in_channels)
+        index.items["val"] = _scan_classes(val, classes, index, in_channels)
     else:
         classes = [d.name for d in _class_dirs(path)]
         _check_classes(classes, path)
         index = DatasetIndex(str(path), "folders", classes, {})
-        index.items["all"] = _scan_classes(path, classes, index)
+        index.items["all"] = _scan_classes(path, classes, index, in_channels)
     return index
 
 
@@ -274,6 +298,151 @@ def load_image(path: str) -> Image.Image:
         raise UnreadableImage(f"{path}: {e.__class__.__name__}: {e}") from None
 
 
+# --- other channel counts: --in-channels N, N != 3 ------------------------------------------------
+#
+# Every file becomes (N, H, W) float32, its values scaled by its type: uint8 / 255, uint16 / 65535,
+# bool as 0 / 1, float as it is (not-a-number and infinities read as 0); other types are skipped.
+#   .npy         H x W x N, channels last, as images are (a 2-D array is one channel). Never
+#                guessed: a channels-first array is skipped, with the np.moveaxis that fixes it.
+#   .tif .tiff   read with tifffile (multi-band, any bit depth). Its own axes metadata says
+#                where the bands are: samples last (contiguous, "YXS") or bands first (planar
+#                "SYX", or one band per page).
+#   other        through PIL. N = 1: converted to one gray channel (colour to L, 16-bit kept
+#                16-bit). Other N: the image's own bands (L 1, LA 2, RGB 3, RGBA 4).
+
+
+class ChannelMismatch(ValueError):
+    """A file with another number of channels than the run's --in-channels."""
+
+    def __init__(self, found: int, channels: int, hint: str = ""):
+        super().__init__(f"{found} channels, not the {channels} of --in-channels {channels}{hint}")
+        self.found = found
+
+
+_SCALES = {np.uint8: 255.0, np.uint16: 65535.0, np.bool_: 1.0}
+_ONE_BAND = ("I;16", "I;16B", "I;16L", "I", "F", "1")  # PIL modes read as they are: one band, any depth
+
+
+def _kind(path: Path) -> str:
+    suffix = path.suffix.lower()
+    return "npy" if suffix == ".npy" else "tiff" if suffix in (".tif", ".tiff") else "pil"
+
+
+def _check_dtype(dtype: np.dtype) -> None:
+    if dtype.kind != "f" and dtype.type not in _SCALES:
+        raise ValueError(f"pixels of type {dtype}; save uint8, uint16 or float arrays")
+
+
+def _hwc(shape: tuple[int, ...], channels: int, where: str) -> tuple[int, int, int]:
+    """(height, width, channels) of an H x W (x C) array; a channels-first one is refused."""
+    if len(shape) == 2:
+        return shape[0], shape[1], 1
+    if len(shape) != 3:
+        raise ValueError(f"{where} of shape {shape}; expected H x W x channels")
+    h, w, c = shape
+    if c != channels and shape[0] == channels:
+        raise ChannelMismatch(c, channels, f" (shape {shape} looks channels-first: save it as H x W x C, "
+                                           f"np.moveaxis(a, 0, -1))")
+    return h, w, c
+
+
+def _tiff_axes(shape: tuple[int, ...], axes: str) -> tuple[tuple[int, ...], bool]:
+    """(shape as H x W x C, whether the bands come first) from tifffile's series axes."""
+    if len(shape) == 3 and not axes.endswith("S") and axes.endswith("YX"):
+        return (shape[1], shape[2], shape[0]), True  # planar bands, or one band per page
+    return tuple(shape), False
+
+
+def _pil_mode(img: Image.Image, channels: int) -> Image.Image:
+    """The image in the mode whose bands are read: one gray band for N = 1; else its own bands."""
+    if img.mode in _ONE_BAND:
+        return img
+    if channels == 1:
+        return to_rgb(img).convert("L")
+    if img.mode == "P":
+        return img.convert("RGBA" if "transparency" in img.info else "RGB")
+    return img
+
+
+def _probe(path: Path, channels: int) -> tuple[int, int]:
+    """(width, height) from the header only, checking channels and type; ChannelMismatch if it has other channels."""
+    kind = _kind(path)
+    if kind == "pil":
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                found = 1 if channels == 1 else Image.getmodebands(_pil_mode_name(img))
+                (w, h), dtype = img.size, None
+    elif kind == "npy":
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)  # the header, not the data
+        (h, w, found), dtype = _hwc(arr.shape, channels, "an array"), arr.dtype
+    else:
+        import tifffile  # multi-band TIFF: PIL reads only 1, 3 or 4 8-bit bands
+
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            shape, _ = _tiff_axes(series.shape, series.axes)
+            (h, w, found), dtype = _hwc(shape, channels, f"a TIFF ({series.axes})"), series.dtype
+    if dtype is not None:
+        _check_dtype(np.dtype(dtype))
+    if w * h > MAX_IMAGE_PIXELS:
+        raise Image.DecompressionBombError(f"{w}x{h} pixels")
+    if found != channels:
+        raise ChannelMismatch(found, channels)
+    return w, h
+
+
+def _pil_mode_name(img: Image.Image) -> str:
+    """The mode _pil_mode converts `img` to, from its header (N != 1)."""
+    if img.mode == "P":
+        return "RGBA" if "transparency" in img.info else "RGB"
+    return "L" if img.mode in _ONE_BAND else img.mode
+
+
+def _read_hwc(path: Path, channels: int) -> np.ndarray:
+    kind = _kind(path)
+    if kind == "npy":
+        arr = np.load(path, allow_pickle=False)
+        _hwc(arr.shape, channels, "an array")
+    elif kind == "tiff":
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            arr = series.asarray()
+            if _tiff_axes(series.shape, series.axes)[1]:
+                arr = np.moveaxis(arr, 0, -1)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                arr = np.asarray(_pil_mode(img, channels))
+        if arr.dtype == np.int32:  # PIL's mode I: 16-bit images read as 32-bit integers
+            arr = arr.clip(0, 65535).astype(np.uint16)
+    return arr[..., None] if arr.ndim == 2 else arr
+
+
+def load_pixels(path: str, channels: int) -> np.ndarray:
+    """An image as --in-channels `channels` reads it: (channels, H, W) float32, scaled by its type.
+
+    UnreadableImage if it cannot be read, or no longer has `channels` channels. (Three channels
+    are read by load_image, as RGB.)
+    """
+    try:
+        arr = _read_hwc(Path(path), channels)
+        if arr.shape[2] != channels:
+            raise ChannelMismatch(arr.shape[2], channels)
+        _check_dtype(arr.dtype)
+        if arr.dtype.kind == "f":
+            out = np.nan_to_num(arr.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+        else:
+            out = arr.astype(np.float32) / _SCALES[arr.dtype.type]
+        return np.ascontiguousarray(out.transpose(2, 0, 1))
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise UnreadableImage(f"{path}: {e.__class__.__name__}: {e}") from None
+
+
 # --- the report ---------------------------------------------------------------------------
 
 
@@ -308,3 +477,33 @@ def dataset_report(root: str | os.PathLike, val_fraction: float = 0.2, seed: int
         "skipped": [{"path": p, "reason": r} for p, r in index.skipped],
         "warnings": warnings,
     }
+
+
+def scan_target(root: str | os.PathLike, classes: list[str], in_channels: int = 3) -> tuple[DatasetIndex, bool]:
+    """A target-domain folder (--target-data) and whether it has labels.
+
+    Class folders named as the source's classes (all or some of them) give labels, used for
+    evaluation only; images with no class folders are the unlabelled target that domain
+    adaptation needs. Its images are in `items["all"]`, labelled by the source's class indices.
+    """
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise UserError(f"--target-data {path}: no such folder; pass a folder of target-domain images, in class "
+                        f"folders named as the source's (for target accuracy) or without labels")
+    path = path.resolve()
+    index = DatasetIndex(str(path), "folders", list(classes), {})
+    folders = _class_dirs(path)
+    if folders:
+        unknown = [f.name for f in folders if f.name not in classes]
+        if unknown:
+            raise UserError(f"--target-data {path}: its folders {unknown[:5]} are not classes of the source "
+                            f"({', '.join(classes[:10])}); name its class folders as the source's, or put the images "
+                            f"directly in {path} to adapt without labels")
+        items = [it for f in folders for it in _scan_class(f, classes.index(f.name), index, in_channels)]
+    else:
+        items = _scan_class(path, 0, index, in_channels)
+    if len(items) < 2:
+        raise UserError(f"--target-data {path}: {len(items)} readable images; domain adaptation needs at least 2 "
+                        f"(see the skipped files in the run's log)")
+    index.items["all"] = items
+    return index, bool(folders)

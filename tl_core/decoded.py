@@ -10,6 +10,9 @@ Without augmentation the stored crop is exactly the validation transform's, so t
 bitwise the same input as when decoding every time. With augmentation the stored square is the
 resized image's centre (image_size / crop_pct on a side) and the random crop is taken from it:
 the corners of a non-square image are not reachable by the crop.
+Images of other than 3 channels (--in-channels, data.load_pixels) are stored as float16 rows
+(channels, S, S) of their [0, 1]-scaled values (16-bit and float bands keep their precision
+better than uint8 would; float values beyond float16's +-65504 are clipped), resized as tensors.
 """
 
 from __future__ import annotations
@@ -60,25 +63,46 @@ class DatasetRows:
 
 @dataclass(frozen=True)
 class DecodeStage:
-    """Open, RGB, resize the shorter side to `resize`, crop the centre `crop` square: uint8 CHW."""
+    """Open, RGB, resize the shorter side to `resize`, crop the centre `crop` square: uint8 CHW.
+    Other channel counts: data.load_pixels, then the same on the tensor, stored as float16."""
 
     resize: int
     crop: int
     interpolation: str
+    channels: int = 3
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(np.uint8 if self.channels == 3 else np.float16)
+
+    def key(self) -> dict:
+        """What names its cache entry (RGB entries as before channels were a setting)."""
+        key = asdict(self)
+        return key if self.channels != 3 else {k: v for k, v in key.items() if k != "channels"}
 
     def __call__(self, path: str) -> np.ndarray:
         interp = T.InterpolationMode(self.interpolation)
+        if self.channels != 3:
+            x = F.resize(torch.from_numpy(data.load_pixels(path, self.channels)), [self.resize],
+                         interpolation=interp, antialias=True)
+            x = F.center_crop(x, [self.crop]).clamp(-F16_MAX, F16_MAX)
+            return np.ascontiguousarray(x.numpy().astype(np.float16))
         img = T.CenterCrop(self.crop)(T.Resize(self.resize, interpolation=interp)(data.load_image(path)))
         return np.ascontiguousarray(np.asarray(img).transpose(2, 0, 1))
+
+
+F16_MAX = float(np.finfo(np.float16).max)
 
 
 @dataclass(frozen=True)
 class Pipeline:
     """How an image file becomes a model input, at one image size, for one set of weights."""
 
-    pre: Preprocessing  # the weights' own: mean/std, interpolation, crop ratio
+    pre: Preprocessing  # the weights' own: mean/std (one per channel), interpolation, crop ratio
     image_size: int
     augment: str = "none"
+    in_channels: int = 3
+    stats: str | None = None  # where mean/std of channels the weights have none for came from (channels.py)
 
     @property
     def resize(self) -> int:
@@ -92,11 +116,12 @@ class Pipeline:
     def stage(self, train: bool) -> DecodeStage:
         """Validation (and unaugmented training) stores the final crop; augmentation a bigger square."""
         crop = self.resize if train and self.augment != "none" else self.image_size
-        return DecodeStage(self.resize, crop, self.interpolation)
+        return DecodeStage(self.resize, crop, self.interpolation, self.in_channels)
 
     def train_transform(self) -> T.Compose | None:
         """The random part, on uint8 tensors; None without augmentation."""
-        aug = transforms.augmentations(self.augment, self.image_size, T.InterpolationMode(self.interpolation))
+        aug = transforms.augmentations(self.augment, self.image_size, T.InterpolationMode(self.interpolation),
+                                       self.in_channels)
         return T.Compose(aug) if aug else None
 
     def to_model(self, x: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
@@ -106,7 +131,10 @@ class Pipeline:
         return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
     def describe(self) -> dict:
-        return {**asdict(self), "resize": self.resize}
+        """The run's summary["preprocessing"] and part of the feature cache's key (RGB: as before
+        channels were a setting)."""
+        out = {**asdict(self), "resize": self.resize}
+        return out if self.in_channels != 3 else {k: v for k, v in out.items() if k not in ("in_channels", "stats")}
 
 
 # --- the cache of decoded images ------------------------------------------------------------
@@ -121,8 +149,9 @@ class DecodedImages:
 
     def __init__(self, rows: DatasetRows, stage: DecodeStage, root=None):
         self.dataset, self.stage = rows, stage
-        key = {"dataset": rows.fingerprint, "stage": asdict(stage), "version": DECODE_VERSION}
-        self.cache = ArrayCache("decoded", key, len(rows.paths), (3, stage.crop, stage.crop), np.uint8, root)
+        key = {"dataset": rows.fingerprint, "stage": stage.key(), "version": DECODE_VERSION}
+        self.cache = ArrayCache("decoded", key, len(rows.paths), (stage.channels, stage.crop, stage.crop),
+                                stage.dtype, root)
 
     def state(self) -> tuple[np.ndarray, set[int]]:
         """(filled mask, unreadable rows) as of now."""
@@ -174,6 +203,8 @@ class PixelDataset(Dataset):
             if self.filled is not None:  # a row read again in this pass (K views of an image) is decoded once
                 self.filled[row] = True
         x = torch.from_numpy(np.array(self._data[row]))
+        if x.dtype == torch.float16:  # stored small; resized (augmented) and normalised in float32
+            x = x.float()
         if self.transform is not None:
             if self.seeds is None:
                 x = self.transform(x)
@@ -275,9 +306,10 @@ def make_loaders(splits: data.Splits, rows: DatasetRows, pipeline: Pipeline, bat
         for s in stages:
             images[s].cache.check_fits()
     except CacheTooLarge as e:
-        train_tf, val_tf = transforms.build_transforms(pipeline.pre, pipeline.image_size, pipeline.augment)
+        train_tf, val_tf = transforms.build_transforms(pipeline.pre, pipeline.image_size, pipeline.augment,
+                                                       pipeline.in_channels)
         train, val = transforms.make_loaders(splits, train_tf, val_tf, batch_size, seed, workers,
-                                             pin_memory=device.type == "cuda")
+                                             pin_memory=device.type == "cuda", channels=pipeline.in_channels)
         return train, val, {"used": False, "why": str(e)}
     # drop_last keeps BatchNorm away from a final batch of one image (as transforms.make_loaders).
     drop_last = len(splits.train) > batch_size and len(splits.train) % batch_size == 1

@@ -64,6 +64,7 @@ class BackboneSpec:
     adapter: "Family" = field(repr=False, compare=False)
     min_image_size: int = 32
     fixed_image_size: int | None = None
+    first_conv: str = ""  # dotted path of the convolution that reads the image (channels.py rebuilds it)
 
 
 class Family:
@@ -72,6 +73,7 @@ class Family:
     name: ClassVar[str]
     models: ClassVar[tuple[str, ...]]
     head: ClassVar[str]  # dotted path of the classifier Linear
+    first_conv: ClassVar[str]  # dotted path of the Conv2d that reads the image's (3) channels
     groups: ClassVar[tuple[str, ...]]  # body group names, stem first
     source: ClassVar[str] = "torchvision"
     fixed_image_size: ClassVar[int | None] = None
@@ -100,7 +102,7 @@ def register_family(cls: type[Family]) -> type[Family]:
         if model in _BACKBONES:
             raise ValueError(f"backbone {model!r} is registered twice")
         _BACKBONES[model] = BackboneSpec(model, cls.name, cls.groups, cls.head, cls.source, adapter,
-                                         fixed_image_size=cls.fixed_image_size)
+                                         fixed_image_size=cls.fixed_image_size, first_conv=cls.first_conv)
     return cls
 
 
@@ -129,6 +131,7 @@ def _seq(*steps: Callable) -> list[Callable]:
 @register_family
 class ResNet(Family):
     name = "resnet"
+    first_conv = "conv1"
     models = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
     head = "fc"
     groups = ("stem", "layer1", "layer2", "layer3", "layer4")
@@ -142,6 +145,7 @@ class ResNet(Family):
 @register_family
 class VGG(Family):
     name = "vgg"
+    first_conv = "features.0"
     models = ("vgg16",)
     head = "classifier.6"
     groups = ("block1", "block2", "block3", "block4", "block5", "fc")
@@ -163,6 +167,7 @@ class VGG(Family):
 
 class _MobileNet(Family):
     name = "mobilenet"
+    first_conv = "features.0.0"
 
     def layout(self, m):
         from torch import nn
@@ -211,6 +216,7 @@ class MobileNetV3Large(_MobileNet):
 @register_family
 class EfficientNet(Family):
     name = "efficientnet"
+    first_conv = "features.0.0"
     models = tuple(f"efficientnet_b{i}" for i in range(8))
     head = "classifier.1"
     groups = ("stem", *(f"stage{i}" for i in range(1, 8)))
@@ -225,6 +231,7 @@ class EfficientNet(Family):
 @register_family
 class ConvNeXt(Family):
     name = "convnext"
+    first_conv = "features.0.0"
     models = ("convnext_tiny", "convnext_small", "convnext_base")
     head = "classifier.2"
     groups = ("stem", "stage1", "stage2", "stage3", "stage4")
@@ -240,6 +247,7 @@ class ConvNeXt(Family):
 @register_family
 class Swin(Family):
     name = "swin"
+    first_conv = "features.0.0"
     models = ("swin_t",)
     head = "head"
     groups = ("stem", "stage1", "stage2", "stage3", "stage4")
@@ -254,6 +262,7 @@ class Swin(Family):
 @register_family
 class ViT(Family):
     name = "vit"
+    first_conv = "conv_proj"
     models = ("vit_b_16",)
     head = "heads.head"
     groups = ("stem", "blocks1-3", "blocks4-6", "blocks7-9", "blocks10-12")
@@ -280,6 +289,7 @@ class ViT(Family):
 @register_family
 class RegNet(Family):
     name = "regnet"
+    first_conv = "stem.0"
     models = ("regnet_y_400mf",)
     head = "fc"
     groups = ("stem", "block1", "block2", "block3", "block4")
@@ -296,6 +306,7 @@ class EfficientNetLite(Family):
     Top-1 from timm's published ImageNet results."""
 
     name = "efficientnet_lite"
+    first_conv = "conv_stem"
     models = ("efficientnet_lite0", "efficientnet_lite1")
     head = "classifier"
     groups = ("stem", *(f"stage{i}" for i in range(1, 8)))

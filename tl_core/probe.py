@@ -269,6 +269,10 @@ def probe(cfg: RunConfig, *, max_per_class: int = 50, k: int = 5) -> Probe:
     if max_per_class < 1 or k < 1:
         raise UserError(f"probe: max_per_class {max_per_class} and k {k} must be at least 1; "
                         f"probe at least one image per class with at least one neighbour")
+    if cfg.in_channels != 3:
+        raise UserError(f"probe: --in-channels {cfg.in_channels}: the probe measures how ImageNet's RGB features "
+                        f"separate the classes, and these images are not RGB; compare strategies with runs instead "
+                        f"(a feature_extraction run is the linear probe on the rebuilt first layer)")
     started = time.perf_counter()
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)

@@ -3,26 +3,30 @@
 The transforms follow the weights' own preprocessing (mean/std, resize interpolation, crop
 ratio, weights.py) at the run's image size. Validation always uses the deterministic transform;
 augmentation is for training only. decoded.py shares `augmentations` for its cached path.
+Images of other than 3 channels (--in-channels) come as float tensors from data.load_pixels and
+take the same resizes and crops, normalised per channel; their augmentation has no colour jitter.
 """
 
 from __future__ import annotations
 
 import math
 import sys
+from functools import partial
 
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision.transforms import v2 as T
 
-from .data import Item, Splits, UnreadableImage, load_image
+from .data import Item, Splits, UnreadableImage, load_image, load_pixels
 from .errors import UserError
 from .weights import Preprocessing
 
 AUGMENTATIONS = ("none", "light", "standard")
 
 
-def build_transforms(pre: Preprocessing, image_size: int, augment: str = "none") -> tuple[T.Compose, T.Compose]:
-    """(train, val) transforms at `image_size`, normalised with the weights' own mean/std."""
+def build_transforms(pre: Preprocessing, image_size: int, augment: str = "none",
+                     channels: int = 3) -> tuple[T.Compose, T.Compose]:
+    """(train, val) transforms at `image_size`, normalised with the weights' own mean/std (one per channel)."""
     if augment not in AUGMENTATIONS:
         raise UserError(f"unknown augmentation {augment!r}; choose one of {', '.join(AUGMENTATIONS)}")
     interp = T.InterpolationMode(pre.interpolation)
@@ -32,24 +36,31 @@ def build_transforms(pre: Preprocessing, image_size: int, augment: str = "none")
     val = T.Compose([T.Resize(resize, interpolation=interp), T.CenterCrop(image_size), *to_tensor])
     if augment == "none":
         return val, val
-    return T.Compose([*augmentations(augment, image_size, interp), *to_tensor]), val
+    return T.Compose([*augmentations(augment, image_size, interp, channels), *to_tensor]), val
 
 
-def augmentations(augment: str, image_size: int, interp: T.InterpolationMode) -> list:
-    """The random training transforms of `augment`; they take PIL images and uint8 tensors alike."""
+def augmentations(augment: str, image_size: int, interp: T.InterpolationMode, channels: int = 3) -> list:
+    """The random training transforms of `augment`; they take PIL images and tensors alike.
+    Colour jitter is for RGB only: other channel counts get the crops and flips."""
     if augment == "none":
         return []
     if augment == "light":
         return [T.RandomResizedCrop(image_size, scale=(0.6, 1.0), interpolation=interp),
                 T.RandomHorizontalFlip()]
     return [T.RandomResizedCrop(image_size, scale=(0.25, 1.0), interpolation=interp),
-            T.RandomHorizontalFlip(), T.ColorJitter(0.3, 0.3, 0.3, 0.05)]
+            T.RandomHorizontalFlip(), *([T.ColorJitter(0.3, 0.3, 0.3, 0.05)] if channels == 3 else [])]
+
+
+def read_tensor(path: str, channels: int) -> torch.Tensor:
+    """An image of `channels` other than 3 as a float (channels, H, W) tensor (data.load_pixels)."""
+    return torch.from_numpy(load_pixels(path, channels))
 
 
 class ImageDataset(Dataset):
-    def __init__(self, items: list[Item], transform):
+    def __init__(self, items: list[Item], transform, read=load_image):
         self.items = items
         self.transform = transform
+        self.read = read  # path -> an RGB PIL image (load_image), or a tensor of other channels
 
     def __len__(self) -> int:
         return len(self.items)
@@ -57,7 +68,7 @@ class ImageDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | None:
         item = self.items[i]
         try:
-            return self.transform(load_image(item.path)), item.label
+            return self.transform(self.read(item.path)), item.label
         except UnreadableImage as e:
             # Skipped and listed (in the run's log); the batch goes on without it.
             print(f"skipped unreadable image {e}", file=sys.stderr, flush=True)
@@ -73,13 +84,14 @@ def collate_readable(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def make_loaders(splits: Splits, train_tf, val_tf, batch_size: int, seed: int, workers: int,
-                 pin_memory: bool = False) -> tuple[DataLoader, DataLoader]:
+                 pin_memory: bool = False, channels: int = 3) -> tuple[DataLoader, DataLoader]:
     g = torch.Generator().manual_seed(seed)
+    read = load_image if channels == 3 else partial(read_tensor, channels=channels)
     common = dict(num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0,
                   collate_fn=collate_readable)
     # drop_last keeps BatchNorm away from a final batch of one image.
     drop_last = len(splits.train) > batch_size and len(splits.train) % batch_size == 1
-    train = DataLoader(ImageDataset(splits.train, train_tf), batch_size=batch_size, shuffle=True,
+    train = DataLoader(ImageDataset(splits.train, train_tf, read), batch_size=batch_size, shuffle=True,
                        generator=g, drop_last=drop_last, **common)
-    val = DataLoader(ImageDataset(splits.val, val_tf), batch_size=batch_size, shuffle=False, **common)
+    val = DataLoader(ImageDataset(splits.val, val_tf, read), batch_size=batch_size, shuffle=False, **common)
     return train, val

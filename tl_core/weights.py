@@ -34,8 +34,8 @@ if TYPE_CHECKING:
 class Preprocessing:
     """What the weights were trained on: normalisation, resize interpolation, crop ratio, size."""
 
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, ...]  # one per input channel: R, G, B for the weights (channels.py for others)
+    std: tuple[float, ...]
     interpolation: str  # "bilinear" | "bicubic"
     crop_pct: float  # crop size / resize size, e.g. 224 / 256
     native_size: int
