@@ -62,8 +62,9 @@ def test_every_epoch_has_its_rows_and_the_run_its_results(animals, store):
     epochs = store.epoch_metrics([run.id])[run.id]
     assert sorted(epochs) == [0, 1]
     groups = run.summary["groups"]
-    assert set(epochs[0]) == EPOCH_KEYS | {"lr/head"}
-    assert set(epochs[1]) == EPOCH_KEYS | {f"lr/{g}" for g in groups}
+    drift = {f"drift/{g}" for g in groups}  # every group's, frozen or not
+    assert set(epochs[0]) == EPOCH_KEYS | {"lr/head"} | drift
+    assert set(epochs[1]) == EPOCH_KEYS | {f"lr/{g}" for g in groups} | drift
     assert epochs[1]["trainable_params"] > epochs[0]["trainable_params"]
     assert run.best_val_acc == max(m["val_acc"] for m in epochs.values())
     classes = store.class_metrics(run.id)

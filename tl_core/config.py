@@ -19,6 +19,10 @@ from .errors import UserError
 DEFAULT_BATCH_SIZE = 32
 # Settings that name or file a run but do not change what it trains: left out of its fingerprint.
 BOOKKEEPING = ("name", "experiment")
+# Settings added after runs were first checkpointed: left out of the fingerprint while at their
+# defaults, so a checkpoint written before they existed still resumes.
+ADDED_LATER = ("regularizer", "reg_strength", "head_reg_strength", "fisher_images", "target_data", "adapt",
+               "adapt_strength", "in_channels", "accumulate", "checkpointing")
 
 
 class RunConfig(BaseModel):
@@ -59,6 +63,30 @@ class RunConfig(BaseModel):
     unfreeze_on: Literal["schedule", "plateau"] = "schedule"
     patience: int = 1
     stage_lr_factor: float = 1.0
+    # terms of the loss beside the strategy (losses.py): keep what was pretrained, cross domains
+    regularizer: Literal["none", "l2sp", "ewc"] = Field(
+        "none", description="pull the pretrained weights toward their starting point: l2sp (alpha/2 ||w - w0||^2) "
+        "or ewc (the same, weighted by a diagonal Fisher information); pretrained groups then get no weight decay")
+    reg_strength: float = Field(0.1, ge=0, description="alpha: the weight of the regularizer's pull")
+    head_reg_strength: float = Field(0.01, ge=0, description="beta: plain L2 on the new head while a regularizer "
+                                     "is on (it replaces the head's weight decay)")
+    fisher_images: int = Field(256, gt=0, description="ewc: training images the Fisher information is estimated "
+                               "on, from the pretrained model's own predictions (no source data at hand)")
+    target_data: str | None = Field(None, description="a target-domain folder: class folders (labels used for "
+                                    "evaluation only) or images without labels")
+    adapt: Literal["none", "dann", "mmd"] = Field(
+        "none", description="domain adaptation toward --target-data: dann (a domain discriminator behind a "
+        "gradient-reversal layer) or mmd (a multi-kernel Gaussian MMD between source and target features)")
+    adapt_strength: float = Field(1.0, ge=0, description="the adaptation term's weight in the loss")
+    # other inputs, memory
+    in_channels: int = Field(3, ge=1, le=64, description="image channels: 1 keeps grayscale as one channel; more "
+                             "reads multi-band TIFF or .npy arrays; the first convolution is rebuilt from the RGB "
+                             "filters")
+    accumulate: int = Field(1, ge=1, description="gradient accumulation: one optimizer step per K batches, an "
+                            "effective batch of K x batch size (BatchNorm still sees batches of batch size)")
+    checkpointing: Literal["off", "on"] = Field(
+        "off", description="activation checkpointing: recompute each trained stage's activations in the backward "
+        "pass instead of keeping them (less memory, about a third more compute)")
     # bookkeeping and hardware
     seed: int = Field(0, description="seeds the initialisation, data order and augmentation (not the split: "
                       "--split-seed)")
@@ -96,7 +124,27 @@ class RunConfig(BaseModel):
         if self.image_size < spec.min_image_size:
             raise UserError(f"--image-size {self.image_size}: {self.backbone} needs at least "
                             f"{spec.min_image_size} px")
+        if self.adapt != "none" and not self.target_data:
+            raise UserError(f"--adapt {self.adapt} needs --target-data FOLDER: a folder of target-domain images "
+                            f"(with or without class folders) to adapt toward")
+        if self.regularizer != "none" and self.weights_to_load == "none":
+            raise UserError(f"--regularizer {self.regularizer} pulls the weights toward the pretrained ones, but "
+                            f"this run starts from none (--strategy {self.strategy}, --weights {self.weights}); "
+                            f"use --regularizer none, or a strategy with pretrained weights")
+        if self.regularizer == "ewc" and (self.weights_to_load != "imagenet" or self.in_channels != 3):
+            raise UserError("--regularizer ewc estimates its Fisher information from the pretrained model's own "
+                            "ImageNet predictions on RGB images: it needs --weights imagenet and --in-channels 3; "
+                            "use --regularizer l2sp otherwise")
         return self
+
+    def body_trains(self) -> bool:
+        """Whether any group below the head trains at some epoch of this run."""
+        from .families import get_spec
+        from .strategies import get_strategy
+
+        n = len(get_spec(self.backbone).body_groups) + 1
+        strategy, params = get_strategy(self.strategy), self.strategy_params()
+        return any(strategy.freeze_to(e, n, params, []) < n - 1 for e in range(self.epochs))
 
     def warnings(self) -> list[str]:
         """Settings that run but likely not as meant: said before queueing, kept in the run."""
@@ -106,6 +154,17 @@ class RunConfig(BaseModel):
 
         n_groups = len(get_spec(self.backbone).body_groups) + 1
         out = get_strategy(self.strategy).warnings(n_groups, self.epochs, self.strategy_params())
+        if not self.body_trains():
+            if self.adapt != "none":
+                out.append(f"--adapt {self.adapt} with --strategy {self.strategy}: the body stays frozen, so "
+                           f"adaptation cannot move the features; only the head learns from the source (choose a "
+                           f"strategy that fine-tunes, e.g. full or partial)")
+            if self.regularizer != "none":
+                out.append(f"--regularizer {self.regularizer} with --strategy {self.strategy}: the pretrained "
+                           f"weights are frozen, so there is nothing to pull back (only the head's L2 applies)")
+            if self.checkpointing == "on":
+                out.append(f"--checkpointing on with --strategy {self.strategy}: frozen layers keep no "
+                           f"activations for a backward pass, so there is no memory to save")
         native = native_size(self.backbone)
         if self.weights_to_load != "none" and self.image_size < native / 2:
             out.append(f"--image-size {self.image_size} is below half the {native} px the {self.backbone} weights "
@@ -130,7 +189,8 @@ class RunConfig(BaseModel):
 
     def fingerprint(self) -> str:
         """A digest of every setting that shapes training (not the run's name or experiment)."""
-        settings = {k: v for k, v in self.model_dump().items() if k not in BOOKKEEPING}
+        settings = {k: v for k, v in self.model_dump().items()
+                    if k not in BOOKKEEPING and not (k in ADDED_LATER and v == default(k))}
         return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def strategy_params(self):

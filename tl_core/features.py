@@ -110,7 +110,8 @@ class FrozenFeatures:
 
     def __init__(self, bb: Backbone, splits: data.Splits, rows: DatasetRows, pipeline: Pipeline, *, views: int,
                  batch_size: int, seed: int, device: torch.device, precision: torch.dtype | None = None,
-                 workers: int = 0, channels_last: bool = False, enabled: bool = True, check: Check | None = None):
+                 workers: int = 0, channels_last: bool = False, enabled: bool | str = True, check: Check | None = None):
+        """enabled: True, or False / the reason it is off (said in the run's summary)."""
         self.bb, self.splits, self.rows, self.pipeline = bb, splits, rows, pipeline
         self.views = views if pipeline.augment != "none" else 1
         self.batch_size, self.seed, self.device, self.precision = batch_size, seed, device, precision
@@ -176,8 +177,8 @@ class FrozenFeatures:
         return ArrayCache("features", key, n, cut.shape, np.float32)
 
     def _prepare(self, boundary: int, phase_epochs: int, record: dict) -> FeatureRun | None:
-        if not self.enabled:
-            raise NoCut("off (--feature-cache off)")
+        if self.enabled is not True:
+            raise NoCut(self.enabled or "off (--feature-cache off)")
         cut = cut_at(self.bb, boundary, self.pipeline.image_size, self.device)
         record["boundary"] = cut.name
         augmented = self.pipeline.augment != "none"

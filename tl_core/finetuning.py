@@ -50,14 +50,21 @@ def make_optimizer(cfg: RunConfig, param_groups: list[dict]) -> torch.optim.Opti
 
 
 def sync_param_groups(optimizer: torch.optim.Optimizer | None, cfg: RunConfig, groups: Sequence[LayerGroup],
-                      n: int, multipliers: list[float]) -> torch.optim.Optimizer:
-    """Make the optimizer hold exactly groups[n:], each at base LR x its multiplier.
+                      n: int, multipliers: list[float], extra: Sequence[LayerGroup] = ()) -> torch.optim.Optimizer:
+    """Make the optimizer hold exactly groups[n:], each at base LR x its multiplier, and the
+    `extra` groups (a loss term's own modules, e.g. DANN's domain discriminator) at the head's LR.
 
     Groups already in the optimizer keep their state (Adam moments) and get their new peak LR;
     newly unfrozen groups are added (as fastai's freeze_to moves a boundary, not a rebuild).
+    With a regulariser toward the pretrained weights (--regularizer), the model's groups get no
+    weight decay: it would pull them toward zero, against the regulariser's pull toward w0 (the
+    head gets its own plain L2, --head-reg-strength, instead; L2-SP's recipe).
     """
-    wanted = [{"params": g.parameters(), "name": g.name, "peak_lr": cfg.base_lr * m, "lr": cfg.base_lr * m}
-              for g, m in zip(groups[n:], multipliers)]
+    decay = 0.0 if cfg.regularizer != "none" else cfg.weight_decay
+    wanted = [{"params": g.parameters(), "name": g.name, "peak_lr": cfg.base_lr * m, "lr": cfg.base_lr * m,
+               "weight_decay": decay} for g, m in zip(groups[n:], multipliers)]
+    wanted += [{"params": g.parameters(), "name": g.name, "peak_lr": cfg.base_lr * multipliers[-1],
+                "lr": cfg.base_lr * multipliers[-1], "weight_decay": cfg.weight_decay} for g in extra]
     if optimizer is None:
         return make_optimizer(cfg, wanted)
     have = {pg["name"]: pg for pg in optimizer.param_groups}
@@ -67,7 +74,7 @@ def sync_param_groups(optimizer: torch.optim.Optimizer | None, cfg: RunConfig, g
         else:
             optimizer.add_param_group(w)
     # Groups are only ever unfrozen; keep them ordered stem-side first like the model.
-    order = {g.name: i for i, g in enumerate(groups)}
+    order = {g.name: i for i, g in enumerate([*groups, *extra])}
     optimizer.param_groups.sort(key=lambda pg: order[pg["name"]])
     return optimizer
 

@@ -10,6 +10,9 @@ Read `_fit` top to bottom:
   5. move the freeze boundary where the strategy wants it; the optimizer follows;
   6. train one epoch, setting each group's LR from its schedule (schedules.py) at every step;
   7. validate, record the epoch, save the checkpoints.
+Beside the task's cross-entropy, the loss may carry terms (losses.py): a regulariser toward the
+pretrained weights, a domain-adaptation term on the features of a target-domain batch. They
+are composed as one `Terms` (terms.py): one code path whatever the methods.
 """
 
 from __future__ import annotations
@@ -34,8 +37,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from . import backbones, cache, data, decoded, features
+from . import backbones, cache, channels, data, decoded, features, forgetting, memory
+from .backbones import LayerGroup
 from .config import RunConfig
+from .drift import Drift
 from .errors import UserError
 from .finetuning import Finetuning, Phase, sync_param_groups
 from .runfiles import run_folder
@@ -44,6 +49,7 @@ from .settings import current as settings
 from .metrics import class_metrics
 from .store import EpochWriter, Run, Store
 from .strategies import get_strategy
+from .terms import Terms, load_target, make_terms
 
 
 class RunCancelled(Exception):
@@ -119,13 +125,24 @@ def _save(obj: dict, path: Path) -> None:
 
 
 def train_one_epoch(model, loader, optimizer, loss_fn, cfg: RunConfig, device, amp, scaler, phase: Phase,
-                    epoch: int, bar, should_stop) -> tuple[float, float, int]:
+                    epoch: int, bar, should_stop, terms: Terms | None = None) -> tuple[float, float, int, dict]:
+    """Train one epoch: (mean task loss, accuracy, images seen, means of the terms' logged values).
+
+    With --accumulate K the optimizer steps once every K batches (and at the epoch's end), each
+    batch's loss divided by K: the gradient of one batch K times larger.
+    """
+    terms = terms or Terms()
     steps_per_epoch = len(loader)
     phase_steps = (phase.end - phase.start) * steps_per_epoch
+    run_steps = cfg.epochs * steps_per_epoch
+    k = cfg.accumulate
     # Sums stay on the device: reading a GPU value back waits for the queued kernels, so it is
     # done only when the progress bar shows it (at most twice a second) and at the end.
     total_loss, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long), 0
+    sums: dict[str, torch.Tensor] = {}
     show = throttled(lambda: True, 0.5)
+    optimizer.zero_grad(set_to_none=True)
+    pending = False  # gradients accumulated since the last step
     for i, (x, y) in enumerate(loader):
         if should_stop():
             raise RunCancelled()
@@ -139,17 +156,36 @@ def train_one_epoch(model, loader, optimizer, loss_fn, cfg: RunConfig, device, a
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             logits = model(x)
             loss = loss_fn(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+            extra, logged = terms(model, (epoch * steps_per_epoch + i) / max(run_steps - 1, 1))
+        objective = loss if extra is None else loss + extra
+        scaler.scale(objective / k if k > 1 else objective).backward()
+        pending = True
+        if (i + 1) % k == 0:
+            _step(optimizer, scaler)
+            pending = False
         total_loss += loss.detach().float() * len(y)
         correct += (logits.detach().argmax(1) == y).sum()
+        if logged:
+            logged["total_loss"] = objective.detach().float()
+        for key, value in logged.items():
+            sums[key] = sums.get(key, 0) + value * len(y)
         seen += len(y)
         bar.update(1)
         if not bar.disable and show():
             bar.set_postfix(loss=f"{total_loss.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}")
-    return total_loss.item() / max(seen, 1), correct.item() / max(seen, 1), seen
+    if pending:  # an epoch's last batches, fewer than K: their step is not carried into the next epoch
+        _step(optimizer, scaler)
+    means = {key: value.item() / max(seen, 1) for key, value in sums.items()}
+    if "reg_penalty" in means:  # the regulariser's share of what was minimised
+        means["reg_share"] = means["reg_penalty"] / means["total_loss"] if means["total_loss"] else 0.0
+    means.pop("total_loss", None)
+    return total_loss.item() / max(seen, 1), correct.item() / max(seen, 1), seen, means
+
+
+def _step(optimizer, scaler) -> None:
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
 
 
 @torch.inference_mode()
@@ -256,11 +292,13 @@ CHANNELS_LAST = True  # NHWC: the layout convolutions run fastest in, on GPUs an
 def load_data(cfg: RunConfig, device: torch.device) -> RunData:
     """The split (by its own seed: an experiment's runs share it whatever their --seed), the batch
     size, and loaders over images decoded once, normalised on the device with the weights' own
-    preprocessing."""
-    index = cache.scan_dataset(cfg.data)  # data.scan_dataset, reused while no file changed
+    preprocessing (channels the weights have none for: measured on the training images)."""
+    index = cache.scan_dataset(cfg.data, cfg.in_channels)  # data.scan_dataset, reused while no file changed
     splits = data.split_dataset(index, cfg.val_fraction, cfg.train_fraction, cfg.split_seed)
     batch_size, batch_note = data.batch_size_for(cfg.batch_size, len(splits.train))
-    pipeline = decoded.Pipeline(backbones.preprocessing(cfg.backbone), cfg.image_size, cfg.augment)
+    pre, stats = channels.normalisation(backbones.preprocessing(cfg.backbone), cfg.in_channels, cfg.weights_to_load,
+                                        [it.path for it in splits.train])
+    pipeline = decoded.Pipeline(pre, cfg.image_size, cfg.augment, cfg.in_channels, stats)
     rows = decoded.DatasetRows.of(index)
     workers = cfg.workers if cfg.workers is not None else _default_workers(device)
     train, val, note = decoded.make_loaders(splits, rows, pipeline, batch_size, cfg.seed, workers, device,
@@ -271,7 +309,7 @@ def load_data(cfg: RunConfig, device: torch.device) -> RunData:
 def load_model(cfg: RunConfig, num_classes: int, device: torch.device) -> backbones.Backbone:
     """The pretrained body (or random, for scratch) and a new head, on the device."""
     bb = backbones.create_backbone(cfg.backbone, num_classes, weights=cfg.weights_to_load,
-                                   head=cfg.head, hidden=cfg.hidden, dropout=cfg.dropout)
+                                   head=cfg.head, hidden=cfg.hidden, dropout=cfg.dropout, in_channels=cfg.in_channels)
     bb.model = bb.model.to(device, memory_format=torch.channels_last if CHANNELS_LAST else torch.preserve_format)
     return bb
 
@@ -281,8 +319,17 @@ def frozen_features(cfg: RunConfig, bb: backbones.Backbone, d: RunData, device: 
     """The run's cache of frozen groups' output (features.py), as its settings ask for it."""
     return features.FrozenFeatures(bb, d.splits, d.rows, d.pipeline, views=cfg.feature_views, batch_size=d.batch_size,
                                    seed=cfg.seed, device=device, workers=d.workers, channels_last=CHANNELS_LAST,
-                                   check=check, enabled=cfg.feature_cache == "on",
+                                   check=check, enabled=_feature_cache_enabled(cfg),
                                    precision=features.extraction_dtype(cfg.feature_precision, device, amp))
+
+
+def _feature_cache_enabled(cfg: RunConfig) -> bool | str:
+    if cfg.feature_cache != "on":
+        return False
+    if cfg.adapt != "none":
+        return ("off: --adapt runs target-domain images through the whole model at every step, "
+                "so there are no frozen features to reuse")
+    return True
 
 
 def _record_start(store: Store, run: Run, cfg: RunConfig, d: RunData, bb: backbones.Backbone) -> None:
@@ -336,9 +383,19 @@ def _fit(store: Store, run: Run, cfg: RunConfig, device: torch.device, run_dir: 
     plan = Finetuning(get_strategy(cfg.strategy), cfg.strategy_params(), groups, cfg.epochs)
     frozen = frozen_features(cfg, bb, d, device, amp, check)
     _record_start(store, run, cfg, d, bb)
+    # 3b. The loss's terms beside cross-entropy (losses.py) and the target domain, set up on the
+    #     weights training starts from, as layer drift is measured from them; the memory levers.
+    target = load_target(cfg, d, device, CHANNELS_LAST)
+    terms, said = make_terms(cfg, bb, d, device, CHANNELS_LAST)
+    extra = [LayerGroup("domain", terms.modules())] if terms.modules() else []
+    drift = Drift(groups)
+    checkpointed = memory.checkpoint_activations(groups) if cfg.checkpointing == "on" else 0
+    _note(store, run.id, **said, **({"target": target.describe()} if target else {}),
+          memory={"accumulate": cfg.accumulate, "effective_batch": cfg.accumulate * d.batch_size,
+                  "checkpointing": cfg.checkpointing, **({"checkpointed_modules": checkpointed} if checkpointed else {})})
     # 4. A fresh start, or the run's own last checkpoint: the same trainable groups, optimizer
     #    state, schedule position, unfreezing history and random streams as when it stopped.
-    at = _resume(run_dir / "last.pt", run, cfg, bb, plan, d, store) if run.resume else Progress()
+    at = _resume(run_dir / "last.pt", run, cfg, bb, plan, d, store, terms, extra) if run.resume else Progress()
     optimizer, best_acc, best_epoch, best_confusion = at.optimizer, at.best_acc, at.best_epoch, at.best_confusion
     started -= at.elapsed
     identity = {"run_uid": run.uid, "config_fingerprint": cfg.fingerprint()}  # what a resume checks
@@ -351,7 +408,7 @@ def _fit(store: Store, run: Run, cfg: RunConfig, device: torch.device, run_dir: 
             # 5. Move the freeze boundary where the strategy wants it; the optimizer follows, and
             #    the rest trains on the frozen groups' cached output when that pays (or is cached).
             if plan.plan(epoch) or epoch == at.start_epoch:
-                optimizer = sync_param_groups(optimizer, cfg, groups, plan.boundary, plan.multipliers())
+                optimizer = sync_param_groups(optimizer, cfg, groups, plan.boundary, plan.multipliers(), extra)
                 feats = frozen.at(plan.boundary, epoch, plan.phase.end - epoch)
                 bar.write(frozen.describe(), file=sys.stderr)
                 _note(store, run.id, feature_cache=frozen.summary())
@@ -359,6 +416,12 @@ def _fit(store: Store, run: Run, cfg: RunConfig, device: torch.device, run_dir: 
                                                else (model, d.train, d.val))
             net = _compiled(net, compiled) if cfg.compile == "on" else net
             plan.train_mode(model)
+            if checkpointed and epoch == at.start_epoch:  # what checkpointing saves, on this run's batches
+                x = next(x for x, y in val_batches if len(y))
+                _note(store, run.id, memory={**store.get_run(run.id).summary["memory"],
+                                             "activations_mb": memory.activation_memory(net, x)})
+            if terms.adaptation is not None:
+                terms.target = target.batches(cfg.seed, epoch)
             bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}")
             if epoch == at.start_epoch:  # startup is over: record what it cost
                 _note(store, run.id, startup_seconds=round(time.perf_counter() - started - at.elapsed, 3),
@@ -368,13 +431,15 @@ def _fit(store: Store, run: Run, cfg: RunConfig, device: torch.device, run_dir: 
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             t0 = time.perf_counter()
-            train_loss, train_acc, seen = train_one_epoch(
+            train_loss, train_acc, seen, term_means = train_one_epoch(
                 net, train_batches, optimizer, loss_fn, cfg, device, amp, scaler, plan.phase, epoch, bar,
-                should_stop=stop_requested)
+                should_stop=stop_requested, terms=terms)
             train_seconds = time.perf_counter() - t0
 
             # 7. Validate, record, checkpoint.
             ev = evaluate(net, val_batches, loss_fn, device, amp, len(d.classes))
+            on_target = (evaluate(model, target.val, loss_fn, device, amp, len(d.classes))
+                         if target is not None and target.labelled else None)
             plan.observe(ev["val_loss"])
             last_confusion = ev["confusion"].tolist()
             if ev["val_acc"] > best_acc:
@@ -385,6 +450,9 @@ def _fit(store: Store, run: Run, cfg: RunConfig, device: torch.device, run_dir: 
                 "train_loss": train_loss, "train_acc": train_acc,
                 "val_loss": ev["val_loss"], "val_acc": ev["val_acc"],
                 **({"val_top5": ev["val_top5"]} if "val_top5" in ev else {}),
+                **({"target_loss": on_target["val_loss"], "target_acc": on_target["val_acc"]} if on_target else {}),
+                **term_means,
+                **drift.metrics(groups),
                 **{f"lr/{pg['name']}": pg["lr"] for pg in optimizer.param_groups},
                 "trainable_groups": plan.trainable_groups,
                 "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
@@ -397,13 +465,16 @@ def _fit(store: Store, run: Run, cfg: RunConfig, device: torch.device, run_dir: 
             _save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                    "finetuning": plan.state_dict(), "best": (best_acc, best_epoch), "best_confusion": best_confusion,
                    "classes": d.classes, "rng": torch.get_rng_state(), "loader_rng": d.train.generator.get_state(),
+                   "terms": terms.state_dict(),
                    "wall_seconds": metrics["wall_seconds"], "config": cfg.model_dump(), **identity,
                    "metrics": metrics}, run_dir / "last.pt")
             bar.write(f"epoch {epoch + 1}/{cfg.epochs}  train loss {train_loss:.3f} acc {train_acc:.3f}  "
                       f"val loss {ev['val_loss']:.3f} acc {ev['val_acc']:.3f}  "
                       f"groups {plan.trainable_groups}/{len(groups)}", file=sys.stderr)
     bar.close()
+    terms.close()
 
+    _note(store, run.id, forgetting=_forgetting(cfg, bb, d, device, amp))
     store.log_class_metrics(run.id, class_metrics(best_confusion.tolist(), d.classes))
     summary = store.get_run(run.id).summary
     if last_confusion is not None:  # per-class results at the last epoch too, for comparisons read there
@@ -414,6 +485,14 @@ def _fit(store: Store, run: Run, cfg: RunConfig, device: torch.device, run_dir: 
     return _result(store, run.id)
 
 
+def _forgetting(cfg: RunConfig, bb: backbones.Backbone, d: RunData, device: torch.device, amp) -> dict:
+    """Knowledge kept (forgetting.py) at the last epoch, or why it was not measured."""
+    why = forgetting.why_not_measured(bb, cfg.in_channels)
+    if why is not None:
+        return {"skipped": why}
+    return {**forgetting.knowledge_kept(bb, d.val, device, amp), "epoch": cfg.epochs}
+
+
 def _compiled(net: nn.Module, cache_: dict) -> nn.Module:
     """torch.compile, once per module (a new freeze boundary brings a new one)."""
     if net not in cache_:
@@ -422,7 +501,7 @@ def _compiled(net: nn.Module, cache_: dict) -> nn.Module:
 
 
 def _resume(path: Path, run: Run, cfg: RunConfig, bb: backbones.Backbone, plan: Finetuning, d: RunData,
-            store: Store) -> Progress:
+            store: Store, terms: Terms | None = None, extra: list[LayerGroup] = ()) -> Progress:
     """Restore a run from its own last checkpoint (written at the end of every epoch).
 
     The checkpoint must be this run's (its uid) and written with these settings (the config's
@@ -445,7 +524,9 @@ def _resume(path: Path, run: Run, cfg: RunConfig, bb: backbones.Backbone, plan: 
     # The plan as it stood (its groups frozen again), then an optimizer with exactly the groups it
     # held (the unfrozen ones, stem-side first) and its state: Adam moments, each group's peak LR.
     plan.load_state_dict(ckpt.get("finetuning") or Finetuning.from_legacy(ckpt, len(bb.groups)))
-    optimizer = sync_param_groups(None, cfg, bb.groups, plan.boundary, plan.multipliers())
+    if terms is not None:
+        terms.load_state_dict(ckpt.get("terms", {}))
+    optimizer = sync_param_groups(None, cfg, bb.groups, plan.boundary, plan.multipliers(), extra)
     optimizer.load_state_dict(ckpt["optimizer"])
     torch.set_rng_state(ckpt["rng"])
     d.train.generator.set_state(ckpt["loader_rng"])

@@ -11,7 +11,7 @@ from typing import Sequence
 
 from .. import settings
 from ..config import RunConfig, make_config
-from ..data import batch_size_for, split_dataset
+from ..data import batch_size_for, scan_target, split_dataset
 from ..errors import UserError
 from ..runfiles import is_run_folder, run_folder
 from ..store import FINISHED, Run, Store, default_db_url
@@ -62,12 +62,16 @@ def worker_pid(store: Store) -> int | None:
 
 
 def check_run(cfg: RunConfig) -> None:
-    """Refuse a run before it is recorded: its weights must be obtainable and its dataset trainable."""
+    """Refuse a run before it is recorded: its weights must be obtainable, its dataset trainable and its
+    target-domain folder (--target-data) readable."""
     from ..cache import scan_dataset  # data.scan_dataset, reused while no file changed
 
     check_obtainable(cfg.backbone, cfg.weights_to_load)
-    splits = split_dataset(scan_dataset(cfg.data), cfg.val_fraction, cfg.train_fraction, cfg.split_seed)
+    splits = split_dataset(scan_dataset(cfg.data, cfg.in_channels), cfg.val_fraction, cfg.train_fraction,
+                           cfg.split_seed)
     batch_size_for(cfg.batch_size, len(splits.train))
+    if cfg.target_data:
+        scan_target(cfg.target_data, splits.classes, cfg.in_channels)
 
 
 def stored_config(run: Run) -> RunConfig:
@@ -174,7 +178,8 @@ def estimate_seconds(store: Store, configs: Sequence[RunConfig]) -> dict:
 def _train_images(cfg: RunConfig) -> int:
     from ..cache import scan_dataset  # reused while no file changed
 
-    return len(split_dataset(scan_dataset(cfg.data), cfg.val_fraction, cfg.train_fraction, cfg.split_seed).train)
+    index = scan_dataset(cfg.data, cfg.in_channels)
+    return len(split_dataset(index, cfg.val_fraction, cfg.train_fraction, cfg.split_seed).train)
 
 
 def queue_run(store: Store, cfg: RunConfig) -> Run:

@@ -1,0 +1,232 @@
+"""Beyond the strategies, through the training loop: terms of the loss (L2-SP, EWC, DANN, MMD),
+the target domain, layer drift, forgetting, gradient accumulation and activation checkpointing.
+(The terms' own mathematics is proved in test_losses.py, forgetting's in test_forgetting.py.)"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+
+import pytest
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from tl_core import memory
+from tl_core.backbones import LayerGroup
+from tl_core.config import make_config
+from tl_core.demo_data import write_demo_data
+from tl_core.errors import UserError
+from tl_core.finetuning import Phase, sync_param_groups
+from tl_core.service import results
+from tl_core.train import train_one_epoch, train_run
+
+from .helpers import stop_before_epoch, train
+
+comparison = importlib.import_module("tl_core.service.compare")  # the package re-exports a function `compare`
+
+
+# --- gradient accumulation ----------------------------------------------------------------------
+
+
+def _one_epoch(model: nn.Module, batches: list, accumulate: int) -> None:
+    cfg = make_config(data="unused", accumulate=accumulate, schedule="constant", epochs=1)
+    optimizer = torch.optim.AdamW([{"params": list(model.parameters()), "name": "all", "peak_lr": 0.05}], lr=0.05)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    train_one_epoch(model, batches, optimizer, nn.CrossEntropyLoss(), cfg, torch.device("cpu"), None, scaler,
+                    Phase(0, 1), 0, tqdm(disable=True), lambda: False)
+
+
+def test_accumulating_two_half_batches_is_one_full_batch_update_without_batchnorm():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+    full, halves, stepped_twice = (copy.deepcopy(model) for _ in range(3))
+    _one_epoch(full, [(x, y)], accumulate=1)
+    _one_epoch(halves, [(x[:4], y[:4]), (x[4:], y[4:])], accumulate=2)
+    _one_epoch(stepped_twice, [(x[:4], y[:4]), (x[4:], y[4:])], accumulate=1)
+    for a, b, c, w0 in zip(full.parameters(), halves.parameters(), stepped_twice.parameters(), model.parameters()):
+        assert not torch.equal(a, w0)  # a step was taken
+        # Equal up to fp32 summation order (the mean of two half-batch means vs one mean of 8).
+        torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5)
+    # The control: without accumulation two half-batches are two steps, measurably elsewhere.
+    assert max((a - c).abs().max().item() for a, c in zip(full.parameters(), stepped_twice.parameters())) > 1e-3
+
+
+# --- activation checkpointing --------------------------------------------------------------------
+
+
+def _net() -> tuple[nn.Module, list[LayerGroup]]:
+    a = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
+    b = nn.Sequential(nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4, momentum=None), nn.ReLU())
+    head = nn.Linear(4, 2)
+    model = nn.Sequential(a, b, nn.AdaptiveAvgPool2d(1), nn.Flatten(), head)
+    return model, [LayerGroup("a", [a]), LayerGroup("b", [b]), LayerGroup("head", [head])]
+
+
+def test_checkpointing_recomputes_the_body_and_changes_neither_gradients_nor_batchnorm_statistics():
+    torch.manual_seed(0)
+    plain, groups = _net()
+    kept, kept_groups = _net()
+    kept.load_state_dict(plain.state_dict())
+    assert memory.checkpoint_activations(kept_groups) == 2  # the body's modules, not the head
+    calls = []
+    kept_groups[0].parts[0][0].register_forward_hook(lambda *_: calls.append(1))  # its conv
+    x, y = torch.randn(4, 3, 12, 12), torch.tensor([0, 1, 1, 0])
+    for model in (plain, kept):
+        model.train()
+        for _ in range(2):  # the second batch reads the first's statistics (momentum None: a count)
+            nn.functional.cross_entropy(model(x), y).backward()
+    assert len(calls) == 4  # each forward ran again in its backward pass: recomputed, not kept
+    before = copy.deepcopy(kept.state_dict())
+    saved = memory.activation_memory(kept, x)
+    assert saved["with_checkpointing"] < saved["without_checkpointing"]
+    for key, value in kept.state_dict().items():  # measuring moved no BatchNorm statistic
+        assert torch.equal(value, before[key]), key
+    for (name, p), q in zip(plain.named_parameters(), kept.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, msg=name)
+    for (name, s), t in zip(plain.state_dict().items(), kept.state_dict().values()):
+        torch.testing.assert_close(t, s, msg=name)  # running stats and batch counts moved once per batch
+
+
+# --- the run's settings ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("settings, says", [
+    (dict(adapt="dann"), "--adapt dann needs --target-data"),
+    (dict(regularizer="l2sp", strategy="scratch"), "this run starts from none"),
+    (dict(regularizer="ewc", weights="/some/file.pt"), "--regularizer ewc"),
+    (dict(regularizer="ewc", in_channels=1), "--in-channels 3"),
+])
+def test_settings_that_cannot_work_are_refused_with_what_to_do(settings, says):
+    with pytest.raises(UserError, match=says):
+        make_config(data="unused", **settings)
+
+
+def test_a_config_without_the_new_settings_keeps_its_fingerprint():
+    # Computed before these settings existed: checkpoints written then must still resume.
+    assert make_config(data="x").fingerprint() == "a77493380122f929"
+    assert make_config(data="x", accumulate=2).fingerprint() != "a77493380122f929"
+
+
+def test_a_regularizer_takes_weight_decay_off_the_model_and_a_discriminator_keeps_it():
+    cfg = make_config(data="unused", regularizer="l2sp", weight_decay=0.05, strategy="full")
+    _, groups = _net()
+    extra = [LayerGroup("domain", [nn.Linear(4, 1)])]
+    optimizer = sync_param_groups(None, cfg, groups, 0, [0.1, 0.1, 1.0], extra)
+    decay = {pg["name"]: pg["weight_decay"] for pg in optimizer.param_groups}
+    assert decay == {"a": 0.0, "b": 0.0, "head": 0.0, "domain": 0.05}
+    plain = sync_param_groups(None, make_config(data="unused", weight_decay=0.05), groups, 0, [0.1, 0.1, 1.0])
+    assert {pg["weight_decay"] for pg in plain.param_groups} == {0.05}
+
+
+def test_adapting_a_frozen_body_is_warned_about():
+    cfg = make_config(data="unused", target_data="t", adapt="mmd", strategy="feature_extraction")
+    assert any("--adapt mmd" in w and "frozen" in w for w in cfg.warnings())
+    assert not any("--adapt" in w for w in make_config(data="unused", target_data="t", adapt="mmd",
+                                                         strategy="full").warnings())
+
+
+# --- through the loop ----------------------------------------------------------------------------
+
+
+def test_drift_is_exactly_zero_for_frozen_groups_and_the_penalty_is_logged(store, tiny):
+    r = train(store, data=tiny, strategy="partial", unfreeze=2, epochs=2, regularizer="l2sp")
+    assert r.status == "completed", r.error
+    drift = results.group_drift(store, r.run_id)
+    groups = store.get_run(r.run_id).summary["groups"]
+    assert list(drift) == groups and all(len(v) == 2 for v in drift.values())
+    frozen, trained = groups[:-3], groups[-3:]
+    assert all(v == 0.0 for g in frozen for v in drift[g])
+    assert all(v > 0 for g in trained for v in drift[g])
+    epochs = store.epoch_metrics([r.run_id])[r.run_id]
+    assert all(e["reg_penalty"] > 0 and 0 < e["reg_share"] < 1 for e in epochs.values())
+
+
+def test_ewc_estimates_its_fisher_on_the_training_images_and_says_from_what(store, tiny):
+    r = train(store, data=tiny, strategy="partial", epochs=1, regularizer="ewc", fisher_images=12)
+    assert r.status == "completed", r.error
+    summary = store.get_run(r.run_id).summary
+    assert summary["fisher"]["images"] == 12 and "no source data" in summary["fisher"]["source"]
+    assert summary["forgetting"]["images"] == summary["val_images"]
+    assert 0 <= summary["forgetting"]["agreement"] <= 1
+
+
+@pytest.fixture(scope="module")
+def domains(tmp_path_factory):
+    out = tmp_path_factory.mktemp("domains")
+    write_demo_data(out, datasets=("digits", "digits_target"), per_class=6, size=28)
+    return out
+
+
+def test_source_only_dann_and_mmd_compare_on_the_demo_domain_pair(store, domains):
+    """The issue's comparison, on the defaults a CPU runs (one epoch), target accuracy recorded for each."""
+    ids = {}
+    for adapt in ("none", "dann", "mmd"):
+        cfg = make_config(data=str(domains / "digits"), target_data=str(domains / "digits_target"), adapt=adapt,
+                          strategy="partial", epochs=1, experiment="domains", workers=0)
+        run = store.create_run(cfg.model_dump(), cfg.experiment, cfg.name, status="running")
+        result = train_run(store, run.id, progress=False)
+        assert result.status == "completed", result.error
+        ids[adapt] = run.id
+    for adapt, run_id in ids.items():
+        run = store.get_run(run_id)
+        (epoch,) = store.epoch_metrics([run_id])[run_id].values()
+        assert 0 <= epoch["target_acc"] <= 1 and run.summary["target"]["labelled"]
+        assert run.summary["target"]["images"] == 60
+        assert ("domain_loss" in epoch) == (adapt != "none")
+        assert ("domain_acc" in epoch) == (adapt == "dann")
+    runs = [store.get_run(i) for i in ids.values()]
+    points = comparison.forgetting_points(runs, store.epoch_metrics([r.id for r in runs]))["points"]
+    assert len(points) == 3 and all(p["target_acc"] is not None for p in points) # knowledge kept next to target accuracy, one point per run
+
+
+def test_a_target_folder_with_foreign_classes_is_refused_clearly(store, domains, tmp_path):
+    (tmp_path / "cats").mkdir()
+    r = train(store, data=str(domains / "digits"), target_data=str(tmp_path), adapt="mmd", strategy="full", epochs=1)
+    assert r.status == "failed" and "are not classes of the source" in r.error
+
+
+def test_memory_levers_train_a_real_backbone_and_are_recorded(store, tiny):
+    r = train(store, data=tiny, strategy="full", epochs=1, checkpointing="on", accumulate=2)
+    assert r.status == "completed", r.error
+    memory_note = store.get_run(r.run_id).summary["memory"]
+    assert memory_note["effective_batch"] == 16 and memory_note["checkpointed_modules"] > 0
+    saved = memory_note["activations_mb"]
+    assert 0 < saved["with_checkpointing"] < saved["without_checkpointing"] / 2
+    (epoch,) = store.epoch_metrics([r.run_id])[r.run_id].values()
+    assert epoch["peak_memory_mb"] > 0 and all(epoch[f"drift/{g}"] > 0 for g in store.get_run(r.run_id).summary["groups"])
+
+
+def test_a_dann_run_resumes_as_if_it_never_stopped(store, domains, monkeypatch):
+    """The discriminator, its optimizer state and the target batches of each epoch come back."""
+    settings = dict(data=str(domains / "digits"), target_data=str(domains / "digits_target"), adapt="dann",
+                    strategy="full", epochs=2, seed=3, regularizer="l2sp")
+    whole = train(store, **settings)
+    with monkeypatch.context() as m:
+        stop_before_epoch(m, 1)
+        stopped = train(store, **settings)
+    assert stopped.status == "cancelled" and stopped.epochs == 1
+    store.requeue(stopped.run_id, status="running")
+    resumed = train_run(store, stopped.run_id, progress=False)
+    assert resumed.status == "completed", resumed.error
+    a, b = (store.epoch_metrics([r.run_id])[r.run_id][1] for r in (whole, resumed))
+    for key in ("train_loss", "val_acc", "target_acc", "domain_loss", "domain_acc", "reg_penalty", "drift/head"):
+        assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-7), key
+
+
+def test_a_missing_target_folder_is_refused_before_queueing(domains, tmp_path):
+    from tl_core.service import runs
+
+    cfg = make_config(data=str(domains / "digits"), target_data=str(tmp_path / "nowhere"), adapt="mmd",
+                      strategy="full")
+    with pytest.raises(UserError, match="--target-data .*nowhere: no such folder"):
+        runs.check_run(cfg)
+    runs.check_run(cfg.model_copy(update={"target_data": str(domains / "digits_target")}))
+
+
+def test_probing_images_that_are_not_rgb_is_refused_with_what_to_do(tiny):
+    from tl_core.probe import probe
+
+    with pytest.raises(UserError, match="--in-channels 4: the probe measures"):
+        probe(make_config(data=tiny, in_channels=4))

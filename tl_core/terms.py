@@ -1,0 +1,179 @@
+"""The loss's terms as the training loop composes them, and the target domain they read.
+
+`losses.py` declares the methods (regularisers toward the pretrained weights, domain
+adaptation); this module sets up a run's choice of them on the weights training starts from
+(EWC's Fisher estimate included) and composes them as one `Terms`: the loop adds its sum to the
+cross-entropy whatever the methods, and logs what it reports. An adaptation term reads the
+features the head classifies (`FeatureTap`) for the source batch and for a batch of the target
+domain (`TargetData`, from --target-data), whose labels, when it has them, only ever evaluate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterator
+
+import torch
+from torch import nn
+
+from . import backbones, data, decoded, forgetting, losses
+from .config import RunConfig
+from .errors import UserError
+
+if TYPE_CHECKING:
+    from .train import RunData
+
+
+class FeatureTap:
+    """The head's input (the features the head classifies), caught as the head is called."""
+
+    def __init__(self, head: nn.Module):
+        self.value: torch.Tensor | None = None
+        self._handle = head.register_forward_pre_hook(self._catch)
+
+    def _catch(self, module, args) -> None:
+        self.value = args[0]
+
+    def take(self) -> torch.Tensor:
+        value, self.value = self.value, None
+        return value.float().flatten(1)
+
+    def close(self) -> None:
+        self._handle.remove()
+
+
+@dataclass
+class Terms:
+    """The terms a run adds to its cross-entropy (losses.py), composed as one: a regulariser
+    toward the pretrained weights, and a domain-adaptation term between the features of the
+    source batch just forwarded and those of a target-domain batch. Either may be absent."""
+
+    regularizer: losses.Regularizer | None = None
+    adaptation: losses.Adaptation | None = None
+    tap: FeatureTap | None = None
+    target: Iterator[torch.Tensor] | None = None  # target-domain training batches, cycled
+
+    def __call__(self, net: nn.Module, run_progress: float) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+        """(the terms' sum, or None when there are none; what to log of them, as tensors)."""
+        parts: dict[str, torch.Tensor] = {}
+        if self.regularizer is not None:
+            parts["reg_penalty"] = self.regularizer.penalty()
+        if self.adaptation is not None:
+            source = self.tap.take()
+            net(next(self.target))
+            parts["domain_loss"] = self.adaptation.loss(source, self.tap.take(), run_progress)
+        if not parts:
+            return None, {}
+        logged = {**{k: v.detach().float() for k, v in parts.items()},
+                  **{k: torch.as_tensor(v, dtype=torch.float32) for k, v in (self.adaptation.stats if self.adaptation
+                                                                             else {}).items()}}
+        return sum(parts.values()), logged
+
+    def modules(self) -> list[nn.Module]:
+        return self.adaptation.modules() if self.adaptation is not None else []
+
+    def state_dict(self) -> dict:
+        return {"adaptation": self.adaptation.state_dict()} if self.adaptation is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.adaptation is not None and "adaptation" in state:
+            self.adaptation.load_state_dict(state["adaptation"])
+
+    def close(self) -> None:
+        if self.tap is not None:
+            self.tap.close()
+
+
+def cycle(loader) -> Iterator[torch.Tensor]:
+    """A loader's image batches, again and again (target batches run alongside the source's)."""
+    while True:
+        empty = True
+        for x, y in loader:
+            if len(y):
+                empty = False
+                yield x
+        if empty:
+            raise UserError("--target-data: none of its images could be read; see the log for the files skipped")
+
+
+@dataclass
+class TargetData:
+    """The target domain (--target-data): its images, in batches to train beside the source's
+    (augmented as the source's are) and to evaluate on (never augmented) when it has labels."""
+
+    index: data.DatasetIndex
+    labelled: bool
+    train: object
+    val: object
+    note: dict
+
+    def batches(self, seed: int, epoch: int) -> Iterator[torch.Tensor]:
+        """Target batches for one epoch, in an order that depends only on the run's seed and the
+        epoch (so a resumed run sees the same ones as an uninterrupted run)."""
+        self.train.generator.manual_seed(seed * 100_003 + epoch + 1)
+        return cycle(self.train)
+
+    def describe(self) -> dict:
+        return {"data": self.index.root, "labelled": self.labelled, "images": len(self.index.items["all"]),
+                "skipped": len(self.index.skipped), "decode_cache": self.note}
+
+
+def load_target(cfg: RunConfig, d: RunData, device: torch.device, channels_last: bool) -> TargetData | None:
+    """The target domain of a run with --target-data, in the source's preprocessing; None without."""
+    if cfg.target_data is None:
+        return None
+    index, labelled = data.scan_target(cfg.target_data, d.classes, cfg.in_channels)
+    items = index.items["all"]
+    splits = data.Splits(d.classes, items, items, index)
+    batch_size = min(d.batch_size, data.batch_size_for(None, len(items))[0])
+    train, val, note = decoded.make_loaders(splits, decoded.DatasetRows.of(index), d.pipeline, batch_size,
+                                            cfg.seed + 1, 0, device, channels_last=channels_last,
+                                            enabled=cfg.decode_cache == "on")
+    return TargetData(index, labelled, train, val, note)
+
+
+def make_terms(cfg: RunConfig, bb: backbones.Backbone, d: RunData, device: torch.device,
+               channels_last: bool) -> tuple[Terms, dict]:
+    """The run's terms beside cross-entropy, set up on the weights training starts from; and what
+    to say of them in the run's summary."""
+    said: dict = {}
+    regularizer = losses.make_regularizer(cfg.regularizer, cfg.reg_strength, cfg.head_reg_strength)
+    if regularizer is not None:
+        body = [p for g in bb.groups[:-1] for p in g.parameters()]
+        fisher = None
+        if regularizer.needs_fisher:
+            fisher, n = _fisher(cfg, bb, d, body, device, channels_last)
+            said["fisher"] = {"images": n, "source": "the pretrained model's own predictive distribution (its "
+                              "ImageNet classifier) on the run's training images: no source data at hand"}
+        regularizer.setup(body, list(bb.groups[-1].parameters()), fisher)
+    adaptation = None
+    if cfg.adapt != "none":
+        adaptation = losses.make_adaptation(cfg.adapt, cfg.adapt_strength, _feature_dim(bb))
+        for m in adaptation.modules():
+            m.to(device)
+    tap = FeatureTap(bb.head) if adaptation is not None else None
+    terms = Terms(regularizer, adaptation, tap)  # target batches: set every epoch (TargetData.batches)
+    return terms, said
+
+
+def _feature_dim(bb: backbones.Backbone) -> int:
+    first = next(m for m in bb.head.modules() if isinstance(m, nn.Linear))
+    return first.in_features
+
+
+def _fisher(cfg: RunConfig, bb: backbones.Backbone, d: RunData, body: list, device: torch.device,
+            channels_last: bool):
+    """EWC's diagonal Fisher, with the pretrained ImageNet classifier put back on the body for the
+    estimate (the pretrained task's predictive distribution), the new head restored after."""
+    new_head = bb.head
+    bb.model.set_submodule(bb.spec.head_path, forgetting.imagenet_head(bb.spec.name).to(device))
+    try:
+        # The training images as validation sees them (never augmented), in a fixed order.
+        splits = data.Splits(d.classes, d.splits.train, d.splits.train, d.index)
+        _, unaugmented, _ = decoded.make_loaders(splits, d.rows, d.pipeline, d.batch_size, cfg.seed, 0, device,
+                                                 channels_last=channels_last, enabled=cfg.decode_cache == "on")
+        images = (x for x, y in unaugmented if len(y))
+        generator = torch.Generator(device=device).manual_seed(cfg.seed)
+        return losses.estimate_fisher(bb.model, body, images, cfg.fisher_images, generator=generator)
+    finally:
+        bb.model.set_submodule(bb.spec.head_path, new_head)
