@@ -2,8 +2,9 @@
 
 Curves (val accuracy and loss against epochs and wall-clock time, train vs val), the fine-tuning
 timeline, whether each difference between strategies is real (seed-paired bootstrap CIs), how
-much data each needs (a data-efficiency chart when the experiment varied the train fraction), a
-summary and the settings that differ, per-class results for the runs picked. Past a dozen runs,
+much data each needs (a data-efficiency chart when the experiment varied the train fraction), what
+fine-tuning changed (each layer group's drift, knowledge kept against accuracy, the target
+domain's accuracy, when recorded), a summary and the settings that differ, per-class results for the runs picked. Past a dozen runs,
 runs that differ only by seed are drawn as one group (a mean and a band). Every table and chart
 reads each run at its best epoch or its last, as chosen; the URL keeps the selection.
 """
@@ -112,8 +113,10 @@ metrics = store.epoch_metrics([r.id for r in runs])
 target = st.session_state.get("target_acc", 0.8)
 summary = service.summary_rows(runs, metrics, target)
 values = {r.id: service.value(r, metrics.get(r.id, {}), which) for r in runs}
+target_values = {r.id: service.value(r, metrics.get(r.id, {}), which, "target_acc") for r in runs}
 for row in summary:
-    row["val_acc"] = values[row["id"]]
+    row["val_acc"], row["target_acc"] = values[row["id"]], target_values[row["id"]]
+with_target = any(v is not None for v in target_values.values())
 
 # --- headline numbers --------------------------------------------------------------------------
 top = max((r for r in runs if values[r.id] is not None), key=lambda r: values[r.id], default=None)
@@ -140,9 +143,10 @@ bands = [(g.label, g.runs) for g in groups]
 timelines = {tuple(charts.phases(metrics.get(r.id, {}))) for r in runs if metrics.get(r.id)}
 
 
-def curve(y: str, x: str = "epoch"):
+def curve(y: str, x: str = "epoch", among: list | None = None):
+    """`y`'s curves of every run, or only of those `among` (groups without a value are left out)."""
     fig = (charts.group_bands(bands, metrics, y, smoothing=smoothing) if grouped and x == "epoch"
-           else charts.curves(runs, metrics, y, x, smoothing=smoothing))
+           else charts.curves(runs if among is None else among, metrics, y, x, smoothing=smoothing))
     if x == "epoch" and len(timelines) == 1:  # every run fine-tuned in the same phases: shade them
         fig = charts.shade_phases(fig, metrics[next(r.id for r in runs if metrics.get(r.id))])
     return fig
@@ -233,6 +237,28 @@ if len({r.config.get("train_fraction") for r in runs}) > 1:
     if not efficiency["crossovers"]:
         st.caption("No curves cross: the order of the groups holds at every data size measured.")
 
+# --- what fine-tuning changed: layer drift, forgetting, the target domain ------------------------
+drift = service.drift_profiles(bands if grouped else [(r.name, [r]) for r in runs], metrics, which)
+forgetting = service.forgetting_points(runs, metrics, which)
+if drift["profiles"] or forgetting["points"] or with_target:
+    st.subheader("What fine-tuning changed")
+    st.caption("How far each layer group moved from its pretrained weights, how much ImageNet knowledge the body "
+               "kept, and accuracy on the target domain, where the runs recorded them.")
+    if drift["profiles"]:
+        figures["drift_overlay"] = charts.drift_overlay(drift, runs, which)
+    if forgetting["points"]:
+        figures["forgetting"] = charts.forgetting_scatter(forgetting["points"], runs, which)
+    if with_target:
+        figures["target_acc_epoch"] = curve("target_acc", among=[r for r in runs if target_values[r.id] is not None])
+    drawn = [k for k in ("drift_overlay", "forgetting", "target_acc_epoch") if k in figures]
+    for start in range(0, len(drawn), 2):
+        for col, key in zip(st.columns(2), drawn[start:start + 2]):
+            col.plotly_chart(figures[key], key=key)
+    if forgetting["skipped"]:
+        st.caption("Knowledge kept not measured for " + "; ".join(f"{f['name']} ({f['reason']})"
+                                                                 for f in forgetting["skipped"][:3])
+                   + (f"; and {len(forgetting['skipped']) - 3} more" if len(forgetting["skipped"]) > 3 else ""))
+
 # --- summary and settings ------------------------------------------------------------------------
 st.subheader("Summary")
 c1, c2 = st.columns([1, 4])
@@ -242,12 +268,15 @@ c2.caption(f"Val accuracy at each run's {which} epoch, when its best came, time 
            f"time, trainable parameters at the last epoch and training throughput.")
 several_seeds = len({row["seed"] for row in summary}) > 1
 st.dataframe(summary, hide_index=True, column_order=[
-    "name", "strategy", *(["seed"] if several_seeds else []), "status", "val_acc", "best_epoch",
+    "name", "strategy", *(["seed"] if several_seeds else []), "status", "val_acc",
+    *(["target_acc"] if with_target else []), "best_epoch",
     "time_to_target_s", "total_seconds", "trainable_params", "images_per_sec"], column_config={
     "id": st.column_config.NumberColumn("ID", width="small"),
     "name": "Run", "strategy": "Strategy", "seed": st.column_config.NumberColumn("Seed", width="small"),
     "status": st.column_config.TextColumn("Status", width="small"),
     "val_acc": st.column_config.NumberColumn(f"Val acc ({which})", format="percent", width="small"),
+    "target_acc": st.column_config.NumberColumn(f"Target acc ({which})", format="percent", width="small",
+                                                help="On the target-domain folder (--target-data)"),
     "best_epoch": st.column_config.NumberColumn("Best epoch", width="small"),
     "time_to_target_s": st.column_config.NumberColumn(f"Time to {target:.0%}", format="%.1f s", width="small",
                                                       help="None: never reached"),
@@ -273,6 +302,9 @@ downloads.download_button(
          ("Is the difference real?", [d["text"] for d in differences] or ["one strategy, or one seed each"]),
          *([("How much data", [figures["data_efficiency"], *(c["text"] for c in efficiency["crossovers"])])]
            if "data_efficiency" in figures else []),
+         *([("What fine-tuning changed", [figures[k] for k in ("drift_overlay", "forgetting", "target_acc_epoch")
+                                         if k in figures])] if drift["profiles"] or forgetting["points"] or with_target
+           else []),
          ("Summary", [summary]), ("Settings", [service.config_table(runs, differs_only=False)])]),
     "transferlab-report.html", "text/html", icon=":material/description:",
     help="One HTML file with these charts, tables, statistics and every setting; opens offline")

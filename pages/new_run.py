@@ -1,8 +1,9 @@
 """New run: choose a dataset, a backbone and one or more strategies, then queue the runs.
 
 The preview, the parameter counts, the strategy knobs and the plan (how many runs, about how
-long, from earlier runs here) follow every change. A grid is one launch: strategies x train
-fractions x LRs x seeds. Launch queues every run of the plan or, if any is invalid, none.
+long, from earlier runs here) follow every change. Beside the strategies: a regularizer, a target
+domain to adapt to, input channels and memory settings, each labelled as its CLI flag. A grid is
+one launch: strategies x train fractions x LRs x seeds. Launch queues every run of the plan or, if any is invalid, none.
 """
 
 import time
@@ -265,11 +266,49 @@ for s in strategies:
 
 # What the ticked strategies would do that is likely not meant, said before anything is queued.
 draft = {**settings, "image_size": st.session_state.get("image_size", default("image_size"))}
-for warning in service.draft_warnings(backbone, ticked_now, draft):
+said = service.draft_warnings(backbone, ticked_now, draft)
+for warning in said:
     st.warning(fmt.form_message(warning), icon=":material/warning:")
 
-# --- 4. training and launch ---------------------------------------------------------------------
-st.header("4 · Training", divider="gray")
+# --- 4. beside the strategy: loss terms, a target domain, channels, memory -------------------------
+st.header("4 · Regularizer, target domain, memory", divider="gray")
+st.caption("Options any strategy composes with, given to every run of the plan: a term that keeps the pretrained "
+           "weights near where they started, adaptation toward a target-domain folder, images of other than 3 "
+           "channels, and a bigger effective batch or less memory per step. Labels are the CLI's flags.")
+methods: dict = {}
+cols = grid()
+methods["regularizer"] = next(cols).selectbox("Regularizer", choices("regularizer"), key="regularizer",
+                                              help=fmt.flag_help("regularizer"))
+if methods["regularizer"] != "none":
+    methods["reg_strength"] = next(cols).number_input("Reg strength", 0.0, None, default("reg_strength"), 0.01,
+                                                      format="%.4f", key="reg_strength", help=fmt.flag_help("reg_strength"))
+    methods["head_reg_strength"] = next(cols).number_input(
+        "Head reg strength", 0.0, None, default("head_reg_strength"), 0.005, format="%.4f", key="head_reg_strength",
+        help=fmt.flag_help("head_reg_strength"))
+if methods["regularizer"] == "ewc":
+    methods["fisher_images"] = next(cols).number_input("Fisher images", 1, None, default("fisher_images"), 64,
+                                                       key="fisher_images", help=fmt.flag_help("fisher_images"))
+cols = grid()
+target = next(cols).selectbox("Target data", [f for f in folders if f != data_path], index=None, key="target_data",
+                              format_func=lambda p: f"{Path(p).name}   ({Path(p).parent})", placeholder="none",
+                              help=fmt.flag_help("target_data"))
+methods["adapt"] = next(cols).selectbox("Adapt", choices("adapt"), key="adapt", help=fmt.flag_help("adapt"))
+if methods["adapt"] != "none":
+    methods["adapt_strength"] = next(cols).number_input("Adapt strength", 0.0, None, default("adapt_strength"), 0.1,
+                                                        key="adapt_strength", help=fmt.flag_help("adapt_strength"))
+cols = grid()
+methods["in_channels"] = next(cols).number_input("In channels", 1, 64, default("in_channels"), key="in_channels",
+                                                 help=fmt.flag_help("in_channels"))
+methods["accumulate"] = next(cols).number_input("Accumulate", 1, 1024, default("accumulate"), key="accumulate",
+                                                help=fmt.flag_help("accumulate"))
+methods["checkpointing"] = next(cols).selectbox("Checkpointing", choices("checkpointing"), key="checkpointing",
+                                                help=fmt.flag_help("checkpointing"))
+for warning in service.draft_warnings(backbone, ticked_now, {**draft, **methods}):
+    if warning not in said:  # what these options add to the warnings above
+        st.warning(fmt.form_message(warning), icon=":material/warning:")
+
+# --- 5. training and launch ---------------------------------------------------------------------
+st.header("5 · Training", divider="gray")
 with st.container(border=True):
     r1 = st.columns(4)
     epochs = r1[0].number_input("Epochs", value=default("epochs"), step=1, key="epochs")
@@ -308,7 +347,8 @@ with st.container(border=True):
     # The plan, live: every run of the grid checked, counted and timed before anything is queued.
     configs, problem = [], None
     try:
-        base = {**settings, "data": service.resolve_data_path(typed or chosen or "", roots),
+        base = {**settings, **methods, "data": service.resolve_data_path(typed or chosen or "", roots),
+                "target_data": service.resolve_data_path(target, roots) if target else None,
                 "backbone": backbone, "epochs": epochs, "batch_size": batch_size, "optimizer": optimizer,
                 "schedule": schedule, "weight_decay": weight_decay, "augment": augment, "image_size": image_size,
                 "val_fraction": val_fraction, "split_seed": split_seed, "experiment": experiment.strip()}

@@ -1,5 +1,6 @@
-"""Run detail: one run's settings, every epoch's metrics, per-class results, log and checkpoint;
-its notes and tags, editable here.
+"""Run detail: one run's settings, every epoch's metrics (with each layer group's drift and the
+loss's other terms when recorded), per-class results, log and checkpoint; what it kept of its
+pretrained knowledge; its notes and tags, editable here.
 
 Open a run directly with ?run=<id> in the URL (the Runs page links here that way).
 """
@@ -37,11 +38,21 @@ STATUS_COLOURS = {"queued": "gray", "running": "blue", "completed": "green", "fa
 st.markdown(f":{STATUS_COLOURS.get(run.status, 'gray')}-badge[{run.status}] **{cfg.get('backbone')}** with "
             f"**{cfg.get('strategy')}** on `{cfg.get('data')}` · experiment **{run.experiment}** · seed "
             f"{cfg.get('seed')} · queued {run.created_at:%Y-%m-%d %H:%M}")
-m = st.columns(4)
+epochs = store.epoch_metrics([run.id])[run.id]
+target_acc = service.value(run, epochs, "best", "target_acc")
+kept = (run.summary.get("forgetting") or {}).get("agreement")
+m = st.columns(4 + (target_acc is not None) + (kept is not None))
 m[0].metric("Best val accuracy", f"{run.best_val_acc:.1%}" if run.best_val_acc is not None else "–", border=True)
 m[1].metric("Best epoch", run.best_epoch_number or "–", border=True)
 m[2].metric("Epochs", f"{run.epochs_done} of {run.epochs}", border=True)
 m[3].metric("Duration", fmt.format_seconds(run.duration_s) or "–", border=True)
+if target_acc is not None:
+    m[4].metric("Target accuracy", f"{target_acc:.1%}", border=True,
+                help="On the target-domain folder (--target-data), at the best epoch by val accuracy")
+if kept is not None:
+    m[-1].metric("Knowledge kept", f"{kept:.1%}", border=True,
+                 help="How often the fine-tuned body with the original ImageNet head agrees with the pretrained "
+                      "model's top-1: 100% is nothing forgotten")
 if run.status in ("queued", "running"):
     st.button("Refresh", icon=":material/refresh:", key="detail_refresh", help="Read the run's latest epochs")
 if run.status == "running":
@@ -64,7 +75,6 @@ with st.expander(f"Notes and tags{': ' + ', '.join(run.tags) if run.tags else ''
             run = store.annotate(run.id, notes=notes, tags=tags)
             st.toast("Saved", icon=":material/save:")
 
-epochs = store.epoch_metrics([run.id])[run.id]
 best_pt = service.checkpoint(run, "best")
 if best_pt:
     st.download_button("Download best checkpoint (best.pt)", data=best_pt.read_bytes, file_name=f"run{run.id}-best.pt",
@@ -82,10 +92,23 @@ with curves_tab:
             st.caption("Shaded spans are the fine-tuning phases (how many layer groups train); hover an epoch to "
                        "see its trainable parameters and each group's LR.")
         a, b = st.columns(2)
-        a.plotly_chart(charts.shade_phases(charts.epoch_lines(epochs, ["train_acc", "val_acc", "val_top5"], "accuracy",
-                                                              "accuracy"), epochs), key="acc_curves")
-        b.plotly_chart(charts.shade_phases(charts.epoch_lines(epochs, ["train_loss", "val_loss"], "loss", "loss"),
-                                           epochs), key="loss_curves")
+        a.plotly_chart(charts.shade_phases(charts.epoch_lines(
+            epochs, ["train_acc", "val_acc", "val_top5", "target_acc"], "accuracy", "accuracy"), epochs), key="acc_curves")
+        b.plotly_chart(charts.shade_phases(charts.epoch_lines(epochs, ["train_loss", "val_loss", "target_loss"], "loss",
+                                                              "loss"), epochs), key="loss_curves")
+        drift = service.drift_by_group(run, epochs)
+        terms = [(key, title) for key, title in (
+            ("reg_share", f"the regularizer's share of the training loss ({cfg.get('regularizer')})"),
+            ("domain_acc", f"domain discriminator accuracy ({cfg.get('adapt')}; 50%: the domains' features "
+                           f"are told apart no better than chance)")) if any(key in m for m in epochs.values())]
+        if drift or terms:
+            a, b = st.columns(2)
+            if drift:
+                a.plotly_chart(charts.layer_drift(drift), key="layer_drift")
+                a.caption("Relative change ||w − w0|| / ||w0|| of each layer group's weights since training began; "
+                          "a group the strategy kept frozen stays at 0 (dotted).")
+            for col, (key, title) in zip([b, a] if drift else [a, b], terms):
+                col.plotly_chart(charts.share_lines(epochs, [key], title, charts.LABELS[key]), key=key)
         a, b = st.columns(2)
         a.plotly_chart(charts.epoch_lines(epochs, ["images_per_sec"], "throughput", "images / s"),
                        key="throughput")
@@ -99,7 +122,9 @@ with table_tab:
     percent = st.column_config.NumberColumn(format="percent")
     st.dataframe(rows, hide_index=True, column_order=columns, column_config={
         "epoch": st.column_config.NumberColumn("epoch", width="small"),
-        "train_acc": percent, "val_acc": percent, "val_top5": percent,
+        "train_acc": percent, "val_acc": percent, "val_top5": percent, "target_acc": percent, "reg_share": percent,
+        "domain_acc": percent, **{k: st.column_config.NumberColumn(format="%.4f") for k in columns
+                                  if k.startswith("drift/")},
         "train_loss": st.column_config.NumberColumn(format="%.4f"),
         "val_loss": st.column_config.NumberColumn(format="%.4f"),
         "trainable_params": st.column_config.NumberColumn(format="compact"),
@@ -147,6 +172,8 @@ with config_tab:
     if note := fmt.input_note(summary):
         st.markdown(note)
     if note := fmt.speed_note(summary):
+        st.markdown(note)
+    if note := fmt.methods_note(summary):
         st.markdown(note)
     if skipped := service.skipped_files(summary):
         with st.expander(f"{len(skipped)} files skipped"):

@@ -1,4 +1,5 @@
-"""End to end in a real browser: launch a grid from New run, watch it train, compare it.
+"""End to end in a real browser: launch a grid from New run, watch it train, see a run's layer
+drift, compare it.
 
 Starts `streamlit run app.py` on a free port with its own database, runs folder and data root;
 the app starts the real worker, which trains both runs on the CPU. Drives Debian's chromium
@@ -171,6 +172,19 @@ def test_launch_a_grid_watch_it_train_and_compare_it(app_server):
         expect(page.get_by_role("heading", name="Run detail")).to_be_visible()
         assert f"run={newest.id}" in page.url
         expect(page.get_by_role("button", name=re.compile("Download best checkpoint"))).to_be_visible()
+        # Its layer drift: a line per group; partial kept the lower groups frozen, drawn at 0 and named so.
+        groups = Store(db_url).get_run(newest.id).summary["groups"]
+        last = Store(db_url).epoch_metrics([newest.id])[newest.id][1]
+        assert [g for g in groups if f"drift/{g}" in last] == groups, sorted(last)
+        frozen = [g for g in groups if last[f"drift/{g}"] == 0.0]
+        assert frozen and "head" not in frozen and groups[0] in frozen, last  # partial trains the top groups only
+        drift = page.locator('[data-testid="stPlotlyChart"]').filter(has_text="Layer drift")
+        expect(drift).to_have_count(1)
+        drift.scroll_into_view_if_needed()
+        expect(drift.locator(".legendtext")).to_have_count(len(groups))
+        for g in frozen:
+            expect(drift.locator(".legendtext", has_text=f"{g} (frozen: 0)")).to_have_count(1)
+        expect(drift.locator(".legendtext", has_text=re.compile(r"^head$"))).to_have_count(1)
         _screenshot(page, "3-run-detail")
 
         # 4. Compare, from the sidebar: the newest experiment opens with one legend entry per run.
@@ -181,6 +195,18 @@ def test_launch_a_grid_watch_it_train_and_compare_it(app_server):
         for run in runs:
             expect(chart.locator(".legendtext", has_text=run.name)).to_have_count(1)
         expect(page.get_by_role("heading", name="Per class", exact=True)).to_be_visible()
+        # What fine-tuning changed: each run's drift per layer group, stem to head.
+        overlay = page.locator('[data-testid="stPlotlyChart"]').filter(has_text="layer drift at the best epoch")
+        expect(overlay).to_have_count(1)
+        for run in runs:
+            expect(overlay.locator(".legendtext", has_text=run.name)).to_have_count(1)
+        # Knowledge kept against val accuracy: every run started from ImageNet's weights, so each measured it.
+        kept = {r.name: r.summary.get("forgetting") for r in Store(db_url).list_runs(experiment="e2e-grid")}
+        assert all(k and k.get("agreement") is not None for k in kept.values()), kept
+        scatter = page.locator('[data-testid="stPlotlyChart"]').filter(has_text="forgetting: knowledge kept")
+        expect(scatter).to_have_count(1)
+        for strategy in ("feature_extraction", "partial"):
+            expect(scatter.locator(".legendtext", has_text=strategy)).to_have_count(1)
         _screenshot(page, "4-compare")
         # The statistics of each pair of strategies, at each train fraction, in plain words.
         expect(page.get_by_role("heading", name="Is the difference real?")).to_be_visible()

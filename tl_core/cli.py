@@ -13,6 +13,7 @@ import os
 import sys
 import time
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -74,11 +75,14 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tl_core", description="TransferLab: measure transfer-learning strategies.")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    from .demo_data import DATASETS  # numpy and PIL only, loaded by the service already
+
     p = sub.add_parser("demo-data", parents=[common], help="write the bundled demo datasets as image folders")
     p.add_argument("out", help="folder to write <dataset>/<class>/*.png into")
     p.add_argument("--per-class", type=int, default=150, help="images per class; 0 writes all (default 150)")
     p.add_argument("--size", type=int, default=96, help="side of the written PNGs in px (default 96)")
-    p.add_argument("--datasets", nargs="+", default=["animals", "digits"], choices=["animals", "digits"])
+    p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS,
+                   help="digits and digits_target are a domain pair: the same digits, recoloured on textures")
 
     p = sub.add_parser("dataset", parents=[common], help="report on a dataset folder")
     p.add_argument("path")
@@ -199,7 +203,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _out(args, obj: dict, text: str) -> None:
-    print(json.dumps(obj, default=str) if args.json else text)
+    print(json.dumps(obj, default=_jsonable) if args.json else text)
+
+
+def _jsonable(obj):
+    """What json cannot write itself: mappings (an epoch's metrics, read from the store) as
+    objects, anything else (paths, dates) as its text."""
+    return dict(obj) if isinstance(obj, Mapping) else str(obj)
 
 
 def _table(rows: list[dict], cols: list[str]) -> str:
@@ -359,14 +369,21 @@ def cmd_runs(args) -> int:
 @command("show")
 def cmd_show(args) -> int:
     run = service.run_details(service.open_store(args.db), args.run_id)
-    keys = ["train_loss", "train_acc", "val_loss", "val_acc", "trainable_groups", "epoch_seconds"]
-    summary = run["summary"]
+    recorded = {k for e in run["epochs"] for k in e}
+    keys = ["train_loss", "train_acc", "val_loss", "val_acc",
+            *(k for k in ("target_acc", "reg_share", "domain_acc") if k in recorded), "trainable_groups", "epoch_seconds"]
+    summary, forgetting = run["summary"], run["summary"].get("forgetting") or {}
+    drift = ", ".join(f"{g} {vs[-1]:.4f}" for g, vs in run["group_drift"].items() if vs and vs[-1] is not None)
     text = "\n".join([
         f"run {run['id']} {run['name']!r} [{run['experiment']}]: {run['status']}" + (
             f" ({run['error']})" if run["error"] else ""),
         "config: " + ", ".join(f"{k}={v}" for k, v in run["config"].items() if v is not None),
         f"environment: {run['environment']}",
         _table(run["epochs"], ["epoch", *keys]) if run["epochs"] else "no epochs yet",
+        *([f"drift at the last epoch (||w - w0|| / ||w0||, stem first): {drift}"] if drift else []),
+        *([f"knowledge kept: {forgetting['agreement']:.1%} of the pretrained model's ImageNet predictions "
+           f"on {forgetting.get('images')} images"] if forgetting.get("agreement") is not None else []),
+        *([f"knowledge kept: not measured ({forgetting['skipped']})"] if "skipped" in forgetting else []),
         *[f"warning: {w}" for w in summary.get("warnings", [])],
         *[f"skipped {f['path']} ({f['reason']})" for f in service.skipped_files(summary)],
     ])

@@ -15,14 +15,18 @@ from typing import Iterable, Protocol, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
-from plotly.colors import qualitative
+from plotly.colors import qualitative, sample_colorscale
 
 Metrics = dict[int, dict[int, dict[str, float]]]  # {run_id: {epoch (0-based): {key: value}}}
 PALETTE = qualitative.Plotly
 DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
 LABELS = {"val_acc": "val accuracy", "val_loss": "val loss", "train_acc": "train accuracy",
           "train_loss": "train loss", "val_top5": "val top-5 accuracy", "epoch": "epoch",
-          "wall_seconds": "wall-clock time (s)"}
+          "wall_seconds": "wall-clock time (s)", "target_acc": "target-domain accuracy",
+          "target_loss": "target-domain loss", "reg_share": "regularizer's share of the loss",
+          "reg_penalty": "regularizer penalty", "domain_acc": "domain discriminator accuracy",
+          "domain_loss": "domain loss"}
+DRIFT_TITLE = "drift ||w − w0|| / ||w0||"
 
 
 class RunLike(Protocol):
@@ -389,3 +393,86 @@ def lr_keys(epochs: dict[int, dict[str, float]], group_order: Sequence[str] = ()
     keys = {k for m in epochs.values() for k in m if k.startswith("lr/")}
     order = {f"lr/{g}": i for i, g in enumerate(group_order)}
     return sorted(keys, key=lambda k: (order.get(k, len(order)), k))
+
+
+def share_lines(epochs: dict[int, dict[str, float]], keys: Iterable[str], title: str, y_title: str) -> go.Figure:
+    """Like `epoch_lines`, for shares and accuracies in 0..1: percent ticks from zero."""
+    fig = epoch_lines(epochs, keys, title, y_title)
+    fig.update_yaxes(tickformat=".0%", rangemode="tozero")
+    return fig
+
+
+def layer_drift(drift: dict[str, Sequence[float | None]],
+                title: str = "Layer drift: how far each group moved from its start") -> go.Figure:
+    """Each layer group's relative change since training began against epoch (1-based), a line per
+    group coloured stem (dark) to head (light); a group that never moved (frozen) is a grey dotted
+    line at 0, named so in the legend."""
+    fig = go.Figure()
+    colours = sample_colorscale("Viridis", [i / max(1, len(drift) - 1) * 0.85 for i in range(len(drift))])
+    for colour, (group, values) in zip(colours, drift.items()):
+        pts = [(e + 1, v) for e, v in enumerate(values) if v is not None]
+        frozen = all(v == 0 for _, v in pts)
+        fig.add_trace(go.Scatter(
+            x=[e for e, _ in pts], y=[v for _, v in pts], mode="lines+markers",
+            name=f"{group} (frozen: 0)" if frozen else group,
+            line=dict(color="grey" if frozen else colour, dash="dot" if frozen else "solid"),
+            marker=dict(size=5 if frozen else 6),
+            hovertemplate=f"<b>{group}</b><br>epoch %{{x}}<br>moved %{{y:.2%}} of its starting norm<extra></extra>"))
+    fig = _layout(fig, title, "epoch", "drift", y_title=DRIFT_TITLE)
+    # From zero, and a little below it, so that frozen groups' lines on 0 stay in sight.
+    top = max((v for values in drift.values() for v in values if v is not None), default=0) or 0.01
+    fig.update_yaxes(tickformat=".1%", range=[-0.04 * top, 1.08 * top])
+    fig.update_layout(height=360 + 20 * (len(drift) // 3))  # room for a legend entry per group
+    return fig
+
+
+def drift_overlay(report: dict, runs: Sequence[RunLike] = (), which: str = "best") -> go.Figure:
+    """Each layer group's drift (x: the groups, stem to head) at each run's best or last epoch: a
+    line per run, coloured as its curves, or per group of seeds (their mean, ± one std as error
+    bars). `report` is `service.drift_profiles`'s answer."""
+    fig = go.Figure()
+    styles = _styles(runs)
+    for i, p in enumerate(report["profiles"]):
+        groups = [g for g in report["groups"] if g in p["drift"]]
+        style = styles.get(p["run_ids"][0]) if p["n"] == 1 else None
+        name = p["label"] if p["n"] == 1 else f"{p['label']} (n={p['n']})"
+        fig.add_trace(go.Scatter(
+            x=groups, y=[p["drift"][g] for g in groups], name=name, mode="lines+markers",
+            line=dict(color=style["color"] if style else PALETTE[i % len(PALETTE)],
+                      dash=style["dash"] if style else "solid"),
+            error_y=dict(type="data", array=[p["std"][g] for g in groups], visible=p["n"] > 1, thickness=1),
+            hovertemplate=f"<b>{name}</b><br>%{{x}}: moved %{{y:.2%}}<extra></extra>"))
+    fig.update_layout(title=f"layer drift at the {which} epoch: stem (left) to head (right)", height=380,
+                      margin=dict(l=10, r=10, t=50, b=10), hovermode="closest",
+                      legend=dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0))
+    fig.update_xaxes(title="layer group", type="category", categoryorder="array", categoryarray=report["groups"])
+    fig.update_yaxes(title=DRIFT_TITLE, tickformat=".1%", rangemode="tozero")
+    return fig
+
+
+def forgetting_scatter(points: Sequence[dict], runs: Sequence[RunLike] = (), which: str = "best") -> go.Figure:
+    """Forgetting against learning: knowledge kept (x) and val accuracy on the new task (y), a point
+    per run (from `service.forgetting_points`), a colour and legend entry per strategy; hover names
+    the run. Up and to the right learned the new task and kept the old."""
+    fig = go.Figure()
+    styles = _styles(runs)
+    by_strategy: dict[str, list[dict]] = {}
+    for p in points:
+        by_strategy.setdefault(str(p.get("strategy") or p["name"]), []).append(p)
+    for i, (strategy, members) in enumerate(by_strategy.items()):
+        colour = styles[members[0]["id"]]["color"] if members[0]["id"] in styles else PALETTE[i % len(PALETTE)]
+        fig.add_trace(go.Scatter(
+            x=[p["knowledge_kept"] for p in members], y=[p["val_acc"] for p in members], mode="markers",
+            name=strategy, marker=dict(size=11, color=colour, line=dict(width=1, color="white")),
+            text=[p["name"] for p in members],
+            customdata=[[p.get("images") or 0, "–" if p.get("target_acc") is None else f"{p['target_acc']:.1%}"]
+                        for p in members],
+            hovertemplate="<b>%{text}</b><br>knowledge kept %{x:.1%} (on %{customdata[0]} images)<br>"
+                          f"val accuracy ({which} epoch) %{{y:.1%}}<br>target-domain accuracy %{{customdata[1]}}"
+                          "<extra></extra>"))
+    fig.update_layout(title="forgetting: knowledge kept against accuracy on the new task", height=380,
+                      margin=dict(l=10, r=10, t=50, b=10), hovermode="closest",
+                      legend=dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0))
+    fig.update_xaxes(title="knowledge kept after training (ImageNet top-1 agreement)", tickformat=".0%")
+    fig.update_yaxes(title=f"val accuracy ({which} epoch)", tickformat=".0%")
+    return fig

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from tl_core import service
+from tl_core.config import RunConfig
 from tl_core.errors import UserError
 from tl_core.store import Run
 
@@ -23,6 +24,11 @@ def form_message(error: UserError | str) -> str:
         return LABELS.get(field, field.replace("_", " ").capitalize())
 
     return re.sub(r"--([a-z0-9][a-z0-9-]*)", label, str(error))
+
+
+def flag_help(field: str) -> str:
+    """A setting's help on the form: its CLI flag and what RunConfig says of it."""
+    return f"`--{field.replace('_', '-')}`: {RunConfig.model_fields[field].description}"
 
 
 def numbers(text: str, label: str) -> list[float]:
@@ -93,4 +99,26 @@ def input_note(summary: dict) -> str:
                      f"{pre['augment']}, normalised with mean ({mean}) and std ({std}) from the weights")
     if batch := summary.get("batch_size"):
         parts.append(f"**batch size**: {batch['used']}" + (f" ({batch['why']})" if batch.get("why") else ""))
+    return " · ".join(parts)
+
+
+def methods_note(summary: dict) -> str:
+    """One line on what a run's loss terms and memory settings did: knowledge kept (or why it was
+    not measured), the Fisher information, the target domain, gradient accumulation."""
+    parts = []
+    kept = summary.get("forgetting") or {}
+    if kept.get("agreement") is not None:
+        reference = kept.get("reference", "the pretrained model")
+        parts.append(f"**knowledge kept**: {kept['agreement']:.1%} (agreement with {reference} on "
+                     f"{kept.get('images')} images)")
+    elif "skipped" in kept:
+        parts.append(f"**knowledge kept**: not measured ({kept['skipped']})")
+    if fisher := summary.get("fisher"):
+        parts.append(f"**Fisher information**: from {fisher.get('images')} images ({fisher.get('source')})")
+    if target := summary.get("target"):
+        labels = "labelled: its accuracy is measured" if target.get("labelled") else "unlabelled"
+        parts.append(f"**target data**: `{target.get('data')}`, {target.get('images')} images ({labels})")
+    if (memory := summary.get("memory")) and (memory.get("accumulate", 1) > 1 or memory.get("checkpointing") == "on"):
+        parts.append(f"**memory**: accumulate {memory.get('accumulate')} (effective batch "
+                     f"{memory.get('effective_batch')}), checkpointing {memory.get('checkpointing')}")
     return " · ".join(parts)

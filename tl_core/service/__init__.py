@@ -9,8 +9,9 @@ what builds or trains a model (the backbone table, a run trained in this process
   catalog    backbones and strategies as tables, what a strategy trains, what to try first
   datasets   the folders a front end may read, a dataset's report, sample images
   runs       the store and the worker; plan, check and queue runs; cancel, resume, delete
-  results    one run in full, comparison rows, per-epoch rows, a run's log and checkpoints
-  compare    what differs between runs, groups of seeds, best or last values, statistics, data efficiency
+  results    one run in full (each layer group's drift), comparison rows, per-epoch rows, a run's log and checkpoints
+  compare    what differs between runs, groups of seeds, best or last values, statistics, data efficiency,
+             layer drift and forgetting side by side
   measure    before training: the probe of the data, the LR finder (stored with the experiment)
   jobs       measurements a page starts in a process of its own and waits for
 """
@@ -19,17 +20,19 @@ from ..store import FINISHED, STATUSES
 from .catalog import backbone_table, layer_groups, recommend_strategy, strategy_param_counts, strategy_table
 from .measure import find_lr, probe_data, probe_verdict
 from .datasets import data_roots, dataset_folders, dataset_report, resolve_data_path, sample_images
-from .compare import WHICH, class_rows, config_table, data_efficiency, differing_keys, group_runs, smooth, statistics, value
-from .results import (checkpoint, compare, eta_seconds, experiment_report, log_tail, metric_rows, run_details, run_row,
-                      skipped_files, status_counts, summarize, summary_rows, time_to_accuracy)
+from .compare import (WHICH, class_rows, config_table, data_efficiency, differing_keys, drift_profiles,
+                      forgetting_points, group_runs, smooth, statistics, value)
+from .results import (checkpoint, compare, drift_by_group, eta_seconds, experiment_report, group_drift, log_tail,
+                      metric_rows, run_details, run_row, skipped_files, status_counts, summarize, summary_rows,
+                      time_to_accuracy)
 from .runs import (cancel_run, check_run, delete_run, display_db_url, draft_warnings, estimate_seconds, more_seeds,
                    open_store, plan_runs, queue_run, queue_runs, resume_run, run_files_dir, start_here, start_worker,
                    stored_config, train_here, worker_disabled, worker_pid)
 
 __all__ = [
     "find_lr", "probe_data", "probe_verdict",
-    "WHICH", "class_rows", "config_table", "data_efficiency", "differing_keys", "estimate_seconds", "experiment_report",
-    "group_runs", "more_seeds", "smooth", "statistics", "value",
+    "WHICH", "class_rows", "config_table", "data_efficiency", "differing_keys", "drift_by_group", "drift_profiles",
+    "estimate_seconds", "experiment_report", "forgetting_points", "group_drift", "group_runs", "more_seeds", "smooth", "statistics", "value",
     "FINISHED", "STATUSES", "backbone_table", "cancel_run", "check_run", "checkpoint", "compare", "data_roots",
     "dataset_folders", "dataset_report", "delete_run", "display_db_url", "draft_warnings", "eta_seconds",
     "layer_groups", "log_tail", "metric_rows", "open_store", "plan_runs", "queue_run", "queue_runs",

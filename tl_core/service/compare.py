@@ -180,6 +180,54 @@ def smooth(values: Sequence[float], weight: float) -> list[float]:
     return out
 
 
+def drift_profiles(rows: Sequence[tuple[str, Sequence[Run]]], metrics: Metrics, which: str = "best") -> dict:
+    """How far each layer group moved, per row of a comparison (a run, or a group of seeds): each
+    group's drift at each run's best or last epoch, the mean and spread over the row's runs.
+
+    {"groups": every group in stem-to-head order, "profiles": [{"label", "run_ids", "n",
+    "drift": {group: mean}, "std": {group: std}}]}; rows without any drift recorded are left out.
+    """
+    from .results import drift_groups
+
+    order: list[str] = []
+    profiles = []
+    for label, members in rows:
+        per_group: dict[str, list[float]] = defaultdict(list)
+        for r in members:
+            epochs = metrics.get(r.id, {})
+            for g in drift_groups(r, epochs):
+                if (v := value(r, epochs, which, f"drift/{g}")) is not None:
+                    per_group[g].append(v)
+                    if g not in order:
+                        order.append(g)
+        if per_group:
+            spread = {g: stats.mean_std(vs) for g, vs in per_group.items()}
+            profiles.append({"label": label, "run_ids": [r.id for r in members], "n": len(members),
+                             "drift": {g: m for g, (m, _) in spread.items()},
+                             "std": {g: s for g, (_, s) in spread.items()}})
+    if "head" in order:  # runs of several backbones: their groups side by side, the new head last
+        order = [g for g in order if g != "head"] + ["head"]
+    return {"groups": order, "profiles": profiles}
+
+
+def forgetting_points(runs: Sequence[Run], metrics: Metrics, which: str = "best") -> dict:
+    """Forgetting against accuracy on the new task: per run that measured it, the share of its
+    pretrained (ImageNet) predictions the fine-tuned body kept, beside its val accuracy (and the
+    target domain's accuracy where recorded) at its best or last epoch; and why the others did not.
+    """
+    points, skipped = [], []
+    for r in runs:
+        kept = r.summary.get("forgetting") or {}
+        if "skipped" in kept:
+            skipped.append({"id": r.id, "name": r.name, "reason": kept["skipped"]})
+        elif kept.get("agreement") is not None:
+            epochs = metrics.get(r.id, {})
+            points.append({"id": r.id, "name": r.name, "strategy": r.config.get("strategy"),
+                           "knowledge_kept": kept["agreement"], "images": kept.get("images"),
+                           "val_acc": value(r, epochs, which), "target_acc": value(r, epochs, which, "target_acc")})
+    return {"points": points, "skipped": skipped}
+
+
 def class_rows(store: Store, run: Run, which: str = "best") -> list[ClassMetric]:
     """A run's per-class results at its best epoch, or its last (runs recorded before the last
     epoch's confusion was kept give their best)."""

@@ -13,8 +13,12 @@ from ..store import STATUSES, Run, Store
 
 Metrics = dict[int, dict[int, dict[str, float]]]  # {run id: {epoch index: {key: value}}}
 
-EPOCH_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "trainable_groups", "trainable_params",
+# A reading order for tables: the task's losses and accuracies, the target domain's, the loss's other
+# terms (the regulariser's penalty and share, the domain discriminator's), what trained, then speed.
+EPOCH_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "target_loss", "target_acc",
+              "reg_penalty", "reg_share", "domain_loss", "domain_acc", "trainable_groups", "trainable_params",
               "epoch_seconds", "images_per_sec", "peak_memory_mb", "wall_seconds")
+DRIFT = "drift/"  # drift/<group>: ||w - w0|| / ||w0|| of the group's parameters since training began
 
 
 def run_row(r: Run) -> dict:
@@ -26,11 +30,33 @@ def run_row(r: Run) -> dict:
 
 
 def run_details(store: Store, run_id: int) -> dict:
-    """Everything about one run: its record, every epoch's metrics and its per-class results."""
+    """Everything about one run: its record, every epoch's metrics, each layer group's drift and
+    its per-class results."""
     run = store.get_run(run_id)
     epochs = store.epoch_metrics([run.id])[run.id]
     return {**run.to_dict(), "epochs": [{"epoch": e + 1, **m} for e, m in epochs.items()],
+            "group_drift": drift_by_group(run, epochs),
             "class_metrics": [c.__dict__ for c in store.class_metrics(run.id)]}
+
+
+def drift_groups(run: Run, epochs: dict[int, dict[str, float]]) -> list[str]:
+    """The layer groups a run recorded drift for: in the run's order (stem first, head last), then
+    any the summary does not name."""
+    recorded = {k[len(DRIFT):] for m in epochs.values() for k in m if k.startswith(DRIFT)}
+    ordered = [g for g in run.summary.get("groups", []) if g in recorded]
+    return ordered + sorted(recorded - set(ordered))
+
+
+def drift_by_group(run: Run, epochs: dict[int, dict[str, float]]) -> dict[str, list[float | None]]:
+    """{group: its drift at each epoch (epoch 1 first; None where not recorded)}; {} if none was."""
+    order = sorted(epochs)
+    return {g: [epochs[e].get(DRIFT + g) for e in order] for g in drift_groups(run, epochs)}
+
+
+def group_drift(store: Store, run_id: int) -> dict[str, list[float | None]]:
+    """How far each layer group of a run moved from where it started, epoch by epoch: the relative
+    change ||w - w0|| / ||w0|| (0.0 for a group that stayed frozen), groups stem first."""
+    return drift_by_group(store.get_run(run_id), store.epoch_metrics([run_id])[run_id])
 
 
 def skipped_files(summary: dict) -> list[dict]:
@@ -92,17 +118,21 @@ def summary_rows(runs: list[Run], metrics: Metrics, target_acc: float) -> list[d
 def metric_rows(runs: list[Run], metrics: Metrics) -> list[dict]:
     """Every epoch of every run as one flat row (epoch 1-based), for tables and CSV.
 
-    Keys come in a reading order: losses and accuracies, then the strategy's trainable
-    groups, then speed, then each layer group's LR, then anything newer.
+    Keys come in a reading order: losses and accuracies, the loss's other terms, the strategy's
+    trainable groups, then speed, then each layer group's LR, each group's drift (stem first), then
+    anything newer.
     """
     rows = []
     for r in runs:
-        for e, m in metrics.get(r.id, {}).items():
+        epochs = metrics.get(r.id, {})
+        drift = [DRIFT + g for g in drift_groups(r, epochs)]
+        for e, m in epochs.items():
             known = {k: m[k] for k in EPOCH_KEYS if k in m}
             lrs = {k: m[k] for k in sorted(m) if k.startswith("lr/")}
-            rest = {k: v for k, v in m.items() if k not in known and k not in lrs}
+            drifts = {k: m[k] for k in drift if k in m}
+            rest = {k: v for k, v in m.items() if k not in known and k not in lrs and k not in drifts}
             rows.append({"run_id": r.id, "name": r.name, "strategy": r.config.get("strategy"), "epoch": e + 1,
-                         **known, **lrs, **rest})
+                         **known, **lrs, **drifts, **rest})
     return rows
 
 
