@@ -22,7 +22,9 @@ def _epoch(rng: random.Random, epoch: int, groups: int) -> dict[str, float]:
     return {"train_loss": rng.random(), "train_acc": acc + 0.02, "val_loss": rng.random(), "val_acc": acc,
             "val_top5": min(1.0, acc + 0.1), **{f"lr/{g}": rng.random() * 1e-3 for g in GROUPS[-groups:]},
             "trainable_groups": groups, "trainable_params": 10_000 * groups, "epoch_seconds": rng.uniform(5, 6),
-            "images_per_sec": rng.uniform(100, 200), "peak_memory_mb": 900.0, "wall_seconds": 5.5 * (epoch + 1)}
+            "images_per_sec": rng.uniform(100, 200), "peak_memory_mb": 900.0, "wall_seconds": 5.5 * (epoch + 1),
+            # every group's layer drift (0.0 while frozen), as runs record it since #12
+            **{f"drift/{g}": (rng.random() * 1e-3 if g in GROUPS[-groups:] else 0.0) for g in GROUPS}}
 
 
 def generate(store: Store, runs: int, epochs: int) -> list[int]:

@@ -67,3 +67,27 @@ def test_the_epoch_writer_writes_every_row_in_order_and_raises_a_failed_write(st
     with pytest.raises(OSError, match="disk I/O error"):
         writer.close()
     assert not writer.thread.is_alive()
+
+
+def test_a_plain_file_path_is_a_sqlite_database(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    store = Store("here.db")
+    store.create_run({"data": "x"}, "default", None)
+    assert store.url == f"sqlite:///{tmp_path / 'here.db'}" and (tmp_path / "here.db").exists()
+
+
+def test_epoch_rows_read_as_dicts_of_what_each_epoch_recorded(tmp_path):
+    import json
+    import pickle
+
+    store = Store(f"sqlite:///{tmp_path / 'e.db'}")
+    run = store.create_run({"data": "x"}, "default", None)
+    store.import_epochs(run.id, {0: {"val_acc": 0.5}, 1: {"val_acc": 0.75, "lr/head": 1e-3}})
+    epochs = store.epoch_metrics([run.id])[run.id]
+    assert epochs == {0: {"val_acc": 0.5}, 1: {"val_acc": 0.75, "lr/head": 1e-3}}
+    assert "lr/head" not in epochs[0] and epochs[0].get("lr/head") is None and len(epochs[0]) == 1
+    with pytest.raises(KeyError):
+        epochs[0]["lr/head"]
+    assert type(epochs[1]["val_acc"]) is float and sorted(epochs[1]) == ["lr/head", "val_acc"]
+    assert pickle.loads(pickle.dumps(epochs[1])) == {"val_acc": 0.75, "lr/head": 1e-3}
+    assert json.loads(json.dumps({**epochs[1]})) == {"val_acc": 0.75, "lr/head": 1e-3}

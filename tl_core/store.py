@@ -9,12 +9,16 @@ PostgreSQL through `DATABASE_URL`.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import gc
 import math
 import queue
 import threading
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
@@ -289,6 +293,8 @@ class Store:
 
     def __init__(self, url: str | None = None):
         self.url = url or default_db_url()
+        if "://" not in self.url:  # a plain file path: the SQLite database in that file
+            self.url = f"sqlite:///{Path(self.url).expanduser().resolve()}"
         is_sqlite = self.url.startswith("sqlite")
         connect_args = {"timeout": 30} if is_sqlite else {}
         self.engine = create_engine(self.url, connect_args=connect_args, pool_pre_ping=not is_sqlite)
@@ -368,7 +374,7 @@ class Store:
             q = q.where(SqlRun.status.in_(list(statuses)))
         if run_ids is not None:
             q = q.where(SqlRun.id.in_(list(run_ids)))
-        with self._session() as s:
+        with self._session() as s, _gc_paused():  # hundreds of runs' configs and summaries
             runs = [_to_run(r, e) for r, e in s.execute(q).all()]
         # Tags are a JSON list; matched here, the same on SQLite and PostgreSQL.
         return [r for r in runs if tag in r.tags] if tag else runs
@@ -500,7 +506,7 @@ class Store:
         out: dict[int, dict[int, dict[str, float]]] = {i: {} for i in ids}
         if not ids:
             return out
-        with self._session() as s:
+        with self._session() as s, _gc_paused():
             for run_id, keys, epochs, matrix in s.execute(
                     select(SqlRunCurves.run_id, SqlRunCurves.keys, SqlRunCurves.epochs, SqlRunCurves.matrix)
                     .where(SqlRunCurves.run_id.in_(ids))):
@@ -588,10 +594,59 @@ class EpochWriter:
         self.pending.task_done()
 
 
-def _curve_epochs(keys: list[str], epochs: list[int], matrix: bytes) -> dict[int, dict[str, float]]:
-    """{epoch: {key: value}} from a curves row, leaving out the NaNs (metrics an epoch lacks)."""
-    values = np.frombuffer(matrix, dtype="<f8").reshape(len(epochs), len(keys)).tolist()
-    return {e: {k: v for k, v in zip(keys, row) if v == v} for e, row in zip(epochs, values)}
+@contextlib.contextmanager
+def _gc_paused():
+    """No cyclic garbage collection while a load allocates its many small objects at once: each
+    collection would walk every object made so far (it tripled a 500-run comparison's load)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+class EpochRow(Mapping):
+    """One epoch's metrics, read from its run's curves row (a numpy row) as they are asked for:
+    {key: value}, leaving out the NaNs (metrics that epoch lacks). A 500-run comparison reads a
+    few keys of each epoch; making a float and a dict entry of every key of every epoch first cost
+    it most of its load time. Reads as a Mapping; pickles as a dict."""
+
+    __slots__ = ("_index", "_values")
+
+    def __init__(self, index: dict[str, int], values: np.ndarray):
+        self._index, self._values = index, values
+
+    def __getitem__(self, key: str) -> float:
+        value = float(self._values[self._index[key]])
+        if value != value:
+            raise KeyError(key)
+        return value
+
+    def __contains__(self, key: object) -> bool:
+        i = self._index.get(key)
+        return i is not None and not math.isnan(self._values[i])
+
+    def __iter__(self):
+        present = ~np.isnan(self._values)
+        return (k for k, i in self._index.items() if present[i])
+
+    def __len__(self) -> int:
+        return int((~np.isnan(self._values)).sum())
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
+
+    def __reduce__(self):  # pickled (Streamlit's caches) as the plain dict it reads as
+        return dict, (dict(self),)
+
+
+def _curve_epochs(keys: list[str], epochs: list[int], matrix: bytes) -> dict[int, EpochRow]:
+    """{epoch: {key: value}} from a curves row (each epoch's row read as it is asked for)."""
+    index = {k: i for i, k in enumerate(keys)}
+    values = np.frombuffer(matrix, dtype="<f8").reshape(len(epochs), len(keys))
+    return {e: EpochRow(index, row) for e, row in zip(epochs, values)}
 
 
 def _add_to_curves(s: Session | Connection, run_id: int, epochs: dict[int, dict[str, float]]) -> None:
