@@ -102,4 +102,5 @@ def test_adding_a_family_is_one_entry():
     # Every registered backbone comes from a family adapter; its spec points back to it.
     adapters = {type(families.get_spec(n).adapter) for n in families.list_backbones()}
     assert all(issubclass(a, families.Family) and a.groups and a.head and a.models for a in adapters)
+    assert all(a.cam_layer and a.cam_layout in ("nchw", "nhwc", "tokens") for a in adapters)  # gradcam.py
     assert sum(len(a.models) for a in adapters) == len(families.list_backbones())

@@ -5,7 +5,9 @@ layout: the family's body cut into layer groups, stem first, each with the stage
 forward pass that runs it, then the tail (pooling and classifier). So one entry holds:
   1. the groups strategies freeze and train (fastai's layer groups), with their names;
   2. the chain of stages the feature cache cuts at a freeze boundary (cuts.py);
-  3. how the architecture is built (torchvision's `get_model`, or timm for packaged weights).
+  3. how the architecture is built (torchvision's `get_model`, or timm for packaged weights);
+  4. where Grad-CAM looks (gradcam.py): the module whose output is the last spatial feature map
+     the classifier reads, and that output's layout.
 Running the stages in order, then the tail, must be the model's own forward; a test checks that
 for every registered backbone, with the group names declared here.
 
@@ -65,6 +67,8 @@ class BackboneSpec:
     min_image_size: int = 32
     fixed_image_size: int | None = None
     first_conv: str = ""  # dotted path of the convolution that reads the image (channels.py rebuilds it)
+    cam_layer: str = ""  # dotted path of the module whose output Grad-CAM explains (see Family)
+    cam_layout: str = "nchw"
 
 
 class Family:
@@ -78,6 +82,11 @@ class Family:
     source: ClassVar[str] = "torchvision"
     fixed_image_size: ClassVar[int | None] = None
     package_weights: ClassVar[dict[str, PackageWeights]] = {}
+    # Grad-CAM's layer: the last spatial feature map the classifier depends on. A path part "-1"
+    # is the last child, so deeper variants of a family need no entry of their own. Its output is
+    # "nchw", "nhwc" (channels last) or "tokens" (N, 1+H*W, C) with the class token first.
+    cam_layer: ClassVar[str]
+    cam_layout: ClassVar[str] = "nchw"
 
     def layout(self, m) -> Layout:
         raise NotImplementedError
@@ -102,7 +111,8 @@ def register_family(cls: type[Family]) -> type[Family]:
         if model in _BACKBONES:
             raise ValueError(f"backbone {model!r} is registered twice")
         _BACKBONES[model] = BackboneSpec(model, cls.name, cls.groups, cls.head, cls.source, adapter,
-                                         fixed_image_size=cls.fixed_image_size, first_conv=cls.first_conv)
+                                         fixed_image_size=cls.fixed_image_size, first_conv=cls.first_conv,
+                                         cam_layer=cls.cam_layer, cam_layout=cls.cam_layout)
     return cls
 
 
@@ -132,6 +142,7 @@ def _seq(*steps: Callable) -> list[Callable]:
 class ResNet(Family):
     name = "resnet"
     first_conv = "conv1"
+    cam_layer = "layer4"
     models = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
     head = "fc"
     groups = ("stem", "layer1", "layer2", "layer3", "layer4")
@@ -146,6 +157,7 @@ class ResNet(Family):
 class VGG(Family):
     name = "vgg"
     first_conv = "features.0"
+    cam_layer = "features"
     models = ("vgg16",)
     head = "classifier.6"
     groups = ("block1", "block2", "block3", "block4", "block5", "fc")
@@ -168,6 +180,7 @@ class VGG(Family):
 class _MobileNet(Family):
     name = "mobilenet"
     first_conv = "features.0.0"
+    cam_layer = "features"
 
     def layout(self, m):
         from torch import nn
@@ -217,6 +230,7 @@ class MobileNetV3Large(_MobileNet):
 class EfficientNet(Family):
     name = "efficientnet"
     first_conv = "features.0.0"
+    cam_layer = "features"
     models = tuple(f"efficientnet_b{i}" for i in range(8))
     head = "classifier.1"
     groups = ("stem", *(f"stage{i}" for i in range(1, 8)))
@@ -232,6 +246,7 @@ class EfficientNet(Family):
 class ConvNeXt(Family):
     name = "convnext"
     first_conv = "features.0.0"
+    cam_layer = "features"
     models = ("convnext_tiny", "convnext_small", "convnext_base")
     head = "classifier.2"
     groups = ("stem", "stage1", "stage2", "stage3", "stage4")
@@ -248,6 +263,8 @@ class ConvNeXt(Family):
 class Swin(Family):
     name = "swin"
     first_conv = "features.0.0"
+    cam_layer = "norm"  # channels last; `permute` after it gives the same map as NCHW
+    cam_layout = "nhwc"
     models = ("swin_t",)
     head = "head"
     groups = ("stem", "stage1", "stage2", "stage3", "stage4")
@@ -263,6 +280,10 @@ class Swin(Family):
 class ViT(Family):
     name = "vit"
     first_conv = "conv_proj"
+    # The last block's input norm: only the class token of that block's output is read, so its
+    # patch tokens get no gradient (pytorch-grad-cam's choice for ViT).
+    cam_layer = "encoder.layers.-1.ln_1"
+    cam_layout = "tokens"
     models = ("vit_b_16",)
     head = "heads.head"
     groups = ("stem", "blocks1-3", "blocks4-6", "blocks7-9", "blocks10-12")
@@ -290,6 +311,7 @@ class ViT(Family):
 class RegNet(Family):
     name = "regnet"
     first_conv = "stem.0"
+    cam_layer = "trunk_output"
     models = ("regnet_y_400mf",)
     head = "fc"
     groups = ("stem", "block1", "block2", "block3", "block4")
@@ -307,6 +329,7 @@ class EfficientNetLite(Family):
 
     name = "efficientnet_lite"
     first_conv = "conv_stem"
+    cam_layer = "bn2"  # BatchNorm + activation after conv_head
     models = ("efficientnet_lite0", "efficientnet_lite1")
     head = "classifier"
     groups = ("stem", *(f"stage{i}" for i in range(1, 8)))
