@@ -194,6 +194,21 @@ class SqlClassMetric(Base):
     confusion: Mapped[list] = mapped_column(JSON)
 
 
+class SqlPrediction(Base):
+    """One validation image as the run's best checkpoint saw it: written by the validation pass of
+    the best epoch itself (so they reproduce its accuracy exactly), replaced at each new best."""
+
+    __tablename__ = "predictions"
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)  # in the validation order
+    path: Mapped[str] = mapped_column(Text)
+    label: Mapped[int] = mapped_column(Integer)
+    pred: Mapped[int] = mapped_column(Integer)
+    prob: Mapped[float] = mapped_column(Float)  # of the predicted class
+    true_prob: Mapped[float] = mapped_column(Float)  # of the true class
+    loss: Mapped[float] = mapped_column(Float)  # cross-entropy, -log(true_prob)
+
+
 # --- plain domain objects ---------------------------------------------------------------
 
 
@@ -246,6 +261,23 @@ class Run:
         d["best_epoch"] = self.best_epoch_number
         d["duration_s"] = self.duration_s
         return d
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One validation image at the run's best epoch (see SqlPrediction)."""
+
+    position: int
+    path: str
+    label: int
+    pred: int
+    prob: float
+    true_prob: float
+    loss: float
+
+    @property
+    def correct(self) -> bool:
+        return self.pred == self.label
 
 
 @dataclass
@@ -472,6 +504,7 @@ class Store:
             s.execute(delete(SqlEpochMetric).where(SqlEpochMetric.run_id == run_id))
             s.execute(delete(SqlRunCurves).where(SqlRunCurves.run_id == run_id))
             s.execute(delete(SqlClassMetric).where(SqlClassMetric.run_id == run_id))
+            s.execute(delete(SqlPrediction).where(SqlPrediction.run_id == run_id))
             s.execute(delete(SqlRun).where(SqlRun.id == run_id))
 
     # metrics
@@ -536,6 +569,23 @@ class Store:
         with self._session() as s:
             return [ClassMetric(r.class_index, r.class_name, r.precision, r.recall, r.f1,
                                 r.support, list(r.confusion)) for r in s.scalars(q)]
+
+
+    # the best checkpoint's predictions on the validation images
+    def save_predictions(self, run_id: int, epoch: int, rows: list[Prediction]) -> None:
+        """Replace the run's predictions with `rows`, those of (0-based) `epoch`, its best so far."""
+        with self._session.begin() as s:
+            s.execute(delete(SqlPrediction).where(SqlPrediction.run_id == run_id))
+            if rows:
+                s.execute(insert(SqlPrediction), [{"run_id": run_id, **r.__dict__} for r in rows])
+            row = s.get(SqlRun, run_id)
+            row.summary = {**(row.summary or {}), "predictions": {"epoch": epoch + 1, "images": len(rows)}}
+
+    def predictions(self, run_id: int) -> list[Prediction]:
+        """The run's stored predictions in validation order (empty for a run that has none)."""
+        q = select(SqlPrediction).where(SqlPrediction.run_id == run_id).order_by(SqlPrediction.position)
+        with self._session() as s:
+            return [Prediction(r.position, r.path, r.label, r.pred, r.prob, r.true_prob, r.loss) for r in s.scalars(q)]
 
 
 class EpochWriter:

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from . import backbones, cache, channels, data, decoded, features, forgetting, memory
+from . import backbones, cache, channels, data, decoded, features, forgetting, memory, predictions
 from .backbones import LayerGroup
 from .config import RunConfig
 from .drift import Drift
@@ -189,18 +189,22 @@ def _step(optimizer, scaler) -> None:
 
 
 @torch.inference_mode()
-def evaluate(model, loader, loss_fn, device, amp, num_classes: int) -> dict:
+def evaluate(model, loader, loss_fn, device, amp, num_classes: int, keep: bool = False) -> dict:
+    """Validation loss, accuracy, top-5 and confusion; with `keep`, each image's label and
+    log-probabilities too (on the device: read back only when the epoch is the best)."""
     model.eval()
     # Summed on the device and read back once (see train_one_epoch).
     total_loss, correct, top5 = (torch.zeros((), device=device) for _ in range(3))
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.long, device=device)
-    seen = 0
+    seen, kept = 0, []
     for x, y in loader:
         if len(y) == 0:
             continue
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             logits = model(x)
+        if keep:
+            kept.append((y, logits.float().log_softmax(1)))
         total_loss += loss_fn(logits.float(), y) * len(y)
         pred = logits.argmax(1)
         correct += (pred == y).sum()
@@ -212,7 +216,35 @@ def evaluate(model, loader, loss_fn, device, amp, num_classes: int) -> dict:
            "confusion": confusion.view(num_classes, num_classes).cpu()}
     if num_classes >= 5:
         out["val_top5"] = top5.item() / max(seen, 1)
+    if keep:
+        out["outputs"] = (torch.cat([y for y, _ in kept]), torch.cat([lp for _, lp in kept])) if kept else None
     return out
+
+
+def _val_paths(batches, d: "RunData", n: int) -> list[str] | None:
+    """The validation images in the order `batches` gave `n` of them (unreadable ones left out),
+    or None where that order cannot be known."""
+    if n == len(d.splits.val):
+        return [it.path for it in d.splits.val]
+    rows = getattr(batches, "rows", None)  # feature batches: the readable rows
+    dataset = getattr(batches, "dataset", None)
+    if rows is None and dataset is not None and hasattr(dataset, "unreadable"):  # the decode cache's loader
+        rows = [r for r in dataset.rows.tolist() if r not in dataset.unreadable]
+    if rows is not None and len(rows) == n:
+        return [d.rows.paths[r] for r in list(rows)]
+    return None
+
+
+def _save_predictions(store: Store, run_id: int, epoch: int, d: "RunData", batches, outputs) -> None:
+    """The best epoch's predictions on every validation image, replacing the previous best's."""
+    if outputs is None:
+        return
+    labels, log_probs = (t.cpu().numpy() for t in outputs)
+    paths = _val_paths(batches, d, len(labels))
+    if paths is None:
+        _log(f"predictions not stored: {len(labels)} validation images could not be matched to their files")
+        return
+    store.save_predictions(run_id, epoch, predictions.from_outputs(paths, labels, log_probs))
 
 
 # --- the run ------------------------------------------------------------------------------
@@ -437,7 +469,7 @@ def _fit(store: Store, run: Run, cfg: RunConfig, device: torch.device, run_dir: 
             train_seconds = time.perf_counter() - t0
 
             # 7. Validate, record, checkpoint.
-            ev = evaluate(net, val_batches, loss_fn, device, amp, len(d.classes))
+            ev = evaluate(net, val_batches, loss_fn, device, amp, len(d.classes), keep=True)
             on_target = (evaluate(model, target.val, loss_fn, device, amp, len(d.classes))
                          if target is not None and target.labelled else None)
             plan.observe(ev["val_loss"])
@@ -446,6 +478,7 @@ def _fit(store: Store, run: Run, cfg: RunConfig, device: torch.device, run_dir: 
                 best_acc, best_epoch, best_confusion = ev["val_acc"], epoch, ev["confusion"]
                 _save({"model": model.state_dict(), "classes": d.classes, "config": cfg.model_dump(), **identity,
                        "epoch": epoch, "val_acc": best_acc}, run_dir / "best.pt")
+                _save_predictions(store, run.id, epoch, d, val_batches, ev["outputs"])
             metrics = {
                 "train_loss": train_loss, "train_acc": train_acc,
                 "val_loss": ev["val_loss"], "val_acc": ev["val_acc"],
