@@ -136,6 +136,31 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--which", choices=["best", "last"], default="best",
                    help="each run's best epoch (by val accuracy) or its last, everywhere (default best)")
 
+    p = sub.add_parser("errors", parents=[common], help="the validation images a run's best checkpoint gets wrong, "
+                       "worst loss first; with --against REF, what it fixed and broke against run REF")
+    p.add_argument("run_id", type=int)
+    p.add_argument("--against", type=int, default=None, metavar="REF", help="a reference run on the same images")
+    p.add_argument("--limit", type=int, default=20, help="images listed (default 20)")
+
+    p = sub.add_parser("predict", parents=[common], help="top-k classes of images (and Grad-CAM heat maps) with a "
+                       "run's best checkpoint, or with a bundle written by `export`")
+    p.add_argument("source", help="a run id, or the path of an exported bundle (.pt TorchScript, .onnx)")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--top-k", type=int, default=5, help="classes listed per image (default 5)")
+    p.add_argument("--cam", action="store_true", help="Grad-CAM heat maps of the top-k classes (PNG, base64, in --json)")
+    p.add_argument("--cam-class", action="append", default=[], metavar="CLASS", help="also a heat map for CLASS")
+    p.add_argument("--cam-dir", default=None, help="write each heat map as <image>.<class>.png into this folder")
+    p.add_argument("--job", help=argparse.SUPPRESS)
+
+    p = sub.add_parser("export", parents=[common], help="the run's best checkpoint as one TorchScript or ONNX file "
+                       "with its classes and preprocessing, checked against the PyTorch model on the validation images")
+    p.add_argument("run_id", type=int)
+    p.add_argument("--format", choices=["torchscript", "onnx"], required=True)
+    p.add_argument("--out", default=None, help="the bundle's path (default: <run folder>/export/run<ID>-<backbone>.pt|.onnx)")
+    p.add_argument("--tolerance", type=float, default=None,
+                   help="largest probability difference allowed (default 1e-3)")
+    p.add_argument("--job", help=argparse.SUPPRESS)
+
     p = sub.add_parser("cancel", parents=[common], help="cancel a queued or running run (stops within one batch)")
     p.add_argument("run_id", type=int)
 
@@ -397,6 +422,76 @@ def cmd_compare(args) -> int:
     cols = ["id", "strategy", "backbone", "status", "best_val_acc", "best_epoch", "final_val_acc", "epochs",
             "total_seconds", "trainable_params", "images_per_sec"]
     _out(args, report, "\n".join([_table(report["runs"], cols), *(d["text"] for d in report["statistics"])]))
+    return 0
+
+
+@command("errors")
+def cmd_errors(args) -> int:
+    store = service.open_store(args.db)
+    run = store.get_run(args.run_id)
+    classes = run.summary.get("classes") or []
+    preds = service.run_predictions(store, run.id)
+    if not preds:
+        raise UserError(f"run {run.id} has no stored predictions: it has not finished an epoch (or was trained "
+                        f"before they were stored); train or resume it")
+
+    def row(p) -> dict:
+        return {"path": p.path, "true": classes[p.label], "predicted": classes[p.pred], "prob": p.prob,
+                "true_prob": p.true_prob, "loss": p.loss}
+
+    wrong = service.errors(store, run.id)
+    obj = {"run_id": run.id, "epoch": run.summary["predictions"]["epoch"], "images": len(preds),
+           "wrong": len(wrong), "errors": [row(p) for p in wrong[:args.limit]]}
+    text = [f"run {run.id} at its best epoch {obj['epoch']}: {len(wrong)} of {len(preds)} validation images wrong",
+            _table(obj["errors"], ["path", "true", "predicted", "prob", "loss"]) if wrong else ""]
+    if args.against is not None:
+        d = service.diff(store, args.against, run.id)
+        obj["against"] = {"reference": args.against, "fixed": [row(p) for p in d.fixed], "broken": [row(p) for p in d.broken],
+                          "still_wrong": [row(p) for p in d.still_wrong], "both_right": d.both_right,
+                          "shared": d.shared, "unmatched": d.unmatched, "confusion_delta": d.confusion_delta,
+                          "class_deltas": d.class_deltas}
+        text.append(f"against run {args.against} on {d.shared} shared images: {len(d.fixed)} fixed, {len(d.broken)} "
+                    f"broken, {len(d.still_wrong)} still wrong (net {d.net:+d})")
+        text += [f"  {c['class']}: {c['reference_acc']:.1%} -> {c['acc']:.1%} ({c['delta']:+.1%})" for c in d.class_deltas]
+    _out(args, obj, "\n".join(t for t in text if t))
+    return 0
+
+
+@command("predict")
+def cmd_predict(args) -> int:
+    if args.top_k < 1:
+        raise UserError("--top-k must be at least 1")
+    cam = args.cam or bool(args.cam_class) or bool(args.cam_dir)
+    found = service.predict_images(service.open_store(args.db), args.source, args.images, args.top_k, cam,
+                                   args.cam_class, args.job)
+    lines = []
+    for r in found["results"]:
+        if "error" in r:
+            lines.append(f"{r['path']}: error: {r['error']}")
+            continue
+        lines.append(f"{r['path']}: " + ", ".join(f"{t['class']} {t['prob']:.1%}" for t in r["top"]))
+        if args.cam_dir:
+            import base64
+
+            folder = Path(args.cam_dir)
+            folder.mkdir(parents=True, exist_ok=True)
+            for name, png in r["cams"].items():
+                target = folder / f"{Path(r['path']).stem}.{name}.png"
+                target.write_bytes(base64.b64decode(png))
+                lines.append(f"  heat map for {name}: {target}")
+    _out(args, found, "\n".join(lines))
+    failed = [r for r in found["results"] if "error" in r]
+    for r in failed:
+        print(f"error: {r['error']}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+@command("export")
+def cmd_export(args) -> int:
+    r = service.export_run(service.open_store(args.db), args.run_id, args.format, args.out, args.tolerance, args.job)
+    _out(args, r, f"exported run {args.run_id} as {r['format']} to {r['path']} ({r['bytes'] / 1e6:.1f} MB)\n"
+                  f"parity on {r['images']} validation images: top-1 agreement {r['top1_agreement']:.2%}, largest "
+                  f"probability difference {r['max_prob_diff']:.2e} (tolerance {r['tolerance']:.0e})")
     return 0
 
 

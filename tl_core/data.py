@@ -95,6 +95,30 @@ def _open_header(path: Path) -> tuple[int, int]:
             return img.size
 
 
+def check_header(path: Path, channels: int = 3) -> tuple[int, int]:
+    """(width, height) of one image from its header, as a scan reads it: raises for a file that is
+    not an image, one of another channel count, or one over MAX_IMAGE_PIXELS (undecoded)."""
+    return _open_header(path) if channels == 3 else _probe(path, channels)
+
+
+def check_image(path: str | Path, channels: int = 3) -> str | None:
+    """Why `path` cannot be used as an image (its type, its header, its size), or None: what a scan
+    checks, worded for a file someone handed over (an upload, a path to predict on)."""
+    p = Path(path)
+    if p.suffix.lower() not in image_extensions(channels):
+        return (f"{p.name}: not an image file type TransferLab reads ({p.suffix or 'no extension'}); "
+                f"use one of {', '.join(sorted(image_extensions(channels)))}")
+    try:
+        check_header(p, channels)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        return f"{p.name}: refused, larger than {MAX_IMAGE_PIXELS:,} pixels ({e}); resize it first"
+    except ChannelMismatch as e:
+        return f"{p.name}: {e}"
+    except Exception as e:  # not an image after all, truncated header, empty file
+        return f"{p.name}: not a readable image ({type(e).__name__}: {e}); check the file is not corrupt"
+    return None
+
+
 def _scan_class(folder: Path, label: int, index: DatasetIndex, channels: int = 3,
                 mismatched: Counter | None = None) -> list[Item]:
     """The usable images in one class folder; files of another channel count are counted in `mismatched`."""

@@ -13,7 +13,10 @@ what builds or trains a model (the backbone table, a run trained in this process
   compare    what differs between runs, groups of seeds, best or last values, statistics, data efficiency,
              layer drift and forgetting side by side
   measure    before training: the probe of the data, the LR finder (stored with the experiment)
-  jobs       measurements a page starts in a process of its own and waits for
+  predictions  a run's stored validation predictions: errors worst first, a confusion cell's images,
+             what one run fixed and broke against another, thumbnails
+  predict    predict with a run or an exported bundle (uploads checked first); export, with its parity check
+  jobs       measurements, predictions and exports a page starts in a process of its own and waits for
 """
 
 from ..store import FINISHED, STATUSES
@@ -25,6 +28,8 @@ from .compare import (WHICH, class_rows, config_table, data_efficiency, differin
 from .results import (checkpoint, compare, drift_by_group, eta_seconds, experiment_report, group_drift, log_tail,
                       metric_rows, run_details, run_row, skipped_files, status_counts, summarize, summary_rows,
                       time_to_accuracy)
+from .predictions import cell, diff, errors, references, run_predictions, thumbnail
+from .predict import export_run, exports, has_checkpoint, predict_images, predictable_runs, save_uploads
 from .runs import (cancel_run, check_run, delete_run, display_db_url, draft_warnings, estimate_seconds, more_seeds,
                    open_store, plan_runs, queue_run, queue_runs, resume_run, run_files_dir, start_here, start_worker,
                    stored_config, train_here, worker_disabled, worker_pid)

@@ -1,8 +1,9 @@
-"""Measurements a front end starts and waits for: an LR range test, a probe of the data.
+"""Work a front end starts and waits for: an LR range test, a probe of the data, a prediction
+with heat maps, an export and its parity check.
 
 They take seconds to a minute, so they run in a process of their own (a dashboard page never
 trains inside its script): `python -m tl_core lr-find|probe <the run's settings> --experiment E
---job ID`, which stores its result as an artifact of experiment E tagged with the job id. The
+--job ID` or `python -m tl_core predict|export RUN ... --job ID`, which stores its result as an artifact of experiment E tagged with the job id. The
 page asks `result()` until it is there, or `failure()` says why the process ended without one.
 """
 
@@ -19,7 +20,7 @@ from ..config import RunConfig
 from ..runfiles import runs_dir
 from ..store import Store
 
-KINDS = {"lr-find": "lr_find", "probe": "probe"}  # command -> artifact kind
+KINDS = {"lr-find": "lr_find", "probe": "probe", "predict": "prediction", "export": "export"}  # command -> artifact kind
 
 
 @dataclass(frozen=True)
@@ -42,16 +43,22 @@ def flags(cfg: RunConfig) -> list[str]:
 
 def start(store: Store, command: str, cfg: RunConfig, extra: list[str] | tuple = ()) -> Job:
     """Start `python -m tl_core COMMAND` on `cfg` in a detached process; its result lands in the store."""
+    return start_command(store, command, cfg.experiment, [*flags(cfg), *extra])
+
+
+def start_command(store: Store, command: str, experiment: str, args: list[str]) -> Job:
+    """Start `python -m tl_core COMMAND ARGS` (a command that stores its result as an artifact of
+    `experiment` tagged with the job id) in a detached process."""
     if command not in KINDS:
         raise ValueError(f"unknown job {command!r}")
     job_id = uuid.uuid4().hex
     log = runs_dir() / "jobs" / f"{job_id}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "tl_core", command, *flags(cfg), *extra, "--job", job_id,
+        proc = subprocess.Popen([sys.executable, "-m", "tl_core", command, *args, "--job", job_id,
                                  "--db", store.url, "--json"], stdout=f, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
-    return Job(job_id, command, cfg.experiment, proc.pid, str(log))
+    return Job(job_id, command, experiment, proc.pid, str(log))
 
 
 def result(store: Store, job: Job) -> dict | None:

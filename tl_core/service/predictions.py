@@ -1,0 +1,58 @@
+"""A run's stored predictions on its validation images, for a front end: its errors worst first,
+the images of a confusion-matrix cell, what one run fixed and broke against another, thumbnails.
+
+Nothing here runs a model: the predictions were stored by the best epoch's validation pass
+(predictions.py, train.py).
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from .. import data, predictions
+from ..predictions import Diff, Prediction
+from ..store import Run, Store
+
+
+def run_predictions(store: Store, run_id: int) -> list[Prediction]:
+    return store.predictions(run_id)
+
+
+def errors(store: Store, run_id: int, limit: int | None = None) -> list[Prediction]:
+    """The validation images the best checkpoint gets wrong, worst loss first."""
+    return predictions.errors(store.predictions(run_id))[:limit]
+
+
+def cell(store: Store, run_id: int, true: int, predicted: int) -> list[Prediction]:
+    """The validation images of one confusion-matrix cell (true class, predicted class)."""
+    return predictions.in_cell(store.predictions(run_id), true, predicted)
+
+
+def classes(run: Run) -> list[str]:
+    return list(run.summary.get("classes") or [])
+
+
+def diff(store: Store, reference_id: int, run_id: int) -> Diff:
+    """What run `run_id` fixed, broke and still gets wrong against run `reference_id`."""
+    ref, run = store.get_run(reference_id), store.get_run(run_id)
+    return predictions.diff(store.predictions(ref.id), store.predictions(run.id), classes(ref), classes(run))
+
+
+def references(store: Store, run: Run, runs: list[Run]) -> list[Run]:
+    """The runs of `runs` that `run` can be compared with image by image: same classes, predictions stored."""
+    return [r for r in runs if r.id != run.id and classes(r) == classes(run) and r.summary.get("predictions")]
+
+
+def thumbnail(path: str, size: int = 160) -> bytes | None:
+    """A PNG at most `size` px on its longer side, or None for a file that is gone or unreadable."""
+    if not Path(path).is_file():
+        return None
+    try:
+        img = data.load_image(path)
+    except data.UnreadableImage:
+        return None
+    img.thumbnail((size, size))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
