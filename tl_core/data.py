@@ -101,20 +101,21 @@ def check_header(path: Path, channels: int = 3) -> tuple[int, int]:
     return _open_header(path) if channels == 3 else _probe(path, channels)
 
 
-def check_image(path: str | Path, channels: int = 3) -> str | None:
-    """Why `path` cannot be used as an image (its type, its header, its size), or None: what a scan
-    checks, worded for a file someone handed over (an upload, a path to predict on)."""
+def check_image(path: str | Path, channels: int = 3, decode: bool = False) -> str | None:
+    """Why `path` cannot be used as an image (its type, its header, its size; with `decode`, its
+    pixels too), or None: what a scan checks, worded for a file someone handed over (an upload, a
+    path to predict on)."""
     p = Path(path)
     if p.suffix.lower() not in image_extensions(channels):
         return (f"{p.name}: not an image file type TransferLab reads ({p.suffix or 'no extension'}); "
                 f"use one of {', '.join(sorted(image_extensions(channels)))}")
     try:
         check_header(p, channels)
+        if decode:
+            load_image(str(p)) if channels == 3 else load_pixels(str(p), channels)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         return f"{p.name}: refused, larger than {MAX_IMAGE_PIXELS:,} pixels ({e}); resize it first"
-    except ChannelMismatch as e:
-        return f"{p.name}: {e}"
-    except Exception as e:  # not an image after all, truncated header, empty file
+    except Exception as e:  # not an image after all, truncated, empty file
         return f"{p.name}: not a readable image ({type(e).__name__}: {e}); check the file is not corrupt"
     return None
 

@@ -575,11 +575,15 @@ class Store:
     def save_predictions(self, run_id: int, epoch: int, rows: list[Prediction]) -> None:
         """Replace the run's predictions with `rows`, those of (0-based) `epoch`, its best so far."""
         with self._session.begin() as s:
-            s.execute(delete(SqlPrediction).where(SqlPrediction.run_id == run_id))
+            s.execute(delete(SqlPrediction).where(SqlPrediction.run_id == run_id))  # the previous best's
             if rows:
                 s.execute(insert(SqlPrediction), [{"run_id": run_id, **r.__dict__} for r in rows])
             row = s.get(SqlRun, run_id)
             row.summary = {**(row.summary or {}), "predictions": {"epoch": epoch + 1, "images": len(rows)}}
+
+    def delete_predictions(self, run_id: int) -> None:
+        with self._session.begin() as s:
+            s.execute(delete(SqlPrediction).where(SqlPrediction.run_id == run_id))
 
     def predictions(self, run_id: int) -> list[Prediction]:
         """The run's stored predictions in validation order (empty for a run that has none)."""

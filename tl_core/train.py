@@ -367,7 +367,11 @@ def _feature_cache_enabled(cfg: RunConfig) -> bool | str:
 def _record_start(store: Store, run: Run, cfg: RunConfig, d: RunData, bb: backbones.Backbone) -> None:
     """The run's summary before its first epoch: data, batch, input, warnings, skipped files; and its log."""
     warnings, skipped = cfg.warnings(), data.skipped_summary(d.index)
-    store.update_run(run.id, summary={
+    # A resume keeps its earlier best's predictions; a start from scratch has none yet.
+    kept = {k: v for k, v in run.summary.items() if k in ("predictions", "exports") and run.resume}
+    if not run.resume:
+        store.delete_predictions(run.id)
+    store.update_run(run.id, summary={**kept,
         "classes": d.classes, "train_images": len(d.splits.train), "val_images": len(d.splits.val),
         "split": {"seed": cfg.split_seed, "val_fingerprint": data.split_fingerprint(d.splits)},
         "batch_size": {"used": d.batch_size, **({"why": d.batch_note} if d.batch_note else {})},

@@ -36,10 +36,10 @@ def save_uploads(files: list[tuple[str, bytes]], channels: int = 3) -> tuple[lis
         safe = re.sub(r"[^A-Za-z0-9._-]", "_", Path(name).name) or "image"
         path = folder / f"{i:03d}_{safe}"
         path.write_bytes(content)
-        if (problem := data.check_image(path, channels)) is None:
+        if (problem := data.check_image(path, channels, decode=True)) is None:
             paths.append(str(path))
         else:
-            problems.append(problem.replace(path.name, name, 1))
+            problems.append(problem.replace(str(path), name).replace(path.name, name))
             path.unlink()
     return paths, problems
 
