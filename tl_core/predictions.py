@@ -23,14 +23,11 @@ from .store import Prediction
 __all__ = ["Diff", "Prediction", "accuracy", "confusion", "diff", "errors", "from_outputs", "in_cell"]
 
 
-def from_outputs(paths: list[str], labels: np.ndarray, log_probs: np.ndarray) -> list[Prediction]:
-    """One Prediction per image from its label and log-probabilities (n, classes), in order."""
-    labels = np.asarray(labels, dtype=np.int64)
-    pred = log_probs.argmax(1)
-    at = np.arange(len(labels))
-    prob, true_lp = np.exp(log_probs[at, pred]), log_probs[at, labels]
-    return [Prediction(i, path, int(y), int(p), float(q), float(np.exp(t)), float(-t))
-            for i, (path, y, p, q, t) in enumerate(zip(paths, labels, pred, prob, true_lp))]
+def from_outputs(paths: list[str], labels, preds, pred_log_probs, true_log_probs) -> list[Prediction]:
+    """One Prediction per image, in order, from its label, predicted class and the log-probabilities
+    of both (what train.evaluate keeps)."""
+    return [Prediction(i, path, int(y), int(p), float(np.exp(q)), float(np.exp(t)), float(-t))
+            for i, (path, y, p, q, t) in enumerate(zip(paths, labels, preds, pred_log_probs, true_log_probs))]
 
 
 def accuracy(preds: list[Prediction]) -> float:

@@ -190,8 +190,9 @@ def _step(optimizer, scaler) -> None:
 
 @torch.inference_mode()
 def evaluate(model, loader, loss_fn, device, amp, num_classes: int, keep: bool = False) -> dict:
-    """Validation loss, accuracy, top-5 and confusion; with `keep`, each image's label and
-    log-probabilities too (on the device: read back only when the epoch is the best)."""
+    """Validation loss, accuracy, top-5 and confusion; with `keep`, each image's label, predicted
+    class and the log-probabilities of both too (on the device: read back only when the epoch is
+    the best)."""
     model.eval()
     # Summed on the device and read back once (see train_one_epoch).
     total_loss, correct, top5 = (torch.zeros((), device=device) for _ in range(3))
@@ -203,8 +204,10 @@ def evaluate(model, loader, loss_fn, device, amp, num_classes: int, keep: bool =
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             logits = model(x)
-        if keep:
-            kept.append((y, logits.float().log_softmax(1)))
+        if keep:  # four numbers an image, whatever the number of classes
+            lp = logits.float().log_softmax(1)
+            top = lp.max(1)
+            kept.append(torch.stack([y.float(), top.indices.float(), top.values, lp.gather(1, y[:, None])[:, 0]], 1))
         total_loss += loss_fn(logits.float(), y) * len(y)
         pred = logits.argmax(1)
         correct += (pred == y).sum()
@@ -217,7 +220,7 @@ def evaluate(model, loader, loss_fn, device, amp, num_classes: int, keep: bool =
     if num_classes >= 5:
         out["val_top5"] = top5.item() / max(seen, 1)
     if keep:
-        out["outputs"] = (torch.cat([y for y, _ in kept]), torch.cat([lp for _, lp in kept])) if kept else None
+        out["outputs"] = torch.cat(kept) if kept else None
     return out
 
 
@@ -239,12 +242,12 @@ def _save_predictions(store: Store, run_id: int, epoch: int, d: "RunData", batch
     """The best epoch's predictions on every validation image, replacing the previous best's."""
     if outputs is None:
         return
-    labels, log_probs = (t.cpu().numpy() for t in outputs)
-    paths = _val_paths(batches, d, len(labels))
+    rows = outputs.cpu().double().numpy()
+    paths = _val_paths(batches, d, len(rows))
     if paths is None:
-        _log(f"predictions not stored: {len(labels)} validation images could not be matched to their files")
+        _log(f"predictions not stored: {len(rows)} validation images could not be matched to their files")
         return
-    store.save_predictions(run_id, epoch, predictions.from_outputs(paths, labels, log_probs))
+    store.save_predictions(run_id, epoch, predictions.from_outputs(paths, *rows.T))
 
 
 # --- the run ------------------------------------------------------------------------------
