@@ -38,6 +38,7 @@ pages = [
     st.Page("pages/runs.py", title="Runs", icon=":material/view_list:"),
     st.Page("pages/compare.py", title="Compare", icon=":material/stacked_line_chart:"),
     st.Page("pages/run_detail.py", title="Run detail", icon=":material/insights:"),
+    st.Page("pages/predict.py", title="Predict", icon=":material/image_search:"),
 ]
 page = st.navigation(pages)
 # On a fresh server, a deep link (/runs) can reach a page before any session ran this router

@@ -1,14 +1,19 @@
 """Run detail: one run's settings, every epoch's metrics (with each layer group's drift and the
 loss's other terms when recorded), per-class results, log and checkpoint; what it kept of its
-pretrained knowledge; its notes and tags, editable here.
+pretrained knowledge; its notes and tags, editable here. Below: the validation images its best
+checkpoint gets wrong (worst first), a confusion matrix whose cells open their images, where the
+model looked (Grad-CAM), and an export to TorchScript or ONNX checked against the run.
 
 Open a run directly with ?run=<id> in the URL (the Runs page links here that way).
 """
 
+from pathlib import Path
+
 import streamlit as st
 
 from tl_core import service
-from ui import charts, session
+from tl_core.service import jobs
+from ui import charts, gallery, session
 from ui import format as fmt
 
 session.through_router("run_detail")  # a deep link on a fresh server goes through app.py
@@ -184,3 +189,100 @@ with config_tab:
     with b.expander("Environment", expanded=True):
         st.dataframe([{"": k, "value": str(v)} for k, v in run.environment.items()] or [{"": "not started", "value": ""}],
                      hide_index=True)
+
+# --- errors: what the best checkpoint gets wrong, and where it looked -----------------------------
+st.subheader("Errors")
+preds = service.run_predictions(store, run.id)
+names = list(run.summary.get("classes") or [])
+if not preds or not names:
+    st.caption("The validation images the best checkpoint gets wrong appear here once the run has finished an epoch "
+               "(runs trained before predictions were stored have none).")
+else:
+    wrong = service.errors(store, run.id)
+    st.caption(f"At its best epoch ({run.summary['predictions']['epoch']}) the model gets {len(wrong)} of {len(preds)} "
+               f"validation images wrong; the worst first (highest loss: confidently wrong).")
+    shown = gallery.some(wrong, names, key=f"errors_shown_{run.id}")
+
+    # The confusion matrix, one cell's images on a click (or picked from the list below it).
+    matrix = charts.cell_counts(preds, len(names))
+    a, b = st.columns([1, 1])
+    event = a.plotly_chart(charts.confusion_cells(names, matrix), on_select="rerun", selection_mode="points",
+                           key=f"cells_{run.id}")
+    cell_key, clicked_key = f"cell_{run.id}", f"cell_clicked_{run.id}"
+    clicked = charts.clicked_cell((event.selection or {}).get("points", []) if event else [], len(names))
+    if clicked != st.session_state.get(clicked_key):  # a new click chooses the cell; the list can still change it
+        st.session_state[clicked_key] = clicked
+        if clicked is not None:
+            st.session_state[cell_key] = clicked
+    cells = [(t, p) for t in range(len(names)) for p in range(len(names)) if matrix[t][p]]
+    if st.session_state.get(cell_key) not in cells:
+        st.session_state.pop(cell_key, None)
+    with b:
+        chosen = st.selectbox("Images of a cell", cells, index=None, key=cell_key,
+                              placeholder="Click a cell, or pick one",
+                              format_func=lambda c: fmt.cell_label(names, *c, matrix[c[0]][c[1]]),
+                              help="Rows: true class; columns: predicted class")
+        if chosen is not None:
+            gallery.predictions(service.cell(store, run.id, *chosen), names, columns=4)
+
+    # Grad-CAM: where the model looked, for the predicted and the true class.
+    if wrong:
+        st.markdown("**Where it looked** (Grad-CAM)")
+        cam_key = f"cam_job_{run.id}"
+        row = st.columns([4, 1], vertical_alignment="bottom")
+        picked = row[0].selectbox("Image", wrong[:shown], key=f"cam_image_{run.id}",
+                                  format_func=lambda p: fmt.prediction_caption(p, names))
+        if row[1].button("Where did it look?", icon=":material/center_focus_strong:", key=f"cam_{run.id}",
+                         help="Heat maps of the predicted and the true class on this image (a process of its own, "
+                              "seconds)"):
+            st.session_state[cam_key] = jobs.start_command(store, "predict", run.experiment, [
+                str(run.id), picked.path, "--cam", "--top-k", "3", "--cam-class", names[picked.label]])
+            st.rerun()
+        if found := session.job_result(cam_key, store):
+            result = found["results"][0]
+            true_name = names[next((p.label for p in wrong if p.path == result["path"]), picked.label)]
+            if "error" in result:
+                st.error(result["error"], icon=":material/error:")
+            else:
+                top = result["top"][0]
+                views = [("what the model sees", result["view"]),
+                         (f"predicted {top['class']} ({top['prob']:.0%})", result["cams"][top["class"]]),
+                         (f"true {true_name}", result["cams"][true_name])]
+                st.caption(f"`{result['image']}`: " + ", ".join(f"{t['class']} {t['prob']:.1%}" for t in result["top"]))
+                for col, (caption, b64) in zip(st.columns(4), views):
+                    col.image(gallery.png(b64), caption=caption, width="stretch")
+
+# --- export: one file to use the model elsewhere, checked against the run -------------------------
+st.subheader("Export")
+if not (best_pt and preds):
+    st.caption("A run with a best checkpoint and stored predictions can be exported as TorchScript or ONNX here.")
+else:
+    export_key = f"export_job_{run.id}"
+    row = st.columns([2, 1, 3], vertical_alignment="bottom")
+    export_format = row[0].radio("Format", ["torchscript", "onnx"], horizontal=True, key=f"export_format_{run.id}",
+                                 help="TorchScript runs with PyTorch alone; ONNX with onnxruntime (and most serving "
+                                      "stacks). Either carries the classes and the preprocessing inside.")
+    if row[1].button("Export", icon=":material/output:", key=f"export_{run.id}",
+                     help="Write the best checkpoint as one file and check it gives the run's own answers on the "
+                          "validation images"):
+        st.session_state[export_key] = jobs.start_command(store, "export", run.experiment,
+                                                          [str(run.id), "--format", export_format])
+        st.rerun()
+    if found := session.job_result(export_key, store):
+        m = st.columns(3)
+        m[0].metric("Top-1 agreement", f"{found['top1_agreement']:.1%}", border=True,
+                    help=f"with the run's own model on {found['images']} validation images")
+        m[1].metric("Largest probability difference", f"{found['max_prob_diff']:.1e}", border=True)
+        m[2].metric("Tolerance", f"{found['tolerance']:.0e}", border=True)
+        if found.get("error") or not found.get("passed"):
+            st.error(found.get("error") or "The export does not match the run within the tolerance.",
+                     icon=":material/error:")
+        elif Path(found["path"]).is_file():
+            st.download_button(f"Download {Path(found['path']).name} ({fmt.megabytes(found['bytes'])})",
+                               data=Path(found["path"]).read_bytes, file_name=Path(found["path"]).name,
+                               mime="application/octet-stream", icon=":material/download:", key=f"export_file_{run.id}")
+    if done := service.exports(store.get_run(run.id)):
+        with st.expander(f"{len(done)} exports of this run", icon=":material/history:"):
+            for e in reversed(done):
+                verdict = " · passed" if e.get("passed") else " · **did not match**"
+                (st.markdown if e.get("passed") else st.warning)(f"{fmt.parity_note(e)}{verdict}  \n`{e['path']}`")

@@ -1,5 +1,5 @@
 """End to end in a real browser: launch a grid from New run, watch it train, see a run's layer
-drift, compare it.
+drift, compare it; predict with a trained run on an image uploaded through the browser.
 
 Starts `streamlit run app.py` on a free port with its own database, runs folder and data root;
 the app starts the real worker, which trains both runs on the CPU. Drives Debian's chromium
@@ -13,6 +13,8 @@ import os
 import re
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -225,4 +227,47 @@ def test_launch_a_grid_watch_it_train_and_compare_it(app_server):
         efficiency.scroll_into_view_if_needed()
         page.wait_for_timeout(800)
         page.screenshot(path=str(SHOTS / "6-data-efficiency.png"))
+        browser.close()
+
+
+def test_predict_an_uploaded_image_in_the_browser(app_server, tmp_path):
+    """A trained run's checkpoint on an image uploaded through the browser's file input: the job
+    runs in its own process and the page shows the top class when it is done."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from tl_core import service
+
+    base, db_url, _ = app_server
+    # Trained by the command line (a process that ends with its run), into the dashboard's database.
+    subprocess.run([sys.executable, "-m", "tl_core", "run", "--data", str(tmp_path / "data" / "animals"),
+                    "--strategy", "feature_extraction", "--epochs", "1", "--image-size", "32",
+                    "--experiment", "e2e-predict", "--no-progress", "--db", db_url],
+                   cwd=ROOT, check=True, capture_output=True, timeout=180)
+    store = Store(db_url)
+    (run_id,) = [r.id for r in store.list_runs(experiment="e2e-predict")]
+    image = store.predictions(run_id)[0].path
+    top = service.predict_images(store, run_id, [image], top_k=3)["results"][0]["top"][0]
+    expect.set_options(timeout=60_000)
+    with sync_playwright() as p:
+        browser = _browser(p)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(60_000)
+        page.goto(base)
+        _settle(page)
+        page.get_by_role("link", name="Predict", exact=True).click()
+        _settle(page)
+        expect(page.get_by_role("heading", name="Predict", exact=True)).to_be_visible()
+        expect(page.get_by_role("combobox", name="Run", exact=True)).to_have_value(re.compile(rf"^#{run_id} "))
+        page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(image)
+        _settle(page)
+        expect(page.get_by_text("1 image(s) chosen")).to_be_visible()
+        page.get_by_role("button", name="Predict", exact=True).click()
+        # The job's process loads the checkpoint and computes the heat maps; the page checks every second.
+        name = Path(image).name  # the file's own name, as uploaded
+        expect(page.get_by_text(re.compile(rf"{re.escape(name)}: {re.escape(top['class'])} \({top['prob']:.1%}\)"))
+               ).to_be_visible(timeout=90_000)
+        _settle(page)
+        expect(page.get_by_text("what the model sees")).to_be_visible()
+        page.mouse.move(0, 0)  # no tooltip over the screenshot
+        _screenshot(page, "7-predict")
         browser.close()

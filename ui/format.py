@@ -122,3 +122,26 @@ def methods_note(summary: dict) -> str:
         parts.append(f"**memory**: accumulate {memory.get('accumulate')} (effective batch "
                      f"{memory.get('effective_batch')}), checkpointing {memory.get('checkpointing')}")
     return " · ".join(parts)
+
+
+def prediction_caption(p, classes: list[str]) -> str:
+    """One stored prediction under its thumbnail: the file, its true class, what the model said."""
+    name = p.path.rsplit("/", 1)[-1]
+    if p.correct:
+        return f"{name}: {classes[p.label]} ({p.prob:.0%})"
+    return f"{name}: true {classes[p.label]}, predicted {classes[p.pred]} ({p.prob:.0%})"
+
+
+def cell_label(classes: list[str], true: int, predicted: int, count: int) -> str:
+    return f"{classes[true]} -> {classes[predicted]} ({count})"
+
+
+def megabytes(n: int | None) -> str:
+    return "–" if n is None else f"{n / 1e6:.1f} MB"
+
+
+def parity_note(export: dict) -> str:
+    """One line on an export's parity check against the run's own model."""
+    return (f"**{export['format']}** · {megabytes(export.get('bytes'))} · checked on {export['images']} validation "
+            f"images: top-1 agreement **{export['top1_agreement']:.1%}**, largest probability difference "
+            f"**{export['max_prob_diff']:.1e}** (tolerance {export['tolerance']:.0e})")

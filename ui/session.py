@@ -8,7 +8,7 @@ from streamlit.errors import StreamlitPageNotFoundError
 from tl_core import service
 from tl_core.store import Store
 
-PAGES = ("new_run", "runs", "compare", "run_detail")
+PAGES = ("new_run", "runs", "compare", "run_detail", "predict")
 
 
 def store() -> Store:
