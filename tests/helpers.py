@@ -66,3 +66,16 @@ def start_dashboard(env: dict, port: int, log_path: Path) -> subprocess.Popen:
         assert proc.poll() is None, log_path.read_text()
         assert time.time() < deadline, "streamlit did not come up in 60 s"
         time.sleep(0.3)
+
+
+def job_result(at, key: str, store: Store, timeout: float = 180) -> dict:
+    """The result of the job an AppTest page keeps in session_state[key], once its process stored it."""
+    from tl_core.service import jobs
+
+    job = at.session_state[key]
+    deadline = time.monotonic() + timeout
+    while (found := jobs.result(store, job)) is None:
+        assert jobs.failure(job) is None, jobs.failure(job)
+        assert time.monotonic() < deadline, f"{job.command} took over {timeout} s"
+        time.sleep(0.3)
+    return found

@@ -92,6 +92,13 @@ def _browser(p):
         "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
 
 
+def _page(browser):
+    """A page the size of a laptop screen that waits as a person would on a loaded machine."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(60_000)
+    return page
+
+
 def _settle(page, timeout_ms: int = 90_000) -> None:
     """Wait until the script has finished running (Streamlit's status widget has gone)."""
     page.wait_for_timeout(800)
@@ -122,8 +129,7 @@ def test_launch_a_grid_watch_it_train_and_compare_it(app_server):
     expect.set_options(timeout=60_000)  # wait as a person would on a loaded machine, not Playwright's 5 s
     with sync_playwright() as p:
         browser = _browser(p)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(60_000)
+        page = _page(browser)
 
         # 1. New run: the demo dataset is the only folder under the root, so it is chosen.
         page.goto(base)
@@ -250,8 +256,7 @@ def test_predict_an_uploaded_image_in_the_browser(app_server, tmp_path):
     expect.set_options(timeout=60_000)
     with sync_playwright() as p:
         browser = _browser(p)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(60_000)
+        page = _page(browser)
         page.goto(base)
         _settle(page)
         page.get_by_role("link", name="Predict", exact=True).click()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -18,11 +17,10 @@ from streamlit.testing.v1 import AppTest
 
 from tl_core import service
 from tl_core.demo_data import write_demo_data
-from tl_core.service import jobs
 from ui import charts
 from ui import format as fmt
 
-from .helpers import train
+from .helpers import job_result, train
 from .test_app import no_exception, page
 
 STEP = 12  # errors shown before "Show more"
@@ -67,17 +65,6 @@ def run_page(run_id: int) -> AppTest:
 
 def captions(at: AppTest) -> list[str]:
     return [c for image in at.image for c in image.captions]
-
-
-def wait(at: AppTest, key: str, store, timeout: float = 120) -> dict:
-    """The result of the job a page keeps in session_state[key], once its process stored it."""
-    job = at.session_state[key]
-    deadline = time.monotonic() + timeout
-    while (found := jobs.result(store, job)) is None:
-        assert jobs.failure(job) is None, jobs.failure(job)
-        assert time.monotonic() < deadline, f"{job.command} took over {timeout} s"
-        time.sleep(0.3)
-    return found
 
 
 def figure(at: AppTest, title: str) -> dict:
@@ -135,8 +122,8 @@ def test_where_it_looked_and_an_export_checked_against_the_run(store, trained):
     assert worst.value.path == wrong[0].path  # the worst error is offered first
     at = no_exception(at.button(key=f"cam_{run_id}").click().run())
     at = no_exception(at.button(key=f"export_{run_id}").click().run())  # both jobs run at once
-    cam = wait(at, f"cam_job_{run_id}", store)
-    export = wait(at, f"export_job_{run_id}", store)
+    cam = job_result(at, f"cam_job_{run_id}", store)
+    export = job_result(at, f"export_job_{run_id}", store)
     at = no_exception(at.run())
 
     # Where it looked: the model's view, and heat maps for the class it predicted and the true one.
@@ -238,7 +225,7 @@ def test_predict_an_upload_shows_the_top_class_and_a_bad_file_says_what_to_do(st
         and "use one of" in at.error[0].value
     assert any("1 image(s) chosen" in c.value for c in at.caption)
     at = no_exception(at.button(key="predict").click().run())
-    found = wait(at, "predict_job", store)
+    found = job_result(at, "predict_job", store)
     at = no_exception(at.run())
     expected = service.predict_images(store, run_id, [image], top_k=3)["results"][0]["top"]
     assert [t["class"] for t in found["results"][0]["top"]] == [t["class"] for t in expected]

@@ -4,29 +4,18 @@ process of its own (a real job), their results stored with the experiment and pu
 from __future__ import annotations
 
 import json
-import time
 
-from tl_core.service import jobs
 from ui import charts, report
 
+from .helpers import job_result
 from .test_app import demo_root, env, no_exception, page  # noqa: F401  (fixtures)
-
-
-def _wait(at, key: str, store, timeout: float = 180):
-    job = at.session_state[key]
-    deadline = time.monotonic() + timeout
-    while (found := jobs.result(store, job)) is None:
-        assert jobs.failure(job) is None, jobs.failure(job)
-        assert time.monotonic() < deadline, f"{job.command} took over {timeout} s"
-        time.sleep(0.5)
-    return found
 
 
 def test_new_run_probes_the_data_and_its_recommendation_replaces_the_rule_of_thumb(env):
     at = no_exception(page("new_run.py").run())
     assert any("Rule of thumb" in i.value for i in at.info)
     at = no_exception(at.button(key="probe").click().run())
-    found = _wait(at, "probe_job", env)
+    found = job_result(at, "probe_job", env)
     assert found["linear_probe_acc"] > found["chance"] and found["image_size"] == 96
     at = no_exception(at.run())
     info = next(i.value for i in at.info if "Recommended" in i.value)
@@ -40,7 +29,7 @@ def test_new_run_finds_the_lr_and_one_click_puts_it_in_the_form(env):
     at.number_input(key="image_size").set_value(64)
     at = no_exception(at.run())
     at = no_exception(at.button(key="lr_find").click().run())
-    found = _wait(at, "lr_job", env)
+    found = job_result(at, "lr_job", env)
     assert found["strategy"] == "feature_extraction" and len(found["lrs"]) == len(found["losses"])
     at = no_exception(at.run())
     figure = json.loads(next(c for c in at.get("plotly_chart") if "LR finder" in c.proto.spec).proto.spec)
