@@ -198,13 +198,13 @@ if not preds or not names:
     st.caption("The validation images the best checkpoint gets wrong appear here once the run has finished an epoch "
                "(runs trained before predictions were stored have none).")
 else:
-    wrong = service.errors(store, run.id)
+    wrong = service.errors(preds)
     st.caption(f"At its best epoch ({run.summary['predictions']['epoch']}) the model gets {len(wrong)} of {len(preds)} "
                f"validation images wrong; the worst first (highest loss: confidently wrong).")
     shown = gallery.some(wrong, names, key=f"errors_shown_{run.id}")
 
     # The confusion matrix, one cell's images on a click (or picked from the list below it).
-    matrix = charts.cell_counts(preds, len(names))
+    matrix = service.confusion(preds, len(names))
     a, b = st.columns([1, 1])
     event = a.plotly_chart(charts.confusion_cells(names, matrix), on_select="rerun", selection_mode="points",
                            key=f"cells_{run.id}")
@@ -223,7 +223,7 @@ else:
                               format_func=lambda c: fmt.cell_label(names, *c, matrix[c[0]][c[1]]),
                               help="Rows: true class; columns: predicted class")
         if chosen is not None:
-            gallery.predictions(service.cell(store, run.id, *chosen), names, columns=4)
+            gallery.predictions(service.cell(preds, *chosen), names, columns=4)
 
     # Grad-CAM: where the model looked, for the predicted and the true class.
     if wrong:

@@ -81,7 +81,7 @@ def test_the_run_page_shows_exactly_its_errors_worst_first_and_a_cells_images(st
     run_id = trained[1][0]
     run = store.get_run(run_id)
     classes = run.summary["classes"]
-    wrong = service.errors(store, run_id)
+    wrong = service.errors(service.run_predictions(store, run_id))
     assert len(wrong) > STEP, "the test needs more errors than one page shows"
     expected = [fmt.prediction_caption(p, classes) for p in wrong]
     at = run_page(run_id)
@@ -94,7 +94,7 @@ def test_the_run_page_shows_exactly_its_errors_worst_first_and_a_cells_images(st
     # The confusion matrix: one clickable square per cell, its count written on it.
     spec = figure(at, "click a cell to see its images")["data"][0]
     preds = service.run_predictions(store, run_id)
-    counts = charts.cell_counts(preds, len(classes))
+    counts = service.confusion(preds, len(classes))
     assert len(spec["customdata"]) == len(classes) ** 2 and sum(c[2] for c in spec["customdata"]) == 20
     assert all(counts[t][p] == n for t, p, n in spec["customdata"])
     assert charts.clicked_cell([{"customdata": spec["customdata"][13]}], len(classes)) == (1, 3)
@@ -107,7 +107,7 @@ def test_the_run_page_shows_exactly_its_errors_worst_first_and_a_cells_images(st
     true, predicted = max((c for c in nonempty if c[0] != c[1]), key=lambda c: counts[c[0]][c[1]])
     at = no_exception(cell.set_value((true, predicted)).run())
     shown = captions(at)[len(expected):]
-    in_cell = service.cell(store, run_id, true, predicted)
+    in_cell = service.cell(service.run_predictions(store, run_id), true, predicted)
     assert len(in_cell) == counts[true][predicted]
     assert shown == [fmt.prediction_caption(p, classes) for p in in_cell]
     assert all(f"true {classes[true]}, predicted {classes[predicted]}" in c for c in shown)
@@ -116,7 +116,7 @@ def test_the_run_page_shows_exactly_its_errors_worst_first_and_a_cells_images(st
 def test_where_it_looked_and_an_export_checked_against_the_run(store, trained):
     run_id = trained[1][0]
     classes = store.get_run(run_id).summary["classes"]
-    wrong = service.errors(store, run_id)
+    wrong = service.errors(service.run_predictions(store, run_id))
     at = run_page(run_id)
     worst = at.selectbox(key=f"cam_image_{run_id}")
     assert worst.value.path == wrong[0].path  # the worst error is offered first

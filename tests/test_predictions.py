@@ -4,9 +4,12 @@ another follows from them image by image."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tl_core import predictions as P
+from tl_core.cli import main
 from tl_core.errors import UserError
 from tl_core.store import Prediction
 
@@ -48,7 +51,7 @@ def test_a_resumed_run_keeps_the_predictions_of_its_best_epoch(store, tiny, monk
     assert run.summary["predictions"]["epoch"] == run.best_epoch_number
 
 
-def test_a_run_against_itself_fixed_and_broke_nothing_and_two_runs_add_up(store, animals):
+def test_a_run_against_itself_fixed_and_broke_nothing_and_two_runs_add_up(store, animals, capsys):
     a = train(store, data=animals, strategy="feature_extraction", epochs=2).run_id
     b = train(store, data=animals, strategy="full", epochs=2).run_id
     classes = store.get_run(a).summary["classes"]
@@ -69,6 +72,13 @@ def test_a_run_against_itself_fixed_and_broke_nothing_and_two_runs_add_up(store,
     for c in d.class_deltas:
         i = classes.index(c["class"])
         assert c["delta"] == pytest.approx((delta[i][i]) / c["images"])
+    # The command says the same.
+    assert main(["errors", str(b), "--against", str(a), "--limit", "3", "--json", "--db", store.url]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["wrong"] == len(wrong_b) and [e["loss"] for e in out["errors"]] == [p.loss for p in P.errors(pb)[:3]]
+    assert [e["path"] for e in out["against"]["fixed"]] == [p.path for p in d.fixed]
+    assert [e["path"] for e in out["against"]["broken"]] == [p.path for p in d.broken]
+    assert out["against"]["confusion_delta"] == delta
 
 
 def _pred(i: int, path: str, label: int, pred: int) -> Prediction:

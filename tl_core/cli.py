@@ -439,7 +439,7 @@ def cmd_errors(args) -> int:
         return {"path": p.path, "true": classes[p.label], "predicted": classes[p.pred], "prob": p.prob,
                 "true_prob": p.true_prob, "loss": p.loss}
 
-    wrong = service.errors(store, run.id)
+    wrong = service.errors(preds)
     obj = {"run_id": run.id, "epoch": run.summary["predictions"]["epoch"], "images": len(preds),
            "wrong": len(wrong), "errors": [row(p) for p in wrong[:args.limit]]}
     text = [f"run {run.id} at its best epoch {obj['epoch']}: {len(wrong)} of {len(preds)} validation images wrong",

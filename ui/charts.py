@@ -481,14 +481,6 @@ def forgetting_scatter(points: Sequence[dict], runs: Sequence[RunLike] = (), whi
 # --- a run's predictions: its confusion cells, what changed against another run, top-k ----------
 
 
-def cell_counts(preds: Iterable, num_classes: int) -> list[list[int]]:
-    """Counts[true][predicted] of stored predictions (anything with `label` and `pred`)."""
-    out = [[0] * num_classes for _ in range(num_classes)]
-    for p in preds:
-        out[p.label][p.pred] += 1
-    return out
-
-
 def confusion_cells(classes: Sequence[str], matrix: Sequence[Sequence[int]],
                     title: str = "click a cell to see its images (rows: true class, columns: predicted)") -> go.Figure:
     """The confusion matrix as a grid of square markers (rows: true class, columns: predicted), so a

@@ -28,7 +28,7 @@ from .compare import (WHICH, class_rows, config_table, data_efficiency, differin
 from .results import (checkpoint, compare, drift_by_group, eta_seconds, experiment_report, group_drift, log_tail,
                       metric_rows, run_details, run_row, skipped_files, status_counts, summarize, summary_rows,
                       time_to_accuracy)
-from .predictions import cell, diff, errors, references, run_predictions, thumbnail
+from .predictions import cell, confusion, diff, errors, references, run_predictions, thumbnail
 from .predict import export_run, exports, has_checkpoint, predict_images, predictable_runs, save_uploads
 from .runs import (cancel_run, check_run, delete_run, display_db_url, draft_warnings, estimate_seconds, more_seeds,
                    open_store, plan_runs, queue_run, queue_runs, resume_run, run_files_dir, start_here, start_worker,

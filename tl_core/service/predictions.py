@@ -1,5 +1,6 @@
 """A run's stored predictions on its validation images, for a front end: its errors worst first,
 the images of a confusion-matrix cell, what one run fixed and broke against another, thumbnails.
+A page or command loads a run's predictions once (`run_predictions`) and asks the rest of them.
 
 Nothing here runs a model: the predictions were stored by the best epoch's validation pass
 (predictions.py, train.py).
@@ -19,14 +20,19 @@ def run_predictions(store: Store, run_id: int) -> list[Prediction]:
     return store.predictions(run_id)
 
 
-def errors(store: Store, run_id: int, limit: int | None = None) -> list[Prediction]:
-    """The validation images the best checkpoint gets wrong, worst loss first."""
-    return predictions.errors(store.predictions(run_id))[:limit]
+def errors(preds: list[Prediction], limit: int | None = None) -> list[Prediction]:
+    """The validation images (of a run's loaded predictions) the best checkpoint gets wrong, worst loss first."""
+    return predictions.errors(preds)[:limit]
 
 
-def cell(store: Store, run_id: int, true: int, predicted: int) -> list[Prediction]:
+def cell(preds: list[Prediction], true: int, predicted: int) -> list[Prediction]:
     """The validation images of one confusion-matrix cell (true class, predicted class)."""
-    return predictions.in_cell(store.predictions(run_id), true, predicted)
+    return predictions.in_cell(preds, true, predicted)
+
+
+def confusion(preds: list[Prediction], num_classes: int) -> list[list[int]]:
+    """Counts[true][predicted] of a run's loaded predictions."""
+    return predictions.confusion(preds, num_classes).tolist()
 
 
 def classes(run: Run) -> list[str]:
