@@ -14,6 +14,12 @@
 | TL_MAX_IMAGE_PIXELS   | 64000000                    | larger images are refused from their header        |
 | TL_OFFLINE            | (unset)                     | never try to download weights                      |
 | CUDA_VISIBLE_DEVICES  | (unset)                     | the GPUs a worker counts (as CUDA sees them)       |
+| TL_EXECUTOR           | local                       | who trains queued runs: local (worker.py) or ray   |
+| RAY_ADDRESS           | (unset: a local Ray)        | the Ray cluster TL_EXECUTOR=ray sends runs to      |
+| TL_HEARTBEAT_S        | 5                           | how often a worker records that it is alive        |
+| TL_WORKER_TIMEOUT_S   | 60                          | silence after which a worker's runs are failed     |
+| TL_RESUME_ON_RESTART  | 1                           | a worker resumes the runs its predecessor left     |
+| TL_STANDBY_IDLE_S     | 300                         | an unused standby process is released after this   |
 
 Settings are read afresh on each call (a dozen dictionary lookups), so a test or a process that
 changes its environment sees the change; nothing else in tl_core touches os.environ.
@@ -44,6 +50,12 @@ class Settings:
     max_image_pixels: int = 64_000_000
     offline: bool = False
     cuda_visible_devices: str | None = None
+    executor: str = "local"  # "local" or "ray"
+    ray_address: str | None = None
+    heartbeat_s: float = 5.0
+    worker_timeout_s: float = 60.0
+    resume_on_restart: bool = True
+    standby_idle_s: float = 300.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "Settings":
@@ -62,6 +74,12 @@ class Settings:
             max_image_pixels=int(env.get("TL_MAX_IMAGE_PIXELS") or 64_000_000),
             offline=bool(env.get("TL_OFFLINE")),
             cuda_visible_devices=env.get("CUDA_VISIBLE_DEVICES"),
+            executor=(env.get("TL_EXECUTOR") or "local").strip().lower(),
+            ray_address=env.get("RAY_ADDRESS") or None,
+            heartbeat_s=float(env.get("TL_HEARTBEAT_S") or 5.0),
+            worker_timeout_s=float(env.get("TL_WORKER_TIMEOUT_S") or 60.0),
+            resume_on_restart=env.get("TL_RESUME_ON_RESTART", "1").strip().lower() not in ("0", "false", "no", "off"),
+            standby_idle_s=float(env.get("TL_STANDBY_IDLE_S") or 300.0),
         )
 
 

@@ -116,6 +116,25 @@ class SqlRun(Base):
     resume: Mapped[bool] = mapped_column(default=False)
     notes: Mapped[str | None] = mapped_column(Text, nullable=True)  # a person's words on the run
     tags: Mapped[list | None] = mapped_column(JSON, nullable=True)  # labels to filter runs by
+    # Who ran it: the worker (workers.id) that claimed it, how ("local", "ray", "here" for a run
+    # trained in the foreground) and who launched it (a signed-in person's e-mail or name).
+    worker_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    executor: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    launched_by: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)
+
+
+class SqlWorker(Base):
+    """A worker (or Ray executor) serving this database: it heartbeats while it lives, so another
+    worker can tell its runs were orphaned when it stops heartbeating."""
+
+    __tablename__ = "workers"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    host: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    executor: Mapped[str] = mapped_column(String(20), default="local")
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime, default=_now)
+    heartbeat_at: Mapped[dt.datetime] = mapped_column(DateTime, default=_now)
+    stopped_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
 
 
 class SqlArtifact(Base):
@@ -137,6 +156,10 @@ _ADDED_COLUMNS = {
         "resume": ["ALTER TABLE runs ADD COLUMN resume BOOLEAN NOT NULL DEFAULT FALSE"],
         "notes": ["ALTER TABLE runs ADD COLUMN notes TEXT"],
         "tags": ["ALTER TABLE runs ADD COLUMN tags JSON"],
+        "worker_id": ["ALTER TABLE runs ADD COLUMN worker_id INTEGER", "CREATE INDEX ix_runs_worker_id ON runs (worker_id)"],
+        "executor": ["ALTER TABLE runs ADD COLUMN executor VARCHAR(20)"],
+        "launched_by": ["ALTER TABLE runs ADD COLUMN launched_by VARCHAR(200)",
+                        "CREATE INDEX ix_runs_launched_by ON runs (launched_by)"],
     },
 }
 
@@ -237,6 +260,9 @@ class Run:
     resume: bool = False  # the next start continues from the run's last checkpoint
     notes: str = ""
     tags: list[str] = field(default_factory=list)
+    worker_id: int | None = None  # the worker that claimed it
+    executor: str | None = None  # "local", "ray", or "here" (trained in the foreground)
+    launched_by: str | None = None  # the signed-in person who launched it
 
     @property
     def epochs(self) -> int:
@@ -300,8 +326,26 @@ def _to_run(row: SqlRun, experiment: str) -> Run:
         epochs_done=row.epochs_done, best_val_acc=row.best_val_acc, best_epoch=row.best_epoch,
         summary=dict(row.summary or {}), environment=dict(row.environment or {}),
         run_dir=row.run_dir, uid=row.uid, resume=bool(row.resume), notes=row.notes or "",
-        tags=list(row.tags or []),
+        tags=list(row.tags or []), worker_id=row.worker_id, executor=row.executor,
+        launched_by=row.launched_by,
     )
+
+
+@dataclass
+class WorkerInfo:
+    id: int
+    host: str
+    pid: int
+    executor: str
+    started_at: dt.datetime
+    heartbeat_at: dt.datetime
+    stopped_at: dt.datetime | None
+
+    @property
+    def alive(self) -> bool:
+        """Stopped neither by itself nor for lack of heartbeats (settings.worker_timeout_s)."""
+        return self.stopped_at is None and (_now() - self.heartbeat_at).total_seconds() <= \
+            settings.current().worker_timeout_s
 
 
 @dataclass
@@ -376,12 +420,14 @@ class Store:
 
     # runs
     def create_run(self, config: dict, experiment: str = "default", name: str | None = None,
-                   status: str = "queued", pid: int | None = None, host: str | None = None) -> Run:
+                   status: str = "queued", pid: int | None = None, host: str | None = None,
+                   launched_by: str | None = None) -> Run:
         """A new run; a foreground run is created `running` with its own pid, so no worker takes it."""
         exp_id = self.experiment_id(experiment)
         with self._session.begin() as s:
             row = SqlRun(experiment_id=exp_id, name=name or "", status=status, config=config,
-                         summary={}, environment={}, pid=pid, host=host)
+                         summary={}, environment={}, pid=pid, host=host, launched_by=launched_by,
+                         executor="here" if status == "running" else None)
             s.add(row)
             s.flush()
             if not row.name:
@@ -485,19 +531,70 @@ class Store:
         with self._session() as s:
             return bool(s.scalar(select(SqlRun.cancel_requested).where(SqlRun.id == run_id)))
 
-    def claim_next_queued(self, worker_pid: int) -> Run | None:
-        """Atomically move the oldest queued run to running for this worker, or None."""
+    def claim_next_queued(self, worker_pid: int, worker_id: int | None = None,
+                          executor: str = "local") -> Run | None:
+        """Atomically move the oldest queued run to running for this worker, or None. Several
+        workers may claim at once: on PostgreSQL the row is taken with FOR UPDATE SKIP LOCKED (a
+        worker skips rows another is claiming), on SQLite the update is conditional on the run
+        still being queued, so exactly one of two racing workers gets it."""
+        pick = select(SqlRun.id).where(SqlRun.status == "queued").order_by(SqlRun.id).limit(1)
+        if self.engine.dialect.name == "postgresql":
+            pick = pick.with_for_update(skip_locked=True)
         with self._session.begin() as s:
-            run_id = s.scalar(select(SqlRun.id).where(SqlRun.status == "queued")
-                              .order_by(SqlRun.id).limit(1))
+            run_id = s.scalar(pick)
             if run_id is None:
                 return None
-            # The status guard makes the claim safe when two workers race for one run.
             claimed = s.execute(update(SqlRun).where(SqlRun.id == run_id, SqlRun.status == "queued")
-                                .values(status="running", started_at=_now(), worker_pid=worker_pid))
+                                .values(status="running", started_at=_now(), worker_pid=worker_pid,
+                                        worker_id=worker_id, executor=executor))
             if claimed.rowcount != 1:
                 return None
         return self.get_run(run_id)
+
+    # workers
+    def register_worker(self, host: str, pid: int, executor: str = "local") -> int:
+        """A new worker of this database, heartbeating from now; its id."""
+        with self._session.begin() as s:
+            row = SqlWorker(host=host, pid=pid, executor=executor)
+            s.add(row)
+            s.flush()
+            return row.id
+
+    def heartbeat(self, worker_id: int) -> None:
+        with self.engine.begin() as c:
+            c.execute(update(SqlWorker).where(SqlWorker.id == worker_id).values(heartbeat_at=_now()))
+
+    def stop_worker(self, worker_id: int) -> None:
+        with self.engine.begin() as c:
+            c.execute(update(SqlWorker).where(SqlWorker.id == worker_id).values(stopped_at=_now()))
+
+    def workers(self, alive: bool | None = None) -> list[WorkerInfo]:
+        """Every worker recorded (newest first), or only the live or only the gone ones."""
+        with self._session() as s:
+            found = [WorkerInfo(w.id, w.host, w.pid, w.executor, w.started_at, w.heartbeat_at, w.stopped_at)
+                     for w in s.scalars(select(SqlWorker).order_by(SqlWorker.id.desc()))]
+        return found if alive is None else [w for w in found if w.alive == alive]
+
+    def fail_orphaned(self, timeout_s: float | None = None) -> list[int]:
+        """Fail the running runs whose worker stopped, or stopped heartbeating more than timeout_s
+        (default settings.worker_timeout_s) ago, saying so; each is resumable from its last
+        checkpoint. Safe when several workers notice at once: the update is conditional."""
+        timeout_s = settings.current().worker_timeout_s if timeout_s is None else timeout_s
+        cutoff = _now() - dt.timedelta(seconds=timeout_s)
+        q = (select(SqlRun.id, SqlWorker.id, SqlWorker.host, SqlWorker.heartbeat_at, SqlWorker.stopped_at)
+             .join(SqlWorker, SqlWorker.id == SqlRun.worker_id)
+             .where(SqlRun.status == "running", (SqlWorker.heartbeat_at < cutoff) | SqlWorker.stopped_at.is_not(None)))
+        failed = []
+        with self._session.begin() as s:
+            for run_id, worker, host, beat, stopped in s.execute(q).all():
+                why = (f"its worker {worker} on {host} stopped at {stopped:%Y-%m-%d %H:%M:%S} UTC" if stopped else
+                       f"its worker {worker} on {host} stopped heartbeating at {beat:%Y-%m-%d %H:%M:%S} UTC")
+                done = s.execute(update(SqlRun).where(SqlRun.id == run_id, SqlRun.status == "running").values(
+                    status="failed", ended_at=_now(),
+                    error=f"worker lost: {why} (resumable from its last checkpoint)"))
+                if done.rowcount == 1:
+                    failed.append(run_id)
+        return failed
 
     def delete_run(self, run_id: int) -> None:
         with self._session.begin() as s:
