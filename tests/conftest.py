@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
 from tl_core.demo_data import write_demo_data
 from tl_core.store import Store
+
+from . import postgres
 
 
 @pytest.fixture(autouse=True)
@@ -45,5 +49,38 @@ def tiny(tmp_path_factory) -> str:
 def store(tmp_path, monkeypatch) -> Store:
     monkeypatch.setenv("TL_RUNS_DIR", str(tmp_path / "runs"))
     s = Store(f"sqlite:///{tmp_path / 'experiments.db'}")
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A PostgreSQL server of this test session (tests/postgres.py), stopped at its end."""
+    reason = postgres.missing()
+    if reason:
+        pytest.skip(reason)
+    server = postgres.PostgresServer.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path) -> str:
+    """A new, empty database of each backend: a SQLite file, or a database of its own on the
+    session's PostgreSQL server (dropped after the test)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'experiments.db'}"
+        return
+    server = request.getfixturevalue("postgres_server")
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    yield server.create_database(name)
+    server.drop_database(name)
+
+
+@pytest.fixture
+def db_store(db_url, tmp_path, monkeypatch) -> Store:
+    """The `store` fixture on each backend."""
+    monkeypatch.setenv("TL_RUNS_DIR", str(tmp_path / "runs"))
+    s = Store(db_url)
     yield s
     s.close()

@@ -36,17 +36,24 @@ def test_two_databases_sharing_a_runs_folder_never_share_a_run_folder(tiny, tmp_
     assert torch.load(Path(b.run_dir) / "last.pt", weights_only=True)["run_uid"] == b.uid
 
 
-def test_a_database_made_again_at_the_same_path_is_another_database(tmp_path):
-    path = tmp_path / "experiments.db"
-    first = Store(f"sqlite:///{path}")
+def test_a_database_made_again_at_the_same_url_is_another_database(db_url, request):
+    first = Store(db_url)
     run = first.create_run({"strategy": "full"})
     identity = first.instance_id
-    assert Store(f"sqlite:///{path}").instance_id == identity  # the same file: the same database
+    second = Store(db_url)
+    assert second.instance_id == identity  # the same database, opened again
     first.close()
-    for f in tmp_path.glob("experiments.db*"):
-        f.unlink()
-    again = Store(f"sqlite:///{path}")
+    second.close()
+    if db_url.startswith("sqlite"):  # the file deleted
+        for f in Path(db_url.removeprefix("sqlite:///")).parent.glob("experiments.db*"):
+            f.unlink()
+    else:  # the database dropped and created again under its name
+        server, name = request.getfixturevalue("postgres_server"), db_url.rsplit("/", 1)[1]
+        server.drop_database(name)
+        server.create_database(name)
+    again = Store(db_url)
     assert again.instance_id != identity and again.create_run({"strategy": "full"}).uid != run.uid
+    again.close()
 
 
 def _stopped(store, monkeypatch, **settings):

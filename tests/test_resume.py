@@ -1,4 +1,5 @@
-"""Resume: a stopped run continues from its last checkpoint as if it had never stopped."""
+"""Resume: a stopped run continues from its last checkpoint as if it had never stopped (on SQLite
+and on PostgreSQL: `db_store`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from .helpers import stop_before_epoch, train
 
 
 @pytest.mark.parametrize("strategy", ["progressive", "two_phase"])
-def test_a_resumed_run_matches_an_uninterrupted_one(strategy, tiny, store, monkeypatch):
+def test_a_resumed_run_matches_an_uninterrupted_one(strategy, tiny, db_store, monkeypatch):
+    store = db_store
     # Param groups change at epochs 1, 2, 3 (progressive) or 2 (two_phase): the resume must
     # rebuild the optimizer with the groups unfrozen so far and its state, LR phase and RNG.
     settings = dict(data=tiny, strategy=strategy, epochs=4, head_epochs=2, augment="light", seed=5,
@@ -34,7 +36,8 @@ def test_a_resumed_run_matches_an_uninterrupted_one(strategy, tiny, store, monke
         [c.confusion for c in store.class_metrics(whole.run_id)]
 
 
-def test_an_epoch_row_lost_with_the_process_is_written_again_from_the_checkpoint(tiny, store, monkeypatch):
+def test_an_epoch_row_lost_with_the_process_is_written_again_from_the_checkpoint(tiny, db_store, monkeypatch):
+    store = db_store
     # Epoch rows are written in the background (store.EpochWriter): a process killed right after
     # its checkpoint may not have written the last row. The checkpoint holds it; resume writes it.
     settings = dict(data=tiny, epochs=3, seed=2)
@@ -57,7 +60,8 @@ def test_an_epoch_row_lost_with_the_process_is_written_again_from_the_checkpoint
     assert [b[e]["val_acc"] for e in b] == pytest.approx([a[e]["val_acc"] for e in a])
 
 
-def test_resume_refuses_a_dataset_whose_classes_changed(tiny, store, monkeypatch, tmp_path):
+def test_resume_refuses_a_dataset_whose_classes_changed(tiny, db_store, monkeypatch, tmp_path):
+    store = db_store
     import shutil
 
     data = tmp_path / "data"

@@ -4,7 +4,9 @@ Shaped after mlflow's SQLAlchemy tracking store: a run holds its config as JSON,
 narrow rows (run, epoch, key, value) so a new metric needs no migration, the run status sits
 under a check constraint, and every public method returns plain dataclasses, never ORM rows.
 SQLite (the default) gets WAL, a busy timeout and foreign keys; the same code runs on
-PostgreSQL through `DATABASE_URL`.
+PostgreSQL through `DATABASE_URL`. The tables below are the models; the schema itself is made and
+changed by Alembic revisions (tl_core/migrations), which `Store(url)` applies when it opens a
+database: a new one gets every table, one made by an earlier release is upgraded in place.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import gc
+import json
 import math
 import queue
 import threading
@@ -37,16 +40,14 @@ from sqlalchemy import (
     event,
     func,
     insert,
-    inspect,
     select,
-    text,
     update,
 )
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from . import settings
+from . import migrations, settings
 
 STATUSES = ("queued", "running", "completed", "failed", "cancelled")
 FINISHED = ("completed", "failed", "cancelled")
@@ -146,39 +147,6 @@ class SqlArtifact(Base):
     kind: Mapped[str] = mapped_column(String(50))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=_now)
     data: Mapped[dict] = mapped_column(JSON)
-
-
-# Columns added since the first release, with the SQL that adds them to an older database and
-# fills them (Alembic takes this over with the team setup).
-_ADDED_COLUMNS = {
-    "runs": {
-        "uid": ["ALTER TABLE runs ADD COLUMN uid VARCHAR(32)", "CREATE UNIQUE INDEX ix_runs_uid ON runs (uid)"],
-        "resume": ["ALTER TABLE runs ADD COLUMN resume BOOLEAN NOT NULL DEFAULT FALSE"],
-        "notes": ["ALTER TABLE runs ADD COLUMN notes TEXT"],
-        "tags": ["ALTER TABLE runs ADD COLUMN tags JSON"],
-        "worker_id": ["ALTER TABLE runs ADD COLUMN worker_id INTEGER", "CREATE INDEX ix_runs_worker_id ON runs (worker_id)"],
-        "executor": ["ALTER TABLE runs ADD COLUMN executor VARCHAR(20)"],
-        "launched_by": ["ALTER TABLE runs ADD COLUMN launched_by VARCHAR(200)",
-                        "CREATE INDEX ix_runs_launched_by ON runs (launched_by)"],
-    },
-}
-
-
-def _add_missing_columns(engine: Engine) -> None:
-    """Bring a database made by an earlier release up to these tables, keeping every row."""
-    names = inspect(engine)
-    for table, columns in _ADDED_COLUMNS.items():
-        have = {c["name"] for c in names.get_columns(table)}
-        missing = [c for c in columns if c not in have]
-        if not missing:
-            continue
-        with engine.begin() as c:
-            for column in missing:
-                for statement in columns[column]:
-                    c.execute(text(statement))
-            if "uid" in missing:
-                for (run_id,) in c.execute(text("SELECT id FROM runs")).all():
-                    c.execute(text("UPDATE runs SET uid = :uid WHERE id = :id"), {"uid": uuid.uuid4().hex, "id": run_id})
 
 
 class SqlEpochMetric(Base):
@@ -373,11 +341,13 @@ class Store:
             self.url = f"sqlite:///{Path(self.url).expanduser().resolve()}"
         is_sqlite = self.url.startswith("sqlite")
         connect_args = {"timeout": 30} if is_sqlite else {}
-        self.engine = create_engine(self.url, connect_args=connect_args, pool_pre_ping=not is_sqlite)
+        # PostgreSQL's json type has no NaN or Infinity (a diverged run's summary has them): there
+        # they are written as {"$float": "NaN"} and read back as floats. SQLite keeps them as they are.
+        codec = {} if is_sqlite else {"json_serializer": _json_dumps, "json_deserializer": _json_loads}
+        self.engine = create_engine(self.url, connect_args=connect_args, pool_pre_ping=not is_sqlite, **codec)
         if is_sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        Base.metadata.create_all(self.engine)
-        _add_missing_columns(self.engine)
+        migrations.upgrade(self.engine)  # a new database gets every table, an older one its new columns
         self._session = sessionmaker(self.engine, expire_on_commit=False)
         self._instance_id: str | None = None
 
@@ -405,14 +375,18 @@ class Store:
     # experiments
     def experiment_id(self, name: str) -> int:
         """Id of the experiment called `name`, made on first use."""
-        with self._session.begin() as s:
-            found = s.scalar(select(SqlExperiment.id).where(SqlExperiment.name == name))
-            if found is not None:
-                return found
-            exp = SqlExperiment(name=name)
-            s.add(exp)
-            s.flush()
-            return exp.id
+        try:
+            with self._session.begin() as s:
+                found = s.scalar(select(SqlExperiment.id).where(SqlExperiment.name == name))
+                if found is not None:
+                    return found
+                exp = SqlExperiment(name=name)
+                s.add(exp)
+                s.flush()
+                return exp.id
+        except IntegrityError:  # another process made it between the look and the insert
+            with self._session() as s:
+                return s.scalar(select(SqlExperiment.id).where(SqlExperiment.name == name))
 
     def list_experiments(self) -> list[str]:
         with self._session() as s:
@@ -444,12 +418,17 @@ class Store:
             return _to_run(found[0], found[1])
 
     def list_runs(self, experiment: str | None = None, statuses: Iterable[str] | None = None,
-                  run_ids: Iterable[int] | None = None, tag: str | None = None) -> list[Run]:
+                  run_ids: Iterable[int] | None = None, tag: str | None = None,
+                  launched_by: Iterable[str] | None = None) -> list[Run]:
+        """Runs, newest first: all, or those of an experiment, with these statuses, ids, a tag, or
+        launched by any of these people (an empty `launched_by` is no filter, as `statuses`)."""
         q = select(SqlRun, SqlExperiment.name).join(SqlExperiment).order_by(SqlRun.id.desc())
         if experiment:
             q = q.where(SqlExperiment.name == experiment)
         if statuses:
             q = q.where(SqlRun.status.in_(list(statuses)))
+        if launched_by:
+            q = q.where(SqlRun.launched_by.in_(list(launched_by)))
         if run_ids is not None:
             q = q.where(SqlRun.id.in_(list(run_ids)))
         with self._session() as s, _gc_paused():  # hundreds of runs' configs and summaries
@@ -475,6 +454,14 @@ class Store:
             q = q.where(SqlExperiment.name == experiment)
         with self._session() as s:
             return sorted({t for (tags,) in s.execute(q) for t in tags or []})
+
+    def launchers(self, experiment: str | None = None) -> list[str]:
+        """Who launched runs (in an experiment), each once, alphabetically; runs naming nobody left out."""
+        q = select(SqlRun.launched_by).distinct().join(SqlExperiment).where(SqlRun.launched_by.is_not(None))
+        if experiment:
+            q = q.where(SqlExperiment.name == experiment)
+        with self._session() as s:
+            return sorted(s.scalars(q), key=str.lower)
 
     # experiments' artifacts
     def add_artifact(self, experiment: str, kind: str, data: dict) -> Artifact:
@@ -611,8 +598,8 @@ class Store:
         with self.engine.begin() as s:  # Core, not the ORM: it runs every epoch and should cost ~1 ms
             # A resumed run may repeat an epoch that was recorded just before its process died.
             s.execute(delete(SqlEpochMetric).where(SqlEpochMetric.run_id == run_id, SqlEpochMetric.epoch == epoch))
-            s.execute(insert(SqlEpochMetric), [{"run_id": run_id, "epoch": epoch, "key": k, "value": float(v)}
-                                               for k, v in metrics.items()])
+            if rows := _narrow_rows(run_id, {epoch: metrics}):
+                s.execute(insert(SqlEpochMetric), rows)
             _add_to_curves(s, run_id, {epoch: metrics})
             progress: dict[str, Any] = {"epochs_done": epoch + 1}
             if best is not None:
@@ -624,8 +611,8 @@ class Store:
         with self._session.begin() as s:
             s.execute(delete(SqlEpochMetric).where(SqlEpochMetric.run_id == run_id,
                                                    SqlEpochMetric.epoch.in_(list(epochs))))
-            s.execute(insert(SqlEpochMetric), [{"run_id": run_id, "epoch": e, "key": k, "value": float(v)}
-                                               for e, metrics in epochs.items() for k, v in metrics.items()])
+            if rows := _narrow_rows(run_id, epochs):
+                s.execute(insert(SqlEpochMetric), rows)
             _add_to_curves(s, run_id, epochs)
             last = max(epochs)
             s.execute(update(SqlRun).where(SqlRun.id == run_id).values(epochs_done=last + 1))
@@ -793,6 +780,13 @@ class EpochRow(Mapping):
         return dict, (dict(self),)
 
 
+def _narrow_rows(run_id: int, epochs: dict[int, dict[str, float]]) -> list[dict]:
+    """epoch_metrics rows of `epochs`, leaving out NaN (a diverged loss): a value the narrow table
+    cannot hold on SQLite (NULL), and one the curves already read as absent."""
+    return [{"run_id": run_id, "epoch": e, "key": k, "value": float(v)}
+            for e, metrics in epochs.items() for k, v in metrics.items() if not math.isnan(float(v))]
+
+
 def _curve_epochs(keys: list[str], epochs: list[int], matrix: bytes) -> dict[int, EpochRow]:
     """{epoch: {key: value}} from a curves row (each epoch's row read as it is asked for)."""
     index = {k: i for i, k in enumerate(keys)}
@@ -816,6 +810,35 @@ def _add_to_curves(s: Session | Connection, run_id: int, epochs: dict[int, dict[
         s.execute(insert(c).values(run_id=run_id, **values))
     else:
         s.execute(update(c).where(c.run_id == run_id).values(**values))
+
+
+_NOT_FINITE = "$float"  # {"$float": "NaN" | "Infinity" | "-Infinity"}: a float JSON cannot hold
+
+
+def _json_dumps(value: Any) -> str:
+    """JSON without the NaN and Infinity tokens that PostgreSQL refuses (see Store.__init__)."""
+    try:
+        return json.dumps(value, allow_nan=False)
+    except ValueError:  # only when a float is not finite: the slow path
+        return json.dumps(_finite(value), allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return {_NOT_FINITE: repr(value).replace("nan", "NaN").replace("inf", "Infinity")}
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _json_loads(text: str) -> Any:
+    return json.loads(text, object_hook=_float_back)
+
+
+def _float_back(d: dict) -> Any:
+    return float(d[_NOT_FINITE]) if len(d) == 1 and _NOT_FINITE in d else d
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

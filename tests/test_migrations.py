@@ -1,0 +1,161 @@
+"""Schema migrations (Alembic): new databases, databases of earlier releases, several openers at once.
+
+Each test runs on SQLite and on PostgreSQL (tests/postgres.py). The old databases are made by the
+old release's own table models (tests/fixtures/old_store.py), filled, then opened with today's Store.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+from sqlalchemy import create_engine, inspect, text
+
+from tl_core import migrations
+from tl_core.store import Base, ClassMetric, Prediction, Store
+
+from .fixtures import old_store
+from .helpers import ROOT
+
+
+def _differences(store: Store) -> list:
+    """What Alembic's autogenerate would change to make the database match the models."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    with store.engine.connect() as c:
+        return compare_metadata(MigrationContext.configure(c, opts={"compare_type": True}), Base.metadata)
+
+
+def _revision(store: Store) -> list[str]:
+    with store.engine.connect() as c:
+        return list(c.execute(text("SELECT version_num FROM alembic_version")).scalars())
+
+
+def test_head_is_the_newest_revision_in_the_scripts():
+    from alembic.script import ScriptDirectory
+
+    scripts = ScriptDirectory.from_config(migrations.config())
+    assert scripts.get_heads() == [migrations.HEAD], "bump tl_core.migrations.HEAD with a new revision"
+    assert [s.revision for s in scripts.walk_revisions()][::-1] == ["0001", "0002"]
+
+
+def test_a_new_database_gets_every_table_as_the_models_have_them(db_url):
+    store = Store(db_url)
+    assert _revision(store) == [migrations.HEAD]
+    assert set(inspect(store.engine).get_table_names()) == set(Base.metadata.tables) | {"alembic_version"}
+    assert _differences(store) == []
+    run = store.create_run({"strategy": "full"}, launched_by="ada@example.org")
+    worker = store.register_worker("box", 42)
+    assert store.claim_next_queued(42, worker).worker_id == worker
+    assert store.get_run(run.id).launched_by == "ada@example.org"
+    store.close()
+
+
+@pytest.mark.parametrize("era", old_store.ERAS)
+def test_an_older_database_is_upgraded_in_place_keeping_every_row(db_url, era):
+    engine = create_engine(db_url)
+    uids = old_store.make(engine, era)
+    engine.dispose()
+    store = Store(db_url)
+    assert _revision(store) == [migrations.HEAD]
+    assert _differences(store) == []  # as if made new: uid NOT NULL and unique, the new columns and table
+
+    runs = {r.id: r for r in store.list_runs()}
+    assert sorted(runs) == sorted(old_store.RUNS)
+    for i, (exp, name, status, best, best_epoch, done, cancel) in old_store.RUNS.items():
+        r = runs[i]
+        assert (r.experiment, r.name, r.status, r.best_val_acc, r.best_epoch, r.epochs_done, r.cancel_requested) == \
+            (old_store.EXPERIMENTS[exp], name, status, best, best_epoch, done, cancel)
+        assert r.config == {**old_store.CONFIG, "seed": i} and r.summary["groups"] == ["stem", "head"]
+        assert r.created_at == old_store.T0 + __import__("datetime").timedelta(minutes=i)
+        assert (r.worker_id, r.executor, r.launched_by) == (None, None, None)  # the new columns, empty
+        assert len(r.uid) == 32 and (uids[i] is None or r.uid == uids[i])  # a uid kept, or one made
+    assert len({r.uid for r in runs.values()}) == len(runs)
+    if era == "b3e9f4b":
+        assert (runs[1].notes, runs[1].tags, runs[3].resume) == ("kept", ["baseline", "kept"], True)
+    else:
+        assert not any(r.resume or r.notes or r.tags for r in runs.values())
+
+    assert store.epoch_metrics(old_store.EPOCHS) == old_store.EPOCHS  # run 1 from curves, run 2 from rows
+    assert store.count_epoch_rows(1) == sum(len(m) for m in old_store.EPOCHS[1].values())
+    assert store.class_metrics(1) == [ClassMetric(*row) for row in old_store.CLASSES]
+    if era != "before-uids":  # the release before uids had no predictions, artifacts or store_info
+        assert store.predictions(1) == [Prediction(*row) for row in old_store.PREDICTIONS]
+        assert [(a.kind, a.data) for a in store.artifacts("baseline")] == \
+            [(old_store.ARTIFACT["kind"], old_store.ARTIFACT["data"])]
+        assert store.instance_id == old_store.INSTANCE_ID
+
+    # It works as a new one does, and opening it again changes nothing.
+    new = store.create_run({"strategy": "full"}, "baseline", launched_by="ada")
+    assert new.id == max(old_store.RUNS) + 1 and new.uid not in {r.uid for r in runs.values()}
+    store.log_epoch(new.id, 0, {"val_acc": 0.25})
+    assert store.epoch_metrics([new.id]) == {new.id: {0: {"val_acc": 0.25}}}
+    worker = store.register_worker("box", 7)
+    assert store.claim_next_queued(7, worker).id == 4  # the old queued run, claimed the new way
+    store.close()
+    again = Store(db_url)
+    assert {r.id: r.uid for r in again.list_runs()} == {**{i: r.uid for i, r in runs.items()}, new.id: new.uid}
+    again.close()
+
+
+def test_opening_a_database_at_head_runs_no_migration(db_url, monkeypatch):
+    Store(db_url).close()
+    from alembic import command
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("migrated a database already at head")
+
+    monkeypatch.setattr(command, "upgrade", refuse)
+    store = Store(db_url)
+    assert store.list_runs() == [] and _revision(store) == [migrations.HEAD]
+    store.close()
+
+
+def test_a_database_of_a_newer_release_is_refused_with_what_to_do(db_url):
+    from tl_core.errors import UserError
+
+    store = Store(db_url)
+    with store.engine.begin() as c:
+        c.execute(text("UPDATE alembic_version SET version_num = '0099'"))
+    store.close()
+    with pytest.raises(UserError, match="schema revision 0099, which this TransferLab does not know .* Upgrade"):
+        Store(db_url)
+
+
+def test_a_downgraded_database_comes_back_to_head_with_its_runs(db_url):
+    store = Store(db_url)
+    run = store.create_run({"strategy": "full"}, launched_by="ada")
+    store.log_epoch(run.id, 0, {"val_acc": 0.5})
+    migrations.downgrade(store.engine, "0001")  # on SQLite: runs copied, its epochs kept
+    assert "workers" not in inspect(store.engine).get_table_names()
+    store.close()
+    store = Store(db_url)
+    assert _revision(store) == [migrations.HEAD] and _differences(store) == []
+    back = store.get_run(run.id)
+    assert (back.uid, back.launched_by) == (run.uid, None)  # launched_by went with its column
+    assert store.epoch_metrics([run.id]) == {run.id: {0: {"val_acc": 0.5}}}
+    store.close()
+
+
+OPENER = """
+import sys, time
+from tl_core.store import Store
+url, start = sys.argv[1], float(sys.argv[2])
+time.sleep(max(0.0, start - time.time()))  # every process opens the new database at the same moment
+print(Store(url).create_run({"strategy": "full"}).uid)
+"""
+
+
+def test_several_processes_opening_a_new_database_at_once_migrate_it_once(db_url):
+    start = time.time() + 2  # past every process's imports (about 1 s)
+    procs = [subprocess.Popen([sys.executable, "-c", OPENER, db_url, str(start)], cwd=ROOT, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(4)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, [err for _, err in outs]
+    store = Store(db_url)
+    assert _revision(store) == [migrations.HEAD] and _differences(store) == []
+    assert sorted(r.uid for r in store.list_runs()) == sorted(out.strip() for out, _ in outs)
+    store.close()
