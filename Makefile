@@ -1,5 +1,7 @@
 # The two commands of the README:
-#   make start   dashboard + worker on the embedded default (SQLite, demo data, offline Lite0)
+#   make start   dashboard + worker on the embedded default (SQLite, demo data, offline Lite0);
+#                Ctrl-C stops both (a training run stops at its next batch, resumes on the next start)
+#   make stop    stop a worker left running (started by a dashboard, or in another terminal)
 #   make test    the whole test suite (what .ci/run runs)
 # Each installs what it needs on first use (a virtualenv in .venv) and is quick after.
 
@@ -9,7 +11,7 @@ PY     := $(VENV)/bin/python
 HOST   ?= 127.0.0.1
 PORT   ?= 8501
 
-.PHONY: start test install install-dev chromium
+.PHONY: start stop test install install-dev chromium postgresql
 
 $(VENV)/.runtime: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,9 +30,13 @@ install-dev: $(VENV)/.dev
 data/animals:
 	$(PY) -m tl_core demo-data data
 
+# The service (tl_core/supervisor.py): the worker first, then the dashboard; the worker is
+# restarted if it dies, and runs a previous worker left running resume from their checkpoints.
 start: $(VENV)/.runtime data/animals
-	$(PY) -m streamlit run app.py --server.address $(HOST) --server.port $(PORT) \
-		--server.headless true --browser.gatherUsageStats false
+	$(PY) -m tl_core serve --host $(HOST) --port $(PORT)
+
+stop: $(VENV)/.runtime
+	$(PY) -m tl_core worker --stop
 
 # The browser tests drive Debian's chromium; never a browser downloaded by a test tool.
 chromium:
@@ -38,5 +44,11 @@ chromium:
 		echo "installing Debian's chromium for the browser tests"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-test: $(VENV)/.dev chromium
+# The tests run the store on a throwaway PostgreSQL server too (tests/postgres.py): Debian's server.
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || { \
+		echo "installing Debian's postgresql for the store's tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+
+test: $(VENV)/.dev chromium postgresql
 	$(PY) -m pytest tests -q --durations=10

@@ -1,12 +1,14 @@
-"""TransferLab dashboard: the router. Run it with `streamlit run app.py`.
+"""TransferLab dashboard: the router. The service (`python -m tl_core serve`, what `make start`
+runs) starts it beside its worker; `streamlit run app.py` by hand works too.
 
 Each page is one file in pages/; this file only sets the page up, makes sure a worker is
-training the queue (a separate, detached process), and shows where the data lives.
+training the queue (the service's; a detached one of its own only when none is alive, as when
+started by hand), and shows where the data lives.
 """
 
 import streamlit as st
 
-from tl_core import auth, service
+from tl_core import service
 from ui import session
 
 st.set_page_config(page_title="TransferLab", page_icon=":material/science:", layout="wide")
@@ -14,24 +16,14 @@ st.set_page_config(page_title="TransferLab", page_icon=":material/science:", lay
 
 @st.cache_resource(show_spinner=False)
 def _start_worker(db_url: str) -> int | None:
-    # Once per dashboard process; the sidebar offers a restart if it dies later.
+    # Once per dashboard process, and a fallback: the service's worker is found (worker.pid), never
+    # doubled. The sidebar offers a start if none is alive later.
     return service.start_worker(service.open_store(db_url))
 
 
-# Served on a network, the dashboard needs a password (TL_PASSWORD); on localhost it does not.
-if problem := auth.serving_problem(st.get_option("server.address")):
-    st.error(problem, icon=":material/lock:")
-    st.stop()
-if auth.password() and not st.session_state.get("authenticated"):
-    with st.form("login"):
-        st.markdown("### :material/lock: TransferLab")
-        given = st.text_input("Password", type="password")
-        if st.form_submit_button("Sign in"):
-            if auth.check_password(given):
-                st.session_state["authenticated"] = True
-                st.rerun()
-            st.error("Wrong password.")
-    st.stop()
+# Every page waits here until its visitor is signed in: through the team's identity provider when
+# [auth] is in .streamlit/secrets.toml, else with TL_PASSWORD; on localhost with neither, no sign-in.
+session.require_sign_in()
 
 pages = [
     st.Page("pages/new_run.py", title="New run", icon=":material/add_circle:", default=True),
@@ -54,8 +46,12 @@ with st.sidebar:
     st.caption("Measure how transfer-learning strategies compare on your images.")
     st.caption(f"**Database** `{service.display_db_url(store.url)}`")
     pid = service.worker_pid(store)
+    others = [w for w in service.live_workers(store) if w.pid != pid]  # more capacity, or other machines'
     if pid:
-        st.caption(f"**Worker** :green-badge[running] pid {pid}")
+        st.caption(f"**Worker** :green-badge[running] pid {pid}" + (f" and {len(others)} more" if others else ""))
+    elif others:
+        hosts = ", ".join(sorted({w.host for w in others}))
+        st.caption(f"**Workers** :green-badge[running] {len(others)} on {hosts}")
     elif service.worker_disabled():
         st.caption("**Worker** :gray-badge[off] TL_NO_WORKER is set")
     else:
@@ -64,4 +60,5 @@ with st.sidebar:
             service.start_worker(store)
             st.rerun()
 
+session.sidebar_identity()  # who is signed in, and Sign out
 page.run()

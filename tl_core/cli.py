@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 from sqlalchemy.exc import DBAPIError
 
-from . import service
+from . import auth, service
 from .config import RunConfig, make_config
 from .errors import UserError
 from .store import Run, UnknownRun, default_db_url
@@ -126,6 +126,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("runs", parents=[common], help="table of runs")
     p.add_argument("--experiment", default=None)
     p.add_argument("--status", default=None)
+    p.add_argument("--launched-by", action="append", default=None, metavar="NAME",
+                   help="only runs this person launched (their sign-in email, or the OS user for runs launched "
+                        "here); repeat for several")
 
     p = sub.add_parser("show", parents=[common], help="one run: config, status, per-epoch metrics")
     p.add_argument("run_id", type=int)
@@ -173,6 +176,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-concurrent", type=int, default=None, help="runs at once (default $TL_MAX_CONCURRENT, "
                    "else one per GPU, one on CPU)")
     p.add_argument("--poll", type=float, default=1.0, help="seconds between looks at the queue")
+    p.add_argument("--stop", action="store_true", help="stop this database's workers on this machine instead: "
+                   "their runs stop at their next batch and continue from their checkpoints on the next start")
+
+    p = sub.add_parser("serve", parents=[common], help="the dashboard and its worker (what `make start` runs): the "
+                       "worker restarted if it dies, both stopped by Ctrl-C")
+    p.add_argument("--host", default="127.0.0.1", help="the dashboard's address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8501, help="the dashboard's port (default 8501)")
+    p.add_argument("--no-dashboard", action="store_true", help="the worker only, restarted if it dies")
+    p.add_argument("--max-concurrent", type=int, default=None, help="the worker's runs at once")
 
     p = sub.add_parser("train-run", parents=[common], help=argparse.SUPPRESS)  # what the worker starts
     p.add_argument("run_id", type=int, nargs="?")
@@ -303,10 +315,10 @@ def cmd_run(args) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     store = service.open_store(args.db)
     if args.detach:
-        run = service.queue_run(store, cfg)
+        run = service.queue_run(store, cfg, auth.os_user())
         _out(args, {"run_id": run.id, "status": run.status}, f"queued run {run.id}")
         return 0
-    run = service.start_here(store, cfg)
+    run = service.start_here(store, cfg, auth.os_user())
     return _ended(args, service.train_here(store, run.id, progress=not args.no_progress))
 
 
@@ -325,13 +337,14 @@ def cmd_experiment(args) -> int:
           + (f"about {estimate['seconds'] / 60:.1f} min ({estimate['basis']})" if estimate["seconds"]
              else f"no time estimate ({estimate['basis']})"), file=sys.stderr)
     if args.detach:
-        runs = [service.queue_run(store, c) for c in configs]
+        runs = [service.queue_run(store, c, auth.os_user()) for c in configs]
         _out(args, {"experiment": base["experiment"], "run_ids": [r.id for r in runs], "estimate": estimate},
              f"queued runs {', '.join(str(r.id) for r in runs)} in experiment {base['experiment']}")
         return 0
     ids, failed = [], 0
     for cfg in configs:
-        run = service.train_here(store, service.start_here(store, cfg).id, progress=not args.no_progress)
+        run = service.train_here(store, service.start_here(store, cfg, auth.os_user()).id,
+                                 progress=not args.no_progress)
         ids.append(run.id)
         failed += run.status == "failed"
     report = service.experiment_report(store, base["experiment"])
@@ -383,11 +396,13 @@ def cmd_resume(args) -> int:
 
 @command("runs")
 def cmd_runs(args) -> int:
-    runs = service.open_store(args.db).list_runs(args.experiment, [args.status] if args.status else None)
+    runs = service.open_store(args.db).list_runs(args.experiment, [args.status] if args.status else None,
+                                                 launched_by=args.launched_by)
     rows = [service.run_row(r) for r in runs]
     cols = ["id", "experiment", "name", "backbone", "strategy", "status", "epochs_done", "epochs",
-            "best_val_acc", "duration_s"]
-    _out(args, {"runs": rows}, _table(rows, cols) if rows else "no runs yet")
+            "best_val_acc", "duration_s", "launched_by"]
+    none = f"no runs launched by {' or '.join(args.launched_by)}" if args.launched_by else "no runs yet"
+    _out(args, {"runs": rows}, _table(rows, cols) if rows else none)
     return 0
 
 
@@ -403,6 +418,9 @@ def cmd_show(args) -> int:
         f"run {run['id']} {run['name']!r} [{run['experiment']}]: {run['status']}" + (
             f" ({run['error']})" if run["error"] else ""),
         "config: " + ", ".join(f"{k}={v}" for k, v in run["config"].items() if v is not None),
+        f"launched by {run['launched_by'] or 'nobody recorded'}; ran on {run['host'] or '(not started)'}"
+        + (f" by the {run['executor']} executor" if run["executor"] else "")
+        + (f", Ray node {run['ray_node_id']}" if run["ray_node_id"] else ""),
         f"environment: {run['environment']}",
         _table(run["epochs"], ["epoch", *keys]) if run["epochs"] else "no epochs yet",
         *([f"drift at the last epoch (||w - w0|| / ||w0||, stem first): {drift}"] if drift else []),
@@ -521,10 +539,37 @@ def cmd_cancel(args) -> int:
 def cmd_worker(args) -> int:
     from .worker import Worker
 
+    if args.stop:
+        store = service.open_store(args.db)
+        stopped = service.stop_worker(store)
+        where = f"{service.display_db_url(store.url)} on this machine"
+        _out(args, {"stopped": stopped}, f"stopped worker{'s' * (len(stopped) > 1)} {', '.join(map(str, stopped))} of {where}" if stopped
+             else f"no worker of {where} is running; nothing to stop")
+        return 0
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise UserError("--max-concurrent must be at least 1")
+    from . import settings
+
+    executor = settings.current().executor
+    if executor == "ray":  # the runs train on a Ray cluster (tl_core/ray_executor.py)
+        from .ray_executor import RayExecutor
+
+        RayExecutor(args.db or default_db_url(), args.max_concurrent, args.poll).serve()
+        return 0
+    if executor != "local":
+        raise UserError(f"TL_EXECUTOR={executor!r} is not an executor: set TL_EXECUTOR to local (a worker "
+                        f"process on this machine) or ray (a Ray cluster at RAY_ADDRESS), or unset it")
     Worker(args.db or default_db_url(), args.max_concurrent, args.poll).serve()
     return 0
+
+
+@command("serve")
+def cmd_serve(args) -> int:
+    from .supervisor import serve
+
+    if args.max_concurrent is not None and args.max_concurrent < 1:
+        raise UserError("--max-concurrent must be at least 1")
+    return serve(args.db or default_db_url(), args.host, args.port, not args.no_dashboard, args.max_concurrent)
 
 
 @command("train-run")

@@ -86,3 +86,9 @@ class Settings:
 def current() -> Settings:
     """The settings as the environment has them now."""
     return Settings.from_env(os.environ)
+
+
+def child_environment(**overrides: str) -> dict[str, str]:
+    """This process's environment with `overrides`: what a process it starts is given (the service
+    gives the dashboard the database it serves)."""
+    return {**os.environ, **overrides}

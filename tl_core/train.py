@@ -23,8 +23,10 @@ import os
 import platform
 import random
 import resource
+import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -54,6 +56,14 @@ from .terms import Terms, load_target, make_terms
 
 class RunCancelled(Exception):
     pass
+
+
+class RunInterrupted(Exception):
+    """SIGTERM or SIGINT to a run a worker started: its worker is stopping (the signal's name)."""
+
+
+class RunTaken(Exception):
+    """The run is no longer this process's: failed as orphaned, or put back in the queue, by another worker."""
 
 
 @dataclass
@@ -266,11 +276,66 @@ def train_run(store: Store, run_id: int, progress: bool = True) -> RunResult:
     except RunCancelled:
         store.finish_run(run_id, "cancelled", error="cancelled by request")
         return _result(store, run_id)
+    except RunInterrupted as e:
+        _interrupted(store, run_id, str(e))
+        return _result(store, run_id)
+    except RunTaken:
+        _log(f"run {run_id} is no longer this process's ({store.get_run(run_id).status}); stopped, recording nothing")
+        return _result(store, run_id)
     except Exception as e:  # the run must end failed, with a readable reason, whatever broke
         store.finish_run(run_id, "failed", error=_explain(e))
         if not isinstance(e, UserError):
             traceback.print_exc(file=sys.stderr)
         return _result(store, run_id)
+
+
+def _interrupted(store: Store, run_id: int, signal_name: str) -> None:
+    """A worker's run stopped by a signal at a batch: back in the queue, to continue from its last
+    checkpoint (TL_RESUME_ON_RESTART), else failed, resumable. A cancel asked for meanwhile wins."""
+    if store.cancel_requested(run_id):
+        store.finish_run(run_id, "cancelled", error="cancelled by request")
+    elif settings().resume_on_restart:
+        store.requeue(run_id)
+        _log(f"{signal_name}: run {run_id} stopped with its worker; back in the queue, to continue from its last "
+             f"checkpoint")
+    else:
+        store.finish_run(run_id, "failed", error=f"stopped by {signal_name} with its worker (resumable from its "
+                                                 f"last checkpoint)")
+
+
+def _stop_check(store: Store, run: Run) -> Callable[[], bool]:
+    """Asked between batches: True once a cancel was requested (asked at most every 0.2 s). For a run
+    a worker started it also raises RunInterrupted after SIGTERM or SIGINT (the worker is stopping;
+    a second signal stops the process at once), and RunTaken once the run is no longer this
+    process's (asked every 2 s: another worker failed it as orphaned, or put it back in the queue)."""
+    cancelled = throttled(lambda: store.cancel_requested(run.id), 0.2)
+    if run.worker_pid is None or threading.current_thread() is not threading.main_thread():
+        return cancelled  # trained in the foreground: Ctrl-C is the terminal's
+    received: list[str] = []
+
+    def on_signal(signum, _frame) -> None:
+        if received:  # asked twice: stop now
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        received.append(signal.Signals(signum).name)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, on_signal)
+
+    def taken() -> bool:
+        now = store.get_run(run.id)
+        return now.status != "running" or now.pid != os.getpid()
+
+    taken_yet = throttled(taken, 2.0)
+
+    def should_stop() -> bool:
+        if received:
+            raise RunInterrupted(received[0])
+        if taken_yet():
+            raise RunTaken()
+        return cancelled()
+
+    return should_stop
 
 
 def _explain(e: Exception) -> str:
@@ -402,8 +467,9 @@ class Progress:
 def _fit(store: Store, run: Run, cfg: RunConfig, device: torch.device, run_dir: Path, show: bool) -> RunResult:
     started = time.perf_counter()
     seed_everything(cfg.seed)
-    # Asked between batches, at most every 0.2 s (a query per batch would cost more than a small batch).
-    stop_requested = throttled(lambda: store.cancel_requested(run.id), 0.2)
+    # Asked between batches, at most every 0.2 s (a query per batch would cost more than a small batch);
+    # a worker's run also stops there when its worker stops (SIGTERM) or lost it.
+    stop_requested = _stop_check(store, run)
 
     def check() -> None:  # between batches of feature caching
         if stop_requested():

@@ -1,28 +1,61 @@
 """The worker: takes queued runs from the database and trains each in a process of its own.
 
-It is detached from the browser: closing the tab or restarting Streamlit stops nothing.
-At most TL_MAX_CONCURRENT runs train at once (default: one per GPU, one on a CPU machine).
-Each run's process is started without a shell and records its own pid in the run; if the
-worker dies, the kernel stops its runs too (PR_SET_PDEATHSIG), and a worker that starts again
-marks runs left `running` by a dead process as failed.
+It starts with the service (`python -m tl_core serve`: supervisor.py, what `make start` and the
+container run), not with a browser, and is detached from it: closing the tab or restarting
+Streamlit stops nothing. At most TL_MAX_CONCURRENT runs train at once (default: one per GPU, one
+on a CPU machine). Each run's process is started without a shell, in a process group of its own
+(a Ctrl-C in the worker's terminal reaches the worker, which tells its runs once), and records its
+own pid in the run; if the worker dies, the kernel stops its runs too (PR_SET_PDEATHSIG).
+
+Many workers, one queue. Any number of workers (processes, machines) may serve one database; a
+queued run is claimed by exactly one (`Store.claim_next_queued`: SKIP LOCKED on PostgreSQL, a
+conditional update on SQLite). Each worker registers in the store's `workers` table, heartbeats
+every TL_HEARTBEAT_S and records its stop. At every step (about a second) it also looks after
+runs that lost their process:
+  - a run whose worker went silent for TL_WORKER_TIMEOUT_S, on any machine, is failed with the
+    reason, resumable (`Store.fail_orphaned`): whichever worker notices first;
+  - on this host, the runs of a worker that died here (its process is gone and it missed two
+    heartbeats) go back to the queue to resume from their own last checkpoint
+    (TL_RESUME_ON_RESTART, on by default; off: failed, resumable). So a worker started after a
+    crash, a `docker restart` or a reboot continues what its predecessor left running;
+  - a run whose training process died while its worker lived is failed ("process lost"): by its
+    own worker at once, or for a run trained in the foreground by any worker of its host.
+  A run of a live worker is never touched: a worker judges by pid only for workers of its own
+  host, and only once their heartbeat is also late (two containers sharing a host name do not see
+  each other's processes). A recovery pass holds a lock file, so two workers of one host never
+  act on the same run at once.
+
+Stopping (SIGTERM, SIGINT, `python -m tl_core worker --stop`): each training process is asked to
+stop at its next batch (train.py); its run goes back to the queue and continues from its last
+checkpoint on the next start, or at once on another live worker. One still running after
+STOP_GRACE_S is killed (its run is put back all the same). The worker then records its stop.
 
 Starting a Python process that imports torch, torchvision and timm takes seconds, so the worker
-keeps one such process ready ahead of need (a standby: `train-run --standby`, which has done
-its imports and waits for a run id on stdin) and hands the next queued run to it. It is started
-while no run of this worker is still starting up (they would compete for the CPU) and replaced
-once used. TL_STANDBY=0 turns it off: every run then starts a fresh process.
+keeps one such process ready ahead of need (a standby: `train-run --standby`, which has done its
+imports and waits for a run id on stdin) and hands the next queued run to it. It is started while
+no run of this worker is still starting up (they would compete for the CPU) and replaced once
+used. An unused standby is released after TL_STANDBY_IDLE_S without a run (its memory back) and
+made again once runs come. TL_STANDBY=0 turns it off: every run then starts a fresh process.
 
 The worker imports no torch (nor anything that does): starting and supervising processes needs
 the database and the settings only, and it counts GPUs from the driver, not through CUDA.
 
-A worker serves one database. Its files (pid, log, the standby's log) sit in a folder named
-by that database's instance id (runfiles.py), so several databases can share a runs folder,
-each with its own worker, and a dashboard only ever finds the worker of its own database.
+Files. A database's worker files (the log of a worker the dashboard started, the standby's log,
+worker.pid) sit in a folder named by its instance id (runfiles.py), so several databases can
+share a runs folder and a dashboard only ever finds the workers of its own database. worker.pid
+names *the* worker of this database on this host: the one the service started (the supervisor
+writes it), else the one a dashboard started, else the first one started by hand. A dashboard
+that finds it alive (or any other live worker of its database on this host, from the store)
+starts none. Further workers of the same database on the same host are found through the store
+(`local_workers`); `worker --stop` stops them all.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import datetime as dt
+import fcntl
 import os
 import shutil
 import signal
@@ -35,9 +68,11 @@ from pathlib import Path
 
 from . import settings
 from .runfiles import run_folder, worker_folder
-from .store import Run, Store
+from .store import Run, Store, WorkerInfo
 
 PROCESS_LOST = "process lost: its training process stopped without recording an end"
+RESUMABLE = "(resumable from its last checkpoint)"
+STOP_GRACE_S = 30.0  # a training process asked to stop has this long to reach its next batch
 
 
 def gpu_count() -> int:
@@ -68,6 +103,9 @@ def max_concurrent() -> int:
     return settings.current().max_concurrent or max(1, gpu_count())
 
 
+# --- processes ------------------------------------------------------------------------------
+
+
 def pid_alive(pid: int | None) -> bool:
     if not pid:
         return False
@@ -85,9 +123,52 @@ def pid_alive(pid: int | None) -> bool:
         return True
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def _args(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def is_worker_process(pid: int | None) -> bool:
+    """Whether `pid` is a live `python -m tl_core worker` (not a stranger given a dead worker's pid,
+    as after a reboot or a container restart)."""
+    if not pid_alive(pid):
+        return False
+    args = _args(pid)
+    return "tl_core" in args and "worker" in args and "--stop" not in args
+
+
+def _is_training_process(pid: int | None) -> bool:
+    return pid_alive(pid) and "train-run" in _args(pid)
+
+
+def _own_group_dying_with_parent() -> None:  # runs in the child between fork and exec
+    os.setpgid(0, 0)  # a Ctrl-C in the worker's terminal reaches the worker only; it tells its runs once
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: stop this run if the worker dies
+
+
+def _utcnow() -> dt.datetime:  # as the store records heartbeats
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+def _kill_group(pid: int) -> None:
+    """SIGKILL what is left of a training process's group (its DataLoader workers)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def _host_lock(folder: Path):
+    """Held by one worker of this database on this host at a time (recovery passes)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "recover.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 @dataclass
@@ -95,6 +176,9 @@ class Child:
     run: Run
     proc: subprocess.Popen
     started: bool = False  # its process has done its imports and started the run
+
+
+# --- the worker -----------------------------------------------------------------------------
 
 
 class Worker:
@@ -106,23 +190,76 @@ class Worker:
         self.poll_seconds = poll_seconds
         self.children: dict[int, Child] = {}
         self.host = socket.gethostname()
+        self.id: int | None = None  # in the store's workers table, from start()
         self.stopping = False
+        self.signals = 0  # SIGTERM/SIGINT received: one stops gracefully, two at once
+        self.beat_at = 0.0
+        self.busy_at = time.monotonic()  # when a run of ours last trained (the standby's idle clock)
         self.standby: subprocess.Popen | None = None  # a training process, imported and waiting for a run id
+        self.standby_at = 0.0  # when it was started
         self.standby_retry_at = 0.0  # after a standby that died unused: not before then
 
+    # 1. Runs whose process is gone.
     def recover(self) -> list[int]:
-        """Mark runs whose process is gone as failed (left over from a dead worker or run)."""
-        lost = []
-        for run in self.store.list_runs(statuses=["running"]):
-            if run.id in self.children or (run.host not in (None, self.host)):
-                continue
-            owner_alive = pid_alive(run.pid) or (run.pid is None and pid_alive(run.worker_pid)
-                                                 and run.worker_pid != os.getpid())
-            if not owner_alive:
-                self.store.finish_run(run.id, "failed", error=PROCESS_LOST + " (resumable from its last checkpoint)")
-                lost.append(run.id)
-        return lost
+        """Runs of this host left `running` by a process that is gone: back in the queue when their
+        worker died here (TL_RESUME_ON_RESTART), failed when their own process died. Returns them."""
+        handled = []
+        with _host_lock(self.files):
+            candidates = [r for r in self.store.list_runs(statuses=["running"]) if r.id not in self.children]
+            if not candidates:
+                return []
+            workers = {w.id: w for w in self.store.workers()}
+            for run in candidates:
+                verdict = self._verdict(run, workers)
+                if verdict is None:
+                    continue
+                now = self.store.get_run(run.id)  # as it is now: another worker may have acted since
+                if (now.status, now.worker_id, now.pid) != ("running", run.worker_id, run.pid):
+                    continue
+                why, requeue = verdict
+                self._lost(run, why, requeue)
+                handled.append(run.id)
+        return handled
 
+    def _verdict(self, run: Run, workers: dict[int, WorkerInfo]) -> tuple[str, bool] | None:
+        """Why `run` lost its process and whether it goes back to the queue; None: it has not."""
+        if _is_training_process(run.pid):
+            return None  # still training, or ending (killed with its worker): judged next time
+        if run.worker_id is not None and run.worker_id != self.id:
+            w = workers.get(run.worker_id)
+            if w is None or not self._died_here(w):
+                return None  # alive, or elsewhere: fail_orphaned's business once it goes silent
+            return f"its worker {w.id} (pid {w.pid}) on {w.host} died", settings.current().resume_on_restart
+        if run.host not in (None, self.host) or run.worker_id == self.id:
+            return None  # another host's, or ours (reap() judges our own)
+        if run.worker_pid is not None:  # claimed by a worker that did not register (an earlier release)
+            if is_worker_process(run.worker_pid) and run.worker_pid != os.getpid():
+                return None if run.pid is None else ("its training process died", False)
+            return f"its worker (pid {run.worker_pid}) died", settings.current().resume_on_restart
+        if run.pid is None or pid_alive(run.pid):
+            return None  # trained in the foreground: its process is alive (or not recorded yet)
+        return "its training process died", False
+
+    def _died_here(self, w: WorkerInfo) -> bool:
+        """Whether worker `w` of this host is gone: its process is not a live worker (or is this very
+        process, given a dead worker's pid after a restart) and its heartbeat is late too."""
+        if w.host != self.host:
+            return False
+        gone = w.pid == os.getpid() or not is_worker_process(w.pid)
+        late = w.stopped_at is not None or not w.alive or \
+            (_utcnow() - w.heartbeat_at).total_seconds() > 2 * settings.current().heartbeat_s
+        return gone and late
+
+    def _lost(self, run: Run, why: str, requeue: bool) -> None:
+        if requeue:
+            self.store.requeue(run.id)
+            print(f"worker: run {run.id} lost its process ({why}); back in the queue to resume from its "
+                  f"last checkpoint", flush=True)
+        else:
+            self.store.finish_run(run.id, "failed", error=f"{PROCESS_LOST}: {why} {RESUMABLE}")
+            print(f"worker: run {run.id} failed: {why}", flush=True)
+
+    # 2. Processes: a run's, or the standby.
     def _start(self, run: Run | None) -> subprocess.Popen:
         """The training process of `run`, or (None) a standby that waits for a run id on stdin;
         either is stopped by the kernel if this worker dies."""
@@ -134,7 +271,7 @@ class Worker:
         with open(log_path, "ab") as log:
             return subprocess.Popen([sys.executable, "-m", "tl_core", "train-run", *args, "--db", self.db_url],
                                     stdout=log, stderr=subprocess.STDOUT, stdin=stdin,
-                                    preexec_fn=_die_with_parent, cwd=os.getcwd())
+                                    preexec_fn=_own_group_dying_with_parent, cwd=os.getcwd())
 
     def _hand_to_standby(self, run_id: int) -> subprocess.Popen | None:
         """Give run_id to the standby process; None if there is none alive to take it."""
@@ -154,90 +291,184 @@ class Worker:
             return None
 
     def _keep_standby(self) -> None:
-        """Start a standby process if there is none and no run of ours is still starting."""
-        if self.stopping or not settings.current().standby or time.monotonic() < self.standby_retry_at:
+        """Start a standby process if there is none and no run of ours is still starting; release it
+        after TL_STANDBY_IDLE_S without a run."""
+        config = settings.current()
+        if self.stopping or not config.standby:
             return
+        now = time.monotonic()
         if self.standby is not None:
             if self.standby.poll() is None:
+                if not self.children and now - max(self.busy_at, self.standby_at) >= config.standby_idle_s:
+                    print(f"worker: standby {self.standby.pid} released after {config.standby_idle_s:g} s without "
+                          f"a run; another is made when runs come", flush=True)
+                    self._release_standby()
                 return
             print(f"worker: the standby process exited unused ({self.standby.returncode}); see "
                   f"{self.files / 'standby.log'}", flush=True)
             self.standby, self.standby_retry_at = None, time.monotonic() + 30
             return
+        if (not self.children and now - self.busy_at >= config.standby_idle_s) or now < self.standby_retry_at:
+            return  # idle: none until runs come
         for child in self.children.values():
             if not child.started:
                 child.started = self.store.get_run(child.run.id).started_at is not None
             if not child.started:
                 return
-        self.standby = self._start(None)
+        self.standby, self.standby_at = self._start(None), now
+
+    def _release_standby(self) -> None:
+        proc, self.standby = self.standby, None
+        if proc is None:
+            return
+        with contextlib.suppress(OSError):
+            proc.stdin.close()  # no run for it: it exits by itself; a signal makes sure
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        _kill_group(proc.pid)
 
     def launch(self, run: Run) -> None:
-        proc = self._hand_to_standby(run.id) or self._start(run)
+        try:
+            proc = self._hand_to_standby(run.id) or self._start(run)
+        except OSError as e:  # no process could be made (memory, process limits): say so, never leave it claimed
+            self.store.finish_run(run.id, "failed", error=f"its training process could not be started ({e}); "
+                                                          f"free memory or processes, then resume it")
+            return
         self.store.update_run(run.id, pid=proc.pid, host=self.host)
         self.children[run.id] = Child(run, proc)
+        self.busy_at = time.monotonic()
 
     def reap(self) -> None:
+        """Forget our runs' processes that ended; a run one left `running` lost it."""
         for run_id, child in list(self.children.items()):
             code = child.proc.poll()
             if code is None:
                 continue
             del self.children[run_id]
-            if self.store.get_run(run_id).status in ("running", "queued"):
+            _kill_group(child.proc.pid)
+            run = self.store.get_run(run_id)
+            if run.status != "running" or run.worker_id != self.id:
+                continue  # it recorded its end, or went back to the queue (train.py), or is another's now
+            if self.stopping:  # killed after STOP_GRACE_S: an interruption like the others
+                self._lost(run, "stopped with its worker", settings.current().resume_on_restart)
+            else:
                 self.store.finish_run(run_id, "failed", error=f"{PROCESS_LOST} (exit code {code})")
 
+    # 3. The loop.
+    def start(self) -> None:
+        """Register in the store and claim this host's worker.pid if no live worker holds it."""
+        self.files.mkdir(parents=True, exist_ok=True)
+        self.id = self.store.register_worker(self.host, os.getpid(), "local")
+        self.beat_at = time.monotonic()
+        if _pidfile_worker(self.store) in (None, os.getpid()):
+            pidfile(self.store).write_text(str(os.getpid()))
+
     def step(self) -> None:
+        if self.id is None:
+            self.start()
+        if time.monotonic() - self.beat_at >= settings.current().heartbeat_s:
+            self.store.heartbeat(self.id)
+            self.beat_at = time.monotonic()
         self.reap()
         self.recover()
+        if orphaned := self.store.fail_orphaned():
+            print(f"worker: runs {orphaned} failed: their worker stopped heartbeating", flush=True)
         while not self.stopping and len(self.children) < self.concurrency:
-            run = self.store.claim_next_queued(os.getpid())
+            run = self.store.claim_next_queued(os.getpid(), self.id, "local")
             if run is None:
                 break
             self.launch(run)
+        if self.children:
+            self.busy_at = time.monotonic()
         self._keep_standby()
 
     def serve(self) -> None:
-        signal.signal(signal.SIGTERM, lambda *_: self._stop())
-        self.files.mkdir(parents=True, exist_ok=True)
-        pidfile(self.store).write_text(str(os.getpid()))
-        print(f"worker {os.getpid()}: up to {self.concurrency} runs at once, db {self.db_url}", flush=True)
+        signal.signal(signal.SIGTERM, self._signal)
+        signal.signal(signal.SIGINT, self._signal)
+        self.start()
+        print(f"worker {os.getpid()} (id {self.id}): up to {self.concurrency} runs at once, db {self.db_url}",
+              flush=True)
         try:
             while not self.stopping:
-                self.step()
+                try:
+                    self.step()
+                except Exception as e:  # the database away for a moment: our runs train on; try again
+                    print(f"worker: {type(e).__name__}: {e}", flush=True)
                 time.sleep(self.poll_seconds)
-        except KeyboardInterrupt:
-            pass
         finally:
-            self._stop()
+            self.stop()
 
-    def _stop(self) -> None:
+    def _signal(self, signum, _frame) -> None:
+        self.signals += 1
         self.stopping = True
+
+    def stop(self) -> None:
+        """Ask each run to stop at its next batch (it goes back to the queue), wait for them (a second
+        signal: don't), then release the standby and record this worker's stop."""
+        self.stopping = True
+        self._release_standby()
         for child in self.children.values():
-            child.proc.terminate()
-        if self.standby is not None:
-            self.standby.terminate()
-        if running_worker(self.store) == os.getpid():
+            with contextlib.suppress(ProcessLookupError):
+                child.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        while any(c.proc.poll() is None for c in self.children.values()) and time.monotonic() < deadline \
+                and self.signals < 2:
+            time.sleep(0.1)
+        for child in self.children.values():
+            if child.proc.poll() is None:
+                print(f"worker: run {child.run.id} did not stop within {STOP_GRACE_S:g} s; killed", flush=True)
+                _kill_group(child.proc.pid)
+                child.proc.wait()
+        try:
+            self.reap()
+            if self.id is not None:
+                self.store.stop_worker(self.id)
+        except Exception as e:  # the database is away: our runs are found by the next worker's recovery
+            print(f"worker: could not record the stop ({type(e).__name__}: {e})", flush=True)
+        if _pidfile_worker(self.store) in (None, os.getpid()):
             pidfile(self.store).unlink(missing_ok=True)
+        print(f"worker {os.getpid()}: stopped", flush=True)
 
 
-# --- one worker per database, started on demand by the dashboard ----------------------------
+# --- this host's workers of a database: found, started by a dashboard, stopped ------------
 
 
 def pidfile(store: Store) -> Path:
-    """Where the pid of the worker of `store`'s database is kept."""
+    """Where the pid of this host's worker of `store`'s database is kept (see the module's docstring)."""
     return worker_folder(store.instance_id) / "worker.pid"
 
 
-def running_worker(store: Store) -> int | None:
-    """The pid of the live worker of `store`'s database, or None."""
+def _pidfile_worker(store: Store) -> int | None:
     try:
         pid = int(pidfile(store).read_text().strip())
     except (OSError, ValueError):
         return None
-    return pid if pid_alive(pid) else None
+    return pid if is_worker_process(pid) else None
+
+
+def local_workers(store: Store) -> list[int]:
+    """Pids of the live workers of `store`'s database on this host: worker.pid's first, then the
+    others registered in the store (heartbeating, and still a worker process)."""
+    found = [pid] if (pid := _pidfile_worker(store)) else []
+    host = socket.gethostname()
+    for w in store.workers(alive=True):
+        if w.host == host and w.pid not in found and w.pid != os.getpid() and is_worker_process(w.pid):
+            found.append(w.pid)
+    return found
+
+
+def running_worker(store: Store) -> int | None:
+    """The pid of a live worker of `store`'s database on this host (worker.pid's first), or None."""
+    return next(iter(local_workers(store)), None)
 
 
 def ensure_worker(store: Store) -> int:
-    """The pid of the worker of `store`'s database, starting a detached one if none is alive."""
+    """The pid of this host's worker of `store`'s database, starting a detached one only if none
+    is alive (a dashboard started by hand, without the service)."""
     pid = running_worker(store)
     if pid:
         return pid
@@ -248,3 +479,22 @@ def ensure_worker(store: Store) -> int:
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     pidfile(store).write_text(str(proc.pid))
     return proc.pid
+
+
+def stop_workers(store: Store, timeout: float = STOP_GRACE_S + 15) -> list[int]:
+    """Stop every worker of `store`'s database on this host (their runs stop at their next batch and
+    go back to the queue; their standbys go); the pids stopped. One still alive after `timeout` is
+    killed, and the kernel stops its processes with it."""
+    pids = local_workers(store)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+            os.kill(pid, signal.SIGCONT)  # a stopped (SIGSTOP) worker must run to stop
+    deadline = time.monotonic() + timeout
+    while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid in pids:
+        if pid_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    return pids

@@ -14,7 +14,7 @@ from ..config import RunConfig, make_config
 from ..data import batch_size_for, scan_target, split_dataset
 from ..errors import UserError
 from ..runfiles import is_run_folder, run_folder
-from ..store import FINISHED, Run, Store, default_db_url
+from ..store import FINISHED, Run, Store, WorkerInfo, default_db_url
 from ..weights import check_obtainable
 
 # --- the store and the worker ---------------------------------------------------------------
@@ -43,7 +43,8 @@ def worker_disabled() -> bool:
 
 
 def start_worker(store: Store) -> int | None:
-    """The pid of the worker training this database's queue, started if none is alive."""
+    """The pid of a worker training this database's queue on this machine; one is started (detached)
+    only if none is alive: the service (`python -m tl_core serve`) normally started it already."""
     if worker_disabled():
         return None
     from ..worker import ensure_worker
@@ -52,10 +53,23 @@ def start_worker(store: Store) -> int | None:
 
 
 def worker_pid(store: Store) -> int | None:
-    """The pid of this database's live worker (another database's worker is not ours), or None."""
+    """The pid of this database's live worker on this machine (another database's is not ours), or None."""
     from ..worker import running_worker
 
     return running_worker(store)
+
+
+def live_workers(store: Store) -> list[WorkerInfo]:
+    """Every worker of this database that is heartbeating, on any machine (newest first)."""
+    return store.workers(alive=True)
+
+
+def stop_worker(store: Store) -> list[int]:
+    """Stop this database's workers on this machine (their runs stop at their next batch and resume on
+    the next start); the pids stopped, none if none was running."""
+    from ..worker import stop_workers
+
+    return stop_workers(store)
 
 
 # --- planning and queueing -----------------------------------------------------------------------
@@ -117,14 +131,16 @@ def draft_warnings(backbone: str, strategies: list[str], settings_: dict) -> lis
 
 
 def queue_runs(store: Store, base: dict, strategies: Sequence[str], seeds: Sequence[int],
-               train_fractions: Sequence[float] | None = None, lrs: Sequence[float | None] | None = None) -> list[Run]:
+               train_fractions: Sequence[float] | None = None, lrs: Sequence[float | None] | None = None,
+               launched_by: str | None = None) -> list[Run]:
     """Validate every run of the grid first, then queue them all as one experiment (nothing queued on error)."""
-    return [queue_run(store, c) for c in plan_runs(base, strategies, seeds, train_fractions, lrs)]
+    return [queue_run(store, c, launched_by) for c in plan_runs(base, strategies, seeds, train_fractions, lrs)]
 
 
-def more_seeds(store: Store, runs: Sequence[Run], n: int = 2) -> list[Run]:
+def more_seeds(store: Store, runs: Sequence[Run], n: int = 2, launched_by: str | None = None) -> list[Run]:
     """Queue `n` more seeds of exactly these runs' settings (each group of runs that differ only by
-    seed gets seeds after its highest), to tell a difference from noise."""
+    seed gets seeds after its highest), to tell a difference from noise; they record `launched_by`
+    (who asked for them), not who launched the originals."""
     if n < 1:
         raise UserError("add at least one seed")
     groups: dict[str, list[Run]] = {}
@@ -136,7 +152,7 @@ def more_seeds(store: Store, runs: Sequence[Run], n: int = 2) -> list[Run]:
         top = max(int(r.config.get("seed", 0)) for r in members)
         base = {**{k: v for k, v in members[0].config.items() if k != "name"}, "experiment": members[0].experiment}
         configs += [RunConfig.from_stored({**base, "seed": top + i}) for i in range(1, n + 1)]
-    return [queue_run(store, c) for c in configs]
+    return [queue_run(store, c, launched_by) for c in configs]
 
 
 def estimate_seconds(store: Store, configs: Sequence[RunConfig]) -> dict:
@@ -182,15 +198,16 @@ def _train_images(cfg: RunConfig) -> int:
     return len(split_dataset(index, cfg.val_fraction, cfg.train_fraction, cfg.split_seed).train)
 
 
-def queue_run(store: Store, cfg: RunConfig) -> Run:
-    """Record a checked run as queued: the worker will train it."""
-    return store.create_run(cfg.model_dump(), cfg.experiment, cfg.name, status="queued")
+def queue_run(store: Store, cfg: RunConfig, launched_by: str | None = None) -> Run:
+    """Record a checked run as queued: the worker will train it. `launched_by`: who launched it
+    (the front end knows: the signed-in person, or the OS user; see tl_core.auth)."""
+    return store.create_run(cfg.model_dump(), cfg.experiment, cfg.name, status="queued", launched_by=launched_by)
 
 
-def start_here(store: Store, cfg: RunConfig) -> Run:
+def start_here(store: Store, cfg: RunConfig, launched_by: str | None = None) -> Run:
     """Record a checked run as running in this process (so no worker takes it)."""
     return store.create_run(cfg.model_dump(), cfg.experiment, cfg.name, status="running", pid=os.getpid(),
-                            host=socket.gethostname())
+                            host=socket.gethostname(), launched_by=launched_by)
 
 
 def train_here(store: Store, run_id: int, progress: bool = True) -> Run:
