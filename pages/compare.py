@@ -213,7 +213,7 @@ if len(differences) <= GROUP_AT:  # a few pairs: each with its own button
         if d in unsure and line[1].button("Add 2 seeds", key=f"more_seeds_{i}", help="Queue two more seeds of "
                                           "exactly these two strategies on these settings, to tell the difference "
                                           "from noise"):
-            queued = service.more_seeds(store, pair_runs(d), 2)
+            queued = service.more_seeds(store, pair_runs(d), 2, launched_by=session.launched_by())
             st.toast(f"Queued {len(queued)} runs: {d['a']} and {d['b']} with two more seeds each",
                      icon=":material/add_circle:")
 else:  # a grid's hundreds of pairs: one table, one button
@@ -222,7 +222,7 @@ else:  # a grid's hundreds of pairs: one table, one button
                       "Verdict", width="large")})
     if unsure and st.button(f"Add 2 seeds to the {len(unsure)} pairs not yet told apart", key="more_seeds_all"):
         chosen = {r.id: r for d in unsure for r in pair_runs(d)}
-        queued = service.more_seeds(store, list(chosen.values()), 2)
+        queued = service.more_seeds(store, list(chosen.values()), 2, launched_by=session.launched_by())
         st.toast(f"Queued {len(queued)} runs", icon=":material/add_circle:")
 
 if mode != "Any runs" and (verdict := service.probe_verdict(store, st.session_state["compare_experiment"], which)):

@@ -372,7 +372,8 @@ with st.container(border=True):
         if problem is not None:
             st.error(f"Nothing was queued: {fmt.form_message(problem)}", icon=":material/error:")
         else:
-            queued = [service.queue_run(session.store(), c) for c in configs]
+            who = session.launched_by()
+            queued = [service.queue_run(session.store(), c, who) for c in configs]
             st.session_state["queued"] = {"experiment": experiment.strip(), "ids": [r.id for r in queued],
                                           "names": [r.name for r in queued]}
 

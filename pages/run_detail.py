@@ -43,6 +43,7 @@ STATUS_COLOURS = {"queued": "gray", "running": "blue", "completed": "green", "fa
 st.markdown(f":{STATUS_COLOURS.get(run.status, 'gray')}-badge[{run.status}] **{cfg.get('backbone')}** with "
             f"**{cfg.get('strategy')}** on `{cfg.get('data')}` · experiment **{run.experiment}** · seed "
             f"{cfg.get('seed')} · queued {run.created_at:%Y-%m-%d %H:%M}")
+st.caption(fmt.provenance(run))
 epochs = store.epoch_metrics([run.id])[run.id]
 target_acc = service.value(run, epochs, "best", "target_acc")
 kept = (run.summary.get("forgetting") or {}).get("agreement")

@@ -1,4 +1,5 @@
-"""Runs: every run with its live progress; cancel, resume, delete, or open one.
+"""Runs: every run with its live progress, who launched it and where it ran; cancel, resume, delete,
+or open one.
 
 The table refreshes itself every 2 s from the run records alone (no metric rows), so it stays
 cheap however long the runs are.
@@ -20,13 +21,16 @@ st.title("Runs")
 st.caption("Every queued, running and finished run. The table updates by itself; training goes on "
            "in the background worker whether or not this page is open.")
 
-left, middle, right = st.columns([2, 3, 2])
+left, middle, right, who = st.columns([2, 3, 2, 2])
 experiments = store.list_experiments()
 experiment = left.selectbox("Experiment", experiments[::-1], index=None, key="runs_experiment",
                             placeholder="All experiments")
 statuses = middle.multiselect("Status", service.STATUSES, key="runs_statuses", placeholder="All statuses")
 tag = right.selectbox("Tag", store.tags(), index=None, key="runs_tag", placeholder="Any tag",
                       help="Tags are set on a run's detail page")
+people = who.multiselect("Launched by", store.launchers(experiment), key="runs_launched_by",
+                         placeholder="Anyone", help="The signed-in person (or the OS user at the command line) "
+                                                    "who launched the run")
 
 COLUMNS = {
     "name": st.column_config.TextColumn("Run"),
@@ -41,13 +45,16 @@ COLUMNS = {
     "best_val_acc": st.column_config.NumberColumn("Best val acc", format="percent", width="small"),
     "duration": st.column_config.TextColumn("Duration", width="small"),
     "tags": st.column_config.ListColumn("Tags"),
+    "launched_by": st.column_config.TextColumn("Launched by"),
+    "where": st.column_config.TextColumn("Ran on", help="The executor (local worker, ray, or here: the command "
+                                                       "line) and the host that trained the run"),
 }
 
 
 @st.fragment(run_every=2)
-def live_runs(experiment: str | None, statuses: list[str], tag: str | None) -> None:
+def live_runs(experiment: str | None, statuses: list[str], tag: str | None, people: list[str]) -> None:
     """Counts, the table and the actions, re-read every 2 s (run records only)."""
-    runs = store.list_runs(experiment, statuses or None, tag=tag)
+    runs = store.list_runs(experiment, statuses or None, tag=tag, launched_by=people)
     counts = service.status_counts(runs)
     for col, status in zip(st.columns(5), service.STATUSES):
         col.metric(status.capitalize(), counts[status], border=True)
@@ -112,4 +119,4 @@ def manage(runs: list) -> None:
                 st.rerun()
 
 
-live_runs(experiment, statuses, tag)
+live_runs(experiment, statuses, tag, people)

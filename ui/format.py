@@ -66,9 +66,31 @@ def runs_rows(runs: list[Run]) -> list[dict]:
             "epoch": f"{r.epochs_done} of {r.epochs}", "progress": r.epochs_done / max(1, r.epochs),
             "eta": format_seconds(service.eta_seconds(r)), "best_val_acc": r.best_val_acc,
             "duration": format_seconds(r.duration_s), "created": r.created_at.strftime("%Y-%m-%d %H:%M"),
-            "tags": r.tags,
+            "tags": r.tags, "launched_by": r.launched_by or "", "where": where(r),
         })
     return rows
+
+
+# How each executor (store.Run.executor) trained a run, for a sentence.
+EXECUTORS = {"local": "the local worker", "ray": "Ray", "here": "the command line, in the foreground"}
+
+
+def where(run: Run) -> str:
+    """The executor and node that ran a run, short: "ray · gpu-3", "local · lab-1"; "" before any took it."""
+    return " · ".join(p for p in (run.executor, run.host) if p)
+
+
+def provenance(run: Run) -> str:
+    """Who launched a run, and which executor and node ran it (the Ray node too, when recorded)."""
+    who = f"Launched by **{run.launched_by}**" if run.launched_by else "Launched by nobody recorded"
+    if not run.executor and not run.host:
+        return f"{who} · not taken by a worker yet" if run.status == "queued" else who
+    ran = f"ran on **{run.host or 'an unrecorded host'}**"
+    if run.executor:
+        ran += f" by {EXECUTORS.get(run.executor, run.executor)}"
+    if node := service.ray_node(run):
+        ran += f" (Ray node `{node}`)"
+    return f"{who} · {ran}"
 
 
 def speed_note(summary: dict) -> str:

@@ -22,11 +22,17 @@ DRIFT = "drift/"  # drift/<group>: ||w - w0|| / ||w0|| of the group's parameters
 
 
 def run_row(r: Run) -> dict:
-    """A run as a line of the runs table."""
+    """A run as a line of the runs table: who launched it, and the executor and host that ran it
+    (None until a worker took it)."""
     return {"id": r.id, "experiment": r.experiment, "name": r.name, "backbone": r.config.get("backbone"),
             "strategy": r.config.get("strategy"), "seed": r.config.get("seed"), "status": r.status,
             "epochs_done": r.epochs_done, "epochs": r.epochs, "best_val_acc": r.best_val_acc,
-            "duration_s": r.duration_s}
+            "duration_s": r.duration_s, "launched_by": r.launched_by, "executor": r.executor, "host": r.host}
+
+
+def ray_node(run: Run) -> str | None:
+    """The Ray node that trained a run, when a Ray executor recorded one."""
+    return run.environment.get("ray_node_id")
 
 
 def run_details(store: Store, run_id: int) -> dict:
@@ -34,7 +40,8 @@ def run_details(store: Store, run_id: int) -> dict:
     its per-class results."""
     run = store.get_run(run_id)
     epochs = store.epoch_metrics([run.id])[run.id]
-    return {**run.to_dict(), "epochs": [{"epoch": e + 1, **m} for e, m in epochs.items()],
+    return {**run.to_dict(), "ray_node_id": ray_node(run),
+            "epochs": [{"epoch": e + 1, **m} for e, m in epochs.items()],
             "group_drift": drift_by_group(run, epochs),
             "class_metrics": [c.__dict__ for c in store.class_metrics(run.id)]}
 
