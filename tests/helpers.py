@@ -42,6 +42,17 @@ def stop_before_epoch(monkeypatch, epoch: int) -> None:
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def wait_for(predicate, timeout: float, what: str, every: float = 0.3):
+    """predicate()'s first true value, asked every `every` s; fails after `timeout` s naming `what`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -7,6 +7,7 @@ real cluster. The tests share that executor and run in file order; the last one 
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
@@ -26,6 +27,8 @@ from tl_core.config import make_config
 from tl_core.store import FINISHED, Store
 from tl_core.worker import pid_alive
 
+from . import helpers
+
 ROOT = Path(__file__).resolve().parents[1]
 # Offline and self-contained: no usage report, and no authentication token written to ~/.ray.
 RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
@@ -39,14 +42,7 @@ ray.shutdown()
 """
 
 
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+wait_for = functools.partial(helpers.wait_for, every=0.1)  # a run's short phases (importing) are watched
 
 
 @pytest.fixture(scope="module")

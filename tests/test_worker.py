@@ -14,17 +14,9 @@ import pytest
 from tl_core.config import make_config
 from tl_core.store import Store
 
+from .helpers import wait_for
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @pytest.fixture

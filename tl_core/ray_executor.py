@@ -60,7 +60,7 @@ from . import settings
 from .errors import UserError
 from .runfiles import run_folder
 from .store import Run, Store
-from .worker import PROCESS_LOST, RESUMABLE, STOP_GRACE_S
+from .worker import PROCESS_LOST, RESUMABLE, STOP_GRACE_S, Serving
 
 NODE_LOST = "its Ray node was lost"
 CANCELLED = "cancelled by request"
@@ -143,8 +143,10 @@ class Task:
     forced: bool = False  # ray.cancel(force=True) sent
 
 
-class RayExecutor:
+class RayExecutor(Serving):
     """Claims queued runs and trains each as a Ray task; see the module docstring."""
+
+    name = "ray executor"
 
     def __init__(self, db_url: str, concurrency: int | None = None, poll_seconds: float = 1.0,
                  cancel_grace_s: float = 30.0, cpus_per_run: float = 1.0):
@@ -157,8 +159,6 @@ class RayExecutor:
         self.tasks: dict[int, Task] = {}
         self.host = socket.gethostname()
         self.id: int | None = None  # in the store's workers table
-        self.stopping = False
-        self.signals = 0  # SIGTERM/SIGINT received: one stops gracefully, two at once
         self.beat_at = 0.0
 
     # 1. The cluster.
@@ -220,13 +220,12 @@ class RayExecutor:
 
     def _finish(self, task: Task, result: dict | None, lost: str | None) -> None:
         run = self.store.get_run(task.run.id)
-        status, error = run.status, None
         if run.status != "running" or run.worker_id != self.id:
-            pass  # it recorded its end, or went back to the queue (train.py), or is another's now
+            status, error = run.status, None  # it recorded its end, or went back to the queue, or is another's
         elif task.cancel_seen_at is not None or run.cancel_requested:
             status, error = "cancelled", CANCELLED
         elif self.stopping and settings.current().resume_on_restart:
-            status = "queued"  # stopped before its process could put it back itself
+            status, error = "queued", None  # stopped before its process could put it back itself
         elif self.stopping:
             status, error = "failed", f"stopped with its Ray executor {RESUMABLE}"
         elif result is not None:
@@ -284,19 +283,7 @@ class RayExecutor:
         self.beat_at = time.monotonic()
         print(f"ray executor {os.getpid()} (worker {self.id}): {self.capacity()} runs at once on "
               f"{ray.cluster_resources()}, db {self.db_url}", flush=True)
-        try:
-            while not self.stopping:
-                try:
-                    self.step()
-                except Exception as e:  # the database away for a moment: the tasks train on; try again
-                    print(f"ray executor: {type(e).__name__}: {e}", flush=True)
-                time.sleep(self.poll_seconds)
-        finally:
-            self.stop()
-
-    def _signal(self, signum, _frame) -> None:
-        self.signals += 1
-        self.stopping = True
+        self.loop()
 
     def stop(self) -> None:
         """Ask each task's run to stop at its next batch (back in the queue), cancel with force what is

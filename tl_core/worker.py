@@ -181,7 +181,39 @@ class Child:
 # --- the worker -----------------------------------------------------------------------------
 
 
-class Worker:
+class Serving:
+    """What the worker and the Ray executor (ray_executor.py) share: a signal asks them to stop (a
+    second one, to stop at once), and their loop steps until then, riding out a failed step (the
+    database away for a moment: the runs train on), then stops."""
+
+    name = "worker"
+    stopping = False
+    signals = 0  # SIGTERM/SIGINT received: one stops gracefully, two at once
+    poll_seconds = 1.0
+
+    def step(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def _signal(self, signum, _frame) -> None:
+        self.signals += 1
+        self.stopping = True
+
+    def loop(self) -> None:
+        try:
+            while not self.stopping:
+                try:
+                    self.step()
+                except Exception as e:  # the database away for a moment: the runs train on; try again
+                    print(f"{self.name}: {type(e).__name__}: {e}", flush=True)
+                time.sleep(self.poll_seconds)
+        finally:
+            self.stop()
+
+
+class Worker(Serving):
     def __init__(self, db_url: str, concurrency: int | None = None, poll_seconds: float = 1.0):
         self.db_url = db_url
         self.store = Store(db_url)
@@ -191,8 +223,6 @@ class Worker:
         self.children: dict[int, Child] = {}
         self.host = socket.gethostname()
         self.id: int | None = None  # in the store's workers table, from start()
-        self.stopping = False
-        self.signals = 0  # SIGTERM/SIGINT received: one stops gracefully, two at once
         self.beat_at = 0.0
         self.busy_at = time.monotonic()  # when a run of ours last trained (the standby's idle clock)
         self.standby: subprocess.Popen | None = None  # a training process, imported and waiting for a run id
@@ -392,19 +422,7 @@ class Worker:
         self.start()
         print(f"worker {os.getpid()} (id {self.id}): up to {self.concurrency} runs at once, db {self.db_url}",
               flush=True)
-        try:
-            while not self.stopping:
-                try:
-                    self.step()
-                except Exception as e:  # the database away for a moment: our runs train on; try again
-                    print(f"worker: {type(e).__name__}: {e}", flush=True)
-                time.sleep(self.poll_seconds)
-        finally:
-            self.stop()
-
-    def _signal(self, signum, _frame) -> None:
-        self.signals += 1
-        self.stopping = True
+        self.loop()
 
     def stop(self) -> None:
         """Ask each run to stop at its next batch (it goes back to the queue), wait for them (a second
