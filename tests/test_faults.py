@@ -94,7 +94,7 @@ def test_when_the_worker_dies_its_runs_stop_and_the_next_worker_resumes_them(tmp
         done = wait_for(lambda: (r := store.get_run(doomed)).status in ("completed", "failed") and r, 120,
                         "the run to resume and complete")
         assert done.status == "completed" and done.epochs_done == 10, done.error
-        assert done.worker_pid == second.pid and done.summary["resumed_from"]["epoch"] >= 2
+        assert done.worker_pid == second.pid and done.summary["resumed_from"]["epoch"] >= 1  # the checkpoint may trail the recorded epochs by one
         assert len(store.epoch_metrics([doomed])[doomed]) == 10
     finally:
         second.terminate()

@@ -115,7 +115,8 @@ def _queue(store: Store, data: str, epochs: int) -> int:
 
 def test_two_runs_train_at_once_each_as_a_ray_task(executor, tiny):
     store = executor.store
-    ids = [_queue(store, tiny, epochs=3) for _ in range(2)]
+    # Long enough that the two overlap even when one process's imports lag the other's by seconds.
+    ids = [_queue(store, tiny, epochs=30) for _ in range(2)]
     wait_for(lambda: all(r.status in FINISHED for r in store.list_runs(run_ids=ids)), 120, "both runs to end")
     runs = store.list_runs(run_ids=ids)
     assert [r.status for r in runs] == ["completed", "completed"], [r.error for r in runs]
@@ -126,7 +127,7 @@ def test_two_runs_train_at_once_each_as_a_ray_task(executor, tiny):
         # Each trained in a process of its own on the node, which recorded itself and the node.
         assert run.pid not in (None, executor.proc.pid) and run.host == socket.gethostname()
         assert len(run.environment["ray_node_id"]) == 56 and run.environment["ray_node_ip"]
-        assert run.epochs_done == 3 and (Path(run.run_dir) / "last.pt").is_file()
+        assert run.epochs_done == 30 and (Path(run.run_dir) / "last.pt").is_file()
         assert Path(run.run_dir).parent == executor.runs  # TL_RUNS_DIR reached the task
     assert runs[0].pid != runs[1].pid
     assert max(r.started_at for r in runs) < min(r.ended_at for r in runs), "the runs never trained at once"
