@@ -39,6 +39,30 @@ def stop_before_epoch(monkeypatch, epoch: int) -> None:
     monkeypatch.setattr(T, "train_one_epoch", stopping)
 
 
+def stop_in_epoch(monkeypatch, epoch: int, batch: int) -> None:
+    """Make training stop in the middle of epoch `epoch` (0-based), as its worker's SIGTERM would:
+    asked whether to stop for the `batch`+1-th time in that epoch, it is told the worker stops."""
+    from tl_core import train as T
+
+    original = T.train_one_epoch
+
+    def stopping(*args, **kwargs):
+        bound = inspect.signature(original).bind(*args, **kwargs)
+        if bound.arguments["epoch"] == epoch:
+            asked, ask = [], bound.arguments["should_stop"]
+
+            def should_stop() -> bool:
+                asked.append(1)
+                if len(asked) > batch:
+                    raise T.RunInterrupted("SIGTERM")
+                return ask()
+
+            bound.arguments["should_stop"] = should_stop
+        return original(*bound.args, **bound.kwargs)
+
+    monkeypatch.setattr(T, "train_one_epoch", stopping)
+
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -21,7 +21,7 @@ from tl_core.finetuning import Phase, sync_param_groups
 from tl_core.service import results
 from tl_core.train import train_one_epoch, train_run
 
-from .helpers import stop_before_epoch, train
+from .helpers import stop_in_epoch, train
 
 comparison = importlib.import_module("tl_core.service.compare")  # the package re-exports a function `compare`
 
@@ -199,15 +199,16 @@ def test_memory_levers_train_a_real_backbone_and_are_recorded(store, tiny):
 
 
 def test_a_dann_run_resumes_as_if_it_never_stopped(store, domains, monkeypatch):
-    """The discriminator, its optimizer state and the target batches of each epoch come back."""
+    """The discriminator, its optimizer state and the target batches of each epoch come back, from
+    the middle of an epoch (the target batches of the source batches done before the stop are
+    drawn again and passed over)."""
     settings = dict(data=str(domains / "digits"), target_data=str(domains / "digits_target"), adapt="dann",
                     strategy="full", epochs=2, seed=3, regularizer="l2sp")
     whole = train(store, **settings)
     with monkeypatch.context() as m:
-        stop_before_epoch(m, 1)
+        stop_in_epoch(m, 1, 2)
         stopped = train(store, **settings)
-    assert stopped.status == "cancelled" and stopped.epochs == 1
-    store.requeue(stopped.run_id, status="running")
+    assert stopped.status == "queued" and stopped.epochs == 1
     resumed = train_run(store, stopped.run_id, progress=False)
     assert resumed.status == "completed", resumed.error
     a, b = (store.epoch_metrics([r.run_id])[r.run_id][1] for r in (whole, resumed))

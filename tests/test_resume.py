@@ -3,11 +3,13 @@ and on PostgreSQL: `db_store`)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tl_core import train as T
 
-from .helpers import stop_before_epoch, train
+from .helpers import stop_before_epoch, stop_in_epoch, train
 
 
 @pytest.mark.parametrize("strategy", ["progressive", "two_phase"])
@@ -34,6 +36,41 @@ def test_a_resumed_run_matches_an_uninterrupted_one(strategy, tiny, db_store, mo
     assert resumed.best_val_acc == whole.best_val_acc
     assert [c.confusion for c in store.class_metrics(resumed.run_id)] == \
         [c.confusion for c in store.class_metrics(whole.run_id)]
+
+
+def _same_epochs(store, whole, resumed, epochs: int) -> None:
+    a, b = (store.epoch_metrics([r.run_id])[r.run_id] for r in (whole, resumed))
+    assert sorted(a) == sorted(b) == list(range(epochs))
+    for epoch in range(epochs):
+        for key in a[epoch]:
+            if key.startswith(("lr/", "train_", "val_", "trainable_")):
+                assert b[epoch][key] == pytest.approx(a[epoch][key], rel=1e-5, abs=1e-7), (epoch, key)
+
+
+@pytest.mark.parametrize("strategy, settings, epoch, batch", [
+    # On the images, augmented (the stop before a batch is drawn: its augmentation's random draws
+    # are the saved streams'), accumulating 2 batches per step, in its second epoch.
+    ("progressive", dict(augment="light", accumulate=2, unfreeze_every=1, head_epochs=1), 1, 1),
+    # On the frozen body's cached features, in its first epoch (no epoch recorded yet).
+    ("feature_extraction", dict(), 0, 1),
+])
+def test_a_run_stopped_in_the_middle_of_an_epoch_goes_on_from_that_batch(strategy, settings, epoch, batch, tiny,
+                                                                          store, monkeypatch):
+    settings = dict(data=tiny, strategy=strategy, epochs=3, seed=7, schedule="onecycle", **settings)
+    whole = train(store, **settings)
+    with monkeypatch.context() as m:
+        stop_in_epoch(m, epoch, batch)
+        stopped = train(store, **settings)
+    # The worker's stop: back in the queue (TL_RESUME_ON_RESTART), with the epoch's place saved.
+    run = store.get_run(stopped.run_id)
+    assert (run.status, run.resume, run.epochs_done) == ("queued", True, epoch)
+    partial = T.torch.load(Path(run.run_dir) / "last.pt", weights_only=True)["partial"]
+    assert partial["batches"] > 0 and partial["seen"] > 0
+    resumed = T.train_run(store, stopped.run_id, progress=False)
+    assert resumed.status == "completed", resumed.error
+    assert store.get_run(resumed.run_id).summary["resumed_from"]["batch"] == partial["batches"]
+    _same_epochs(store, whole, resumed, 3)
+    assert resumed.best_val_acc == whole.best_val_acc
 
 
 def test_an_epoch_row_lost_with_the_process_is_written_again_from_the_checkpoint(tiny, db_store, monkeypatch):

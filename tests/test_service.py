@@ -70,7 +70,7 @@ def test_ctrl_c_stops_the_service_and_the_next_start_resumes_the_run_from_its_ch
         worker = int(pidfile(store).read_text())
         assert {worker, run.pid} <= family and run.worker_pid == worker
         assert ensure_worker(store) == worker  # a dashboard finds the service's worker and starts none
-        # 2. Ctrl-C: the run stops at its next batch (back in the queue), then the worker, then the service.
+        # 2. Ctrl-C: the run checkpoints at its next batch (back in the queue), then the worker stops, then the service.
         service.send_signal(signal.SIGINT)
         assert service.wait(timeout=90) == 0
     finally:
@@ -85,7 +85,10 @@ def test_ctrl_c_stops_the_service_and_the_next_start_resumes_the_run_from_its_ch
         done = wait_for(lambda: (r := store.get_run(run_id)).status in ("completed", "failed") and r, 180,
                         "the resumed run to complete")
         assert done.status == "completed" and done.epochs_done == EPOCHS, done.error
-        assert done.summary["resumed_from"]["epoch"] == stopped.epochs_done
+        # ... and from the batch where it stopped: the interrupted epoch's batches before it are not trained again.
+        assert done.summary["resumed_from"]["epoch"] == stopped.epochs_done and "batch" in done.summary["resumed_from"]
+        assert re.search(rf"continues after epoch {stopped.epochs_done} and \d+/\d+ batches of epoch "
+                         rf"{stopped.epochs_done + 1} ", (Path(done.run_dir) / "train.log").read_text())
         lines = _epoch_lines(done)
         assert sorted(set(lines)) == list(range(1, EPOCHS + 1))
         assert all(lines.count(e) == 1 for e in range(1, stopped.epochs_done + 1))

@@ -259,11 +259,20 @@ class PixelLoader:
                  shuffle: bool = False, seed: int = 0, workers: int = 0, drop_last: bool = False,
                  channels_last: bool = False):
         self.dataset, self.pipeline, self.device, self.channels_last = dataset, pipeline, device, channels_last
-        self.generator = torch.Generator().manual_seed(seed)  # a checkpoint saves it, a resume restores it
-        self.args = dict(batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, generator=self.generator,
+        # The order is EpochOrder's (a resume mid-epoch draws it again); the generator seeds the
+        # workers' random streams (a checkpoint saves it, a resume restores it).
+        self.order = transforms.EpochOrder(len(dataset), seed) if shuffle else None
+        self.generator = torch.Generator().manual_seed(seed)
+        self.args = dict(batch_size=batch_size, sampler=self.order, drop_last=drop_last, generator=self.generator,
                          num_workers=workers, pin_memory=device.type == "cuda")
         self._steady: DataLoader | None = None  # once every row is decoded: workers kept across epochs
         self._listed = False
+
+    def for_epoch(self, epoch: int) -> "PixelLoader":
+        """This loader, drawing epoch `epoch`'s order (a loader without shuffling has one order)."""
+        if self.order is not None:
+            self.order.set_epoch(epoch)
+        return self
 
     def __len__(self) -> int:
         n, b = len(self.dataset), self.args["batch_size"]

@@ -79,21 +79,30 @@ class Terms:
         if self.adaptation is not None and "adaptation" in state:
             self.adaptation.load_state_dict(state["adaptation"])
 
+    def skip(self) -> None:
+        """A batch trained before the run stopped mid-epoch, passed over on resume: its target
+        batch is drawn too, so the batches after it meet the same target batches as before."""
+        if self.adaptation is not None:
+            next(self.target)
+
     def close(self) -> None:
         if self.tap is not None:
             self.tap.close()
 
 
-def cycle(loader) -> Iterator[torch.Tensor]:
-    """A loader's image batches, again and again (target batches run alongside the source's)."""
+def cycle(loader, first_pass: int = 0) -> Iterator[torch.Tensor]:
+    """A loader's image batches, again and again, each pass in its own order (target batches run
+    alongside the source's)."""
+    k = first_pass
     while True:
         empty = True
-        for x, y in loader:
+        for x, y in loader.for_epoch(k):
             if len(y):
                 empty = False
                 yield x
         if empty:
             raise UserError("--target-data: none of its images could be read; see the log for the files skipped")
+        k += 1
 
 
 @dataclass
@@ -107,11 +116,11 @@ class TargetData:
     val: object
     note: dict
 
-    def batches(self, seed: int, epoch: int) -> Iterator[torch.Tensor]:
-        """Target batches for one epoch, in an order that depends only on the run's seed and the
-        epoch (so a resumed run sees the same ones as an uninterrupted run)."""
-        self.train.generator.manual_seed(seed * 100_003 + epoch + 1)
-        return cycle(self.train)
+    def batches(self, epoch: int) -> Iterator[torch.Tensor]:
+        """Target batches for one epoch, in an order that depends only on the run's seed (the
+        loader's, load_target) and the epoch, so a resumed run sees the same ones as an
+        uninterrupted run."""
+        return cycle(self.train, first_pass=epoch * 1_000)
 
     def describe(self) -> dict:
         return {"data": self.index.root, "labelled": self.labelled, "images": len(self.index.items["all"]),

@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 from typing import Callable
@@ -134,29 +134,91 @@ def _save(obj: dict, path: Path) -> None:
 # --- one epoch ----------------------------------------------------------------------------
 
 
+@dataclass
+class EpochSoFar:
+    """How far an epoch got: what a run stopped in the middle of it (its worker stopping) saves
+    in its checkpoint, and what its resume starts that epoch from. The sums stay on the device
+    while it trains (reading a GPU value back waits for the queued kernels)."""
+
+    batches: int = 0  # batches done (the first ones of the epoch's order, EpochOrder)
+    loss_sum: torch.Tensor | float = 0.0
+    correct: torch.Tensor | int = 0
+    seen: int = 0
+    sums: dict = field(default_factory=dict)  # the terms' logged values, summed over images
+    seconds: float = 0.0  # training time spent on those batches
+    rng: dict | None = None  # the random streams as they stood at the stop
+
+    def state_dict(self) -> dict:
+        return {"batches": self.batches, "loss_sum": float(self.loss_sum), "correct": int(self.correct),
+                "seen": self.seen, "sums": {k: float(v) for k, v in self.sums.items()}, "seconds": self.seconds,
+                "rng": self.rng}
+
+    @classmethod
+    def from_state(cls, state: dict, device: torch.device) -> "EpochSoFar":
+        return cls(state["batches"], torch.tensor(state["loss_sum"], device=device),
+                   torch.tensor(state["correct"], device=device), state["seen"],
+                   {k: torch.tensor(v, device=device) for k, v in state["sums"].items()}, state["seconds"],
+                   state["rng"])
+
+
+def rng_state(device: torch.device) -> dict:
+    """torch's random streams that training draws from: the CPU's, and the GPU's where it trains."""
+    return {"cpu": torch.get_rng_state(),
+            **({"cuda": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {})}
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
 def train_one_epoch(model, loader, optimizer, loss_fn, cfg: RunConfig, device, amp, scaler, phase: Phase,
-                    epoch: int, bar, should_stop, terms: Terms | None = None) -> tuple[float, float, int, dict]:
+                    epoch: int, bar, should_stop, terms: Terms | None = None,
+                    so_far: EpochSoFar | None = None) -> tuple[float, float, int, dict]:
     """Train one epoch: (mean task loss, accuracy, images seen, means of the terms' logged values).
 
     With --accumulate K the optimizer steps once every K batches (and at the epoch's end), each
     batch's loss divided by K: the gradient of one batch K times larger.
+    `so_far` is updated after every batch. Given one with batches done (a run resumed in the middle
+    of this epoch), those batches are drawn again in the epoch's order and passed over, and the
+    random streams set back to where they stood at the stop: the epoch goes on as if it had never
+    stopped. A stop is only taken between optimizer steps (no gradient half accumulated), before
+    the next batch is drawn (its augmentation draws from the random streams saved).
     """
     terms = terms or Terms()
+    so_far = so_far if so_far is not None else EpochSoFar()
     steps_per_epoch = len(loader)
     phase_steps = (phase.end - phase.start) * steps_per_epoch
     run_steps = cfg.epochs * steps_per_epoch
     k = cfg.accumulate
     # Sums stay on the device: reading a GPU value back waits for the queued kernels, so it is
     # done only when the progress bar shows it (at most twice a second) and at the end.
-    total_loss, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long), 0
-    sums: dict[str, torch.Tensor] = {}
+    so_far.loss_sum = torch.as_tensor(so_far.loss_sum, device=device, dtype=torch.float32)
+    so_far.correct = torch.as_tensor(so_far.correct, device=device, dtype=torch.long)
+    sums = so_far.sums
     show = throttled(lambda: True, 0.5)
     optimizer.zero_grad(set_to_none=True)
     pending = False  # gradients accumulated since the last step
-    for i, (x, y) in enumerate(loader):
-        if should_stop():
-            raise RunCancelled()
+    done, t0 = so_far.batches, time.perf_counter() - so_far.seconds
+    batches = iter(loader)
+    for i in range(steps_per_epoch):
+        if i < done:  # trained before the run stopped
+            if len(next(batches)[1]):
+                terms.skip()
+            continue
+        if i == done and so_far.rng is not None:
+            set_rng_state(so_far.rng, device)
+        if not pending:
+            try:
+                if should_stop():
+                    raise RunCancelled()
+            except RunInterrupted:
+                so_far.seconds, so_far.rng = time.perf_counter() - t0, rng_state(device)
+                raise
+        x, y = next(batches)
         if len(y) == 0:  # every image of this batch was unreadable (and listed in the log)
+            so_far.batches = i + 1
             continue
         # The schedule restarts with every phase (each unfreezing step is a new fit).
         t = progress((epoch - phase.start) * steps_per_epoch + i, phase_steps)
@@ -173,23 +235,27 @@ def train_one_epoch(model, loader, optimizer, loss_fn, cfg: RunConfig, device, a
         if (i + 1) % k == 0:
             _step(optimizer, scaler)
             pending = False
-        total_loss += loss.detach().float() * len(y)
-        correct += (logits.detach().argmax(1) == y).sum()
+        so_far.loss_sum += loss.detach().float() * len(y)
+        so_far.correct += (logits.detach().argmax(1) == y).sum()
         if logged:
             logged["total_loss"] = objective.detach().float()
         for key, value in logged.items():
             sums[key] = sums.get(key, 0) + value * len(y)
-        seen += len(y)
+        so_far.seen += len(y)
+        so_far.batches = i + 1
         bar.update(1)
         if not bar.disable and show():
-            bar.set_postfix(loss=f"{total_loss.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}")
+            bar.set_postfix(loss=f"{so_far.loss_sum.item() / so_far.seen:.3f}",
+                            acc=f"{so_far.correct.item() / so_far.seen:.3f}")
     if pending:  # an epoch's last batches, fewer than K: their step is not carried into the next epoch
         _step(optimizer, scaler)
+    so_far.seconds = time.perf_counter() - t0
+    seen = so_far.seen
     means = {key: value.item() / max(seen, 1) for key, value in sums.items()}
     if "reg_penalty" in means:  # the regulariser's share of what was minimised
         means["reg_share"] = means["reg_penalty"] / means["total_loss"] if means["total_loss"] else 0.0
     means.pop("total_loss", None)
-    return total_loss.item() / max(seen, 1), correct.item() / max(seen, 1), seen, means
+    return so_far.loss_sum.item() / max(seen, 1), so_far.correct.item() / max(seen, 1), seen, means
 
 
 def _step(optimizer, scaler) -> None:
@@ -462,6 +528,8 @@ class Progress:
     best_epoch: int = -1
     best_confusion: torch.Tensor | None = None
     elapsed: float = 0.0
+    so_far: EpochSoFar | None = None  # the start epoch's batches done before a stop in its middle
+    last_metrics: dict | None = None  # the last epoch's recorded metrics
 
 
 def _fit(store: Store, run: Run, cfg: RunConfig, device: torch.device, run_dir: Path, show: bool) -> RunResult:
@@ -500,11 +568,14 @@ def _fit(store: Store, run: Run, cfg: RunConfig, device: torch.device, run_dir: 
                   "checkpointing": cfg.checkpointing, **({"checkpointed_modules": checkpointed} if checkpointed else {})})
     # 4. A fresh start, or the run's own last checkpoint: the same trainable groups, optimizer
     #    state, schedule position, unfreezing history and random streams as when it stopped.
-    at = _resume(run_dir / "last.pt", run, cfg, bb, plan, d, store, terms, extra) if run.resume else Progress()
+    at = (_resume(run_dir / "last.pt", run, cfg, bb, plan, d, store, scaler, device, terms, extra) if run.resume
+          else Progress())
     optimizer, best_acc, best_epoch, best_confusion = at.optimizer, at.best_acc, at.best_epoch, at.best_confusion
     started -= at.elapsed
     identity = {"run_uid": run.uid, "config_fingerprint": cfg.fingerprint()}  # what a resume checks
-    bar = tqdm(total=cfg.epochs * len(d.train), initial=at.start_epoch * len(d.train), unit="batch",
+    last_metrics = at.last_metrics
+    bar = tqdm(total=cfg.epochs * len(d.train),
+               initial=at.start_epoch * len(d.train) + (at.so_far.batches if at.so_far else 0), unit="batch",
                disable=not show, file=sys.stderr, dynamic_ncols=True)
     feats, compiled, last_confusion = None, {}, None
     with EpochWriter(store) as writer:  # epoch rows written in the background, all before the run ends
@@ -518,7 +589,7 @@ def _fit(store: Store, run: Run, cfg: RunConfig, device: torch.device, run_dir: 
                 bar.write(frozen.describe(), file=sys.stderr)
                 _note(store, run.id, feature_cache=frozen.summary())
             net, train_batches, val_batches = ((feats.cut.rest, feats.train.for_epoch(epoch), feats.val) if feats
-                                               else (model, d.train, d.val))
+                                               else (model, d.train.for_epoch(epoch), d.val))
             net = _compiled(net, compiled) if cfg.compile == "on" else net
             plan.train_mode(model)
             if checkpointed and epoch == at.start_epoch:  # what checkpointing saves, on this run's batches
@@ -526,7 +597,7 @@ def _fit(store: Store, run: Run, cfg: RunConfig, device: torch.device, run_dir: 
                 _note(store, run.id, memory={**store.get_run(run.id).summary["memory"],
                                              "activations_mb": memory.activation_memory(net, x)})
             if terms.adaptation is not None:
-                terms.target = target.batches(cfg.seed, epoch)
+                terms.target = target.batches(epoch)
             bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}")
             if epoch == at.start_epoch:  # startup is over: record what it cost
                 _note(store, run.id, startup_seconds=round(time.perf_counter() - started - at.elapsed, 3),
@@ -535,11 +606,20 @@ def _fit(store: Store, run: Run, cfg: RunConfig, device: torch.device, run_dir: 
             # 6. Train one epoch.
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            t0 = time.perf_counter()
-            train_loss, train_acc, seen, term_means = train_one_epoch(
-                net, train_batches, optimizer, loss_fn, cfg, device, amp, scaler, plan.phase, epoch, bar,
-                should_stop=stop_requested, terms=terms)
-            train_seconds = time.perf_counter() - t0
+            so_far = at.so_far if epoch == at.start_epoch and at.so_far else EpochSoFar()
+            epoch_start -= so_far.seconds
+            try:
+                train_loss, train_acc, seen, term_means = train_one_epoch(
+                    net, train_batches, optimizer, loss_fn, cfg, device, amp, scaler, plan.phase, epoch, bar,
+                    should_stop=stop_requested, terms=terms, so_far=so_far)
+            except RunInterrupted:  # the worker is stopping: save how far this epoch got, to go on from there
+                _save({**_state(model, optimizer, scaler, plan, terms, d, device), "epoch": epoch - 1,
+                       "best": (best_acc, best_epoch), "best_confusion": best_confusion, "classes": d.classes,
+                       "wall_seconds": time.perf_counter() - started, "config": cfg.model_dump(), **identity,
+                       "partial": so_far.state_dict(), **({"metrics": last_metrics} if last_metrics else {})},
+                      run_dir / "last.pt")
+                raise
+            train_seconds = so_far.seconds
 
             # 7. Validate, record, checkpoint.
             ev = evaluate(net, val_batches, loss_fn, device, amp, len(d.classes), keep=True)
@@ -568,10 +648,9 @@ def _fit(store: Store, run: Run, cfg: RunConfig, device: torch.device, run_dir: 
                 "wall_seconds": time.perf_counter() - started,
             }
             writer.log_epoch(run.id, epoch, metrics, best=(best_acc, best_epoch))
-            _save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                   "finetuning": plan.state_dict(), "best": (best_acc, best_epoch), "best_confusion": best_confusion,
-                   "classes": d.classes, "rng": torch.get_rng_state(), "loader_rng": d.train.generator.get_state(),
-                   "terms": terms.state_dict(),
+            last_metrics = metrics
+            _save({**_state(model, optimizer, scaler, plan, terms, d, device), "epoch": epoch,
+                   "best": (best_acc, best_epoch), "best_confusion": best_confusion, "classes": d.classes,
                    "wall_seconds": metrics["wall_seconds"], "config": cfg.model_dump(), **identity,
                    "metrics": metrics}, run_dir / "last.pt")
             bar.write(f"epoch {epoch + 1}/{cfg.epochs}  train loss {train_loss:.3f} acc {train_acc:.3f}  "
@@ -591,6 +670,14 @@ def _fit(store: Store, run: Run, cfg: RunConfig, device: torch.device, run_dir: 
     return _result(store, run.id)
 
 
+def _state(model, optimizer, scaler, plan: Finetuning, terms: Terms, d: RunData, device: torch.device) -> dict:
+    """What a checkpoint holds to go on training: weights, optimizer (and grad scaler) state, the
+    strategy's plan, the terms' modules and the random streams."""
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+            "finetuning": plan.state_dict(), "terms": terms.state_dict(), "rng": rng_state(device),
+            "loader_rng": d.train.generator.get_state()}
+
+
 def _forgetting(cfg: RunConfig, bb: backbones.Backbone, d: RunData, device: torch.device, amp) -> dict:
     """Knowledge kept (forgetting.py) at the last epoch, or why it was not measured."""
     why = forgetting.why_not_measured(bb, cfg.in_channels)
@@ -607,8 +694,10 @@ def _compiled(net: nn.Module, cache_: dict) -> nn.Module:
 
 
 def _resume(path: Path, run: Run, cfg: RunConfig, bb: backbones.Backbone, plan: Finetuning, d: RunData,
-            store: Store, terms: Terms | None = None, extra: list[LayerGroup] = ()) -> Progress:
-    """Restore a run from its own last checkpoint (written at the end of every epoch).
+            store: Store, scaler, device: torch.device, terms: Terms | None = None,
+            extra: list[LayerGroup] = ()) -> Progress:
+    """Restore a run from its own last checkpoint (written at the end of every epoch, and where
+    the run stopped when its worker stopped in the middle of an epoch).
 
     The checkpoint must be this run's (its uid) and written with these settings (the config's
     fingerprint); anything else is refused, never half-loaded. A run that stopped before its
@@ -622,8 +711,12 @@ def _resume(path: Path, run: Run, cfg: RunConfig, bb: backbones.Backbone, plan: 
         return Progress()
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     _check_checkpoint(ckpt, path, run, cfg, d.classes)
-    _note(store, run.id, resumed_from={"epoch": ckpt["epoch"] + 1, "checkpoint": str(path)})
-    _log(f"resume: run {run.id} continues after epoch {ckpt['epoch'] + 1} from {path}")
+    partial = ckpt.get("partial")  # written when the run stopped in the middle of an epoch
+    at = {"epoch": ckpt["epoch"] + 1, **({"batch": partial["batches"]} if partial else {})}
+    _note(store, run.id, resumed_from={**at, "checkpoint": str(path)})
+    _log(f"resume: run {run.id} continues after epoch {ckpt['epoch'] + 1}"
+         + (f" and {partial['batches']}/{len(d.train)} batches of epoch {ckpt['epoch'] + 2}" if partial else "")
+         + f" from {path}")
     if "metrics" in ckpt:  # the checkpointed epoch's row, in case the process died before writing it
         store.log_epoch(run.id, ckpt["epoch"], ckpt["metrics"], best=tuple(ckpt["best"]))
     bb.model.load_state_dict(ckpt["model"])
@@ -634,10 +727,15 @@ def _resume(path: Path, run: Run, cfg: RunConfig, bb: backbones.Backbone, plan: 
         terms.load_state_dict(ckpt.get("terms", {}))
     optimizer = sync_param_groups(None, cfg, bb.groups, plan.boundary, plan.multipliers(), extra)
     optimizer.load_state_dict(ckpt["optimizer"])
-    torch.set_rng_state(ckpt["rng"])
+    if "scaler" in ckpt:
+        scaler.load_state_dict(ckpt["scaler"])
+    rng = ckpt["rng"]
+    set_rng_state(rng if isinstance(rng, dict) else {"cpu": rng}, device)  # a tensor: written before GPU streams
     d.train.generator.set_state(ckpt["loader_rng"])
     return Progress(start_epoch=ckpt["epoch"] + 1, optimizer=optimizer, best_acc=ckpt["best"][0],
-                    best_epoch=ckpt["best"][1], best_confusion=ckpt["best_confusion"], elapsed=ckpt["wall_seconds"])
+                    best_epoch=ckpt["best"][1], best_confusion=ckpt["best_confusion"], elapsed=ckpt["wall_seconds"],
+                    so_far=EpochSoFar.from_state(partial, device) if partial else None,
+                    last_metrics=ckpt.get("metrics"))
 
 
 def _check_checkpoint(ckpt: dict, path: Path, run: Run, cfg: RunConfig, classes: list[str]) -> None:

@@ -14,7 +14,7 @@ import sys
 from functools import partial
 
 import torch
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from torchvision.transforms import v2 as T
 
 from .data import Item, Splits, UnreadableImage, load_image, load_pixels
@@ -83,6 +83,34 @@ def collate_readable(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
     return default_collate(batch)
 
 
+class EpochOrder(Sampler[int]):
+    """A shuffled order of n items that depends only on the seed and the epoch (`set_epoch`), as
+    DistributedSampler's does: an epoch's order is drawn again exactly when a run resumes in the
+    middle of it, whatever the loader's workers and earlier epochs drew (FeatureBatches shuffles
+    the same way, so a run sees the same order with and without its feature cache)."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+
+class EpochLoader(DataLoader):
+    """A training DataLoader whose order is set per epoch (EpochOrder)."""
+
+    def for_epoch(self, epoch: int) -> "EpochLoader":
+        self.sampler.set_epoch(epoch)
+        return self
+
+
 def make_loaders(splits: Splits, train_tf, val_tf, batch_size: int, seed: int, workers: int,
                  pin_memory: bool = False, channels: int = 3) -> tuple[DataLoader, DataLoader]:
     g = torch.Generator().manual_seed(seed)
@@ -91,7 +119,8 @@ def make_loaders(splits: Splits, train_tf, val_tf, batch_size: int, seed: int, w
                   collate_fn=collate_readable)
     # drop_last keeps BatchNorm away from a final batch of one image.
     drop_last = len(splits.train) > batch_size and len(splits.train) % batch_size == 1
-    train = DataLoader(ImageDataset(splits.train, train_tf, read), batch_size=batch_size, shuffle=True,
-                       generator=g, drop_last=drop_last, **common)
+    # The generator seeds the workers' random streams; the order is EpochOrder's.
+    train = EpochLoader(ImageDataset(splits.train, train_tf, read), batch_size=batch_size,
+                        sampler=EpochOrder(len(splits.train), seed), generator=g, drop_last=drop_last, **common)
     val = DataLoader(ImageDataset(splits.val, val_tf, read), batch_size=batch_size, shuffle=False, **common)
     return train, val
