@@ -105,9 +105,10 @@ class RunConfig(BaseModel):
     decode_cache: Literal["on", "off"] = Field("on", description="decode and resize each image once, "
                                                "kept as uint8 on disk")
     compile: Literal["off", "on"] = Field("off", description="torch.compile the trainable part")
-    cudnn_benchmark: Literal["on", "off"] = Field(
-        "on", description="on a GPU: cuDNN times its algorithms for each new input shape (faster steps for "
-        "many models; the first step of each shape is slower; see BENCHMARKS.md)")
+    cudnn_benchmark: Literal["auto", "on", "off"] = Field(
+        "auto", description="on a GPU: cuDNN times its algorithms for each new input shape (faster steps for "
+        "some models, the first step of each shape much slower; see BENCHMARKS.md); auto: on only for runs long "
+        "enough to pay the search back")
 
     @model_validator(mode="after")
     def _check_against_registries(self) -> "RunConfig":

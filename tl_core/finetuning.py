@@ -109,6 +109,12 @@ class Finetuning:
                                       or self.epochs))
         return True
 
+    def widest(self) -> int:
+        """The boundary with the most groups trainable that the plan can reach in the run (a
+        plateau-driven strategy assumed to plateau as often as it can): what its memory must allow."""
+        stalled = [1.0] * self.epochs
+        return min(self.strategy.freeze_to(e, len(self.groups), self.params, stalled) for e in range(self.epochs))
+
     def multipliers(self) -> list[float]:
         """Each trainable group's LR as a multiple of the base LR, stem-side first."""
         return self.strategy.lr_multipliers(self.boundary, len(self.groups), self.params)

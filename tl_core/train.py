@@ -545,15 +545,23 @@ def _fit(store: Store, run: Run, cfg: RunConfig, device: torch.device, run_dir: 
 
     # 1. Data.
     d = load_data(cfg, device)
+    data_ready = time.perf_counter()
     # 2. Model.
     bb = load_model(cfg, len(d.classes), device)
     model, groups = bb.model, bb.groups
     amp, scaler = amp_for(device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = cfg.cudnn_benchmark == "on"
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    # 3. The strategy's plan; frozen groups' output computed once per image and cached on disk.
     plan = Finetuning(get_strategy(cfg.strategy), cfg.strategy_params(), groups, cfg.epochs)
+    loaded = time.perf_counter()
+    if device.type == "cuda":  # 2b. cuDNN's search, for long runs only; will the run fit? (memory.py)
+        torch.backends.cudnn.benchmark, why = cudnn_benchmark(cfg, cfg.epochs * len(d.train))
+        probe = memory.probe_step(model, groups, plan.widest(), (d.batch_size, cfg.in_channels, cfg.image_size,
+                                  cfg.image_size), loss_fn, amp, cfg.optimizer, device, CHANNELS_LAST)
+        _note(store, run.id, cudnn_benchmark=why, gpu_memory=probe.summary())
+        if not probe.fits():
+            raise UserError(probe.advice(torch.cuda.get_device_name(device)))
+    probed = time.perf_counter()
+    # 3. The strategy's plan; frozen groups' output computed once per image and cached on disk.
     frozen = frozen_features(cfg, bb, d, device, amp, check)
     _record_start(store, run, cfg, d, bb)
     # 3b. The loss's terms beside cross-entropy (losses.py) and the target domain, set up on the
@@ -577,7 +585,7 @@ def _fit(store: Store, run: Run, cfg: RunConfig, device: torch.device, run_dir: 
     bar = tqdm(total=cfg.epochs * len(d.train),
                initial=at.start_epoch * len(d.train) + (at.so_far.batches if at.so_far else 0), unit="batch",
                disable=not show, file=sys.stderr, dynamic_ncols=True)
-    feats, compiled, last_confusion = None, {}, None
+    feats, compiled, last_confusion, peak_mb = None, {}, None, 0.0
     with EpochWriter(store) as writer:  # epoch rows written in the background, all before the run ends
         for epoch in range(at.start_epoch, cfg.epochs):
             epoch_start = time.perf_counter()
@@ -599,9 +607,12 @@ def _fit(store: Store, run: Run, cfg: RunConfig, device: torch.device, run_dir: 
             if terms.adaptation is not None:
                 terms.target = target.batches(epoch)
             bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}")
-            if epoch == at.start_epoch:  # startup is over: record what it cost
-                _note(store, run.id, startup_seconds=round(time.perf_counter() - started - at.elapsed, 3),
-                      first_batch_at=time.time())
+            if epoch == at.start_epoch:  # startup is over: record what it cost, and where it went
+                now = time.perf_counter()
+                _note(store, run.id, startup_seconds=round(now - started - at.elapsed, 3), first_batch_at=time.time(),
+                      startup={"data": round(data_ready - started - at.elapsed, 3), "model": round(loaded - data_ready, 3),
+                               **({"probe_step": round(probed - loaded, 3)} if device.type == "cuda" else {}),
+                               "features_and_resume": round(now - probed, 3)})
 
             # 6. Train one epoch.
             if device.type == "cuda":
@@ -648,7 +659,7 @@ def _fit(store: Store, run: Run, cfg: RunConfig, device: torch.device, run_dir: 
                 "wall_seconds": time.perf_counter() - started,
             }
             writer.log_epoch(run.id, epoch, metrics, best=(best_acc, best_epoch))
-            last_metrics = metrics
+            last_metrics, peak_mb = metrics, max(peak_mb, metrics["peak_memory_mb"])
             _save({**_state(model, optimizer, scaler, plan, terms, d, device), "epoch": epoch,
                    "best": (best_acc, best_epoch), "best_confusion": best_confusion, "classes": d.classes,
                    "wall_seconds": metrics["wall_seconds"], "config": cfg.model_dump(), **identity,
@@ -658,6 +669,9 @@ def _fit(store: Store, run: Run, cfg: RunConfig, device: torch.device, run_dir: 
                       f"groups {plan.trainable_groups}/{len(groups)}", file=sys.stderr)
     bar.close()
     terms.close()
+    if device.type == "cuda":  # the run's peak, for the worker's placement of runs like it (placement.py)
+        _note(store, run.id, gpu_memory={**store.get_run(run.id).summary.get("gpu_memory", {}),
+                                         "peak_mb": round(peak_mb, 1)})
 
     _note(store, run.id, forgetting=_forgetting(cfg, bb, d, device, amp))
     store.log_class_metrics(run.id, class_metrics(best_confusion.tolist(), d.classes))
@@ -668,6 +682,22 @@ def _fit(store: Store, run: Run, cfg: RunConfig, device: torch.device, run_dir: 
         summary["unreadable"] = unreadable
     store.finish_run(run.id, "completed", summary={**summary, "total_seconds": time.perf_counter() - started})
     return _result(store, run.id)
+
+
+# cuDNN's search (cudnn.benchmark) costs seconds per new input shape and buys little for these
+# models: measured on an H100 (BENCHMARKS.md), EfficientNet-Lite0's steady step 1.01x faster with
+# it, its first step 16 s slower and each new shape 9 s slower. That pays back only after about
+# 100,000 steps of ~30 ms; "auto" turns it on from there.
+BENCHMARK_MIN_STEPS = 100_000
+
+
+def cudnn_benchmark(cfg: RunConfig, steps: int) -> tuple[bool, str]:
+    """(cudnn.benchmark on?, why) for a run of `steps` training steps."""
+    if cfg.cudnn_benchmark != "auto":
+        return cfg.cudnn_benchmark == "on", f"{cfg.cudnn_benchmark} (--cudnn-benchmark)"
+    on = steps >= BENCHMARK_MIN_STEPS
+    return on, (f"{'on' if on else 'off'} (auto: {steps:,} training steps, {'at least' if on else 'under'} the "
+                f"{BENCHMARK_MIN_STEPS:,} its search pays back in)")
 
 
 def _state(model, optimizer, scaler, plan: Finetuning, terms: Terms, d: RunData, device: torch.device) -> dict:

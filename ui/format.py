@@ -106,7 +106,14 @@ def speed_note(summary: dict) -> str:
     if dc:
         parts.append("**decoded images**: cached" if dc.get("used") else f"**decoded images**: not cached ({dc.get('why')})")
     if "startup_seconds" in summary:
-        parts.append(f"**startup**: {summary['startup_seconds']:.1f} s to the first batch")
+        where = ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in summary.get("startup", {}).items())
+        parts.append(f"**startup**: {summary['startup_seconds']:.1f} s to the first batch" + (f" ({where})" if where else ""))
+    if gpu := summary.get("gpu_memory"):
+        peak = f"peak {gpu['peak_mb'] / 1024:.2f} GiB, " if "peak_mb" in gpu else ""
+        parts.append(f"**GPU memory**: {peak}probe step {gpu['predicted_mb'] / 1024:.2f} GiB predicted of "
+                     f"{gpu['available_mb'] / 1024:.1f} GiB free")
+    if "cudnn_benchmark" in summary:
+        parts.append(f"**cudnn.benchmark**: {summary['cudnn_benchmark']}")
     return " · ".join(parts)
 
 
