@@ -17,7 +17,9 @@ import gc
 import json
 import math
 import queue
+import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -51,6 +53,7 @@ from . import migrations, settings
 
 STATUSES = ("queued", "running", "completed", "failed", "cancelled")
 FINISHED = ("completed", "failed", "cancelled")
+_BUSY_TIMEOUT_S = 30  # how long SQLite waits out another connection's write lock before "database is locked"
 
 
 def default_db_url() -> str:
@@ -340,7 +343,7 @@ class Store:
         if "://" not in self.url:  # a plain file path: the SQLite database in that file
             self.url = f"sqlite:///{Path(self.url).expanduser().resolve()}"
         is_sqlite = self.url.startswith("sqlite")
-        connect_args = {"timeout": 30} if is_sqlite else {}
+        connect_args = {"timeout": _BUSY_TIMEOUT_S} if is_sqlite else {}
         # PostgreSQL's json type has no NaN or Infinity (a diverged run's summary has them): there
         # they are written as {"$float": "NaN"} and read back as floats. SQLite keeps them as they are.
         codec = {} if is_sqlite else {"json_serializer": _json_dumps, "json_deserializer": _json_loads}
@@ -845,8 +848,31 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     # WAL lets the dashboard read while a run writes; busy_timeout waits out a writer
     # instead of failing with "database is locked"; SQLite enforces foreign keys only on ask.
     cur = dbapi_connection.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_S * 1000}")
+    _switch_to_wal(cur)
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
+
+
+def _switch_to_wal(cur: sqlite3.Cursor) -> None:
+    """PRAGMA journal_mode=WAL, retried for up to the busy timeout while another connection holds
+    the database's write lock. On a file not yet in WAL (a new one) the switch reads the header and
+    then writes it, and SQLite refuses that read-to-write upgrade at once with SQLITE_BUSY, without
+    waiting out busy_timeout (waiting could deadlock): several processes opening a new database at
+    the same moment meet it. On a database already in WAL the switch only reads: it never waits."""
+    deadline, pause = time.monotonic() + _BUSY_TIMEOUT_S, 0.001
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if e.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+                raise
+            if time.monotonic() > deadline:
+                path = cur.execute("PRAGMA database_list").fetchone()[2]
+                raise sqlite3.OperationalError(
+                    f"could not switch {path} to WAL (PRAGMA journal_mode=WAL): another connection held "
+                    f"its write lock for {_BUSY_TIMEOUT_S} s") from e
+        time.sleep(pause)
+        pause = min(2 * pause, 0.05)
