@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 from sqlalchemy.exc import DBAPIError
 
-from . import auth, service
+from . import auth, service, settings
 from .config import RunConfig, make_config
 from .errors import UserError
 from .store import Run, UnknownRun, default_db_url
@@ -188,7 +188,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train-run", parents=[common], help=argparse.SUPPRESS)  # what the worker starts
     p.add_argument("run_id", type=int, nargs="?")
-    p.add_argument("--standby", action="store_true", help="import everything, then read the run id from stdin")
+    p.add_argument("--standby", action="store_true", help="import everything, then read the run id (and the GPU "
+                   "the run is placed on) from stdin")
 
     sub.add_parser("backbones", parents=[common], help="registered backbones, sizes and weight availability")
     sub.add_parser("strategies", parents=[common], help="registered strategies")
@@ -582,10 +583,12 @@ def cmd_train_run(args) -> int:
     if args.standby:  # the worker's process kept ready ahead of need (worker.py)
         import timm  # noqa: F401  (models are built by timm: imported here, not after the run is handed over)
 
-        line = sys.stdin.readline().strip()
+        line = sys.stdin.readline().split()  # "<run id>", or "<run id> <gpu>" for a run placed on a GPU
         if not line:  # the worker stopped without a run for us
             return 0
-        run_id = int(line)
+        run_id = int(line[0])
+        if len(line) > 1:  # nothing here has asked CUDA for a device yet: it still reads which it may use
+            settings.pin_gpu(int(line[1]))
         log = run_folder(store.get_run(run_id)) / "train.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         sys.stdout.flush(), sys.stderr.flush()
@@ -594,6 +597,8 @@ def cmd_train_run(args) -> int:
             os.dup2(f.fileno(), 2)
     elif run_id is None:
         raise UserError("train-run: give a run id (or --standby)")
+    if (visible := settings.current().cuda_visible_devices) is not None:
+        print(f"run {run_id}: the GPUs it may use are CUDA_VISIBLE_DEVICES={visible}", file=sys.stderr, flush=True)
     result = train_run(store, run_id, progress=False)
     _out(args, result.__dict__, f"run {result.run_id} {result.status}")
     return 1 if result.status == "failed" else 0

@@ -7,13 +7,16 @@
 | TL_CACHE_DIR          | $TL_RUNS_DIR/cache          | decoded images and frozen features (cache.py)      |
 | TL_CACHE_MAX_GB       | 20                          | the largest single cache entry                     |
 | TL_DATA_ROOTS         | data                        | folders the dashboard may read datasets from (:)   |
-| TL_MAX_CONCURRENT     | one per GPU, 1 on CPU       | runs a worker trains at once                       |
+| TL_MAX_CONCURRENT     | by GPU memory, 1 on CPU     | runs a worker trains at once (a fixed number)      |
+| TL_RUNS_PER_GPU       | 8                           | unset TL_MAX_CONCURRENT: most runs on one GPU      |
+| TL_GPU_MARGIN_MB      | 2048                        | free GPU memory kept beyond a run's measured peak  |
+| TL_GPU_UNKNOWN_SHARE  | 0.5                         | share of a GPU free for a run never measured       |
 | TL_STANDBY            | 1                           | keep a training process imported ahead of need     |
 | TL_NO_WORKER          | (unset)                     | the dashboard starts no worker (tests, viewers)    |
 | TL_PASSWORD           | (unset)                     | needed to serve the dashboard beyond localhost     |
 | TL_MAX_IMAGE_PIXELS   | 64000000                    | larger images are refused from their header        |
 | TL_OFFLINE            | (unset)                     | never try to download weights                      |
-| CUDA_VISIBLE_DEVICES  | (unset)                     | the GPUs a worker counts (as CUDA sees them)       |
+| CUDA_VISIBLE_DEVICES  | (unset)                     | the GPUs a worker trains on (as CUDA sees them)    |
 | TL_EXECUTOR           | local                       | who trains queued runs: local (worker.py) or ray   |
 | RAY_ADDRESS           | (unset: a local Ray)        | the Ray cluster TL_EXECUTOR=ray sends runs to      |
 | TL_HEARTBEAT_S        | 5                           | how often a worker records that it is alive        |
@@ -43,7 +46,10 @@ class Settings:
     cache_dir: Path = Path("runs") / "cache"
     cache_max_gb: float = 20.0
     data_roots: tuple[Path, ...] = (Path("data"),)
-    max_concurrent: int | None = None  # None: one per GPU, one on a CPU machine
+    max_concurrent: int | None = None  # None: as many as the GPUs' memory holds (placement.py), one on a CPU
+    runs_per_gpu: int = 8
+    gpu_margin_mb: float = 2048.0
+    gpu_unknown_share: float = 0.5
     standby: bool = True
     no_worker: bool = False
     password: str | None = None
@@ -68,6 +74,9 @@ class Settings:
             cache_max_gb=float(env.get("TL_CACHE_MAX_GB") or 20.0),
             data_roots=tuple(Path(p) for p in (env.get("TL_DATA_ROOTS") or "data").split(os.pathsep) if p.strip()),
             max_concurrent=max(1, int(concurrent)) if concurrent else None,
+            runs_per_gpu=max(1, int(env.get("TL_RUNS_PER_GPU") or 8)),
+            gpu_margin_mb=float(env.get("TL_GPU_MARGIN_MB") or 2048.0),
+            gpu_unknown_share=float(env.get("TL_GPU_UNKNOWN_SHARE") or 0.5),
             standby=env.get("TL_STANDBY", "1").strip().lower() not in ("0", "false", "no", "off"),
             no_worker=env.get("TL_NO_WORKER", "").strip().lower() in TRUE,
             password=env.get("TL_PASSWORD") or None,
@@ -92,3 +101,15 @@ def child_environment(**overrides: str) -> dict[str, str]:
     """This process's environment with `overrides`: what a process it starts is given (the service
     gives the dashboard the database it serves)."""
     return {**os.environ, **overrides}
+
+
+def gpu_environment(index: int) -> dict[str, str]:
+    """What gives a process GPU `index` (as nvidia-smi numbers it) alone, as its cuda:0: CUDA told to
+    count in PCI bus order as nvidia-smi does (its default, fastest first, may differ on mixed GPUs)."""
+    return {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": str(index)}
+
+
+def pin_gpu(index: int) -> None:
+    """This process trains on GPU `index` alone (a standby handed its run). CUDA reads these once, when
+    it is first initialised: call it before anything asks CUDA for a device."""
+    os.environ.update(gpu_environment(index))

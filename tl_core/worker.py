@@ -2,10 +2,13 @@
 
 It starts with the service (`python -m tl_core serve`: supervisor.py, what `make start` and the
 container run), not with a browser, and is detached from it: closing the tab or restarting
-Streamlit stops nothing. At most TL_MAX_CONCURRENT runs train at once (default: one per GPU, one
-on a CPU machine). Each run's process is started without a shell, in a process group of its own
-(a Ctrl-C in the worker's terminal reaches the worker, which tells its runs once), and records its
-own pid in the run; if the worker dies, the kernel stops its runs too (PR_SET_PDEATHSIG).
+Streamlit stops nothing. With TL_MAX_CONCURRENT (or --max-concurrent), that many runs train at
+once. Without, on a machine whose GPUs nvidia-smi measures, as many as their memory holds: each
+run goes to the GPU placement.py chooses for it (it stays queued while none has room), and its
+process sees that GPU alone; on a CPU machine, one run at a time. Each run's process is started
+without a shell, in a process group of its own (a Ctrl-C in the worker's terminal reaches the
+worker, which tells its runs once), and records its own pid in the run; if the worker dies, the
+kernel stops its runs too (PR_SET_PDEATHSIG).
 
 Many workers, one queue. Any number of workers (processes, machines) may serve one database; a
 queued run is claimed by exactly one (`Store.claim_next_queued`: SKIP LOCKED on PostgreSQL, a
@@ -38,7 +41,8 @@ used. An unused standby is released after TL_STANDBY_IDLE_S without a run (its m
 made again once runs come. TL_STANDBY=0 turns it off: every run then starts a fresh process.
 
 The worker imports no torch (nor anything that does): starting and supervising processes needs
-the database and the settings only, and it counts GPUs from the driver, not through CUDA.
+the database and the settings only, and it counts and measures GPUs through the driver
+(placement.py), not through CUDA.
 
 Files. A database's worker files (the log of a worker the dashboard started, the standby's log,
 worker.pid) sit in a folder named by its instance id (runfiles.py), so several databases can
@@ -57,7 +61,6 @@ import ctypes
 import datetime as dt
 import fcntl
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -66,41 +69,20 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import settings
+from . import placement, settings
 from .runfiles import run_folder, worker_folder
 from .store import Run, Store, WorkerInfo
 
 PROCESS_LOST = "process lost: its training process stopped without recording an end"
 RESUMABLE = "(resumable from its last checkpoint)"
 STOP_GRACE_S = 30.0  # a training process asked to stop has this long to reach its next batch
-
-
-def gpu_count() -> int:
-    """The GPUs CUDA would see, without initialising CUDA (or importing torch): the NVIDIA driver's
-    list (/proc/driver/nvidia/gpus, else `nvidia-smi -L`), narrowed by CUDA_VISIBLE_DEVICES."""
-    driver = Path("/proc/driver/nvidia/gpus")
-    if driver.is_dir():
-        present = len(list(driver.iterdir()))
-    elif shutil.which("nvidia-smi"):
-        listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
-        present = sum(line.startswith("GPU ") for line in listed.stdout.splitlines())
-    else:
-        return 0
-    visible = settings.current().cuda_visible_devices
-    if visible is None:
-        return present
-    chosen = []
-    for device in visible.split(","):  # CUDA stops at the first invalid entry
-        device = device.strip()
-        if not device or device.startswith("-"):
-            break
-        chosen.append(device)
-    return min(present, len(chosen))
+PEAKS_TTL_S = 60.0  # the measured needs of kinds of runs are read again after this (others' runs end too)
 
 
 def max_concurrent() -> int:
-    """Runs at once: TL_MAX_CONCURRENT, else one per GPU, one on a CPU machine."""
-    return settings.current().max_concurrent or max(1, gpu_count())
+    """Runs at once where they are not placed by memory: TL_MAX_CONCURRENT, else one per GPU (GPUs
+    nvidia-smi cannot measure), one on a CPU machine."""
+    return settings.current().max_concurrent or max(1, placement.gpu_count())
 
 
 # --- processes ------------------------------------------------------------------------------
@@ -173,9 +155,11 @@ def _host_lock(folder: Path):
 
 @dataclass
 class Child:
-    run: Run
+    run: Run  # as it was claimed
     proc: subprocess.Popen
     started: bool = False  # its process has done its imports and started the run
+    gpu: int | None = None  # the GPU it was placed on (placement.py); None: it sees every GPU
+    settled: bool = False  # it recorded an epoch since: its memory shows in what nvidia-smi measures
 
 
 # --- the worker -----------------------------------------------------------------------------
@@ -219,6 +203,11 @@ class Worker(Serving):
         self.store = Store(db_url)
         self.files = worker_folder(self.store.instance_id)
         self.concurrency = concurrency or max_concurrent()
+        # No number of runs fixed (--max-concurrent, TL_MAX_CONCURRENT): packed onto these GPUs by memory.
+        packed = not (concurrency or settings.current().max_concurrent)
+        self.gpus = [g.index for g in placement.gpus()] if packed else []
+        self.peaks: dict[tuple, float] | None = None  # placement.peaks, read at most every PEAKS_TTL_S
+        self.peaks_at = 0.0
         self.poll_seconds = poll_seconds
         self.children: dict[int, Child] = {}
         self.host = socket.gethostname()
@@ -290,28 +279,30 @@ class Worker(Serving):
             print(f"worker: run {run.id} failed: {why}", flush=True)
 
     # 2. Processes: a run's, or the standby.
-    def _start(self, run: Run | None) -> subprocess.Popen:
-        """The training process of `run`, or (None) a standby that waits for a run id on stdin;
-        either is stopped by the kernel if this worker dies."""
+    def _start(self, run: Run | None, gpu: int | None = None) -> subprocess.Popen:
+        """The training process of `run` (on `gpu` alone, if given), or (None) a standby that waits
+        for a run id on stdin; either is stopped by the kernel if this worker dies."""
         if run is None:
             args, log_path, stdin = ["--standby"], self.files / "standby.log", subprocess.PIPE
         else:
             args, log_path, stdin = [str(run.id)], run_folder(run) / "train.log", subprocess.DEVNULL
+        env = None if gpu is None else settings.child_environment(**settings.gpu_environment(gpu))
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as log:
             return subprocess.Popen([sys.executable, "-m", "tl_core", "train-run", *args, "--db", self.db_url],
-                                    stdout=log, stderr=subprocess.STDOUT, stdin=stdin,
+                                    stdout=log, stderr=subprocess.STDOUT, stdin=stdin, env=env,
                                     preexec_fn=_own_group_dying_with_parent, cwd=os.getcwd())
 
-    def _hand_to_standby(self, run_id: int) -> subprocess.Popen | None:
-        """Give run_id to the standby process; None if there is none alive to take it."""
+    def _hand_to_standby(self, run_id: int, gpu: int | None) -> subprocess.Popen | None:
+        """Give run_id to the standby process ("<run id> <gpu>" when placed: it has not initialised
+        CUDA, so it can still be given that GPU alone); None if there is none alive to take it."""
         proc, self.standby = self.standby, None
         if proc is None:
             return None
         try:
             if proc.poll() is not None:
                 raise OSError(f"exited with {proc.returncode}")
-            proc.stdin.write(f"{run_id}\n".encode())
+            proc.stdin.write((f"{run_id}\n" if gpu is None else f"{run_id} {gpu}\n").encode())
             proc.stdin.close()
             return proc
         except OSError as e:
@@ -361,15 +352,15 @@ class Worker(Serving):
             proc.wait()
         _kill_group(proc.pid)
 
-    def launch(self, run: Run) -> None:
+    def launch(self, run: Run, gpu: int | None = None) -> None:
         try:
-            proc = self._hand_to_standby(run.id) or self._start(run)
+            proc = self._hand_to_standby(run.id, gpu) or self._start(run, gpu)
         except OSError as e:  # no process could be made (memory, process limits): say so, never leave it claimed
             self.store.finish_run(run.id, "failed", error=f"its training process could not be started ({e}); "
                                                           f"free memory or processes, then resume it")
             return
         self.store.update_run(run.id, pid=proc.pid, host=self.host)
-        self.children[run.id] = Child(run, proc)
+        self.children[run.id] = Child(run, proc, gpu=gpu)
         self.busy_at = time.monotonic()
 
     def reap(self) -> None:
@@ -380,7 +371,10 @@ class Worker(Serving):
                 continue
             del self.children[run_id]
             _kill_group(child.proc.pid)
+            self.peaks = None  # it may have measured its kind
             run = self.store.get_run(run_id)
+            if child.gpu is not None and not child.settled and run.worker_id == self.id and run.status != "queued":
+                self._record_gpu(run, child.gpu)
             if run.status != "running" or run.worker_id != self.id:
                 continue  # it recorded its end, or went back to the queue (train.py), or is another's now
             if self.stopping:  # killed after STOP_GRACE_S: an interruption like the others
@@ -388,7 +382,61 @@ class Worker(Serving):
             else:
                 self.store.finish_run(run_id, "failed", error=f"{PROCESS_LOST} (exit code {code})")
 
-    # 3. The loop.
+    # 3. Placement on the GPUs (placement.py).
+    def _claim(self) -> tuple[Run, int | None] | None:
+        """The next queued run, claimed, and the GPU it is placed on (None: not placed, its process
+        sees every GPU); None when it must wait."""
+        if not self.gpus:
+            if len(self.children) >= self.concurrency:
+                return None
+            run = self.store.claim_next_queued(os.getpid(), self.id, "local")
+            return None if run is None else (run, None)
+        placed = [(c.gpu, c.settled) for c in self.children.values()]
+        if not placement.open_gpus(self.gpus, placed, settings.current().runs_per_gpu):
+            return None  # every GPU has a run settling, or is full: nothing to measure yet
+        queued = self.store.list_runs(statuses=["queued"])
+        if not queued:
+            return None
+        # Decided on the oldest queued run (the one claim_next_queued takes) before claiming it: a run
+        # that must wait stays queued, where another worker may take it.
+        head, measured, peaks = queued[-1], placement.gpus(), self._peaks()
+        need = peaks.get(placement.kind(head.config))
+        gpu = placement.place(measured, placed, need)
+        if gpu is None or (run := self.store.claim_next_queued(os.getpid(), self.id, "local")) is None:
+            return None
+        if run.id != head.id:  # another worker took the head meanwhile: the run we got must fit too
+            need = peaks.get(placement.kind(run.config))
+            gpu = placement.place(measured, placed, need)
+            if gpu is None:  # back in the queue, unclaimed
+                self.store.update_run(run.id, status="queued", started_at=None, worker_pid=None, worker_id=None,
+                                      executor=None)
+                return None
+        free = next(g.free_mb for g in measured if g.index == gpu)
+        print(f"worker: run {run.id} placed on GPU {gpu} ({free:.0f} MiB free; its kind "
+              f"{f'peaked at {need:.0f} MiB' if need is not None else 'never measured'})", flush=True)
+        return run, gpu
+
+    def _peaks(self) -> dict[tuple, float]:
+        if self.peaks is None or time.monotonic() - self.peaks_at >= PEAKS_TTL_S:
+            self.peaks, self.peaks_at = placement.peaks(self.store), time.monotonic()
+        return self.peaks
+
+    def _follow(self) -> None:
+        """Mark our placed runs settled once they record an epoch (their memory is measurable then)."""
+        for child in self.children.values():
+            if child.gpu is None or child.settled:
+                continue
+            run = self.store.get_run(child.run.id)
+            if run.epochs_done > child.run.epochs_done:
+                child.settled = True
+                self._record_gpu(run, child.gpu)
+
+    def _record_gpu(self, run: Run, gpu: int) -> None:
+        """The GPU a run was placed on, beside what its process recorded of its environment (which
+        it writes whole when it starts: so only once that is done, at an epoch or at its end)."""
+        self.store.update_run(run.id, environment={**run.environment, "gpu_index": gpu})
+
+    # 4. The loop.
     def start(self) -> None:
         """Register in the store and claim this host's worker.pid if no live worker holds it."""
         self.files.mkdir(parents=True, exist_ok=True)
@@ -407,11 +455,9 @@ class Worker(Serving):
         self.recover()
         if orphaned := self.store.fail_orphaned():
             print(f"worker: runs {orphaned} failed: their worker stopped heartbeating", flush=True)
-        while not self.stopping and len(self.children) < self.concurrency:
-            run = self.store.claim_next_queued(os.getpid(), self.id, "local")
-            if run is None:
-                break
-            self.launch(run)
+        self._follow()
+        while not self.stopping and (claimed := self._claim()):
+            self.launch(*claimed)
         if self.children:
             self.busy_at = time.monotonic()
         self._keep_standby()
@@ -420,8 +466,9 @@ class Worker(Serving):
         signal.signal(signal.SIGTERM, self._signal)
         signal.signal(signal.SIGINT, self._signal)
         self.start()
-        print(f"worker {os.getpid()} (id {self.id}): up to {self.concurrency} runs at once, db {self.db_url}",
-              flush=True)
+        runs = (f"runs placed on GPUs {', '.join(map(str, self.gpus))} by memory, at most "
+                f"{settings.current().runs_per_gpu} per GPU" if self.gpus else f"up to {self.concurrency} runs at once")
+        print(f"worker {os.getpid()} (id {self.id}): {runs}, db {self.db_url}", flush=True)
         self.loop()
 
     def stop(self) -> None:
