@@ -12,7 +12,7 @@ from tl_core.config import make_config
 from tl_core.errors import UserError
 from tl_core.finetuning import Finetuning, freeze_to, set_train_mode
 from tl_core.strategies import get_strategy
-from tl_core.train import BENCHMARK_MIN_STEPS, cudnn_benchmark
+from tl_core.train import BENCHMARK_MIN_STEPS, cudnn_benchmark, warm_cuda
 
 from .helpers import train
 
@@ -119,3 +119,13 @@ def test_a_step_that_runs_out_of_memory_is_told_plainly_what_to_lower():
         "this run would not fit in GPU memory: one training step at batch size 32 ran out of it on NVIDIA T4 "
         "(2.0 GiB free of 16.0 GiB); lower --batch-size (try 16, with --accumulate 2 for the same effective batch), "
         "or turn --checkpointing on, then start it again")
+
+
+def test_the_standby_starts_cuda_ahead_of_a_run_only_on_its_one_gpu(monkeypatch):
+    from tl_core import placement
+
+    monkeypatch.setattr(placement, "gpu_count", lambda: 2)  # which GPU is the run's is not known yet
+    assert warm_cuda() is False
+    monkeypatch.setattr(placement, "gpu_count", lambda: 1)
+    assert warm_cuda() is torch.cuda.is_available()
+    assert torch.cuda.is_initialized() is torch.cuda.is_available()

@@ -576,18 +576,19 @@ def cmd_serve(args) -> int:
 @command("train-run")
 def cmd_train_run(args) -> int:
     from .runfiles import run_folder
-    from .train import train_run  # torch, torchvision and timm: the seconds a standby saves
+    from .train import train_run, warm_cuda  # torch, torchvision and timm: the seconds a standby saves
 
     store = service.open_store(args.db)
     run_id = args.run_id
     if args.standby:  # the worker's process kept ready ahead of need (worker.py)
         import timm  # noqa: F401  (models are built by timm: imported here, not after the run is handed over)
 
+        warmed = warm_cuda()  # on its one GPU: CUDA started before the run comes
         line = sys.stdin.readline().split()  # "<run id>", or "<run id> <gpu>" for a run placed on a GPU
         if not line:  # the worker stopped without a run for us
             return 0
         run_id = int(line[0])
-        if len(line) > 1:  # nothing here has asked CUDA for a device yet: it still reads which it may use
+        if len(line) > 1 and not warmed:  # nothing here has asked CUDA for a device yet: it still reads which
             settings.pin_gpu(int(line[1]))
         log = run_folder(store.get_run(run_id)) / "train.log"
         log.parent.mkdir(parents=True, exist_ok=True)

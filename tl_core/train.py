@@ -783,6 +783,28 @@ def _check_checkpoint(ckpt: dict, path: Path, run: Run, cfg: RunConfig, classes:
                         f"({len(ckpt['classes'])} then, {len(classes)} now); start a new run instead")
 
 
+def warm_cuda() -> bool:
+    """Start CUDA ahead of a run, in the worker's standby process, where this process sees one GPU
+    (with several, the standby waits to be told its GPU: CUDA, once started, could not change it):
+    the context, cuBLAS's and cuDNN's handles and the kernels of a small bf16 convolution step, the
+    start-up the run's first batch then does not pay. Returns whether it did."""
+    from .placement import gpu_count  # the driver's count: asks CUDA nothing where there are several
+
+    if gpu_count() != 1 or not torch.cuda.is_available():
+        return False
+    device = torch.device("cuda")
+    amp, _ = amp_for(device)
+    conv = nn.Conv2d(3, 8, 3).to(device, memory_format=torch.channels_last)
+    x = torch.randn(4, 3, 16, 16, device=device).contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cuda", dtype=amp):
+        loss = conv(x).float().mean() + (x.flatten(1) @ x.flatten(1).T).float().mean()
+    loss.backward()
+    torch.cuda.synchronize(device)
+    del conv, x, loss
+    torch.cuda.empty_cache()
+    return True
+
+
 def amp_for(device: torch.device):
     """Autocast dtype and grad scaler: bf16 where the GPU has it, fp16 + scaling otherwise, none on CPU."""
     if device.type != "cuda":
