@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tl_core import backbones, cache, data, decoded, transforms
+from tl_core import backbones, cache, channels, data, decoded, transforms
 from tl_core.cache import ArrayCache
 
 
@@ -70,10 +70,12 @@ def test_a_scan_is_reused_until_a_file_changes(tiny, tmp_path, monkeypatch):
     assert len(opened) > n and len(third.items["all"]) == len(first.items["all"]) + 1
 
 
-def _loaders(root: str, augment: str = "none", size: int = 48, workers: int = 0):
-    index = data.scan_dataset(root)
+def _loaders(root: str, augment: str = "none", size: int = 48, workers: int = 0, in_channels: int = 3):
+    index = data.scan_dataset(root, in_channels)
     splits = data.split_dataset(index, 0.25, seed=0)
-    pipe = decoded.Pipeline(backbones.preprocessing("efficientnet_lite0"), size, augment)
+    pre, _ = channels.normalisation(backbones.preprocessing("efficientnet_lite0"), in_channels, "imagenet",
+                                    [it.path for it in splits.train])
+    pipe = decoded.Pipeline(pre, size, augment, in_channels)
     train, val, note = decoded.make_loaders(splits, decoded.DatasetRows.of(index), pipe, 8, 0, workers,
                                             torch.device("cpu"))
     assert note == {"used": True}
@@ -149,3 +151,98 @@ def test_the_views_of_an_image_decode_it_once_and_differ(tiny, monkeypatch):
     assert not torch.equal(x[0], x[1]) and not torch.equal(x[1], x[2])
     (again, _), = list(decoded.read_through(views, batch_size=4))
     assert torch.equal(again, x) and len(decodes) == 2  # the same views, from the cache
+
+
+# --- steady batches: read at once ---------------------------------------------------------------
+
+
+def _bands(root: Path) -> str:
+    """Two classes of 4-band float arrays: N-channel inputs, stored as float16 rows."""
+    rng = np.random.default_rng(0)
+    for c in range(2):
+        (root / f"class{c}").mkdir(parents=True)
+        for i in range(12):
+            np.save(root / f"class{c}" / f"{i}.npy", rng.random((40, 36, 4), dtype=np.float32))
+    return str(root)
+
+
+def _item_by_item(self, indices):
+    """PixelDataset batches as before __getitems__: each item read on its own, then stacked."""
+    return decoded.collate([self[i] for i in indices])
+
+
+def _count_items(monkeypatch) -> list:
+    items = []
+    real = decoded.PixelDataset.__getitem__
+    monkeypatch.setattr(decoded.PixelDataset, "__getitem__", lambda self, i: items.append(i) or real(self, i))
+    return items
+
+
+@pytest.mark.parametrize("augment", ["none", "light"])
+@pytest.mark.parametrize("in_channels", [3, 4])
+def test_steady_batches_read_at_once_equal_item_by_item_batches_bitwise(tiny, tmp_path, monkeypatch, augment,
+                                                                         in_channels):
+    root = tiny if in_channels == 3 else _bands(tmp_path / "bands")
+    _, _, train, _ = _loaders(root, augment, in_channels=in_channels)
+    assert train.dataset.images.stage.dtype == (np.uint8 if in_channels == 3 else np.float16)
+    for _ in train:  # decodes every row: the next epochs are steady
+        pass
+
+    def epoch() -> list:
+        torch.manual_seed(3)  # the augmentation's draws
+        return list(train.for_epoch(1))
+
+    at_once = epoch()
+    monkeypatch.setattr(decoded.PixelDataset, "__getitems__", _item_by_item)
+    by_item = epoch()
+    assert len(at_once) == len(by_item) > 1
+    for (x, y), (x2, y2) in zip(at_once, by_item):
+        assert x.dtype == torch.float32 and torch.equal(x, x2) and torch.equal(y, y2)
+
+
+def test_a_steady_epoch_reads_no_item_on_its_own(tiny, monkeypatch):
+    items = _count_items(monkeypatch)
+    _, _, train, _ = _loaders(tiny, augment="light")
+    for _ in train:
+        pass
+    assert sorted(items) == list(range(len(train.dataset)))  # the first epoch decodes item by item
+    items.clear()
+    assert sum(len(y) for _, y in train.for_epoch(1)) == len(train.dataset) and items == []
+
+
+def test_seeded_views_read_at_once_are_the_views_read_item_by_item(tiny, monkeypatch):
+    index = data.scan_dataset(tiny)
+    pipe = decoded.Pipeline(backbones.preprocessing("efficientnet_lite0"), 32, "light")
+    images = decoded.DecodedImages(decoded.DatasetRows.of(index), pipe.stage(True))
+    views = decoded.PixelDataset(images, np.array([2, 0, 2, 1, 0, 2]), list(range(6)), pipe.train_transform(),
+                                 seeds=np.arange(6))
+    (x, y), = list(decoded.read_through(views, batch_size=6))  # decodes, item by item
+    items = _count_items(monkeypatch)
+    (again, y2), = list(decoded.read_through(views, batch_size=6))
+    assert items == [] and torch.equal(again, x) and torch.equal(y2, y)
+    views.filled, views.unreadable = images.state()
+    some = [5, 1, 3]
+    x3, y3, fresh, bad = views.__getitems__(some)
+    assert torch.equal(x3, x[some]) and y3.tolist() == some and len(fresh) == len(bad) == 0
+
+
+def test_a_batch_with_a_row_to_decode_or_an_unreadable_one_goes_item_by_item(tiny, tmp_path, monkeypatch, capfd):
+    root = tmp_path / "d"
+    shutil.copytree(tiny, root)
+    _, _, train, _ = _loaders(str(root))
+    ds, paths = train.dataset, train.dataset.images.dataset.paths
+    bad = Path(paths[ds.rows[0]])
+    bad.write_bytes(bad.read_bytes()[:60])
+    some = decoded.PixelDataset(ds.images, ds.rows[1::2], ds.labels[1::2])
+    for _ in decoded.read_through(some, batch_size=8):  # every other row decoded already (as by another run)
+        pass
+    decodes = _count_decodes(monkeypatch)
+    items = _count_items(monkeypatch)
+    assert sum(len(y) for _, y in train) == len(ds) - 1
+    assert sorted(decodes) == sorted(paths[r] for r in ds.rows[::2])  # the rest, each once (and the bad one)
+    assert len(items) >= len(ds.rows[::2]) and "skipped unreadable image" in capfd.readouterr().err
+    assert ds.images.cache.filled()[ds.rows].all() and ds.images.cache.failed().tolist() == [ds.rows[0]]
+    decodes.clear()
+    items.clear()
+    assert sum(len(y) for _, y in train.for_epoch(1)) == len(ds) - 1  # steady: only the unreadable row's batch
+    assert decodes == [] and 0 in items and len(items) <= 8

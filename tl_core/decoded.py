@@ -34,6 +34,8 @@ from .weights import Preprocessing
 
 DECODE_VERSION = 1
 Check = Callable[[], None]  # called between batches; raises to stop (a cancelled run)
+# (images, labels, rows decoded by this read, rows found unreadable): a PixelDataset batch
+Batch = tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]
 
 
 # --- the dataset's rows ------------------------------------------------------------------
@@ -180,7 +182,7 @@ class PixelDataset(Dataset):
         self.transform, self.seeds = transform, seeds
         self.filled: np.ndarray | None = None  # set by the loader before each pass (and its workers' fork)
         self.unreadable: set[int] = set()
-        self._data: np.memmap | None = None  # opened on first read, in whichever process reads
+        self._data: np.memmap | None = None  # opened on first read, in whichever process reads (_array)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -189,12 +191,10 @@ class PixelDataset(Dataset):
         row, label = int(self.rows[i]), self.labels[i]
         if row in self.unreadable:
             return None, label, row, -1
-        if self._data is None:
-            self._data = self.images.cache.writable()
         fresh = 0
         if self.filled is None or not self.filled[row]:
             try:
-                self._data[row] = self.images.stage(self.images.dataset.paths[row])
+                self._array()[row] = self.images.stage(self.images.dataset.paths[row])
             except data.UnreadableImage as e:
                 print(f"skipped unreadable image {e}", file=sys.stderr, flush=True)
                 self.unreadable.add(row)
@@ -202,27 +202,62 @@ class PixelDataset(Dataset):
             fresh = 1
             if self.filled is not None:  # a row read again in this pass (K views of an image) is decoded once
                 self.filled[row] = True
-        x = torch.from_numpy(np.array(self._data[row]))
+        x = torch.from_numpy(np.array(self._array()[row]))
         if x.dtype == torch.float16:  # stored small; resized (augmented) and normalised in float32
             x = x.float()
-        if self.transform is not None:
-            if self.seeds is None:
-                x = self.transform(x)
-            else:
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(int(self.seeds[i]))
-                    x = self.transform(x)
-        return x, label, row, fresh
+        return self._augment(i, x), label, row, fresh
+
+    def __getitems__(self, indices: Sequence[int]) -> Batch:
+        """A whole batch, collated (the DataLoader calls this rather than __getitem__ per index).
+
+        Once its rows are all decoded (the steady state) they are read in one go (one fancy-indexed
+        read of the memory map), not copied and stacked one by one. A batch with a row to decode or an unreadable one goes
+        item by item, which keeps that bookkeeping (fresh, bad, filled).
+        """
+        rows = self.rows[indices]
+        if self.filled is None or not self.filled[rows].all() or not self.unreadable.isdisjoint(rows.tolist()):
+            return collate([self[i] for i in indices])
+        # Not sorted into file order first: the cache is normally in the page cache, where sorting
+        # and putting back cost a second copy (3x the read's time at 224 px) and save nothing.
+        x = torch.from_numpy(self._array()[rows])
+        if x.dtype == torch.float16:
+            x = x.float()
+        if self.transform is not None:  # per image, in the batch's order: the random draws of the item path
+            x = torch.stack([self._augment(i, img) for i, img in zip(indices, x)])
+        y = torch.tensor([self.labels[i] for i in indices], dtype=torch.long)
+        none = np.zeros(0, dtype=np.int64)
+        return x, y, none, none
+
+    def _array(self) -> np.memmap:
+        """The memory-mapped rows (each DataLoader worker maps its own)."""
+        if self._data is None:
+            self._data = self.images.cache.writable()
+        return self._data
+
+    def _augment(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """Item i through the random transform: under the loader's random stream, or its own seed."""
+        if self.transform is None:
+            return x
+        if self.seeds is None:
+            return self.transform(x)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(self.seeds[i]))
+            return self.transform(x)
 
 
-def collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]:
+def collate(items: list) -> Batch:
     """(images, labels) of the readable items, and the rows this batch decoded and found unreadable."""
-    good = [b for b in batch if b[0] is not None]
+    good = [b for b in items if b[0] is not None]
     x = torch.stack([b[0] for b in good]) if good else torch.empty(0, dtype=torch.uint8)
     y = torch.tensor([b[1] for b in good], dtype=torch.long)
-    fresh = np.array([b[2] for b in batch if b[3] == 1], dtype=np.int64)
-    bad = np.array([b[2] for b in batch if b[3] == -1], dtype=np.int64)
+    fresh = np.array([b[2] for b in items if b[3] == 1], dtype=np.int64)
+    bad = np.array([b[2] for b in items if b[3] == -1], dtype=np.int64)
     return x, y, fresh, bad
+
+
+def collated(batch: Batch) -> Batch:
+    """The DataLoader's collate_fn: PixelDataset.__getitems__ returns its batches collated."""
+    return batch
 
 
 def read_through(dataset: PixelDataset, **loader_args) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -231,7 +266,7 @@ def read_through(dataset: PixelDataset, **loader_args) -> Iterator[tuple[torch.T
     dataset.images.cache.create()
     fresh, bad = [], []
     try:
-        for x, y, f, b in DataLoader(dataset, collate_fn=collate, **loader_args):
+        for x, y, f, b in DataLoader(dataset, collate_fn=collated, **loader_args):
             fresh.append(f)
             bad.append(b)
             yield x, y
@@ -283,7 +318,7 @@ class PixelLoader:
         ds.filled, ds.unreadable = ds.images.state()  # before any worker forks
         if len(ds.rows) and ds.filled[ds.rows].all():
             if self._steady is None:
-                self._steady = DataLoader(ds, collate_fn=collate, persistent_workers=self.args["num_workers"] > 0,
+                self._steady = DataLoader(ds, collate_fn=collated, persistent_workers=self.args["num_workers"] > 0,
                                           **self.args)
             batches = ((x, y) for x, y, _, _ in self._steady)
         else:
