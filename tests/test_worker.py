@@ -1,4 +1,5 @@
-"""The background worker: queued runs train in processes of their own; lost ones are failed."""
+"""The background worker: queued runs train in processes of their own; lost ones are failed (on
+SQLite and on PostgreSQL: `db_url`)."""
 
 from __future__ import annotations
 
@@ -19,15 +20,27 @@ from .helpers import wait_for
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def worker(tmp_path):
-    db = f"sqlite:///{tmp_path / 'w.db'}"
+def _serving(db: str, tmp_path: Path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TL_RUNS_DIR": str(tmp_path / "runs"), "TL_MAX_CONCURRENT": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "tl_core", "worker", "--db", db, "--poll", "0.3"],
                             cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    yield Store(db), proc
+    store = Store(db)
+    yield store, proc
     proc.terminate()
     proc.wait(timeout=30)
+    store.close()
+
+
+@pytest.fixture
+def worker(db_url, tmp_path):
+    """A worker on a new database of each backend, and the database."""
+    yield from _serving(db_url, tmp_path)
+
+
+@pytest.fixture
+def sqlite_worker(tmp_path):
+    """A worker on a new SQLite database (its standby process: nothing of it depends on the backend)."""
+    yield from _serving(f"sqlite:///{tmp_path / 'w.db'}", tmp_path)
 
 
 def _queue(store: Store, data: str, **kw) -> int:
@@ -85,8 +98,8 @@ def _standbys(worker_pid: int) -> list[int]:
     return [p.pid for p in psutil.Process(worker_pid).children() if "--standby" in p.cmdline()]
 
 
-def test_a_queued_run_is_handed_to_the_standby_process_and_a_new_one_replaces_it(worker, tiny):
-    store, proc = worker
+def test_a_queued_run_is_handed_to_the_standby_process_and_a_new_one_replaces_it(sqlite_worker, tiny):
+    store, proc = sqlite_worker
     ready = wait_for(lambda: _standbys(proc.pid), 30, "a standby process")[0]
     time.sleep(6)  # its imports are done: what a user queueing a run finds
     run_id = _queue(store, tiny, epochs=1, strategy="full")
@@ -97,8 +110,8 @@ def test_a_queued_run_is_handed_to_the_standby_process_and_a_new_one_replaces_it
     assert wait_for(lambda: [p for p in _standbys(proc.pid) if p != ready], 30, "a new standby")
 
 
-def test_a_dead_standby_does_not_stop_the_next_run(worker, tiny):
-    store, proc = worker
+def test_a_dead_standby_does_not_stop_the_next_run(sqlite_worker, tiny):
+    store, proc = sqlite_worker
     dead = wait_for(lambda: _standbys(proc.pid), 30, "a standby process")[0]
     os.kill(dead, signal.SIGKILL)
     run_id = _queue(store, tiny, epochs=1)
