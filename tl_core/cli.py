@@ -174,7 +174,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("worker", parents=[common], help="take queued runs from the database and train them")
     p.add_argument("--max-concurrent", type=int, default=None, help="runs at once (default $TL_MAX_CONCURRENT, "
-                   "else one per GPU, one on CPU)")
+                   "else as many as the GPUs' memory holds, placed by placement.py; one on CPU)")
     p.add_argument("--poll", type=float, default=1.0, help="seconds between looks at the queue")
     p.add_argument("--stop", action="store_true", help="stop this database's workers on this machine instead: "
                    "their runs stop at their next batch and continue from their checkpoints on the next start")
