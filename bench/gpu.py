@@ -234,7 +234,7 @@ def comparison(work: Path, data: str, size: int, batch: int, epochs: int, packed
     store = Store(f"sqlite:///{work / f'{name}.db'}")
     base = dict(data=data, backbone="efficientnet_lite0", image_size=size, batch_size=batch, epochs=epochs,
                 device=device, experiment=f"comparison, {name}")
-    runs = queue_runs(store, base, [s.name for s in list_strategies()], seeds=list(seeds))
+    runs = queue_runs(store, base, list_strategies(), seeds=list(seeds))
     t = time.perf_counter()
     proc = _worker(store, work / f"{name}.log", *([] if packed else ["--max-concurrent", "1"]))
     try:
@@ -330,7 +330,8 @@ def main() -> int:
         write_demo_data(work / "data", datasets=("animals",), per_class=6, size=48)
         data = str(work / "data" / "animals")
         comparison(work, data, 32, 8, 3, False, "cpu", seeds=(9,), name="warm-up")
-        r = {"comparison": {m: comparison(work, data, 32, 8, 3, m == "packed", "cpu") for m in ("sequential", "packed")},
+        r = {"comparison": {m: comparison(work, data, 32, 8, 3, m == "packed", "cpu", seeds=(0,))
+                            for m in ("sequential", "packed")},
              "first_batch": first_batch(work, data, 32, 8, "cpu", tries=1)}
         print(json.dumps(r, indent=1, default=str))
         return 0
