@@ -107,9 +107,8 @@ def _ended(proc: psutil.Process) -> bool:
         return True
 
 
-def _queue(store: Store, data: str, epochs: int) -> int:
-    cfg = make_config(data=data, image_size=32, batch_size=8, workers=0, epochs=epochs,
-                      strategy="feature_extraction")
+def _queue(store: Store, data: str, epochs: int, strategy: str = "feature_extraction") -> int:
+    cfg = make_config(data=data, image_size=32, batch_size=8, workers=0, epochs=epochs, strategy=strategy)
     return store.create_run(cfg.model_dump(), cfg.experiment, status="queued").id
 
 
@@ -179,7 +178,7 @@ def test_an_unknown_executor_is_refused_with_what_to_do(monkeypatch, capsys, tmp
 
 def test_stopping_the_executor_puts_its_runs_back_in_the_queue(executor, tiny):
     store = executor.store
-    run_id = _queue(store, tiny, epochs=300)
+    run_id = _queue(store, tiny, epochs=300, strategy="full")  # minutes of training: still going when stopped
     process = wait_for(lambda: _training_process(store, run_id), 60, "the run's process")
     executor.proc.send_signal(signal.SIGTERM)
     assert executor.proc.wait(timeout=60) == 0
