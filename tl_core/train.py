@@ -557,13 +557,14 @@ def _fit(store: Store, run: Run, cfg: RunConfig, device: torch.device, run_dir: 
         torch.backends.cudnn.benchmark, why = cudnn_benchmark(cfg, cfg.epochs * len(d.train))
         probe = memory.probe_step(model, groups, plan.widest(), (d.batch_size, cfg.in_channels, cfg.image_size,
                                   cfg.image_size), loss_fn, amp, cfg.optimizer, device, CHANNELS_LAST)
-        _note(store, run.id, cudnn_benchmark=why, gpu_memory=probe.summary())
         if not probe.fits():
             raise UserError(probe.advice(torch.cuda.get_device_name(device)))
     probed = time.perf_counter()
     # 3. The strategy's plan; frozen groups' output computed once per image and cached on disk.
     frozen = frozen_features(cfg, bb, d, device, amp, check)
     _record_start(store, run, cfg, d, bb)
+    if device.type == "cuda":  # after the summary's start (_record_start writes it whole)
+        _note(store, run.id, cudnn_benchmark=why, gpu_memory=probe.summary())
     # 3b. The loss's terms beside cross-entropy (losses.py) and the target domain, set up on the
     #     weights training starts from, as layer drift is measured from them; the memory levers.
     target = load_target(cfg, d, device, CHANNELS_LAST)

@@ -109,9 +109,10 @@ def speed_note(summary: dict) -> str:
         where = ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in summary.get("startup", {}).items())
         parts.append(f"**startup**: {summary['startup_seconds']:.1f} s to the first batch" + (f" ({where})" if where else ""))
     if gpu := summary.get("gpu_memory"):
-        peak = f"peak {gpu['peak_mb'] / 1024:.2f} GiB, " if "peak_mb" in gpu else ""
-        parts.append(f"**GPU memory**: {peak}probe step {gpu['predicted_mb'] / 1024:.2f} GiB predicted of "
-                     f"{gpu['available_mb'] / 1024:.1f} GiB free")
+        said = [*([f"peak {gpu['peak_mb'] / 1024:.2f} GiB"] if "peak_mb" in gpu else []),
+                *([f"{gpu['predicted_mb'] / 1024:.2f} GiB predicted by its probe step of {gpu['available_mb'] / 1024:.1f} "
+                   f"GiB free"] if "predicted_mb" in gpu else [])]
+        parts.append("**GPU memory**: " + ", ".join(said))
     if "cudnn_benchmark" in summary:
         parts.append(f"**cudnn.benchmark**: {summary['cudnn_benchmark']}")
     return " · ".join(parts)
