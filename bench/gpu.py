@@ -231,7 +231,9 @@ def comparison(work: Path, data: str, size: int, batch: int, epochs: int, packed
     packed (the worker's placement by GPU memory). Wall time from the worker's start to the last
     run's end."""
     name = name or ("packed" if packed else "sequential")
-    store = Store(f"sqlite:///{work / f'{name}.db'}")
+    # One database for every pass, as a user's: the packed pass places runs by the peaks its kinds
+    # recorded in the passes before (a new database would know none, and pack only by share).
+    store = Store(f"sqlite:///{work / 'comparison.db'}")
     base = dict(data=data, backbone="efficientnet_lite0", image_size=size, batch_size=batch, epochs=epochs,
                 device=device, experiment=f"comparison, {name}")
     runs = queue_runs(store, base, list_strategies(), seeds=list(seeds))
