@@ -47,6 +47,15 @@ def test_the_probe_step_trains_the_widest_groups_then_leaves_the_model_as_it_was
     assert probe.batch_size == 4 and probe.seconds > 0
 
 
+def test_with_domain_adaptation_the_probe_sends_the_target_batch_through_too():
+    bb = _lite0()
+    seen = []
+    bb.model.register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[0]))
+    probe = memory.probe_step(bb.model, bb.groups, 0, (4, 3, 32, 32), nn.CrossEntropyLoss(), None, "adamw",
+                              torch.device("cpu"), forwards=2)
+    assert seen == [8] and probe.batch_size == 4  # the advice is still in the run's batch size
+
+
 def _probe(**kw) -> memory.Probe:
     numbers = dict(batch_size=64, before_mb=100.0, peak_mb=2_100.0, grads_mb=100.0, optimizer_mb=200.0,
                    available_mb=1_500.0, total_mb=16_000.0, seconds=1.0)

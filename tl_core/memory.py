@@ -178,9 +178,12 @@ def optimizer_state_mb(params: list[nn.Parameter], optimizer: str) -> float:
 
 
 def probe_step(model: nn.Module, groups: Sequence[LayerGroup], boundary: int, shape: tuple[int, ...],
-               loss_fn: nn.Module, amp, optimizer: str, device: torch.device, channels_last: bool = False) -> Probe:
+               loss_fn: nn.Module, amp, optimizer: str, device: torch.device, channels_last: bool = False,
+               forwards: int = 1) -> Probe:
     """One forward and backward pass of `model` on a batch of `shape` with groups[boundary:]
-    trainable, measured, then undone. On a CPU only the time is measured (memory: zeros)."""
+    trainable, measured, then undone. `forwards`: the batches a step sends through the model (2
+    with domain adaptation: the target domain's batch too), probed as one batch that many times
+    larger. On a CPU only the time is measured (memory: zeros)."""
     from .finetuning import freeze_to  # finetuning builds on the strategies; memory is below them
 
     cuda = device.type == "cuda"
@@ -190,9 +193,9 @@ def probe_step(model: nn.Module, groups: Sequence[LayerGroup], boundary: int, sh
     freeze_to(groups, boundary)
     trainable = [p for p in model.parameters() if p.requires_grad]
     grads_mb = sum(p.numel() * p.element_size() for p in trainable) / 2**20
-    x = torch.zeros(shape, device=device)
+    x = torch.zeros((shape[0] * forwards, *shape[1:]), device=device)
     x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
-    y = torch.zeros(shape[0], dtype=torch.long, device=device)
+    y = torch.zeros(len(x), dtype=torch.long, device=device)
     if cuda:
         torch.cuda.synchronize(device)
         free, total = torch.cuda.mem_get_info(device)

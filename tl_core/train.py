@@ -556,7 +556,8 @@ def _fit(store: Store, run: Run, cfg: RunConfig, device: torch.device, run_dir: 
     if device.type == "cuda":  # 2b. cuDNN's search, for long runs only; will the run fit? (memory.py)
         torch.backends.cudnn.benchmark, why = cudnn_benchmark(cfg, cfg.epochs * len(d.train))
         probe = memory.probe_step(model, groups, plan.widest(), (d.batch_size, cfg.in_channels, cfg.image_size,
-                                  cfg.image_size), loss_fn, amp, cfg.optimizer, device, CHANNELS_LAST)
+                                  cfg.image_size), loss_fn, amp, cfg.optimizer, device, CHANNELS_LAST,
+                                  forwards=2 if cfg.adapt != "none" else 1)
         if not probe.fits():
             raise UserError(probe.advice(torch.cuda.get_device_name(device)))
     probed = time.perf_counter()
