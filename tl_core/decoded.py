@@ -211,8 +211,8 @@ class PixelDataset(Dataset):
         """A whole batch, collated (the DataLoader calls this rather than __getitem__ per index).
 
         Once its rows are all decoded (the steady state) they are read in one go (one fancy-indexed
-        read of the memory map), not copied and stacked one by one. A batch with a row to decode or an unreadable one goes
-        item by item, which keeps that bookkeeping (fresh, bad, filled).
+        read of the memory map), not copied and stacked one by one. A batch with a row to decode or
+        an unreadable one goes item by item, which keeps that bookkeeping (fresh, bad, filled).
         """
         rows = self.rows[indices]
         if self.filled is None or not self.filled[rows].all() or not self.unreadable.isdisjoint(rows.tolist()):

@@ -189,7 +189,8 @@ def probe_step(model: nn.Module, groups: Sequence[LayerGroup], boundary: int, sh
     cuda = device.type == "cuda"
     flags = [(p, p.requires_grad) for p in model.parameters()]
     modes = [(m, m.training) for m in model.modules()]
-    buffers = {k: v.clone() for k, v in model.state_dict().items() if k not in dict(model.named_parameters())}
+    params = {name for name, _ in model.named_parameters()}
+    buffers = {k: v.clone() for k, v in model.state_dict().items() if k not in params}
     freeze_to(groups, boundary)
     trainable = [p for p in model.parameters() if p.requires_grad]
     grads_mb = sum(p.numel() * p.element_size() for p in trainable) / 2**20
