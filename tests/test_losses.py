@@ -3,6 +3,7 @@ here independently, and leaves the model as it found it."""
 
 from __future__ import annotations
 
+import copy
 import io
 import math
 
@@ -239,7 +240,7 @@ def test_fisher_is_per_image_and_leaves_the_model_as_it_was(per_image):
     torch.manual_seed(1)
     batches = [torch.randn(5, 3, 8, 8) for _ in range(4)]
 
-    fisher, used = estimate_fisher(model, ps, batches, max_images=12, generator=torch.Generator().manual_seed(3))
+    fisher, used = estimate_fisher(model, ps, batches, max_images=12, seed=3)
 
     assert used == 12  # 5 + 5 + 2 of the third batch
     assert [f.shape for f in fisher] == [p.shape for p in ps]
@@ -264,7 +265,7 @@ def test_fisher_is_not_the_square_of_the_batch_mean_gradient():
     ps = [model[0].weight]
     torch.manual_seed(1)
     x = torch.randn(8, 3, 8, 8)
-    fisher, _ = estimate_fisher(model, ps, [x], 8, generator=torch.Generator().manual_seed(0))
+    fisher, _ = estimate_fisher(model, ps, [x], 8, seed=0)
     model.eval()
     y = torch.multinomial(model(x).softmax(1), 1, generator=torch.Generator().manual_seed(0)).squeeze(1)
     (g,) = torch.autograd.grad(model(x).log_softmax(1).gather(1, y[:, None]).mean(), ps)
@@ -276,8 +277,8 @@ def test_fisher_is_reproducible_with_a_seeded_generator_and_guards_an_all_zero_e
     model = small_cnn()
     ps = [model[0].weight]
     x = torch.randn(6, 3, 8, 8)
-    a, _ = estimate_fisher(model, ps, [x], 6, generator=torch.Generator().manual_seed(5))
-    b, _ = estimate_fisher(model, ps, [x], 6, generator=torch.Generator().manual_seed(5))
+    a, _ = estimate_fisher(model, ps, [x], 6, seed=5)
+    b, _ = estimate_fisher(model, ps, [x], 6, seed=5)
     assert torch.equal(a[0], b[0])
     # a parameter the predictions do not depend on: zero everywhere, so the estimate falls back to ones
     model.unused = nn.Parameter(torch.randn(3))
@@ -286,6 +287,52 @@ def test_fisher_is_reproducible_with_a_seeded_generator_and_guards_an_all_zero_e
     assert torch.equal(ones[0], torch.ones(3))
     with pytest.raises(UserError, match="no images"):
         estimate_fisher(model, ps, [], 6)
+    c, _ = estimate_fisher(model, ps, [x], 6, seed=6)
+    assert not torch.equal(a[0], c[0])  # the seed draws the labels
+
+
+DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+
+
+@pytest.mark.parametrize("logits_on", DEVICES)
+@pytest.mark.parametrize("generator_on", DEVICES)
+def test_labels_are_drawn_on_the_generators_device_and_returned_on_the_logits(logits_on, generator_on):
+    """A GPU run's logits are on the GPU: PyTorch draws with a generator only on its own device
+    (a CUDA generator is refused for CPU probabilities: EWC crashed on every GPU run), so the
+    probabilities go to the generator. Every pairing draws the labels a CPU draw of the seed gives."""
+    logits = torch.randn(64, 10).to(logits_on)
+    y = losses.sample_labels(logits, torch.Generator(device=generator_on).manual_seed(7))
+    assert y.device == logits.device and y.shape == (64,) and y.dtype == torch.long
+    if generator_on == "cpu":
+        want = torch.multinomial(logits.cpu().softmax(1), 1, generator=torch.Generator().manual_seed(7)).squeeze(1)
+        assert torch.equal(y.cpu(), want)
+
+
+def test_the_fishers_labels_come_from_a_cpu_generator_of_the_seed_whatever_the_models_device(monkeypatch):
+    """The estimate makes its own generator (no caller can hand it one of another device), on the
+    CPU, so the same seed draws the same labels on a GPU run as on a CPU run."""
+    drawn = []
+    real = torch.multinomial
+
+    def spy(probs, n, generator=None, **kw):
+        drawn.append((probs.device.type, None if generator is None else generator.device.type))
+        return real(probs, n, generator=generator, **kw)
+
+    monkeypatch.setattr(torch, "multinomial", spy)
+    for device in DEVICES:
+        model = small_cnn().to(device)
+        estimate_fisher(model, [model[0].weight], [torch.randn(4, 3, 8, 8, device=device)], 4, seed=1)
+    assert drawn == [("cpu", "cpu")] * len(DEVICES)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_ewc_estimates_the_same_fisher_on_a_gpu_as_on_the_cpu():
+    model = small_cnn()
+    x = torch.randn(6, 3, 8, 8)
+    on_cpu, _ = estimate_fisher(model, [model[0].weight], [x], 6, seed=2)
+    gpu = copy.deepcopy(model).cuda()
+    on_gpu, _ = estimate_fisher(gpu, [gpu[0].weight], [x.cuda()], 6, seed=2)
+    torch.testing.assert_close(on_gpu[0].cpu(), on_cpu[0], rtol=1e-3, atol=1e-5)
 
 
 # --- gradient reversal and its schedule -----------------------------------------------------

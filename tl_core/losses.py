@@ -187,15 +187,15 @@ def make_regularizer(name: str, strength: float, head_strength: float) -> Regula
 # --- the Fisher information of the pretrained task -----------------------------------------
 
 def estimate_fisher(model: nn.Module, params: Sequence[nn.Parameter], batches: Iterable[torch.Tensor],
-                    max_images: int, generator: torch.Generator | None = None) -> tuple[list[torch.Tensor], int]:
+                    max_images: int, seed: int = 0) -> tuple[list[torch.Tensor], int]:
     """Diagonal Fisher information of `params` under `model`'s own predictive distribution.
 
     `model(x)` gives the pretrained task's logits (e.g. ImageNet's 1000 classes; the caller puts
     the original classifier back). As EWC defines it (the true Fisher, not the empirical one),
-    each image's label is sampled, y ~ softmax(model(x)) (one Monte-Carlo sample per image: batch
-    by batch, `torch.multinomial(probs, 1, generator=generator)` on the CPU, so a seeded generator
-    makes the estimate reproducible on any device), and the Fisher is the mean over
-    images of the squared gradient of log p(y|x) taken PER IMAGE: the square of a batch's mean
+    each image's label is sampled, y ~ softmax(model(x)) (one Monte-Carlo sample per image, batch
+    by batch: `sample_labels`, on the CPU from a generator seeded with `seed`, whatever device the
+    model runs on, so the same seed draws the same labels on a GPU as on a CPU), and the Fisher is
+    the mean over images of the squared gradient of log p(y|x) taken PER IMAGE: the square of a batch's mean
     gradient would not be the Fisher. Per-image gradients come from torch.func (vmap of grad),
     or a loop over single images where vmap cannot run the model.
 
@@ -221,6 +221,7 @@ def estimate_fisher(model: nn.Module, params: Sequence[nn.Parameter], batches: I
     modes = {m: m.training for m in model.modules()}
     flags = [p.requires_grad for p in params]
     per_image, chunk = _vmap_grads, _chunk(params)
+    generator = torch.Generator(device="cpu").manual_seed(seed)  # where sample_labels draws: see there
     seen = 0
     model.eval()
     try:
@@ -232,8 +233,7 @@ def estimate_fisher(model: nn.Module, params: Sequence[nn.Parameter], batches: I
                 if len(x) == 0:
                     break
                 with torch.no_grad():
-                    probs = model(x).float().softmax(dim=1).cpu()
-                y = torch.multinomial(probs, 1, generator=generator).squeeze(1).to(device)
+                    y = sample_labels(model(x), generator)
                 for i in range(0, len(x), chunk):
                     xs, ys = x[i: i + chunk], y[i: i + chunk]
                     try:
@@ -263,6 +263,15 @@ def estimate_fisher(model: nn.Module, params: Sequence[nn.Parameter], batches: I
                       "image); ewc falls back to uniform weights, i.e. l2sp", stacklevel=2)
         return [torch.ones_like(f) for f in fisher], seen
     return [f / mean for f in fisher], seen
+
+
+def sample_labels(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One label per row, y ~ softmax(logits), drawn on the generator's device and returned on the
+    logits' device. PyTorch draws with a generator only on its own device (a CUDA generator is
+    refused for CPU probabilities, and a CPU one for CUDA probabilities), so the probabilities go
+    to the generator, not the other way round; `estimate_fisher` keeps its generator on the CPU."""
+    probs = logits.detach().float().softmax(dim=1).to(generator.device)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1).to(logits.device)
 
 
 def _chunk(params: Sequence[nn.Parameter]) -> int:

@@ -182,7 +182,6 @@ def _fisher(cfg: RunConfig, bb: backbones.Backbone, d: RunData, body: list, devi
         _, unaugmented, _ = decoded.make_loaders(splits, d.rows, d.pipeline, d.batch_size, cfg.seed, 0, device,
                                                  channels_last=channels_last, enabled=cfg.decode_cache == "on")
         images = (x for x, y in unaugmented if len(y))
-        generator = torch.Generator(device=device).manual_seed(cfg.seed)
-        return losses.estimate_fisher(bb.model, body, images, cfg.fisher_images, generator=generator)
+        return losses.estimate_fisher(bb.model, body, images, cfg.fisher_images, seed=cfg.seed)
     finally:
         bb.model.set_submodule(bb.spec.head_path, new_head)
