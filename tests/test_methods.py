@@ -18,7 +18,9 @@ from tl_core.config import make_config
 from tl_core.demo_data import write_demo_data
 from tl_core.errors import UserError
 from tl_core.finetuning import Phase, sync_param_groups
+from tl_core.losses import make_adaptation
 from tl_core.service import results
+from tl_core.terms import FeatureTap, Terms
 from tl_core.train import train_one_epoch, train_run
 
 from .helpers import stop_in_epoch, train
@@ -51,6 +53,43 @@ def test_accumulating_two_half_batches_is_one_full_batch_update_without_batchnor
         torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5)
     # The control: without accumulation two half-batches are two steps, measurably elsewhere.
     assert max((a - c).abs().max().item() for a, c in zip(full.parameters(), stepped_twice.parameters())) > 1e-3
+
+
+# --- domain adaptation: one forward pass for both domains -----------------------------------------
+
+
+@pytest.mark.parametrize("adapt", ["dann", "mmd"])
+def test_source_and_target_go_through_the_model_in_one_pass_as_dann_does(adapt):
+    """tllib's dann.py: x = cat(x_s, x_t); y, f = model(x); split. BatchNorm normalises the two
+    domains with one set of statistics, and its running statistics move once, on the mixture."""
+    torch.manual_seed(0)
+    model, groups = _net()
+    reference = copy.deepcopy(model)
+    x, y = torch.randn(6, 3, 10, 10), torch.tensor([0, 1, 0, 1, 1, 0])
+    target = torch.randn(6, 3, 10, 10) * 3 + 2  # another domain: its own statistics
+    adaptation = make_adaptation(adapt, 1.0, 4)
+    tap = FeatureTap(groups[-1].parts[0])
+    terms = Terms(adaptation=adaptation, tap=tap, target=iter([target]))
+    calls = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    seen = []
+    adaptation.loss = lambda s, t, p, loss=adaptation.loss: seen.append((s.detach(), t.detach())) or loss(s, t, p)
+    cfg = make_config(data="unused", schedule="constant", epochs=1)
+    optimizer = torch.optim.SGD([{"params": list(model.parameters()), "name": "all", "peak_lr": 0.0}], lr=0.0)
+    model.train()
+    train_one_epoch(model, [(x, y)], optimizer, nn.CrossEntropyLoss(), cfg, torch.device("cpu"), None,
+                    torch.amp.GradScaler("cpu", enabled=False), Phase(0, 1), 0, tqdm(disable=True), lambda: False,
+                    terms=terms)
+    assert len(calls) == 1  # one forward pass a step
+    reference.train()
+    with torch.no_grad():
+        features = reference[:4](torch.cat([x, target]))  # the head's input, on the concatenated batch
+    for (name, want), got in zip(reference.state_dict().items(), model.state_dict().values()):
+        torch.testing.assert_close(got, want, msg=name)  # running statistics: one update, on the mixture
+    (source_f, target_f), = seen
+    torch.testing.assert_close(source_f, features[:6])
+    torch.testing.assert_close(target_f, features[6:])
+    tap.close()
 
 
 # --- activation checkpointing --------------------------------------------------------------------

@@ -6,6 +6,15 @@ adaptation); this module sets up a run's choice of them on the weights training 
 cross-entropy whatever the methods, and logs what it reports. An adaptation term reads the
 features the head classifies (`FeatureTap`) for the source batch and for a batch of the target
 domain (`TargetData`, from --target-data), whose labels, when it has them, only ever evaluate.
+
+With an adaptation term the source batch and a target batch go through the model in ONE forward
+pass, concatenated (`Terms.inputs`), and the outputs are split after it, as Ganin & Lempitsky's
+DANN and tllib's dann.py do (`x = torch.cat((x_s, x_t)); y, f = model(x)`): BatchNorm then
+normalises both domains with one set of batch statistics, and its running statistics move once a
+step, on the mixture. (Two passes would normalise each domain by its own statistics, itself a
+form of adaptation, AdaBN, that hides the gap the term is meant to close, and leave the running
+statistics of every step skewed to the target.) MMD does the same, although tllib's dan.py runs
+two passes: DAN's paper (Long et al. 2015, AlexNet) had no BatchNorm to tell them apart.
 """
 
 from __future__ import annotations
@@ -53,15 +62,23 @@ class Terms:
     tap: FeatureTap | None = None
     target: Iterator[torch.Tensor] | None = None  # target-domain training batches, cycled
 
-    def __call__(self, net: nn.Module, run_progress: float) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
-        """(the terms' sum, or None when there are none; what to log of them, as tensors)."""
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """The batch the model runs on for source batch `x`: `x` itself, or, with an adaptation
+        term, `x` with the next target batch after it (one pass for both domains; the first
+        len(x) outputs are the source's)."""
+        if self.adaptation is None:
+            return x
+        return torch.cat([x, next(self.target).to(x.device, non_blocking=True)])
+
+    def __call__(self, sources: int, run_progress: float) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+        """(the terms' sum, or None when there are none; what to log of them, as tensors), after the
+        model ran on `inputs(x)`, whose first `sources` rows were the source batch."""
         parts: dict[str, torch.Tensor] = {}
         if self.regularizer is not None:
             parts["reg_penalty"] = self.regularizer.penalty()
         if self.adaptation is not None:
-            source = self.tap.take()
-            net(next(self.target))
-            parts["domain_loss"] = self.adaptation.loss(source, self.tap.take(), run_progress)
+            features = self.tap.take()
+            parts["domain_loss"] = self.adaptation.loss(features[:sources], features[sources:], run_progress)
         if not parts:
             return None, {}
         logged = {**{k: v.detach().float() for k, v in parts.items()},
@@ -81,7 +98,8 @@ class Terms:
 
     def skip(self) -> None:
         """A batch trained before the run stopped mid-epoch, passed over on resume: its target
-        batch is drawn too, so the batches after it meet the same target batches as before."""
+        batch is drawn too (one per source batch, as `inputs` draws them), so the batches after it
+        meet the same target batches as before."""
         if self.adaptation is not None:
             next(self.target)
 

@@ -226,9 +226,10 @@ def train_one_epoch(model, loader, optimizer, loss_fn, cfg: RunConfig, device, a
             pg["lr"] = pg["peak_lr"] * lr_factor(cfg.schedule, t)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            logits = model(x)
+            # One pass: with domain adaptation, the target batch rides behind the source's (terms.py).
+            logits = model(terms.inputs(x))[: len(y)]
             loss = loss_fn(logits, y)
-            extra, logged = terms(model, (epoch * steps_per_epoch + i) / max(run_steps - 1, 1))
+            extra, logged = terms(len(y), (epoch * steps_per_epoch + i) / max(run_steps - 1, 1))
         objective = loss if extra is None else loss + extra
         scaler.scale(objective / k if k > 1 else objective).backward()
         pending = True
