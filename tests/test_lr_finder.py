@@ -64,10 +64,11 @@ def test_steepest_finds_the_steepest_point_and_valley_lies_in_the_fall():
     assert lr_finder.suggest(lrs, losses) == lr_finder.suggest(lrs, losses, "steepest")  # the default rule
 
 
-def _fastai_valley(losses: np.ndarray) -> int:
-    """fastai's lr_find + valley, written out from its loops: the curve trimmed [n//10:-5], then the
-    longest strictly decreasing subsequence, and the index start + int(L/3) + int(L/6)."""
-    lo = len(losses) // 10
+def _fastai_valley(losses: np.ndarray, num_it: int | None = None) -> int:
+    """fastai's lr_find + valley, written out from its loops: the recorded curve trimmed
+    [num_it//10:-5] (num_it: the steps asked for), then the longest strictly decreasing
+    subsequence, and the index start + int(L/3) + int(L/6)."""
+    lo = (len(losses) if num_it is None else num_it) // 10
     seg = list(losses[lo:-5])
     lds = [1] * len(seg)
     max_start = max_end = 0
@@ -93,6 +94,44 @@ def test_the_rules_are_fastais_valley_and_lightnings_suggestion(seed):
     # falls to its end (no diverging tail) that is exactly the rule here.
     falling = 3 - np.cumsum(rng.uniform(0, 0.1, n))
     assert lr_finder.suggest(lrs, falling, "steepest")[1] == 10 + int(np.argmin(np.gradient(falling[10:-1])))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_valley_trims_a_tenth_of_the_steps_asked_for_from_a_test_that_stopped_early(seed):
+    """fastai's lr_find slices recorder.lrs[num_it//10:-5]: a tenth of the steps asked for, not of
+    those recorded. A test asked for 100 steps that diverged at step 40-80 (the usual end with an
+    end LR of 10) loses 10 leading points, not 4-8."""
+    rng = np.random.default_rng(seed)
+    stopped = int(rng.integers(40, 80))
+    lrs = np.array([lr_finder.lr_at(i, 1e-7, 10.0, 100) for i in range(stopped)])
+    noisy = _sigmoid_curve(100, centre=rng.uniform(-6, -3))[1][:stopped] + rng.normal(0, 0.05, stopped)
+    assert lr_finder.suggest(lrs, noisy, "valley", num_iter=100)[1] == _fastai_valley(noisy, num_it=100)
+    # Without num_iter the curve is taken to have run to its end (fastai's rule on a whole curve).
+    assert lr_finder.suggest(lrs, noisy, "valley")[1] == _fastai_valley(noisy)
+
+
+def test_a_test_that_stopped_early_gets_fastais_valley_not_one_read_off_its_start():
+    # 100 steps asked for, 50 recorded. Two valleys of 20 points: one in the noisy start (points
+    # 5-24), one the real fall (25-44). fastai skips 100 // 10 = 10 points, which leaves the first
+    # 15 long, so the fall is the longest; a tenth of the 50 recorded (5) would keep it whole, and
+    # the tie goes to the first: an LR 41x lower.
+    lrs = np.array([lr_finder.lr_at(i, 1e-7, 10.0, 100) for i in range(50)])
+    losses = np.concatenate([np.full(5, 2.3), np.linspace(1.2, 0.9, 20), np.linspace(2.9, 1.0, 20),
+                             np.linspace(1.05, 1.3, 5)])
+    _, i = lr_finder.suggest(lrs, losses, "valley", num_iter=100)
+    assert i == _fastai_valley(losses, num_it=100) == 33  # 10 + (44 - 10 - 20) + 6 + 3
+    _, early = lr_finder.suggest(lrs, losses, "valley", num_iter=50)
+    assert early == _fastai_valley(losses) == 13  # 5 + (19 - 20) + 6 + 3
+    assert lrs[i] / lrs[early] == pytest.approx(10 ** (8 * 20 / 99))  # 41x
+
+
+def test_lr_find_reads_the_valley_by_the_steps_it_asked_for(tiny, runs, monkeypatch):
+    asked = []
+    real = lr_finder.suggest
+    monkeypatch.setattr(lr_finder, "suggest", lambda *a, **k: asked.append((a, k)) or real(*a, **k))
+    found = lr_finder.lr_find(_cfg(tiny, strategy="feature_extraction"), num_iter=30, end_lr=1e3, rule="valley")
+    ((lrs, losses, rule, *rest), kw), = asked
+    assert rule == "valley" and (rest or [kw.get("num_iter")]) == [30] and found.num_iter == 30
 
 
 def test_steepest_ignores_a_dip_in_the_diverging_tail():

@@ -170,15 +170,20 @@ def range_test(net: nn.Module, batches: Iterable, optimizer: torch.optim.Optimiz
 # --- the suggestion ---------------------------------------------------------------------------
 
 
-def suggest(lrs: Sequence[float], losses: Sequence[float], rule: str = DEFAULT_RULE) -> tuple[float, int]:
-    """The suggested base LR and its index in `lrs`, read off a smoothed curve by `rule` (RULES)."""
+def suggest(lrs: Sequence[float], losses: Sequence[float], rule: str = DEFAULT_RULE,
+            num_iter: int | None = None) -> tuple[float, int]:
+    """The suggested base LR and its index in `lrs`, read off a smoothed curve by `rule` (RULES).
+
+    `num_iter`: the steps the test was asked for (None: as many as it recorded). A test that
+    stopped early recorded fewer; "valley" trims the curve by the steps asked for, as fastai does.
+    """
     check_rule(rule)
     lr, loss = np.asarray(lrs, dtype=float), np.asarray(losses, dtype=float)
     if len(lr) != len(loss):
         raise ValueError(f"{len(lr)} LRs but {len(loss)} losses")
     if not np.isfinite(loss).any():
         raise UserError("the range test recorded no finite loss: lower --start-lr, or check the data")
-    index = _steepest(lr, loss) if rule == "steepest" else _valley(loss)
+    index = _steepest(lr, loss) if rule == "steepest" else _valley(loss, len(loss) if num_iter is None else num_iter)
     return float(lr[index]), index
 
 
@@ -208,8 +213,11 @@ def _steepest(lrs: np.ndarray, losses: np.ndarray) -> int:
     return int(keep[np.argmin(grads)])
 
 
-def _valley(losses: np.ndarray) -> int:
-    """fastai's `valley`, on the curve trimmed as fastai's lr_find trims it (the first tenth, the last 5).
+def _valley(losses: np.ndarray, num_iter: int) -> int:
+    """fastai's `valley`, on the curve trimmed as fastai's lr_find trims it: `recorded[num_it//10:-5]`,
+    a tenth of the steps ASKED FOR off the start (not of those recorded: a test that stops early,
+    the usual case with an end LR of 10, loses as many leading points as one that ran to the end)
+    and the last 5.
 
     The longest valley is the longest strictly decreasing run of losses (a subsequence, so noise
     does not break it); its index is start + int(L/3) + int(L/6), about halfway down it, with
@@ -219,7 +227,7 @@ def _valley(losses: np.ndarray) -> int:
     n = len(losses)
     finite = np.isfinite(losses)
     end = int(np.argmin(finite)) if not finite.all() else n
-    lo, hi = n // 10, min(end, n - 5)
+    lo, hi = num_iter // 10, min(end, n - 5)
     if hi - lo < 2:
         lo, hi = 0, end
     seg = losses[lo:hi]
@@ -339,7 +347,7 @@ def lr_find(cfg: RunConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0, num
         test = range_test(net, batches, optimizer, nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
                           start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, device=device, amp=amp,
                           scaler=scaler, multipliers=multipliers, on_step=lambda *_: bar.update(1))
-    lr, index = suggest(test.lrs, test.losses, rule)
+    lr, index = suggest(test.lrs, test.losses, rule, num_iter)
     return LRFind(suggested_lr=lr, suggestion_index=index, rule=rule, lrs=test.lrs, losses=test.losses,
                   raw_losses=test.raw_losses, stopped=test.stopped, start_lr=start_lr, end_lr=end_lr,
                   num_iter=num_iter, strategy=cfg.strategy, backbone=cfg.backbone,
