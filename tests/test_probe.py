@@ -12,6 +12,7 @@ from tl_core.config import make_config
 from tl_core.errors import UserError
 from tl_core.probe import CLOSE_AT, SMALL_BELOW, judge, probe, recommend
 from tl_core.strategies import list_strategies
+from tl_core.weights import native_size
 
 from .helpers import train
 
@@ -45,7 +46,7 @@ def test_the_probe_measures_the_demo_animals_and_recommends_registered_strategie
     rec = p.recommendation
     assert rec.strategies[0] == "feature_extraction" and set(rec.strategies) <= set(list_strategies())
     assert "about 24 training images per class" in rec.why and f"linear probe {p.linear_probe_acc:.0%}" in rec.why
-    assert p.feature_cache == "computed" and p.backbone == "efficientnet_lite0" and p.image_size == 64
+    assert p.feature_cache == "computed" and p.backbone == "efficientnet_lite0" and p.image_size == 224
     out = json.loads(json.dumps(p.to_dict()))
     assert out["recommendation"] == {"strategies": rec.strategies, "why": rec.why}
     assert out["separability"] == p.separability and out["feature_cache"] == "computed"
@@ -57,18 +58,18 @@ def test_features_that_do_not_separate_the_classes_read_far_and_change_the_advic
     p = probe(make_config(data=noise, image_size=32, val_fraction=0.5))
     assert p.images_per_class == 10 and p.probed_images == {"train": 40, "val": 40} and p.chance == 0.25
     assert abs(p.separability) < 0.3 and p.similarity == "far" and p.size == "small"
-    assert p.recommendation.strategies[0] == "partial"
-    assert p.recommendation.strategies != recommend(p.images_per_class, 0.9).strategies  # what close data gets
+    assert p.recommendation.strategies[0] == "feature_extraction"  # the table's case 3: a linear classifier
+    assert p.recommendation.why != recommend(p.images_per_class, 0.9).why  # what close data is told
     assert "barely separate" in p.recommendation.why or "only partly" in p.recommendation.why
 
 
 @pytest.mark.parametrize("per_class, separability, size, similarity, first", [
     (24, 0.9, "small", "close", "feature_extraction"),
-    (24, 0.1, "small", "far", "partial"),
+    (24, 0.1, "small", "far", "feature_extraction"),
     (500, 0.9, "large", "close", "two_phase"),
     (2000, 0.1, "large", "far", "full"),
     (SMALL_BELOW, CLOSE_AT, "large", "close", "two_phase"),  # each threshold belongs to the side above it
-    (SMALL_BELOW - 1, CLOSE_AT - 0.01, "small", "far", "partial"),
+    (SMALL_BELOW - 1, CLOSE_AT - 0.01, "small", "far", "feature_extraction"),
 ])
 def test_recommend_follows_the_table(per_class, separability, size, similarity, first):
     rec = recommend(per_class, separability)
@@ -80,15 +81,28 @@ def test_recommend_follows_the_table(per_class, separability, size, similarity, 
     assert "linear probe 91% vs 10% chance" in quoted.why and quoted.strategies == rec.strategies
 
 
-def test_a_second_probe_hits_the_cache_with_the_same_numbers_and_a_run_reuses_it(tiny, store):
+def test_small_data_far_from_imagenet_gets_what_the_cited_table_says():
+    """CS231n's case 3 (small, very different): "only train a linear classifier", from earlier
+    activations than the top; not fine-tuning, which is what partial does."""
+    rec = recommend(24, 0.1)
+    assert rec.strategies[0] == "feature_extraction"
+    assert "linear classifier" in rec.why and "earlier layers" in rec.why and "overfit" in rec.why
+
+
+def test_the_probe_sees_the_images_at_the_weights_native_size_whatever_the_image_size(tiny, store):
+    """CLOSE_AT comes from results at full resolution: the probe measures there, not at --image-size."""
     cfg = make_config(data=tiny, image_size=32)
     first, second = probe(cfg), probe(cfg)
+    assert first.image_size == native_size("efficientnet_lite0") == 224
     assert (first.feature_cache, second.feature_cache) == ("computed", "hit")
     same = {k: v for k, v in first.to_dict().items() if k not in ("seconds", "feature_cache")}
     assert same == {k: v for k, v in second.to_dict().items() if k not in ("seconds", "feature_cache")}
-    # A feature_extraction run on the same data finds the probe's activations: nothing to compute.
-    run = store.get_run(train(store, data=tiny, epochs=1).run_id)
-    assert run.status == "completed" and run.summary["feature_cache"]["hit"]
+    # A feature_extraction run at the native size finds the probe's activations: nothing to compute;
+    # one at the config's 32 px computes its own.
+    native = store.get_run(train(store, data=tiny, epochs=1, image_size=224).run_id)
+    assert native.status == "completed" and native.summary["feature_cache"]["hit"]
+    small = store.get_run(train(store, data=tiny, epochs=1, image_size=32).run_id)
+    assert small.status == "completed" and not small.summary["feature_cache"]["hit"]
 
 
 def test_judge_says_whether_the_recommendation_was_right():

@@ -9,14 +9,18 @@
      trained on the train subsample, scored on the val subsample) and a k-NN (cosine). The
      linear probe's accuracy, normalised against chance, is the `separability` (0: chance,
      1: perfect): the domain gap, measured.
-The activations come from features.FrozenFeatures at the head boundary, without augmentation, so
-they land in the same cache entry a later feature_extraction run of the same backbone, weights,
-image size and precision (augment none) reads: the probe's work is not lost, and a second probe
-is a cache hit.
+The images are seen at the weights' NATIVE size (224 px for most ImageNet weights), not at the
+config's --image-size: the "close to ImageNet" threshold (CLOSE_AT) comes from results at full
+resolution, and the same weights read at another size separate the classes differently (on the
+demo data, 30 images a class: animals 0.70 at 96 px and 0.89 at 224; digits 0.87 and 0.74), so
+only a probe at the native size is compared like with like. The activations come from features.FrozenFeatures at the head
+boundary, without augmentation, so they land in the same cache entry a later feature_extraction
+run of the same backbone, weights, precision and native image size (augment none) reads; a second
+probe is a cache hit.
 
 `recommend(images_per_class, separability)` is the seeds' table (CS231n's "Transfer Learning"
-notes: data size x similarity to ImageNet) as a pure function: registered strategies to try
-first and one sentence saying why. `judge(recommended, results)` says, after a comparison,
+notes, "When and how to fine-tune?": data size x similarity to ImageNet) as a pure function:
+registered strategies to try first and one sentence saying why. `judge(recommended, results)` says, after a comparison,
 whether the recommendation was right.
 """
 
@@ -48,7 +52,8 @@ SMALL_BELOW = 100
 # points of fine-tuning on natural-image sets (pets, flowers, CIFAR: separability ~0.85 and up),
 # but stops near half way on sets unlike ImageNet (cars, aircraft: ~0.5-0.6) where fine-tuning
 # gains tens of points. 0.6 sits between the two; a probe on at most 50 images a class reads
-# somewhat lower than those full-data numbers, so a borderline set leans "far" (adapt layers).
+# somewhat lower than those full-data numbers, so a borderline set leans "far". Those results are
+# at the weights' native resolution (224 px), which is why the probe measures there (`probe`).
 CLOSE_AT = 0.6
 
 # Within this many accuracy points of the best, a recommendation counts as right: about the
@@ -87,13 +92,21 @@ def _separation_words(separability: float, probe_acc: float | None, chance: floa
     return f"frozen features {how} (separability {separability:.2f}: 0 is chance, 1 perfect)"
 
 
-# The four quadrants: what to try first, and what the table says about it.
+# The four quadrants: what to try first, and what the table says about it (CS231n's cases 1-4).
+# Small data far from ImageNet (case 3): "it is likely best to only train a linear classifier",
+# from "activations somewhere earlier in the network" than the top, whose features are the most
+# ImageNet-specific. TransferLab's heads read the body's last features only, so the table's
+# advice here is feature_extraction, with that caveat said; partial comes second as the run that
+# checks it (the top groups adapted at a low LR), which the table does not advise.
 _TABLE: dict[tuple[str, str], tuple[list[str], str]] = {
     ("small", "close"): (["feature_extraction", "partial"],
                          "a new head on the frozen backbone (feature_extraction) should do; partial if it underfits"),
-    ("small", "far"): (["partial", "feature_extraction"],
-                       "adapt only the top 1-2 layer groups at a low LR (partial), as moving the rest on this "
-                       "little data would overfit; feature_extraction is the baseline to beat"),
+    ("small", "far"): (["feature_extraction", "partial"],
+                       "train only a linear classifier on the frozen backbone (feature_extraction), as fine-tuning "
+                       "on this little data would overfit; the table would take it from earlier layers than the "
+                       "last, whose features are the most ImageNet-specific, which TransferLab does not offer, so "
+                       "expect it to fall short: partial (the top groups adapted at a low LR) is the run to check "
+                       "it against"),
     ("large", "close"): (["two_phase", "discriminative"],
                          "fine-tune with care: the head first, then every layer at a lower LR (two_phase), or LRs "
                          "falling towards the stem (discriminative)"),
@@ -161,7 +174,7 @@ class Probe:
     seconds: float
     feature_cache: str  # "hit" | "computed"
     backbone: str
-    image_size: int
+    image_size: int  # the size the images were seen at: the weights' native size, whatever --image-size
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -231,7 +244,8 @@ def knn_accuracy(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_
 
 def _frozen_activations(cfg: RunConfig, splits: data.Splits, rows: decoded.DatasetRows,
                         device: torch.device) -> tuple[features.FeatureRun, str]:
-    """The pretrained body's output at the head input for `splits`' images, through the feature cache."""
+    """The pretrained body's output at the head input for `splits`' images, at the weights' native
+    size, through the feature cache."""
     if cfg.weights == "none":
         raise UserError(f"--weights none: probing {cfg.data} measures how well pretrained features separate its "
                         f"classes, and random weights have none; probe with --weights imagenet or a state_dict file")
@@ -240,7 +254,7 @@ def _frozen_activations(cfg: RunConfig, splits: data.Splits, rows: decoded.Datas
     bb.model = bb.model.to(device, memory_format=torch.channels_last if CHANNELS_LAST else torch.preserve_format)
     # Without augmentation: the probe wants each image as validation sees it, and it is the cache
     # entry a feature_extraction run without augmentation reads (features.py keys it so).
-    pipeline = decoded.Pipeline(backbones.preprocessing(cfg.backbone), cfg.image_size, "none")
+    pipeline = decoded.Pipeline(backbones.preprocessing(cfg.backbone), weights.native_size(cfg.backbone), "none")
     precision = features.extraction_dtype(cfg.feature_precision, device, amp_for(device)[0])
     # One batch per split: the probes need every activation at once, and a batch at least as big
     # as the split never drops a last lone image (FeatureBatches does, for BatchNorm's sake).
@@ -262,9 +276,10 @@ def probe(cfg: RunConfig, *, max_per_class: int = 50, k: int = 5) -> Probe:
     """Measure `cfg.data` (images per class; how well frozen `cfg.backbone` features separate its
     classes) and recommend strategies from the table. Seconds on a CPU.
 
-    Reads the data, split, backbone, weights (pretrained even for a scratch config), image size,
-    precision, device and seeds from `cfg`; the features are cached whatever its feature_cache
-    says (a few hundred rows, and the point of the probe is that later runs reuse them).
+    Reads the data, split, backbone, weights (pretrained even for a scratch config), precision,
+    device and seeds from `cfg`; not its image size: the images are seen at the weights' native
+    size, where CLOSE_AT was measured. The features are cached whatever its feature_cache says (a
+    few hundred rows, and a feature_extraction run at the native size reuses them).
     """
     if max_per_class < 1 or k < 1:
         raise UserError(f"probe: max_per_class {max_per_class} and k {k} must be at least 1; "
@@ -302,4 +317,4 @@ def probe(cfg: RunConfig, *, max_per_class: int = 50, k: int = 5) -> Probe:
                  linear_probe_acc=linear, knn_acc=knn, chance=chance, separability=float(separability),
                  similarity=rec.similarity, size=rec.size, recommendation=rec,
                  seconds=round(time.perf_counter() - started, 3), feature_cache=cache_state,
-                 backbone=cfg.backbone, image_size=cfg.image_size)
+                 backbone=cfg.backbone, image_size=weights.native_size(cfg.backbone))
