@@ -168,14 +168,15 @@ recommended: list[str] = []
 if report:
     image_size_now = int(st.session_state.get("image_size", default("image_size")))
     session.job_result("probe_job", store)
-    probed = jobs.latest(store, st.session_state["experiment"], "probe", data=data_path, backbone=backbone,
-                         image_size=image_size_now)
+    # The probe sees the images at the weights' native size, whatever the form's (probe.py).
+    probed = jobs.latest(store, st.session_state["experiment"], "probe", data=data_path, backbone=backbone)
     if probed:
         recommended, why = probed["recommendation"]["strategies"], probed["recommendation"]["why"]
         st.info(f"**Recommended: {', '.join(recommended)}.** The probe measured {why}.", icon=":material/science:")
         st.caption(f"Probe: linear probe {probed['linear_probe_acc']:.0%}, k-NN {probed['knn_acc']:.0%}, chance "
                    f"{probed['chance']:.0%} on {probed['probed_images']['train']} + {probed['probed_images']['val']} "
-                   f"images in {probed['seconds']:.1f} s; its features are cached for feature extraction runs.")
+                   f"images at {probed['image_size']} px (the weights' native size) in {probed['seconds']:.1f} s; "
+                   f"its features are cached for feature extraction runs at that size.")
     else:
         recommended, why = service.recommend_strategy(per_class_train)
         st.info(f"**Recommended: {', '.join(recommended)}.** Rule of thumb: {why}. Probe the data to measure how "

@@ -16,7 +16,7 @@ def test_new_run_probes_the_data_and_its_recommendation_replaces_the_rule_of_thu
     assert any("Rule of thumb" in i.value for i in at.info)
     at = no_exception(at.button(key="probe").click().run())
     found = job_result(at, "probe_job", env)
-    assert found["linear_probe_acc"] > found["chance"] and found["image_size"] == 96
+    assert found["linear_probe_acc"] > found["chance"] and found["image_size"] == 224  # the weights' native size
     at = no_exception(at.run())
     info = next(i.value for i in at.info if "Recommended" in i.value)
     assert "The probe measured" in info and found["recommendation"]["why"] in info
