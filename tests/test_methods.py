@@ -227,6 +227,52 @@ def test_a_target_folder_with_foreign_classes_is_refused_clearly(store, domains,
     assert r.status == "failed" and "are not classes of the source" in r.error
 
 
+def _split_target(domains, root, labelled_train: bool):
+    """digits_target laid out as train/ (2 images a class; in class folders or loose) + val/ (the
+    other 4 a class, in class folders)."""
+    for folder in sorted((domains / "digits_target").iterdir()):
+        images = sorted(folder.iterdir())
+        for k, image in enumerate(images):
+            where = (root / "train" / (folder.name if labelled_train else "")) if k < 2 else root / "val" / folder.name
+            where.mkdir(parents=True, exist_ok=True)
+            (where / f"{folder.name}_{image.name}").write_bytes(image.read_bytes())
+    return root
+
+
+@pytest.mark.parametrize("labelled_train", [True, False])
+def test_a_target_laid_out_as_train_and_val_adapts_on_train_and_evaluates_on_val(domains, tmp_path, labelled_train):
+    from tl_core.data import scan_target
+
+    root = _split_target(domains, tmp_path / "target", labelled_train)
+    classes = [str(d) for d in range(10)]
+    index, labelled = scan_target(root, classes)
+    assert labelled and index.layout == "split"
+    assert len(index.items["train"]) == 20 and len(index.items["val"]) == 40
+    assert all("/train/" in it.path for it in index.items["train"]) and all("/val/" in it.path for it in index.items["val"])
+    assert sorted({it.label for it in index.items["val"]}) == list(range(10))
+    assert all(classes[it.label] == it.path.split("/")[-2] for it in index.items["val"])
+    # val/ without class folders: nothing to measure target accuracy with
+    loose = tmp_path / "loose"
+    (loose / "train").mkdir(parents=True)
+    (loose / "val").mkdir()
+    for k, image in enumerate(sorted((domains / "digits_target" / "3").iterdir())):
+        (loose / ("train" if k < 3 else "val") / image.name).write_bytes(image.read_bytes())
+    assert scan_target(loose, classes)[1] is False
+    (root / "val" / "cats").mkdir()
+    with pytest.raises(UserError, match=r"val: its folders \['cats'\] are not classes of the source"):
+        scan_target(root, classes)
+
+
+def test_a_run_adapts_on_the_targets_train_split_and_measures_on_its_val_split(store, domains, tmp_path):
+    root = _split_target(domains, tmp_path / "target", labelled_train=False)
+    r = train(store, data=str(domains / "digits"), target_data=str(root), adapt="mmd", strategy="full", epochs=1)
+    assert r.status == "completed", r.error
+    target = store.get_run(r.run_id).summary["target"]
+    assert (target["layout"], target["labelled"], target["adapted_on"], target["evaluated_on"]) == ("split", True, 20, 40)
+    (epoch,) = store.epoch_metrics([r.run_id])[r.run_id].values()
+    assert 0 <= epoch["target_acc"] <= 1 and round(epoch["target_acc"] * 40) == pytest.approx(epoch["target_acc"] * 40)
+
+
 def test_memory_levers_train_a_real_backbone_and_are_recorded(store, tiny):
     r = train(store, data=tiny, strategy="full", epochs=1, checkpointing="on", accumulate=2)
     assert r.status == "completed", r.error

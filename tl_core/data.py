@@ -505,30 +505,50 @@ def dataset_report(root: str | os.PathLike, val_fraction: float = 0.2, seed: int
 
 
 def scan_target(root: str | os.PathLike, classes: list[str], in_channels: int = 3) -> tuple[DatasetIndex, bool]:
-    """A target-domain folder (--target-data) and whether it has labels.
+    """A target-domain folder (--target-data) and whether its evaluation images have labels.
 
+    The layouts --data accepts, each folder with or without labels:
+      root/<class>/*  or  root/* (no labels)       one set: adapted on and, labelled, evaluated on
+                                                   (the transductive protocol of domain adaptation);
+      root/train/...  +  root/val/...              train/ adapted on, val/ evaluated on: labelled
+                                                   when val/ holds class folders.
     Class folders named as the source's classes (all or some of them) give labels, used for
     evaluation only; images with no class folders are the unlabelled target that domain
-    adaptation needs. Its images are in `items["all"]`, labelled by the source's class indices.
+    adaptation needs. The images are in `items["train"]` and `items["val"]` (the same list for a
+    single folder, also as `items["all"]`), labelled by the source's class indices.
     """
     path = Path(root).expanduser()
     if not path.is_dir():
         raise UserError(f"--target-data {path}: no such folder; pass a folder of target-domain images, in class "
                         f"folders named as the source's (for target accuracy) or without labels")
     path = path.resolve()
+    train, val = path / "train", path / "val"
+    if train.is_dir() and val.is_dir() and not {"train", "val"} & set(classes):
+        index = DatasetIndex(str(path), "split", list(classes), {})
+        index.items["train"], _ = _scan_target_folder(train, classes, index, in_channels, adapted=True)
+        index.items["val"], labelled = _scan_target_folder(val, classes, index, in_channels, adapted=False)
+        return index, labelled
     index = DatasetIndex(str(path), "folders", list(classes), {})
+    items, labelled = _scan_target_folder(path, classes, index, in_channels, adapted=True)
+    index.items.update(all=items, train=items, val=items)
+    return index, labelled
+
+
+def _scan_target_folder(path: Path, classes: list[str], index: DatasetIndex, in_channels: int,
+                        adapted: bool) -> tuple[list[Item], bool]:
+    """The images of one target folder (class folders named as the source's, or none) and whether
+    they have labels; `adapted`: trained on, so at least 2 images (a batch of each domain)."""
     folders = _class_dirs(path)
     if folders:
         unknown = [f.name for f in folders if f.name not in classes]
         if unknown:
             raise UserError(f"--target-data {path}: its folders {unknown[:5]} are not classes of the source "
-                            f"({', '.join(classes[:10])}); name its class folders as the source's, or put the images "
-                            f"directly in {path} to adapt without labels")
+                            f"({', '.join(classes[:10])}); name its class folders as the source's, put the images "
+                            f"directly in {path} to adapt without labels, or split it into train/ and val/")
         items = [it for f in folders for it in _scan_class(f, classes.index(f.name), index, in_channels)]
     else:
         items = _scan_class(path, 0, index, in_channels)
-    if len(items) < 2:
-        raise UserError(f"--target-data {path}: {len(items)} readable images; domain adaptation needs at least 2 "
-                        f"(see the skipped files in the run's log)")
-    index.items["all"] = items
-    return index, bool(folders)
+    if len(items) < (2 if adapted else 1):
+        raise UserError(f"--target-data {path}: {len(items)} readable images; domain adaptation needs at least "
+                        f"{2 if adapted else 1} there (see the skipped files in the run's log)")
+    return items, bool(folders)

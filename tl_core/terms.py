@@ -126,7 +126,8 @@ def cycle(loader, first_pass: int = 0) -> Iterator[torch.Tensor]:
 @dataclass
 class TargetData:
     """The target domain (--target-data): its images, in batches to train beside the source's
-    (augmented as the source's are) and to evaluate on (never augmented) when it has labels."""
+    (augmented as the source's are; its train split) and to evaluate on (never augmented; its val
+    split) when it has labels."""
 
     index: data.DatasetIndex
     labelled: bool
@@ -141,18 +142,20 @@ class TargetData:
         return cycle(self.train, first_pass=epoch * 1_000)
 
     def describe(self) -> dict:
-        return {"data": self.index.root, "labelled": self.labelled, "images": len(self.index.items["all"]),
+        train, val = self.index.items["train"], self.index.items["val"]
+        return {"data": self.index.root, "layout": self.index.layout, "labelled": self.labelled,
+                "images": len({it.path for it in train + val}), "adapted_on": len(train), "evaluated_on": len(val),
                 "skipped": len(self.index.skipped), "decode_cache": self.note}
 
 
 def load_target(cfg: RunConfig, d: RunData, device: torch.device, channels_last: bool) -> TargetData | None:
-    """The target domain of a run with --target-data, in the source's preprocessing; None without."""
+    """The target domain of a run with --target-data, in the source's preprocessing; None without.
+    Its train split is adapted on, its val split evaluated on (one folder: both, data.scan_target)."""
     if cfg.target_data is None:
         return None
     index, labelled = data.scan_target(cfg.target_data, d.classes, cfg.in_channels)
-    items = index.items["all"]
-    splits = data.Splits(d.classes, items, items, index)
-    batch_size = min(d.batch_size, data.batch_size_for(None, len(items))[0])
+    splits = data.Splits(d.classes, index.items["train"], index.items["val"], index)
+    batch_size = min(d.batch_size, data.batch_size_for(None, len(splits.train))[0])
     train, val, note = decoded.make_loaders(splits, decoded.DatasetRows.of(index), d.pipeline, batch_size,
                                             cfg.seed + 1, 0, device, channels_last=channels_last,
                                             enabled=cfg.decode_cache == "on")
