@@ -177,6 +177,37 @@ def test_every_regularizer_pulls_toward_w0(name):
     assert reg.penalty().item() > 0
 
 
+@pytest.mark.parametrize("alpha", [0.01, 1.0])
+def test_l2sp_pulls_by_lr_alpha_under_sgd_and_adamw_rescales_it(alpha):
+    """What terms.regularizer_pull tells a run: under SGD (the paper's optimizer) a step moves each
+    weight by lr * alpha * (w - w0); under AdamW by about lr whatever alpha (Adam divides the
+    gradient by its own RMS), as with any L2 term in Adam's loss."""
+    from tl_core.finetuning import make_optimizer
+    from tl_core.config import make_config
+    from tl_core.terms import regularizer_pull
+
+    lr = 1e-2
+    for optimizer in ("sgd", "adamw"):
+        torch.manual_seed(0)
+        (w,) = params((50,))
+        reg = make_regularizer("l2sp", alpha, 0.0)
+        reg.setup([w], [])
+        w0 = w.detach().clone()
+        with torch.no_grad():
+            w.add_(torch.randn(50) * 0.1)
+        moved = w.detach().clone()
+        cfg = make_config(data="unused", optimizer=optimizer, lr=lr, momentum=0.0, weight_decay=0.0)
+        opt = make_optimizer(cfg, [{"params": [w], "weight_decay": 0.0}])
+        reg.penalty().backward()
+        opt.step()
+        step = w.detach() - moved
+        if optimizer == "sgd":
+            torch.testing.assert_close(step, -lr * alpha * (moved - w0))
+        else:
+            torch.testing.assert_close(step.abs(), torch.full((50,), lr), rtol=0.05, atol=0.0)  # Adam eps aside
+            assert torch.equal(step.sign(), -(moved - w0).sign())
+        assert ("rescales" in regularizer_pull("L2-SP", optimizer)) == (optimizer == "adamw")
+
 # --- the Fisher information -----------------------------------------------------------------
 
 def small_cnn() -> nn.Sequential:

@@ -155,9 +155,78 @@ def test_a_regularizer_takes_weight_decay_off_the_model_and_a_discriminator_keep
     extra = [LayerGroup("domain", [nn.Linear(4, 1)])]
     optimizer = sync_param_groups(None, cfg, groups, 0, [0.1, 0.1, 1.0], extra)
     decay = {pg["name"]: pg["weight_decay"] for pg in optimizer.param_groups}
-    assert decay == {"a": 0.0, "b": 0.0, "head": 0.0, "domain": 0.05}
+    assert decay == {"a": 0.0, "a/no_decay": 0.0, "b": 0.0, "b/no_decay": 0.0, "head": 0.0, "head/no_decay": 0.0,
+                     "domain": 0.05, "domain/no_decay": 0.0}
     plain = sync_param_groups(None, make_config(data="unused", weight_decay=0.05), groups, 0, [0.1, 0.1, 1.0])
-    assert {pg["weight_decay"] for pg in plain.param_groups} == {0.05}
+    assert {pg["name"]: pg["weight_decay"] for pg in plain.param_groups} == {
+        "a": 0.05, "a/no_decay": 0.0, "b": 0.05, "b/no_decay": 0.0, "head": 0.05, "head/no_decay": 0.0}
+
+
+def test_weight_decay_spares_norms_biases_and_embeddings_as_timm_does():
+    """timm's param_groups_weight_decay: 1-D parameters (norm weights and biases, biases) get no
+    decay, nor do ViT's class token and position embedding; convolution and linear weights do.
+    Each layer group is two optimizer groups with unique names, at the layer group's one LR."""
+    _, groups = _net()
+    token = nn.Parameter(torch.zeros(1, 1, 4))  # a bare parameter part, as ViT's stem lists them
+    groups[0].parts.append(token)
+    cfg = make_config(data="unused", weight_decay=0.05, lr=1e-2, strategy="full")
+    optimizer = sync_param_groups(None, cfg, groups, 0, [0.1, 0.1, 1.0])
+    names = [pg["name"] for pg in optimizer.param_groups]
+    assert names == ["a", "a/no_decay", "b", "b/no_decay", "head", "head/no_decay"] and len(set(names)) == 6
+    conv, bn = groups[0].parts[0][0], groups[0].parts[0][1]
+    by_name = {pg["name"]: {id(p) for p in pg["params"]} for pg in optimizer.param_groups}
+    assert by_name["a"] == {id(conv.weight)}
+    assert by_name["a/no_decay"] == {id(conv.bias), id(bn.weight), id(bn.bias), id(token)}
+    assert {pg["group"]: pg["peak_lr"] for pg in optimizer.param_groups} == pytest.approx(
+        {"a": 1e-3, "b": 1e-3, "head": 1e-2})
+    # One AdamW step with no gradient anywhere but decay: only the decayed weights shrink.
+    before = {n: p.detach().clone() for n, p in (("conv", conv.weight), ("gamma", bn.weight), ("token", token))}
+    for p in (p for g in groups for p in g.parameters()):
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    torch.testing.assert_close(conv.weight, before["conv"] * (1 - 1e-3 * 0.05))
+    assert torch.equal(bn.weight, before["gamma"]) and torch.equal(token, before["token"])
+
+
+def _legacy_optimizer(cfg, groups, n, multipliers):
+    """The optimizer as sync_param_groups built it before the split: one group per layer group,
+    named after it, every parameter at the run's weight decay."""
+    return torch.optim.AdamW([{"params": g.parameters(), "name": g.name, "peak_lr": cfg.base_lr * m,
+                               "lr": cfg.base_lr * m, "weight_decay": cfg.weight_decay}
+                              for g, m in zip(groups[n:], multipliers)], lr=cfg.base_lr, weight_decay=cfg.weight_decay)
+
+
+def test_a_checkpoint_of_either_layout_restores_its_optimizer_exactly():
+    from tl_core.finetuning import restore_optimizer
+
+    torch.manual_seed(0)
+    model, groups = _net()
+    x, y = torch.randn(4, 3, 12, 12), torch.tensor([0, 1, 1, 0])
+    cfg = make_config(data="unused", weight_decay=0.05, strategy="partial", unfreeze=1)
+    for optimizer in (sync_param_groups(None, cfg, groups, 1, [0.5, 1.0]), _legacy_optimizer(cfg, groups, 1, [0.5, 1.0])):
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        saved = copy.deepcopy(optimizer.state_dict())
+        restored = restore_optimizer(cfg, groups, 1, [0.5, 1.0], [], saved)
+        assert _same(restored.state_dict(), saved)
+        # Unfreezing later keeps the layout the run started with: a new run's split, an old run's one group.
+        restored = sync_param_groups(restored, cfg, groups, 0, [0.25, 0.5, 1.0])
+        names = [pg["name"] for pg in restored.param_groups]
+        if "group" in saved["param_groups"][0]:
+            assert names == ["a", "a/no_decay", "b", "b/no_decay", "head", "head/no_decay"]
+        else:
+            assert names == ["a", "b", "head"] and {pg["weight_decay"] for pg in restored.param_groups} == {0.05}
+        model.zero_grad(set_to_none=True)
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return torch.equal(a, b)
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
 
 
 def test_adapting_a_frozen_body_is_warned_about():
@@ -181,6 +250,10 @@ def test_drift_is_exactly_zero_for_frozen_groups_and_the_penalty_is_logged(store
     assert all(v > 0 for g in trained for v in drift[g])
     epochs = store.epoch_metrics([r.run_id])[r.run_id]
     assert all(e["reg_penalty"] > 0 and 0 < e["reg_share"] < 1 for e in epochs.values())
+    # AdamW (the default) rescales the pull per weight: the run says so, and what gives the paper's form.
+    said = store.get_run(r.run_id).summary["regularizer"]
+    assert said["name"] == "l2sp" and said["optimizer"] == "adamw"
+    assert "rescales its pull per weight" in said["pull"] and "--optimizer sgd" in said["pull"]
 
 
 def test_ewc_estimates_its_fisher_on_the_training_images_and_says_from_what(store, tiny):

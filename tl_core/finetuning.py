@@ -7,7 +7,9 @@ features.py), and this module moves it:
   - frozen parameters get no gradient, and frozen groups stay in eval mode, so their BatchNorm
     running statistics do not move (Lightning's BaseFinetuning does the same with train_bn=False);
   - the optimizer holds exactly the trainable groups, each at its own peak LR; a group that
-    unfreezes is added with fresh state, groups already there keep theirs (Adam moments);
+    unfreezes is added with fresh state, groups already there keep theirs (Adam moments); each
+    layer group is split in two optimizer groups, its weights with weight decay and its norms,
+    biases and embeddings without (timm's param_groups_weight_decay, `decay_split`);
   - each move starts a phase: the LR schedule runs from the move to the strategy's next change,
     never past the run's last epoch.
 `Finetuning` keeps that state (boundary, phase, val-loss history) and gives it to a checkpoint
@@ -44,9 +46,51 @@ def set_train_mode(model: nn.Module, groups: Sequence[LayerGroup], n: int) -> No
 
 def make_optimizer(cfg: RunConfig, param_groups: list[dict]) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
+        # Nesterov needs a momentum: --momentum 0 (which the config allows) is plain SGD.
         return torch.optim.SGD(param_groups, lr=cfg.base_lr, momentum=cfg.momentum,
-                               weight_decay=cfg.weight_decay, nesterov=True)
+                               weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
     return torch.optim.AdamW(param_groups, lr=cfg.base_lr, weight_decay=cfg.weight_decay)
+
+
+NO_DECAY = "/no_decay"  # the suffix of a layer group's optimizer group without weight decay
+
+
+def decay_split(group: LayerGroup) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(weights that take weight decay, parameters that do not) of a layer group.
+
+    timm's `param_groups_weight_decay`: 1-D parameters (every BatchNorm and LayerNorm weight and
+    bias, every bias) get none, since decay pulls a norm's scale toward zero, not toward a simpler
+    function; nor do the bare parameters a family lists as parts of a group, ViT's class token and
+    position embedding (timm's `VisionTransformer.no_weight_decay()`). Decay falls on the rest:
+    convolution and linear weights.
+    """
+    bare = {id(p) for p in group.parts if isinstance(p, nn.Parameter)}
+    decayed: list[nn.Parameter] = []
+    not_decayed: list[nn.Parameter] = []
+    for p in group.parameters():
+        (not_decayed if p.ndim <= 1 or id(p) in bare else decayed).append(p)
+    return decayed, not_decayed
+
+
+def _wanted(cfg: RunConfig, groups: Sequence[LayerGroup], n: int, multipliers: list[float],
+            extra: Sequence[LayerGroup], split: bool) -> list[dict]:
+    """The optimizer groups for groups[n:] and `extra`: two per layer group (`split`), named
+    "<group>" (decayed) and "<group>/no_decay", each carrying the layer group's name as "group";
+    or, for an optimizer restored from a checkpoint written before the split, one per layer group
+    at one weight decay, as then."""
+    model_decay = 0.0 if cfg.regularizer != "none" else cfg.weight_decay
+    wanted = []
+    for g, m, decay in ([(g, m, model_decay) for g, m in zip(groups[n:], multipliers)]
+                        + [(g, multipliers[-1], cfg.weight_decay) for g in extra]):
+        lr = {"peak_lr": cfg.base_lr * m, "lr": cfg.base_lr * m}
+        if not split:
+            wanted.append({"params": g.parameters(), "name": g.name, **lr, "weight_decay": decay})
+            continue
+        decayed, not_decayed = decay_split(g)
+        wanted += [{"params": params, "name": name, "group": g.name, **lr, "weight_decay": wd}
+                   for params, name, wd in ((decayed, g.name, decay), (not_decayed, g.name + NO_DECAY, 0.0))
+                   if params]
+    return wanted
 
 
 def sync_param_groups(optimizer: torch.optim.Optimizer | None, cfg: RunConfig, groups: Sequence[LayerGroup],
@@ -56,26 +100,40 @@ def sync_param_groups(optimizer: torch.optim.Optimizer | None, cfg: RunConfig, g
 
     Groups already in the optimizer keep their state (Adam moments) and get their new peak LR;
     newly unfrozen groups are added (as fastai's freeze_to moves a boundary, not a rebuild).
+    Each layer group is two optimizer groups (`_wanted`), its weights at --weight-decay and its
+    1-D parameters and embeddings at none (`decay_split`), at one LR.
     With a regulariser toward the pretrained weights (--regularizer), the model's groups get no
     weight decay: it would pull them toward zero, against the regulariser's pull toward w0 (the
     head gets its own plain L2, --head-reg-strength, instead; L2-SP's recipe).
     """
-    decay = 0.0 if cfg.regularizer != "none" else cfg.weight_decay
-    wanted = [{"params": g.parameters(), "name": g.name, "peak_lr": cfg.base_lr * m, "lr": cfg.base_lr * m,
-               "weight_decay": decay} for g, m in zip(groups[n:], multipliers)]
-    wanted += [{"params": g.parameters(), "name": g.name, "peak_lr": cfg.base_lr * multipliers[-1],
-                "lr": cfg.base_lr * multipliers[-1], "weight_decay": cfg.weight_decay} for g in extra]
     if optimizer is None:
-        return make_optimizer(cfg, wanted)
+        return make_optimizer(cfg, _wanted(cfg, groups, n, multipliers, extra, split=True))
     have = {pg["name"]: pg for pg in optimizer.param_groups}
-    for w in wanted:
+    for w in _wanted(cfg, groups, n, multipliers, extra, split=is_split(optimizer.param_groups)):
         if w["name"] in have:
             have[w["name"]]["peak_lr"] = w["peak_lr"]
         else:
             optimizer.add_param_group(w)
-    # Groups are only ever unfrozen; keep them ordered stem-side first like the model.
+    # Groups are only ever unfrozen; keep them ordered stem-side first like the model (a layer
+    # group's decayed part before its NO_DECAY part).
     order = {g.name: i for i, g in enumerate([*groups, *extra])}
-    optimizer.param_groups.sort(key=lambda pg: order[pg["name"]])
+    optimizer.param_groups.sort(key=lambda pg: (order[pg.get("group", pg["name"])], pg["name"]))
+    return optimizer
+
+
+def is_split(param_groups: Sequence[dict]) -> bool:
+    """Whether optimizer groups (an optimizer's, or a checkpoint's state_dict()["param_groups"])
+    split each layer group by weight decay; checkpoints written before the split have one each."""
+    return all("group" in pg for pg in param_groups)
+
+
+def restore_optimizer(cfg: RunConfig, groups: Sequence[LayerGroup], n: int, multipliers: list[float],
+                      extra: Sequence[LayerGroup], state: dict) -> torch.optim.Optimizer:
+    """The optimizer a checkpoint held (`state`: its state_dict()), over groups[n:] and `extra`, in
+    the layout it was written in: split by weight decay, or, written before the split, one group
+    per layer group with every parameter decayed as then (a run resumes as it started, whichever)."""
+    optimizer = make_optimizer(cfg, _wanted(cfg, groups, n, multipliers, extra, split=is_split(state["param_groups"])))
+    optimizer.load_state_dict(state)
     return optimizer
 
 

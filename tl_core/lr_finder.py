@@ -338,6 +338,8 @@ def lr_find(cfg: RunConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0, num
     plan.plan(0)
     multipliers = plan.multipliers()
     optimizer = sync_param_groups(None, cfg, bb.groups, plan.boundary, multipliers)
+    of_group = {g.name: m for g, m in zip(bb.groups[plan.boundary:], multipliers)}
+    per_optimizer_group = [of_group[pg["group"]] for pg in optimizer.param_groups]  # two a layer group
     # 2. What trains: the layers above the boundary on cached frozen features, where train._fit would.
     net, batches, cached = _what_trains(cfg, bb, d, plan, device, amp)
     # 3. The test, with everything it trains put back afterwards.
@@ -346,12 +348,12 @@ def lr_find(cfg: RunConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0, num
         plan.train_mode(bb.model)
         test = range_test(net, batches, optimizer, nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
                           start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, device=device, amp=amp,
-                          scaler=scaler, multipliers=multipliers, on_step=lambda *_: bar.update(1))
+                          scaler=scaler, multipliers=per_optimizer_group, on_step=lambda *_: bar.update(1))
     lr, index = suggest(test.lrs, test.losses, rule, num_iter)
     return LRFind(suggested_lr=lr, suggestion_index=index, rule=rule, lrs=test.lrs, losses=test.losses,
                   raw_losses=test.raw_losses, stopped=test.stopped, start_lr=start_lr, end_lr=end_lr,
                   num_iter=num_iter, strategy=cfg.strategy, backbone=cfg.backbone,
-                  multipliers={pg["name"]: m for pg, m in zip(optimizer.param_groups, multipliers)},
+                  multipliers=of_group,
                   frozen_groups=plan.boundary, feature_cache=cached,
                   seconds=round(time.perf_counter() - started, 3))
 

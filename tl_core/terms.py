@@ -176,6 +176,8 @@ def make_terms(cfg: RunConfig, bb: backbones.Backbone, d: RunData, device: torch
             said["fisher"] = {"images": n, "source": "the pretrained model's own predictive distribution (its "
                               "ImageNet classifier) on the run's training images: no source data at hand"}
         regularizer.setup(body, list(bb.groups[-1].parameters()), fisher)
+        said["regularizer"] = {"name": regularizer.name, "optimizer": cfg.optimizer,
+                               "pull": regularizer_pull(regularizer.label, cfg.optimizer)}
     adaptation = None
     if cfg.adapt != "none":
         adaptation = losses.make_adaptation(cfg.adapt, cfg.adapt_strength, _feature_dim(bb))
@@ -184,6 +186,24 @@ def make_terms(cfg: RunConfig, bb: backbones.Backbone, d: RunData, device: torch
     tap = FeatureTap(bb.head) if adaptation is not None else None
     terms = Terms(regularizer, adaptation, tap)  # target batches: set every epoch (TargetData.batches)
     return terms, said
+
+
+def regularizer_pull(label: str, optimizer: str) -> str:
+    """What the regulariser's pull toward w0 is under the run's optimizer, in one sentence.
+
+    The penalty is a term of the loss, as Li et al. 2018 (L2-SP) and Kirkpatrick et al. 2017
+    (EWC) define it and tllib adds it (SPRegularization); both papers and tllib's examples train
+    with SGD, under which its gradient moves each weight by LR x alpha x (w - w0) a step (before
+    momentum). Under AdamW (TransferLab's default) that gradient is divided, per weight, by Adam's
+    running RMS of the weight's whole gradient, like any L2 term in Adam's loss (Loshchilov &
+    Hutter 2019): a weight the task barely moves is pulled back at about the LR a step, whatever
+    alpha, one the task moves hard much less. Kept in the loss (not made decoupled, as AdamW's own
+    weight decay is), so that --optimizer sgd gives the papers' method exactly; said here, in the
+    run's summary, and in the README."""
+    if optimizer == "sgd":
+        return f"{label}'s penalty in the loss under SGD, as in its paper: each weight pulled by LR x alpha x (w - w0)"
+    return (f"{label}'s penalty in the loss under {optimizer.upper()}, which rescales its pull per weight by Adam's "
+            f"running gradient RMS (its paper used SGD: --optimizer sgd for the paper's form)")
 
 
 def _feature_dim(bb: backbones.Backbone) -> int:

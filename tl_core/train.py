@@ -44,7 +44,7 @@ from .backbones import LayerGroup
 from .config import RunConfig
 from .drift import Drift
 from .errors import UserError
-from .finetuning import Finetuning, Phase, sync_param_groups
+from .finetuning import Finetuning, Phase, restore_optimizer, sync_param_groups
 from .runfiles import run_folder
 from .schedules import lr_factor, progress
 from .settings import current as settings
@@ -653,7 +653,7 @@ def _fit(store: Store, run: Run, cfg: RunConfig, device: torch.device, run_dir: 
                 **({"target_loss": on_target["val_loss"], "target_acc": on_target["val_acc"]} if on_target else {}),
                 **term_means,
                 **drift.metrics(groups),
-                **{f"lr/{pg['name']}": pg["lr"] for pg in optimizer.param_groups},
+                **{f"lr/{pg.get('group', pg['name'])}": pg["lr"] for pg in optimizer.param_groups},  # per layer group
                 "trainable_groups": plan.trainable_groups,
                 "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
                 "epoch_seconds": time.perf_counter() - epoch_start,
@@ -758,8 +758,7 @@ def _resume(path: Path, run: Run, cfg: RunConfig, bb: backbones.Backbone, plan: 
     plan.load_state_dict(ckpt.get("finetuning") or Finetuning.from_legacy(ckpt, len(bb.groups)))
     if terms is not None:
         terms.load_state_dict(ckpt.get("terms", {}))
-    optimizer = sync_param_groups(None, cfg, bb.groups, plan.boundary, plan.multipliers(), extra)
-    optimizer.load_state_dict(ckpt["optimizer"])
+    optimizer = restore_optimizer(cfg, bb.groups, plan.boundary, plan.multipliers(), extra, ckpt["optimizer"])
     if "scaler" in ckpt:
         scaler.load_state_dict(ckpt["scaler"])
     rng = ckpt["rng"]

@@ -143,11 +143,15 @@ def methods_note(summary: dict) -> str:
                      f"{kept.get('images')} images)")
     elif "skipped" in kept:
         parts.append(f"**knowledge kept**: not measured ({kept['skipped']})")
+    if reg := summary.get("regularizer"):
+        parts.append(f"**pull toward the pretrained weights**: {reg.get('pull')}")
     if fisher := summary.get("fisher"):
         parts.append(f"**Fisher information**: from {fisher.get('images')} images ({fisher.get('source')})")
     if target := summary.get("target"):
         labels = "labelled: its accuracy is measured" if target.get("labelled") else "unlabelled"
-        parts.append(f"**target data**: `{target.get('data')}`, {target.get('images')} images ({labels})")
+        split = (f"; train/ {target['adapted_on']} adapted on, val/ {target['evaluated_on']} evaluated on"
+                 if target.get("layout") == "split" else "")
+        parts.append(f"**target data**: `{target.get('data')}`, {target.get('images')} images ({labels}{split})")
     if (memory := summary.get("memory")) and (memory.get("accumulate", 1) > 1 or memory.get("checkpointing") == "on"):
         parts.append(f"**memory**: accumulate {memory.get('accumulate')} (effective batch "
                      f"{memory.get('effective_batch')}), checkpointing {memory.get('checkpointing')}")
