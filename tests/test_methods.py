@@ -203,7 +203,8 @@ def test_a_checkpoint_of_either_layout_restores_its_optimizer_exactly():
     model, groups = _net()
     x, y = torch.randn(4, 3, 12, 12), torch.tensor([0, 1, 1, 0])
     cfg = make_config(data="unused", weight_decay=0.05, strategy="partial", unfreeze=1)
-    for optimizer in (sync_param_groups(None, cfg, groups, 1, [0.5, 1.0]), _legacy_optimizer(cfg, groups, 1, [0.5, 1.0])):
+    for optimizer in (sync_param_groups(None, cfg, groups, 1, [0.5, 1.0]),
+                      _legacy_optimizer(cfg, groups, 1, [0.5, 1.0])):
         nn.functional.cross_entropy(model(x), y).backward()
         optimizer.step()
         saved = copy.deepcopy(optimizer.state_dict())
@@ -321,7 +322,8 @@ def test_a_target_laid_out_as_train_and_val_adapts_on_train_and_evaluates_on_val
     index, labelled = scan_target(root, classes)
     assert labelled and index.layout == "split"
     assert len(index.items["train"]) == 20 and len(index.items["val"]) == 40
-    assert all("/train/" in it.path for it in index.items["train"]) and all("/val/" in it.path for it in index.items["val"])
+    assert all("/train/" in it.path for it in index.items["train"])
+    assert all("/val/" in it.path for it in index.items["val"])
     assert sorted({it.label for it in index.items["val"]}) == list(range(10))
     assert all(classes[it.label] == it.path.split("/")[-2] for it in index.items["val"])
     # val/ without class folders: nothing to measure target accuracy with
@@ -341,7 +343,8 @@ def test_a_run_adapts_on_the_targets_train_split_and_measures_on_its_val_split(s
     r = train(store, data=str(domains / "digits"), target_data=str(root), adapt="mmd", strategy="full", epochs=1)
     assert r.status == "completed", r.error
     target = store.get_run(r.run_id).summary["target"]
-    assert (target["layout"], target["labelled"], target["adapted_on"], target["evaluated_on"]) == ("split", True, 20, 40)
+    assert (target["layout"], target["labelled"]) == ("split", True)
+    assert (target["adapted_on"], target["evaluated_on"]) == (20, 40)
     (epoch,) = store.epoch_metrics([r.run_id])[r.run_id].values()
     assert 0 <= epoch["target_acc"] <= 1 and round(epoch["target_acc"] * 40) == pytest.approx(epoch["target_acc"] * 40)
 

@@ -13,10 +13,10 @@ The images are seen at the weights' NATIVE size (224 px for most ImageNet weight
 config's --image-size: the "close to ImageNet" threshold (CLOSE_AT) comes from results at full
 resolution, and the same weights read at another size separate the classes differently (on the
 demo data, 30 images a class: animals 0.70 at 96 px and 0.89 at 224; digits 0.87 and 0.74), so
-only a probe at the native size is compared like with like. The activations come from features.FrozenFeatures at the head
-boundary, without augmentation, so they land in the same cache entry a later feature_extraction
-run of the same backbone, weights, precision and native image size (augment none) reads; a second
-probe is a cache hit.
+only a probe at the native size is compared like with like. The activations come from
+features.FrozenFeatures at the head boundary, without augmentation, so they land in the same cache
+entry a later feature_extraction run of the same backbone, weights, precision and native image
+size (augment none) reads; a second probe is a cache hit.
 
 `recommend(images_per_class, separability)` is the seeds' table (CS231n's "Transfer Learning"
 notes, "When and how to fine-tune?": data size x similarity to ImageNet) as a pure function:
