@@ -35,8 +35,8 @@ def strategy_table() -> list[dict]:
 
 
 @st.cache_data(show_spinner="Scanning the dataset…", ttl=60)
-def dataset_report(path: str, val_fraction: float, split_seed: int) -> dict:
-    return service.dataset_report(path, val_fraction, split_seed)
+def dataset_report(path: str, val_fraction: float, split_seed: int, test_fraction: float) -> dict:
+    return service.dataset_report(path, val_fraction, split_seed, test_fraction)
 
 
 @st.cache_data(show_spinner=False, ttl=60)
@@ -91,7 +91,7 @@ left, right = st.columns(2)
 chosen = left.selectbox(
     "Dataset folder", folders, key="dataset_choice", format_func=lambda p: f"{Path(p).name}   ({Path(p).parent})",
     placeholder="no dataset folders under the data roots", help="Sub-folders of the data roots: "
-    "one folder of images per class, or train/ and val/ folders holding those.")
+    "one folder of images per class, or train/ and val/ (and test/) folders holding those.")
 typed = right.text_input("…or type a folder path", key="dataset_typed",
                          placeholder="/path/inside/a/data/root")
 st.caption("Data roots: " + ", ".join(f"`{r}`" for r in roots) + " (set TL_DATA_ROOTS to add more).")
@@ -105,17 +105,23 @@ else:
     try:
         data_path = service.resolve_data_path(typed or chosen, roots)
         report = dataset_report(data_path, st.session_state.get("val_fraction", default("val_fraction")),
-                                int(st.session_state.get("split_seed", default("split_seed"))))
+                                int(st.session_state.get("split_seed", default("split_seed"))),
+                                st.session_state.get("test_fraction", default("test_fraction")))
     except UserError as e:
         st.error(fmt.form_message(e), icon=":material/folder_off:")
 
 if report:
     per_class_train = report["train_images"] / max(1, report["num_classes"])
-    m = st.columns(4)
+    m = st.columns(5)
     m[0].metric("Classes", report["num_classes"])
     m[1].metric("Train images", report["train_images"])
-    m[2].metric("Val images", report["val_images"])
-    m[3].metric("Median image size", "×".join(str(v) for v in report["image_size"]["median"]))
+    m[2].metric("Val images", report["val_images"], help="Each run's epoch is chosen on these")
+    m[3].metric("Test images", report["test_images"], help="Held out: scored once, after training, at the epoch "
+                "chosen on val (a test/ folder, or Test fraction in 5 · Training)")
+    m[4].metric("Median image size", "×".join(str(v) for v in report["image_size"]["median"]))
+    if not report["test_images"]:
+        st.caption("No test split: runs are chosen and reported on val alone. Add a test/ folder, or a Test "
+                   "fraction in 5 · Training, to report on images no choice has seen.")
     for warning in report["warnings"]:
         st.warning(warning, icon=":material/warning:")
     chart, thumbs = st.columns([2, 3])
@@ -189,7 +195,8 @@ if report:
             cfg = make_config(data=data_path, backbone=backbone, image_size=image_size_now,
                               experiment=st.session_state["experiment"].strip() or "default",
                               val_fraction=st.session_state.get("val_fraction", default("val_fraction")),
-                              split_seed=int(st.session_state.get("split_seed", default("split_seed"))))
+                              split_seed=int(st.session_state.get("split_seed", default("split_seed"))),
+                              test_fraction=st.session_state.get("test_fraction", default("test_fraction")))
             st.session_state["probe_job"] = jobs.start(store, "probe", cfg)
             st.rerun()
         except UserError as e:
@@ -341,6 +348,12 @@ with st.container(border=True):
                                            "commas (0.1, 0.3, 1) for a data-efficiency curve. Smaller subsets lie "
                                            "inside larger ones, and every class keeps an image")
     val_fraction = r3[4].number_input("Val fraction", value=default("val_fraction"), step=0.05, key="val_fraction")
+    r4 = st.columns(5)
+    test_fraction = r4[0].number_input("Test fraction", value=default("test_fraction"), min_value=0.0,
+                                       max_value=0.95, step=0.05, key="test_fraction",
+                                       help=fmt.flag_help("test_fraction"))
+    class_weights = r4[1].selectbox("Class weights", choices("class_weights"), key="class_weights",
+                                    help=fmt.flag_help("class_weights"))
     experiment = st.text_input("Experiment name", key="experiment",
                                help="Runs launched together share it; Compare groups runs by experiment")
     ticked = [s["strategy"] for s in strategies if st.session_state.get(f"strategy_{s['strategy']}")]
@@ -352,7 +365,8 @@ with st.container(border=True):
                 "target_data": service.resolve_data_path(target, roots) if target else None,
                 "backbone": backbone, "epochs": epochs, "batch_size": batch_size, "optimizer": optimizer,
                 "schedule": schedule, "weight_decay": weight_decay, "augment": augment, "image_size": image_size,
-                "val_fraction": val_fraction, "split_seed": split_seed, "experiment": experiment.strip()}
+                "val_fraction": val_fraction, "split_seed": split_seed, "test_fraction": test_fraction,
+                "class_weights": class_weights, "experiment": experiment.strip()}
         lrs = fmt.numbers(lr_text, "Learning rates") or [None]
         fractions = fmt.numbers(fractions_text, "Train fractions") or [default("train_fraction")]
         seeds = [int(seed) + i for i in range(int(n_seeds))]

@@ -47,7 +47,8 @@ st.caption(fmt.provenance(run))
 epochs = store.epoch_metrics([run.id])[run.id]
 target_acc = service.value(run, epochs, "best", "target_acc")
 kept = (run.summary.get("forgetting") or {}).get("agreement")
-m = st.columns(4 + (target_acc is not None) + (kept is not None))
+test = run.summary.get("test")
+m = st.columns(4 + (target_acc is not None) + (kept is not None) + (test is not None))
 m[0].metric("Best val accuracy", f"{run.best_val_acc:.1%}" if run.best_val_acc is not None else "–", border=True)
 m[1].metric("Best epoch", run.best_epoch_number or "–", border=True)
 m[2].metric("Epochs", f"{run.epochs_done} of {run.epochs}", border=True)
@@ -55,6 +56,11 @@ m[3].metric("Duration", fmt.format_seconds(run.duration_s) or "–", border=True
 if target_acc is not None:
     m[4].metric("Target accuracy", f"{target_acc:.1%}", border=True,
                 help="On the target-domain folder (--target-data), at the best epoch by val accuracy")
+if test is not None:
+    m[4 + (target_acc is not None)].metric(
+        "Test accuracy", f"{test['acc']:.1%}", border=True,
+        help=f"On the {test['images']} held-out test images, scored once with the checkpoint of epoch {test['epoch']} "
+             f"(chosen on val); macro-F1 {test['macro_f1']:.3f}, balanced accuracy {test['balanced_acc']:.3f}")
 if kept is not None:
     m[-1].metric("Knowledge kept", f"{kept:.1%}", border=True,
                  help="How often the fine-tuned body with the original ImageNet head agrees with the pretrained "

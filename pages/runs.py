@@ -43,6 +43,9 @@ COLUMNS = {
                                                 width="small"),
     "eta": st.column_config.TextColumn("ETA", width="small", help="Time left at the pace so far"),
     "best_val_acc": st.column_config.NumberColumn("Best val acc", format="percent", width="small"),
+    "test_acc": st.column_config.NumberColumn("Test acc", format="percent", width="small",
+                                              help="On the held-out test split, at the epoch chosen on val (blank: "
+                                                   "the run has no test split)"),
     "duration": st.column_config.TextColumn("Duration", width="small"),
     "tags": st.column_config.ListColumn("Tags"),
     "launched_by": st.column_config.TextColumn("Launched by"),

@@ -76,7 +76,7 @@ def test_report_counts_and_lists_skipped_files(animals, tmp_path):
     (root / "dog" / "broken.png").write_bytes(b"\x89PNG not really")
     rep = dataset_report(root)
     assert rep["num_classes"] == 10 and rep["train_images"] + rep["val_images"] == 300
-    assert rep["per_class"]["cat"] == {"train": 24, "val": 6}
+    assert rep["per_class"]["cat"] == {"train": 24, "val": 6, "test": 0}  # no test split unless asked
     assert {Path(s["path"]).name for s in rep["skipped"]} == {"notes.txt", "broken.png"}
     assert rep["image_size"]["max"] == [64, 64]
 

@@ -26,7 +26,7 @@ from .store import Run, UnknownRun, default_db_url
 
 # Short help for the run flags; the rest read well from their names or their field's description.
 _HELP = {
-    "data": "dataset folder: <class>/* images, or train/<class>/* + val/<class>/*",
+    "data": "dataset folder: <class>/* images, or train/<class>/* + val/<class>/* (+ test/<class>/*)",
     "backbone": "a registered backbone (see `python -m tl_core backbones`)",
     "strategy": "a registered strategy (see `python -m tl_core strategies`)",
     "weights": "imagenet (pretrained), none (random init), or a path to a state_dict",
@@ -40,6 +40,8 @@ _HELP = {
     "unfreeze_on": "progressive: unfreeze on a schedule or when val loss plateaus",
     "stage_lr_factor": "progressive: every group's LR x this at each unfreezing step (1: unchanged)",
     "train_fraction": "keep this share of every class's training images",
+    "test_fraction": "hold out this share of every class as the test split (carved first, by --split-seed; "
+                     "0: none, or the folder's test/): chosen on val, scored once on test",
     "workers": "DataLoader worker processes (default: by CPU count)",
 }
 
@@ -89,6 +91,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--split-seed", "--seed", dest="split_seed", type=int, default=0,
                    help="seed of the train/val split (default 0, as runs use)")
+    p.add_argument("--test-fraction", type=float, default=0.0,
+                   help="hold out this share of every class as the test split, as runs do (default 0)")
 
     p = sub.add_parser("run", parents=[common], help="train one run in the foreground (or queue it with --detach)")
     _add_config_flags(p)
@@ -261,9 +265,19 @@ def _table(rows: list[dict], cols: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _test_lines(summary: dict) -> list[str]:
+    """A run's held-out test results (summary "test", "test_last") as `show` prints them."""
+    lines = []
+    for key, what in (("test", "the epoch chosen on val"), ("test_last", "the last epoch")):
+        if t := summary.get(key):
+            lines.append(f"test, {what} ({t['epoch']}): acc {t['acc']:.4f}, loss {t['loss']:.4f}, macro-F1 "
+                         f"{t['macro_f1']:.4f}, balanced acc {t['balanced_acc']:.4f} on {t['images']} images")
+    return lines
+
+
 def _ended(args, run: Run) -> int:
     """Report a run trained here; exit 1 if it failed."""
-    obj = {"run_id": run.id, "status": run.status, "best_val_acc": run.best_val_acc,
+    obj = {"run_id": run.id, "status": run.status, "best_val_acc": run.best_val_acc, "test_acc": run.test_acc,
            "best_epoch": run.best_epoch_number, "epochs": run.epochs_done, "error": run.error,
            "duration_s": run.duration_s, "run_dir": run.run_dir, "batch_size": run.summary.get("batch_size"),
            "warnings": run.summary.get("warnings", []), "skipped": run.summary.get("skipped"),
@@ -271,6 +285,8 @@ def _ended(args, run: Run) -> int:
     text = (f"run {run.id} {run.status}: best val acc {run.best_val_acc or 0:.4f} at epoch "
             f"{run.best_epoch_number} of {run.epochs_done}" if run.status == "completed"
             else f"run {run.id} {run.status}: {run.error}")
+    if run.test_acc is not None:
+        text += f"; test acc {run.test_acc:.4f} (that epoch, on {run.summary['test']['images']} held-out images)"
     if skipped := len(service.skipped_files(run.summary)):
         text += f"\n{skipped} files skipped (listed in `python -m tl_core show {run.id}`)"
     _out(args, obj, text)
@@ -297,11 +313,13 @@ def cmd_demo_data(args) -> int:
 
 @command("dataset")
 def cmd_dataset(args) -> int:
-    rep = service.dataset_report(args.path, args.val_fraction, args.split_seed)
+    rep = service.dataset_report(args.path, args.val_fraction, args.split_seed, args.test_fraction)
     lines = [f"{rep['root']} ({rep['layout']}): {rep['num_classes']} classes, "
-             f"{rep['train_images']} train / {rep['val_images']} val images",
+             f"{rep['train_images']} train / {rep['val_images']} val / {rep['test_images']} test images "
+             f"(test split: {rep['test_split']})",
              f"image sizes: min {rep['image_size']['min']}, median {rep['image_size']['median']}, max {rep['image_size']['max']}"]
-    lines += [f"  {c:<20} train {n['train']:>6}  val {n['val']:>6}" for c, n in rep["per_class"].items()]
+    lines += [f"  {c:<20} train {n['train']:>6}  val {n['val']:>6}  test {n['test']:>6}"
+              for c, n in rep["per_class"].items()]
     lines += [f"skipped: {s['path']} ({s['reason']})" for s in rep["skipped"]]
     lines += [f"warning: {w}" for w in rep["warnings"]]
     _out(args, rep, "\n".join(lines))
@@ -401,7 +419,7 @@ def cmd_runs(args) -> int:
                                                  launched_by=args.launched_by)
     rows = [service.run_row(r) for r in runs]
     cols = ["id", "experiment", "name", "backbone", "strategy", "status", "epochs_done", "epochs",
-            "best_val_acc", "duration_s", "launched_by"]
+            "best_val_acc", "test_acc", "duration_s", "launched_by"]
     none = f"no runs launched by {' or '.join(args.launched_by)}" if args.launched_by else "no runs yet"
     _out(args, {"runs": rows}, _table(rows, cols) if rows else none)
     return 0
@@ -428,6 +446,7 @@ def cmd_show(args) -> int:
         *([f"knowledge kept: {forgetting['agreement']:.1%} of the pretrained model's ImageNet predictions "
            f"on {forgetting.get('images')} images"] if forgetting.get("agreement") is not None else []),
         *([f"knowledge kept: not measured ({forgetting['skipped']})"] if "skipped" in forgetting else []),
+        *_test_lines(summary),
         *[f"warning: {w}" for w in summary.get("warnings", [])],
         *[f"skipped {f['path']} ({f['reason']})" for f in service.skipped_files(summary)],
     ])

@@ -22,7 +22,7 @@ BOOKKEEPING = ("name", "experiment")
 # Settings added after runs were first checkpointed: left out of the fingerprint while at their
 # defaults, so a checkpoint written before they existed still resumes.
 ADDED_LATER = ("regularizer", "reg_strength", "head_reg_strength", "fisher_images", "target_data", "adapt",
-               "adapt_strength", "in_channels", "accumulate", "checkpointing")
+               "adapt_strength", "in_channels", "accumulate", "checkpointing", "test_fraction", "class_weights")
 
 
 class RunConfig(BaseModel):
@@ -43,6 +43,10 @@ class RunConfig(BaseModel):
     train_fraction: float = Field(1.0, gt=0, le=1)
     split_seed: int = Field(0, description="seeds the train/val split and the train-fraction subset, so that "
                             "the runs of an experiment share them whatever their --seed")
+    test_fraction: float = Field(0.0, ge=0, lt=1, description="hold out this share of every class as the test "
+                                 "split, carved first by --split-seed (val and train fractions split the rest); "
+                                 "0: none, or the folder's own test/. Runs choose their epoch on val and are "
+                                 "scored once on test")
     # optimisation
     epochs: int = Field(5, gt=0)
     batch_size: int | None = Field(None, gt=0, description=f"images per batch; default: {DEFAULT_BATCH_SIZE}, "
@@ -53,6 +57,9 @@ class RunConfig(BaseModel):
     weight_decay: float = Field(0.01, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    class_weights: Literal["none", "auto"] = Field(
+        "none", description="weights of the classes in the training cross-entropy: auto, inverse class frequency "
+        "over the training split normalised to mean 1 (for imbalanced data)")
     # strategy knobs
     unfreeze: int = 2
     lr_decay: float = 3.0

@@ -1,8 +1,14 @@
 """Datasets: find the images in a folder, split them, read them (no torch: transforms.py).
 
-Two layouts are accepted:
+These layouts are accepted:
   root/train/<class>/*  +  root/val/<class>/*     (split by the user)
+  root/train/<class>/*  +  root/val/<class>/*  +  root/test/<class>/*   (the same, with a test split)
+  root/train/<class>/*  +  root/test/<class>/*    (val carved from train here, as below)
   root/<class>/*                                  (split here: per class, seeded, stratified)
+The test split is held out: a run chooses its epoch on val and reports on test once (train.py).
+Where the folder has no test/, `--test-fraction F` carves one: F of every class's images (of
+train/ where the user split train and val), by the split seed, before anything else is split,
+so the val and train fractions come from the rest. F = 0 (the default) splits as before.
 Anything else in the folder (stray files, unreadable or oversized images, symlinks leading out
 of it) is skipped and listed with why; a folder that cannot train is refused with what to do.
 
@@ -48,9 +54,9 @@ class DatasetIndex:
     """Every usable image under a dataset root, and what was skipped."""
 
     root: str
-    layout: str  # "split" (train/ + val/) or "folders" (one folder per class)
+    layout: str  # "split" (train/ + val/, maybe test/), "train_test" (train/ + test/) or "folders" (one per class)
     classes: list[str]
-    items: dict[str, list[Item]]  # "all" for the folders layout, else "train" and "val"
+    items: dict[str, list[Item]]  # "all" for the folders layout, else "train" and "val" and/or "test"
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     sizes: list[tuple[int, int]] = field(default_factory=list)  # (width, height) of each image
 
@@ -61,6 +67,7 @@ class Splits:
     train: list[Item]
     val: list[Item]
     index: DatasetIndex
+    test: list[Item] = field(default_factory=list)  # held out: read once, after training; empty if none
 
 
 # --- finding images -----------------------------------------------------------------------
@@ -180,26 +187,33 @@ def scan_dataset(root: str | os.PathLike, in_channels: int = 3) -> DatasetIndex:
         raise UserError(f"dataset path {path} is a file, not a folder; pass the folder that holds "
                         f"one sub-folder of images per class")
     path = path.resolve()
-    train, val = path / "train", path / "val"
-    if train.is_dir() and val.is_dir():
+    train, val, test = path / "train", path / "val", path / "test"
+    if train.is_dir() and (val.is_dir() or test.is_dir()):
         classes = [d.name for d in _class_dirs(train)]
-        val_classes = [d.name for d in _class_dirs(val)]
-        if classes != val_classes:
-            only_train = sorted(set(classes) - set(val_classes))
-            only_val = sorted(set(val_classes) - set(classes))
-            raise UserError(f"train/ and val/ in {path} have different classes (only in train: "
-                            f"{only_train or 'none'}; only in val: {only_val or 'none'}); "
-                            f"give both the same class folders")
+        held = [f for f in (val, test) if f.is_dir()]
+        for folder in held:
+            _same_classes(classes, folder, path)
         _check_classes(classes, path)
-        index = DatasetIndex(str(path), "split", classes, {})
-        index.items["train"] = _scan_classes(train, classes, index, in_channels)
-        index.items["val"] = _scan_classes(val, classes, index, in_channels)
+        index = DatasetIndex(str(path), "split" if val.is_dir() else "train_test", classes, {})
+        for folder in (train, *held):
+            index.items[folder.name] = _scan_classes(folder, classes, index, in_channels)
     else:
         classes = [d.name for d in _class_dirs(path)]
         _check_classes(classes, path)
         index = DatasetIndex(str(path), "folders", classes, {})
         index.items["all"] = _scan_classes(path, classes, index, in_channels)
     return index
+
+
+def _same_classes(classes: list[str], folder: Path, path: Path) -> None:
+    """Refuse a val/ or test/ folder whose class folders are not train/'s."""
+    found = [d.name for d in _class_dirs(folder)]
+    if found != classes:
+        only_train = sorted(set(classes) - set(found))
+        only_here = sorted(set(found) - set(classes))
+        raise UserError(f"train/ and {folder.name}/ in {path} have different classes (only in train: "
+                        f"{only_train or 'none'}; only in {folder.name}: {only_here or 'none'}); "
+                        f"give both the same class folders")
 
 
 def _check_classes(classes: list[str], path: Path) -> None:
@@ -234,26 +248,75 @@ def _keep_fraction(items: list[Item], fraction: float, rng: random.Random) -> li
 
 
 def split_dataset(index: DatasetIndex, val_fraction: float = 0.2, train_fraction: float = 1.0,
-                  seed: int = 0) -> Splits:
-    """Train/val items: the user's split, or a stratified seeded split per class."""
+                  seed: int = 0, test_fraction: float = 0.0) -> Splits:
+    """Train/val (and test) items: the user's split, or a stratified seeded split per class.
+
+    The test split is the folder's test/, or, with `test_fraction` > 0, carved first (stratified,
+    by its own stream of `seed`) from the images the rest is split from; with 0 every other
+    draw is exactly as before test splits existed.
+    """
+    if not 0 <= test_fraction < 1:
+        raise UserError(f"--test-fraction {test_fraction:g}: give a share of every class's images from 0 (no test "
+                        f"split) up to, not including, 1")
     rng = random.Random(seed)
-    if index.layout == "split":
+    test = list(index.items.get("test", []))
+    if test_fraction and test:
+        raise UserError(f"--test-fraction {test_fraction:g}: {index.root} has its own test/ folder, which is the "
+                        f"test split; leave --test-fraction at 0, or remove the test/ folder to carve one")
+    if index.layout == "split":  # the user's train and val
         train, val = list(index.items["train"]), list(index.items["val"])
-    else:
-        train, val = [], []
-        for label, group in sorted(_by_class(index.items["all"]).items()):
-            if len(group) < 2:
-                raise UserError(f"class {index.classes[label]!r} has {len(group)} image; each class "
-                                f"needs at least 2 to be split into train and val")
-            group = list(group)
-            rng.shuffle(group)
-            n_val = min(len(group) - 1, max(1, round(len(group) * val_fraction)))
-            val.extend(group[:n_val])
-            train.extend(group[n_val:])
-        train.sort(key=lambda it: (it.label, it.path))
-        val.sort(key=lambda it: (it.label, it.path))
+        if test_fraction:
+            test, train = _carve_test(train, test_fraction, seed, index, keep=1)
+    else:  # val carved from one folder per class (or from train/, beside the user's test/)
+        pool = index.items["all"] if index.layout == "folders" else index.items["train"]
+        if test_fraction:
+            test, pool = _carve_test(pool, test_fraction, seed, index, keep=2)
+        train, val = _carve_val(pool, val_fraction, rng, index)
     train = _keep_fraction(train, train_fraction, rng)
-    return Splits(index.classes, train, val, index)
+    return Splits(index.classes, train, val, index, sorted(test, key=lambda it: (it.label, it.path)))
+
+
+def _carve_val(items: list[Item], val_fraction: float, rng: random.Random,
+               index: DatasetIndex) -> tuple[list[Item], list[Item]]:
+    """(train, val): `val_fraction` of every class (at least one, never all) to val, drawn by `rng`."""
+    train, val = [], []
+    for label, group in sorted(_by_class(items).items()):
+        if len(group) < 2:
+            raise UserError(f"class {index.classes[label]!r} has {len(group)} image; each class "
+                            f"needs at least 2 to be split into train and val")
+        group = list(group)
+        rng.shuffle(group)
+        n_val = min(len(group) - 1, max(1, round(len(group) * val_fraction)))
+        val.extend(group[:n_val])
+        train.extend(group[n_val:])
+    train.sort(key=lambda it: (it.label, it.path))
+    val.sort(key=lambda it: (it.label, it.path))
+    return train, val
+
+
+def _carve_test(items: list[Item], fraction: float, seed: int, index: DatasetIndex,
+                keep: int) -> tuple[list[Item], list[Item]]:
+    """(test, rest): `fraction` of every class (at least one) held out, leaving each class at
+    least `keep` images (2 where val is carved from the rest, 1 beside the user's val/).
+
+    Drawn from a stream of its own ("test/<seed>"), so the draws that split the rest are those
+    a split without a test split makes: the same seed gives the same test split whatever the
+    val and train fractions.
+    """
+    rng = random.Random(f"test/{seed}")
+    test, rest = [], []
+    for label, group in sorted(_by_class(items).items()):
+        group = sorted(group, key=lambda it: it.path)
+        rng.shuffle(group)
+        n_test = max(1, round(len(group) * fraction))
+        if len(group) - n_test < keep:
+            needs = "training and validation" if keep > 1 else "training"
+            raise UserError(f"--test-fraction {fraction:g}: class {index.classes[label]!r} has {len(group)} images, "
+                            f"and holding {n_test} out for test leaves {len(group) - n_test} for {needs} "
+                            f"(at least {keep} needed); lower --test-fraction or add images to that class")
+        test.extend(group[:n_test])
+        rest.extend(group[n_test:])
+    return test, sorted(rest, key=lambda it: (it.label, it.path))
 
 
 def batch_size_for(requested: int | None, n_train: int) -> tuple[int, str | None]:
@@ -280,9 +343,30 @@ def batch_size_for(requested: int | None, n_train: int) -> tuple[int, str | None
                   f"leave a last batch of one image, which BatchNorm cannot train on")
 
 
+def class_weights(items: list[Item], classes: list[str]) -> list[float]:
+    """--class-weights auto: each class's weight in the cross-entropy, inverse to its count in
+    `items` (the training split), normalised to mean 1 (a balanced split weighs every class 1).
+
+    Proportional to scikit-learn's "balanced" weights, n / (k * n_c). PyTorch's weighted mean
+    divides by the batch's summed weights, so the scale changes no gradient; mean 1 keeps the
+    numbers readable.
+    """
+    counts = Counter(it.label for it in items)
+    if missing := [name for i, name in enumerate(classes) if not counts[i]]:
+        raise UserError(f"--class-weights auto: classes {missing[:5]} have no training images to weigh by; "
+                        f"add images to them or use --class-weights none")
+    inverse = [1.0 / counts[i] for i in range(len(classes))]
+    mean = sum(inverse) / len(inverse)
+    return [w / mean for w in inverse]
+
+
 def split_fingerprint(splits: Splits) -> str:
-    """A digest of which images are in the validation set: equal for runs that share their split."""
+    """A digest of which images are in the validation set (and the test set, where there is one):
+    equal for runs that share their split. Without a test split it is the digest of val alone,
+    as it was before test splits existed."""
     paths = sorted(os.path.relpath(it.path, splits.index.root) for it in splits.val)
+    if splits.test:
+        paths += ["--test--", *sorted(os.path.relpath(it.path, splits.index.root) for it in splits.test)]
     return hashlib.sha256("\n".join(paths).encode()).hexdigest()[:16]
 
 
@@ -471,20 +555,21 @@ def load_pixels(path: str, channels: int) -> np.ndarray:
 # --- the report ---------------------------------------------------------------------------
 
 
-def dataset_report(root: str | os.PathLike, val_fraction: float = 0.2, seed: int = 0) -> dict:
-    """Classes, images per class per split, image sizes, skipped files: for the CLI and UI."""
+def dataset_report(root: str | os.PathLike, val_fraction: float = 0.2, seed: int = 0,
+                   test_fraction: float = 0.0) -> dict:
+    """Classes, images per class per split (train, val, test), image sizes, skipped files: for the CLI and UI."""
     index = scan_dataset(root)
-    splits = split_dataset(index, val_fraction=val_fraction, seed=seed)
-    train_counts = Counter(it.label for it in splits.train)
-    val_counts = Counter(it.label for it in splits.val)
+    splits = split_dataset(index, val_fraction=val_fraction, seed=seed, test_fraction=test_fraction)
+    counts = {name: Counter(it.label for it in items)
+              for name, items in (("train", splits.train), ("val", splits.val), ("test", splits.test))}
     widths = [w for w, _ in index.sizes] or [0]
     heights = [h for _, h in index.sizes] or [0]
-    per_class = {name: {"train": train_counts[i], "val": val_counts[i]} for i, name in enumerate(index.classes)}
-    totals = [c["train"] + c["val"] for c in per_class.values()]
+    per_class = {name: {split: counts[split][i] for split in counts} for i, name in enumerate(index.classes)}
+    totals = [sum(c.values()) for c in per_class.values()]
     warnings = []
     if max(totals) >= 3 * max(1, min(totals)):
         warnings.append(f"imbalanced classes: {min(totals)} to {max(totals)} images per class")
-    few = [n for n, c in per_class.items() if c["train"] + c["val"] < 10]
+    few = [n for n, c in per_class.items() if sum(c.values()) < 10]
     if few:
         warnings.append(f"classes with fewer than 10 images: {', '.join(few)}")
     if index.skipped:
@@ -497,6 +582,9 @@ def dataset_report(root: str | os.PathLike, val_fraction: float = 0.2, seed: int
         "per_class": per_class,
         "train_images": len(splits.train),
         "val_images": len(splits.val),
+        "test_images": len(splits.test),
+        "test_split": ("test/ folder" if "test" in index.items else
+                       f"--test-fraction {test_fraction:g} of every class" if splits.test else "none"),
         "image_size": {"min": [min(widths), min(heights)], "max": [max(widths), max(heights)],
                        "median": [int(np.median(widths)), int(np.median(heights))]},
         "skipped": [{"path": p, "reason": r} for p, r in index.skipped],

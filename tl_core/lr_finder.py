@@ -346,7 +346,7 @@ def lr_find(cfg: RunConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0, num
     with tqdm(total=num_iter, unit="batch", desc="LR range test", disable=not show, file=sys.stderr,
               dynamic_ncols=True) as bar, restored(bb.model, optimizer):
         plan.train_mode(bb.model)
-        test = range_test(net, batches, optimizer, nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
+        test = range_test(net, batches, optimizer, T.training_loss(cfg, d, device)[0],
                           start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, device=device, amp=amp,
                           scaler=scaler, multipliers=per_optimizer_group, on_step=lambda *_: bar.update(1))
     lr, index = suggest(test.lrs, test.losses, rule, num_iter)

@@ -294,7 +294,7 @@ def probe(cfg: RunConfig, *, max_per_class: int = 50, k: int = 5) -> Probe:
     # 1. The split a run of cfg would train on, and a seeded subsample of it (the split's seed:
     #    every run of an experiment, whatever its --seed, is probed on the same images).
     index = cache.scan_dataset(cfg.data)
-    splits = data.split_dataset(index, cfg.val_fraction, cfg.train_fraction, cfg.split_seed)
+    splits = data.split_dataset(index, cfg.val_fraction, cfg.train_fraction, cfg.split_seed, cfg.test_fraction)
     probed = data.Splits(splits.classes, subsample(splits.train, max_per_class, cfg.split_seed),
                          subsample(splits.val, max_per_class, cfg.split_seed), index)
     # 2. Frozen activations at the head input, computed once and cached.

@@ -250,13 +250,21 @@ class Run:
         """The best epoch as people count them, from 1 (best_epoch is the loop's 0-based index)."""
         return None if self.best_epoch is None else self.best_epoch + 1
 
+    @property
+    def test_acc(self) -> float | None:
+        """Accuracy on the held-out test split of the epoch chosen on val (summary["test"], written
+        once after training: train._test_metrics); None for a run without a test split, or not yet scored."""
+        return (self.summary.get("test") or {}).get("acc")
+
     def to_dict(self) -> dict[str, Any]:
-        """The run as a JSON consumer reads it: epochs counted from 1, times in ISO format."""
+        """The run as a JSON consumer reads it: epochs counted from 1, times in ISO format, test_acc
+        at the top level (its test block is in the summary)."""
         d = dict(self.__dict__)
         for k in ("created_at", "started_at", "ended_at"):
             d[k] = d[k].isoformat() if d[k] else None
         d["best_epoch"] = self.best_epoch_number
         d["duration_s"] = self.duration_s
+        d["test_acc"] = self.test_acc
         return d
 
 

@@ -9,7 +9,9 @@ Read `_fit` top to bottom:
   then, every epoch:
   5. move the freeze boundary where the strategy wants it; the optimizer follows;
   6. train one epoch, setting each group's LR from its schedule (schedules.py) at every step;
-  7. validate, record the epoch, save the checkpoints.
+  7. validate, record the epoch, save the checkpoints;
+  and, after the last epoch, the held-out test split scored once (`_test_metrics`): the epoch
+  chosen on val, and the last epoch where that is another.
 Beside the task's cross-entropy, the loss may carry terms (losses.py): a regulariser toward the
 pretrained weights, a domain-adaptation term on the features of a target-domain batch. They
 are composed as one `Terms` (terms.py): one code path whatever the methods.
@@ -48,7 +50,7 @@ from .finetuning import Finetuning, Phase, restore_optimizer, sync_param_groups
 from .runfiles import run_folder
 from .schedules import lr_factor, progress
 from .settings import current as settings
-from .metrics import class_metrics
+from .metrics import balanced_accuracy, class_metrics, macro_f1, scores
 from .store import EpochWriter, Run, Store
 from .strategies import get_strategy
 from .terms import Terms, load_target, make_terms
@@ -461,7 +463,7 @@ def load_data(cfg: RunConfig, device: torch.device) -> RunData:
     size, and loaders over images decoded once, normalised on the device with the weights' own
     preprocessing (channels the weights have none for: measured on the training images)."""
     index = cache.scan_dataset(cfg.data, cfg.in_channels)  # data.scan_dataset, reused while no file changed
-    splits = data.split_dataset(index, cfg.val_fraction, cfg.train_fraction, cfg.split_seed)
+    splits = data.split_dataset(index, cfg.val_fraction, cfg.train_fraction, cfg.split_seed, cfg.test_fraction)
     batch_size, batch_note = data.batch_size_for(cfg.batch_size, len(splits.train))
     pre, stats = channels.normalisation(backbones.preprocessing(cfg.backbone), cfg.in_channels, cfg.weights_to_load,
                                         [it.path for it in splits.train])
@@ -551,13 +553,14 @@ def _fit(store: Store, run: Run, cfg: RunConfig, device: torch.device, run_dir: 
     bb = load_model(cfg, len(d.classes), device)
     model, groups = bb.model, bb.groups
     amp, scaler = amp_for(device)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)  # what val and test are scored with
+    fit_loss, weighting = training_loss(cfg, d, device)  # what trains: the same, weighted per class if asked
     plan = Finetuning(get_strategy(cfg.strategy), cfg.strategy_params(), groups, cfg.epochs)
     loaded = time.perf_counter()
     if device.type == "cuda":  # 2b. cuDNN's search, for long runs only; will the run fit? (memory.py)
         torch.backends.cudnn.benchmark, why = cudnn_benchmark(cfg, cfg.epochs * len(d.train))
         probe = memory.probe_step(model, groups, plan.widest(), (d.batch_size, cfg.in_channels, cfg.image_size,
-                                  cfg.image_size), loss_fn, amp, cfg.optimizer, device, CHANNELS_LAST,
+                                  cfg.image_size), fit_loss, amp, cfg.optimizer, device, CHANNELS_LAST,
                                   forwards=2 if cfg.adapt != "none" else 1)
         if not probe.fits():
             raise UserError(probe.advice(torch.cuda.get_device_name(device)))
@@ -565,6 +568,8 @@ def _fit(store: Store, run: Run, cfg: RunConfig, device: torch.device, run_dir: 
     # 3. The strategy's plan; frozen groups' output computed once per image and cached on disk.
     frozen = frozen_features(cfg, bb, d, device, amp, check)
     _record_start(store, run, cfg, d, bb)
+    if weighting:
+        _note(store, run.id, class_weights=weighting)
     if device.type == "cuda":  # after the summary's start (_record_start writes it whole)
         _note(store, run.id, cudnn_benchmark=why, gpu_memory=probe.summary())
     # 3b. The loss's terms beside cross-entropy (losses.py) and the target domain, set up on the
@@ -624,7 +629,7 @@ def _fit(store: Store, run: Run, cfg: RunConfig, device: torch.device, run_dir: 
             epoch_start -= so_far.seconds
             try:
                 train_loss, train_acc, seen, term_means = train_one_epoch(
-                    net, train_batches, optimizer, loss_fn, cfg, device, amp, scaler, plan.phase, epoch, bar,
+                    net, train_batches, optimizer, fit_loss, cfg, device, amp, scaler, plan.phase, epoch, bar,
                     should_stop=stop_requested, terms=terms, so_far=so_far)
             except RunInterrupted:  # the worker is stopping: save how far this epoch got, to go on from there
                 _save({**_state(model, optimizer, scaler, plan, terms, d, device), "epoch": epoch - 1,
@@ -649,6 +654,7 @@ def _fit(store: Store, run: Run, cfg: RunConfig, device: torch.device, run_dir: 
             metrics = {
                 "train_loss": train_loss, "train_acc": train_acc,
                 "val_loss": ev["val_loss"], "val_acc": ev["val_acc"],
+                "val_macro_f1": macro_f1(last_confusion), "val_balanced_acc": balanced_accuracy(last_confusion),
                 **({"val_top5": ev["val_top5"]} if "val_top5" in ev else {}),
                 **({"target_loss": on_target["val_loss"], "target_acc": on_target["val_acc"]} if on_target else {}),
                 **term_means,
@@ -677,6 +683,7 @@ def _fit(store: Store, run: Run, cfg: RunConfig, device: torch.device, run_dir: 
                                          "peak_mb": round(peak_mb, 1)})
 
     _note(store, run.id, forgetting=_forgetting(cfg, bb, d, device, amp))
+    _note(store, run.id, **_test_metrics(cfg, model, d, device, amp, loss_fn, run_dir / "best.pt"))
     store.log_class_metrics(run.id, class_metrics(best_confusion.tolist(), d.classes))
     summary = store.get_run(run.id).summary
     if last_confusion is not None:  # per-class results at the last epoch too, for comparisons read there
@@ -709,6 +716,50 @@ def _state(model, optimizer, scaler, plan: Finetuning, terms: Terms, d: RunData,
     return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
             "finetuning": plan.state_dict(), "terms": terms.state_dict(), "rng": rng_state(device),
             "loader_rng": d.train.generator.get_state()}
+
+
+def training_loss(cfg: RunConfig, d: RunData, device: torch.device) -> tuple[nn.Module, dict | None]:
+    """The cross-entropy training minimises, and what the run records of its class weights (None
+    without --class-weights). Weighted (data.class_weights, from the training split alone) it is
+    the training objective only: val and test are scored with the plain one, comparable across runs."""
+    if cfg.class_weights == "none":
+        return nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), None
+    weights = data.class_weights(d.splits.train, d.classes)
+    loss = nn.CrossEntropyLoss(weight=torch.tensor(weights, device=device), label_smoothing=cfg.label_smoothing)
+    return loss, {"mode": cfg.class_weights, "weights": dict(zip(d.classes, weights))}
+
+
+def _test_metrics(cfg: RunConfig, model: nn.Module, d: RunData, device: torch.device, amp, loss_fn,
+                  best: Path) -> dict:
+    """The held-out test split scored once, after the last epoch: {"test": the checkpoint chosen on
+    val (best.pt), "test_last": the last epoch's model, only where that is not the best}, each
+    metrics.scores with the loss and the 1-based epoch; {} for a run without a test split.
+
+    Nothing before this reads a test image (the split is carved before train and val, and the
+    loaders, feature cache, best epoch, plateau unfreezing, LR finder and probe see train and val
+    only). The test pass runs the whole model on the images in the run's precision (val may read
+    cached features, bf16 where the hardware computes it). The model is left at the weights it
+    came with (the last epoch's), so this may be called from a resume that had no epoch left.
+    """
+    if not d.splits.test:
+        return {}
+    held_out = data.Splits(d.classes, d.splits.test, d.splits.test, d.index)
+    _, loader, _ = decoded.make_loaders(held_out, d.rows, d.pipeline, d.batch_size, cfg.seed, d.workers, device,
+                                        channels_last=CHANNELS_LAST, enabled=cfg.decode_cache == "on")
+
+    def scored(epoch: int) -> dict:
+        ev = evaluate(model, loader, loss_fn, device, amp, len(d.classes))
+        return {**scores(ev["confusion"].tolist(), d.classes), "loss": ev["val_loss"], "epoch": epoch + 1}
+
+    chosen = torch.load(best, map_location=device, weights_only=True)
+    out = {} if chosen["epoch"] == cfg.epochs - 1 else {"test_last": scored(cfg.epochs - 1)}
+    last = {k: v.to("cpu", copy=True) for k, v in model.state_dict().items()}
+    model.load_state_dict(chosen["model"])
+    out["test"] = scored(chosen["epoch"])
+    model.load_state_dict(last)
+    _log(f"test ({len(d.splits.test)} images, epoch {chosen['epoch'] + 1} chosen on val): acc {out['test']['acc']:.4f}"
+         + (f"; the last epoch's model: acc {out['test_last']['acc']:.4f}" if "test_last" in out else ""))
+    return out
 
 
 def _forgetting(cfg: RunConfig, bb: backbones.Backbone, d: RunData, device: torch.device, amp) -> dict:

@@ -319,10 +319,11 @@ def lr_finder(result: dict) -> go.Figure:
 
 
 def split_counts(per_class: dict[str, dict[str, int]]) -> go.Figure:
-    """Images per class in the train and val splits (stacked bars)."""
+    """Images per class in the train, val and (where there is one) test splits (stacked bars)."""
     names = list(per_class)
-    fig = go.Figure([go.Bar(x=names, y=[per_class[n][split] for n in names], name=split,
-                            marker_color=PALETTE[i]) for i, split in enumerate(("train", "val"))])
+    splits = [s for s in ("train", "val", "test") if any(per_class[n].get(s) for n in names)] or ["train", "val"]
+    fig = go.Figure([go.Bar(x=names, y=[per_class[n].get(split, 0) for n in names], name=split,
+                            marker_color=PALETTE[i]) for i, split in enumerate(splits)])
     fig.update_layout(barmode="stack", title="images per class", height=300,
                       margin=dict(l=10, r=10, t=50, b=10), legend=dict(orientation="h", y=1.12, x=1, xanchor="right"))
     return fig

@@ -65,7 +65,7 @@ def runs_rows(runs: list[Run]) -> list[dict]:
             "strategy": r.config.get("strategy"), "seed": r.config.get("seed"), "status": r.status,
             "epoch": f"{r.epochs_done} of {r.epochs}", "progress": r.epochs_done / max(1, r.epochs),
             "eta": format_seconds(service.eta_seconds(r)), "best_val_acc": r.best_val_acc,
-            "duration": format_seconds(r.duration_s), "created": r.created_at.strftime("%Y-%m-%d %H:%M"),
+            "test_acc": r.test_acc, "duration": format_seconds(r.duration_s), "created": r.created_at.strftime("%Y-%m-%d %H:%M"),
             "tags": r.tags, "launched_by": r.launched_by or "", "where": where(r),
         })
     return rows

@@ -38,9 +38,10 @@ def resolve_data_path(path: str, roots: Iterable[Path]) -> str:
     return str(real)
 
 
-def dataset_report(path: str, val_fraction: float = 0.2, split_seed: int = 0) -> dict:
-    """Classes, images per class per split, sizes, skipped files and warnings (UserError if unusable)."""
-    return data.dataset_report(path, val_fraction, split_seed)
+def dataset_report(path: str, val_fraction: float = 0.2, split_seed: int = 0, test_fraction: float = 0.0) -> dict:
+    """Classes, images per class per split (train, val, test), sizes, skipped files and warnings
+    (UserError if unusable)."""
+    return data.dataset_report(path, val_fraction, split_seed, test_fraction)
 
 
 def sample_images(path: str, per_class: int = 4) -> dict[str, list[str]]:

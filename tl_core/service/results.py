@@ -15,7 +15,8 @@ Metrics = dict[int, dict[int, dict[str, float]]]  # {run id: {epoch index: {key:
 
 # A reading order for tables: the task's losses and accuracies, the target domain's, the loss's other
 # terms (the regulariser's penalty and share, the domain discriminator's), what trained, then speed.
-EPOCH_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "target_loss", "target_acc",
+EPOCH_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", "val_balanced_acc", "val_top5",
+              "target_loss", "target_acc",
               "reg_penalty", "reg_share", "domain_loss", "domain_acc", "trainable_groups", "trainable_params",
               "epoch_seconds", "images_per_sec", "peak_memory_mb", "wall_seconds")
 DRIFT = "drift/"  # drift/<group>: ||w - w0|| / ||w0|| of the group's parameters since training began
@@ -27,7 +28,7 @@ def run_row(r: Run) -> dict:
     return {"id": r.id, "experiment": r.experiment, "name": r.name, "backbone": r.config.get("backbone"),
             "strategy": r.config.get("strategy"), "seed": r.config.get("seed"), "status": r.status,
             "epochs_done": r.epochs_done, "epochs": r.epochs, "best_val_acc": r.best_val_acc,
-            "duration_s": r.duration_s, "launched_by": r.launched_by, "executor": r.executor, "host": r.host}
+            "test_acc": r.test_acc, "duration_s": r.duration_s, "launched_by": r.launched_by, "executor": r.executor, "host": r.host}
 
 
 def ray_node(run: Run) -> str | None:

@@ -82,7 +82,7 @@ def check_run(cfg: RunConfig) -> None:
 
     check_obtainable(cfg.backbone, cfg.weights_to_load)
     splits = split_dataset(scan_dataset(cfg.data, cfg.in_channels), cfg.val_fraction, cfg.train_fraction,
-                           cfg.split_seed)
+                           cfg.split_seed, cfg.test_fraction)
     batch_size_for(cfg.batch_size, len(splits.train))
     if cfg.target_data:
         scan_target(cfg.target_data, splits.classes, cfg.in_channels)
@@ -114,8 +114,8 @@ def plan_runs(base: dict, strategies: Sequence[str], seeds: Sequence[int],
                for s in strategies for f in fractions for lr in rates for seed in seeds]
     checked: set[tuple] = set()
     for cfg in configs:  # the dataset check depends only on these, not on the strategy or seed
-        key = (cfg.data, cfg.val_fraction, cfg.train_fraction, cfg.split_seed, cfg.batch_size, cfg.backbone,
-               cfg.weights_to_load)
+        key = (cfg.data, cfg.val_fraction, cfg.train_fraction, cfg.split_seed, cfg.test_fraction, cfg.batch_size,
+               cfg.backbone, cfg.weights_to_load)
         if key not in checked:
             check_run(cfg)
             checked.add(key)
@@ -195,7 +195,7 @@ def _train_images(cfg: RunConfig) -> int:
     from ..cache import scan_dataset  # reused while no file changed
 
     index = scan_dataset(cfg.data, cfg.in_channels)
-    return len(split_dataset(index, cfg.val_fraction, cfg.train_fraction, cfg.split_seed).train)
+    return len(split_dataset(index, cfg.val_fraction, cfg.train_fraction, cfg.split_seed, cfg.test_fraction).train)
 
 
 def queue_run(store: Store, cfg: RunConfig, launched_by: str | None = None) -> Run:
