@@ -225,3 +225,18 @@ def test_runs_that_fine_tuned_in_the_same_phases_have_them_shaded_on_compare(env
     assert [a["text"] for a in figure["layout"]["annotations"]] == ["1 group", "3 groups"]
     hover = next(t for t in figure["data"] if t["name"] == "prog-0")["text"]
     assert "3 groups train" in hover[-1] and "LR head" in hover[-1]
+
+
+def test_the_method_behind_the_verdicts_is_said_for_each_family():
+    from ui import format as fmt
+
+    many = [{"family": 21, "scope": "all", "correction": "holm", "confidence": 0.95}] * 21
+    text = fmt.verdict_method("test accuracy (each run's checkpoint chosen on validation)", many, best_lr=True)
+    assert text == ("Compared: test accuracy (each run's checkpoint chosen on validation), each strategy at its best LR "
+                    "(chosen on validation); runs paired by seed (and split). Each verdict is a paired t-test at 95%, "
+                    "with Holm's correction over the 21 pairs tested: with no true difference, the chance that any "
+                    "verdict here names a winner is at most 5%; each interval is at the level Holm tested its pair "
+                    "at, so a verdict and its interval agree.")
+    assert "over each cell's pairs" in fmt.verdict_method("x", [{**many[0], "scope": "cell", "family": 3}])
+    assert "one pair tested, so nothing to correct for" in fmt.verdict_method("x", [{**many[0], "family": 1}])
+    assert "no correction" in fmt.verdict_method("x", [{**many[0], "correction": "none", "family": 1}])

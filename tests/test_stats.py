@@ -74,7 +74,7 @@ def test_a_real_difference_is_found_with_eight_seeds():
 
 def test_seven_null_strategies_keep_the_chance_of_any_false_verdict_controlled():
     # 21 pairs per family, 1,000 families: without a correction (each pair's own p) some pair "wins" in
-    # about a third of them (the old bootstrap: 88%); Holm keeps any false verdict to about 5%.
+    # about half of them (54%; the old bootstrap: 88%); Holm keeps any false verdict to about 5% (5.7%).
     rng = np.random.default_rng(21)
     names = [f"s{i}" for i in range(7)]
     holm = uncorrected = 0
@@ -84,7 +84,7 @@ def test_seven_null_strategies_keep_the_chance_of_any_false_verdict_controlled()
         holm += any(d.verdict in ("a", "b") for d in diffs)
         uncorrected += any(d.p <= 0.05 for d in diffs)
     assert holm / 1000 <= 0.07
-    assert uncorrected / 1000 > 0.2  # the family is what needed controlling
+    assert uncorrected / 1000 > 0.4  # the family is what needed controlling
     assert len(diffs) == 21 and all(d.family == 21 and d.correction == "holm" for d in diffs)
     alone = stats.pairwise({name: {0: 0.5, 1: 0.6} for name in names[:3]}, correction="none")
     assert all(d.family == 1 and d.interval_confidence == 0.95 for d in alone)
@@ -92,7 +92,7 @@ def test_seven_null_strategies_keep_the_chance_of_any_false_verdict_controlled()
 
 def test_across_splits_the_split_is_the_unit_and_stays_calibrated():
     # 3 splits x 3 seeds, a strategy-by-split effect as large as the seed noise: pooling the 9 pairs as
-    # if independent names a winner in ~19% of null trials; the split means, in ~5%.
+    # if independent names a winner in ~17% of null trials; the split means, in ~5%.
     rng = np.random.default_rng(3)
     wins = pooled = 0
     for _ in range(1000):

@@ -21,7 +21,7 @@ What a verdict claims, and why these methods (README, "How to read a verdict"):
   means, so the claim is about splits of this dataset. Pooling every (split, seed) pair as if
   independent would ignore that pairs of one split share that split's strategy-by-split effect:
   simulated with that effect as large as the seed noise, pooled 3 splits x 3 seeds named a winner
-  in 19% of null trials, the split means in 5%.
+  in 17% of null trials, the split means in 5%.
 - The interval. The paired t-interval is exact for normal differences at every n >= 2 (scipy's
   `ttest_rel(a, b).confidence_interval()` gives the same numbers). It replaced a percentile bootstrap,
   which can only span the differences it saw and named a winner in about half of null trials with
