@@ -153,7 +153,8 @@ m = st.columns(4)
 m[0].metric("Runs", len(runs), f"{sum(r.status == 'completed' for r in runs)} completed", delta_color="off",
             delta_arrow="off", border=True)
 m[1].metric(f"{measure_short.capitalize()} ({which} epoch)", f"{values[top.id]:.1%}" if top else "–",
-            top.name if top else None, delta_color="off", delta_arrow="off", border=True, help=f"The best run's {measure}")
+            top.name if top else None, delta_color="off", delta_arrow="off", border=True,
+            help=f"The best run's {measure}")
 m[2].metric("Fastest run", fmt.format_seconds(fastest["total_seconds"]) if fastest else "–",
             fastest["name"] if fastest else None, delta_color="off", delta_arrow="off", border=True)
 m[3].metric("Still training", sum(r.status in ("queued", "running") for r in runs), border=True)
@@ -452,7 +453,8 @@ if not class_rows:
     st.stop()
 shown = [r for r in runs if r.id in class_rows]
 st.plotly_chart(charts.per_class_recall(shown, class_rows, label, which), key="per_class")
-st.markdown(f"**Confusion matrices** at each run's {which} epoch (rows: true class, columns: predicted)")
+st.markdown(f"**Confusion matrices** on validation, at each run's {which} epoch (rows: true class, columns: "
+            f"predicted)")
 items = list(class_rows.items())
 for start in range(0, len(items), 3):
     for col, (run_id, rows) in zip(st.columns(3), items[start:start + 3]):

@@ -232,8 +232,9 @@ def test_the_method_behind_the_verdicts_is_said_for_each_family():
 
     many = [{"family": 21, "scope": "all", "correction": "holm", "confidence": 0.95}] * 21
     text = fmt.verdict_method("test accuracy (each run's checkpoint chosen on validation)", many, best_lr=True)
-    assert text == ("Compared: test accuracy (each run's checkpoint chosen on validation), each strategy at its best LR "
-                    "(chosen on validation); runs paired by seed (and split). Each verdict is a paired t-test at 95%, "
+    assert text == ("Compared: test accuracy (each run's checkpoint chosen on validation), each strategy at its best "
+                    "LR (chosen on validation); runs paired by seed (and split). Each verdict is a paired t-test at "
+                    "95%, "
                     "with Holm's correction over the 21 pairs tested: with no true difference, the chance that any "
                     "verdict here names a winner is at most 5%; each interval is at the level Holm tested its pair "
                     "at, so a verdict and its interval agree.")

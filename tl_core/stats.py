@@ -309,8 +309,8 @@ def _with_text(d: Difference, what: str) -> Difference:
         text = (f"{d.a} beats {d.b} by {_pts(d.mean)} points{of} ({ci} {_pts(d.low)} to {_pts(d.high)}"
                 f"{holm_note}; {basis})")
     elif d.verdict == "b":
-        text = (f"{d.b} beats {d.a} by {_pts(-d.mean)} points{of} ({ci} {_pts(-d.high)} to {_pts(-d.low)}"  # type: ignore[operator]
-                f"{holm_note}; {basis})")
+        text = (f"{d.b} beats {d.a} by {_pts(-d.mean)} points{of} "  # type: ignore[operator]
+                f"({ci} {_pts(-d.high)} to {_pts(-d.low)}{holm_note}; {basis})")  # type: ignore[operator]
     else:
         advice = (f"about {d.units_needed} {d.unit}s would tell a difference this size" if d.units_needed
                   else f"a difference this size would take more than {MOST_UNITS} {d.unit}s")

@@ -25,8 +25,8 @@ from .measure import find_lr, probe_data, probe_verdict
 from .datasets import data_roots, dataset_folders, dataset_report, resolve_data_path, sample_images
 from .compare import (FAMILIES, METRICS, SEEDS_OFFERED, SPLITS, WHICH, at_best_lr, class_rows, config_table,
                       data_efficiency, describe, differing_keys, drift_profiles, forgetting_points, group_runs,
-                      has_test, lr_choices, lr_text, resolve_split, score, settling_plan, smooth, split_seed, statistics,
-                      to_settle,
+                      has_test, lr_choices, lr_text, resolve_split, score, settling_plan, smooth, split_seed,
+                      statistics, to_settle,
                       value)
 from .results import (checkpoint, compare, drift_by_group, eta_seconds, experiment_report, group_drift,
                       log_tail, metric_rows, ray_node, run_details, run_row, skipped_files,

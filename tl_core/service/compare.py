@@ -188,7 +188,8 @@ def statistics(runs: Sequence[Run], metrics: Metrics, which: str = "best", confi
             name += f" ({lr_text(r.config.get('lr'))})"
         cells[cell][name][(split_seed(r), int(r.config.get("seed", 0)))] = v
         members[cell][name].append(r)
-    pairs = [(cell, na, nb) for cell, groups in cells.items() for i, na in enumerate(groups) for nb in list(groups)[i + 1:]]
+    pairs = [(cell, na, nb) for cell, groups in cells.items()
+             for i, na in enumerate(groups) for nb in list(groups)[i + 1:]]
     what = describe(metric, split, which, short=True)
     scopes = [pairs] if family == "all" else [[p for p in pairs if p[0] == cell] for cell in cells]
     out = []
