@@ -1,13 +1,17 @@
 """Compare: the runs of one experiment (or any runs) side by side, and what the numbers say.
 
 Curves (val accuracy and loss against epochs and wall-clock time, train vs val), the fine-tuning
-timeline, whether each difference between strategies is real (seed-paired bootstrap CIs), how
-much data each needs (a data-efficiency chart when the experiment varied the train fraction), what
+timeline, whether each difference between strategies is real (paired t-intervals, Holm-corrected
+over the pairs shown, with the seeds that would settle the rest), how much data each needs (a data-efficiency chart when the experiment varied the train fraction), what
 fine-tuning changed (each layer group's drift, knowledge kept against accuracy, the target
 domain's accuracy, when recorded), a summary and the settings that differ, per-class results for
 the runs picked, and image by image what one run fixed and broke against a reference run. Past a
 dozen runs, runs that differ only by seed are drawn as one group (a mean and a band). Every table
 and chart reads each run at its best epoch or its last, as chosen; the URL keeps the selection.
+Summary, statistics, data efficiency and the report compare one score: accuracy, macro-F1 or
+balanced accuracy, on the test split when every run measured it (switchable to validation), else
+on validation; a grid over LRs can be compared with each strategy at its best LR (chosen on
+validation). The curves and per-class results are validation's.
 """
 
 import csv
@@ -15,7 +19,7 @@ import io
 
 import streamlit as st
 
-from tl_core import service, stats
+from tl_core import service
 from tl_core.errors import UserError
 from ui import charts, gallery, report, session
 from ui import format as fmt
@@ -38,9 +42,11 @@ def to_csv(rows: list[dict]) -> str:
 
 
 @st.cache_data(show_spinner="Testing the differences…", max_entries=32)
-def statistics(run_ids: tuple[int, ...], progress: tuple, which: str) -> list[dict]:
+def statistics(run_ids: tuple[int, ...], progress: tuple, which: str, metric: str, split: str, family: str,
+               best_lr: bool) -> list[dict]:
     runs = store.list_runs(run_ids=run_ids)
-    return service.statistics(runs, store.epoch_metrics(run_ids), which)
+    return service.statistics(runs, store.epoch_metrics(run_ids), which, metric=metric, split=split, family=family,
+                              best_lr=best_lr)
 
 
 def from_url(key: str, param: str, cast=str) -> None:
@@ -111,14 +117,33 @@ if grouped and len(differing) > 1:
     groups = service.group_runs(runs, keys)
 st.query_params.update({"which": which, **({"smooth": f"{smoothing:g}"} if smoothing else {})})
 
+# What the summary, the statistics, the data-efficiency chart and the report compare: test when every
+# completed run measured it (the checkpoint was chosen on validation), else validation.
+scored = st.columns([2, 2, 2])
+if service.has_test(runs):
+    split = {"test": "test", "validation": "val"}[scored[0].segmented_control(
+        "Report on", ["test", "validation"], default="test", key="compare_split",
+        help="Test: each run's checkpoint chosen on validation, measured once on the test split (an honest "
+             "number). Validation: the same data that chose the best epoch, so it flatters every run") or "test"]
+else:
+    split = "val"
+    scored[0].caption("Reported on **validation**: not every run measured a test split (train with a `test/` "
+                      "folder or `--test-fraction` for an unbiased number).")
+metric = scored[1].selectbox("Metric", list(service.METRICS), format_func=service.METRICS.get, key="compare_metric",
+                             help="Macro-F1 and balanced accuracy weigh every class alike: use them on imbalanced data")
+measure = service.describe(metric, split, which)
+measure_short = service.describe(metric, split, which, short=True)
+
 metrics = store.epoch_metrics([r.id for r in runs])
 target = st.session_state.get("target_acc", 0.8)
 summary = service.summary_rows(runs, metrics, target)
-values = {r.id: service.value(r, metrics.get(r.id, {}), which) for r in runs}
+values = {r.id: service.score(r, metrics.get(r.id, {}), which, metric, split) for r in runs}
+val_values = {r.id: service.value(r, metrics.get(r.id, {}), which) for r in runs}
 target_values = {r.id: service.value(r, metrics.get(r.id, {}), which, "target_acc") for r in runs}
 for row in summary:
-    row["val_acc"], row["target_acc"] = values[row["id"]], target_values[row["id"]]
+    row["score"], row["val_acc"], row["target_acc"] = values[row["id"]], val_values[row["id"]], target_values[row["id"]]
 with_target = any(v is not None for v in target_values.values())
+scored_apart = (metric, split) != ("acc", "val")  # the compared score is not val accuracy: show both
 
 # --- headline numbers --------------------------------------------------------------------------
 top = max((r for r in runs if values[r.id] is not None), key=lambda r: values[r.id], default=None)
@@ -127,8 +152,9 @@ fastest = min(done, key=lambda row: row["total_seconds"], default=None)
 m = st.columns(4)
 m[0].metric("Runs", len(runs), f"{sum(r.status == 'completed' for r in runs)} completed", delta_color="off",
             delta_arrow="off", border=True)
-m[1].metric(f"Val accuracy ({which} epoch)", f"{values[top.id]:.1%}" if top else "–", top.name if top else None,
-            delta_color="off", delta_arrow="off", border=True)
+m[1].metric(f"{measure_short.capitalize()} ({which} epoch)", f"{values[top.id]:.1%}" if top else "–",
+            top.name if top else None, delta_color="off", delta_arrow="off", border=True,
+            help=f"The best run's {measure}")
 m[2].metric("Fastest run", fmt.format_seconds(fastest["total_seconds"]) if fastest else "–",
             fastest["name"] if fastest else None, delta_color="off", delta_arrow="off", border=True)
 m[3].metric("Still training", sum(r.status in ("queued", "running") for r in runs), border=True)
@@ -192,37 +218,72 @@ else:
 
 # --- is the difference real? -------------------------------------------------------------------
 progress = tuple((r.id, r.epochs_done, r.status) for r in runs)
-differences = statistics(tuple(r.id for r in runs), progress, which)
 st.subheader("Is the difference real?")
+over_lrs = "lr" in differing and "strategy" in differing
+options = st.columns([3, 3])
+best_lr = over_lrs and options[0].toggle(
+    "Each strategy at its best LR (chosen on validation)", key="compare_best_lr",
+    help="Strategies have different best LRs: compare each at the LR whose mean validation score over seeds is "
+         "highest in each cell, not all at one LR. The verdicts then read " + measure_short)
+apart = [k for k in differing if k != "strategy" and not (best_lr and k == "lr")]  # what makes a cell
+cells = {tuple(repr(r.config.get(k)) for k in apart) for r in runs}
+family = "all"
+if len(cells) > 1:
+    family = {"every pair shown": "all", "each cell's pairs": "cell"}[options[1].segmented_control(
+        "Correct for", ["every pair shown", "each cell's pairs"], default="every pair shown", key="compare_family",
+        help="Holm's correction keeps the chance of any false verdict at 5% over this family of pairs: every pair "
+             "on the page (what you can pick from), or each cell of the grid on its own (a question per cell)")
+        or "every pair shown"]
+differences = statistics(tuple(r.id for r in runs), progress, which, metric, split, family, best_lr)
+if best_lr:
+    choices = service.lr_choices(runs, metrics, which, metric)
+    st.dataframe([{**c["cell"], "strategy": c["strategy"], "best LR": service.lr_text(c["lr"]),
+                   "val mean": c["val_mean"], "runs": c["n"],
+                   "LRs tried": ", ".join(f"{service.lr_text(t['lr'])}: {t['val_mean']:.1%}" for t in c["tried"])}
+                  for c in choices], hide_index=True, column_config={
+        "val mean": st.column_config.NumberColumn(f"Val {service.METRICS[metric]} (mean)", format="percent")})
+    if split == "val":
+        st.caption(":material/warning: Without a test split these verdicts read the same validation numbers the "
+                   "LRs were chosen on, which flatters each strategy's best LR.")
 if not differences:
-    st.caption("With two or more strategies run on the same settings, each pair gets a seed-paired bootstrap "
-               "confidence interval of the difference in val accuracy here (more seeds, narrower intervals).")
-def pair_runs(d: dict) -> list:
-    """The runs behind a difference: its two strategies in its cell of the grid."""
-    return [r for r in runs if r.config.get("strategy") in (d["a"], d["b"])
-            and all(r.config.get(k) == v for k, v in d["cell"].items())]
+    st.caption("With two or more strategies run on the same settings and seeds, each pair gets a paired t-interval "
+               f"of the difference in {measure_short} here (more seeds, narrower intervals).")
+else:
+    st.caption(fmt.verdict_method(measure, differences, best_lr) + " A verdict holds for the split(s) it names; "
+               "vary the split (`--split-seeds`) to claim more. **Add N seeds** offers the seeds that would find a "
+               f"difference of the observed size 80% of the time (at most {service.SEEDS_OFFERED} in all).")
 
 
-unsure = [d for d in differences if d["verdict"] in ("noise", "too_few") or d["n_pairs"] < stats.FEW_SEEDS]
+def queue_more(members: list, unit: str, add: int) -> list:
+    """`add` more seeds (or splits, where the split is the unit) of exactly these runs' settings."""
+    adder = service.more_splits if unit == "split" else service.more_seeds
+    return adder(store, members, add, launched_by=session.launched_by())
+
+
+unsure = [d for d in differences if service.to_settle(d)]
 if len(differences) <= GROUP_AT:  # a few pairs: each with its own button
     for i, d in enumerate(differences):
         where = " · ".join(f"{k} {v}" for k, v in d["cell"].items())
         line = st.columns([6, 1], vertical_alignment="center")
         icon = ":material/check_circle:" if d["verdict"] in ("a", "b") else ":material/help:"
         line[0].markdown(f"{icon} {d['text']}" + (f"  \n:gray[{where}]" if where else ""))
-        if d in unsure and line[1].button("Add 2 seeds", key=f"more_seeds_{i}", help="Queue two more seeds of "
-                                          "exactly these two strategies on these settings, to tell the difference "
-                                          "from noise"):
-            queued = service.more_seeds(store, pair_runs(d), 2, launched_by=session.launched_by())
-            st.toast(f"Queued {len(queued)} runs: {d['a']} and {d['b']} with two more seeds each",
-                     icon=":material/add_circle:")
+        if (plan := service.to_settle(d)) and line[1].button(
+                f"Add {plan['add']} {plan['unit']}{'s' * (plan['add'] != 1)}", key=f"more_seeds_{i}",
+                help=f"{plan['text'][0].upper()}{plan['text'][1:]}. Queues them for exactly these two strategies on "
+                     f"these settings"):
+            queued = queue_more([r for r in runs if r.id in set(d["run_ids"])], plan["unit"], plan["add"])
+            st.toast(f"Queued {len(queued)} runs: {d['a']} and {d['b']} with {plan['add']} more "
+                     f"{plan['unit']}{'s' * (plan['add'] != 1)} each", icon=":material/add_circle:")
 else:  # a grid's hundreds of pairs: one table, one button
-    st.dataframe([{"where": " · ".join(f"{k} {v}" for k, v in d["cell"].items()), "verdict": d["text"]}
-                  for d in differences], hide_index=True, column_config={"verdict": st.column_config.TextColumn(
-                      "Verdict", width="large")})
-    if unsure and st.button(f"Add 2 seeds to the {len(unsure)} pairs not yet told apart", key="more_seeds_all"):
-        chosen = {r.id: r for d in unsure for r in pair_runs(d)}
-        queued = service.more_seeds(store, list(chosen.values()), 2, launched_by=session.launched_by())
+    st.dataframe([{"where": " · ".join(f"{k} {v}" for k, v in d["cell"].items()), "verdict": d["text"],
+                   "p (Holm)": d["p_adjusted"]} for d in differences], hide_index=True, column_config={
+                      "verdict": st.column_config.TextColumn("Verdict", width="large"),
+                      "p (Holm)": st.column_config.NumberColumn(format="%.3g", width="small")})
+    plan = service.settling_plan(runs, unsure)
+    if plan and st.button(f"Add the seeds that would settle the {len(unsure)} pairs not yet told apart",
+                          key="more_seeds_all", help="Each group of runs gets the most any of its pairs asks, "
+                                                     f"up to {service.SEEDS_OFFERED} seeds (or splits) in all"):
+        queued = [r for members, unit, add in plan for r in queue_more(members, unit, add)]
         st.toast(f"Queued {len(queued)} runs", icon=":material/add_circle:")
 
 if mode != "Any runs" and (verdict := service.probe_verdict(store, st.session_state["compare_experiment"], which)):
@@ -231,8 +292,13 @@ if mode != "Any runs" and (verdict := service.probe_verdict(store, st.session_st
 # --- how much data? ----------------------------------------------------------------------------
 if len({r.config.get("train_fraction") for r in runs}) > 1:
     st.subheader("How much data do I need?")
-    efficiency = service.data_efficiency(runs, metrics, which, keys)  # grouped as the curves are
-    figures["data_efficiency"] = charts.data_efficiency(efficiency, f"val accuracy ({which} epoch)")
+    if best_lr:  # each strategy at its best LR at each data size, as the statistics compare them
+        efficiency = service.data_efficiency(service.at_best_lr(runs, metrics, which, metric), metrics, which,
+                                             [k for k in keys if k != "lr"], metric, split)
+        st.caption("Each strategy at its best LR (chosen on validation) at each data size.")
+    else:
+        efficiency = service.data_efficiency(runs, metrics, which, keys, metric, split)  # grouped as the curves are
+    figures["data_efficiency"] = charts.data_efficiency(efficiency, measure_short + f" ({which} epoch)")
     st.plotly_chart(figures["data_efficiency"], key="data_efficiency")
     for c in efficiency["crossovers"]:
         st.markdown(f":material/swap_horiz: {c['text']}")
@@ -266,16 +332,19 @@ st.subheader("Summary")
 c1, c2 = st.columns([1, 4])
 c1.number_input("Target accuracy", 0.0, 1.0, 0.8, 0.05, key="target_acc", format="%.2f",
                 help="The table shows how long each run took to first reach it")
-c2.caption(f"Val accuracy at each run's {which} epoch, when its best came, time to the target accuracy, total "
-           f"time, trainable parameters at the last epoch and training throughput.")
+c2.caption(f"{measure.capitalize()}" + (f", val accuracy at each run's {which} epoch" if scored_apart else "")
+           + ", when its best came, time to the target val accuracy, total time, trainable parameters at the last "
+             "epoch and training throughput.")
 several_seeds = len({row["seed"] for row in summary}) > 1
 st.dataframe(summary, hide_index=True, column_order=[
-    "name", "strategy", *(["seed"] if several_seeds else []), "status", "val_acc",
+    "name", "strategy", *(["seed"] if several_seeds else []), "status", *(["score"] if scored_apart else []), "val_acc",
     *(["target_acc"] if with_target else []), "best_epoch",
     "time_to_target_s", "total_seconds", "trainable_params", "images_per_sec"], column_config={
     "id": st.column_config.NumberColumn("ID", width="small"),
     "name": "Run", "strategy": "Strategy", "seed": st.column_config.NumberColumn("Seed", width="small"),
     "status": st.column_config.TextColumn("Status", width="small"),
+    "score": st.column_config.NumberColumn(f"{measure_short.capitalize()} ({which})", format="percent", width="small",
+                                           help=measure),
     "val_acc": st.column_config.NumberColumn(f"Val acc ({which})", format="percent", width="small"),
     "target_acc": st.column_config.NumberColumn(f"Target acc ({which})", format="percent", width="small",
                                                 help="On the target-domain folder (--target-data)"),
@@ -298,10 +367,15 @@ downloads.download_button("Per-epoch metrics CSV", lambda: to_csv(service.metric
 title = st.session_state.get("compare_experiment") if mode != "Any runs" else f"{len(runs)} runs"
 downloads.download_button(
     "HTML report", lambda: report.build(
-        f"TransferLab: {title}", f"{len(runs)} runs, each read at its {which} epoch",
+        f"TransferLab: {title}", f"{len(runs)} runs, each read at its {which} epoch; compared: {measure}",
         [("Curves", [figures["val_acc_epoch"], figures["val_loss_epoch"],
                      charts.timeline([(g.label, g.runs) for g in service.group_runs(runs, ["strategy"])], metrics)]),
-         ("Is the difference real?", [d["text"] for d in differences] or ["one strategy, or one seed each"]),
+         ("Is the difference real?", [fmt.verdict_method(measure, differences, best_lr),
+                                      *([[{**c["cell"], "strategy": c["strategy"], "best LR": service.lr_text(c["lr"]),
+                                           "val mean": c["val_mean"], "runs": c["n"]} for c in choices]]
+                                        if best_lr else []),
+                                      *(d["text"] for d in differences)] if differences
+          else ["one strategy, or one seed each"]),
          *([("How much data", [figures["data_efficiency"], *(c["text"] for c in efficiency["crossovers"])])]
            if "data_efficiency" in figures else []),
          *([("What fine-tuning changed", [figures[k] for k in ("drift_overlay", "forgetting", "target_acc_epoch")
@@ -379,7 +453,8 @@ if not class_rows:
     st.stop()
 shown = [r for r in runs if r.id in class_rows]
 st.plotly_chart(charts.per_class_recall(shown, class_rows, label, which), key="per_class")
-st.markdown(f"**Confusion matrices** at each run's {which} epoch (rows: true class, columns: predicted)")
+st.markdown(f"**Confusion matrices** on validation, at each run's {which} epoch (rows: true class, columns: "
+            f"predicted)")
 items = list(class_rows.items())
 for start in range(0, len(items), 3):
     for col, (run_id, rows) in zip(st.columns(3), items[start:start + 3]):

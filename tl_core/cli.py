@@ -108,6 +108,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--train-fractions", type=_floats, default=None, help="comma-separated, e.g. 0.1,0.3,1 "
                    "(nested: a smaller subset lies inside a larger one)")
     p.add_argument("--lrs", type=_floats, default=None, help="comma-separated base LRs (default: each strategy's own)")
+    p.add_argument("--split-seeds", type=_ints, default=None, help="comma-separated split seeds, e.g. 0,1,2: every "
+                   "cell on each split, so verdicts hold across splits, not for one (default: --split-seed)")
     p.add_argument("--detach", action="store_true", help="queue the runs for the worker and print their ids")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -138,10 +140,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("run_id", type=int)
 
     p = sub.add_parser("compare", parents=[common], help="side-by-side summary of runs, and whether their "
-                       "differences are real (seed-paired bootstrap CIs)")
+                       "differences are real (paired t-intervals, Holm-corrected over the pairs)")
     p.add_argument("run_ids", type=int, nargs="+")
     p.add_argument("--which", choices=["best", "last"], default="best",
                    help="each run's best epoch (by val accuracy) or its last, everywhere (default best)")
+    p.add_argument("--metric", choices=["acc", "macro_f1", "balanced_acc"], default="acc",
+                   help="what the statistics compare (default acc)")
+    p.add_argument("--split", choices=["auto", "test", "val"], default="auto",
+                   help="auto (default): test when every run measured it, else validation")
+    p.add_argument("--best-lr", action="store_true", help="each strategy at its best LR (chosen on validation) "
+                   "in each cell of a grid over LRs")
+    p.add_argument("--family", choices=["all", "cell"], default="all",
+                   help="Holm's correction over every pair (default) or over each cell's pairs")
 
     p = sub.add_parser("errors", parents=[common], help="the validation images a run's best checkpoint gets wrong, "
                        "worst loss first; with --against REF, what it fixed and broke against run REF")
@@ -205,6 +215,13 @@ def _names(text: str) -> list[str]:
     if not names:
         raise argparse.ArgumentTypeError("give at least one name, comma-separated")
     return names
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give whole numbers separated by commas, e.g. 0,1,2") from None
 
 
 def _floats(text: str) -> list[float]:
@@ -347,7 +364,7 @@ def cmd_experiment(args) -> int:
     if "experiment" not in base:  # a grid is its own experiment: named after its data and the time
         base["experiment"] = f"{Path(args.data).name}-{time.strftime('%m%d-%H%M%S')}"
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    configs = service.plan_runs(base, args.strategies, seeds, args.train_fractions, args.lrs)
+    configs = service.plan_runs(base, args.strategies, seeds, args.train_fractions, args.lrs, args.split_seeds)
     store = service.open_store(args.db)
     estimate = service.estimate_seconds(store, configs)
     for warning in dict.fromkeys(w for c in configs for w in c.warnings()):
@@ -374,6 +391,7 @@ def cmd_experiment(args) -> int:
 def _experiment_text(report: dict) -> str:
     lines = [_table(report["runs"], ["id", "strategy", "status", "best_val_acc", "best_epoch", "final_val_acc",
                                      "total_seconds"])]
+    lines += [f"compared: {report['measure']}"] if report["statistics"] else []
     lines += [d["text"] for d in report["statistics"]]
     lines += [c["text"] for c in report["data_efficiency"]["crossovers"]]
     lines += [f"the probe's recommendation: {report['probe']}"] if report.get("probe") else []
@@ -456,10 +474,16 @@ def cmd_show(args) -> int:
 
 @command("compare")
 def cmd_compare(args) -> int:
-    report = service.compare(service.open_store(args.db), args.run_ids, which=args.which)
-    cols = ["id", "strategy", "backbone", "status", "best_val_acc", "best_epoch", "final_val_acc", "epochs",
-            "total_seconds", "trainable_params", "images_per_sec"]
-    _out(args, report, "\n".join([_table(report["runs"], cols), *(d["text"] for d in report["statistics"])]))
+    report = service.compare(service.open_store(args.db), args.run_ids, which=args.which, metric=args.metric,
+                             split=args.split, family=args.family, best_lr=args.best_lr)
+    cols = ["id", "strategy", "backbone", "status", "best_val_acc", "best_epoch", "final_val_acc",
+            *(["test_acc"] if report["split"] == "test" else []), "epochs", "total_seconds", "trainable_params",
+            "images_per_sec"]
+    chosen = [f"{c['strategy']}: {service.lr_text(c['lr'])} (val mean {c['val_mean']:.4f})"
+              + (f" at {c['cell']}" if c["cell"] else "") for c in report.get("lr_choices", [])]
+    _out(args, report, "\n".join([_table(report["runs"], cols), *chosen,
+                                  *([f"compared: {report['measure']}"] if report["statistics"] else []),
+                                  *(d["text"] for d in report["statistics"])]))
     return 0
 
 

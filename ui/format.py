@@ -39,6 +39,24 @@ def numbers(text: str, label: str) -> list[float]:
         raise UserError(f"{label} {text!r}: type numbers separated by commas, e.g. 0.1, 0.3, 1") from None
 
 
+def verdict_method(measure: str, differences: list[dict], best_lr: bool = False) -> str:
+    """How the verdicts of a comparison were reached, in one paragraph (the page and the report)."""
+    d = differences[0]
+    tested = max(x["family"] for x in differences)
+    scope = f"over the {tested} pairs tested" if d["scope"] == "all" else "over each cell's pairs"
+    if d["correction"] != "holm":
+        correction = "each pair on its own (no correction for the number of pairs)"
+    elif d["scope"] == "all" and tested <= 1:
+        correction = "one pair tested, so nothing to correct for"
+    else:
+        correction = (f"with Holm's correction {scope}: with no true difference, the chance that any verdict here "
+                      f"names a winner is at most {1 - d['confidence']:.0%}; each interval is at the level Holm "
+                      f"tested its pair at, so a verdict and its interval agree")
+    return (f"Compared: {measure}" + (", each strategy at its best LR (chosen on validation)" if best_lr else "")
+            + f"; runs paired by seed (and split). Each verdict is a paired t-test at {d['confidence']:.0%}, "
+            + correction + ".")
+
+
 def format_seconds(seconds: float | None) -> str:
     if seconds is None:
         return ""

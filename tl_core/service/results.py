@@ -80,32 +80,45 @@ def summarize(run: Run, epochs: dict[int, dict[str, float]]) -> dict:
     return {"id": run.id, "name": run.name, "strategy": run.config.get("strategy"),
             "backbone": run.config.get("backbone"), "status": run.status,
             "best_val_acc": run.best_val_acc, "best_epoch": run.best_epoch_number,
-            "final_val_acc": last.get("val_acc"), "epochs": len(epochs),
+            "final_val_acc": last.get("val_acc"), "test_acc": (run.summary.get("test") or {}).get("acc"),
+            "epochs": len(epochs),
             "total_seconds": last.get("wall_seconds"), "trainable_params": last.get("trainable_params"),
             "images_per_sec": sum(ips) / len(ips) if ips else None}
 
 
-def compare(store: Store, run_ids: list[int], which: str = "best") -> dict:
+def compare(store: Store, run_ids: list[int], which: str = "best", metric: str = "acc", split: str = "auto",
+            family: str = "all", best_lr: bool = False) -> dict:
     """These runs side by side (in the order given) and, where strategies were run with several
-    seeds, whether their differences are real: each run read at its best epoch or its last."""
-    from .compare import statistics
+    seeds, whether their differences are real: each run read at its best epoch or its last, on
+    test when every completed run measured it (`split="auto"`), else validation."""
+    from .compare import describe, lr_choices, resolve_split, statistics
 
     runs = [store.get_run(i) for i in run_ids]
     metrics = store.epoch_metrics(run_ids)
-    return {"which": which, "runs": [summarize(r, metrics[r.id]) for r in runs],
-            "statistics": statistics(runs, metrics, which)}
+    split = resolve_split(runs, split)
+    return {"which": which, "metric": metric, "split": split, "measure": describe(metric, split, which),
+            "runs": [summarize(r, metrics[r.id]) for r in runs],
+            "statistics": statistics(runs, metrics, which, metric=metric, split=split, family=family, best_lr=best_lr),
+            **({"lr_choices": lr_choices(runs, metrics, which, metric)} if best_lr else {})}
 
 
-def experiment_report(store: Store, experiment: str, which: str = "best") -> dict:
-    """An experiment's runs side by side, its statistics and its data-efficiency curves."""
-    from .compare import data_efficiency, statistics
+def experiment_report(store: Store, experiment: str, which: str = "best", metric: str = "acc", split: str = "auto",
+                      family: str = "all", best_lr: bool = False) -> dict:
+    """An experiment's runs side by side, its statistics and its data-efficiency curves (on test when
+    every completed run measured it, else validation)."""
+    from .compare import at_best_lr, data_efficiency, describe, differing_keys, lr_choices, resolve_split, statistics
+    from .measure import probe_verdict
 
     runs = sorted(store.list_runs(experiment), key=lambda r: r.id)
     metrics = store.epoch_metrics([r.id for r in runs])
-    from .measure import probe_verdict
-
-    return {"experiment": experiment, "which": which, "runs": [summarize(r, metrics[r.id]) for r in runs],
-            "statistics": statistics(runs, metrics, which), "data_efficiency": data_efficiency(runs, metrics, which),
+    split = resolve_split(runs, split)
+    curves = at_best_lr(runs, metrics, which, metric) if best_lr else runs
+    keys = [k for k in differing_keys(curves) if not (best_lr and k == "lr")]
+    return {"experiment": experiment, "which": which, "metric": metric, "split": split,
+            "measure": describe(metric, split, which), "runs": [summarize(r, metrics[r.id]) for r in runs],
+            "statistics": statistics(runs, metrics, which, metric=metric, split=split, family=family, best_lr=best_lr),
+            "data_efficiency": data_efficiency(curves, metrics, which, keys, metric, split),
+            **({"lr_choices": lr_choices(runs, metrics, which, metric)} if best_lr else {}),
             "probe": probe_verdict(store, experiment, which)}
 
 

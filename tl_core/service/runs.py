@@ -99,19 +99,24 @@ def stored_config(run: Run) -> RunConfig:
 
 
 def plan_runs(base: dict, strategies: Sequence[str], seeds: Sequence[int],
-              train_fractions: Sequence[float] | None = None, lrs: Sequence[float | None] | None = None) -> list[RunConfig]:
-    """The grid strategies x train fractions x LRs x seeds, everything else equal: one validated
-    config per cell and seed; UserError if any is invalid. Fractions and LRs default to `base`'s."""
+              train_fractions: Sequence[float] | None = None, lrs: Sequence[float | None] | None = None,
+              split_seeds: Sequence[int] | None = None) -> list[RunConfig]:
+    """The grid strategies x train fractions x LRs x split seeds x seeds, everything else equal: one
+    validated config per cell and seed; UserError if any is invalid. Fractions, LRs and the split
+    seed default to `base`'s; several split seeds make the split a replicate like the seed (the
+    statistics then take the split as their unit)."""
     if not strategies:
         raise UserError("tick at least one strategy")
     if not seeds:
         raise UserError("choose at least one seed")
     fractions = list(train_fractions or [base.get("train_fraction", 1.0)])
     rates = list(lrs or [base.get("lr")])
-    if len(set(fractions)) < len(fractions) or len(set(rates)) < len(rates) or len(set(seeds)) < len(seeds):
-        raise UserError("a train fraction, LR or seed is listed twice; list each once")
-    configs = [make_config(**{**base, "strategy": s, "train_fraction": f, "lr": lr, "seed": seed})
-               for s in strategies for f in fractions for lr in rates for seed in seeds]
+    splits = list(split_seeds or [base.get("split_seed", 0)])
+    if (len(set(fractions)) < len(fractions) or len(set(rates)) < len(rates) or len(set(seeds)) < len(seeds)
+            or len(set(splits)) < len(splits)):
+        raise UserError("a train fraction, LR, split seed or seed is listed twice; list each once")
+    configs = [make_config(**{**base, "strategy": s, "train_fraction": f, "lr": lr, "split_seed": split, "seed": seed})
+               for s in strategies for f in fractions for lr in rates for split in splits for seed in seeds]
     checked: set[tuple] = set()
     for cfg in configs:  # the dataset check depends only on these, not on the strategy or seed
         key = (cfg.data, cfg.val_fraction, cfg.train_fraction, cfg.split_seed, cfg.test_fraction, cfg.batch_size,
@@ -132,9 +137,10 @@ def draft_warnings(backbone: str, strategies: list[str], settings_: dict) -> lis
 
 def queue_runs(store: Store, base: dict, strategies: Sequence[str], seeds: Sequence[int],
                train_fractions: Sequence[float] | None = None, lrs: Sequence[float | None] | None = None,
-               launched_by: str | None = None) -> list[Run]:
+               launched_by: str | None = None, split_seeds: Sequence[int] | None = None) -> list[Run]:
     """Validate every run of the grid first, then queue them all as one experiment (nothing queued on error)."""
-    return [queue_run(store, c, launched_by) for c in plan_runs(base, strategies, seeds, train_fractions, lrs)]
+    return [queue_run(store, c, launched_by)
+            for c in plan_runs(base, strategies, seeds, train_fractions, lrs, split_seeds)]
 
 
 def more_seeds(store: Store, runs: Sequence[Run], n: int = 2, launched_by: str | None = None) -> list[Run]:
@@ -152,6 +158,27 @@ def more_seeds(store: Store, runs: Sequence[Run], n: int = 2, launched_by: str |
         top = max(int(r.config.get("seed", 0)) for r in members)
         base = {**{k: v for k, v in members[0].config.items() if k != "name"}, "experiment": members[0].experiment}
         configs += [RunConfig.from_stored({**base, "seed": top + i}) for i in range(1, n + 1)]
+    return [queue_run(store, c, launched_by) for c in configs]
+
+
+def more_splits(store: Store, runs: Sequence[Run], n: int = 2, launched_by: str | None = None) -> list[Run]:
+    """Queue `n` more split seeds of exactly these runs' settings: each group of runs that differ
+    only by seed and split seed gets split seeds after its highest, each with the seeds the group
+    has, for a comparison whose unit is the split."""
+    if n < 1:
+        raise UserError("add at least one split")
+    groups: dict[str, list[Run]] = {}
+    for r in runs:
+        settings = {k: v for k, v in r.config.items() if k not in ("seed", "split_seed", "name")}
+        groups.setdefault(repr(sorted(settings.items())), []).append(r)
+    configs = []
+    for members in groups.values():
+        stored = [RunConfig.from_stored(r.config) for r in members]  # the split seed of runs recorded without one
+        top = max(c.split_seed for c in stored)
+        seeds = sorted({c.seed for c in stored})
+        base = {**{k: v for k, v in members[0].config.items() if k != "name"}, "experiment": members[0].experiment}
+        configs += [RunConfig.from_stored({**base, "split_seed": top + i, "seed": seed})
+                    for i in range(1, n + 1) for seed in seeds]
     return [queue_run(store, c, launched_by) for c in configs]
 
 
