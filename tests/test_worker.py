@@ -132,3 +132,21 @@ def test_without_standby_every_run_starts_a_fresh_process(tmp_path, tiny):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_a_page_job_is_served_by_the_worker_beside_a_training_run(sqlite_worker, tiny):
+    # TL_MAX_CONCURRENT=1 and a run training: the job does not wait for it (jobs are not counted).
+    from tl_core.service import jobs
+
+    store, proc = sqlite_worker
+    long_run = _queue(store, tiny, epochs=500, strategy="feature_extraction")
+    wait_for(lambda: store.get_run(long_run).epochs_done >= 1, 120, "the run to train")
+    job = jobs.start(store, "probe", make_config(data=tiny, image_size=32, batch_size=8, workers=0,
+                                                 experiment="jobs"), ["--max-per-class", "4"])
+    found = wait_for(lambda: jobs.result(store, job) or jobs.failure(store, job), 180, "the probe's result")
+    assert isinstance(found, dict) and found["job"] == job.id, found
+    done = store.get_job(job.id)
+    assert (done.status, done.worker_id, done.gpu) == ("completed", store.workers()[0].id, None)
+    assert store.get_run(long_run).status == "running"  # it trained on meanwhile
+    store.request_cancel(long_run)
+    wait_for(lambda: store.get_run(long_run).status == "cancelled", 30, "the run to stop")
