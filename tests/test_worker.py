@@ -150,3 +150,16 @@ def test_a_page_job_is_served_by_the_worker_beside_a_training_run(sqlite_worker,
     assert store.get_run(long_run).status == "running"  # it trained on meanwhile
     store.request_cancel(long_run)
     wait_for(lambda: store.get_run(long_run).status == "cancelled", 30, "the run to stop")
+
+
+def test_a_zombie_is_not_alive_nor_a_worker():
+    import psutil
+
+    from tl_core.worker import is_worker_process, pid_alive
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    wait_for(lambda: psutil.Process(child.pid).status() == psutil.STATUS_ZOMBIE, 30, "the child to exit")
+    assert not pid_alive(child.pid)  # exited, not yet reaped
+    child.wait()
+    assert not pid_alive(child.pid) and not pid_alive(None)
+    assert pid_alive(os.getpid()) and not is_worker_process(os.getpid())  # alive, but pytest, not a worker

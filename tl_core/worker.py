@@ -190,18 +190,6 @@ def log_tail(path: str | Path | None, lines: int = 6) -> str:
     return errors[-1].removeprefix("error: ") if errors else "".join(last).strip()
 
 
-def fail_lost_jobs(store: Store) -> list[str]:
-    """Fail the jobs run outside a worker (by a dashboard) on this host whose process is gone without
-    recording its end (killed, out of memory), with the end of its log. Returns their ids."""
-    host, failed = socket.gethostname(), []
-    for job in store.jobs(statuses=["running"]):
-        if job.worker_id is None and job.host == host and job.pid is not None and not pid_alive(job.pid):
-            why = log_tail(job.log) or "no output"
-            if store.finish_job(job.id, "failed", error=f"its process ended without a result: {why}"):
-                failed.append(job.id)
-    return failed
-
-
 # --- the worker -----------------------------------------------------------------------------
 
 
@@ -570,7 +558,6 @@ class Worker(Serving):
             print(f"worker: runs {orphaned} failed: their worker stopped heartbeating", flush=True)
         if orphaned_jobs := self.store.fail_orphaned_jobs():
             print(f"worker: jobs {orphaned_jobs} failed: their worker stopped heartbeating", flush=True)
-        fail_lost_jobs(self.store)
         self._follow()
         while not self.stopping and (job := self._claim_job()):  # jobs first: a person waits for each
             self.launch_job(*job)

@@ -34,7 +34,7 @@ from ..config import RunConfig
 from ..errors import UserError
 from ..runfiles import job_log
 from ..store import Job, Store, UnknownRun
-from ..worker import fail_lost_jobs, pid_alive
+from ..worker import log_tail, pid_alive
 from .runs import start_worker
 
 KINDS = {"lr-find": "lr_find", "probe": "probe", "predict": "prediction", "export": "export"}  # command -> artifact kind
@@ -126,10 +126,19 @@ def poll(store: Store, job: Job) -> Job | None:
         _serve(store, now)
     elif now.status == "running":
         if now.worker_id is None:
-            fail_lost_jobs(store)
+            _fail_if_lost(store, now)
         else:
             store.fail_orphaned_jobs()
     return store.get_job(job.id)
+
+
+def _fail_if_lost(store: Store, job: Job) -> None:
+    """Fail a job this host's dashboard started whose process is gone without recording its end
+    (killed, out of memory), with the end of its log. Only here, by the page that waits for it: a
+    worker in another container with the same host name would not see the dashboard's processes."""
+    if job.host == socket.gethostname() and job.pid is not None and not pid_alive(job.pid):
+        why = log_tail(job.log) or "no output"
+        store.finish_job(job.id, "failed", error=f"its process ended without a result: {why}")
 
 
 def result(store: Store, job: Job) -> dict | None:
