@@ -110,7 +110,7 @@ def job_result(at, key: str, store: Store, timeout: float = 180) -> dict:
     job = at.session_state[key]
     deadline = time.monotonic() + timeout
     while (found := jobs.result(store, job)) is None:
-        assert jobs.failure(job) is None, jobs.failure(job)
+        assert (why := jobs.failure(store, job)) is None, why
         assert time.monotonic() < deadline, f"{job.command} took over {timeout} s"
         time.sleep(0.3)
     return found

@@ -132,3 +132,34 @@ def test_without_standby_every_run_starts_a_fresh_process(tmp_path, tiny):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_a_page_job_is_served_by_the_worker_beside_a_training_run(sqlite_worker, tiny):
+    # TL_MAX_CONCURRENT=1 and a run training: the job does not wait for it (jobs are not counted).
+    from tl_core.service import jobs
+
+    store, proc = sqlite_worker
+    long_run = _queue(store, tiny, epochs=500, strategy="feature_extraction")
+    wait_for(lambda: store.get_run(long_run).epochs_done >= 1, 120, "the run to train")
+    job = jobs.start(store, "probe", make_config(data=tiny, image_size=32, batch_size=8, workers=0,
+                                                 experiment="jobs"), ["--max-per-class", "4"])
+    found = wait_for(lambda: jobs.result(store, job) or jobs.failure(store, job), 180, "the probe's result")
+    assert isinstance(found, dict) and found["job"] == job.id, found
+    done = store.get_job(job.id)
+    assert (done.status, done.worker_id, done.gpu) == ("completed", store.workers()[0].id, None)
+    assert store.get_run(long_run).status == "running"  # it trained on meanwhile
+    store.request_cancel(long_run)
+    wait_for(lambda: store.get_run(long_run).status == "cancelled", 30, "the run to stop")
+
+
+def test_a_zombie_is_not_alive_nor_a_worker():
+    import psutil
+
+    from tl_core.worker import is_worker_process, pid_alive
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    wait_for(lambda: psutil.Process(child.pid).status() == psutil.STATUS_ZOMBIE, 30, "the child to exit")
+    assert not pid_alive(child.pid)  # exited, not yet reaped
+    child.wait()
+    assert not pid_alive(child.pid) and not pid_alive(None)
+    assert pid_alive(os.getpid()) and not is_worker_process(os.getpid())  # alive, but pytest, not a worker

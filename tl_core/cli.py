@@ -22,6 +22,7 @@ from sqlalchemy.exc import DBAPIError
 from . import auth, service, settings
 from .config import RunConfig, make_config
 from .errors import UserError
+from .service import jobs
 from .store import Run, UnknownRun, default_db_url
 
 # Short help for the run flags; the rest read well from their names or their field's description.
@@ -245,6 +246,8 @@ def command(name: str):
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if getattr(args, "job", None):  # a page's job (service/jobs.py): its end is recorded in the store too
+            return jobs.recorded(service.open_store(args.db), args.job, lambda: COMMANDS[args.command](args))
         return COMMANDS[args.command](args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -632,7 +635,7 @@ def cmd_train_run(args) -> int:
             return 0
         run_id = int(line[0])
         if len(line) > 1 and not warmed:  # nothing here has asked CUDA for a device yet: it still reads which
-            settings.pin_gpu(int(line[1]))
+            settings.pin_gpu(line[1])
         log = run_folder(store.get_run(run_id)) / "train.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         sys.stdout.flush(), sys.stderr.flush()

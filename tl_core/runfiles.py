@@ -8,6 +8,7 @@
                                  (by the database's instance id: a dashboard finds only the
                                  worker of its own database).
   <runs dir>/cache/              decoded images and frozen features, shared by content (cache.py).
+  <runs dir>/jobs/<job id>.log   the output of a page's job (service/jobs.py), where it ran.
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ def run_folder(run: RunLike) -> Path:
 def is_run_folder(folder: Path, run: RunLike) -> bool:
     """Whether `folder` is named after `run` (its uid; its number for runs made before uids)."""
     return folder.name in (run.uid, str(run.id))
+
+
+def job_log(job_id: str) -> Path:
+    """Where a page's job writes its output, on the machine it runs on."""
+    return runs_dir() / "jobs" / f"{job_id}.log"
 
 
 def worker_folder(instance_id: str) -> Path:

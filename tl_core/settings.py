@@ -103,13 +103,14 @@ def child_environment(**overrides: str) -> dict[str, str]:
     return {**os.environ, **overrides}
 
 
-def gpu_environment(index: int) -> dict[str, str]:
-    """What gives a process GPU `index` (as nvidia-smi numbers it) alone, as its cuda:0: CUDA told to
-    count in PCI bus order as nvidia-smi does (its default, fastest first, may differ on mixed GPUs)."""
-    return {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": str(index)}
+def gpu_environment(gpu: str) -> dict[str, str]:
+    """What gives a process `gpu` alone, as its cuda:0: a GPU's index as nvidia-smi (and NVML) numbers
+    it, or a MIG device's UUID (placement.GPU.id); CUDA told to count in PCI bus order as nvidia-smi
+    does (its default, fastest first, may differ on mixed GPUs)."""
+    return {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": str(gpu)}
 
 
-def pin_gpu(index: int) -> None:
-    """This process trains on GPU `index` alone (a standby handed its run). CUDA reads these once, when
-    it is first initialised: call it before anything asks CUDA for a device."""
-    os.environ.update(gpu_environment(index))
+def pin_gpu(gpu: str) -> None:
+    """This process trains on `gpu` alone (a standby handed its run). CUDA reads these once, when it is
+    first initialised: call it before anything asks CUDA for a device."""
+    os.environ.update(gpu_environment(gpu))

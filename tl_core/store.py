@@ -152,6 +152,35 @@ class SqlArtifact(Base):
     data: Mapped[dict] = mapped_column(JSON)
 
 
+class SqlJob(Base):
+    """Work a page started and waits for (service/jobs.py): an LR range test, a probe, a prediction,
+    an export. Queued like a run, claimed by a worker that places it on a GPU (or started by the
+    dashboard itself where no worker serves the database); it records its own end, and its result
+    lands as an artifact of its experiment tagged with its id."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        CheckConstraint("status IN ('queued', 'running', 'completed', 'failed', 'cancelled')", name="job_status"),
+    )
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # what the artifact is tagged with
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"), index=True)
+    command: Mapped[str] = mapped_column(String(20))  # lr-find, probe, predict, export (jobs.KINDS)
+    args: Mapped[list] = mapped_column(JSON)  # `python -m tl_core COMMAND ARGS --job ID`
+    config: Mapped[dict] = mapped_column(JSON)  # the run settings it works on: what sets its memory
+    status: Mapped[str] = mapped_column(String(20), default="queued", index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=_now)
+    started_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    ended_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    # Who runs it: a worker (workers.id), or None for the dashboard's own process; where and on what.
+    worker_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    host: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    gpu: Mapped[str | None] = mapped_column(String(100), nullable=True)  # its CUDA_VISIBLE_DEVICES; None: not placed
+    log: Mapped[str | None] = mapped_column(Text, nullable=True)  # its output, on its host
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    peak_mb: Mapped[float | None] = mapped_column(Float, nullable=True)  # PyTorch's reserved memory at its peak
+
+
 class SqlEpochMetric(Base):
     __tablename__ = "epoch_metrics"
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
@@ -334,6 +363,34 @@ class Artifact:
     kind: str
     created_at: dt.datetime
     data: dict
+
+
+@dataclass(frozen=True)
+class Job:
+    """A page's job (see SqlJob) as it was read."""
+
+    id: str
+    experiment: str
+    command: str
+    args: list[str]
+    config: dict
+    status: str
+    created_at: dt.datetime
+    started_at: dt.datetime | None = None
+    ended_at: dt.datetime | None = None
+    worker_id: int | None = None
+    host: str | None = None
+    pid: int | None = None
+    gpu: str | None = None
+    log: str | None = None
+    error: str | None = None
+    peak_mb: float | None = None
+
+
+def _to_job(row: SqlJob, experiment: str) -> Job:
+    return Job(row.id, experiment, row.command, list(row.args), dict(row.config or {}), row.status, row.created_at,
+               row.started_at, row.ended_at, row.worker_id, row.host, row.pid, row.gpu, row.log, row.error,
+               row.peak_mb)
 
 
 class UnknownRun(LookupError):
@@ -592,6 +649,94 @@ class Store:
                     error=f"worker lost: {why} (resumable from its last checkpoint)"))
                 if done.rowcount == 1:
                     failed.append(run_id)
+        return failed
+
+    # a page's jobs (service/jobs.py)
+    def create_job(self, job_id: str, command: str, experiment: str, args: list[str], config: dict,
+                   log: str | None = None) -> Job:
+        """A new job, queued."""
+        exp_id = self.experiment_id(experiment)
+        with self._session.begin() as s:
+            row = SqlJob(id=job_id, experiment_id=exp_id, command=command, args=list(args), config=dict(config),
+                         status="queued", log=log)
+            s.add(row)
+            s.flush()
+            return _to_job(row, experiment)
+
+    def get_job(self, job_id: str) -> Job | None:
+        with self._session() as s:
+            found = s.execute(select(SqlJob, SqlExperiment.name).join(SqlExperiment).where(SqlJob.id == job_id)).first()
+            return None if found is None else _to_job(*found)
+
+    def jobs(self, statuses: Iterable[str] | None = None, ids: Iterable[str] | None = None,
+             worker_id: int | None = None) -> list[Job]:
+        """Jobs, oldest first: all, or those with these statuses, ids, or of this worker."""
+        q = select(SqlJob, SqlExperiment.name).join(SqlExperiment).order_by(SqlJob.created_at, SqlJob.id)
+        if statuses:
+            q = q.where(SqlJob.status.in_(list(statuses)))
+        if ids is not None:
+            q = q.where(SqlJob.id.in_(list(ids)))
+        if worker_id is not None:
+            q = q.where(SqlJob.worker_id == worker_id)
+        with self._session() as s:
+            return [_to_job(r, e) for r, e in s.execute(q).all()]
+
+    def claim_job(self, job_id: str, worker_id: int | None, host: str, gpu: str | None) -> bool:
+        """Move `job_id` from queued to running for this worker (None: the dashboard's own process) on
+        `gpu`; False if it is no longer queued (another worker took it, or it was cancelled). The
+        update is conditional: of two claimers, one gets it (PostgreSQL re-reads the row it waited for)."""
+        with self._session.begin() as s:
+            done = s.execute(update(SqlJob).where(SqlJob.id == job_id, SqlJob.status == "queued").values(
+                status="running", started_at=_now(), worker_id=worker_id, host=host, gpu=gpu, pid=None))
+            return done.rowcount == 1
+
+    def update_job(self, job_id: str, **fields: Any) -> None:
+        if "status" in fields and fields["status"] not in STATUSES:
+            raise ValueError(f"unknown status {fields['status']!r}")
+        with self._session.begin() as s:
+            s.execute(update(SqlJob).where(SqlJob.id == job_id).values(**fields))
+
+    def finish_job(self, job_id: str, status: str, error: str | None = None, peak_mb: float | None = None) -> bool:
+        """Record a running job's end; False if it was not running (cancelled meanwhile, or ended)."""
+        if status not in FINISHED:
+            raise ValueError(f"not an end: {status!r}")
+        with self._session.begin() as s:
+            done = s.execute(update(SqlJob).where(SqlJob.id == job_id, SqlJob.status == "running").values(
+                status=status, ended_at=_now(), error=error, peak_mb=peak_mb))
+            return done.rowcount == 1
+
+    def requeue_job(self, job_id: str, worker_id: int | None) -> bool:
+        """A running job of `worker_id` back in the queue (its worker stops): another worker runs it
+        again from the start."""
+        with self._session.begin() as s:
+            done = s.execute(update(SqlJob).where(SqlJob.id == job_id, SqlJob.status == "running",
+                                                  SqlJob.worker_id == worker_id).values(
+                status="queued", started_at=None, worker_id=None, host=None, pid=None, gpu=None))
+            return done.rowcount == 1
+
+    def cancel_job(self, job_id: str) -> Job | None:
+        """A queued or running job cancelled: a queued one is never started; a running one's process is
+        stopped by whoever runs it (its worker, at its next step)."""
+        with self._session.begin() as s:
+            s.execute(update(SqlJob).where(SqlJob.id == job_id, SqlJob.status.in_(("queued", "running")))
+                      .values(status="cancelled", ended_at=_now(), error="cancelled"))
+        return self.get_job(job_id)
+
+    def fail_orphaned_jobs(self, timeout_s: float | None = None) -> list[str]:
+        """Fail the running jobs whose worker stopped, or went silent for timeout_s (as fail_orphaned
+        does for runs); the page waiting for one says why."""
+        timeout_s = settings.current().worker_timeout_s if timeout_s is None else timeout_s
+        cutoff = _now() - dt.timedelta(seconds=timeout_s)
+        q = (select(SqlJob.id, SqlWorker.id, SqlWorker.host).join(SqlWorker, SqlWorker.id == SqlJob.worker_id)
+             .where(SqlJob.status == "running", (SqlWorker.heartbeat_at < cutoff) | SqlWorker.stopped_at.is_not(None)))
+        failed = []
+        with self._session.begin() as s:
+            for job_id, worker, host in s.execute(q).all():
+                done = s.execute(update(SqlJob).where(SqlJob.id == job_id, SqlJob.status == "running").values(
+                    status="failed", ended_at=_now(), error=f"its worker {worker} on {host} stopped while it ran; "
+                                                            f"start it again"))
+                if done.rowcount == 1:
+                    failed.append(job_id)
         return failed
 
     def delete_run(self, run_id: int) -> None:

@@ -3,12 +3,22 @@
 It starts with the service (`python -m tl_core serve`: supervisor.py, what `make start` and the
 container run), not with a browser, and is detached from it: closing the tab or restarting
 Streamlit stops nothing. With TL_MAX_CONCURRENT (or --max-concurrent), that many runs train at
-once. Without, on a machine whose GPUs nvidia-smi measures, as many as their memory holds: each
-run goes to the GPU placement.py chooses for it (it stays queued while none has room), and its
-process sees that GPU alone; on a CPU machine, one run at a time. Each run's process is started
+once. Without, on a machine whose GPUs NVML measures, as many as their memory holds: each run goes
+to the GPU placement.py chooses for it (it stays queued while none has room), and its process sees
+that GPU alone; on a CPU machine, one run at a time. Each run's process is started
 without a shell, in a process group of its own (a Ctrl-C in the worker's terminal reaches the
 worker, which tells its runs once), and records its own pid in the run; if the worker dies, the
 kernel stops its runs too (PR_SET_PDEATHSIG).
+
+A page's jobs (an LR range test, a probe, a prediction, an export: service/jobs.py) come through the
+store's `jobs` table and go first: a person is waiting for them, and they last seconds to a minute.
+Each is placed like a run (by its own need, placement.job_need; settling until it ends), so it lands
+on a GPU with room rather than on cuda:0 beside packed runs, and runs `python -m tl_core COMMAND
+ARGS --job ID` in a process of its own that sees that GPU alone and records its own end. Where runs
+are not placed (a CPU machine, a fixed number of runs) up to MAX_JOBS_AT_ONCE run beside the runs,
+which they do not count against: a job never waits hours for a run to end. A job whose process
+ends without recording its end is failed with the end of its log; the process of a cancelled job is
+stopped; when the worker stops, its jobs go back to the queue for the next worker.
 
 Many workers, one queue. Any number of workers (processes, machines) may serve one database; a
 queued run is claimed by exactly one (`Store.claim_next_queued`: SKIP LOCKED on PostgreSQL, a
@@ -41,8 +51,8 @@ used. An unused standby is released after TL_STANDBY_IDLE_S without a run (its m
 made again once runs come. TL_STANDBY=0 turns it off: every run then starts a fresh process.
 
 The worker imports no torch (nor anything that does): starting and supervising processes needs
-the database and the settings only, and it counts and measures GPUs through the driver
-(placement.py), not through CUDA.
+the database and the settings only, and it counts and measures GPUs through the driver (NVML,
+placement.py), not through CUDA; processes it looks at through psutil.
 
 Files. A database's worker files (the log of a worker the dashboard started, the standby's log,
 worker.pid) sit in a folder named by its instance id (runfiles.py), so several databases can
@@ -66,22 +76,26 @@ import socket
 import subprocess
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from . import placement, settings
-from .runfiles import run_folder, worker_folder
-from .store import Run, Store, WorkerInfo
+from .runfiles import job_log, run_folder, worker_folder
+from .store import Job, Run, Store, WorkerInfo
 
 PROCESS_LOST = "process lost: its training process stopped without recording an end"
 RESUMABLE = "(resumable from its last checkpoint)"
 STOP_GRACE_S = 30.0  # a training process asked to stop has this long to reach its next batch
 PEAKS_TTL_S = 60.0  # the measured needs of kinds of runs are read again after this (others' runs end too)
+MAX_JOBS_AT_ONCE = 4  # jobs not placed on GPUs (a CPU machine, a fixed number of runs) running at once
 
 
 def max_concurrent() -> int:
     """Runs at once where they are not placed by memory: TL_MAX_CONCURRENT, else one per GPU (GPUs
-    nvidia-smi cannot measure), one on a CPU machine."""
+    NVML cannot measure), one on a CPU machine."""
     return settings.current().max_concurrent or max(1, placement.gpu_count())
 
 
@@ -89,26 +103,21 @@ def max_concurrent() -> int:
 
 
 def pid_alive(pid: int | None) -> bool:
+    """Whether process `pid` exists and has not exited (a zombie, not yet reaped, is not alive)."""
     if not pid:
         return False
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
-        return True
-    # A zombie (exited, not yet reaped) is not alive for our purposes.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
+    except psutil.AccessDenied:  # another user's: it exists
         return True
 
 
 def _args(pid: int) -> list[str]:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
+        return psutil.Process(pid).cmdline()
+    except psutil.Error:
         return []
 
 
@@ -158,8 +167,27 @@ class Child:
     run: Run  # as it was claimed
     proc: subprocess.Popen
     started: bool = False  # its process has done its imports and started the run
-    gpu: int | None = None  # the GPU it was placed on (placement.py); None: it sees every GPU
-    settled: bool = False  # it recorded an epoch since: its memory shows in what nvidia-smi measures
+    gpu: str | None = None  # the GPU it was placed on (placement.py); None: it sees every GPU
+    settled: bool = False  # it recorded an epoch since: its memory shows in what NVML measures
+
+
+@dataclass
+class JobChild:
+    job: Job  # as it was claimed
+    proc: subprocess.Popen
+    gpu: str | None = None  # as Child.gpu; a job counts as settling until it ends
+
+
+def log_tail(path: str | Path | None, lines: int = 6) -> str:
+    """Why a job's process ended, from its log: its last `error:` line (the CLI's one-line error),
+    else its last lines; "" without a log."""
+    try:
+        with open(path, errors="replace") as f:  # type: ignore[arg-type]
+            last = list(deque(f, maxlen=lines))
+    except (OSError, TypeError):
+        return ""
+    errors = [line.strip() for line in last if line.startswith("error:")]
+    return errors[-1].removeprefix("error: ") if errors else "".join(last).strip()
 
 
 # --- the worker -----------------------------------------------------------------------------
@@ -205,11 +233,13 @@ class Worker(Serving):
         self.concurrency = concurrency or max_concurrent()
         # No number of runs fixed (--max-concurrent, TL_MAX_CONCURRENT): packed onto these GPUs by memory.
         packed = not (concurrency or settings.current().max_concurrent)
-        self.gpus = [g.index for g in placement.gpus()] if packed else []
+        self.gpus = [g.id for g in placement.gpus()] if packed else []
         self.peaks: dict[tuple, float] | None = None  # placement.peaks, read at most every PEAKS_TTL_S
+        self.job_peaks: dict[tuple, float] | None = None  # placement.job_peaks, likewise
         self.peaks_at = 0.0
         self.poll_seconds = poll_seconds
         self.children: dict[int, Child] = {}
+        self.jobs: dict[str, JobChild] = {}  # a page's jobs running in processes of ours
         self.host = socket.gethostname()
         self.id: int | None = None  # in the store's workers table, from start()
         self.beat_at = 0.0
@@ -279,7 +309,7 @@ class Worker(Serving):
             print(f"worker: run {run.id} failed: {why}", flush=True)
 
     # 2. Processes: a run's, or the standby.
-    def _start(self, run: Run | None, gpu: int | None = None) -> subprocess.Popen:
+    def _start(self, run: Run | None, gpu: str | None = None) -> subprocess.Popen:
         """The training process of `run` (on `gpu` alone, if given), or (None) a standby that waits
         for a run id on stdin; either is stopped by the kernel if this worker dies."""
         if run is None:
@@ -293,7 +323,7 @@ class Worker(Serving):
                                     stdout=log, stderr=subprocess.STDOUT, stdin=stdin, env=env,
                                     preexec_fn=_own_group_dying_with_parent, cwd=os.getcwd())
 
-    def _hand_to_standby(self, run_id: int, gpu: int | None) -> subprocess.Popen | None:
+    def _hand_to_standby(self, run_id: int, gpu: str | None) -> subprocess.Popen | None:
         """Give run_id to the standby process ("<run id> <gpu>" when placed: it has not initialised
         CUDA, so it can still be given that GPU alone); None if there is none alive to take it."""
         proc, self.standby = self.standby, None
@@ -352,7 +382,7 @@ class Worker(Serving):
             proc.wait()
         _kill_group(proc.pid)
 
-    def launch(self, run: Run, gpu: int | None = None) -> None:
+    def launch(self, run: Run, gpu: str | None = None) -> None:
         try:
             proc = self._hand_to_standby(run.id, gpu) or self._start(run, gpu)
         except OSError as e:  # no process could be made (memory, process limits): say so, never leave it claimed
@@ -383,7 +413,12 @@ class Worker(Serving):
                 self.store.finish_run(run_id, "failed", error=f"{PROCESS_LOST} (exit code {code})")
 
     # 3. Placement on the GPUs (placement.py).
-    def _claim(self) -> tuple[Run, int | None] | None:
+    def _placed(self) -> list[tuple[str, bool]]:
+        """(GPU, settled) of each of our runs and jobs on a GPU: what placement.place packs beside."""
+        return [(c.gpu, c.settled) for c in self.children.values() if c.gpu is not None] + \
+            [(j.gpu, False) for j in self.jobs.values() if j.gpu is not None]
+
+    def _claim(self) -> tuple[Run, str | None] | None:
         """The next queued run, claimed, and the GPU it is placed on (None: not placed, its process
         sees every GPU); None when it must wait."""
         if not self.gpus:
@@ -391,7 +426,7 @@ class Worker(Serving):
                 return None
             run = self.store.claim_next_queued(os.getpid(), self.id, "local")
             return None if run is None else (run, None)
-        placed = [(c.gpu, c.settled) for c in self.children.values()]
+        placed = self._placed()
         if not placement.open_gpus(self.gpus, placed, settings.current().runs_per_gpu):
             return None  # every GPU has a run settling, or is full: nothing to measure yet
         queued = self.store.list_runs(statuses=["queued"])
@@ -411,14 +446,15 @@ class Worker(Serving):
                 self.store.update_run(run.id, status="queued", started_at=None, worker_pid=None, worker_id=None,
                                       executor=None)
                 return None
-        free = next(g.free_mb for g in measured if g.index == gpu)
+        free = next(g.free_mb for g in measured if g.id == gpu)
         print(f"worker: run {run.id} placed on GPU {gpu} ({free:.0f} MiB free; its kind "
               f"{f'peaked at {need:.0f} MiB' if need is not None else 'never measured'})", flush=True)
         return run, gpu
 
     def _peaks(self) -> dict[tuple, float]:
-        if self.peaks is None or time.monotonic() - self.peaks_at >= PEAKS_TTL_S:
-            self.peaks, self.peaks_at = placement.peaks(self.store), time.monotonic()
+        if self.peaks is None or self.job_peaks is None or time.monotonic() - self.peaks_at >= PEAKS_TTL_S:
+            self.peaks, self.job_peaks = placement.peaks(self.store), placement.job_peaks(self.store)
+            self.peaks_at = time.monotonic()
         return self.peaks
 
     def _follow(self) -> None:
@@ -431,12 +467,76 @@ class Worker(Serving):
                 child.settled = True
                 self._record_gpu(run, child.gpu)
 
-    def _record_gpu(self, run: Run, gpu: int) -> None:
-        """The GPU a run was placed on, beside what its process recorded of its environment (which
-        it writes whole when it starts: so only once that is done, at an epoch or at its end)."""
-        self.store.update_run(run.id, environment={**run.environment, "gpu_index": gpu})
+    def _record_gpu(self, run: Run, gpu: str) -> None:
+        """The GPU a run was placed on (its CUDA_VISIBLE_DEVICES), beside what its process recorded of
+        its environment (which it writes whole when it starts: so only once that is done, at an epoch
+        or at its end)."""
+        self.store.update_run(run.id, environment={**run.environment, "gpu": gpu})
 
-    # 4. The loop.
+    # 4. A page's jobs (service/jobs.py): first, placed as runs are.
+    def _claim_job(self) -> tuple[Job, str | None] | None:
+        """The oldest queued job that may start now, claimed, and the GPU it is placed on (None: not
+        placed); None when none may. A job that must wait does not hold back a smaller one behind it."""
+        queued = self.store.jobs(statuses=["queued"])
+        if not queued:
+            return None
+        if not self.gpus:
+            if len(self.jobs) >= MAX_JOBS_AT_ONCE:
+                return None
+            job = next((j for j in queued if self.store.claim_job(j.id, self.id, self.host, None)), None)
+            return None if job is None else (job, None)
+        placed, measured, run_peaks = self._placed(), placement.gpus(), self._peaks()
+        for job in queued:
+            need = placement.job_need(job.command, job.config, run_peaks, self.job_peaks or {})
+            gpu = placement.place(measured, placed, need)
+            if gpu is not None and self.store.claim_job(job.id, self.id, self.host, gpu):
+                free = next(g.free_mb for g in measured if g.id == gpu)
+                print(f"worker: job {job.id} ({job.command}) placed on GPU {gpu} ({free:.0f} MiB free; it needs "
+                      f"{f'{need:.0f} MiB' if need is not None else 'what its kind of run never measured'})",
+                      flush=True)
+                return job, gpu
+        return None
+
+    def launch_job(self, job: Job, gpu: str | None = None) -> None:
+        """`python -m tl_core COMMAND ARGS --job ID` in a process of its own (on `gpu` alone, if
+        given), stopped by the kernel if this worker dies; it records its own end in the store."""
+        log = job_log(job.id)
+        env = None if gpu is None else settings.child_environment(**settings.gpu_environment(gpu))
+        try:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with open(log, "ab") as f:
+                proc = subprocess.Popen([sys.executable, "-m", "tl_core", job.command, *job.args, "--job", job.id,
+                                         "--db", self.db_url, "--json"], stdout=f, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, env=env, preexec_fn=_own_group_dying_with_parent,
+                                        cwd=os.getcwd())
+        except OSError as e:
+            self.store.finish_job(job.id, "failed", error=f"its process could not be started ({e})")
+            return
+        self.store.update_job(job.id, pid=proc.pid, log=str(log))
+        self.jobs[job.id] = JobChild(job, proc, gpu)
+
+    def reap_jobs(self) -> None:
+        """Forget our jobs' processes that ended (one that did not record its end failed, with the end
+        of its log); stop those of jobs cancelled meanwhile."""
+        cancelled = set()
+        if self.jobs:
+            cancelled = {j.id for j in self.store.jobs(ids=list(self.jobs), statuses=["cancelled"])}
+        for job_id, child in list(self.jobs.items()):
+            code = child.proc.poll()
+            if code is None:
+                if job_id in cancelled:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(child.proc.pid, signal.SIGTERM)
+                continue
+            del self.jobs[job_id]
+            _kill_group(child.proc.pid)
+            self.job_peaks = None  # it may have measured its kind
+            why = log_tail(job_log(job_id)) or "no output"
+            if self.store.finish_job(job_id, "failed", error=f"its process ended (exit code {code}) without "
+                                                             f"recording an end: {why}"):
+                print(f"worker: job {job_id} failed: its process ended with exit code {code}", flush=True)
+
+    # 5. The loop.
     def start(self) -> None:
         """Register in the store and claim this host's worker.pid if no live worker holds it."""
         self.files.mkdir(parents=True, exist_ok=True)
@@ -452,10 +552,15 @@ class Worker(Serving):
             self.store.heartbeat(self.id)
             self.beat_at = time.monotonic()
         self.reap()
+        self.reap_jobs()
         self.recover()
         if orphaned := self.store.fail_orphaned():
             print(f"worker: runs {orphaned} failed: their worker stopped heartbeating", flush=True)
+        if orphaned_jobs := self.store.fail_orphaned_jobs():
+            print(f"worker: jobs {orphaned_jobs} failed: their worker stopped heartbeating", flush=True)
         self._follow()
+        while not self.stopping and (job := self._claim_job()):  # jobs first: a person waits for each
+            self.launch_job(*job)
         while not self.stopping and (claimed := self._claim()):
             self.launch(*claimed)
         if self.children:
@@ -466,16 +571,20 @@ class Worker(Serving):
         signal.signal(signal.SIGTERM, self._signal)
         signal.signal(signal.SIGINT, self._signal)
         self.start()
-        runs = (f"runs placed on GPUs {', '.join(map(str, self.gpus))} by memory, at most "
+        runs = (f"runs and jobs placed on GPUs {', '.join(self.gpus)} by memory, at most "
                 f"{settings.current().runs_per_gpu} per GPU" if self.gpus else f"up to {self.concurrency} runs at once")
         print(f"worker {os.getpid()} (id {self.id}): {runs}, db {self.db_url}", flush=True)
         self.loop()
 
     def stop(self) -> None:
         """Ask each run to stop at its next batch (it goes back to the queue), wait for them (a second
-        signal: don't), then release the standby and record this worker's stop."""
+        signal: don't), then release the standby and record this worker's stop. Jobs are stopped at
+        once and go back to the queue: the next worker runs them again from the start."""
         self.stopping = True
         self._release_standby()
+        for job in self.jobs.values():
+            _kill_group(job.proc.pid)
+            job.proc.wait()
         for child in self.children.values():
             with contextlib.suppress(ProcessLookupError):
                 child.proc.send_signal(signal.SIGTERM)
@@ -490,6 +599,10 @@ class Worker(Serving):
                 child.proc.wait()
         try:
             self.reap()
+            for job_id in list(self.jobs):
+                if self.store.requeue_job(job_id, self.id):
+                    print(f"worker: job {job_id} stopped with its worker; back in the queue", flush=True)
+                del self.jobs[job_id]
             if self.id is not None:
                 self.store.stop_worker(self.id)
         except Exception as e:  # the database is away: our runs are found by the next worker's recovery

@@ -9,7 +9,7 @@ import streamlit as st
 from streamlit.errors import StreamlitPageNotFoundError
 
 from tl_core import auth, service
-from tl_core.store import Store
+from tl_core.store import Job, Store
 
 PAGES = ("new_run", "runs", "compare", "run_detail", "predict")
 
@@ -127,9 +127,9 @@ def page_link(page: str, label: str, icon: str, **query: str) -> None:
 
 
 def job_result(key: str, store: Store) -> dict | None:
-    """The result of the measurement job kept in session_state[key] (service/jobs.py), shown as it
-    runs: a line that checks every second until the result is stored or the job has failed.
-    None while it runs (or when none was started)."""
+    """The result of the job kept in session_state[key] (service/jobs.py), shown as it runs: a line
+    that checks every second until the result is stored or the job has failed, saying whether it
+    waits for a GPU with room or runs, and where. None while it runs (or when none was started)."""
     from tl_core.service import jobs
 
     job = st.session_state.get(key)
@@ -142,12 +142,20 @@ def job_result(key: str, store: Store) -> dict | None:
     def waiting() -> None:
         if jobs.result(store, job) is not None:
             st.rerun()  # the whole page, now with the result
-        elif (why := jobs.failure(job)) is not None:
+        elif (why := jobs.failure(store, job)) is not None:
             st.session_state.pop(key, None)
             st.error(f"The {job.command} stopped without a result: {why}", icon=":material/error:")
         else:
-            st.caption(f":material/hourglass_top: {job.command} running (a process of its own; it takes seconds "
-                       f"to a minute)…")
+            st.caption(f":material/hourglass_top: {job.command} {_job_state(store.get_job(job.id))}…")
 
     waiting()
     return None
+
+
+def _job_state(job: Job | None) -> str:
+    """Where a job stands, in a few words."""
+    if job is None or job.status != "running":
+        return "queued: waiting for a worker and a GPU with room"
+    where = f"on GPU {job.gpu}" if job.gpu is not None else "in a process of its own"
+    by = "" if job.worker_id is None else f" (worker {job.worker_id} on {job.host})"
+    return f"running {where}{by}; it takes seconds to a minute"
