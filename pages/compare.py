@@ -447,14 +447,14 @@ st.session_state["compare_class_runs"] = [i for i in st.session_state["compare_c
                                           if i in {r.id for r in finished}]
 picked = st.multiselect("Runs to show per class", [r.id for r in finished], key="compare_class_runs",
                         format_func=lambda i: label[i], help="At first the best run; add others to compare their classes")
-class_rows = {i: rows for i in picked if (rows := service.class_rows(store, store.get_run(i), which))}
+class_rows = {i: rows for i in picked if (rows := service.class_rows(store, store.get_run(i), which, split))}
 if not class_rows:
     st.caption("Pick runs above to see their per-class accuracy and confusion matrices.")
     st.stop()
 shown = [r for r in runs if r.id in class_rows]
 st.plotly_chart(charts.per_class_recall(shown, class_rows, label, which), key="per_class")
-st.markdown(f"**Confusion matrices** on validation, at each run's {which} epoch (rows: true class, columns: "
-            f"predicted)")
+st.markdown(f"**Confusion matrices** on {'test' if split == 'test' else 'validation'}, at each run's {which} epoch "
+            f"(rows: true class, columns: predicted)")
 items = list(class_rows.items())
 for start in range(0, len(items), 3):
     for col, (run_id, rows) in zip(st.columns(3), items[start:start + 3]):

@@ -406,9 +406,13 @@ def forgetting_points(runs: Sequence[Run], metrics: Metrics, which: str = "best"
     return {"points": points, "skipped": skipped}
 
 
-def class_rows(store: Store, run: Run, which: str = "best") -> list[ClassMetric]:
+def class_rows(store: Store, run: Run, which: str = "best", split: str = "val") -> list[ClassMetric]:
     """A run's per-class results at its best epoch, or its last (runs recorded before the last
-    epoch's confusion was kept give their best)."""
+    epoch's confusion was kept give their best), on validation or, where the run was scored on a
+    test split, on test (the checkpoint chosen on validation, or the last epoch's model)."""
+    if split == "test":
+        test = run.summary.get("test_last" if which == "last" else "test") or run.summary.get("test")
+        return [ClassMetric(**c) for c in test["classes"]] if test and test.get("classes") else []
     if which == "last" and (confusion := run.summary.get("last_confusion")) and run.summary.get("classes"):
         return class_metrics(confusion, run.summary["classes"])
     return store.class_metrics(run.id)
