@@ -33,6 +33,8 @@ from .predict import export_run, exports, has_checkpoint, predict_images, predic
 from .runs import (cancel_run, check_run, delete_run, display_db_url, draft_warnings, estimate_seconds, more_seeds,
                    live_workers, open_store, plan_runs, queue_run, queue_runs, resume_run, run_files_dir, start_here,
                    start_worker, stop_worker, stored_config, train_here, worker_disabled, worker_pid)
+from .results import log_text
+from .runs import worker_health
 
 __all__ = [
     "find_lr", "probe_data", "probe_verdict",
@@ -45,4 +47,5 @@ __all__ = [
     "sample_images", "skipped_files", "start_here", "start_worker", "status_counts", "stored_config",
     "strategy_param_counts", "strategy_table", "summarize", "summary_rows", "time_to_accuracy", "train_here",
     "worker_disabled", "worker_pid", "stop_worker", "live_workers", "ray_node",
+    "log_text", "worker_health",
 ]
