@@ -620,7 +620,7 @@ def cmd_train_run(args) -> int:
     from .train import train_run, warm_cuda  # torch, torchvision and timm: the seconds a standby saves
 
     logs.timed()  # its standby.log, then the run's train.log
-    log = logs.logger(__name__)
+    logger = logs.logger(__name__)
     store = service.open_store(args.db)
     run_id = args.run_id
     if args.standby:  # the worker's process kept ready ahead of need (worker.py)
@@ -642,10 +642,10 @@ def cmd_train_run(args) -> int:
     elif run_id is None:
         raise UserError("train-run: give a run id (or --standby)")
     if (visible := settings.current().cuda_visible_devices) is not None:
-        log.info(f"run {run_id}: the GPUs it may use are CUDA_VISIBLE_DEVICES={visible}")
+        logger.info(f"run {run_id}: the GPUs it may use are CUDA_VISIBLE_DEVICES={visible}")
     result = train_run(store, run_id, progress=False)
     if args.json:
         _out(args, result.__dict__, "")
     else:
-        log.info(f"run {result.run_id} {result.status}")
+        logger.info(f"run {result.run_id} {result.status}")
     return 1 if result.status == "failed" else 0
