@@ -3,7 +3,7 @@
 #   1. build it from the Dockerfile;
 #   2. start its entrypoint with a small /dev/shm (TL_CHECK_SHM, 64m: Docker's default) and a password;
 #   3. wait for the dashboard's health endpoint (and the image's own health check);
-#   4. queue a run through the CLI inside it (several DataLoader workers, 224 px) and wait for it to complete;
+#   4. queue a run through the CLI inside it (8 DataLoader workers, 224 px, batch 128) and wait for it to complete;
 #   5. stop it as `docker stop` does (SIGTERM to its init) and check the run's checkpoint is kept.
 # Not part of `make test`: it installs torch's CUDA wheels into an image (minutes, ~25 GB of disk).
 #
@@ -28,7 +28,7 @@ IMAGE=localhost/transferlab:check
 BASE=localhost/transferlab-base:bookworm
 PASSWORD=check-$RANDOM$RANDOM
 HOSTNAME_=transferlab-check
-RUN_ARGS=(--epochs 2 --workers 4 --image-size 224 --batch-size 64 --strategy feature_extraction)
+RUN_ARGS=(--epochs 2 --workers 8 --image-size 224 --batch-size 128 --strategy feature_extraction)  # the issue's: 8 workers, 224 px, batch 128
 started=$(date +%s)
 
 say() { echo "check-image: $*" >&2; }
@@ -54,9 +54,12 @@ mkdir -p "$WORK"
 STATE=$WORK/state
 rm -rf "$STATE" && mkdir -p "$STATE" && chown 1000:1000 "$STATE"   # the image's user (uid 1000)
 LOG=$WORK/container.log
+# Where the state folder is mounted inside: the image's /state (VOLUME), except under buildah 1.28,
+# whose own volume for an image's VOLUME hides a `-v` at the same path (the entrypoint honours TL_STATE).
+docker info >/dev/null 2>&1 && IN=/state || IN=/srv/transferlab-state
 # The entrypoint's environment for commands run beside it (it exports these itself).
-cli_env=(-e DATABASE_URL=sqlite:////state/experiments.db -e TL_RUNS_DIR=/state/runs -e TORCH_HOME=/state/torch
-         -e TL_DATA_ROOTS=/data:/state/demo-data -e TL_OFFLINE=1)
+cli_env=(-e TL_STATE="$IN" -e DATABASE_URL="sqlite:///$IN/experiments.db" -e TL_RUNS_DIR="$IN/runs"
+         -e TORCH_HOME="$IN/torch" -e TL_DATA_ROOTS="/data:$IN/demo-data" -e TL_OFFLINE=1)
 
 if docker info >/dev/null 2>&1; then
   # --- with a Docker engine ----------------------------------------------------------------
@@ -141,7 +144,7 @@ PY
   mapfile -t entry < <(echo "$config" | json_get '"\n".join(d["OCIv1"]["config"]["Entrypoint"])')
   mapfile -t health < <(echo "$config" | json_get '"\n".join(((d.get("Docker") or {}).get("config") or {}).get("Healthcheck", {}).get("Test") or [])')
   port=$(free_port)
-  common=(--isolation chroot --hostname "$HOSTNAME_" --user "$user" -v "$STATE:/state")
+  common=(--isolation chroot --hostname "$HOSTNAME_" --user "$user" -v "$STATE:$IN" -e TL_STATE="$IN")
   cli_env+=(-e TL_PORT="$port")  # the host's network: the dashboard is on $port here
   cleanup() {
     [ -n "${cpid:-}" ] && kill -KILL "$cpid" 2>/dev/null || true
@@ -158,7 +161,7 @@ PY
   bpid=$!
   descendants() { local c; for c in $(cat /proc/"$1"/task/*/children 2>/dev/null); do echo "$c"; descendants "$c"; done; }
   for _ in $(seq 60); do  # the container's init: the first process of the entrypoint, below buildah's own
-    cpid=$(for p in $(descendants "$bpid"); do [ "$(tr '\0' ' ' 2>/dev/null < /proc/"$p"/cmdline)" = "${entry[*]} " ] && echo "$p"; done | head -1)
+    cpid=$(for p in $(descendants "$bpid"); do [ "$(tr '\0' ' ' 2>/dev/null < /proc/"$p"/cmdline)" = "${entry[*]} " ] && echo "$p"; done | head -1 || true)
     [ -n "$cpid" ] && break
     sleep 1
   done
@@ -175,7 +178,7 @@ health_s=$(since "$t")
 [ "${health[0]:-}" = CMD ] || fail "the image has no HEALTHCHECK [\"CMD\", ...] (found: ${health[*]:-none})"
 inside "${health[@]:1}" >&2 || fail "the image's health check (${health[*]:1}) failed while the dashboard answered"
 say "healthy after $health_s s; queueing a run through the CLI inside"
-queued=$(inside python -m tl_core run --data /state/demo-data/animals "${RUN_ARGS[@]}" --detach --json) \
+queued=$(inside python -m tl_core run --data "$IN/demo-data/animals" "${RUN_ARGS[@]}" --detach --json) \
   || fail "queueing the run failed: $queued"
 run_id=$(echo "$queued" | tail -1 | json_get 'd["run_id"]')
 t=$(date +%s)
@@ -198,6 +201,6 @@ say "run $run_id completed; stopping the container as docker stop does (SIGTERM 
 stop_it
 stop_s=$(since "$t")
 [ "$code" = 0 ] || { tail -20 "$LOG" >&2; fail "the container exited $code on SIGTERM"; }
-ckpt=$STATE${run_dir#/state}/last.pt
+ckpt=$STATE${run_dir#"$IN"}/last.pt
 [ -s "$ckpt" ] && [ -s "$(dirname "$ckpt")/best.pt" ] || fail "the run's checkpoint is gone after the stop: $ckpt"
 echo "check-image: OK: $IMAGE ($ENGINE, $image_size) built in ${build_s} s; entrypoint with /dev/shm $SHM and a password healthy in ${health_s} s; run $run_id queued by the CLI inside completed in ${run_s} s (val acc $acc; $loader); stopped by SIGTERM in ${stop_s} s, exit 0, checkpoint kept ($(du -h "$ckpt" | cut -f1) ${ckpt#"$WORK"/}); $(since "$started") s in all"
