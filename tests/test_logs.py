@@ -12,13 +12,12 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from tl_core import cli
 from tl_core.runfiles import run_folder
 from tl_core.store import Store
 
-from .test_worker import ROOT, _queue, wait_for
+from .test_worker import ROOT, _queue
 
 TIMED = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (DEBUG|INFO|WARNING|ERROR|CRITICAL) \w+\[\d+\]: \S")
 
@@ -96,5 +95,6 @@ def test_logs_prints_a_runs_log_its_tail_and_says_when_there_is_none(store, caps
     assert cli.main(["logs", str(run.id), "--follow", "--db", store.url]) == 0  # an ended run: printed, done
     assert capsys.readouterr().out == "".join(f"line {i} é\n" for i in range(5))
     assert cli.main(["logs", str(run.id), "--tail", "2", "--db", store.url, "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"run_id": run.id, "status": "failed", "log": "line 3 é\nline 4 é\n"}
+    tail = {"run_id": run.id, "status": "failed", "log": "line 3 é\nline 4 é\n"}
+    assert json.loads(capsys.readouterr().out) == tail
     assert cli.main(["logs", "999", "--db", store.url]) == 2

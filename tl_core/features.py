@@ -235,8 +235,8 @@ class FrozenFeatures:
         if loader.lowered:
             log.warning(f"feature cache: {loader.note()}")
         # Its own generator: extracting must not draw from the run's random stream.
-        batches = read_through(pixels, batch_size=big, generator=torch.Generator(), pin_memory=self.device.type == "cuda",
-                               **loader.loader_args())
+        batches = read_through(pixels, batch_size=big, generator=torch.Generator(),
+                               pin_memory=self.device.type == "cuda", **loader.loader_args())
         written: list[np.ndarray] = []
         finished = False
         with modes_kept(self.bb.model):

@@ -71,8 +71,9 @@ class LoaderPlan:
         """One line for the run's log and warnings when the loader was made smaller; else None."""
         if not self.lowered:
             return None
-        now = (f"{self.workers} DataLoader workers with {self.prefetch_factor} batch{'es' * (self.prefetch_factor > 1)} "
-               f"in flight each" if self.workers else "no DataLoader workers (images loaded in the training process)")
+        batches = f"{self.prefetch_factor} batch{'es' * (self.prefetch_factor > 1)}"
+        now = (f"{self.workers} DataLoader workers with {batches} in flight each" if self.workers
+               else "no DataLoader workers (images loaded in the training process)")
         return (f"{now} instead of {self.asked} with {PREFETCH}: /dev/shm has {self.free_mb:.0f} MB free and a batch "
                 f"takes {self.batch_mb:.1f} MB there; to load with {self.asked}, {SHM_ADVICE}")
 
@@ -139,6 +140,7 @@ def explain(e: BaseException) -> str | None:
     else:
         return None
     usage = _usage()
-    where = f"/dev/shm: {usage.free / 2**20:.0f} MB free of {usage.total / 2**20:.0f} MB now" if usage else "no /dev/shm"
+    where = (f"/dev/shm: {usage.free / 2**20:.0f} MB free of {usage.total / 2**20:.0f} MB now" if usage
+             else "no /dev/shm")
     last = next((line.strip() for line in reversed(text.splitlines()) if line.strip()), text)
     return f"{what} ({where}); {SHM_ADVICE}, then resume the run ({last})"

@@ -526,7 +526,8 @@ def _record_start(store: Store, run: Run, cfg: RunConfig, d: RunData, bb: backbo
         "loader": d.loader.summary()})
     unlisted = skipped["count"] - len(skipped["files"])
     _log(*([d.batch_note] if d.batch_note else []))
-    for line in [*(f"warning: {w}" for w in warnings), *(f"skipped {f['path']} ({f['reason']})" for f in skipped["files"]),
+    for line in [*(f"warning: {w}" for w in warnings),
+                 *(f"skipped {f['path']} ({f['reason']})" for f in skipped["files"]),
                  *([f"skipped {unlisted} more files"] if unlisted else [])]:
         log.warning(line)
 

@@ -334,7 +334,8 @@ class Worker(Serving):
                              f"another is made when runs come")
                     self._release_standby()
                 return
-            log.warning(f"the standby process exited unused ({self.standby.returncode}); see {self.files / 'standby.log'}")
+            log.warning(f"the standby process exited unused ({self.standby.returncode}); see "
+                        f"{self.files / 'standby.log'}")
             self.standby, self.standby_retry_at = None, time.monotonic() + 30
             return
         if (not self.children and now - self.busy_at >= config.standby_idle_s) or now < self.standby_retry_at:
