@@ -1,7 +1,7 @@
 #!/bin/sh
 # Starts TransferLab in the container, with every piece of state (database, checkpoints, weights
 # cache, demo data) under $TL_STATE. One optional command:
-#   serve (default)  the service (tl_core/supervisor.py) as PID 1: the worker, restarted if it dies
+#   serve (default)  the service (tl_core/supervisor.py), under tini: the worker, restarted if it dies
 #                    (runs left running before a restart resume from their checkpoints), and the
 #                    dashboard; `docker stop` stops both, each training run at its next batch
 #   dashboard        the pages only (TL_NO_WORKER=1): the workers run in other containers/machines
@@ -23,6 +23,7 @@ case "$mode" in
           "(the pages only) or worker (a worker only)" >&2
      exit 2 ;;
 esac
+echo "$mode" > "${TMPDIR:-/tmp}/transferlab-mode" 2>/dev/null || true  # what docker/healthcheck.sh asks
 
 if [ "$mode" != worker ]; then
   case "$TL_HOST" in

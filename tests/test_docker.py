@@ -1,5 +1,8 @@
-"""What the Docker image relies on, tested without a Docker engine: the entrypoint script run
-directly, and the Dockerfile's promises (pinned CUDA torch, non-root, healthcheck)."""
+"""What the Docker image relies on, tested without a Docker engine: the entrypoint and health check
+scripts run directly, and the promises of the Dockerfile (pinned CUDA torch, non-root, an init,
+a health check), of docker-compose.yml (shared memory, the worker's health, PostgreSQL not open to
+all with a default password) and of the README. docker/check-image.sh builds and runs the image
+itself (not part of the tests: it installs torch's CUDA wheels)."""
 
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from tl_core.worker import is_worker_process, pid_alive
 
 ROOT = Path(__file__).resolve().parents[1]
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
+HEALTHCHECK = ROOT / "docker" / "healthcheck.sh"
 
 
 def _free_port() -> int:
@@ -31,7 +35,9 @@ def _free_port() -> int:
 
 def _env(state: Path, port: int) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "TL_RUNS_DIR", "TORCH_HOME", "TL_DATA_ROOTS")}
-    env.update(TL_STATE=str(state), TL_HOST="127.0.0.1", TL_PORT=str(port), TL_DEMO_PER_CLASS="3",
+    tmp = state.parent / "tmp"  # the container's /tmp: where the entrypoint says what it serves
+    tmp.mkdir(exist_ok=True)
+    env.update(TL_STATE=str(state), TL_HOST="127.0.0.1", TL_PORT=str(port), TL_DEMO_PER_CLASS="3", TMPDIR=str(tmp),
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}")
     return env
 
@@ -94,12 +100,19 @@ def test_entrypoint_worker_runs_a_worker_alone_with_no_page_and_no_password(tmp_
             time.sleep(0.3)
         worker = int(pid_file.read_text())
         assert psutil.Process(proc.pid).cmdline()[-2:] == ["serve", "--no-dashboard"]
+        # The image's health check asks this container's worker, not a dashboard (there is none).
+        assert (tmp_path / "tmp" / "transferlab-mode").read_text().strip() == "worker"
+        deadline = time.monotonic() + 60
+        while subprocess.run([str(HEALTHCHECK)], cwd=ROOT, env=env, capture_output=True).returncode != 0:
+            assert time.monotonic() < deadline, "the worker never reported healthy"
+            time.sleep(1)
         assert worker in {c.pid for c in psutil.Process(proc.pid).children()} and is_worker_process(worker)
         assert not (state / "demo-data").exists()
         family = {proc.pid, *(p.pid for p in psutil.Process(proc.pid).children(recursive=True))}
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=90) == 0
         assert not [p for p in family if pid_alive(p)]
+        assert subprocess.run([str(HEALTHCHECK)], cwd=ROOT, env=env, capture_output=True).returncode == 1  # stopped
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -178,17 +191,70 @@ def test_the_compose_file_starts_postgres_the_dashboard_and_a_gpu_worker_on_one_
         assert url.startswith(f"postgresql+psycopg://{db['POSTGRES_USER']}:") and url.endswith(
             f"@postgres:5432/{db['POSTGRES_DB']}")
         assert any(v.endswith(":/state") for v in service["volumes"])  # checkpoints where both see them
-    assert services["worker"]["healthcheck"] == {"disable": True} and services["worker"]["restart"] == "unless-stopped"
+    assert services["worker"]["restart"] == "unless-stopped"
     assert services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
     assert "8501:8501" in services["dashboard"]["ports"]
 
 
-def test_dockerfile_runs_the_entrypoint_as_a_non_root_user_with_a_healthcheck():
+def _bytes(size: str) -> int:
+    """A compose byte value ("8gb", "512m")."""
+    number, unit = re.fullmatch(r"(\d+)\s*([kmg]?)b?", str(size).lower()).groups()
+    return int(number) * 1024 ** " kmg".index(unit or " ")
+
+
+def test_the_compose_file_gives_shared_memory_a_worker_health_check_and_a_private_database():
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    # Every service that trains or measures (the worker; the pages' measurements) gets more than
+    # Docker's 64 MB of /dev/shm for its DataLoader workers (tl_core/shm.py).
+    for name in ("dashboard", "worker"):
+        assert _bytes(services[name]["shm_size"]) >= 2 * 1024 ** 3, name
+    # The worker's health: its heartbeat in the store (worker --health), not the dashboard's page.
+    assert services["worker"]["healthcheck"]["test"] == ["CMD", "python", "-m", "tl_core", "worker", "--health"]
+    assert "disable" not in services["worker"]["healthcheck"]
+    # PostgreSQL: no default password anywhere, and published on this host's loopback unless told otherwise.
+    db = services["postgres"]
+    assert db["environment"]["POSTGRES_PASSWORD"].startswith("${TL_DB_PASSWORD:?")
+    for name in ("dashboard", "worker"):
+        url = services[name]["environment"]["DATABASE_URL"]
+        assert ":${TL_DB_PASSWORD:?" in url and "${TL_DB_PASSWORD:-" not in url
+    assert db["ports"] and all(p.startswith("${TL_DB_BIND:-127.0.0.1}:") for p in db["ports"]), db["ports"]
+    text = (ROOT / "docker-compose.yml").read_text()
+    assert "TL_DB_PASSWORD=" in text and "TL_DB_BIND" in text.split("x-transferlab")[0]  # how to start it, open it
+
+
+def test_dockerfile_runs_the_entrypoint_under_tini_as_a_non_root_user_with_a_healthcheck():
     text = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^USER (?!root)\w+", text, re.M)
-    assert "HEALTHCHECK" in text and "/_stcore/health" in text
-    assert 'ENTRYPOINT ["/app/docker/entrypoint.sh"]' in text and os.access(ENTRYPOINT, os.X_OK)
+    assert 'HEALTHCHECK' in text and 'CMD ["/app/docker/healthcheck.sh"]' in text and os.access(HEALTHCHECK, os.X_OK)
+    assert "/_stcore/health" in HEALTHCHECK.read_text() and "worker --health" in HEALTHCHECK.read_text()
+    # tini as PID 1: it reaps orphans and hands docker stop's SIGTERM to the service.
+    assert re.search(r"apt-get install -y --no-install-recommends tini\b", text)
+    assert 'ENTRYPOINT ["/usr/bin/tini", "--", "/app/docker/entrypoint.sh"]' in text and os.access(ENTRYPOINT, os.X_OK)
     assert "pip install -r requirements.txt" in text and "--no-deps animal-mnist==0.4" in text
+    # `docker build .` builds on python:3.11-slim; check-image.sh passes a local base as BASE.
+    assert re.search(r"^ARG BASE=python:3\.11-slim$", text, re.M) and re.search(r"^FROM \$\{BASE\}$", text, re.M)
+
+
+def test_the_health_check_asks_the_dashboard_or_a_worker_containers_worker(tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    env = _env(state, _free_port())
+    db = Store(f"sqlite:///{state / 'experiments.db'}")
+    (tmp_path / "tmp" / "transferlab-mode").write_text("serve\n")
+    assert subprocess.run([str(HEALTHCHECK)], env=env, capture_output=True).returncode != 0  # no dashboard there
+    (tmp_path / "tmp" / "transferlab-mode").write_text("worker\n")
+    assert subprocess.run([str(HEALTHCHECK)], env=env, capture_output=True).returncode == 1  # no worker yet
+    db.register_worker(socket.gethostname(), os.getpid())  # heartbeating now, on this host
+    r = subprocess.run([str(HEALTHCHECK)], env=env, capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.startswith("healthy"), r.stdout + r.stderr
+
+
+def test_the_readme_gives_shared_memory_and_names_the_driver_torchs_cuda_needs():
+    readme = (ROOT / "README.md").read_text()
+    runs = [line for line in readme.splitlines() if re.match(r"^\s*docker run\b", line)]
+    assert runs and all("--shm-size" in line or "--ipc=host" in line for line in runs), runs
+    # torch 2.14.1's wheels are CUDA 13.0 builds (requirements.txt): NVIDIA's driver 580 or newer.
+    assert "CUDA 13.0" in readme and re.search(r"driver\W+(?:\w+\W+){0,4}580", readme)
 
 
 def test_requirements_are_all_pinned_with_the_full_build_torch_pair():

@@ -53,7 +53,7 @@ def _stopped_at_a_batch(store: Store, run_id: int) -> Run:
 
 def _epoch_lines(run: Run) -> list[int]:
     log = (Path(run.run_dir) / "train.log").read_text()
-    return [int(n) for n in re.findall(rf"^epoch (\d+)/{EPOCHS} ", log, re.M)]
+    return [int(n) for n in re.findall(rf"^.*\]: epoch (\d+)/{EPOCHS} ", log, re.M)]  # timed lines (logs.py)
 
 
 def test_ctrl_c_stops_the_service_and_the_next_start_resumes_the_run_from_its_checkpoint(tiny, tmp_path, monkeypatch):

@@ -183,3 +183,13 @@ def test_runs_filter_by_who_launched_them_in_the_database(db_store):
     assert store.launchers() == ["alice@example.com", "Bob", "carol"] and store.launchers("x") == ["alice@example.com", "Bob"]
     assert [r.name for r in store.list_runs(launched_by=["Bob", "carol"])] == ["d", "b"]
     assert [r.name for r in store.list_runs("x", launched_by=[])] == ["c", "b", "a"]  # no one chosen: everyone
+
+
+def test_a_sqlite_database_in_a_folder_not_made_yet_is_made_there(tmp_path, capsys):
+    from tl_core import cli
+
+    path = tmp_path / "new" / "folder" / "x.db"
+    assert cli.main(["runs", "--db", f"sqlite:///{path}"]) == 0, capsys.readouterr().err  # was: unable to open database file
+    assert path.is_file() and "no runs yet" in capsys.readouterr().out
+    Store(f"sqlite:///{tmp_path / 'other' / 'y.db'}").create_run({"data": "x"})  # the store itself, not only the CLI
+    assert (tmp_path / "other" / "y.db").is_file()

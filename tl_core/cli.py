@@ -1,8 +1,10 @@
 """Command line: `python -m tl_core COMMAND`. Argument parsing and printing only: every command
 asks the service layer (service/) and prints what it answers.
 
-Exit status: 0 done, 2 bad input (one line on stderr), 1 training failed (recorded as failed).
-Every command takes --json (one JSON object on stdout) and --db URL.
+Exit status: 0 done, 2 bad input (one line on stderr), 1 training failed (recorded as failed), or
+(`worker --health`) this machine's worker is not heartbeating.
+Every command takes --json (one JSON object on stdout) and --db URL. The processes whose output is
+read later (worker, serve, train-run) write it through logging, each line with its time (logs.py).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any, Callable, Sequence
 
 from sqlalchemy.exc import DBAPIError
 
-from . import auth, service, settings
+from . import auth, logs, service, settings
 from .config import RunConfig, make_config
 from .errors import UserError
 from .service import jobs
@@ -179,6 +181,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="largest probability difference allowed (default 1e-3)")
     p.add_argument("--job", help=argparse.SUPPRESS)
 
+    p = sub.add_parser("logs", parents=[common], help="a run's log (its train.log: each line with its time and level)")
+    p.add_argument("run_id", type=int)
+    p.add_argument("--follow", "-f", action="store_true", help="go on printing what the run writes until it ends")
+    p.add_argument("--tail", type=int, default=None, metavar="N", help="only the last N lines (then follow)")
+
     p = sub.add_parser("cancel", parents=[common], help="cancel a queued or running run (stops within one batch)")
     p.add_argument("run_id", type=int)
 
@@ -193,6 +200,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--poll", type=float, default=1.0, help="seconds between looks at the queue")
     p.add_argument("--stop", action="store_true", help="stop this database's workers on this machine instead: "
                    "their runs stop at their next batch and continue from their checkpoints on the next start")
+    p.add_argument("--health", action="store_true", help="exit 1 unless a worker of this database on this machine "
+                   "heartbeated within TL_WORKER_TIMEOUT_S (a container's health check)")
 
     p = sub.add_parser("serve", parents=[common], help="the dashboard and its worker (what `make start` runs): the "
                        "worker restarted if it dies, both stopped by Ctrl-C")
@@ -582,10 +591,40 @@ def cmd_cancel(args) -> int:
     return 0
 
 
+@command("logs")
+def cmd_logs(args) -> int:
+    if args.tail is not None and args.tail < 0:
+        raise UserError("--tail must be 0 or more")
+    store = service.open_store(args.db)
+    text: list[str] = []
+    try:
+        for chunk in service.log_text(store, args.run_id, args.follow, args.tail):
+            text.append(chunk)
+            if not args.json:
+                sys.stdout.write(chunk)
+                sys.stdout.flush()
+    except KeyboardInterrupt:  # Ctrl-C ends --follow
+        pass
+    run = store.get_run(args.run_id)
+    if args.json:
+        print(json.dumps({"run_id": run.id, "status": run.status, "log": "".join(text)}))
+    elif not (service.run_files_dir(run) / "train.log").is_file():
+        print(f"run {run.id} has no log: a worker writes one for each run it trains (a run trained in the "
+              f"foreground printed to its terminal)", file=sys.stderr)
+    return 0
+
+
 @command("worker")
 def cmd_worker(args) -> int:
     from .worker import Worker
 
+    if args.health:
+        h = service.worker_health(service.open_store(args.db))
+        seen = (f"worker {h['worker_id']} (pid {h['pid']}) heartbeated {h['heartbeat_age_s']:.0f} s ago"
+                + (", then stopped" if h["stopped"] else "") if h["worker_id"] else "no worker of this database")
+        _out(args, h, f"{'healthy' if h['healthy'] else 'unhealthy'}: {seen} on {h['host']} "
+                      f"(TL_WORKER_TIMEOUT_S {h['timeout_s']:g} s)")
+        return 0 if h["healthy"] else 1
     if args.stop:
         store = service.open_store(args.db)
         stopped = service.stop_worker(store)
@@ -597,6 +636,7 @@ def cmd_worker(args) -> int:
         raise UserError("--max-concurrent must be at least 1")
     from . import settings
 
+    logs.timed()  # read later: worker.log, the service's output, a container's log
     executor = settings.current().executor
     if executor == "ray":  # the runs train on a Ray cluster (tl_core/ray_executor.py)
         from .ray_executor import RayExecutor
@@ -616,6 +656,7 @@ def cmd_serve(args) -> int:
 
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise UserError("--max-concurrent must be at least 1")
+    logs.timed()
     return serve(args.db or default_db_url(), args.host, args.port, not args.no_dashboard, args.max_concurrent)
 
 
@@ -624,6 +665,8 @@ def cmd_train_run(args) -> int:
     from .runfiles import run_folder
     from .train import train_run, warm_cuda  # torch, torchvision and timm: the seconds a standby saves
 
+    logs.timed()  # its standby.log, then the run's train.log
+    logger = logs.logger(__name__)
     store = service.open_store(args.db)
     run_id = args.run_id
     if args.standby:  # the worker's process kept ready ahead of need (worker.py)
@@ -645,7 +688,10 @@ def cmd_train_run(args) -> int:
     elif run_id is None:
         raise UserError("train-run: give a run id (or --standby)")
     if (visible := settings.current().cuda_visible_devices) is not None:
-        print(f"run {run_id}: the GPUs it may use are CUDA_VISIBLE_DEVICES={visible}", file=sys.stderr, flush=True)
+        logger.info(f"run {run_id}: the GPUs it may use are CUDA_VISIBLE_DEVICES={visible}")
     result = train_run(store, run_id, progress=False)
-    _out(args, result.__dict__, f"run {result.run_id} {result.status}")
+    if args.json:
+        _out(args, result.__dict__, "")
+    else:
+        logger.info(f"run {result.run_id} {result.status}")
     return 1 if result.status == "failed" else 0

@@ -18,7 +18,6 @@ better than uint8 would; float values beyond float16's +-65504 are clipped), res
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterator, Sequence
 
@@ -28,9 +27,12 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as F
 
-from . import data, transforms
+from . import data, shm, transforms
 from .cache import ArrayCache, CacheTooLarge, files_fingerprint
+from .logs import logger
 from .weights import Preprocessing
+
+log = logger(__name__)
 
 DECODE_VERSION = 1
 Check = Callable[[], None]  # called between batches; raises to stop (a cancelled run)
@@ -171,7 +173,7 @@ class PixelDataset(Dataset):
     optional random transform.
 
     An item is (image, label, row, fresh): fresh is 1 when this read decoded the row; an
-    unreadable image is (None, label, row, -1) and is listed on stderr. With `seeds`, item i is
+    unreadable image is (None, label, row, -1) and is listed in the log. With `seeds`, item i is
     transformed under its own seed (the same view every time: the K views of the feature
     cache); without, under the loader's random stream.
     """
@@ -196,7 +198,7 @@ class PixelDataset(Dataset):
             try:
                 self._array()[row] = self.images.stage(self.images.dataset.paths[row])
             except data.UnreadableImage as e:
-                print(f"skipped unreadable image {e}", file=sys.stderr, flush=True)
+                log.warning(f"skipped unreadable image {e}")
                 self.unreadable.add(row)
                 return None, label, row, -1
             fresh = 1
@@ -214,6 +216,11 @@ class PixelDataset(Dataset):
         read of the memory map), not copied and stacked one by one. A batch with a row to decode or
         an unreadable one goes item by item, which keeps that bookkeeping (fresh, bad, filled).
         """
+        batch = self._batch(indices)
+        shm.share(batch[0], batch[1])  # in a worker: into shared memory here, where a failure is the batch's error
+        return batch
+
+    def _batch(self, indices: Sequence[int]) -> Batch:
         rows = self.rows[indices]
         if self.filled is None or not self.filled[rows].all() or not self.unreadable.isdisjoint(rows.tolist()):
             return collate([self[i] for i in indices])
@@ -288,18 +295,20 @@ def unreadable_paths(rows: DatasetRows, pipeline: Pipeline, splits: data.Splits)
 
 
 class PixelLoader:
-    """Batches from the decode cache, normalised on the device; decodes what is missing as it goes."""
+    """Batches from the decode cache, normalised on the device; decodes what is missing as it goes.
+    `workers` and `prefetch_factor` as shm.fit sized them for /dev/shm."""
 
     def __init__(self, dataset: PixelDataset, pipeline: Pipeline, device: torch.device, batch_size: int,
                  shuffle: bool = False, seed: int = 0, workers: int = 0, drop_last: bool = False,
-                 channels_last: bool = False):
+                 channels_last: bool = False, prefetch_factor: int = shm.PREFETCH):
         self.dataset, self.pipeline, self.device, self.channels_last = dataset, pipeline, device, channels_last
         # The order is EpochOrder's (a resume mid-epoch draws it again); the generator seeds the
         # workers' random streams (a checkpoint saves it, a resume restores it).
         self.order = transforms.EpochOrder(len(dataset), seed) if shuffle else None
         self.generator = torch.Generator().manual_seed(seed)
         self.args = dict(batch_size=batch_size, sampler=self.order, drop_last=drop_last, generator=self.generator,
-                         num_workers=workers, pin_memory=device.type == "cuda")
+                         num_workers=workers, pin_memory=device.type == "cuda",
+                         **({"prefetch_factor": prefetch_factor} if workers else {}))
         self._steady: DataLoader | None = None  # once every row is decoded: workers kept across epochs
         self._listed = False
 
@@ -334,31 +343,48 @@ class PixelLoader:
         """Once per run: images found unreadable by an earlier pass (this pass lists its own)."""
         paths = self.dataset.images.dataset.paths
         for row in sorted(self.dataset.unreadable & set(self.dataset.rows.tolist())):
-            print(f"skipped unreadable image {paths[row]}", file=sys.stderr, flush=True)
+            log.warning(f"skipped unreadable image {paths[row]}")
         self._listed = True
 
 
+def cache_refusal(rows: DatasetRows, pipeline: Pipeline, enabled: bool = True) -> str | None:
+    """Why the decode cache cannot serve this dataset at this pipeline (off, or too large); None if it can."""
+    if not enabled:
+        return "off (--decode-cache off)"
+    try:
+        for s in {pipeline.stage(True), pipeline.stage(False)}:
+            DecodedImages(rows, s).cache.check_fits()
+    except CacheTooLarge as e:
+        return str(e)
+    return None
+
+
+def item_bytes(pipeline: Pipeline, cached: bool) -> int:
+    """Bytes of one image of a batch as the loader's workers hand it over: uint8 from the decode
+    cache (RGB), float32 otherwise (other channel counts, and the transforms of the uncached path)."""
+    return pipeline.in_channels * pipeline.image_size ** 2 * (1 if cached and pipeline.in_channels == 3 else 4)
+
+
 def make_loaders(splits: data.Splits, rows: DatasetRows, pipeline: Pipeline, batch_size: int, seed: int,
-                 workers: int, device: torch.device, channels_last: bool = False, enabled: bool = True):
+                 workers: int, device: torch.device, channels_last: bool = False, enabled: bool = True,
+                 prefetch_factor: int = shm.PREFETCH):
     """(train, val, note): loaders over the decode cache, or, where it is off or cannot hold the
-    dataset, transforms.make_loaders decoding every image every epoch; the note says which and why."""
+    dataset, transforms.make_loaders decoding every image every epoch; the note says which and why.
+    `workers` and `prefetch_factor` as given (train.load_data fits them to /dev/shm first: shm.fit)."""
     stages = {pipeline.stage(True), pipeline.stage(False)}
     images = {s: DecodedImages(rows, s) for s in stages}
-    try:
-        if not enabled:
-            raise CacheTooLarge("off (--decode-cache off)")
-        for s in stages:
-            images[s].cache.check_fits()
-    except CacheTooLarge as e:
+    refused = cache_refusal(rows, pipeline, enabled)
+    if refused is not None:
         train_tf, val_tf = transforms.build_transforms(pipeline.pre, pipeline.image_size, pipeline.augment,
                                                        pipeline.in_channels)
         train, val = transforms.make_loaders(splits, train_tf, val_tf, batch_size, seed, workers,
-                                             pin_memory=device.type == "cuda", channels=pipeline.in_channels)
-        return train, val, {"used": False, "why": str(e)}
+                                             pin_memory=device.type == "cuda", channels=pipeline.in_channels,
+                                             prefetch_factor=prefetch_factor)
+        return train, val, {"used": False, "why": refused}
     # drop_last keeps BatchNorm away from a final batch of one image (as transforms.make_loaders).
     drop_last = len(splits.train) > batch_size and len(splits.train) % batch_size == 1
     common = dict(pipeline=pipeline, device=device, batch_size=batch_size, workers=workers,
-                  channels_last=channels_last)
+                  channels_last=channels_last, prefetch_factor=prefetch_factor)
     train = PixelLoader(PixelDataset(images[pipeline.stage(True)], rows.rows(splits.train),
                                      [it.label for it in splits.train], pipeline.train_transform()),
                         shuffle=True, seed=seed, drop_last=drop_last, **common)

@@ -21,11 +21,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import data, weights
+from . import data, shm, weights
 from .backbones import Backbone
 from .cache import ArrayCache, CacheTooLarge
 from .cuts import Cut, NoCut, cut_at, modes_kept
-from .decoded import Check, DatasetRows, DecodedImages, Pipeline, PixelDataset, read_through
+from .decoded import Check, DatasetRows, DecodedImages, Pipeline, PixelDataset, item_bytes, read_through
+from .logs import logger
+
+log = logger(__name__)
 
 FEATURES_VERSION = 1
 
@@ -227,9 +230,13 @@ class FrozenFeatures:
     def _extract(self, entry: ArrayCache, cut: Cut, pixels: PixelDataset, todo: np.ndarray) -> None:
         """Run `frozen` over the images of entry rows `todo` (`pixels` yields them, labelled by row)."""
         big = self.EXTRACT_BATCH.get(self.device.type, 64)
+        # Its batches are bigger than training's: its workers fitted to /dev/shm's free space again (shm.py).
+        loader = shm.fit(self.workers, big * item_bytes(self.pipeline, cached=True))
+        if loader.lowered:
+            log.warning(f"feature cache: {loader.note()}")
         # Its own generator: extracting must not draw from the run's random stream.
-        batches = read_through(pixels, batch_size=big, num_workers=self.workers, generator=torch.Generator(),
-                               pin_memory=self.device.type == "cuda")
+        batches = read_through(pixels, batch_size=big, generator=torch.Generator(),
+                               pin_memory=self.device.type == "cuda", **loader.loader_args())
         written: list[np.ndarray] = []
         finished = False
         with modes_kept(self.bb.model):

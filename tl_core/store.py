@@ -45,7 +45,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -59,6 +59,15 @@ _BUSY_TIMEOUT_S = 30  # how long SQLite waits out another connection's write loc
 def default_db_url() -> str:
     """$DATABASE_URL, else SQLite experiments.db in the working folder."""
     return settings.current().database_url
+
+
+def _make_folder(url: str) -> None:
+    """The folder of a SQLite database file, made if missing (as the runs folder is): SQLite makes
+    the file, not its folder. One that cannot be made is left to SQLite's own error."""
+    database = make_url(url).database
+    if database and database != ":memory:" and not database.startswith("file:"):
+        with contextlib.suppress(OSError):
+            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
 
 
 def _now() -> dt.datetime:
@@ -408,6 +417,8 @@ class Store:
         if "://" not in self.url:  # a plain file path: the SQLite database in that file
             self.url = f"sqlite:///{Path(self.url).expanduser().resolve()}"
         is_sqlite = self.url.startswith("sqlite")
+        if is_sqlite:
+            _make_folder(self.url)
         connect_args = {"timeout": _BUSY_TIMEOUT_S} if is_sqlite else {}
         # PostgreSQL's json type has no NaN or Infinity (a diverged run's summary has them): there
         # they are written as {"$float": "NaN"} and read back as floats. SQLite keeps them as they are.

@@ -22,7 +22,11 @@ config file more, present neither on a laptop nor in a slim container, and neith
 worker must be told once and then given time to checkpoint. This is Popen, signals and a poll loop.
 Each child runs in a session of its own, so a Ctrl-C in the terminal reaches the supervisor only,
 which tells each child once; and each dies with the supervisor if it is killed
-(PR_SET_PDEATHSIG: SIGTERM, the graceful path). As PID 1 in a container it reaps orphans too.
+(PR_SET_PDEATHSIG: SIGTERM, the graceful path). The image runs it under tini, which as PID 1 reaps
+every orphaned process of the container at once (a killed run's DataLoader workers) and hands
+it `docker stop`'s SIGTERM; run as PID 1 itself (an entrypoint overridden), it reaps the
+orphans it finds every half second (_reap_orphans), a zombie's life at most that long.
+Its lines and the worker's go to stderr with their time and level (logs.py): `docker logs`.
 """
 
 from __future__ import annotations
@@ -36,8 +40,11 @@ import time
 from pathlib import Path
 
 from . import settings
+from .logs import logger
 from .store import Store
 from .worker import STOP_GRACE_S, pidfile
+
+log = logger(__name__)  # timed lines (logs.py): what `docker logs` shows
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
 POLL_S = 0.5
@@ -49,7 +56,7 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 
 
 def _say(text: str) -> None:
-    print(f"serve: {text}", flush=True)
+    log.info(text)
 
 
 class Supervisor:

@@ -30,7 +30,6 @@ import socket
 import sys
 import threading
 import time
-import traceback
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -41,12 +40,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from . import backbones, cache, channels, data, decoded, features, forgetting, memory, predictions
+from . import backbones, cache, channels, data, decoded, features, forgetting, memory, predictions, shm
 from .backbones import LayerGroup
 from .config import RunConfig
 from .drift import Drift
 from .errors import UserError
 from .finetuning import Finetuning, Phase, restore_optimizer, sync_param_groups
+from .logs import logger
 from .runfiles import run_folder
 from .schedules import lr_factor, progress
 from .settings import current as settings
@@ -54,6 +54,8 @@ from .metrics import balanced_accuracy, class_metrics, macro_f1, scores
 from .store import EpochWriter, Run, Store
 from .strategies import get_strategy
 from .terms import Terms, load_target, make_terms
+
+log = logger(__name__)  # a run's process writes its train.log through it (logs.py)
 
 
 class RunCancelled(Exception):
@@ -354,7 +356,7 @@ def train_run(store: Store, run_id: int, progress: bool = True) -> RunResult:
     except Exception as e:  # the run must end failed, with a readable reason, whatever broke
         store.finish_run(run_id, "failed", error=_explain(e))
         if not isinstance(e, UserError):
-            traceback.print_exc(file=sys.stderr)
+            log.error(f"run {run_id} failed", exc_info=e)
         return _result(store, run_id)
 
 
@@ -412,6 +414,8 @@ def _explain(e: Exception) -> str:
         return f"CUDA out of memory: reduce --batch-size or --image-size ({e})"
     if isinstance(e, UserError):
         return str(e)
+    if said := shm.explain(e):  # a DataLoader worker out of shared memory, or dead
+        return said
     if isinstance(e, OSError) and e.errno == errno.ENOSPC:
         return (f"disk full while writing under {settings().runs_dir.resolve()}: free some space, then resume "
                 f"the run ({e})")
@@ -427,7 +431,7 @@ def _note(store: Store, run_id: int, **fields) -> None:
 
 def _log(*lines: str) -> None:
     for line in lines:
-        print(line, file=sys.stderr, flush=True)
+        log.info(line)
 
 
 def _result(store: Store, run_id: int) -> RunResult:
@@ -445,10 +449,11 @@ class RunData:
     pipeline: decoded.Pipeline
     batch_size: int
     batch_note: str | None
-    workers: int
+    workers: int  # DataLoader workers, as fitted to /dev/shm (loader)
     train: object  # batches of (images, labels) on the device
     val: object
     decode_note: dict
+    loader: shm.LoaderPlan  # the workers and prefetch, fitted to /dev/shm's free space
 
     @property
     def classes(self) -> list[str]:
@@ -470,9 +475,13 @@ def load_data(cfg: RunConfig, device: torch.device) -> RunData:
     pipeline = decoded.Pipeline(pre, cfg.image_size, cfg.augment, cfg.in_channels, stats)
     rows = decoded.DatasetRows.of(index)
     workers = cfg.workers if cfg.workers is not None else _default_workers(device)
-    train, val, note = decoded.make_loaders(splits, rows, pipeline, batch_size, cfg.seed, workers, device,
-                                            channels_last=CHANNELS_LAST, enabled=cfg.decode_cache == "on")
-    return RunData(index, splits, rows, pipeline, batch_size, batch_note, workers, train, val, note)
+    # Workers hand batches over through /dev/shm: as many as its free space holds (shm.py).
+    cached = decoded.cache_refusal(rows, pipeline, cfg.decode_cache == "on") is None
+    loader = shm.fit(workers, batch_size * decoded.item_bytes(pipeline, cached))
+    train, val, note = decoded.make_loaders(splits, rows, pipeline, batch_size, cfg.seed, loader.workers, device,
+                                            channels_last=CHANNELS_LAST, enabled=cfg.decode_cache == "on",
+                                            prefetch_factor=loader.prefetch_factor)
+    return RunData(index, splits, rows, pipeline, batch_size, batch_note, loader.workers, train, val, note, loader)
 
 
 def load_model(cfg: RunConfig, num_classes: int, device: torch.device) -> backbones.Backbone:
@@ -504,6 +513,8 @@ def _feature_cache_enabled(cfg: RunConfig) -> bool | str:
 def _record_start(store: Store, run: Run, cfg: RunConfig, d: RunData, bb: backbones.Backbone) -> None:
     """The run's summary before its first epoch: data, batch, input, warnings, skipped files; and its log."""
     warnings, skipped = cfg.warnings(), data.skipped_summary(d.index)
+    if d.loader.lowered:  # fewer DataLoader workers than asked: /dev/shm is small (shm.py)
+        warnings.append(d.loader.note())
     # A resume keeps its earlier best's predictions; a start from scratch has none yet.
     kept = {k: v for k, v in run.summary.items() if k in ("predictions", "exports") and run.resume}
     if not run.resume:
@@ -514,11 +525,14 @@ def _record_start(store: Store, run: Run, cfg: RunConfig, d: RunData, bb: backbo
         "batch_size": {"used": d.batch_size, **({"why": d.batch_note} if d.batch_note else {})},
         "preprocessing": {**d.pipeline.describe(), "native_size": bb.preprocessing.native_size},
         "warnings": warnings, "skipped": skipped,
-        "weights": bb.weights, "groups": [g.name for g in bb.groups], "decode_cache": d.decode_note})
+        "weights": bb.weights, "groups": [g.name for g in bb.groups], "decode_cache": d.decode_note,
+        "loader": d.loader.summary()})
     unlisted = skipped["count"] - len(skipped["files"])
-    _log(*([d.batch_note] if d.batch_note else []), *(f"warning: {w}" for w in warnings),
-         *(f"skipped {f['path']} ({f['reason']})" for f in skipped["files"]),
-         *([f"skipped {unlisted} more files"] if unlisted else []))
+    _log(*([d.batch_note] if d.batch_note else []))
+    for line in [*(f"warning: {w}" for w in warnings),
+                 *(f"skipped {f['path']} ({f['reason']})" for f in skipped["files"]),
+                 *([f"skipped {unlisted} more files"] if unlisted else [])]:
+        log.warning(line)
 
 
 @dataclass
@@ -602,7 +616,7 @@ def _fit(store: Store, run: Run, cfg: RunConfig, device: torch.device, run_dir: 
             if plan.plan(epoch) or epoch == at.start_epoch:
                 optimizer = sync_param_groups(optimizer, cfg, groups, plan.boundary, plan.multipliers(), extra)
                 feats = frozen.at(plan.boundary, epoch, plan.phase.end - epoch)
-                bar.write(frozen.describe(), file=sys.stderr)
+                _log(frozen.describe())
                 _note(store, run.id, feature_cache=frozen.summary())
             net, train_batches, val_batches = ((feats.cut.rest, feats.train.for_epoch(epoch), feats.val) if feats
                                                else (model, d.train.for_epoch(epoch), d.val))
@@ -673,9 +687,8 @@ def _fit(store: Store, run: Run, cfg: RunConfig, device: torch.device, run_dir: 
                    "best": (best_acc, best_epoch), "best_confusion": best_confusion, "classes": d.classes,
                    "wall_seconds": metrics["wall_seconds"], "config": cfg.model_dump(), **identity,
                    "metrics": metrics}, run_dir / "last.pt")
-            bar.write(f"epoch {epoch + 1}/{cfg.epochs}  train loss {train_loss:.3f} acc {train_acc:.3f}  "
-                      f"val loss {ev['val_loss']:.3f} acc {ev['val_acc']:.3f}  "
-                      f"groups {plan.trainable_groups}/{len(groups)}", file=sys.stderr)
+            _log(f"epoch {epoch + 1}/{cfg.epochs}  train loss {train_loss:.3f} acc {train_acc:.3f}  "
+                 f"val loss {ev['val_loss']:.3f} acc {ev['val_acc']:.3f}  groups {plan.trainable_groups}/{len(groups)}")
     bar.close()
     terms.close()
     if device.type == "cuda":  # the run's peak, for the worker's placement of runs like it (placement.py)

@@ -10,16 +10,19 @@ take the same resizes and crops, normalised per channel; their augmentation has 
 from __future__ import annotations
 
 import math
-import sys
 from functools import partial
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from torchvision.transforms import v2 as T
 
+from . import shm
 from .data import Item, Splits, UnreadableImage, load_image, load_pixels
 from .errors import UserError
+from .logs import logger
 from .weights import Preprocessing
+
+log = logger(__name__)
 
 AUGMENTATIONS = ("none", "light", "standard")
 
@@ -71,16 +74,20 @@ class ImageDataset(Dataset):
             return self.transform(self.read(item.path)), item.label
         except UnreadableImage as e:
             # Skipped and listed (in the run's log); the batch goes on without it.
-            print(f"skipped unreadable image {e}", file=sys.stderr, flush=True)
+            log.warning(f"skipped unreadable image {e}")
             return None
 
 
 def collate_readable(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
-    """default_collate over the images that could be read (an empty batch if none could)."""
+    """default_collate over the images that could be read (an empty batch if none could). In a
+    worker, images and labels are in shared memory when this returns (shm.share: default_collate
+    puts the images there, the labels are moved here)."""
     batch = [b for b in batch if b is not None]
     if not batch:
         return torch.empty(0), torch.empty(0, dtype=torch.long)
-    return default_collate(batch)
+    x, y = default_collate(batch)
+    shm.share(x, y)
+    return x, y
 
 
 class EpochOrder(Sampler[int]):
@@ -112,11 +119,13 @@ class EpochLoader(DataLoader):
 
 
 def make_loaders(splits: Splits, train_tf, val_tf, batch_size: int, seed: int, workers: int,
-                 pin_memory: bool = False, channels: int = 3) -> tuple[DataLoader, DataLoader]:
+                 pin_memory: bool = False, channels: int = 3,
+                 prefetch_factor: int = shm.PREFETCH) -> tuple[DataLoader, DataLoader]:
+    """(train, val) loaders; `workers` and `prefetch_factor` as shm.fit sized them for /dev/shm."""
     g = torch.Generator().manual_seed(seed)
     read = load_image if channels == 3 else partial(read_tensor, channels=channels)
     common = dict(num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0,
-                  collate_fn=collate_readable)
+                  collate_fn=collate_readable, **({"prefetch_factor": prefetch_factor} if workers else {}))
     # drop_last keeps BatchNorm away from a final batch of one image.
     drop_last = len(splits.train) > batch_size and len(splits.train) % batch_size == 1
     # The generator seeds the workers' random streams; the order is EpochOrder's.

@@ -81,10 +81,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+from sqlalchemy.engine import make_url
 
 from . import placement, settings
+from .logs import logger
 from .runfiles import job_log, run_folder, worker_folder
 from .store import Job, Run, Store, WorkerInfo
+
+log = logger(__name__)  # timed lines (logs.py): the service's output, worker.log
 
 PROCESS_LOST = "process lost: its training process stopped without recording an end"
 RESUMABLE = "(resumable from its last checkpoint)"
@@ -100,6 +104,11 @@ def max_concurrent() -> int:
 
 
 # --- processes ------------------------------------------------------------------------------
+
+
+def _masked(url: str) -> str:
+    """A database URL with its password hidden, for a log."""
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def pid_alive(pid: int | None) -> bool:
@@ -219,7 +228,7 @@ class Serving:
                 try:
                     self.step()
                 except Exception as e:  # the database away for a moment: the runs train on; try again
-                    print(f"{self.name}: {type(e).__name__}: {e}", flush=True)
+                    log.warning(f"{self.name}: {type(e).__name__}: {e}")
                 time.sleep(self.poll_seconds)
         finally:
             self.stop()
@@ -302,11 +311,10 @@ class Worker(Serving):
     def _lost(self, run: Run, why: str, requeue: bool) -> None:
         if requeue:
             self.store.requeue(run.id)
-            print(f"worker: run {run.id} lost its process ({why}); back in the queue to resume from its "
-                  f"last checkpoint", flush=True)
+            log.warning(f"run {run.id} lost its process ({why}); back in the queue to resume from its last checkpoint")
         else:
             self.store.finish_run(run.id, "failed", error=f"{PROCESS_LOST}: {why} {RESUMABLE}")
-            print(f"worker: run {run.id} failed: {why}", flush=True)
+            log.warning(f"run {run.id} failed: {why}")
 
     # 2. Processes: a run's, or the standby.
     def _start(self, run: Run | None, gpu: str | None = None) -> subprocess.Popen:
@@ -336,7 +344,7 @@ class Worker(Serving):
             proc.stdin.close()
             return proc
         except OSError as e:
-            print(f"worker: the standby process is gone ({e}); starting run {run_id} in a new process", flush=True)
+            log.warning(f"the standby process is gone ({e}); starting run {run_id} in a new process")
             self.standby_retry_at = time.monotonic() + 30
             proc.kill()
             return None
@@ -351,12 +359,12 @@ class Worker(Serving):
         if self.standby is not None:
             if self.standby.poll() is None:
                 if not self.children and now - max(self.busy_at, self.standby_at) >= config.standby_idle_s:
-                    print(f"worker: standby {self.standby.pid} released after {config.standby_idle_s:g} s without "
-                          f"a run; another is made when runs come", flush=True)
+                    log.info(f"standby {self.standby.pid} released after {config.standby_idle_s:g} s without a run; "
+                             f"another is made when runs come")
                     self._release_standby()
                 return
-            print(f"worker: the standby process exited unused ({self.standby.returncode}); see "
-                  f"{self.files / 'standby.log'}", flush=True)
+            log.warning(f"the standby process exited unused ({self.standby.returncode}); see "
+                        f"{self.files / 'standby.log'}")
             self.standby, self.standby_retry_at = None, time.monotonic() + 30
             return
         if (not self.children and now - self.busy_at >= config.standby_idle_s) or now < self.standby_retry_at:
@@ -447,8 +455,8 @@ class Worker(Serving):
                                       executor=None)
                 return None
         free = next(g.free_mb for g in measured if g.id == gpu)
-        print(f"worker: run {run.id} placed on GPU {gpu} ({free:.0f} MiB free; its kind "
-              f"{f'peaked at {need:.0f} MiB' if need is not None else 'never measured'})", flush=True)
+        log.info(f"run {run.id} placed on GPU {gpu} ({free:.0f} MiB free; its kind "
+                 f"{f'peaked at {need:.0f} MiB' if need is not None else 'never measured'})")
         return run, gpu
 
     def _peaks(self) -> dict[tuple, float]:
@@ -491,9 +499,8 @@ class Worker(Serving):
             gpu = placement.place(measured, placed, need)
             if gpu is not None and self.store.claim_job(job.id, self.id, self.host, gpu):
                 free = next(g.free_mb for g in measured if g.id == gpu)
-                print(f"worker: job {job.id} ({job.command}) placed on GPU {gpu} ({free:.0f} MiB free; it needs "
-                      f"{f'{need:.0f} MiB' if need is not None else 'what its kind of run never measured'})",
-                      flush=True)
+                log.info(f"job {job.id} ({job.command}) placed on GPU {gpu} ({free:.0f} MiB free; it needs "
+                         f"{f'{need:.0f} MiB' if need is not None else 'what its kind of run never measured'})")
                 return job, gpu
         return None
 
@@ -534,7 +541,7 @@ class Worker(Serving):
             why = log_tail(job_log(job_id)) or "no output"
             if self.store.finish_job(job_id, "failed", error=f"its process ended (exit code {code}) without "
                                                              f"recording an end: {why}"):
-                print(f"worker: job {job_id} failed: its process ended with exit code {code}", flush=True)
+                log.warning(f"job {job_id} failed: its process ended with exit code {code}")
 
     # 5. The loop.
     def start(self) -> None:
@@ -555,9 +562,9 @@ class Worker(Serving):
         self.reap_jobs()
         self.recover()
         if orphaned := self.store.fail_orphaned():
-            print(f"worker: runs {orphaned} failed: their worker stopped heartbeating", flush=True)
+            log.warning(f"runs {orphaned} failed: their worker stopped heartbeating")
         if orphaned_jobs := self.store.fail_orphaned_jobs():
-            print(f"worker: jobs {orphaned_jobs} failed: their worker stopped heartbeating", flush=True)
+            log.warning(f"jobs {orphaned_jobs} failed: their worker stopped heartbeating")
         self._follow()
         while not self.stopping and (job := self._claim_job()):  # jobs first: a person waits for each
             self.launch_job(*job)
@@ -573,7 +580,7 @@ class Worker(Serving):
         self.start()
         runs = (f"runs and jobs placed on GPUs {', '.join(self.gpus)} by memory, at most "
                 f"{settings.current().runs_per_gpu} per GPU" if self.gpus else f"up to {self.concurrency} runs at once")
-        print(f"worker {os.getpid()} (id {self.id}): {runs}, db {self.db_url}", flush=True)
+        log.info(f"worker {os.getpid()} (id {self.id}): {runs}, db {_masked(self.db_url)}")
         self.loop()
 
     def stop(self) -> None:
@@ -594,22 +601,22 @@ class Worker(Serving):
             time.sleep(0.1)
         for child in self.children.values():
             if child.proc.poll() is None:
-                print(f"worker: run {child.run.id} did not stop within {STOP_GRACE_S:g} s; killed", flush=True)
+                log.warning(f"run {child.run.id} did not stop within {STOP_GRACE_S:g} s; killed")
                 _kill_group(child.proc.pid)
                 child.proc.wait()
         try:
             self.reap()
             for job_id in list(self.jobs):
                 if self.store.requeue_job(job_id, self.id):
-                    print(f"worker: job {job_id} stopped with its worker; back in the queue", flush=True)
+                    log.info(f"job {job_id} stopped with its worker; back in the queue")
                 del self.jobs[job_id]
             if self.id is not None:
                 self.store.stop_worker(self.id)
         except Exception as e:  # the database is away: our runs are found by the next worker's recovery
-            print(f"worker: could not record the stop ({type(e).__name__}: {e})", flush=True)
+            log.warning(f"could not record the stop ({type(e).__name__}: {e})")
         if _pidfile_worker(self.store) in (None, os.getpid()):
             pidfile(self.store).unlink(missing_ok=True)
-        print(f"worker {os.getpid()}: stopped", flush=True)
+        log.info(f"worker {os.getpid()}: stopped")
 
 
 # --- this host's workers of a database: found, started by a dashboard, stopped ------------

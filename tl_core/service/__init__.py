@@ -37,6 +37,8 @@ from .runs import (cancel_run, check_run, delete_run, display_db_url, draft_warn
                    more_splits,
                    live_workers, open_store, plan_runs, queue_run, queue_runs, resume_run, run_files_dir, start_here,
                    start_worker, stop_worker, stored_config, train_here, worker_disabled, worker_pid)
+from .results import log_text
+from .runs import worker_health
 
 __all__ = [
     "find_lr", "probe_data", "probe_verdict",
@@ -51,4 +53,5 @@ __all__ = [
     "worker_disabled", "worker_pid", "stop_worker", "live_workers", "ray_node",
     "FAMILIES", "METRICS", "SEEDS_OFFERED", "SPLITS", "at_best_lr", "describe", "has_test", "lr_choices", "lr_text",
     "more_splits", "resolve_split", "score", "settling_plan", "split_seed", "to_settle",
+    "log_text", "worker_health",
 ]

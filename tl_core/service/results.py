@@ -5,11 +5,14 @@ Epochs are counted from 1 in everything returned here (the store keeps the loop'
 
 from __future__ import annotations
 
+import codecs
+import time
 from collections import deque
 from pathlib import Path
+from typing import Iterator
 
 from ..runfiles import run_folder
-from ..store import STATUSES, Run, Store
+from ..store import FINISHED, STATUSES, Run, Store
 
 Metrics = dict[int, dict[int, dict[str, float]]]  # {run id: {epoch index: {key: value}}}
 
@@ -19,6 +22,7 @@ EPOCH_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", 
               "target_loss", "target_acc",
               "reg_penalty", "reg_share", "domain_loss", "domain_acc", "trainable_groups", "trainable_params",
               "epoch_seconds", "images_per_sec", "peak_memory_mb", "wall_seconds")
+LOG_GRACE_S = 1.0  # log_text(follow=True) reads once more this long after the run ended
 DRIFT = "drift/"  # drift/<group>: ||w - w0|| / ||w0|| of the group's parameters since training began
 
 
@@ -175,6 +179,35 @@ def log_tail(run: Run, lines: int = 50) -> str:
         return ""
     with open(path, errors="replace") as f:
         return "".join(deque(f, maxlen=lines))
+
+
+def log_text(store: Store, run_id: int, follow: bool = False, tail: int | None = None,
+             poll_s: float = 0.5) -> Iterator[str]:
+    """A run's train.log as it is (its last `tail` lines), then, with `follow`, what the run writes
+    to it after, until the run ends (completed, failed or cancelled; a run stopped with its worker
+    goes back to the queue and is followed on) and its process has had a moment to write its last
+    line. Text as it comes, not cut into lines."""
+    offset, decode = 0, codecs.getincrementaldecoder("utf-8")(errors="replace")
+    ended_at: float | None = None
+    while True:
+        run = store.get_run(run_id)
+        if run.status in FINISHED and ended_at is None:
+            ended_at = time.monotonic()
+        path = run_folder(run) / "train.log"
+        if path.is_file():
+            with open(path, "rb") as f:
+                f.seek(offset)
+                chunk = f.read()
+            offset += len(chunk)
+            text = decode.decode(chunk)
+            if tail is not None:  # the first read only
+                text, tail = "".join(text.splitlines(keepends=True)[-tail:] if tail else []), None
+            if text:
+                yield text
+        # Once ended, one more read a second later: the process logs its end after recording it.
+        if not follow or (ended_at is not None and time.monotonic() - ended_at >= LOG_GRACE_S):
+            return
+        time.sleep(poll_s)
 
 
 def checkpoint(run: Run, which: str = "best") -> Path | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import os
 import shutil
@@ -62,6 +63,21 @@ def worker_pid(store: Store) -> int | None:
 def live_workers(store: Store) -> list[WorkerInfo]:
     """Every worker of this database that is heartbeating, on any machine (newest first)."""
     return store.workers(alive=True)
+
+
+def worker_health(store: Store) -> dict:
+    """This machine's worker of the database, as its heartbeat in the store shows it: healthy while
+    one of this host's workers has not stopped and heartbeated within TL_WORKER_TIMEOUT_S (what other
+    workers wait before failing its runs as orphaned). The container's health check."""
+    host, timeout = socket.gethostname(), settings.current().worker_timeout_s
+    mine = [w for w in store.workers() if w.host == host]
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)  # the store's times: UTC, naive
+    live = [w for w in mine if w.alive]
+    newest = max(live or mine, key=lambda w: w.heartbeat_at, default=None)
+    return {"healthy": bool(live), "host": host, "timeout_s": timeout,
+            "worker_id": newest and newest.id, "pid": newest and newest.pid,
+            "stopped": newest is not None and newest.stopped_at is not None,
+            "heartbeat_age_s": None if newest is None else round((now - newest.heartbeat_at).total_seconds(), 1)}
 
 
 def stop_worker(store: Store) -> list[int]:
