@@ -57,10 +57,13 @@ from ray import exceptions as ray_errors
 from ray.job_config import JobConfig
 
 from . import settings
+from .logs import logger
 from .errors import UserError
 from .runfiles import run_folder
 from .store import Run, Store
-from .worker import PROCESS_LOST, RESUMABLE, STOP_GRACE_S, Serving
+from .worker import PROCESS_LOST, RESUMABLE, STOP_GRACE_S, Serving, masked_url
+
+log = logger(__name__)  # timed lines (logs.py), as the worker's
 
 NODE_LOST = "its Ray node was lost"
 CANCELLED = "cancelled by request"
@@ -237,8 +240,7 @@ class RayExecutor(Serving):
             self.store.requeue(run.id)
         elif error is not None:
             self.store.finish_run(run.id, status, error=error)
-        print(f"ray executor: run {run.id}'s task ended, the run {status}" + (f": {error}" if error else ""),
-              flush=True)
+        log.info(f"run {run.id}'s task ended, the run {status}" + (f": {error}" if error else ""))
 
     def cancel_requested(self) -> None:
         """Cancel the task of each run whose cancel was asked for and that has not stopped itself:
@@ -264,7 +266,7 @@ class RayExecutor(Serving):
             self.store.heartbeat(self.id)
             self.beat_at = time.monotonic()
             if orphaned := self.store.fail_orphaned():
-                print(f"ray executor: runs {orphaned} failed: their worker stopped heartbeating", flush=True)
+                log.warning(f"runs {orphaned} failed: their worker stopped heartbeating")
         self.settle()
         self.cancel_requested()
         room = self.capacity() - len(self.tasks)
@@ -281,8 +283,8 @@ class RayExecutor(Serving):
             signal.signal(signum, self._signal)
         self.id = self.store.register_worker(self.host, os.getpid(), "ray")
         self.beat_at = time.monotonic()
-        print(f"ray executor {os.getpid()} (worker {self.id}): {self.capacity()} runs at once on "
-              f"{ray.cluster_resources()}, db {self.db_url}", flush=True)
+        log.info(f"ray executor {os.getpid()} (worker {self.id}): {self.capacity()} runs at once on "
+                 f"{ray.cluster_resources()}, db {masked_url(self.db_url)}")
         self.loop()
 
     def stop(self) -> None:
@@ -295,8 +297,7 @@ class RayExecutor(Serving):
         while self.tasks and time.monotonic() < deadline and self.signals < 2:
             self.settle(timeout=0.2)
         for task in self.tasks.values():
-            print(f"ray executor: run {task.run.id} did not stop within {STOP_GRACE_S:g} s; its task is cancelled "
-                  f"with force", flush=True)
+            log.warning(f"run {task.run.id} did not stop within {STOP_GRACE_S:g} s; its task is cancelled with force")
             ray.cancel(task.ref, force=True)
         self.settle(timeout=10)
         try:
@@ -304,10 +305,10 @@ class RayExecutor(Serving):
                 self.store.stop_worker(self.id)
                 self.store.fail_orphaned()  # a run whose task could not be stopped: failed, resumable
         except Exception as e:  # the database is away: other workers fail our runs once we are silent
-            print(f"ray executor: could not record the stop ({type(e).__name__}: {e})", flush=True)
+            log.error(f"could not record the stop ({type(e).__name__}: {e})")
         ray.shutdown()  # a Ray started here stops with it; a cluster's driver only disconnects
         self.store.close()
-        print(f"ray executor {os.getpid()}: stopped", flush=True)
+        log.info(f"ray executor {os.getpid()}: stopped")
 
 
 def _first_line(e: BaseException) -> str:

@@ -106,7 +106,7 @@ def max_concurrent() -> int:
 # --- processes ------------------------------------------------------------------------------
 
 
-def _masked(url: str) -> str:
+def masked_url(url: str) -> str:
     """A database URL with its password hidden, for a log."""
     return make_url(url).render_as_string(hide_password=True)
 
@@ -580,7 +580,7 @@ class Worker(Serving):
         self.start()
         runs = (f"runs and jobs placed on GPUs {', '.join(self.gpus)} by memory, at most "
                 f"{settings.current().runs_per_gpu} per GPU" if self.gpus else f"up to {self.concurrency} runs at once")
-        log.info(f"worker {os.getpid()} (id {self.id}): {runs}, db {_masked(self.db_url)}")
+        log.info(f"worker {os.getpid()} (id {self.id}): {runs}, db {masked_url(self.db_url)}")
         self.loop()
 
     def stop(self) -> None:
