@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 import urllib.request
 from pathlib import Path
 
 import psutil
+import pytest
 import yaml
 
 from tl_core.store import Store
@@ -264,3 +267,32 @@ def test_requirements_are_all_pinned_with_the_full_build_torch_pair():
             assert not line or "==" in line, f"{name}: {line!r} is not pinned"
     reqs = (ROOT / "requirements.txt").read_text()
     assert "torch==2.14.1" in reqs and "torchvision==0.29.2" in reqs
+
+
+def test_the_service_as_pid_1_reaps_orphaned_zombies_without_tini(tmp_path):
+    """Without --init the supervisor is PID 1: an orphan re-parented to it and exited is reaped
+    (psutil lists its children), while the processes it waits for itself are left to Popen."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare for a PID namespace")
+    script = tmp_path / "pid1.py"
+    script.write_text(textwrap.dedent("""
+        import os, subprocess, sys, time
+        import psutil
+        from tl_core.supervisor import _reap_orphans
+        assert os.getpid() == 1, os.getpid()
+        # a grandchild orphaned to PID 1: its parent exits at once, it exits after 0.2 s
+        subprocess.run([sys.executable, "-c", "import subprocess, sys; subprocess.Popen([sys.executable, '-c', "
+                        "'import time; time.sleep(0.2)'])"], check=True)
+        ours = subprocess.Popen([sys.executable, "-c", "pass"])
+        time.sleep(1.5)
+        zombies = lambda: sorted(c.pid for c in psutil.Process().children() if c.status() == psutil.STATUS_ZOMBIE)
+        before = zombies()
+        _reap_orphans({ours.pid})
+        print(len(before), zombies() == [ours.pid])
+    """))
+    out = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", script.read_text()],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    if out.returncode and "unshare failed" in out.stderr:
+        pytest.skip(f"no PID namespace here: {out.stderr.strip()}")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["2", "True"]  # the orphan and ours were zombies; only ours is left

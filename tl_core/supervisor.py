@@ -39,6 +39,8 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
+
 from . import settings
 from .logs import logger
 from .store import Store
@@ -158,16 +160,14 @@ def _reap_orphans(ours: set[int]) -> None:
     Popen waits for), so none stays a zombie."""
     if os.getpid() != 1:
         return
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for child in psutil.Process().children():
         try:
-            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
+            zombie = child.status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
             continue
-        if stat[0] == "Z" and stat[1] == "1" and int(entry.name) not in ours:
+        if zombie and child.pid not in ours:
             try:
-                os.waitpid(int(entry.name), os.WNOHANG)
+                os.waitpid(child.pid, os.WNOHANG)
             except ChildProcessError:
                 pass
 
