@@ -14,7 +14,7 @@ from .helpers import train
 
 # The GPU cases run where a CUDA GPU is visible (a GPU host; CI has none).
 ON_GPU = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"))
-EPOCH_KEYS = {"train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "trainable_groups",
+EPOCH_KEYS = {"train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "val_macro_f1", "val_balanced_acc", "trainable_groups",
               "trainable_params", "epoch_seconds", "images_per_sec", "peak_memory_mb", "wall_seconds"}
 
 
