@@ -255,6 +255,12 @@ if "unfreeze_on" in knobs_in_use:
         "Stage LR factor (progressive)", 0.01, 1.0, default("stage_lr_factor"), 0.05, key="stage_lr_factor",
         help="progressive: every group's LR is multiplied by this at each unfreezing step (1: unchanged)")
 
+if "bn" in knobs_in_use:
+    settings["bn"] = next(cols).selectbox(
+        "BatchNorm of trained layers", choices("bn"), key="bn",
+        help=f"{fmt.flag_help('bn')}. train lets a head that learned on frozen features lose them at an unfreeze "
+             f"(two_phase, progressive): see the README")
+
 num_classes = report["num_classes"] if report else 10
 for s in strategies:
     name = s["strategy"]

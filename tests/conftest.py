@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 
 import pytest
@@ -23,6 +24,21 @@ def own_runs_dir(tmp_path_factory, monkeypatch):
     """No test writes run folders or caches into the repository: a runs folder of its own by
     default (tests that need a particular one set TL_RUNS_DIR themselves)."""
     monkeypatch.setenv("TL_RUNS_DIR", str(tmp_path_factory.mktemp("runs")))
+
+
+@pytest.fixture(autouse=True)
+def cpu_bf16(monkeypatch):
+    """TL_TEST_CPU_BF16=native or emulated: run the suite as on a CPU that computes bf16 natively
+    (AVX512-BF16 or AMX: --feature-precision auto then caches frozen features in bf16) or on one
+    that does not (fp32), whatever this CPU is; unset, as this CPU is. Every float comparison must
+    hold both ways (`make test` runs on either kind of machine). Runs in other processes (the
+    CLI's subprocesses, a worker) see this CPU as it is."""
+    forced = os.environ.get("TL_TEST_CPU_BF16", "")
+    if forced:
+        assert forced in ("native", "emulated"), f"TL_TEST_CPU_BF16={forced!r}: native or emulated"
+        from tl_core import features  # torch: only where asked, not in every test's process start
+
+        monkeypatch.setattr(features, "cpu_computes_bf16", lambda: forced == "native")
 
 
 @pytest.fixture(scope="session")

@@ -156,7 +156,7 @@ def test_new_run_every_strategy_ticked_shows_every_knob(env):
     at = no_exception(at.selectbox(key="unfreeze_on").set_value("plateau").run())
     shown = {w.key for w in at.number_input} | {w.key for w in at.selectbox}
     assert {"hidden", "dropout", "unfreeze", "lr_decay", "head_epochs", "phase2_lr_factor", "unfreeze_on",
-            "patience", "head_lr_factor", "stage_lr_factor"} <= shown
+            "patience", "head_lr_factor", "stage_lr_factor", "bn"} <= shown
     assert "unfreeze_every" not in shown  # a schedule knob, hidden while unfreezing on a plateau
 
 

@@ -538,7 +538,9 @@ def cmd_predict(args) -> int:
     cam = args.cam or bool(args.cam_class) or bool(args.cam_dir)
     found = service.predict_images(service.open_store(args.db), args.source, args.images, args.top_k, cam,
                                    args.cam_class, args.job)
-    lines = []
+    val = (f"; its validation numbers at epoch {found['val_epoch']}: {found['val_precision']}"
+           if found["val_precision"] else "")
+    lines = [f"{found['source']}, computed in {found['precision']}{val}"]
     for r in found["results"]:
         if "error" in r:
             lines.append(f"{r['path']}: error: {r['error']}")

@@ -22,7 +22,8 @@ BOOKKEEPING = ("name", "experiment")
 # Settings added after runs were first checkpointed: left out of the fingerprint while at their
 # defaults, so a checkpoint written before they existed still resumes.
 ADDED_LATER = ("regularizer", "reg_strength", "head_reg_strength", "fisher_images", "target_data", "adapt",
-               "adapt_strength", "in_channels", "accumulate", "checkpointing", "test_fraction", "class_weights")
+               "adapt_strength", "in_channels", "accumulate", "checkpointing", "test_fraction", "class_weights",
+               "bn")
 
 
 class RunConfig(BaseModel):
@@ -70,6 +71,11 @@ class RunConfig(BaseModel):
     unfreeze_on: Literal["schedule", "plateau"] = "schedule"
     patience: int = 1
     stage_lr_factor: float = 1.0
+    bn: Literal["auto", "frozen", "train"] = Field(
+        "auto", description="BatchNorm of the pretrained layers that train: frozen keeps it in inference mode (the "
+        "pretrained running statistics, which the head learned on, never move; its weight and bias still train), "
+        "train normalises by batch statistics and moves them to the data's; auto: each strategy's choice, train "
+        "from random weights (see README, \"BatchNorm when layers unfreeze\")")
     # terms of the loss beside the strategy (losses.py): keep what was pretrained, cross domains
     regularizer: Literal["none", "l2sp", "ewc"] = Field(
         "none", description="pull the pretrained weights toward their starting point: l2sp (alpha/2 ||w - w0||^2) "
@@ -173,6 +179,9 @@ class RunConfig(BaseModel):
             if self.checkpointing == "on":
                 out.append(f"--checkpointing on with --strategy {self.strategy}: frozen layers keep no "
                            f"activations for a backward pass, so there is no memory to save")
+        if self.bn == "frozen" and self.weights_to_load == "none":
+            out.append(f"--bn frozen with random weights (--strategy {self.strategy}, --weights {self.weights}): there "
+                       f"are no pretrained BatchNorm statistics to hold, so its BatchNorm trains")
         native = native_size(self.backbone)
         if self.weights_to_load != "none" and self.image_size < native / 2:
             out.append(f"--image-size {self.image_size} is below half the {native} px the {self.backbone} weights "
@@ -202,12 +211,13 @@ class RunConfig(BaseModel):
         return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def strategy_params(self):
-        from .strategies import StrategyParams
+        from .strategies import StrategyParams, batchnorm_mode, get_strategy
 
         return StrategyParams(unfreeze=self.unfreeze, lr_decay=self.lr_decay, head_lr_factor=self.head_lr_factor,
                               head_epochs=self.head_epochs, phase2_lr_factor=self.phase2_lr_factor,
                               unfreeze_every=self.unfreeze_every, unfreeze_on=self.unfreeze_on,
-                              patience=self.patience, stage_lr_factor=self.stage_lr_factor)
+                              patience=self.patience, stage_lr_factor=self.stage_lr_factor,
+                              bn=batchnorm_mode(get_strategy(self.strategy), self.bn, self.weights_to_load != "none"))
 
     @property
     def base_lr(self) -> float:

@@ -36,11 +36,19 @@ FEATURES_VERSION = 1
 # --- precision and keys ---------------------------------------------------------------------
 
 
+def cpu_computes_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere it is emulated."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
 def extraction_dtype(setting: str, device: torch.device, amp: torch.dtype | None) -> torch.dtype | None:
     """The autocast dtype frozen activations are computed in (None: fp32).
 
     auto: the run's own autocast on a GPU; bf16 on a CPU that computes it natively (AVX512-BF16
-    or AMX: about 2.5x faster there than fp32), fp32 on other CPUs, where bf16 is emulated.
+    or AMX: about 2.5x faster there than fp32), fp32 on other CPUs, where bf16 is emulated. So the
+    same settings give validation numbers in bf16 on one CPU and in fp32 on another: they agree to
+    bf16's precision (about 3 significant digits of a probability), and each run says which it
+    had (`val_precision`).
     """
     if setting == "fp32":
         return None
@@ -48,13 +56,34 @@ def extraction_dtype(setting: str, device: torch.device, amp: torch.dtype | None
         return torch.bfloat16
     if device.type == "cuda":
         return amp
-    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    return torch.bfloat16 if native else None
+    return torch.bfloat16 if cpu_computes_bf16() else None
 
 
-def _name(dtype: torch.dtype | None) -> str:
+def precision_name(dtype: torch.dtype | None) -> str:
+    """"fp32", "bf16" or "fp16" for an autocast dtype (None: fp32)."""
     return "fp32" if dtype is None else str(dtype).removeprefix("torch.").replace("bfloat16", "bf16").replace(
         "float16", "fp16")
+
+
+def val_precision(epoch: int, amp: torch.dtype | None, cached: "FeatureRun | None",
+                  features: torch.dtype | None) -> dict:
+    """Which precision produced a phase's validation numbers, from `epoch` (0-based) on: the lowest
+    of the run's autocast and, where the phase reads cached frozen features, theirs."""
+    where = []
+    if amp is not None:
+        where.append(f"{precision_name(amp)} autocast")
+    if cached is not None and features is not None:
+        where.append(f"frozen layers' output cached in {precision_name(features)}")
+    lowest = amp if amp is not None else (features if cached is not None else None)
+    return {"from_epoch": epoch + 1, "precision": precision_name(lowest),
+            "how": "; ".join(where) or "fp32 throughout"}
+
+
+def precision_at(summary: dict, epoch: int | None) -> str | None:
+    """The precision of a run's validation numbers at `epoch` (1-based), or None where the run
+    recorded none (trained before val_precision existed)."""
+    said = [p for p in summary.get("val_precision", []) if epoch is not None and p["from_epoch"] <= epoch]
+    return said[-1]["precision"] if said else None
 
 
 # --- batches of cached activations ----------------------------------------------------------------
@@ -127,7 +156,8 @@ class FrozenFeatures:
 
     def at(self, boundary: int, epoch: int, phase_epochs: int) -> FeatureRun | None:
         """Cached activations for this boundary (computing what is missing), or None; recorded either way."""
-        record = {"epoch": epoch, "frozen_groups": boundary, "views": self.views, "precision": _name(self.precision)}
+        record = {"epoch": epoch, "frozen_groups": boundary, "views": self.views,
+                  "precision": precision_name(self.precision)}
         self.records.append(record)
         try:
             # The key names the pretrained weights: right only while the groups below the boundary
@@ -147,7 +177,7 @@ class FrozenFeatures:
         used = [r for r in self.records if r.get("used")]
         first = used[0] if used else (self.records[0] if self.records else {})
         out = {"used": bool(used), "boundary": first.get("boundary"), "views": self.views,
-               "hit": bool(used) and all(r.get("hit") for r in used), "precision": _name(self.precision),
+               "hit": bool(used) and all(r.get("hit") for r in used), "precision": precision_name(self.precision),
                "seconds": round(sum(r.get("seconds", 0.0) for r in used), 3)}
         if not used and first.get("why"):
             out["why"] = first["why"]
@@ -174,7 +204,8 @@ class FrozenFeatures:
                # The val view never augments: runs with and without augmentation (and probes) share it.
                "transform": {**self.pipeline.describe(), **({} if augmented else {"augment": "none"}),
                              "view": "augmented" if augmented else "val", "views": self.views if augmented else 1},
-               "compute": {"device": self.device.type, "precision": _name(self.precision), "torch": torch.__version__},
+               "compute": {"device": self.device.type, "precision": precision_name(self.precision),
+                           "torch": torch.__version__},
                "version": FEATURES_VERSION}
         n = len(self.rows.paths) * (self.views if augmented else 1)
         return ArrayCache("features", key, n, cut.shape, np.float32)

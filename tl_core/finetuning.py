@@ -5,7 +5,15 @@ so n = 0 trains everything and n = L-1 (of L groups, the head last) trains the h
 Strategies answer with that boundary (strategies.py), the feature cache cuts there (cuts.py,
 features.py), and this module moves it:
   - frozen parameters get no gradient, and frozen groups stay in eval mode, so their BatchNorm
-    running statistics do not move (Lightning's BaseFinetuning does the same with train_bn=False);
+    running statistics do not move and normalise as at inference, as the feature cache computed
+    them (Lightning's BaseFinetuning with train_bn=False stops the statistics too, by
+    track_running_stats=False, but then normalises by batch statistics while training);
+  - with `--bn frozen` (StrategyParams.bn), every pretrained BatchNorm stays in eval mode in the
+    trained groups too: it normalises by the running statistics the frozen phase used, which never
+    move, while its affine weight and bias train with their group (Keras's recipe at an unfreeze).
+    The mode is a pure function of the boundary and the config, set every epoch: a resume gets it
+    back without any state. (fastai's train_bn, BatchNorm trained in frozen groups too, is not
+    offered: the feature cache computes frozen groups once, necessarily in eval mode.)
   - the optimizer holds exactly the trainable groups, each at its own peak LR; a group that
     unfreezes is added with fresh state, groups already there keep theirs (Adam moments); each
     layer group is split in two optimizer groups, its weights with weight decay and its norms,
@@ -28,6 +36,8 @@ from .backbones import LayerGroup
 from .config import RunConfig
 from .strategies import Strategy, StrategyParams
 
+_BATCHNORMS = (nn.modules.batchnorm._BatchNorm,)  # BatchNorm1d/2d/3d, SyncBatchNorm, timm's BatchNormAct2d
+
 
 def freeze_to(groups: Sequence[LayerGroup], n: int) -> None:
     """Freeze groups[:n], train groups[n:] (fastai's freeze_to)."""
@@ -36,12 +46,23 @@ def freeze_to(groups: Sequence[LayerGroup], n: int) -> None:
             p.requires_grad_(i >= n)
 
 
-def set_train_mode(model: nn.Module, groups: Sequence[LayerGroup], n: int) -> None:
-    """model.train(), but groups[:n] (the frozen ones) in eval mode: their BatchNorm statistics stay put."""
+def set_train_mode(model: nn.Module, groups: Sequence[LayerGroup], n: int, bn: str = "train") -> None:
+    """model.train(), but groups[:n] (the frozen ones) in eval mode: their BatchNorm statistics stay put.
+
+    bn "frozen": every BatchNorm outside the new head (groups[-1]) in eval mode as well, trained
+    groups' included (their affine parameters still get gradients); "train": trained groups'
+    BatchNorm normalises by batch statistics and updates its running statistics.
+    """
     model.train()
     for group in groups[:n]:
         for module in group.modules():
             module.eval()
+    if bn == "frozen":
+        head = {id(m) for part in groups[-1].modules() for m in part.modules()}
+        for m in model.modules():  # the whole model: a BatchNorm outside every group is held too
+            if isinstance(m, _BATCHNORMS) and id(m) not in head:
+                m.eval()
+
 
 
 def make_optimizer(cfg: RunConfig, param_groups: list[dict]) -> torch.optim.Optimizer:
@@ -137,6 +158,27 @@ def restore_optimizer(cfg: RunConfig, groups: Sequence[LayerGroup], n: int, mult
     return optimizer
 
 
+def phase_ends(epochs: dict[int, dict[str, float]], precisions: Sequence[dict] = ()) -> list[dict]:
+    """Each phase of a run (epochs with the same trainable groups; strategies only unfreeze, so a
+    count is never repeated) with its validation numbers at its last epoch, from the recorded
+    `epochs` ({0-based epoch: metrics}); epochs counted from 1. The best epoch hides a phase that
+    ends worse than the one before it; these do not. `precisions`: the run's "val_precision"
+    entries, to say which precision produced each phase's numbers."""
+    out: list[dict] = []
+    for epoch in sorted(epochs):
+        m = epochs[epoch]
+        groups = int(m.get("trainable_groups", 0))
+        if not out or out[-1]["trainable_groups"] != groups:
+            out.append({"first_epoch": epoch + 1, "trainable_groups": groups})
+        out[-1].update(last_epoch=epoch + 1, val_acc=m.get("val_acc"), val_loss=m.get("val_loss"),
+                       train_acc=m.get("train_acc"))
+    for phase in out:
+        said = [p for p in precisions if p["from_epoch"] <= phase["last_epoch"]]
+        if said:
+            phase["precision"] = said[-1]["precision"]
+    return out
+
+
 @dataclass
 class Phase:
     start: int  # first epoch of the phase
@@ -178,7 +220,7 @@ class Finetuning:
         return self.strategy.lr_multipliers(self.boundary, len(self.groups), self.params)
 
     def train_mode(self, model: nn.Module) -> None:
-        set_train_mode(model, self.groups, self.boundary or 0)
+        set_train_mode(model, self.groups, self.boundary or 0, self.params.bn)
 
     def observe(self, val_loss: float) -> None:
         """An epoch's validation loss (a plateau-driven strategy unfreezes on it)."""

@@ -7,6 +7,12 @@ size; never augmentation), rebuilt from what the run recorded. It comes from a r
 TorchScript or ONNX file that carries the same metadata, see export.py), so the answer on an
 export can be set beside the answer on the run.
 
+Each answer says which precision produced it (`Predictor.precision`: fp32, on the CPU) and, for a
+run, which produced the run's own validation numbers at that checkpoint (`val_precision` in its
+metadata: bf16 where the run read frozen features cached in bf16, features.extraction_dtype). The
+two agree to that precision's resolution, not bit for bit: a probability computed here in fp32
+differs from the run's bf16 validation pass by up to about 1e-2.
+
 Every image is read as every image TransferLab reads: its type from its header, refused past the
 decompression-bomb limit before a pixel is decoded; an image that cannot be used gets its own
 message in the results, and the others are still predicted.
@@ -28,6 +34,7 @@ from . import backbones, data
 from .config import RunConfig
 from .decoded import Pipeline
 from .errors import UserError
+from .features import precision_at
 from .runfiles import run_folder
 from .store import Run
 from .weights import Preprocessing
@@ -56,6 +63,7 @@ class Predictor:
     metadata: dict  # what a bundle carries (export.py writes it from here)
     model: torch.nn.Module | None = None  # the PyTorch model, for Grad-CAM (None for a bundle)
     backbone: str = ""
+    precision: str = "fp32"  # what computes `logits`: the checkpoint and exported bundles run in fp32 on the CPU
 
     def inputs(self, paths: list[str]) -> torch.Tensor:
         """The normalised batch of readable images (as validation saw them)."""
@@ -80,8 +88,10 @@ def from_run(run: Run) -> Predictor:
                                    dropout=cfg.dropout, in_channels=cfg.in_channels)
     bb.model.load_state_dict(ckpt["model"])
     model = bb.model.eval()
+    epoch = int(ckpt["epoch"]) + 1
     meta = {"classes": classes, "preprocessing": described, "backbone": cfg.backbone, "run": run.id,
-            "run_uid": run.uid, "epoch": int(ckpt["epoch"]) + 1, "val_acc": ckpt.get("val_acc")}
+            "run_uid": run.uid, "epoch": epoch, "val_acc": ckpt.get("val_acc"),
+            "val_precision": precision_at(run.summary, epoch)}
     return Predictor(_no_grad(model), classes, pipeline_of(described), f"run {run.id}", meta, model, cfg.backbone)
 
 

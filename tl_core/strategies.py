@@ -11,6 +11,18 @@ validation-loss history, a resumed run gets the same plan back. Groups are numbe
 with the head L; discriminative LRs follow lr_k = base / decay^(L-k). As the field practises it, pretrained groups fine-tune well below
 the new head's LR: every strategy that trains pretrained groups beside a new head gives the
 head the higher LR (partial and progressive by discriminative LRs, full by --head-lr-factor).
+
+BatchNorm in the pretrained groups that train (`--bn`, StrategyParams.bn, applied by
+finetuning.set_train_mode): "frozen" keeps every pretrained BatchNorm in inference mode, normalising
+by its ImageNet running statistics, which never move; its affine weight and bias still train
+with their group (Keras's transfer-learning guide: BatchNorm stays in inference mode when the base
+model is unfrozen). "train" normalises trained groups by batch statistics and lets their running
+statistics follow the target data (PyTorch's default). A head that learned on frozen features
+(eval-mode BatchNorm, the only mode the feature cache can compute) must keep seeing them at an
+unfreeze: under "train" the statistics switch under it and the run collapses (measured on the
+demo data: BENCHMARKS.md, "BatchNorm at the unfreeze"). `--bn auto` takes each strategy's
+`bn_auto`; where nothing was pretrained every setting means "train" (the running statistics
+of a random network mean nothing).
 """
 
 from __future__ import annotations
@@ -34,6 +46,7 @@ class StrategyParams:
     unfreeze_on: str = "schedule"  # progressive: "schedule" or "plateau" (of val loss)
     patience: int = 1  # progressive, plateau: epochs without improvement before unfreezing
     stage_lr_factor: float = 1.0  # progressive: every group's LR x this at each unfreezing stage
+    bn: str = "frozen"  # pretrained BatchNorm in trained groups: "frozen" (inference mode) or "train"
 
 
 class Strategy:
@@ -43,6 +56,7 @@ class Strategy:
     default_lr: float = 1e-3
     pretrained: bool = True  # False: random init (the scratch baseline)
     knobs: tuple[str, ...] = ()  # StrategyParams fields this strategy reads
+    bn_auto: str = "frozen"  # what --bn auto means for it (module docstring)
 
     def freeze_to(self, epoch: int, n_groups: int, p: StrategyParams, val_losses: Sequence[float] = ()) -> int:
         """The freeze boundary in `epoch` (0-based): groups [0, n) frozen. 0 trains everything."""
@@ -61,12 +75,38 @@ class Strategy:
 
     def warnings(self, n_groups: int, epochs: int, p: StrategyParams) -> list[str]:
         """Settings that run but likely not as meant: said before the run is queued."""
-        return []
+        return self._bn_warnings(n_groups, epochs, p)
+
+    def unfreezes(self, n_groups: int, epochs: int, p: StrategyParams) -> bool:
+        """Whether pretrained groups unfreeze during the run, after epochs with them frozen (a
+        plateau-driven strategy assumed to plateau as often as it can)."""
+        stalled = [1.0] * epochs
+        first = self.freeze_to(0, n_groups, p, stalled)
+        return any(self.freeze_to(e, n_groups, p, stalled) < first for e in range(epochs))
+
+    def _bn_warnings(self, n_groups: int, epochs: int, p: StrategyParams) -> list[str]:
+        if p.bn != "train" or not self.unfreezes(n_groups, epochs, p):
+            return []
+        return [f"--bn train with --strategy {self.name}: at each unfreeze the newly trained groups' BatchNorm "
+                f"switches from the pretrained statistics the head learned on to batch statistics, and the "
+                f"accuracy drops (two_phase on the demo data: see BENCHMARKS.md); --bn frozen keeps them"]
 
 
 def discriminative(n: int, n_groups: int, decay: float) -> list[float]:
     """lr_k / base = 1 / decay^(L-k) for the trainable groups k = n+1..L (1-based; the head is L)."""
     return [1.0 / decay ** (n_groups - k) for k in range(n + 1, n_groups + 1)]
+
+
+BN_MODES = ("frozen", "train")
+
+
+def batchnorm_mode(strategy: Strategy, setting: str, pretrained: bool) -> str:
+    """What --bn `setting` ("auto", "frozen" or "train") means for `strategy`: "frozen" or "train".
+    Without pretrained weights there are no statistics to hold: "train" whatever the setting (a
+    grid of strategies shares one setting; the run's warnings say so)."""
+    if not pretrained:
+        return "train"
+    return setting if setting in BN_MODES else strategy.bn_auto
 
 
 _REGISTRY: dict[str, Strategy] = {}
@@ -107,7 +147,7 @@ class Partial(Strategy):
     summary = "Train the new head and the last N layer groups; keep the earlier, generic layers frozen."
     when = "Medium dataset, or images somewhat unlike ImageNet: adapt the high-level features only."
     default_lr = 1e-3
-    knobs = ("unfreeze", "lr_decay")
+    knobs = ("unfreeze", "lr_decay", "bn")
 
     def freeze_to(self, epoch, n_groups, p, val_losses=()):
         return n_groups - 1 - p.unfreeze
@@ -128,7 +168,7 @@ class Full(Strategy):
     summary = "Fine-tune every layer at a low learning rate, starting from the pretrained weights."
     when = "Plenty of data (hundreds of images per class) or a domain far from ImageNet."
     default_lr = 1e-4
-    knobs = ("head_lr_factor",)
+    knobs = ("head_lr_factor", "bn")
 
     def lr_multipliers(self, n, n_groups, p):
         # The head is new and random: at the body's low LR it would barely learn.
@@ -146,7 +186,7 @@ class TwoPhase(Strategy):
     summary = "Train the head alone first, then unfreeze everything and fine-tune at a lower LR."
     when = "A safer full fine-tune: the new head settles before its gradients reach the backbone."
     default_lr = 1e-3
-    knobs = ("head_epochs", "phase2_lr_factor")
+    knobs = ("head_epochs", "phase2_lr_factor", "bn")
 
     def freeze_to(self, epoch, n_groups, p, val_losses=()):
         return n_groups - 1 if epoch < p.head_epochs else 0
@@ -171,7 +211,7 @@ class Discriminative(Strategy):
     summary = "Fine-tune every layer, with learning rates falling by a factor per group towards the stem."
     when = "Full fine-tuning that protects the generic early features: lr_k = base / decay^(L-k)."
     default_lr = 1e-3
-    knobs = ("lr_decay",)
+    knobs = ("lr_decay", "bn")
 
     def lr_multipliers(self, n, n_groups, p):
         return discriminative(n, n_groups, p.lr_decay)
@@ -186,7 +226,7 @@ class Progressive(Strategy):
     summary = "Start with the head; unfreeze one more group, top down, every K epochs or on a val-loss plateau."
     when = "Small to medium data where full fine-tuning overfits: the ULMFiT recipe."
     default_lr = 1e-3
-    knobs = ("unfreeze_every", "unfreeze_on", "patience", "lr_decay", "stage_lr_factor")
+    knobs = ("unfreeze_every", "unfreeze_on", "patience", "lr_decay", "stage_lr_factor", "bn")
 
     def freeze_to(self, epoch, n_groups, p, val_losses=()):
         if p.unfreeze_on == "schedule":
@@ -224,14 +264,15 @@ class Progressive(Strategy):
                             f"group's LR at each unfreezing step; 1 keeps it)")
 
     def warnings(self, n_groups, epochs, p):
+        said = self._bn_warnings(n_groups, epochs, p)
         if p.unfreeze_on != "schedule":
-            return []
+            return said
         reached = n_groups - self.freeze_to(epochs - 1, n_groups, p)
         if reached >= n_groups:
-            return []
+            return said
         needed = 1 + (n_groups - 1) * p.unfreeze_every
-        return [f"progressive unfreezes {reached} of {n_groups} groups in {epochs} epochs (one more every "
-                f"{p.unfreeze_every}); raise --epochs to {needed} or lower --unfreeze-every to train them all"]
+        return said + [f"progressive unfreezes {reached} of {n_groups} groups in {epochs} epochs (one more every "
+                       f"{p.unfreeze_every}); raise --epochs to {needed} or lower --unfreeze-every to train them all"]
 
 
 @register_strategy
@@ -241,6 +282,7 @@ class Scratch(Strategy):
     when = "As a control in a comparison, or when the images share nothing with ImageNet."
     default_lr = 1e-3
     pretrained = False
+    bn_auto = "train"
 
 
 def _check_decay(p: StrategyParams) -> None:

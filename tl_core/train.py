@@ -45,7 +45,7 @@ from .backbones import LayerGroup
 from .config import RunConfig
 from .drift import Drift
 from .errors import UserError
-from .finetuning import Finetuning, Phase, restore_optimizer, sync_param_groups
+from .finetuning import Finetuning, Phase, phase_ends, restore_optimizer, sync_param_groups
 from .logs import logger
 from .runfiles import run_folder
 from .schedules import lr_factor, progress
@@ -515,8 +515,9 @@ def _record_start(store: Store, run: Run, cfg: RunConfig, d: RunData, bb: backbo
     warnings, skipped = cfg.warnings(), data.skipped_summary(d.index)
     if d.loader.lowered:  # fewer DataLoader workers than asked: /dev/shm is small (shm.py)
         warnings.append(d.loader.note())
-    # A resume keeps its earlier best's predictions; a start from scratch has none yet.
-    kept = {k: v for k, v in run.summary.items() if k in ("predictions", "exports") and run.resume}
+    # A resume keeps its earlier best's predictions (and the precision of earlier phases); a start
+    # from scratch has none yet.
+    kept = {k: v for k, v in run.summary.items() if k in ("predictions", "exports", "val_precision") and run.resume}
     if not run.resume:
         store.delete_predictions(run.id)
     store.update_run(run.id, summary={**kept,
@@ -526,7 +527,7 @@ def _record_start(store: Store, run: Run, cfg: RunConfig, d: RunData, bb: backbo
         "preprocessing": {**d.pipeline.describe(), "native_size": bb.preprocessing.native_size},
         "warnings": warnings, "skipped": skipped,
         "weights": bb.weights, "groups": [g.name for g in bb.groups], "decode_cache": d.decode_note,
-        "loader": d.loader.summary()})
+        "loader": d.loader.summary(), "batchnorm": {"setting": cfg.bn, "mode": cfg.strategy_params().bn}})
     unlisted = skipped["count"] - len(skipped["files"])
     _log(*([d.batch_note] if d.batch_note else []))
     for line in [*(f"warning: {w}" for w in warnings),
@@ -617,7 +618,10 @@ def _fit(store: Store, run: Run, cfg: RunConfig, device: torch.device, run_dir: 
                 optimizer = sync_param_groups(optimizer, cfg, groups, plan.boundary, plan.multipliers(), extra)
                 feats = frozen.at(plan.boundary, epoch, plan.phase.end - epoch)
                 _log(frozen.describe())
-                _note(store, run.id, feature_cache=frozen.summary())
+                precision = features.val_precision(epoch, amp, feats, frozen.precision)
+                said = [p for p in store.get_run(run.id).summary.get("val_precision", [])
+                        if p["from_epoch"] < precision["from_epoch"]]  # a resume says its phase again
+                _note(store, run.id, feature_cache=frozen.summary(), val_precision=[*said, precision])
             net, train_batches, val_batches = ((feats.cut.rest, feats.train.for_epoch(epoch), feats.val) if feats
                                                else (model, d.train.for_epoch(epoch), d.val))
             net = _compiled(net, compiled) if cfg.compile == "on" else net
@@ -699,6 +703,8 @@ def _fit(store: Store, run: Run, cfg: RunConfig, device: torch.device, run_dir: 
     _note(store, run.id, **_test_metrics(cfg, model, d, device, amp, loss_fn, run_dir / "best.pt"))
     store.log_class_metrics(run.id, class_metrics(best_confusion.tolist(), d.classes))
     summary = store.get_run(run.id).summary
+    # Each phase's end, which the best epoch hides (a phase that ends below the one before it).
+    summary["phases"] = phase_ends(store.epoch_metrics([run.id])[run.id], summary.get("val_precision", []))
     if last_confusion is not None:  # per-class results at the last epoch too, for comparisons read there
         summary["last_confusion"] = last_confusion
     if unreadable := decoded.unreadable_paths(d.rows, d.pipeline, d.splits):  # found while decoding (truncated)

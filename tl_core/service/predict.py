@@ -52,7 +52,11 @@ def predict_images(store: Store, source: str | int, paths: list[str], top_k: int
 
     run = store.get_run(int(source)) if str(source).isdigit() else None
     predictor = from_run(run) if run is not None else from_bundle(source)
+    # Which precision produced these probabilities, and which the run's validation numbers they
+    # may be set beside (None where the run or bundle recorded none): they agree to that precision.
     out = {"source": predictor.source, "run": run.id if run else None, "classes": predictor.classes,
+           "precision": predictor.precision, "val_precision": predictor.metadata.get("val_precision"),
+           "val_epoch": predictor.metadata.get("epoch"),
            "results": predict(predictor, paths, top_k, cam, cam_classes), "job": job}
     if job:
         store.add_artifact(run.experiment if run else "default", "prediction", out)
