@@ -33,12 +33,13 @@ import bookkeeping  # noqa: E402
 import torch  # noqa: E402
 from reference import run_reference  # noqa: E402
 
-from tl_core import backbones, data  # noqa: E402
+from tl_core.models import backbones
+from tl_core.data import folders
 from tl_core.config import make_config  # noqa: E402
-from tl_core.demo_data import write_demo_data  # noqa: E402
-from tl_core.store import Store  # noqa: E402
-from tl_core.train import train_run  # noqa: E402
-from tl_core.worker import pid_alive  # noqa: E402
+from tl_core.data.demo import write_demo_data  # noqa: E402
+from tl_core.store.store import Store  # noqa: E402
+from tl_core.training.run import train_run  # noqa: E402
+from tl_core.executors.worker import pid_alive  # noqa: E402
 
 BACKBONE, SIZE, BATCH = "efficientnet_lite0", 96, 32
 
@@ -145,7 +146,7 @@ def cold_run(store: Store, cache: Path, **settings) -> dict:
 
 
 def _split(root: str) -> tuple[list[str], list[str]]:
-    splits = data.split_dataset(data.scan_dataset(root), 0.2, seed=0)
+    splits = folders.split_dataset(folders.scan_dataset(root), 0.2, seed=0)
     return [it.path for it in splits.train], [it.path for it in splits.val]
 
 
@@ -183,7 +184,7 @@ def _compute_limit(n_batches: int) -> dict:
 def train_limit(n_steps: int) -> dict:
     """TransferLab's own full fine-tuning step (channels_last, its param groups and optimizer, loss
     read back every step) on one batch already in memory: images per second over n_steps."""
-    from tl_core.finetuning import freeze_to, sync_param_groups
+    from tl_core.training.finetuning import freeze_to, sync_param_groups
 
     with CpuShare() as load:
         torch.manual_seed(0)
@@ -212,7 +213,7 @@ def bracketed_run(store: Store, cache: Path, steps: int, **settings) -> dict:
     before each of its epochs and once after the last: this machine's speed drifts by 10-20% over
     minutes, so each epoch is set against the limit measured around it. An epoch's img/s is timed
     around train_one_epoch itself (the limit's own time is not in it)."""
-    from tl_core import train as T
+    from tl_core.training import run as T
 
     limits, ips, original = [], [], T.train_one_epoch
 

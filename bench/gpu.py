@@ -46,13 +46,13 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 import torchvision  # noqa: E402
 
-from tl_core import backbones  # noqa: E402
+from tl_core.models import backbones  # noqa: E402
 from tl_core.config import make_config  # noqa: E402
-from tl_core.demo_data import write_demo_data  # noqa: E402
+from tl_core.data.demo import write_demo_data  # noqa: E402
 from tl_core.service.runs import queue_run, queue_runs  # noqa: E402
-from tl_core.store import Store  # noqa: E402
-from tl_core.strategies import list_strategies  # noqa: E402
-from tl_core.train import train_run  # noqa: E402
+from tl_core.store.store import Store  # noqa: E402
+from tl_core.training.strategies import list_strategies  # noqa: E402
+from tl_core.training.run import train_run  # noqa: E402
 
 SIZE = 224
 PARTS = ["limits", "runs", "comparison", "first-batch"]
@@ -152,15 +152,15 @@ def cudnn_probe(benchmark: bool, batch: int, steps: int) -> dict:
 def decode_pass(root: str, batch: int, cache: Path, device: torch.device = torch.device("cuda")) -> dict:
     """The decode cache on its own: one cold pass (PNG decode, resize, store), then one warm pass
     (read back, pinned, copied to the GPU), through TransferLab's loaders with their default workers."""
-    from tl_core import data, decoded
-    from tl_core.train import _default_workers
+    from tl_core.data import folders, decode_cache
+    from tl_core.training.run import _default_workers
 
     os.environ["TL_CACHE_DIR"], runs_cache = str(cache), os.environ.get("TL_CACHE_DIR")  # not the runs' cache
-    index = data.scan_dataset(root)
-    splits = data.split_dataset(index, 0.2, 1.0, 0)
-    pipeline = decoded.Pipeline(backbones.preprocessing("efficientnet_lite0"), SIZE)
+    index = folders.scan_dataset(root)
+    splits = folders.split_dataset(index, 0.2, 1.0, 0)
+    pipeline = decode_cache.Pipeline(backbones.preprocessing("efficientnet_lite0"), SIZE)
     workers = _default_workers(device)
-    train, _, _ = decoded.make_loaders(splits, decoded.DatasetRows.of(index), pipeline, batch, 0, workers, device,
+    train, _, _ = decode_cache.make_loaders(splits, decode_cache.DatasetRows.of(index), pipeline, batch, 0, workers, device,
                                        channels_last=True)
     out = {"workers": workers}
     for name in ("img_s", "warm_img_s"):

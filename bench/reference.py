@@ -6,7 +6,7 @@ for the whole model during the training phase: frozen BatchNorm layers keep upda
 running statistics, as in the tutorials (the bench reports what that costs in accuracy).
 
 Everything else is TransferLab's own, so that the comparison isolates the loop: the same model
-and new head (tl_core.backbones, same seed), the same train/val split, image size, batch
+and new head (tl_core.models.backbones, same seed), the same train/val split, image size, batch
 size, epochs, optimizer (AdamW) and learning-rate schedule (one-cycle, per step).
 """
 
@@ -22,8 +22,8 @@ from torch.utils.data import DataLoader, Subset
 from torchvision import datasets
 from torchvision import transforms as T
 
-from tl_core import backbones
-from tl_core.schedules import lr_factor
+from tl_core.models import backbones
+from tl_core.training.schedules import lr_factor
 
 
 @dataclass

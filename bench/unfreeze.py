@@ -32,10 +32,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tl_core.config import make_config  # noqa: E402
-from tl_core.demo_data import write_demo_data  # noqa: E402
-from tl_core.finetuning import phase_ends  # noqa: E402
-from tl_core.store import Store  # noqa: E402
-from tl_core.train import train_run  # noqa: E402
+from tl_core.data.demo import write_demo_data  # noqa: E402
+from tl_core.training.finetuning import phase_ends  # noqa: E402
+from tl_core.store.store import Store  # noqa: E402
+from tl_core.training.run import train_run  # noqa: E402
 
 HOLD = 0.02
 # Each strategy as a user would run it on the demo data: two_phase as the issue ran it; progressive

@@ -7,8 +7,8 @@ import uuid
 
 import pytest
 
-from tl_core.demo_data import write_demo_data
-from tl_core.store import Store
+from tl_core.data.demo import write_demo_data
+from tl_core.store.store import Store
 
 from . import postgres
 
@@ -36,9 +36,9 @@ def cpu_bf16(monkeypatch):
     forced = os.environ.get("TL_TEST_CPU_BF16", "")
     if forced:
         assert forced in ("native", "emulated"), f"TL_TEST_CPU_BF16={forced!r}: native or emulated"
-        from tl_core import features  # torch: only where asked, not in every test's process start
+        from tl_core.training import feature_cache  # torch: only where asked, not in every test's process start
 
-        monkeypatch.setattr(features, "cpu_computes_bf16", lambda: forced == "native")
+        monkeypatch.setattr(feature_cache, "cpu_computes_bf16", lambda: forced == "native")
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,8 @@ import urllib.request
 from pathlib import Path
 
 from tl_core.config import make_config
-from tl_core.store import Store
-from tl_core.train import RunResult, train_run
+from tl_core.store.store import Store
+from tl_core.training.run import RunResult, train_run
 
 
 def train(store: Store, **settings) -> RunResult:
@@ -27,7 +27,7 @@ def train(store: Store, **settings) -> RunResult:
 
 def stop_before_epoch(monkeypatch, epoch: int) -> None:
     """Make training stop as epoch `epoch` (0-based) begins, as a cancel request would."""
-    from tl_core import train as T
+    from tl_core.training import run as T
 
     original = T.train_one_epoch
 
@@ -42,7 +42,7 @@ def stop_before_epoch(monkeypatch, epoch: int) -> None:
 def stop_in_epoch(monkeypatch, epoch: int, batch: int) -> None:
     """Make training stop in the middle of epoch `epoch` (0-based), as its worker's SIGTERM would:
     asked whether to stop for the `batch`+1-th time in that epoch, it is told the worker stops."""
-    from tl_core import train as T
+    from tl_core.training import run as T
 
     original = T.train_one_epoch
 

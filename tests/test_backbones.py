@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from tl_core import backbones, weights
-from tl_core.transforms import build_transforms
+from tl_core.models import backbones, weights
+from tl_core.data.transforms import build_transforms
 from tl_core.errors import UserError
 
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 from torch import nn
 
-from tl_core import backbones
+from tl_core.models import backbones
 from tl_core.config import make_config
-from tl_core.finetuning import Finetuning, phase_ends
-from tl_core.strategies import get_strategy, list_strategies
+from tl_core.training.finetuning import Finetuning, phase_ends
+from tl_core.training.strategies import get_strategy, list_strategies
 
 from .helpers import train
 

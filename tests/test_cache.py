@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from tl_core import backbones, cache, channels, data, decoded, transforms
-from tl_core.cache import ArrayCache
+from tl_core.models import backbones, channels
+from tl_core.data import scan_cache, folders, decode_cache, transforms
+from tl_core.data.scan_cache import ArrayCache
 
 
 @pytest.fixture(autouse=True)
@@ -37,14 +38,14 @@ def test_rows_count_as_filled_only_once_committed_and_survive_a_crash(cache_dir)
 
 def test_an_entry_too_large_for_the_limit_is_refused(monkeypatch):
     monkeypatch.setenv("TL_CACHE_MAX_GB", "0.001")
-    with pytest.raises(cache.CacheTooLarge, match="TL_CACHE_MAX_GB"):
+    with pytest.raises(scan_cache.CacheTooLarge, match="TL_CACHE_MAX_GB"):
         ArrayCache("t", {}, rows=1000, shape=(1000,)).create()
 
 
 def test_the_dataset_fingerprint_changes_with_any_file_and_only_then(tiny, tmp_path):
     root = tmp_path / "d"
     shutil.copytree(tiny, root)
-    rows = lambda: decoded.DatasetRows.of(data.scan_dataset(root)).fingerprint  # noqa: E731
+    rows = lambda: decode_cache.DatasetRows.of(folders.scan_dataset(root)).fingerprint  # noqa: E731
     first = rows()
     assert rows() == first
     some = sorted((root / "cat").iterdir())[0]
@@ -59,24 +60,24 @@ def test_a_scan_is_reused_until_a_file_changes(tiny, tmp_path, monkeypatch):
     root = tmp_path / "d"
     shutil.copytree(tiny, root)
     opened = []
-    real = data._open_header
-    monkeypatch.setattr(data, "_open_header", lambda p: opened.append(p) or real(p))
-    first = cache.scan_dataset(root)
+    real = folders._open_header
+    monkeypatch.setattr(folders, "_open_header", lambda p: opened.append(p) or real(p))
+    first = scan_cache.scan_dataset(root)
     n = len(opened)
     assert n == sum(len(v) for v in first.items.values())
-    assert cache.scan_dataset(root) == first and len(opened) == n  # no header read again
+    assert scan_cache.scan_dataset(root) == first and len(opened) == n  # no header read again
     shutil.copy(sorted((root / "cat").iterdir())[0], root / "cat" / "new.png")
-    third = cache.scan_dataset(root)
+    third = scan_cache.scan_dataset(root)
     assert len(opened) > n and len(third.items["all"]) == len(first.items["all"]) + 1
 
 
 def _loaders(root: str, augment: str = "none", size: int = 48, workers: int = 0, in_channels: int = 3):
-    index = data.scan_dataset(root, in_channels)
-    splits = data.split_dataset(index, 0.25, seed=0)
+    index = folders.scan_dataset(root, in_channels)
+    splits = folders.split_dataset(index, 0.25, seed=0)
     pre, _ = channels.normalisation(backbones.preprocessing("efficientnet_lite0"), in_channels, "imagenet",
                                     [it.path for it in splits.train])
-    pipe = decoded.Pipeline(pre, size, augment, in_channels)
-    train, val, note = decoded.make_loaders(splits, decoded.DatasetRows.of(index), pipe, 8, 0, workers,
+    pipe = decode_cache.Pipeline(pre, size, augment, in_channels)
+    train, val, note = decode_cache.make_loaders(splits, decode_cache.DatasetRows.of(index), pipe, 8, 0, workers,
                                             torch.device("cpu"))
     assert note == {"used": True}
     return splits, pipe, train, val
@@ -84,8 +85,8 @@ def _loaders(root: str, augment: str = "none", size: int = 48, workers: int = 0,
 
 def _count_decodes(monkeypatch) -> list:
     decodes = []
-    real = data.load_image
-    monkeypatch.setattr(data, "load_image", lambda p: decodes.append(p) or real(p))
+    real = folders.load_image
+    monkeypatch.setattr(folders, "load_image", lambda p: decodes.append(p) or real(p))
     return decodes
 
 
@@ -94,7 +95,7 @@ def test_decoded_batches_equal_decoding_every_time_bitwise(tiny):
     _, val_tf = transforms.build_transforms(pipe.pre, 48, "none")
     for _ in range(2):  # decoded on the way, then read from the cache
         got = torch.cat([x for x, _ in val])
-        want = torch.stack([val_tf(data.load_image(it.path)) for it in splits.val])
+        want = torch.stack([val_tf(folders.load_image(it.path)) for it in splits.val])
         assert got.dtype == torch.float32 and torch.equal(got, want)
     assert torch.equal(torch.cat([y for _, y in val]), torch.tensor([it.label for it in splits.val]))
 
@@ -141,15 +142,15 @@ def test_an_unreadable_image_is_listed_skipped_and_not_retried(tiny, tmp_path, c
 
 def test_the_views_of_an_image_decode_it_once_and_differ(tiny, monkeypatch):
     decodes = _count_decodes(monkeypatch)
-    index = data.scan_dataset(tiny)
-    pipe = decoded.Pipeline(backbones.preprocessing("efficientnet_lite0"), 32, "light")
-    images = decoded.DecodedImages(decoded.DatasetRows.of(index), pipe.stage(True))
-    views = decoded.PixelDataset(images, np.array([0, 0, 0, 1]), [0, 0, 0, 1], pipe.train_transform(),
+    index = folders.scan_dataset(tiny)
+    pipe = decode_cache.Pipeline(backbones.preprocessing("efficientnet_lite0"), 32, "light")
+    images = decode_cache.DecodedImages(decode_cache.DatasetRows.of(index), pipe.stage(True))
+    views = decode_cache.PixelDataset(images, np.array([0, 0, 0, 1]), [0, 0, 0, 1], pipe.train_transform(),
                                  seeds=np.arange(4))
-    (x, y), = list(decoded.read_through(views, batch_size=4))
+    (x, y), = list(decode_cache.read_through(views, batch_size=4))
     assert len(decodes) == 2 and images.cache.filled()[[0, 1]].all()
     assert not torch.equal(x[0], x[1]) and not torch.equal(x[1], x[2])
-    (again, _), = list(decoded.read_through(views, batch_size=4))
+    (again, _), = list(decode_cache.read_through(views, batch_size=4))
     assert torch.equal(again, x) and len(decodes) == 2  # the same views, from the cache
 
 
@@ -168,13 +169,13 @@ def _bands(root: Path) -> str:
 
 def _item_by_item(self, indices):
     """PixelDataset batches as before __getitems__: each item read on its own, then stacked."""
-    return decoded.collate([self[i] for i in indices])
+    return decode_cache.collate([self[i] for i in indices])
 
 
 def _count_items(monkeypatch) -> list:
     items = []
-    real = decoded.PixelDataset.__getitem__
-    monkeypatch.setattr(decoded.PixelDataset, "__getitem__", lambda self, i: items.append(i) or real(self, i))
+    real = decode_cache.PixelDataset.__getitem__
+    monkeypatch.setattr(decode_cache.PixelDataset, "__getitem__", lambda self, i: items.append(i) or real(self, i))
     return items
 
 
@@ -193,7 +194,7 @@ def test_steady_batches_read_at_once_equal_item_by_item_batches_bitwise(tiny, tm
         return list(train.for_epoch(1))
 
     at_once = epoch()
-    monkeypatch.setattr(decoded.PixelDataset, "__getitems__", _item_by_item)
+    monkeypatch.setattr(decode_cache.PixelDataset, "__getitems__", _item_by_item)
     by_item = epoch()
     assert len(at_once) == len(by_item) > 1
     for (x, y), (x2, y2) in zip(at_once, by_item):
@@ -211,14 +212,14 @@ def test_a_steady_epoch_reads_no_item_on_its_own(tiny, monkeypatch):
 
 
 def test_seeded_views_read_at_once_are_the_views_read_item_by_item(tiny, monkeypatch):
-    index = data.scan_dataset(tiny)
-    pipe = decoded.Pipeline(backbones.preprocessing("efficientnet_lite0"), 32, "light")
-    images = decoded.DecodedImages(decoded.DatasetRows.of(index), pipe.stage(True))
-    views = decoded.PixelDataset(images, np.array([2, 0, 2, 1, 0, 2]), list(range(6)), pipe.train_transform(),
+    index = folders.scan_dataset(tiny)
+    pipe = decode_cache.Pipeline(backbones.preprocessing("efficientnet_lite0"), 32, "light")
+    images = decode_cache.DecodedImages(decode_cache.DatasetRows.of(index), pipe.stage(True))
+    views = decode_cache.PixelDataset(images, np.array([2, 0, 2, 1, 0, 2]), list(range(6)), pipe.train_transform(),
                                  seeds=np.arange(6))
-    (x, y), = list(decoded.read_through(views, batch_size=6))  # decodes, item by item
+    (x, y), = list(decode_cache.read_through(views, batch_size=6))  # decodes, item by item
     items = _count_items(monkeypatch)
-    (again, y2), = list(decoded.read_through(views, batch_size=6))
+    (again, y2), = list(decode_cache.read_through(views, batch_size=6))
     assert items == [] and torch.equal(again, x) and torch.equal(y2, y)
     views.filled, views.unreadable = images.state()
     some = [5, 1, 3]
@@ -233,8 +234,8 @@ def test_a_batch_with_a_row_to_decode_or_an_unreadable_one_goes_item_by_item(tin
     ds, paths = train.dataset, train.dataset.images.dataset.paths
     bad = Path(paths[ds.rows[0]])
     bad.write_bytes(bad.read_bytes()[:60])
-    some = decoded.PixelDataset(ds.images, ds.rows[1::2], ds.labels[1::2])
-    for _ in decoded.read_through(some, batch_size=8):  # every other row decoded already (as by another run)
+    some = decode_cache.PixelDataset(ds.images, ds.rows[1::2], ds.labels[1::2])
+    for _ in decode_cache.read_through(some, batch_size=8):  # every other row decoded already (as by another run)
         pass
     decodes = _count_decodes(monkeypatch)
     items = _count_items(monkeypatch)

@@ -18,7 +18,8 @@ import tifffile
 import torch
 from PIL import Image
 
-from tl_core import backbones, channels, data, decoded, families, transforms, weights
+from tl_core.models import backbones, channels, families, weights
+from tl_core.data import folders, decode_cache, transforms
 from tl_core.errors import UserError
 
 from .helpers import train
@@ -121,22 +122,22 @@ def test_arrays_and_multiband_tiff_are_read_as_channels_first_floats_scaled_by_t
                      photometric="minisblack")
     tifffile.imwrite(tmp_path / "contig.tif", np.full((6, 5, 4), 0.25, np.float32), photometric="minisblack",
                      planarconfig="contig")
-    a = data.load_pixels(str(tmp_path / "a.npy"), 4)
+    a = folders.load_pixels(str(tmp_path / "a.npy"), 4)
     assert a.shape == (4, 6, 5) and a.dtype == np.float32
     assert a[0].max() == a[0].min() == 1.0 and a[1].max() == 0.0
-    assert np.allclose(data.load_pixels(str(tmp_path / "b.npy"), 4), 0.2)
-    assert np.allclose(data.load_pixels(str(tmp_path / "c.npy"), 4), 7.5)  # float as it is
-    assert np.allclose(data.load_pixels(str(tmp_path / "planar.tif"), 4), 32768 / 65535)
-    assert np.allclose(data.load_pixels(str(tmp_path / "contig.tif"), 4), 0.25)
+    assert np.allclose(folders.load_pixels(str(tmp_path / "b.npy"), 4), 0.2)
+    assert np.allclose(folders.load_pixels(str(tmp_path / "c.npy"), 4), 7.5)  # float as it is
+    assert np.allclose(folders.load_pixels(str(tmp_path / "planar.tif"), 4), 32768 / 65535)
+    assert np.allclose(folders.load_pixels(str(tmp_path / "contig.tif"), 4), 0.25)
 
 
 def test_one_channel_keeps_gray_and_converts_colour_to_l(tmp_path):
     Image.fromarray(np.full((6, 5), 200, np.uint8), "L").save(tmp_path / "g.png")
     Image.fromarray(np.full((6, 5), 40000, np.uint16)).save(tmp_path / "g16.png")
     Image.new("RGB", (5, 6), (255, 0, 0)).save(tmp_path / "red.png")
-    assert np.allclose(data.load_pixels(str(tmp_path / "g.png"), 1), 200 / 255)
-    assert np.allclose(data.load_pixels(str(tmp_path / "g16.png"), 1), 40000 / 65535)  # 16 bits kept
-    red = data.load_pixels(str(tmp_path / "red.png"), 1)
+    assert np.allclose(folders.load_pixels(str(tmp_path / "g.png"), 1), 200 / 255)
+    assert np.allclose(folders.load_pixels(str(tmp_path / "g16.png"), 1), 40000 / 65535)  # 16 bits kept
+    red = folders.load_pixels(str(tmp_path / "red.png"), 1)
     assert red.shape == (1, 6, 5) and np.allclose(red, Image.new("RGB", (1, 1), (255, 0, 0)).convert("L")
                                                   .getpixel((0, 0)) / 255)
 
@@ -167,7 +168,7 @@ def test_files_of_another_channel_count_are_skipped_with_why(tmp_path):
     np.save(root / "class0" / "rgb.npy", np.zeros((24, 24, 3), np.uint8))
     np.save(root / "class0" / "first.npy", np.zeros((4, 24, 24), np.uint8))
     np.save(root / "class1" / "ints.npy", np.zeros((24, 24, 4), np.int32))
-    index = data.scan_dataset(root, 4)
+    index = folders.scan_dataset(root, 4)
     assert len(index.items["all"]) == 12
     why = {Path(p).name: r for p, r in index.skipped}
     assert why["rgb.npy"] == "3 channels, not the 4 of --in-channels 4"
@@ -175,13 +176,13 @@ def test_files_of_another_channel_count_are_skipped_with_why(tmp_path):
     assert "int32" in why["ints.npy"]
     # Three channels: nothing changes, arrays are not images there.
     with pytest.raises(UserError, match="no readable images"):
-        data.scan_dataset(root, 3)
+        folders.scan_dataset(root, 3)
 
 
 def test_a_folder_of_another_channel_count_is_refused_with_what_to_do(tmp_path):
     root = _folder(tmp_path / "rgb", _rgb_png)
     with pytest.raises(UserError) as e:
-        data.scan_dataset(root, 4)
+        folders.scan_dataset(root, 4)
     assert str(e.value).startswith(f"--in-channels 4 but the images in {root / 'class0'} have 3 channels; "
                                    f"pass --in-channels 3")
 
@@ -205,17 +206,17 @@ def test_extra_channels_are_normalised_with_training_images_statistics(tmp_path)
 def test_decoded_rows_and_cache_keys_change_with_the_channels(tmp_path):
     root = _folder(tmp_path / "d", _npy)
     pre = weights.preprocessing("efficientnet_lite0")
-    rgb = decoded.Pipeline(pre, 32)
-    four = decoded.Pipeline(channels.normalisation(pre, 4, "imagenet", [str(root / "class0" / "0.npy")])[0], 32,
+    rgb = decode_cache.Pipeline(pre, 32)
+    four = decode_cache.Pipeline(channels.normalisation(pre, 4, "imagenet", [str(root / "class0" / "0.npy")])[0], 32,
                             in_channels=4, stats="measured")
     assert "in_channels" not in rgb.describe() and "stats" not in rgb.describe()  # RGB keys as before
     assert four.describe()["in_channels"] == 4 and len(four.describe()["pre"]["mean"]) == 4
     assert rgb.stage(False).key() == {"resize": rgb.resize, "crop": 32, "interpolation": pre.interpolation}
     row = four.stage(False)(str(root / "class1" / "0.npy"))
     assert row.shape == (4, 32, 32) and row.dtype == np.float16
-    rows = decoded.DatasetRows.of(data.scan_dataset(root, 4))
-    assert decoded.DecodedImages(rows, four.stage(False)).cache.folder != decoded.DecodedImages(
-        rows, decoded.DecodeStage(four.resize, 32, pre.interpolation)).cache.folder
+    rows = decode_cache.DatasetRows.of(folders.scan_dataset(root, 4))
+    assert decode_cache.DecodedImages(rows, four.stage(False)).cache.folder != decode_cache.DecodedImages(
+        rows, decode_cache.DecodeStage(four.resize, 32, pre.interpolation)).cache.folder
     # Augmentation for N channels: crops and flips, no colour jitter (RGB only).
     aug = transforms.augmentations("standard", 32, transforms.T.InterpolationMode(four.interpolation), channels=4)
     assert not any(isinstance(t, transforms.T.ColorJitter) for t in aug)
@@ -237,8 +238,8 @@ def test_four_channel_arrays_train_end_to_end(store, tmp_path, strategy, decode_
     assert pre["in_channels"] == 4 and len(pre["pre"]["mean"]) == len(pre["pre"]["std"]) == 4
     assert list(pre["pre"]["mean"][:3]) == list(weights.preprocessing("efficientnet_lite0").mean)
     # Band 3 is normalised with the training images' own mean, not the validation images'.
-    index = data.scan_dataset(root, 4)
-    splits = data.split_dataset(index, 0.2, 1.0, 0)
+    index = folders.scan_dataset(root, 4)
+    splits = folders.split_dataset(index, 0.2, 1.0, 0)
     band3 = [float(np.load(it.path)[0, 0, 3]) for it in splits.train]
     assert pre["pre"]["mean"][3] == pytest.approx(np.mean(band3), abs=1e-5)
     assert run.summary["decode_cache"]["used"] is (decode_cache == "on")

@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from tl_core import backbones
-from tl_core.data import dataset_report, scan_dataset, split_dataset, to_rgb
-from tl_core.transforms import build_transforms
+from tl_core.models import backbones
+from tl_core.data.folders import dataset_report, scan_dataset, split_dataset, to_rgb
+from tl_core.data.transforms import build_transforms
 from tl_core.errors import UserError
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tl_core.demo_data import DATASETS, write_demo_data
+from tl_core.data.demo import DATASETS, write_demo_data
 
 PAIR = ("digits", "digits_target")
 SIZE = 32

@@ -9,8 +9,8 @@ import json
 import pytest
 import torch
 
-from tl_core import export as E
-from tl_core import predict as P
+from tl_core.inference import export as E
+from tl_core.inference import predictor as P
 from tl_core.cli import main
 from tl_core.errors import UserError
 from tl_core.service import export_run, exports, predict_images

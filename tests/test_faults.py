@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from tl_core import train as T
+from tl_core.training import run as T
 from tl_core.cli import main
 from tl_core.service import check_run
 from tl_core.config import make_config
 from tl_core.errors import UserError
-from tl_core.store import Store
+from tl_core.store.store import Store
 
 from .helpers import train
 from .test_worker import ROOT, _queue, wait_for
@@ -102,6 +102,6 @@ def test_when_the_worker_dies_its_runs_stop_and_the_next_worker_resumes_them(tmp
 
 
 def _alive(pid: int) -> bool:
-    from tl_core.worker import pid_alive
+    from tl_core.executors.worker import pid_alive
 
     return pid_alive(pid)

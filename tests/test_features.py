@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from tl_core import backbones, cuts, data, decoded, features, transforms
-from tl_core import train as T
+from tl_core.models import backbones, cuts
+from tl_core.data import folders, decode_cache, transforms
+from tl_core.training import feature_cache
+from tl_core.training import run as T
 from ui import format as fmt
 
 from .helpers import stop_before_epoch, train
@@ -71,17 +73,17 @@ def test_a_cache_hit_skips_the_backbone_and_other_heads_and_seeds_reuse_it(tiny,
 def test_cached_features_equal_the_live_frozen_forward(tiny, store):
     result = train(store, data=tiny, epochs=1, feature_precision="fp32", device="cpu")
     assert store.get_run(result.run_id).summary["feature_cache"]["precision"] == "fp32"
-    index = data.scan_dataset(tiny)
-    splits = data.split_dataset(index, 0.2, seed=0)
-    rows = decoded.DatasetRows.of(index)
+    index = folders.scan_dataset(tiny)
+    splits = folders.split_dataset(index, 0.2, seed=0)
+    rows = decode_cache.DatasetRows.of(index)
     bb = backbones.create_backbone("efficientnet_lite0", 4)
-    pipe = decoded.Pipeline(bb.preprocessing, 32)
-    ff = features.FrozenFeatures(bb, splits, rows, pipe, views=1, batch_size=8, seed=0, device=torch.device("cpu"))
+    pipe = decode_cache.Pipeline(bb.preprocessing, 32)
+    ff = feature_cache.FrozenFeatures(bb, splits, rows, pipe, views=1, batch_size=8, seed=0, device=torch.device("cpu"))
     run = ff.at(len(bb.groups) - 1, 0, 1)
     assert ff.records[-1]["hit"]
     cached = torch.cat([x for x, _ in run.val])
     _, val_tf = transforms.build_transforms(bb.preprocessing, 32, "none")
-    live = torch.stack([val_tf(data.load_image(it.path)) for it in splits.val])
+    live = torch.stack([val_tf(folders.load_image(it.path)) for it in splits.val])
     bb.model.eval()
     with torch.inference_mode():
         bb.model.classifier = torch.nn.Identity()
@@ -96,7 +98,7 @@ def test_cached_features_equal_the_live_frozen_forward(tiny, store):
         # Control: the same images resized with another interpolation (a wrong preprocessing)
         # are far outside that tolerance, so it cannot hide one.
         _, wrong_tf = transforms.build_transforms(replace(bb.preprocessing, interpolation="nearest"), 32, "none")
-        wrong = bb.model(torch.stack([wrong_tf(data.load_image(it.path)) for it in splits.val]))
+        wrong = bb.model(torch.stack([wrong_tf(folders.load_image(it.path)) for it in splits.val]))
         assert not torch.allclose(wrong, want, **tolerance)
         assert (wrong - want).abs().max() > 100 * (cached - want).abs().max()
 
@@ -133,13 +135,13 @@ def test_augmentation_caches_k_views_and_samples_one_per_image_each_epoch(tiny, 
     summary = store.get_run(result.run_id).summary["feature_cache"]
     assert summary["used"] and summary["views"] == 3
     assert "3 cached views per image" in capfd.readouterr().err
-    index = data.scan_dataset(tiny)
-    splits = data.split_dataset(index, 0.2, seed=0)
+    index = folders.scan_dataset(tiny)
+    splits = folders.split_dataset(index, 0.2, seed=0)
     bb = backbones.create_backbone("efficientnet_lite0", 4)
-    ff = features.FrozenFeatures(bb, splits, decoded.DatasetRows.of(index),
-                                 decoded.Pipeline(bb.preprocessing, 32, "light"), views=3, batch_size=8, seed=0,
+    ff = feature_cache.FrozenFeatures(bb, splits, decode_cache.DatasetRows.of(index),
+                                 decode_cache.Pipeline(bb.preprocessing, 32, "light"), views=3, batch_size=8, seed=0,
                                  device=torch.device("cpu"),
-                                 precision=features.extraction_dtype("auto", torch.device("cpu"), None))
+                                 precision=feature_cache.extraction_dtype("auto", torch.device("cpu"), None))
     run = ff.at(len(bb.groups) - 1, 0, 3)
     entry = run.train.entry
     assert ff.records[-1]["hit"] and entry.rows == 32 * 3
@@ -206,7 +208,7 @@ def test_a_cancel_stops_feature_caching_and_keeps_what_was_computed(tiny, store,
     asked = []
     monkeypatch.setattr(store, "cancel_requested", lambda run_id: asked.append(1) or len(asked) > 1)
     monkeypatch.setattr(T, "throttled", lambda ask, seconds: ask)  # every check reaches the store
-    monkeypatch.setattr(features.FrozenFeatures, "EXTRACT_BATCH", {"cpu": 8, "cuda": 8})
+    monkeypatch.setattr(feature_cache.FrozenFeatures, "EXTRACT_BATCH", {"cpu": 8, "cuda": 8})
     result = train(store, data=tiny, epochs=2)
     assert result.status == "cancelled" and result.epochs == 0
     filled = next((Path(store.get_run(result.run_id).run_dir).parent / "cache").glob("features/*/filled.npy"))

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from tl_core import backbones, families
-from tl_core.gradcam import cam_module, grad_cam, model_view, overlay, png
+from tl_core.models import backbones, families
+from tl_core.analysis.gradcam import cam_module, grad_cam, model_view, overlay, png
 
 CLASSES = [0, 1, 2]
 

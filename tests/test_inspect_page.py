@@ -16,7 +16,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from tl_core import service
-from tl_core.demo_data import write_demo_data
+from tl_core.data.demo import write_demo_data
 from ui import charts
 from ui import format as fmt
 

@@ -11,11 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from tl_core import losses
+from tl_core.training import losses
 from tl_core.errors import UserError
-from tl_core.losses import (ADAPTATIONS, DANN, EWC, L2SP, REGULARIZERS, Regularizer, dann_coefficient,
-                            estimate_fisher, gaussian_mmd, grad_reverse, make_adaptation, make_regularizer,
-                            register_regularizer)
+from tl_core.training.losses import ADAPTATIONS, DANN, EWC, L2SP, REGULARIZERS, Regularizer, dann_coefficient, estimate_fisher, gaussian_mmd, grad_reverse, make_adaptation, make_regularizer, register_regularizer
 
 
 def params(*shapes: tuple[int, ...]) -> list[nn.Parameter]:
@@ -182,9 +180,9 @@ def test_l2sp_pulls_by_lr_alpha_under_sgd_and_adamw_rescales_it(alpha):
     """What terms.regularizer_pull tells a run: under SGD (the paper's optimizer) a step moves each
     weight by lr * alpha * (w - w0); under AdamW by about lr whatever alpha (Adam divides the
     gradient by its own RMS), as with any L2 term in Adam's loss."""
-    from tl_core.finetuning import make_optimizer
+    from tl_core.training.finetuning import make_optimizer
     from tl_core.config import make_config
-    from tl_core.terms import regularizer_pull
+    from tl_core.training.terms import regularizer_pull
 
     lr = 1e-2
     for optimizer in ("sgd", "adamw"):

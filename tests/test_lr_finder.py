@@ -14,8 +14,9 @@ import pytest
 import torch
 from torch import nn
 
-from tl_core import backbones, lr_finder
-from tl_core import train as T
+from tl_core.models import backbones
+from tl_core.analysis import lr_finder
+from tl_core.training import run as T
 from tl_core.config import make_config
 from tl_core.errors import UserError
 

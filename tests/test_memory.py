@@ -1,4 +1,4 @@
-"""Will a run fit on its GPU: the probe step (memory.py), its prediction and advice, and the
+"""Will a run fit on its GPU: the probe step (gpu_memory.py), its prediction and advice, and the
 start-up a run records (cuDNN's search decided by the run's length, where the seconds went)."""
 
 from __future__ import annotations
@@ -7,12 +7,13 @@ import pytest
 import torch
 from torch import nn
 
-from tl_core import backbones, memory
+from tl_core.models import backbones
+from tl_core.training import gpu_memory
 from tl_core.config import make_config
 from tl_core.errors import UserError
-from tl_core.finetuning import Finetuning, freeze_to, set_train_mode
-from tl_core.strategies import get_strategy
-from tl_core.train import BENCHMARK_MIN_STEPS, cudnn_benchmark, warm_cuda
+from tl_core.training.finetuning import Finetuning, freeze_to, set_train_mode
+from tl_core.training.strategies import get_strategy
+from tl_core.training.run import BENCHMARK_MIN_STEPS, cudnn_benchmark, warm_cuda
 
 from .helpers import train
 
@@ -35,7 +36,7 @@ def test_the_probe_step_trains_the_widest_groups_then_leaves_the_model_as_it_was
     set_train_mode(bb.model, bb.groups, len(bb.groups) - 1)
     before = _everything(bb.model)
     rng = torch.get_rng_state()
-    probe = memory.probe_step(bb.model, bb.groups, 0, (4, 3, 32, 32), nn.CrossEntropyLoss(), None, optimizer,
+    probe = gpu_memory.probe_step(bb.model, bb.groups, 0, (4, 3, 32, 32), nn.CrossEntropyLoss(), None, optimizer,
                               torch.device("cpu"))
     after = _everything(bb.model)
     assert all(torch.equal(before["state"][k], after["state"][k]) for k in before["state"])  # BatchNorm's too
@@ -51,15 +52,15 @@ def test_with_domain_adaptation_the_probe_sends_the_target_batch_through_too():
     bb = _lite0()
     seen = []
     bb.model.register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[0]))
-    probe = memory.probe_step(bb.model, bb.groups, 0, (4, 3, 32, 32), nn.CrossEntropyLoss(), None, "adamw",
+    probe = gpu_memory.probe_step(bb.model, bb.groups, 0, (4, 3, 32, 32), nn.CrossEntropyLoss(), None, "adamw",
                               torch.device("cpu"), forwards=2)
     assert seen == [8] and probe.batch_size == 4  # the advice is still in the run's batch size
 
 
-def _probe(**kw) -> memory.Probe:
+def _probe(**kw) -> gpu_memory.Probe:
     numbers = dict(batch_size=64, before_mb=100.0, peak_mb=2_100.0, grads_mb=100.0, optimizer_mb=200.0,
                    available_mb=1_500.0, total_mb=16_000.0, seconds=1.0)
-    return memory.Probe(**{**numbers, **kw})
+    return gpu_memory.Probe(**{**numbers, **kw})
 
 
 def test_a_run_that_would_not_fit_is_told_a_batch_size_that_would():
@@ -67,7 +68,7 @@ def test_a_run_that_would_not_fit_is_told_a_batch_size_that_would():
     assert p.predicted_mb == 2_300 and not p.fits()
     b = p.batch_that_fits()
     per_image = 1_900 / 64
-    assert 400 + b * per_image <= memory.HEADROOM * 1_500 < 400 + (b + 1) * per_image
+    assert 400 + b * per_image <= gpu_memory.HEADROOM * 1_500 < 400 + (b + 1) * per_image
     assert _probe(batch_size=b, peak_mb=200 + b * per_image).fits()
     message = p.advice("NVIDIA T4")
     assert "batch size 64 needs about 2.2 GiB" in message and "NVIDIA T4 has 1.5 GiB free of 15.6 GiB" in message
@@ -123,7 +124,7 @@ def test_on_a_gpu_the_probe_predicts_the_peak_and_refuses_what_would_not_fit(tin
 
 
 def test_a_step_that_runs_out_of_memory_is_told_plainly_what_to_lower():
-    e = memory.ran_out(32, "NVIDIA T4", 2 * 2**30, 16 * 2**30)
+    e = gpu_memory.ran_out(32, "NVIDIA T4", 2 * 2**30, 16 * 2**30)
     assert isinstance(e, UserError) and str(e) == (
         "this run would not fit in GPU memory: one training step at batch size 32 ran out of it on NVIDIA T4 "
         "(2.0 GiB free of 16.0 GiB); lower --batch-size (try 16, with --accumulate 2 for the same effective batch), "
@@ -131,7 +132,7 @@ def test_a_step_that_runs_out_of_memory_is_told_plainly_what_to_lower():
 
 
 def test_the_standby_starts_cuda_ahead_of_a_run_only_on_its_one_gpu(monkeypatch):
-    from tl_core import placement
+    from tl_core.executors import placement
 
     monkeypatch.setattr(placement, "gpu_count", lambda: 2)  # which GPU is the run's is not known yet
     assert warm_cuda() is False

@@ -12,16 +12,16 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from tl_core import memory
-from tl_core.backbones import LayerGroup
+from tl_core.training import gpu_memory
+from tl_core.models.backbones import LayerGroup
 from tl_core.config import make_config
-from tl_core.demo_data import write_demo_data
+from tl_core.data.demo import write_demo_data
 from tl_core.errors import UserError
-from tl_core.finetuning import Phase, sync_param_groups
-from tl_core.losses import make_adaptation
+from tl_core.training.finetuning import Phase, sync_param_groups
+from tl_core.training.losses import make_adaptation
 from tl_core.service import results
-from tl_core.terms import FeatureTap, Terms
-from tl_core.train import train_one_epoch, train_run
+from tl_core.training.terms import FeatureTap, Terms
+from tl_core.training.run import train_one_epoch, train_run
 
 from .helpers import stop_in_epoch, train
 
@@ -108,7 +108,7 @@ def test_checkpointing_recomputes_the_body_and_changes_neither_gradients_nor_bat
     plain, groups = _net()
     kept, kept_groups = _net()
     kept.load_state_dict(plain.state_dict())
-    assert memory.checkpoint_activations(kept_groups) == 2  # the body's modules, not the head
+    assert gpu_memory.checkpoint_activations(kept_groups) == 2  # the body's modules, not the head
     calls = []
     kept_groups[0].parts[0][0].register_forward_hook(lambda *_: calls.append(1))  # its conv
     x, y = torch.randn(4, 3, 12, 12), torch.tensor([0, 1, 1, 0])
@@ -118,7 +118,7 @@ def test_checkpointing_recomputes_the_body_and_changes_neither_gradients_nor_bat
             nn.functional.cross_entropy(model(x), y).backward()
     assert len(calls) == 4  # each forward ran again in its backward pass: recomputed, not kept
     before = copy.deepcopy(kept.state_dict())
-    saved = memory.activation_memory(kept, x)
+    saved = gpu_memory.activation_memory(kept, x)
     assert saved["with_checkpointing"] < saved["without_checkpointing"]
     for key, value in kept.state_dict().items():  # measuring moved no BatchNorm statistic
         assert torch.equal(value, before[key]), key
@@ -197,7 +197,7 @@ def _legacy_optimizer(cfg, groups, n, multipliers):
 
 
 def test_a_checkpoint_of_either_layout_restores_its_optimizer_exactly():
-    from tl_core.finetuning import restore_optimizer
+    from tl_core.training.finetuning import restore_optimizer
 
     torch.manual_seed(0)
     model, groups = _net()
@@ -315,7 +315,7 @@ def _split_target(domains, root, labelled_train: bool):
 
 @pytest.mark.parametrize("labelled_train", [True, False])
 def test_a_target_laid_out_as_train_and_val_adapts_on_train_and_evaluates_on_val(domains, tmp_path, labelled_train):
-    from tl_core.data import scan_target
+    from tl_core.data.folders import scan_target
 
     root = _split_target(domains, tmp_path / "target", labelled_train)
     classes = [str(d) for d in range(10)]
@@ -389,7 +389,7 @@ def test_a_missing_target_folder_is_refused_before_queueing(domains, tmp_path):
 
 
 def test_probing_images_that_are_not_rgb_is_refused_with_what_to_do(tiny):
-    from tl_core.probe import probe
+    from tl_core.analysis.data_probe import probe
 
     with pytest.raises(UserError, match="--in-channels 4: the probe measures"):
         probe(make_config(data=tiny, in_channels=4))

@@ -16,9 +16,9 @@ import time
 import pytest
 from sqlalchemy import create_engine, inspect, text
 
-from tl_core import migrations
-from tl_core import store as store_module
-from tl_core.store import Base, ClassMetric, Prediction, Store
+from tl_core.store import migrations
+from tl_core.store import store as store_module
+from tl_core.store.store import Base, ClassMetric, Prediction, Store
 
 from .fixtures import old_store
 from .helpers import ROOT
@@ -42,7 +42,7 @@ def test_head_is_the_newest_revision_in_the_scripts():
     from alembic.script import ScriptDirectory
 
     scripts = ScriptDirectory.from_config(migrations.config())
-    assert scripts.get_heads() == [migrations.HEAD], "bump tl_core.migrations.HEAD with a new revision"
+    assert scripts.get_heads() == [migrations.HEAD], "bump tl_core.store.migrations.HEAD with a new revision"
     assert [s.revision for s in scripts.walk_revisions()][::-1] == ["0001", "0002", "0003"]
 
 

@@ -15,7 +15,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from tl_core import backbones, predict as P
+from tl_core.models import backbones
+from tl_core.inference import predictor as P
 from tl_core.cli import main
 from tl_core.errors import UserError
 from tl_core.service import predict_images, save_uploads

@@ -8,10 +8,10 @@ import json
 
 import pytest
 
-from tl_core import predictions as P
+from tl_core.analysis import predictions as P
 from tl_core.cli import main
 from tl_core.errors import UserError
-from tl_core.store import Prediction
+from tl_core.store.store import Prediction
 
 from .helpers import stop_before_epoch, train
 
@@ -42,7 +42,7 @@ def test_a_resumed_run_keeps_the_predictions_of_its_best_epoch(store, tiny, monk
     r = train(store, data=tiny, strategy="feature_extraction", epochs=4, lr=3e-3)
     assert store.get_run(r.run_id).status == "cancelled" and store.predictions(r.run_id)
     monkeypatch.undo()
-    from tl_core.train import train_run
+    from tl_core.training.run import train_run
 
     store.update_run(r.run_id, resume=True, status="running")
     train_run(store, r.run_id, progress=False)

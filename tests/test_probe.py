@@ -10,9 +10,9 @@ from PIL import Image
 
 from tl_core.config import make_config
 from tl_core.errors import UserError
-from tl_core.probe import CLOSE_AT, SMALL_BELOW, judge, probe, recommend
-from tl_core.strategies import list_strategies
-from tl_core.weights import native_size
+from tl_core.analysis.data_probe import CLOSE_AT, SMALL_BELOW, judge, probe, recommend
+from tl_core.training.strategies import list_strategies
+from tl_core.models.weights import native_size
 
 from .helpers import train
 

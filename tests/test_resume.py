@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tl_core import train as T
+from tl_core.training import run as T
 
 from .helpers import stop_before_epoch, stop_in_epoch, train
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tl_core import auth
+from tl_core.service import auth
 from tl_core.service import resolve_data_path
 from tl_core.errors import UserError
 

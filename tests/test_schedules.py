@@ -7,8 +7,8 @@ import math
 import pytest
 
 from tl_core.config import make_config
-from tl_core.strategies import list_strategies
-from tl_core.schedules import lr_factor, progress
+from tl_core.training.strategies import list_strategies
+from tl_core.training.schedules import lr_factor, progress
 
 from .helpers import train
 from .test_strategies import BASE_LR, expected_plan

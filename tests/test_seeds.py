@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from tl_core import data, service
+from tl_core.data import folders
+from tl_core import service
 from tl_core.config import RunConfig
 
 from .helpers import train
@@ -16,8 +17,8 @@ def test_the_split_follows_the_split_seed_only(tiny, store):
     fingerprint = {k: s["split"]["val_fingerprint"] for k, s in summary.items()}
     assert fingerprint[(0, 0)] == fingerprint[(1, 0)] != fingerprint[(0, 1)]  # seeds share the split
     assert epochs[(0, 0)]["train_loss"] != epochs[(1, 0)]["train_loss"]  # but not their training
-    index = data.scan_dataset(tiny)
-    val = {s: [it.path for it in data.split_dataset(index, 0.2, seed=s).val] for s in (0, 1)}
+    index = folders.scan_dataset(tiny)
+    val = {s: [it.path for it in folders.split_dataset(index, 0.2, seed=s).val] for s in (0, 1)}
     assert val[0] != val[1] and sorted(val[0]) == val[0]
 
 

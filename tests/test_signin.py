@@ -13,8 +13,9 @@ import json
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tl_core import auth, cli, service
-from tl_core.store import Store
+from tl_core.service import auth
+from tl_core import cli, service
+from tl_core.store.store import Store
 from tests.test_app import ROOT, TIMEOUT, demo_root, env, make_run, no_exception  # noqa: F401 (fixtures)
 
 GOOGLE = {"redirect_uri": "http://localhost:8501/oauth2callback", "cookie_secret": "a-long-random-string",
@@ -36,7 +37,7 @@ def sign_in_buttons(at: AppTest) -> list[str]:
     return [b.label for b in at.button if b.label.startswith("Sign in with")]
 
 
-# --- what is configured, and who a run records (tl_core.auth) ----------------------------------------
+# --- what is configured, and who a run records (tl_core.service.auth) ----------------------------------------
 
 
 def test_the_auth_section_names_its_providers_and_what_is_missing():

@@ -18,9 +18,9 @@ import pytest
 from PIL import Image
 
 from tl_core import cli
-from tl_core.data import batch_size_for
+from tl_core.data.folders import batch_size_for
 from tl_core.errors import UserError
-from tl_core.strategies import list_strategies
+from tl_core.training.strategies import list_strategies
 
 
 def _image(path: Path, size=(40, 30), mode="RGB", colour=None, seed: int = 0) -> Path:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from tl_core import stats
+from tl_core.analysis import stats
 
 
 def _seeds(n: int, rng: np.random.Generator) -> dict[int, float]:

@@ -6,7 +6,7 @@ import pytest
 
 from tl_core.config import make_config
 from tl_core.errors import UserError
-from tl_core.strategies import StrategyParams, get_strategy, list_strategies
+from tl_core.training.strategies import StrategyParams, get_strategy, list_strategies
 
 from .helpers import train
 
@@ -16,7 +16,7 @@ EPOCHS = 3
 
 def expected_plan(name: str, n_groups: int, epoch: int, p: StrategyParams) -> dict[int, float]:
     """{group index (0 = stem, n_groups-1 = head): LR} that the issue specifies, written out
-    independently of tl_core.strategies."""
+    independently of tl_core.training.strategies."""
     L = n_groups
     head_only = {L - 1: BASE_LR}
     every = {k: BASE_LR for k in range(L)}

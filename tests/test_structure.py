@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tl_core import backbones, families
+from tl_core.models import backbones, families
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGINE = sorted((ROOT / "tl_core").rglob("*.py"))
@@ -51,7 +51,7 @@ def test_the_engine_imports_neither_streamlit_nor_plotly():
 
 
 def test_the_worker_imports_no_torch():
-    loaded = _imported("import tl_core.worker\ntl_core.worker.max_concurrent()")
+    loaded = _imported("import tl_core.executors.worker\ntl_core.executors.worker.max_concurrent()")
     assert "tl_core" in loaded and not loaded & {"torch", "torchvision", "timm"}
 
 
@@ -64,7 +64,7 @@ def test_queueing_a_run_imports_no_torch(tiny, tmp_path):
 
 
 def test_a_torchvision_backbone_does_not_import_timm():
-    loaded = _imported("from tl_core import backbones\nbackbones.skeleton('resnet18')")
+    loaded = _imported("from tl_core.models import backbones\nbackbones.skeleton('resnet18')")
     assert {"torch", "torchvision"} <= loaded and "timm" not in loaded
 
 

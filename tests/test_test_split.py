@@ -1,4 +1,4 @@
-"""The test split: a run is chosen on val and reported once on test (data.py, train._test_metrics).
+"""The test split: a run is chosen on val and reported once on test (folders.py, train._test_metrics).
 
 Splits: a train/val/test folder, a train/test folder (val carved from train) and --test-fraction
 (carved first, stratified, by the split seed; 0 splits exactly as before); test images never
@@ -22,12 +22,14 @@ import torch
 from sklearn.metrics import balanced_accuracy_score, f1_score
 from torch import nn
 
-from tl_core import data, decoded, lr_finder, metrics, service
-from tl_core import train as T
+from tl_core.data import folders, decode_cache
+from tl_core.analysis import lr_finder, metrics
+from tl_core import service
+from tl_core.training import run as T
 from tl_core.config import make_config
-from tl_core.data import Item, scan_dataset, split_dataset, split_fingerprint
+from tl_core.data.folders import Item, scan_dataset, split_dataset, split_fingerprint
 from tl_core.errors import UserError
-from tl_core.probe import probe
+from tl_core.analysis.data_probe import probe
 
 from .helpers import train
 from .test_app import demo_root, env, launch, make_run, no_exception, page  # noqa: F401 (fixtures)
@@ -44,7 +46,7 @@ def _paths(items) -> set[str]:
 # --- splitting ----------------------------------------------------------------------------------
 
 
-def _index(layout: str) -> data.DatasetIndex:
+def _index(layout: str) -> folders.DatasetIndex:
     """Three classes of 7, 12 and 30 images (no files: splitting reads the index only)."""
     classes, counts = ["ant", "bee", "cat"], [7, 12, 30]
     if layout == "folders":
@@ -54,7 +56,7 @@ def _index(layout: str) -> data.DatasetIndex:
         items = {"train": [Item(f"/d/train/{c}/{i:03d}.png", label) for label, (c, n) in
                            enumerate(zip(classes, counts)) for i in range(n)],
                  "val": [Item(f"/d/val/{c}/{i:03d}.png", label) for label, c in enumerate(classes) for i in range(3)]}
-    return data.DatasetIndex("/d", layout, classes, items)
+    return folders.DatasetIndex("/d", layout, classes, items)
 
 
 def _digest(items) -> str:
@@ -98,9 +100,9 @@ def test_test_fraction_is_carved_first_stratified_seeded_and_disjoint():
     assert _paths(split_dataset(index, 0.2, 1.0, 3, test_fraction=0.2).test) == _paths(s.test)
     assert _paths(split_dataset(index, 0.2, 1.0, 4, test_fraction=0.2).test) != _paths(s.test)
     # the split's fingerprint covers the test images too
-    without = data.Splits(s.classes, s.train, s.val, index)
+    without = folders.Splits(s.classes, s.train, s.val, index)
     assert split_fingerprint(s) != split_fingerprint(without)
-    moved = data.Splits(s.classes, s.train, s.val, index, s.test[1:] + [s.train[0]])
+    moved = folders.Splits(s.classes, s.train, s.val, index, s.test[1:] + [s.train[0]])
     assert split_fingerprint(moved) != split_fingerprint(s)
 
 
@@ -180,9 +182,9 @@ def test_macro_f1_and_balanced_accuracy_on_a_known_confusion_matrix():
 
 def test_class_weights_auto_are_inverse_frequency_with_mean_one_and_weight_the_loss():
     items = [Item(f"{c}{i}", c) for c, n in enumerate((2, 6, 12)) for i in range(n)]
-    weights = data.class_weights(items, ["a", "b", "c"])
+    weights = folders.class_weights(items, ["a", "b", "c"])
     assert weights == pytest.approx([2.0, 2 / 3, 1 / 3]) and sum(weights) / 3 == pytest.approx(1.0)
-    d = SimpleNamespace(splits=data.Splits(["a", "b", "c"], items, [], None), classes=["a", "b", "c"])
+    d = SimpleNamespace(splits=folders.Splits(["a", "b", "c"], items, [], None), classes=["a", "b", "c"])
     plain, none = T.training_loss(make_config(data="x"), d, CPU)
     weighted, record = T.training_loss(make_config(data="x", class_weights="auto"), d, CPU)
     assert none is None and record == {"mode": "auto", "weights": dict(zip("abc", weights))}
@@ -194,7 +196,7 @@ def test_class_weights_auto_are_inverse_frequency_with_mean_one_and_weight_the_l
     assert weighted(logits, y).item() == pytest.approx(((w * each).sum() / w.sum()).item())
     assert weighted(logits, y).item() != pytest.approx(plain(logits, y).item(), rel=1e-3)
     with pytest.raises(UserError, match="no training images"):
-        data.class_weights(items[:2], ["a", "b", "c"])
+        folders.class_weights(items[:2], ["a", "b", "c"])
 
 
 def test_class_weights_reach_the_training_loss_and_are_recorded(tiny, tmp_path, store):
@@ -208,7 +210,7 @@ def test_class_weights_reach_the_training_loss_and_are_recorded(tiny, tmp_path, 
     assert loss["none"] != pytest.approx(loss["auto"], rel=1e-3)
     run = store.get_run(runs["auto"].run_id)
     index = scan_dataset(skewed)
-    expected = data.class_weights(split_dataset(index, 0.2).train, index.classes)
+    expected = folders.class_weights(split_dataset(index, 0.2).train, index.classes)
     assert run.summary["class_weights"] == {"mode": "auto", "weights": dict(zip(index.classes, expected))}
     assert expected[0] > 1 > expected[-1]
     # no test split: neither test block, and no test_acc
@@ -223,15 +225,15 @@ def test_class_weights_reach_the_training_loss_and_are_recorded(tiny, tmp_path, 
 
 
 def _spy_on_loaded_images(monkeypatch) -> list[set[str]]:
-    """Every set of images a loader or the feature cache is built over (decoded.DatasetRows.rows)."""
+    """Every set of images a loader or the feature cache is built over (decode_cache.DatasetRows.rows)."""
     seen: list[set[str]] = []
-    original = decoded.DatasetRows.rows
+    original = decode_cache.DatasetRows.rows
 
     def rows(self, items):
         seen.append(_paths(items))
         return original(self, items)
 
-    monkeypatch.setattr(decoded.DatasetRows, "rows", rows)
+    monkeypatch.setattr(decode_cache.DatasetRows, "rows", rows)
     return seen
 
 

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tl_core import backbones, train as T
-from tl_core.schedules import lr_factor
+from tl_core.models import backbones
+from tl_core.training import run as T
+from tl_core.training.schedules import lr_factor
 
 from .helpers import train
 

@@ -21,11 +21,12 @@ from typing import Any, Callable, Sequence
 
 from sqlalchemy.exc import DBAPIError
 
-from . import auth, logs, service, settings
+from .service import auth
+from . import logs, service, settings
 from .config import RunConfig, make_config
 from .errors import UserError
 from .service import jobs
-from .store import Run, UnknownRun, default_db_url
+from .store.store import Run, UnknownRun, default_db_url
 
 # Short help for the run flags; the rest read well from their names or their field's description.
 _HELP = {
@@ -80,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tl_core", description="TransferLab: measure transfer-learning strategies.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    from .demo_data import DATASETS  # numpy and PIL only, loaded by the service already
+    from .data.demo import DATASETS  # numpy and PIL only, loaded by the service already
 
     p = sub.add_parser("demo-data", parents=[common], help="write the bundled demo datasets as image folders")
     p.add_argument("out", help="folder to write <dataset>/<class>/*.png into")
@@ -330,7 +331,7 @@ def _ended(args, run: Run) -> int:
 
 @command("demo-data")
 def cmd_demo_data(args) -> int:
-    from .demo_data import write_demo_data
+    from .data.demo import write_demo_data
 
     if args.per_class < 0 or args.size < 8:
         raise UserError("--per-class must be >= 0 and --size at least 8")
@@ -618,7 +619,7 @@ def cmd_logs(args) -> int:
 
 @command("worker")
 def cmd_worker(args) -> int:
-    from .worker import Worker
+    from .executors.worker import Worker
 
     if args.health:
         h = service.worker_health(service.open_store(args.db))
@@ -641,7 +642,7 @@ def cmd_worker(args) -> int:
     logs.timed()  # read later: worker.log, the service's output, a container's log
     executor = settings.current().executor
     if executor == "ray":  # the runs train on a Ray cluster (tl_core/ray_executor.py)
-        from .ray_executor import RayExecutor
+        from .executors.ray_executor import RayExecutor
 
         RayExecutor(args.db or default_db_url(), args.max_concurrent, args.poll).serve()
         return 0
@@ -654,7 +655,7 @@ def cmd_worker(args) -> int:
 
 @command("serve")
 def cmd_serve(args) -> int:
-    from .supervisor import serve
+    from .executors.supervisor import serve
 
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise UserError("--max-concurrent must be at least 1")
@@ -664,8 +665,8 @@ def cmd_serve(args) -> int:
 
 @command("train-run")
 def cmd_train_run(args) -> int:
-    from .runfiles import run_folder
-    from .train import train_run, warm_cuda  # torch, torchvision and timm: the seconds a standby saves
+    from .store.run_folders import run_folder
+    from .training.run import train_run, warm_cuda  # torch, torchvision and timm: the seconds a standby saves
 
     logs.timed()  # its standby.log, then the run's train.log
     logger = logs.logger(__name__)

@@ -125,8 +125,8 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_against_registries(self) -> "RunConfig":
-        from .families import get_spec
-        from .strategies import get_strategy
+        from .models.families import get_spec
+        from .training.strategies import get_strategy
 
         spec = get_spec(self.backbone)
         strategy = get_strategy(self.strategy)
@@ -153,8 +153,8 @@ class RunConfig(BaseModel):
 
     def body_trains(self) -> bool:
         """Whether any group below the head trains at some epoch of this run."""
-        from .families import get_spec
-        from .strategies import get_strategy
+        from .models.families import get_spec
+        from .training.strategies import get_strategy
 
         n = len(get_spec(self.backbone).body_groups) + 1
         strategy, params = get_strategy(self.strategy), self.strategy_params()
@@ -162,9 +162,9 @@ class RunConfig(BaseModel):
 
     def warnings(self) -> list[str]:
         """Settings that run but likely not as meant: said before queueing, kept in the run."""
-        from .families import get_spec
-        from .strategies import get_strategy
-        from .weights import native_size
+        from .models.families import get_spec
+        from .training.strategies import get_strategy
+        from .models.weights import native_size
 
         n_groups = len(get_spec(self.backbone).body_groups) + 1
         out = get_strategy(self.strategy).warnings(n_groups, self.epochs, self.strategy_params())
@@ -211,7 +211,7 @@ class RunConfig(BaseModel):
         return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def strategy_params(self):
-        from .strategies import StrategyParams, batchnorm_mode, get_strategy
+        from .training.strategies import StrategyParams, batchnorm_mode, get_strategy
 
         return StrategyParams(unfreeze=self.unfreeze, lr_decay=self.lr_decay, head_lr_factor=self.head_lr_factor,
                               head_epochs=self.head_epochs, phase2_lr_factor=self.phase2_lr_factor,
@@ -221,13 +221,13 @@ class RunConfig(BaseModel):
 
     @property
     def base_lr(self) -> float:
-        from .strategies import get_strategy
+        from .training.strategies import get_strategy
 
         return self.lr if self.lr is not None else get_strategy(self.strategy).default_lr
 
     @property
     def weights_to_load(self) -> str:
-        from .strategies import get_strategy
+        from .training.strategies import get_strategy
 
         return self.weights if get_strategy(self.strategy).pretrained else "none"
 

@@ -8,8 +8,9 @@ from collections.abc import Mapping
 import streamlit as st
 from streamlit.errors import StreamlitPageNotFoundError
 
-from tl_core import auth, service
-from tl_core.store import Job, Store
+from tl_core.service import auth
+from tl_core import service
+from tl_core.store.store import Job, Store
 
 PAGES = ("new_run", "runs", "compare", "run_detail", "predict")
 
@@ -43,7 +44,7 @@ def signed_in() -> bool:
 
 
 def launched_by() -> str | None:
-    """The name the runs this session launches record (tl_core.auth.launcher): the signed-in
+    """The name the runs this session launches record (tl_core.service.auth.launcher): the signed-in
     person's email, nobody under the shared password, the OS user on localhost without sign-in."""
     how = auth.sign_in(auth_section())
     return auth.launcher(how, _user() if how == "oidc" else None)

@@ -19,24 +19,15 @@ what builds or trains a model (the backbone table, a run trained in this process
   jobs       measurements, predictions and exports a page starts in a process of its own and waits for
 """
 
-from ..store import FINISHED, STATUSES
+from ..store.store import FINISHED, STATUSES
 from .catalog import backbone_table, layer_groups, recommend_strategy, strategy_param_counts, strategy_table
 from .measure import find_lr, probe_data, probe_verdict
 from .datasets import data_roots, dataset_folders, dataset_report, resolve_data_path, sample_images
-from .compare import (FAMILIES, METRICS, SEEDS_OFFERED, SPLITS, WHICH, at_best_lr, class_rows, config_table,
-                      data_efficiency, describe, differing_keys, drift_profiles, forgetting_points, group_runs,
-                      has_test, lr_choices, lr_text, resolve_split, score, settling_plan, smooth, split_seed,
-                      statistics, to_settle,
-                      value)
-from .results import (checkpoint, compare, drift_by_group, eta_seconds, experiment_report, group_drift,
-                      log_tail, metric_rows, ray_node, run_details, run_row, skipped_files,
-                      status_counts, summarize, summary_rows, time_to_accuracy)
+from .compare import FAMILIES, METRICS, SEEDS_OFFERED, SPLITS, WHICH, at_best_lr, class_rows, config_table, data_efficiency, describe, differing_keys, drift_profiles, forgetting_points, group_runs, has_test, lr_choices, lr_text, resolve_split, score, settling_plan, smooth, split_seed, statistics, to_settle, value
+from .results import checkpoint, compare, drift_by_group, eta_seconds, experiment_report, group_drift, log_tail, metric_rows, ray_node, run_details, run_row, skipped_files, status_counts, summarize, summary_rows, time_to_accuracy
 from .predictions import cell, confusion, diff, errors, references, run_predictions, thumbnail
 from .predict import export_run, exports, has_checkpoint, predict_images, predictable_runs, save_uploads
-from .runs import (cancel_run, check_run, delete_run, display_db_url, draft_warnings, estimate_seconds, more_seeds,
-                   more_splits,
-                   live_workers, open_store, plan_runs, queue_run, queue_runs, resume_run, run_files_dir, start_here,
-                   start_worker, stop_worker, stored_config, train_here, worker_disabled, worker_pid)
+from .runs import cancel_run, check_run, delete_run, display_db_url, draft_warnings, estimate_seconds, more_seeds, more_splits, live_workers, open_store, plan_runs, queue_run, queue_runs, resume_run, run_files_dir, start_here, start_worker, stop_worker, stored_config, train_here, worker_disabled, worker_pid
 from .results import log_text
 from .runs import worker_health
 

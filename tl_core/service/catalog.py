@@ -5,13 +5,13 @@ from __future__ import annotations
 import functools
 
 from ..config import RunConfig
-from ..families import get_spec, list_backbones
-from ..strategies import get_strategy, list_strategies
+from ..models.families import get_spec, list_backbones
+from ..training.strategies import get_strategy, list_strategies
 
 
 def backbone_table() -> list[dict]:
     """One row per registered backbone: size, layer groups, ImageNet top-1, weights availability."""
-    from ..backbones import describe  # builds each architecture (without weights): torch
+    from ..models.backbones import describe  # builds each architecture (without weights): torch
 
     rows = []
     for name in list_backbones():
@@ -56,7 +56,7 @@ def strategy_param_counts(backbone: str, strategy: str, settings: dict, num_clas
 @functools.lru_cache(maxsize=64)
 def _group_sizes(backbone: str, num_classes: int, head: str, hidden: int) -> tuple[int, ...]:
     """Parameters in each layer group (head last), built without weights."""
-    from ..backbones import skeleton
+    from ..models.backbones import skeleton
 
     return tuple(g.num_params() for g in skeleton(backbone, num_classes, head, hidden).groups)
 

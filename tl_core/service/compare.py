@@ -19,10 +19,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
-from .. import stats
+from ..analysis import stats
 from ..errors import UserError
-from ..metrics import class_metrics
-from ..store import ClassMetric, Run, Store
+from ..analysis.metrics import class_metrics
+from ..store.store import ClassMetric, Run, Store
 
 Metrics = dict[int, dict[int, dict[str, float]]]  # {run id: {epoch index: {key: value}}}
 WHICH = ("best", "last")

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
-from .. import data, settings
+from ..data import folders
+from .. import settings
 from ..errors import UserError
 
 
@@ -41,12 +42,12 @@ def resolve_data_path(path: str, roots: Iterable[Path]) -> str:
 def dataset_report(path: str, val_fraction: float = 0.2, split_seed: int = 0, test_fraction: float = 0.0) -> dict:
     """Classes, images per class per split (train, val, test), sizes, skipped files and warnings
     (UserError if unusable)."""
-    return data.dataset_report(path, val_fraction, split_seed, test_fraction)
+    return folders.dataset_report(path, val_fraction, split_seed, test_fraction)
 
 
 def sample_images(path: str, per_class: int = 4) -> dict[str, list[str]]:
     """A few image paths of every class, for thumbnails."""
-    index = data.scan_dataset(path)
+    index = folders.scan_dataset(path)
     out: dict[str, list[str]] = {name: [] for name in index.classes}
     for items in index.items.values():
         for item in items:

@@ -29,12 +29,13 @@ import sys
 import uuid
 from collections.abc import Callable, Sequence
 
-from .. import placement, settings
+from ..executors import placement
+from .. import settings
 from ..config import RunConfig
 from ..errors import UserError
-from ..runfiles import job_log
-from ..store import Job, Store, UnknownRun
-from ..worker import log_tail, pid_alive
+from ..store.run_folders import job_log
+from ..store.store import Job, Store, UnknownRun
+from ..executors.worker import log_tail, pid_alive
 from .runs import start_worker
 
 KINDS = {"lr-find": "lr_find", "probe": "probe", "predict": "prediction", "export": "export"}  # command -> artifact kind

@@ -7,13 +7,13 @@ as an artifact of the experiment named in its config, with the job id when a job
 from __future__ import annotations
 
 from ..config import RunConfig
-from ..store import Store
+from ..store.store import Store
 
 
 def probe_data(store: Store, cfg: RunConfig, max_per_class: int = 50, job: str | None = None) -> dict:
     """Images per class and how well frozen pretrained features separate the classes; the strategies
     to try first and why (probe.py). Stored as a "probe" artifact of cfg.experiment."""
-    from ..probe import probe  # torch: only what measures imports it
+    from ..analysis.data_probe import probe  # torch: only what measures imports it
 
     result = {**probe(cfg, max_per_class=max_per_class).to_dict(), "data": cfg.data, "job": job}
     store.add_artifact(cfg.experiment, "probe", result)
@@ -23,7 +23,7 @@ def probe_data(store: Store, cfg: RunConfig, max_per_class: int = 50, job: str |
 def find_lr(store: Store, cfg: RunConfig, start_lr: float = 1e-7, end_lr: float = 10.0, num_iter: int = 100,
             rule: str = "steepest", job: str | None = None) -> dict:
     """The LR range test under cfg's strategy (lr_finder.py). Stored as an "lr_find" artifact."""
-    from ..lr_finder import lr_find
+    from ..analysis.lr_finder import lr_find
     from .runs import check_run
 
     check_run(cfg)
@@ -38,7 +38,7 @@ def probe_verdict(store: Store, experiment: str, which: str = "best") -> str | N
     mean over seeds of each strategy's val accuracy, read at `which` epoch)."""
     from collections import defaultdict
 
-    from ..probe import judge
+    from ..analysis.data_probe import judge
     from .compare import value
 
     found = store.artifacts(experiment, "probe")

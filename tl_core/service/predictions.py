@@ -11,9 +11,10 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from .. import data, predictions
-from ..predictions import Diff, Prediction
-from ..store import Run, Store
+from ..data import folders
+from ..analysis import predictions
+from ..analysis.predictions import Diff, Prediction
+from ..store.store import Run, Store
 
 
 def run_predictions(store: Store, run_id: int) -> list[Prediction]:
@@ -55,8 +56,8 @@ def thumbnail(path: str, size: int = 160) -> bytes | None:
     if not Path(path).is_file():
         return None
     try:
-        img = data.load_image(path)
-    except data.UnreadableImage:
+        img = folders.load_image(path)
+    except folders.UnreadableImage:
         return None
     img.thumbnail((size, size))
     buf = io.BytesIO()

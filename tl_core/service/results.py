@@ -11,8 +11,8 @@ from collections import deque
 from pathlib import Path
 from typing import Iterator
 
-from ..runfiles import run_folder
-from ..store import FINISHED, STATUSES, Run, Store
+from ..store.run_folders import run_folder
+from ..store.store import FINISHED, STATUSES, Run, Store
 
 Metrics = dict[int, dict[int, dict[str, float]]]  # {run id: {epoch index: {key: value}}}
 

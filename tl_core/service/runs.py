@@ -12,11 +12,11 @@ from typing import Sequence
 
 from .. import settings
 from ..config import RunConfig, make_config
-from ..data import batch_size_for, scan_target, split_dataset
+from ..data.folders import batch_size_for, scan_target, split_dataset
 from ..errors import UserError
-from ..runfiles import is_run_folder, run_folder
-from ..store import FINISHED, Run, Store, WorkerInfo, default_db_url
-from ..weights import check_obtainable
+from ..store.run_folders import is_run_folder, run_folder
+from ..store.store import FINISHED, Run, Store, WorkerInfo, default_db_url
+from ..models.weights import check_obtainable
 
 # --- the store and the worker ---------------------------------------------------------------
 
@@ -48,14 +48,14 @@ def start_worker(store: Store) -> int | None:
     only if none is alive: the service (`python -m tl_core serve`) normally started it already."""
     if worker_disabled():
         return None
-    from ..worker import ensure_worker
+    from ..executors.worker import ensure_worker
 
     return ensure_worker(store)
 
 
 def worker_pid(store: Store) -> int | None:
     """The pid of this database's live worker on this machine (another database's is not ours), or None."""
-    from ..worker import running_worker
+    from ..executors.worker import running_worker
 
     return running_worker(store)
 
@@ -83,7 +83,7 @@ def worker_health(store: Store) -> dict:
 def stop_worker(store: Store) -> list[int]:
     """Stop this database's workers on this machine (their runs stop at their next batch and resume on
     the next start); the pids stopped, none if none was running."""
-    from ..worker import stop_workers
+    from ..executors.worker import stop_workers
 
     return stop_workers(store)
 
@@ -94,7 +94,7 @@ def stop_worker(store: Store) -> list[int]:
 def check_run(cfg: RunConfig) -> None:
     """Refuse a run before it is recorded: its weights must be obtainable, its dataset trainable and its
     target-domain folder (--target-data) readable."""
-    from ..cache import scan_dataset  # data.scan_dataset, reused while no file changed
+    from ..data.scan_cache import scan_dataset  # data.scan_dataset, reused while no file changed
 
     check_obtainable(cfg.backbone, cfg.weights_to_load)
     splits = split_dataset(scan_dataset(cfg.data, cfg.in_channels), cfg.val_fraction, cfg.train_fraction,
@@ -235,7 +235,7 @@ def estimate_seconds(store: Store, configs: Sequence[RunConfig]) -> dict:
 
 
 def _train_images(cfg: RunConfig) -> int:
-    from ..cache import scan_dataset  # reused while no file changed
+    from ..data.scan_cache import scan_dataset  # reused while no file changed
 
     index = scan_dataset(cfg.data, cfg.in_channels)
     return len(split_dataset(index, cfg.val_fraction, cfg.train_fraction, cfg.split_seed, cfg.test_fraction).train)
@@ -243,7 +243,7 @@ def _train_images(cfg: RunConfig) -> int:
 
 def queue_run(store: Store, cfg: RunConfig, launched_by: str | None = None) -> Run:
     """Record a checked run as queued: the worker will train it. `launched_by`: who launched it
-    (the front end knows: the signed-in person, or the OS user; see tl_core.auth)."""
+    (the front end knows: the signed-in person, or the OS user; see tl_core.service.auth)."""
     return store.create_run(cfg.model_dump(), cfg.experiment, cfg.name, status="queued", launched_by=launched_by)
 
 
@@ -255,7 +255,7 @@ def start_here(store: Store, cfg: RunConfig, launched_by: str | None = None) -> 
 
 def train_here(store: Store, run_id: int, progress: bool = True) -> Run:
     """Train a recorded run in this process; the run as it ended."""
-    from ..train import train_run  # torch, torchvision and timm: only what trains imports them
+    from ..training.run import train_run  # torch, torchvision and timm: only what trains imports them
 
     train_run(store, run_id, progress=progress)
     return store.get_run(run_id)

@@ -1,0 +1,148 @@
+"""Backbones: a registered architecture, its weights and a new head, split into layer groups.
+
+`create_backbone(name, num_classes, ...)` is the only door (as timm's `create_model`). What a
+backbone is comes from its family's adapter (families.py): how to build it, its layer groups
+with their names and stages, where its classifier sits. Its weights come from weights.py. The
+result holds the model with a new head (Linear, or an MLP) and its ordered layer groups, stem
+first and the new head last: every parameter is in exactly one group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from . import channels
+from . import weights as W
+from ..errors import UserError
+from .families import BackboneSpec, Layout, Stage, get_spec, list_backbones
+from .weights import Preprocessing, preprocessing
+
+__all__ = ["Backbone", "LayerGroup", "Preprocessing", "create_backbone", "describe", "get_spec", "imagenet_model",
+           "list_backbones", "make_head", "preprocessing", "skeleton"]
+
+Part = nn.Module | nn.Parameter
+
+
+@dataclass
+class LayerGroup:
+    """A named slice of the network that is frozen or trained as one (fastai's layer group)."""
+
+    name: str
+    parts: list[Part]
+
+    def parameters(self) -> list[nn.Parameter]:
+        params: list[nn.Parameter] = []
+        for p in self.parts:
+            params.extend([p] if isinstance(p, nn.Parameter) else p.parameters())
+        return params
+
+    def modules(self) -> list[nn.Module]:
+        return [p for p in self.parts if isinstance(p, nn.Module)]
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+@dataclass
+class Backbone:
+    spec: BackboneSpec
+    model: nn.Module
+    groups: list[LayerGroup]  # body groups then the head, last
+    layout: Layout  # the body's stages in forward order, then the tail (families.py)
+    preprocessing: Preprocessing
+    weights: str  # what was loaded: "imagenet", a file path, or "none"
+
+    @property
+    def head(self) -> nn.Module:
+        return self.model.get_submodule(self.spec.head_path)
+
+
+def _load_body(spec: BackboneSpec, model: nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:
+    """Load every body weight strictly; head weights are optional (the head is replaced)."""
+    own = model.state_dict()
+    head = spec.head_path + "."
+    missing = [k for k in own if k not in state and not k.startswith(head)]
+    unexpected = [k for k in state if k not in own and not k.startswith(head)]
+    wrong = [k for k in state if k in own and not k.startswith(head) and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        raise UserError(
+            f"{origin} does not fit {spec.name}: {len(missing)} missing, {len(unexpected)} "
+            f"unexpected, {len(wrong)} mis-shaped tensors (first: {(missing + unexpected + wrong)[0]}); "
+            f"pass weights saved from the same architecture"
+        )
+    model.load_state_dict({k: v for k, v in state.items() if not k.startswith(head)}, strict=False)
+
+
+def imagenet_model(name: str) -> nn.Module:
+    """The pretrained network with its own 1000-class ImageNet classifier, in eval mode."""
+    spec = get_spec(name)
+    model = spec.adapter.build(name)
+    model.load_state_dict(W.imagenet_state_dict(spec, model))
+    return model.eval()
+
+
+def make_head(in_features: int, num_classes: int, kind: str = "linear", hidden: int = 512,
+              dropout: float = 0.2) -> nn.Module:
+    if kind == "linear":
+        return nn.Linear(in_features, num_classes)
+    if kind == "mlp":
+        return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True),
+                             nn.Dropout(dropout), nn.Linear(hidden, num_classes))
+    raise UserError(f"unknown head {kind!r}; choose linear or mlp")
+
+
+def _groups(stages: list[Stage], head: nn.Module) -> list[LayerGroup]:
+    return [LayerGroup(s.name, list(s.parts)) for s in stages] + [LayerGroup("head", [head])]
+
+
+def create_backbone(name: str, num_classes: int, weights: str = "imagenet", head: str = "linear",
+                    hidden: int = 512, dropout: float = 0.2, device: str | torch.device | None = None,
+                    in_channels: int = 3) -> Backbone:
+    """Build `name` with a new `num_classes` head.
+
+    weights: "imagenet" (the pretrained default: offline package, torch cache or download),
+    "none" (random init, the scratch baseline) or a path to a state_dict.
+    in_channels: the image's channels; other than 3, the first convolution is rebuilt from the
+    loaded RGB filters (channels.py).
+    """
+    spec = get_spec(name)
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        model = spec.adapter.build(name)
+    loaded = "none"
+    if weights == "imagenet":
+        _load_body(spec, model, W.imagenet_state_dict(spec, model), f"ImageNet weights for {name}")
+        loaded = "imagenet"
+    elif weights != "none":
+        _load_body(spec, model, W.file_state_dict(weights), f"--weights {weights}")
+        loaded = os.path.abspath(weights)
+    channels.adapt_first_conv(model, spec, in_channels)
+    old = model.get_submodule(spec.head_path)
+    new_head = make_head(old.in_features, num_classes, head, hidden, dropout).to(old.weight.device)
+    model.set_submodule(spec.head_path, new_head)
+    layout = spec.adapter.layout(model)
+    return Backbone(spec, model, _groups(layout.stages, new_head), layout, preprocessing(name), loaded)
+
+
+def skeleton(name: str, num_classes: int = 10, head: str = "linear", hidden: int = 512) -> Backbone:
+    """The backbone's structure without weights, built on the meta device where its builder allows."""
+    try:
+        return create_backbone(name, num_classes, weights="none", head=head, hidden=hidden, device="meta")
+    except NotImplementedError:  # a builder that computes with tensors (RegNet) needs real ones
+        return create_backbone(name, num_classes, weights="none", head=head, hidden=hidden)
+
+
+def describe(name: str, num_classes: int = 10) -> dict:
+    """Sizes of a backbone without loading weights."""
+    bb = skeleton(name, num_classes)
+    return {
+        "name": name,
+        "params": sum(p.numel() for p in bb.model.parameters()),
+        "groups": [(g.name, g.num_params()) for g in bb.groups],
+        "imagenet_top1": W.imagenet_top1(name),
+        "weights": W.availability(name),
+    }
