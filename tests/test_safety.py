@@ -66,7 +66,7 @@ def _calls(tree: ast.AST, name: str):
             yield node
 
 
-@pytest.mark.parametrize("path", sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tl_core").glob("*.py")))
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tl_core").rglob("*.py")))
 def test_no_unsafe_loads_or_shell_strings(path):
     tree = ast.parse((ROOT / path).read_text())
     for call in _calls(tree, "load"):
