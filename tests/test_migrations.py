@@ -151,7 +151,7 @@ def test_a_downgraded_database_comes_back_to_head_with_its_runs(db_url):
 OPENER = """
 import os, sys, time
 from pathlib import Path
-from tl_core.store import Store
+from tl_core.store.store import Store
 url, ready, n = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
 (ready / str(os.getpid())).touch()
 while len(list(ready.iterdir())) < n:  # a barrier: every process opens the new database at the same moment
