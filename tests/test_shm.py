@@ -108,7 +108,7 @@ def test_a_worker_that_cannot_allocate_its_batch_fails_the_run_at_once_not_a_sta
     # The fitting bypassed (as when other runs of the host take the space after it): the workers'
     # batches of 0.2 MB meet a /dev/shm of 128 KB.
     code = """
-        from tl_core import shm
+        from tl_core.data import shared_memory as shm
         shm.fit = lambda workers, batch_bytes, free=None: shm.LoaderPlan(workers, 2, workers, batch_bytes / 2**20, 0.1)
         """ + _train(tiny, db, "--workers", "2")
     started = time.monotonic()
@@ -122,7 +122,7 @@ def test_a_worker_that_cannot_allocate_its_batch_fails_the_run_at_once_not_a_sta
 
 KILLER = """
     import os, signal, time, torch
-    from tl_core import decoded
+    from tl_core.data import decode_cache as decoded
     original = decoded.PixelDataset.__getitems__
     calls = []
 
