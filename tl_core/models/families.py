@@ -14,7 +14,9 @@ for every registered backbone, with the group names declared here.
 This module imports no torch: listing backbones and checking a run's settings cost nothing.
 A layout is only ever asked of a model that exists, so torch is there by then.
 Adding a family: one class here with `@register_family` (and its weights, if packaged:
-weights.py reads `package_weights`).
+weights.py reads `package_weights`). The family files one BackboneSpec per model it names in
+`BACKBONES` (a registry.Registry): `get_spec(name)` (a UserError listing the choices),
+`list_backbones()`, in the order declared here.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
-from ..errors import UserError
+from ..registry import Registry
 
 
 @dataclass
@@ -102,29 +104,22 @@ class Family:
         return torchvision.models.get_model(name, weights=None)
 
 
-_BACKBONES: dict[str, BackboneSpec] = {}
+# Every backbone by model name (a family files one spec per model it names), in the order declared.
+BACKBONES: Registry[BackboneSpec] = Registry("backbone")
 
 
 def register_family(cls: type[Family]) -> type[Family]:
+    """Class decorator: file one BackboneSpec per model the family names, all sharing one adapter."""
     adapter = cls()
     for model in cls.models:
-        if model in _BACKBONES:
-            raise ValueError(f"backbone {model!r} is registered twice")
-        _BACKBONES[model] = BackboneSpec(model, cls.name, cls.groups, cls.head, cls.source, adapter,
-                                         fixed_image_size=cls.fixed_image_size, first_conv=cls.first_conv,
-                                         cam_layer=cls.cam_layer, cam_layout=cls.cam_layout)
+        BACKBONES.add(model, BackboneSpec(model, cls.name, cls.groups, cls.head, cls.source, adapter,
+                                          fixed_image_size=cls.fixed_image_size, first_conv=cls.first_conv,
+                                          cam_layer=cls.cam_layer, cam_layout=cls.cam_layout))
     return cls
 
 
-def list_backbones() -> list[str]:
-    return list(_BACKBONES)
-
-
-def get_spec(name: str) -> BackboneSpec:
-    try:
-        return _BACKBONES[name]
-    except KeyError:
-        raise UserError(f"unknown backbone {name!r}; choose one of: {', '.join(_BACKBONES)}") from None
+list_backbones = BACKBONES.names
+get_spec = BACKBONES.get
 
 
 def _flat(x):

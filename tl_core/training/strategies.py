@@ -12,6 +12,12 @@ with the head L; discriminative LRs follow lr_k = base / decay^(L-k). As the fie
 the new head's LR: every strategy that trains pretrained groups beside a new head gives the
 head the higher LR (partial and progressive by discriminative LRs, full by --head-lr-factor).
 
+Every strategy is filed in `STRATEGIES` (a registry.Registry, one instance each, in the order
+declared here): `get_strategy(name)` (a UserError listing the choices), `list_strategies()`.
+Adding a strategy: one class here with `@register_strategy`; the CLI, the form and the tests
+parametrized over `list_strategies()` pick it up. This module imports no torch: a run's settings
+are checked against it before anything is queued.
+
 BatchNorm in the pretrained groups that train (`--bn`, StrategyParams.bn, applied by
 finetuning.set_train_mode): "frozen" keeps every pretrained BatchNorm in inference mode, normalising
 by its ImageNet running statistics, which never move; its affine weight and bias still train
@@ -31,6 +37,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from ..errors import UserError
+from ..registry import Registry
 
 
 @dataclass(frozen=True)
@@ -109,25 +116,11 @@ def batchnorm_mode(strategy: Strategy, setting: str, pretrained: bool) -> str:
     return setting if setting in BN_MODES else strategy.bn_auto
 
 
-_REGISTRY: dict[str, Strategy] = {}
-
-
-def register_strategy(cls: type[Strategy]) -> type[Strategy]:
-    if cls.name in _REGISTRY:
-        raise ValueError(f"strategy {cls.name!r} is registered twice")
-    _REGISTRY[cls.name] = cls()
-    return cls
-
-
-def list_strategies() -> list[str]:
-    return list(_REGISTRY)
-
-
-def get_strategy(name: str) -> Strategy:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise UserError(f"unknown strategy {name!r}; choose one of: {', '.join(_REGISTRY)}") from None
+# Every strategy, one instance each (strategies are stateless), in the order declared below.
+STRATEGIES: Registry[Strategy] = Registry("strategy", make=lambda cls: cls())
+register_strategy = STRATEGIES.register
+list_strategies = STRATEGIES.names
+get_strategy = STRATEGIES.get
 
 
 @register_strategy
