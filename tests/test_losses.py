@@ -11,9 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-from tl_core.training import losses
 from tl_core.errors import UserError
-from tl_core.training.losses import ADAPTATIONS, DANN, EWC, L2SP, REGULARIZERS, Regularizer, dann_coefficient, estimate_fisher, gaussian_mmd, grad_reverse, make_adaptation, make_regularizer, register_regularizer
+from tl_core.training import adaptation, regularizers
+from tl_core.training.adaptation import DANN, dann_coefficient, gaussian_mmd, grad_reverse, make_adaptation
+from tl_core.training.regularizers import EWC, L2SP, Regularizer, estimate_fisher, make_regularizer, register_regularizer
+from tl_core.training.term_specs import ADAPTATIONS, REGULARIZERS
 
 
 def params(*shapes: tuple[int, ...]) -> list[nn.Parameter]:
@@ -160,14 +162,14 @@ def test_ewc_without_or_with_a_misshapen_fisher_says_what_to_do():
         EWC(1.0, 0.0).setup(body, head, [torch.ones(4, 3), -torch.ones(5)])
 
 
-@pytest.mark.parametrize("name", list(REGULARIZERS))
+@pytest.mark.parametrize("name", REGULARIZERS.names())
 def test_every_regularizer_pulls_toward_w0(name):
     torch.manual_seed(0)
     body, head = params((4, 3), (5,)), params((3,))
-    cls = REGULARIZERS[name]
-    assert cls.label and cls.help and cls.__doc__
+    cls = regularizers.IMPLEMENTED.get(name)
+    assert cls.spec.label and cls.spec.summary and cls.__doc__
     reg = make_regularizer(name, 1.0, 0.0)
-    fisher = [torch.ones_like(p) for p in body] if cls.needs_fisher else None
+    fisher = [torch.ones_like(p) for p in body] if cls.spec.needs_fisher else None
     reg.setup(body, head, fisher)
     assert reg.penalty().item() == 0.0
     with torch.no_grad():
@@ -255,7 +257,7 @@ def per_image(request, monkeypatch):
     if request.param == "loop":
         def unbatchable(*args):
             raise RuntimeError("vmap: no batching rule (simulated)")
-        monkeypatch.setattr(losses, "_vmap_grads", unbatchable)
+        monkeypatch.setattr(regularizers, "_vmap_grads", unbatchable)
     return request.param
 
 
@@ -330,7 +332,7 @@ def test_labels_are_drawn_on_the_generators_device_and_returned_on_the_logits(lo
     (a CUDA generator is refused for CPU probabilities: EWC crashed on every GPU run), so the
     probabilities go to the generator. Every pairing draws the labels a CPU draw of the seed gives."""
     logits = torch.randn(64, 10).to(logits_on)
-    y = losses.sample_labels(logits, torch.Generator(device=generator_on).manual_seed(7))
+    y = regularizers.sample_labels(logits, torch.Generator(device=generator_on).manual_seed(7))
     assert y.device == logits.device and y.shape == (64,) and y.dtype == torch.long
     if generator_on == "cpu":
         want = torch.multinomial(logits.cpu().softmax(1), 1, generator=torch.Generator().manual_seed(7)).squeeze(1)
@@ -482,10 +484,10 @@ def test_mmd_adaptation_is_strength_times_mmd():
     assert mmd.stats == {}
 
 
-@pytest.mark.parametrize("name", list(ADAPTATIONS))
+@pytest.mark.parametrize("name", ADAPTATIONS.names())
 def test_every_adaptation_is_differentiable_and_survives_a_resume(name):
-    cls = ADAPTATIONS[name]
-    assert cls.label and cls.help and cls.__doc__
+    cls = adaptation.IMPLEMENTED.get(name)
+    assert cls.spec.label and cls.spec.summary and cls.__doc__
     method = make_adaptation(name, 1.0, 8)
     source, target = features()
     loss = method.loss(source, target, 0.5)
@@ -522,3 +524,22 @@ def test_registry_refuses_a_name_twice():
         @register_regularizer
         class Again(Regularizer):
             name = "l2sp"
+
+
+@pytest.mark.parametrize("module, declared", [(regularizers, REGULARIZERS), (adaptation, ADAPTATIONS)],
+                         ids=["regularizers", "adaptation"])
+def test_every_declared_method_is_implemented_and_every_implementation_declared(module, declared):
+    # term_specs.py declares the methods (torch-free: config checks settings against it); the torch
+    # modules implement them by name. A declaration without a class would pass config and fail the run.
+    assert module.IMPLEMENTED.names() == declared.names()
+    for name in declared:
+        cls = module.IMPLEMENTED.get(name)
+        assert cls.name == name and cls.spec is declared.get(name)
+
+
+def test_an_implementation_of_an_undeclared_method_is_refused():
+    with pytest.raises(ValueError, match="'l3sp'.*not declared.*term_specs.py"):
+        @register_regularizer
+        class Undeclared(Regularizer):
+            name = "l3sp"
+    assert "l3sp" not in regularizers.IMPLEMENTED

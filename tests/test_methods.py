@@ -18,7 +18,7 @@ from tl_core.config import make_config
 from tl_core.data.demo import write_demo_data
 from tl_core.errors import UserError
 from tl_core.training.finetuning import Phase, sync_param_groups
-from tl_core.training.losses import make_adaptation
+from tl_core.training.adaptation import make_adaptation
 from tl_core.service import results
 from tl_core.training.terms import FeatureTap, Terms
 from tl_core.training.run import train_one_epoch, train_run

@@ -1,7 +1,7 @@
 """The loss's terms as the training loop composes them, and the target domain they read.
 
-`losses.py` declares the methods (regularisers toward the pretrained weights, domain
-adaptation); this module sets up a run's choice of them on the weights training starts from
+term_specs.py declares the methods (regularisers toward the pretrained weights, domain
+adaptation), regularizers.py and adaptation.py implement them; this module sets up a run's choice of them on the weights training starts from
 (EWC's Fisher estimate included) and composes them as one `Terms`: the loop adds its sum to the
 cross-entropy whatever the methods, and logs what it reports. An adaptation term reads the
 features the head classifies (`FeatureTap`) for the source batch and for a batch of the target
@@ -28,7 +28,7 @@ from torch import nn
 from ..models import backbones
 from ..data import folders, decode_cache
 from ..analysis import forgetting
-from . import losses
+from . import adaptation as adaptations, regularizers
 from ..config import RunConfig
 from ..errors import UserError
 
@@ -56,12 +56,12 @@ class FeatureTap:
 
 @dataclass
 class Terms:
-    """The terms a run adds to its cross-entropy (losses.py), composed as one: a regulariser
+    """The terms a run adds to its cross-entropy (regularizers.py, adaptation.py), composed as one: a regulariser
     toward the pretrained weights, and a domain-adaptation term between the features of the
     source batch just forwarded and those of a target-domain batch. Either may be absent."""
 
-    regularizer: losses.Regularizer | None = None
-    adaptation: losses.Adaptation | None = None
+    regularizer: regularizers.Regularizer | None = None
+    adaptation: adaptations.Adaptation | None = None
     tap: FeatureTap | None = None
     target: Iterator[torch.Tensor] | None = None  # target-domain training batches, cycled
 
@@ -170,7 +170,7 @@ def make_terms(cfg: RunConfig, bb: backbones.Backbone, d: RunData, device: torch
     """The run's terms beside cross-entropy, set up on the weights training starts from; and what
     to say of them in the run's summary."""
     said: dict = {}
-    regularizer = losses.make_regularizer(cfg.regularizer, cfg.reg_strength, cfg.head_reg_strength)
+    regularizer = regularizers.make_regularizer(cfg.regularizer, cfg.reg_strength, cfg.head_reg_strength)
     if regularizer is not None:
         body = [p for g in bb.groups[:-1] for p in g.parameters()]
         fisher = None
@@ -180,10 +180,10 @@ def make_terms(cfg: RunConfig, bb: backbones.Backbone, d: RunData, device: torch
                               "ImageNet classifier) on the run's training images: no source data at hand"}
         regularizer.setup(body, list(bb.groups[-1].parameters()), fisher)
         said["regularizer"] = {"name": regularizer.name, "optimizer": cfg.optimizer,
-                               "pull": regularizer_pull(regularizer.label, cfg.optimizer)}
+                               "pull": regularizer_pull(regularizer.spec.label, cfg.optimizer)}
     adaptation = None
     if cfg.adapt != "none":
-        adaptation = losses.make_adaptation(cfg.adapt, cfg.adapt_strength, _feature_dim(bb))
+        adaptation = adaptations.make_adaptation(cfg.adapt, cfg.adapt_strength, _feature_dim(bb))
         for m in adaptation.modules():
             m.to(device)
     tap = FeatureTap(bb.head) if adaptation is not None else None
@@ -226,6 +226,6 @@ def _fisher(cfg: RunConfig, bb: backbones.Backbone, d: RunData, body: list, devi
         _, unaugmented, _ = decode_cache.make_loaders(splits, d.rows, d.pipeline, d.batch_size, cfg.seed, 0, device,
                                                  channels_last=channels_last, enabled=cfg.decode_cache == "on")
         images = (x for x, y in unaugmented if len(y))
-        return losses.estimate_fisher(bb.model, body, images, cfg.fisher_images, seed=cfg.seed)
+        return regularizers.estimate_fisher(bb.model, body, images, cfg.fisher_images, seed=cfg.seed)
     finally:
         bb.model.set_submodule(bb.spec.head_path, new_head)

@@ -1,15 +1,17 @@
-"""Terms of the loss beside the task's cross-entropy: regularisers and domain adaptation.
+"""Regularisers toward the pretrained weights: L2-SP, EWC, and EWC's Fisher information.
 
-Neither is a strategy: both compose with any strategy. The training loop builds at most one of
-each (`make_regularizer`, `make_adaptation`) and adds their terms to the loss, with no branch
-per method:
-  Regularizer.penalty():                   keep the pretrained body near where it started
-                                           (L2-SP, EWC) and the new head small;
-  Adaptation.loss(source, target, progress): pull source and target features together
-                                           (DANN, MMD); its own modules go in an optimizer group.
-Both keep what a resume needs in `state_dict()` (w0 and the Fisher; the discriminator).
-The classes are declared like the strategies: a registry filled by a decorator, `name`,
-`label` and `help` for the forms and the CLI.
+A regulariser is a term of the loss that keeps the pretrained body near where it started (w0)
+and the new head small, composed with any strategy (terms.py adds it to the cross-entropy):
+  alpha/2 * sum_body [F *] (w - w0)^2  +  beta/2 * sum_head w^2      (Li et al. 2018's form)
+Contract: `make_regularizer(name, alpha, beta)` gives the one named (None for "none"), then
+`setup(body, head[, fisher])` once the model is built, `penalty()` every step (a float32 scalar,
+differentiable in every trainable parameter), `state_dict()`/`load_state_dict()` across a resume.
+EWC's Fisher is `estimate_fisher(...)`: diagonal, from the pretrained model's own predictive
+distribution (labels sampled by `sample_labels`), normalised to mean 1.
+
+Each class implements the method term_specs.py declares under its `name` (label, summary, knobs,
+whether it needs a Fisher: torch-free there, so that a run's settings are checked without torch);
+`@register_regularizer` refuses a name not declared there.
 """
 
 from __future__ import annotations
@@ -19,39 +21,24 @@ import warnings
 from typing import Any, ClassVar, Iterable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
+from ..registry import Registry
+from .term_specs import REGULARIZERS, RegularizerSpec, check_strength
 
-REGULARIZERS: dict[str, type[Regularizer]] = {}
-ADAPTATIONS: dict[str, type[Adaptation]] = {}
-
-
-def _register(registry: dict[str, type], kind: str, cls: type) -> type:
-    if not cls.name or cls.name == "none":
-        raise ValueError(f"{kind} {cls.__name__} needs a name other than '' and 'none'")
-    if cls.name in registry:
-        raise ValueError(f"{kind} {cls.name!r} is registered twice")
-    registry[cls.name] = cls
-    return cls
+# The implementation of each declared regulariser, by name.
+IMPLEMENTED: Registry[type[Regularizer]] = Registry("regularizer", none="none")
 
 
 def register_regularizer(cls: type[Regularizer]) -> type[Regularizer]:
-    return _register(REGULARIZERS, "regularizer", cls)
+    """Class decorator: `cls` implements the regulariser term_specs.py declares as `cls.name`."""
+    if cls.name not in REGULARIZERS:
+        raise ValueError(f"regularizer {cls.name!r} ({cls.__name__}) is not declared: add its RegularizerSpec to "
+                         f"training/term_specs.py (the settings, the form and --help read it there)")
+    cls.spec = REGULARIZERS.get(cls.name)
+    return IMPLEMENTED.register(cls)
 
-
-def register_adaptation(cls: type[Adaptation]) -> type[Adaptation]:
-    return _register(ADAPTATIONS, "adaptation", cls)
-
-
-def _check_strength(value: float, flag: str, meaning: str) -> float:
-    if not (math.isfinite(value) and value >= 0):
-        raise UserError(f"{flag} {value}: must be a finite number >= 0 ({meaning}; 0 turns it off)")
-    return float(value)
-
-
-# --- regularisers: keep what was pretrained ------------------------------------------------
 
 class Regularizer:
     """alpha/2 * sum_body [F *] (w - w0)^2  +  beta/2 * sum_head w^2  (Li et al. 2018's form).
@@ -63,19 +50,21 @@ class Regularizer:
     the snapshot, since by then the weights have already moved.
     """
 
-    name: ClassVar[str] = ""
-    label: ClassVar[str] = ""
-    help: ClassVar[str] = ""
-    needs_fisher: ClassVar[bool] = False
+    name: ClassVar[str] = ""  # the declared method it implements (term_specs.REGULARIZERS)
+    spec: ClassVar[RegularizerSpec]  # that declaration: label, summary, knobs (set by @register_regularizer)
 
     def __init__(self, strength: float, head_strength: float):
-        self.alpha = _check_strength(strength, "--reg-strength", "alpha, the pull toward the pretrained weights")
-        self.beta = _check_strength(head_strength, "--head-reg-strength", "beta, the L2 weight on the new head")
+        self.alpha = check_strength(strength, "--reg-strength", "alpha, the pull toward the pretrained weights")
+        self.beta = check_strength(head_strength, "--head-reg-strength", "beta, the L2 weight on the new head")
         self._body: list[nn.Parameter] | None = None
         self._head: list[nn.Parameter] = []
         self._w0: list[torch.Tensor] = []
         self._fisher: list[torch.Tensor] | None = None
         self._pending: dict | None = None  # a state loaded before setup
+
+    @property
+    def needs_fisher(self) -> bool:
+        return self.spec.needs_fisher
 
     def setup(self, body: Sequence[nn.Parameter], head: Sequence[nn.Parameter],
               fisher: Sequence[torch.Tensor] | None = None) -> None:
@@ -158,8 +147,6 @@ class L2SP(Regularizer):
     solution; pulling toward the starting point w0 keeps it while the task fine-tunes."""
 
     name = "l2sp"
-    label = "L2-SP"
-    help = "Pull the pretrained weights toward their starting point: alpha/2 ||w - w0||^2."
 
 
 @register_regularizer
@@ -169,19 +156,15 @@ class EWC(Regularizer):
     the pretrained task: weights that mattered to it are held firmly, the others move freely."""
 
     name = "ewc"
-    label = "EWC"
-    help = "L2-SP weighted by the pretrained task's Fisher information: important weights held harder."
-    needs_fisher = True
 
 
 def make_regularizer(name: str, strength: float, head_strength: float) -> Regularizer | None:
-    """The regulariser named `name`, or None for "none"."""
-    if name == "none":
+    """The regulariser named `name`, or None for "none"; a UserError listing the choices for a name
+    not declared."""
+    if name == REGULARIZERS.none:
         return None
-    if name not in REGULARIZERS:
-        raise UserError(f"unknown regularizer {name!r} (--regularizer); choose one of: "
-                        f"{', '.join(['none', *REGULARIZERS])}")
-    return REGULARIZERS[name](strength, head_strength)
+    REGULARIZERS.get(name)  # a name not declared: a UserError that lists the declared ones
+    return IMPLEMENTED.get(name)(strength, head_strength)
 
 
 # --- the Fisher information of the pretrained task -----------------------------------------
@@ -307,162 +290,3 @@ def _loop_grads(model: nn.Module, names: dict[int, str], params: Sequence[nn.Par
         for o, g, p in zip(out, grads, params):
             o.append(torch.zeros_like(p) if g is None else g)
     return [torch.stack(o) for o in out]
-
-
-# --- domain adaptation: cross from the source domain to the target -------------------------
-
-class GradReverse(torch.autograd.Function):
-    """The gradient-reversal layer (Ganin & Lempitsky 2015): the identity forward, the gradient
-    times -coeff backward, so the features learn to fool the discriminator that learns on them."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, coeff: float) -> torch.Tensor:
-        ctx.coeff = coeff
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return grad_output * -ctx.coeff, None
-
-
-def grad_reverse(x: torch.Tensor, coeff: float) -> torch.Tensor:
-    return GradReverse.apply(x, float(coeff))
-
-
-def dann_coefficient(progress: float, gamma: float = 10.0) -> float:
-    """Ganin & Lempitsky 2015's schedule for the reversal: 2 / (1 + exp(-gamma p)) - 1, from 0 at
-    the start (p = 0: the discriminator's early, noisy gradient does not reach the features) to
-    ~1 at the end (0.9999 for gamma 10). `progress` p in [0, 1] is the share of training steps done."""
-    if not 0.0 <= progress <= 1.0:
-        raise ValueError(f"progress {progress}: must be in [0, 1] (training steps done / total steps)")
-    return 2.0 / (1.0 + math.exp(-gamma * progress)) - 1.0
-
-
-def gaussian_mmd(x: torch.Tensor, y: torch.Tensor, scales: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0)) -> torch.Tensor:
-    """Multi-kernel Gaussian MMD^2 between samples x [n, d] and y [m, d], n, m >= 2.
-
-    The kernel is a sum of Gaussians k(a, b) = sum_s exp(-||a - b||^2 / (s * h)) (Long et al.
-    2015, DAN), with the base bandwidth h the median pairwise squared distance of the pooled
-    batch (detached: the bandwidth follows the features, it is not trained). The estimate is
-    Gretton et al. 2012's unbiased one (MMD^2_u: the diagonals of Kxx and Kyy left out), so two
-    samples of one distribution give ~0 (possibly slightly negative), not a positive bias.
-    Computed in float32 whatever the autocast.
-    """
-    if x.dim() != 2 or y.dim() != 2 or x.shape[1] != y.shape[1]:
-        raise ValueError(f"gaussian_mmd: expects x [n, d] and y [m, d], got {tuple(x.shape)} and {tuple(y.shape)}")
-    n, m = len(x), len(y)
-    if n < 2 or m < 2:
-        raise UserError(f"mmd needs at least 2 source and 2 target images per batch, got {n} and {m}: "
-                        f"raise --batch-size or add target images")
-    with torch.autocast(device_type=x.device.type, enabled=False):
-        z = torch.cat([x.float(), y.float()])
-        sq = z.square().sum(dim=1)
-        d2 = (sq[:, None] + sq[None, :] - 2.0 * z @ z.T).clamp_min(0.0)
-        i, j = torch.triu_indices(n + m, n + m, offset=1, device=z.device)
-        h = d2.detach()[i, j].median().clamp_min(1e-12)
-        k = sum(torch.exp(-d2 / (s * h)) for s in scales)
-        kxx, kyy, kxy = k[:n, :n], k[n:, n:], k[:n, n:]
-        xx = (kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1))
-        yy = (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
-        return xx + yy - 2.0 * kxy.mean()
-
-
-class Adaptation:
-    """A domain-adaptation term: `loss(source, target, progress)` on the features (the head's
-    input, [B, D]) of a source batch and a target batch, already multiplied by `strength`.
-    `modules()` are its own trainable parts; the caller moves them to the device and puts
-    them in an optimizer group. `stats` holds what the last `loss` call measured."""
-
-    name: ClassVar[str] = ""
-    label: ClassVar[str] = ""
-    help: ClassVar[str] = ""
-
-    def __init__(self, strength: float, feature_dim: int):
-        self.strength = _check_strength(strength, "--adapt-strength", "the adaptation term's weight in the loss")
-        if feature_dim < 1:
-            raise ValueError(f"feature_dim {feature_dim}: must be >= 1 (the width of the head's input)")
-        self.feature_dim = int(feature_dim)
-        self.stats: dict[str, float] = {}
-
-    def modules(self) -> list[nn.Module]:
-        return []
-
-    def loss(self, source: torch.Tensor, target: torch.Tensor, progress: float) -> torch.Tensor:
-        raise NotImplementedError
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"name": self.name}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("name") != self.name:
-            raise UserError(f"the checkpoint's adaptation is {state.get('name')!r}, this run's is {self.name!r}: "
-                            f"resume with --adapt {state.get('name')} or start a new run")
-
-    def _check(self, source: torch.Tensor, target: torch.Tensor) -> None:
-        for what, t in (("source", source), ("target", target)):
-            if t.dim() != 2 or t.shape[1] != self.feature_dim:
-                raise ValueError(f"{self.name}: {what} features are shaped {tuple(t.shape)}, expected "
-                                 f"[batch, {self.feature_dim}] (the head's input)")
-
-
-@register_adaptation
-class DANN(Adaptation):
-    """Domain-adversarial training: Ganin & Lempitsky 2015, "Unsupervised domain adaptation by
-    backpropagation" (ICML); Ganin et al. 2016 (JMLR). A discriminator learns to tell source
-    (label 0) from target (label 1) features; behind a gradient-reversal layer the features
-    learn to make them indistinguishable. The reversal's weight rises with `dann_coefficient`."""
-
-    name = "dann"
-    label = "DANN"
-    help = "A domain discriminator behind a gradient-reversal layer: features the two domains share."
-
-    def __init__(self, strength: float, feature_dim: int, hidden: int = 256):
-        super().__init__(strength, feature_dim)
-        self.discriminator = nn.Sequential(
-            nn.Linear(feature_dim, hidden), nn.ReLU(), nn.Dropout(0.5),
-            nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(0.5),
-            nn.Linear(hidden, 1),
-        )
-
-    def modules(self) -> list[nn.Module]:
-        return [self.discriminator]
-
-    def loss(self, source: torch.Tensor, target: torch.Tensor, progress: float) -> torch.Tensor:
-        self._check(source, target)
-        features = grad_reverse(torch.cat([source, target]), dann_coefficient(progress))
-        logits = self.discriminator(features).squeeze(1).float()
-        domain = torch.cat([logits.new_zeros(len(source)), logits.new_ones(len(target))])
-        self.stats = {"domain_acc": float(((logits > 0).float() == domain).float().mean())}
-        return self.strength * F.binary_cross_entropy_with_logits(logits, domain)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "discriminator": self.discriminator.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.discriminator.load_state_dict(state["discriminator"])
-
-
-@register_adaptation
-class MMD(Adaptation):
-    """Maximum mean discrepancy: Long et al. 2015, "Learning transferable features with deep
-    adaptation networks" (ICML), on the head's input: a multi-kernel Gaussian MMD^2 between the
-    source and target features (`gaussian_mmd`), minimised with the task loss. No parameters."""
-
-    name = "mmd"
-    label = "MMD"
-    help = "A multi-kernel Gaussian MMD between source and target features, minimised with the task."
-
-    def loss(self, source: torch.Tensor, target: torch.Tensor, progress: float) -> torch.Tensor:
-        self._check(source, target)
-        self.stats = {}
-        return self.strength * gaussian_mmd(source, target)
-
-
-def make_adaptation(name: str, strength: float, feature_dim: int) -> Adaptation | None:
-    """The adaptation method named `name`, or None for "none"."""
-    if name == "none":
-        return None
-    if name not in ADAPTATIONS:
-        raise UserError(f"unknown adaptation {name!r} (--adapt); choose one of: {', '.join(['none', *ADAPTATIONS])}")
-    return ADAPTATIONS[name](strength, feature_dim)
