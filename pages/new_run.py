@@ -12,7 +12,7 @@ from pathlib import Path
 import streamlit as st
 
 from tl_core import service
-from tl_core.config import DEFAULT_BATCH_SIZE, choices, default, make_config
+from tl_core.config import DEFAULT_BATCH_SIZE, choices, default, knobs, make_config
 from tl_core.service import jobs
 from tl_core.errors import UserError
 from ui import charts, session
@@ -299,7 +299,7 @@ if methods["regularizer"] != "none":
     methods["head_reg_strength"] = next(cols).number_input(
         "Head reg strength", 0.0, None, default("head_reg_strength"), 0.005, format="%.4f", key="head_reg_strength",
         help=fmt.flag_help("head_reg_strength"))
-if methods["regularizer"] == "ewc":
+if "fisher_images" in knobs("regularizer", methods["regularizer"]):  # ewc's, as tl_core/training/term_specs.py declares
     methods["fisher_images"] = next(cols).number_input("Fisher images", 1, None, default("fisher_images"), 64,
                                                        key="fisher_images", help=fmt.flag_help("fisher_images"))
 cols = grid()

@@ -23,7 +23,7 @@ from sqlalchemy.exc import DBAPIError
 
 from .service import auth
 from . import logs, service, settings
-from .config import RunConfig, make_config
+from .config import RunConfig, choices, make_config
 from .errors import UserError
 from .service import jobs
 from .store.store import Run, UnknownRun, default_db_url
@@ -59,8 +59,8 @@ def _add_config_flags(p: argparse.ArgumentParser, skip: Sequence[str] = ()) -> N
         ann = field.annotation
         args = typing.get_args(ann)
         kw: dict[str, Any] = {"dest": name, "help": _HELP.get(name, field.description)}
-        if typing.get_origin(ann) is typing.Literal:
-            kw["choices"] = list(args)
+        if options := choices(name):  # a Literal's values, or a registry's (--regularizer, --adapt)
+            kw["choices"] = options
         else:
             base = next((a for a in args if a is not type(None)), ann) if args else ann
             kw["type"] = base

@@ -2,6 +2,12 @@
 
 The one declaration of a run's settings: the CLI makes a flag of each field (cli.py), and the
 New run form reads each field's choices and default from here (`choices`, `default`).
+
+A setting that names a registered method (`--regularizer`, `--adapt`) is a str checked against
+its registry when validated (`OneOf`), not a Literal that repeats the registry's names: a method
+declared in its registry is a choice of the CLI, the form and this check at once. Those
+registries, like the strategies' and the backbones' that the model validator reads, import no
+torch, so a run's settings are checked where torch must not load (queueing, the worker).
 """
 
 from __future__ import annotations
@@ -9,11 +15,16 @@ from __future__ import annotations
 import hashlib
 import json
 import typing
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import core_schema
 
 from .errors import UserError
+from .models.families import get_spec
+from .registry import Registry
+from .training.strategies import StrategyParams, batchnorm_mode, get_strategy
+from .training.term_specs import ADAPTATIONS, REGULARIZERS
 
 
 DEFAULT_BATCH_SIZE = 32
@@ -24,6 +35,28 @@ BOOKKEEPING = ("name", "experiment")
 ADDED_LATER = ("regularizer", "reg_strength", "head_reg_strength", "fisher_images", "target_data", "adapt",
                "adapt_strength", "in_channels", "accumulate", "checkpointing", "test_fraction", "class_weights",
                "bn")
+
+
+class OneOf:
+    """Field metadata: the str setting is one of `registry.choices()`, read when a config is
+    validated (so a method registered is a choice at once); `choices(field)` lists them. An unknown
+    name is the registry's UserError, which lists them too."""
+
+    def __init__(self, registry: Registry):
+        self.registry = registry
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> core_schema.CoreSchema:
+        return core_schema.no_info_after_validator_function(self._check, handler(source))
+
+    def _check(self, value: str) -> str:
+        if value != self.registry.none:
+            self.registry.get(value)
+        return value
+
+
+def _methods(registry: Registry) -> str:
+    """What each method of a registry does, for a field's help (--help, the form)."""
+    return " ".join(f"{name}: {spec.summary}" for name, spec in registry.items())
 
 
 class RunConfig(BaseModel):
@@ -76,10 +109,10 @@ class RunConfig(BaseModel):
         "pretrained running statistics, which the head learned on, never move; its weight and bias still train), "
         "train normalises by batch statistics and moves them to the data's; auto: each strategy's choice, train "
         "from random weights (see README, \"BatchNorm when layers unfreeze\")")
-    # terms of the loss beside the strategy (losses.py): keep what was pretrained, cross domains
-    regularizer: Literal["none", "l2sp", "ewc"] = Field(
-        "none", description="pull the pretrained weights toward their starting point: l2sp (alpha/2 ||w - w0||^2) "
-        "or ewc (the same, weighted by a diagonal Fisher information); pretrained groups then get no weight decay")
+    # terms of the loss beside the strategy (training/term_specs.py): keep what was pretrained, cross domains
+    regularizer: Annotated[str, OneOf(REGULARIZERS)] = Field(
+        "none", description="a term that keeps the pretrained weights near where they started (pretrained groups "
+        f"then get no weight decay). {_methods(REGULARIZERS)}")
     reg_strength: float = Field(0.1, ge=0, description="alpha: the weight of the regularizer's pull")
     head_reg_strength: float = Field(0.01, ge=0, description="beta: plain L2 on the new head while a regularizer "
                                      "is on (it replaces the head's weight decay)")
@@ -87,9 +120,8 @@ class RunConfig(BaseModel):
                                "on, from the pretrained model's own predictions (no source data at hand)")
     target_data: str | None = Field(None, description="a target-domain folder: class folders (labels used for "
                                     "evaluation only) or images without labels")
-    adapt: Literal["none", "dann", "mmd"] = Field(
-        "none", description="domain adaptation toward --target-data: dann (a domain discriminator behind a "
-        "gradient-reversal layer) or mmd (a multi-kernel Gaussian MMD between source and target features)")
+    adapt: Annotated[str, OneOf(ADAPTATIONS)] = Field(
+        "none", description=f"domain adaptation toward --target-data. {_methods(ADAPTATIONS)}")
     adapt_strength: float = Field(1.0, ge=0, description="the adaptation term's weight in the loss")
     # other inputs, memory
     in_channels: int = Field(3, ge=1, le=64, description="image channels: 1 keeps grayscale as one channel; more "
@@ -125,9 +157,6 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_against_registries(self) -> "RunConfig":
-        from .models.families import get_spec
-        from .training.strategies import get_strategy
-
         spec = get_spec(self.backbone)
         strategy = get_strategy(self.strategy)
         n_groups = len(spec.body_groups) + 1
@@ -145,25 +174,22 @@ class RunConfig(BaseModel):
             raise UserError(f"--regularizer {self.regularizer} pulls the weights toward the pretrained ones, but "
                             f"this run starts from none (--strategy {self.strategy}, --weights {self.weights}); "
                             f"use --regularizer none, or a strategy with pretrained weights")
-        if self.regularizer == "ewc" and (self.weights_to_load != "imagenet" or self.in_channels != 3):
-            raise UserError("--regularizer ewc estimates its Fisher information from the pretrained model's own "
-                            "ImageNet predictions on RGB images: it needs --weights imagenet and --in-channels 3; "
-                            "use --regularizer l2sp otherwise")
+        fisher = self.regularizer != "none" and REGULARIZERS.get(self.regularizer).needs_fisher
+        if fisher and (self.weights_to_load != "imagenet" or self.in_channels != 3):
+            others = " or ".join(n for n, s in REGULARIZERS.items() if not s.needs_fisher)
+            raise UserError(f"--regularizer {self.regularizer} estimates its Fisher information from the pretrained "
+                            f"model's own ImageNet predictions on RGB images: it needs --weights imagenet and "
+                            f"--in-channels 3; use --regularizer {others} otherwise")
         return self
 
     def body_trains(self) -> bool:
         """Whether any group below the head trains at some epoch of this run."""
-        from .models.families import get_spec
-        from .training.strategies import get_strategy
-
         n = len(get_spec(self.backbone).body_groups) + 1
         strategy, params = get_strategy(self.strategy), self.strategy_params()
         return any(strategy.freeze_to(e, n, params, []) < n - 1 for e in range(self.epochs))
 
     def warnings(self) -> list[str]:
         """Settings that run but likely not as meant: said before queueing, kept in the run."""
-        from .models.families import get_spec
-        from .training.strategies import get_strategy
         from .models.weights import native_size
 
         n_groups = len(get_spec(self.backbone).body_groups) + 1
@@ -210,9 +236,7 @@ class RunConfig(BaseModel):
                     if k not in BOOKKEEPING and not (k in ADDED_LATER and v == default(k))}
         return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
-    def strategy_params(self):
-        from .training.strategies import StrategyParams, batchnorm_mode, get_strategy
-
+    def strategy_params(self) -> StrategyParams:
         return StrategyParams(unfreeze=self.unfreeze, lr_decay=self.lr_decay, head_lr_factor=self.head_lr_factor,
                               head_epochs=self.head_epochs, phase2_lr_factor=self.phase2_lr_factor,
                               unfreeze_every=self.unfreeze_every, unfreeze_on=self.unfreeze_on,
@@ -221,20 +245,32 @@ class RunConfig(BaseModel):
 
     @property
     def base_lr(self) -> float:
-        from .training.strategies import get_strategy
-
         return self.lr if self.lr is not None else get_strategy(self.strategy).default_lr
 
     @property
     def weights_to_load(self) -> str:
-        from .training.strategies import get_strategy
-
         return self.weights if get_strategy(self.strategy).pretrained else "none"
 
 
 def choices(field: str) -> list[str]:
-    """The values a Literal setting allows, in their declared order."""
-    return list(typing.get_args(RunConfig.model_fields[field].annotation))
+    """The values a setting allows, in order: its registry's choices ("none" first), or its Literal's as
+    declared; [] for a setting without a fixed set of values (a number, a path)."""
+    info = RunConfig.model_fields[field]
+    for meta in info.metadata:
+        if isinstance(meta, OneOf):
+            return meta.registry.choices()
+    if typing.get_origin(info.annotation) is Literal:
+        return list(typing.get_args(info.annotation))
+    return []
+
+
+def knobs(field: str, value: str) -> tuple[str, ...]:
+    """The settings the method `value` of a registry setting reads, as its declaration says (the form
+    shows them while it is chosen); none for "none" or a setting without a registry."""
+    for meta in RunConfig.model_fields[field].metadata:
+        if isinstance(meta, OneOf) and value != meta.registry.none:
+            return meta.registry.get(value).knobs
+    return ()
 
 
 def default(field: str) -> Any:
