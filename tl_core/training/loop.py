@@ -30,7 +30,8 @@ def seed_everything(seed: int) -> None:
 
 
 def peak_memory_mb(device: torch.device) -> float:
-    """The peak memory since it was last reset: the GPU's allocator's, or the process's on a CPU."""
+    """The GPU allocator's peak since its last reset (run.py resets it every epoch), or on a CPU
+    the process's peak resident memory."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
