@@ -213,9 +213,9 @@ def bracketed_run(store: Store, cache: Path, steps: int, **settings) -> dict:
     before each of its epochs and once after the last: this machine's speed drifts by 10-20% over
     minutes, so each epoch is set against the limit measured around it. An epoch's img/s is timed
     around train_one_epoch itself (the limit's own time is not in it)."""
-    from tl_core.training import run as T
+    from tl_core.training import loop
 
-    limits, ips, original = [], [], T.train_one_epoch
+    limits, ips, original = [], [], loop.train_one_epoch
 
     def bracketed(*args, **kwargs):
         limits.append(train_limit(steps)["images_per_sec"])
@@ -224,11 +224,11 @@ def bracketed_run(store: Store, cache: Path, steps: int, **settings) -> dict:
         ips.append(out[2] / (time.perf_counter() - t))
         return out
 
-    T.train_one_epoch = bracketed
+    loop.train_one_epoch = bracketed
     try:
         tl = cold_run(store, cache, **settings)
     finally:
-        T.train_one_epoch = original
+        loop.train_one_epoch = original
     limits.append(train_limit(steps)["images_per_sec"])
     ratios = [ips[e] / ((limits[e] + limits[e + 1]) / 2) for e in range(len(ips))]
     return {**tl, "ips": ips, "limits": limits, "ratios": ratios}

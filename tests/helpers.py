@@ -27,24 +27,26 @@ def train(store: Store, **settings) -> RunResult:
 
 def stop_before_epoch(monkeypatch, epoch: int) -> None:
     """Make training stop as epoch `epoch` (0-based) begins, as a cancel request would."""
-    from tl_core.training import run as T
+    from tl_core.training import loop
+    from tl_core.training.stopping import RunCancelled
 
-    original = T.train_one_epoch
+    original = loop.train_one_epoch
 
     def stopping(*args, **kwargs):
         if inspect.signature(original).bind(*args, **kwargs).arguments["epoch"] == epoch:
-            raise T.RunCancelled()
+            raise RunCancelled()
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(T, "train_one_epoch", stopping)
+    monkeypatch.setattr(loop, "train_one_epoch", stopping)
 
 
 def stop_in_epoch(monkeypatch, epoch: int, batch: int) -> None:
     """Make training stop in the middle of epoch `epoch` (0-based), as its worker's SIGTERM would:
     asked whether to stop for the `batch`+1-th time in that epoch, it is told the worker stops."""
-    from tl_core.training import run as T
+    from tl_core.training import loop
+    from tl_core.training.stopping import RunInterrupted
 
-    original = T.train_one_epoch
+    original = loop.train_one_epoch
 
     def stopping(*args, **kwargs):
         bound = inspect.signature(original).bind(*args, **kwargs)
@@ -54,13 +56,13 @@ def stop_in_epoch(monkeypatch, epoch: int, batch: int) -> None:
             def should_stop() -> bool:
                 asked.append(1)
                 if len(asked) > batch:
-                    raise T.RunInterrupted("SIGTERM")
+                    raise RunInterrupted("SIGTERM")
                 return ask()
 
             bound.arguments["should_stop"] = should_stop
         return original(*bound.args, **bound.kwargs)
 
-    monkeypatch.setattr(T, "train_one_epoch", stopping)
+    monkeypatch.setattr(loop, "train_one_epoch", stopping)
 
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tl_core.training import run as T
+from tl_core.training import loop
 from tl_core.cli import main
 from tl_core.service import check_run
 from tl_core.config import make_config
@@ -28,7 +28,7 @@ def test_out_of_memory_says_to_reduce_batch_or_image_size(tiny, store, monkeypat
     def oom(*a, **k):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(T, "train_one_epoch", oom)
+    monkeypatch.setattr(loop, "train_one_epoch", oom)
     result = train(store, data=tiny, epochs=1)
     assert result.status == "failed" and "reduce --batch-size or --image-size" in result.error
 

@@ -14,6 +14,7 @@ from tl_core.models import backbones, cuts
 from tl_core.data import folders, decode_cache, transforms
 from tl_core.training import feature_cache
 from tl_core.training import run as T
+from tl_core.training import stopping
 from ui import format as fmt
 
 from .helpers import stop_before_epoch, train
@@ -207,7 +208,7 @@ def test_a_run_on_cached_features_resumes_as_if_it_never_stopped(tiny, store, mo
 def test_a_cancel_stops_feature_caching_and_keeps_what_was_computed(tiny, store, monkeypatch):
     asked = []
     monkeypatch.setattr(store, "cancel_requested", lambda run_id: asked.append(1) or len(asked) > 1)
-    monkeypatch.setattr(T, "throttled", lambda ask, seconds: ask)  # every check reaches the store
+    monkeypatch.setattr(stopping, "throttled", lambda ask, seconds: ask)  # every check reaches the store
     monkeypatch.setattr(feature_cache.FrozenFeatures, "EXTRACT_BATCH", {"cpu": 8, "cuda": 8})
     result = train(store, data=tiny, epochs=2)
     assert result.status == "cancelled" and result.epochs == 0

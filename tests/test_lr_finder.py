@@ -16,7 +16,7 @@ from torch import nn
 
 from tl_core.models import backbones
 from tl_core.analysis import lr_finder
-from tl_core.training import run as T
+from tl_core.training import run_data
 from tl_core.config import make_config
 from tl_core.errors import UserError
 
@@ -181,7 +181,7 @@ def _equal(a, b) -> bool:
 
 def test_a_range_test_is_undone_bit_for_bit(tiny, runs):
     torch.manual_seed(0)
-    d = T.load_data(_cfg(tiny, strategy="full"), CPU)
+    d = run_data.load_data(_cfg(tiny, strategy="full"), CPU)
     bb = backbones.create_backbone("efficientnet_lite0", 4)
     model, bn = bb.model, bb.model.bn1  # BatchNorm statistics are part of what must come back
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -314,7 +314,7 @@ def test_the_suggestion_agrees_with_a_grid_of_real_runs(animals, store):
 ])
 def test_bad_arguments_say_which_setting_and_what_to_do(args, says, tiny, monkeypatch):
     # Refused before any data or model is loaded.
-    monkeypatch.setattr(T, "load_data", lambda *a, **k: pytest.fail("loaded data for a refused range test"))
+    monkeypatch.setattr(run_data, "load_data", lambda *a, **k: pytest.fail("loaded data for a refused range test"))
     with pytest.raises(UserError, match=f"^{re.escape(says)}"):
         lr_finder.lr_find(_cfg(tiny), **args)
 

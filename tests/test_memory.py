@@ -13,7 +13,7 @@ from tl_core.config import make_config
 from tl_core.errors import UserError
 from tl_core.training.finetuning import Finetuning, freeze_to, set_train_mode
 from tl_core.training.strategies import get_strategy
-from tl_core.training.run import BENCHMARK_MIN_STEPS, cudnn_benchmark, warm_cuda
+from tl_core.training.startup import BENCHMARK_MIN_STEPS, cudnn_benchmark, warm_cuda
 
 from .helpers import train
 

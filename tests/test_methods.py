@@ -21,7 +21,8 @@ from tl_core.training.finetuning import Phase, sync_param_groups
 from tl_core.training.adaptation import make_adaptation
 from tl_core.service import results
 from tl_core.training.terms import FeatureTap, Terms
-from tl_core.training.run import train_one_epoch, train_run
+from tl_core.training.loop import train_one_epoch
+from tl_core.training.run import train_run
 
 from .helpers import stop_in_epoch, train
 

@@ -25,6 +25,7 @@ from torch import nn
 from tl_core.data import folders, decode_cache
 from tl_core.analysis import lr_finder, metrics
 from tl_core import service
+from tl_core.training import held_out, loop, run_data
 from tl_core.training import run as T
 from tl_core.config import make_config
 from tl_core.data.folders import Item, scan_dataset, split_dataset, split_fingerprint
@@ -185,8 +186,8 @@ def test_class_weights_auto_are_inverse_frequency_with_mean_one_and_weight_the_l
     weights = folders.class_weights(items, ["a", "b", "c"])
     assert weights == pytest.approx([2.0, 2 / 3, 1 / 3]) and sum(weights) / 3 == pytest.approx(1.0)
     d = SimpleNamespace(splits=folders.Splits(["a", "b", "c"], items, [], None), classes=["a", "b", "c"])
-    plain, none = T.training_loss(make_config(data="x"), d, CPU)
-    weighted, record = T.training_loss(make_config(data="x", class_weights="auto"), d, CPU)
+    plain, none = run_data.training_loss(make_config(data="x"), d, CPU)
+    weighted, record = run_data.training_loss(make_config(data="x", class_weights="auto"), d, CPU)
     assert none is None and record == {"mode": "auto", "weights": dict(zip("abc", weights))}
     logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.5, 0.0], [0.0, 0.0, 3.0], [1.0, 1.0, 0.0]])
     y = torch.tensor([0, 1, 2, 0])
@@ -255,7 +256,7 @@ def test_the_lr_finder_and_the_probe_never_see_a_test_image(tiny, tmp_path, monk
 def test_training_reads_the_test_images_only_in_its_one_test_pass(tiny, store, monkeypatch):
     seen = _spy_on_loaded_images(monkeypatch)
     test_pass_at: list[int] = []
-    original = T._test_metrics
+    original = held_out.score_test_split
 
     def test_pass(*args, **kwargs):
         test_pass_at.append(len(seen))
@@ -263,7 +264,7 @@ def test_training_reads_the_test_images_only_in_its_one_test_pass(tiny, store, m
         test_pass_at.append(len(seen))
         return out
 
-    monkeypatch.setattr(T, "_test_metrics", test_pass)
+    monkeypatch.setattr(held_out, "score_test_split", test_pass)
     result = train(store, data=tiny, epochs=3, test_fraction=0.25, strategy="feature_extraction")
     assert result.status == "completed" and len(test_pass_at) == 2  # called once
     test = _paths(split_dataset(scan_dataset(tiny), 0.2, 1.0, 0, test_fraction=0.25).test)
@@ -290,8 +291,8 @@ def test_training_reads_the_test_images_only_in_its_one_test_pass(tiny, store, m
 
 def test_the_test_pass_scores_the_checkpoint_chosen_on_val_and_leaves_the_last_model(tiny, tmp_path):
     cfg = make_config(data=tiny, image_size=32, batch_size=8, workers=0, epochs=3, test_fraction=0.25)
-    d = T.load_data(cfg, CPU)
-    bb = T.load_model(cfg, len(d.classes), CPU)
+    d = run_data.load_data(cfg, CPU)
+    bb = run_data.load_model(cfg, len(d.classes), CPU)
     head = bb.model.get_submodule(bb.spec.head_path)
 
     def answer(cls: int) -> None:  # a head that names class `cls` for every image
@@ -304,7 +305,7 @@ def test_the_test_pass_scores_the_checkpoint_chosen_on_val_and_leaves_the_last_m
     torch.save({"model": bb.model.state_dict(), "epoch": 0}, tmp_path / "best.pt")
     answer(1)
     last = copy.deepcopy(bb.model.state_dict())
-    out = T._test_metrics(cfg, bb.model, d, CPU, None, nn.CrossEntropyLoss(), tmp_path / "best.pt")
+    out = held_out.score_test_split(cfg, bb.model, d, CPU, None, nn.CrossEntropyLoss(), tmp_path / "best.pt")
     assert set(out) == {"test", "test_last"} and set(out["test"]) == set(out["test_last"]) == BLOCK
     assert out["test"]["epoch"] == 1 and out["test_last"]["epoch"] == 3
     assert [c["recall"] for c in out["test"]["classes"]] == [0.0, 0.0, 1.0, 0.0]
@@ -313,24 +314,24 @@ def test_the_test_pass_scores_the_checkpoint_chosen_on_val_and_leaves_the_last_m
     assert out["test"]["macro_f1"] == pytest.approx(2 * 0.25 / 1.25 / 4)  # class 2's F1, over 4 classes
     assert all(torch.equal(v, last[k]) for k, v in bb.model.state_dict().items())  # the last epoch's weights
     torch.save({"model": bb.model.state_dict(), "epoch": 2}, tmp_path / "best.pt")  # the last is the best
-    assert set(T._test_metrics(cfg, bb.model, d, CPU, None, nn.CrossEntropyLoss(), tmp_path / "best.pt")) == {"test"}
-    no_test = T.load_data(cfg.model_copy(update={"test_fraction": 0.0}), CPU)
-    assert T._test_metrics(cfg, bb.model, no_test, CPU, None, nn.CrossEntropyLoss(), tmp_path / "best.pt") == {}
+    assert set(held_out.score_test_split(cfg, bb.model, d, CPU, None, nn.CrossEntropyLoss(), tmp_path / "best.pt")) == {"test"}
+    no_test = run_data.load_data(cfg.model_copy(update={"test_fraction": 0.0}), CPU)
+    assert held_out.score_test_split(cfg, bb.model, no_test, CPU, None, nn.CrossEntropyLoss(), tmp_path / "best.pt") == {}
 
 
 def test_a_run_that_stopped_before_its_test_pass_gets_it_on_resume(tiny, store, monkeypatch):
-    original = T._test_metrics
+    original = held_out.score_test_split
 
     def lost(*args, **kwargs):
         raise RuntimeError("the machine went down before the test pass")
 
-    monkeypatch.setattr(T, "_test_metrics", lost)
+    monkeypatch.setattr(held_out, "score_test_split", lost)
     stopped = train(store, data=tiny, epochs=2, test_fraction=0.25)
     assert stopped.status == "failed" and stopped.epochs == 2 and "test" not in store.get_run(stopped.run_id).summary
-    monkeypatch.setattr(T, "_test_metrics", original)
+    monkeypatch.setattr(held_out, "score_test_split", original)
     trained: list[int] = []
-    epoch = T.train_one_epoch
-    monkeypatch.setattr(T, "train_one_epoch", lambda *a, **k: trained.append(1) or epoch(*a, **k))
+    epoch = loop.train_one_epoch
+    monkeypatch.setattr(loop, "train_one_epoch", lambda *a, **k: trained.append(1) or epoch(*a, **k))
     service.resume_run(store, stopped.run_id, here=True)
     result = T.train_run(store, stopped.run_id, progress=False)
     run = store.get_run(stopped.run_id)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tl_core.models import backbones
+from tl_core.training import loop
 from tl_core.training import run as T
 from tl_core.training.schedules import lr_factor
 
@@ -118,7 +119,7 @@ def test_a_failing_run_is_recorded_as_failed_with_its_error(tiny, store, monkeyp
     def boom(*a, **k):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(T, "evaluate", boom)
+    monkeypatch.setattr(loop, "evaluate", boom)
     result = train(store, data=tiny, epochs=1)
     run = store.get_run(result.run_id)
     assert run.status == "failed" and "RuntimeError: disk on fire" in run.error and run.ended_at

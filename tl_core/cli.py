@@ -666,7 +666,8 @@ def cmd_serve(args) -> int:
 @command("train-run")
 def cmd_train_run(args) -> int:
     from .store.run_folders import run_folder
-    from .training.run import train_run, warm_cuda  # torch, torchvision and timm: the seconds a standby saves
+    from .training.run import train_run  # torch, torchvision and timm: the seconds a standby saves
+    from .training.startup import warm_cuda
 
     logs.timed()  # its standby.log, then the run's train.log
     logger = logs.logger(__name__)

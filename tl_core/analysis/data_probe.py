@@ -40,7 +40,9 @@ from ..data import scan_cache, folders, decode_cache
 from ..training import feature_cache
 from ..config import RunConfig
 from ..errors import UserError
-from ..training.run import CHANNELS_LAST, amp_for, pick_device, seed_everything
+from ..training.loop import seed_everything
+from ..training.run_data import CHANNELS_LAST
+from ..training.startup import amp_for, pick_device
 
 # Below this many training images per class the data is "small". At ~100 images a class a new
 # linear head (one weight per feature and class) is well determined, while fine-tuning the

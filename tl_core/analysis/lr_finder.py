@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..training import run as T
+from ..training import loop, run_data, startup
 from ..models.backbones import Backbone
 from ..config import RunConfig
 from ..models.cuts import modes_kept
@@ -328,12 +328,12 @@ def lr_find(cfg: RunConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0, num
     """
     check_arguments(start_lr, end_lr, num_iter, rule)
     started = time.perf_counter()
-    T.seed_everything(cfg.seed)
+    loop.seed_everything(cfg.seed)
     # 1. The run's data and model, its plan for epoch 0, and the optimizer over the trainable groups.
-    device = T.pick_device(cfg.device)
-    d = T.load_data(cfg, device)
-    bb = T.load_model(cfg, len(d.classes), device)
-    amp, scaler = T.amp_for(device)
+    device = startup.pick_device(cfg.device)
+    d = run_data.load_data(cfg, device)
+    bb = run_data.load_model(cfg, len(d.classes), device)
+    amp, scaler = startup.amp_for(device)
     plan = Finetuning(get_strategy(cfg.strategy), cfg.strategy_params(), bb.groups, cfg.epochs)
     plan.plan(0)
     multipliers = plan.multipliers()
@@ -346,7 +346,7 @@ def lr_find(cfg: RunConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0, num
     with tqdm(total=num_iter, unit="batch", desc="LR range test", disable=not show, file=sys.stderr,
               dynamic_ncols=True) as bar, restored(bb.model, optimizer):
         plan.train_mode(bb.model)
-        test = range_test(net, batches, optimizer, T.training_loss(cfg, d, device)[0],
+        test = range_test(net, batches, optimizer, run_data.training_loss(cfg, d, device)[0],
                           start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, device=device, amp=amp,
                           scaler=scaler, multipliers=per_optimizer_group, on_step=lambda *_: bar.update(1))
     lr, index = suggest(test.lrs, test.losses, rule, num_iter)
@@ -358,10 +358,10 @@ def lr_find(cfg: RunConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0, num
                   seconds=round(time.perf_counter() - started, 3))
 
 
-def _what_trains(cfg: RunConfig, bb: Backbone, d: T.RunData, plan: Finetuning, device: torch.device,
+def _what_trains(cfg: RunConfig, bb: Backbone, d: run_data.RunData, plan: Finetuning, device: torch.device,
                  amp: torch.dtype | None) -> tuple[nn.Module, Iterable, bool]:
     """(net, batches, cached): train._fit's choice for epoch 0, and whether it is the feature cache."""
-    feats = T.frozen_features(cfg, bb, d, device, amp).at(plan.boundary, 0, plan.phase.end)
+    feats = run_data.frozen_features(cfg, bb, d, device, amp).at(plan.boundary, 0, plan.phase.end)
     if feats is None:
         return bb.model, d.train, False
     return feats.cut.rest, feats.train.for_epoch(0), True

@@ -35,6 +35,7 @@ from ..data import folders
 from ..config import RunConfig
 from ..data.decode_cache import Pipeline
 from ..errors import UserError
+from ..training.checkpoint import Checkpoint
 from ..training.feature_cache import precision_at
 from ..store.run_folders import run_folder
 from ..store.store import Run
@@ -79,19 +80,19 @@ def from_run(run: Run) -> Predictor:
     if not path.exists():
         raise UserError(f"run {run.id} has no best checkpoint ({path} is missing): it has not finished an epoch, "
                         f"or its folder was deleted; predict with a run that has trained")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    cfg = RunConfig.from_stored(ckpt.get("config") or run.config)
-    classes = list(ckpt["classes"])
+    ckpt = Checkpoint.load(path)
+    cfg = RunConfig.from_stored(ckpt.config or run.config)
+    classes = list(ckpt.classes)
     described = run.summary.get("preprocessing")
     if not described:
         raise UserError(f"run {run.id} recorded no preprocessing; train it again to predict with it")
     bb = backbones.create_backbone(cfg.backbone, len(classes), weights="none", head=cfg.head, hidden=cfg.hidden,
                                    dropout=cfg.dropout, in_channels=cfg.in_channels)
-    bb.model.load_state_dict(ckpt["model"])
+    bb.model.load_state_dict(ckpt.model)
     model = bb.model.eval()
-    epoch = int(ckpt["epoch"]) + 1
+    epoch = int(ckpt.epoch) + 1
     meta = {"classes": classes, "preprocessing": described, "backbone": cfg.backbone, "run": run.id,
-            "run_uid": run.uid, "epoch": epoch, "val_acc": ckpt.get("val_acc"),
+            "run_uid": run.uid, "epoch": epoch, "val_acc": ckpt.val_acc,
             "val_precision": precision_at(run.summary, epoch)}
     return Predictor(_no_grad(model), classes, pipeline_of(described), f"run {run.id}", meta, model, cfg.backbone)
 

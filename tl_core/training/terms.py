@@ -20,7 +20,7 @@ two passes: DAN's paper (Long et al. 2015, AlexNet) had no BatchNorm to tell the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -31,9 +31,7 @@ from ..analysis import forgetting
 from . import adaptation as adaptations, regularizers
 from ..config import RunConfig
 from ..errors import UserError
-
-if TYPE_CHECKING:
-    from .run import RunData
+from .run_data import RunData
 
 
 class FeatureTap:
