@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from tl_core.store.store import Store
-from tl_core.executors.worker import is_worker_process, pid_alive
+from tl_core.executors.processes import is_worker_process, pid_alive
 
 ROOT = Path(__file__).resolve().parents[1]
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"

@@ -665,36 +665,16 @@ def cmd_serve(args) -> int:
 
 @command("train-run")
 def cmd_train_run(args) -> int:
-    from .store.run_folders import run_folder
-    from .training.run import train_run, warm_cuda  # torch, torchvision and timm: the seconds a standby saves
+    from .executors.standby import train_in_process
 
-    logs.timed()  # its standby.log, then the run's train.log
-    logger = logs.logger(__name__)
-    store = service.open_store(args.db)
-    run_id = args.run_id
-    if args.standby:  # the worker's process kept ready ahead of need (worker.py)
-        import timm  # noqa: F401  (models are built by timm: imported here, not after the run is handed over)
-
-        warmed = warm_cuda()  # on its one GPU: CUDA started before the run comes
-        line = sys.stdin.readline().split()  # "<run id>", or "<run id> <gpu>" for a run placed on a GPU
-        if not line:  # the worker stopped without a run for us
-            return 0
-        run_id = int(line[0])
-        if len(line) > 1 and not warmed:  # nothing here has asked CUDA for a device yet: it still reads which
-            settings.pin_gpu(line[1])
-        log = run_folder(store.get_run(run_id)) / "train.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        sys.stdout.flush(), sys.stderr.flush()
-        with open(log, "ab") as f:  # from here on, this process writes the run's log
-            os.dup2(f.fileno(), 1)
-            os.dup2(f.fileno(), 2)
-    elif run_id is None:
+    if args.run_id is None and not args.standby:
         raise UserError("train-run: give a run id (or --standby)")
-    if (visible := settings.current().cuda_visible_devices) is not None:
-        logger.info(f"run {run_id}: the GPUs it may use are CUDA_VISIBLE_DEVICES={visible}")
-    result = train_run(store, run_id, progress=False)
+    logs.timed()  # its standby.log, then the run's train.log
+    result = train_in_process(service.open_store(args.db), None if args.standby else args.run_id)
+    if result is None:  # a standby the worker released without a run
+        return 0
     if args.json:
         _out(args, result.__dict__, "")
     else:
-        logger.info(f"run {result.run_id} {result.status}")
+        logs.logger(__name__).info(f"run {result.run_id} {result.status}")
     return 1 if result.status == "failed" else 0

@@ -44,7 +44,8 @@ import psutil
 from .. import settings
 from ..logs import logger
 from ..store.store import Store
-from .worker import STOP_GRACE_S, pidfile
+from .processes import pidfile
+from .serving import STOP_GRACE_S
 
 log = logger(__name__)  # timed lines (logs.py): what `docker logs` shows
 
