@@ -8,7 +8,7 @@ read later (worker, serve, train-run) write it through logging, each line with i
 
 Where things are: parser.py (every command's flags), output.py (text, JSON, tables), commands.py
 (the table of commands), and the commands by concern: catalog.py, datasets.py, runs.py,
-results.py, measure.py, predict.py, serving.py. A new command: its flags in parser.py, and a
+results.py, measure.py, predict.py, worker.py. A new command: its flags in parser.py, and a
 `@command` function in the module of its concern that calls the service and prints.
 """
 
@@ -23,7 +23,7 @@ from .. import service
 from ..errors import UserError
 from ..service import jobs
 from ..store.store import UnknownRun, default_db_url
-from . import catalog, datasets, measure, predict, results, runs, serving  # noqa: F401  (each registers its commands)
+from . import catalog, datasets, measure, predict, results, runs, worker  # noqa: F401  (each registers its commands)
 from .commands import COMMANDS
 from .parser import build_parser
 

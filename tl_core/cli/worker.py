@@ -1,4 +1,4 @@
-"""The long-lived processes: `worker` (takes queued runs and trains them; --stop, --health), `serve`
+"""The worker's commands: `worker` (takes queued runs and trains them; --stop, --health), `serve`
 (the dashboard and its worker, supervised), `train-run` (what the worker starts for a run, or as
 its standby: executors/standby.py does the work)."""
 
