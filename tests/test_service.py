@@ -169,3 +169,9 @@ def test_worker_stop_stops_a_detached_worker_its_standby_and_its_runs(tiny, tmp_
     finally:
         if pid_alive(worker):
             os.kill(worker, signal.SIGKILL)
+
+
+def test_the_service_starts_the_dashboard_of_this_checkout():
+    from tl_core.executors.supervisor import APP
+
+    assert APP == ROOT / "app.py" and APP.is_file()  # what `streamlit run` is given

@@ -67,7 +67,7 @@ log = logger(__name__)  # timed lines (logs.py), as the worker's
 
 NODE_LOST = "its Ray node was lost"
 CANCELLED = "cancelled by request"
-SOURCE = Path(__file__).resolve().parents[1]  # the folder holding tl_core: PYTHONPATH on the nodes
+SOURCE = Path(__file__).resolve().parents[2]  # the folder holding tl_core: PYTHONPATH on the nodes
 
 
 # --- on the node ----------------------------------------------------------------------------

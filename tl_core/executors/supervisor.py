@@ -49,7 +49,7 @@ from .serving import STOP_GRACE_S
 
 log = logger(__name__)  # timed lines (logs.py): what `docker logs` shows
 
-APP = Path(__file__).resolve().parents[1] / "app.py"
+APP = Path(__file__).resolve().parents[2] / "app.py"  # the checkout's, beside tl_core/
 POLL_S = 0.5
 
 
