@@ -278,7 +278,7 @@ def test_the_service_as_pid_1_reaps_orphaned_zombies_without_tini(tmp_path):
     script.write_text(textwrap.dedent("""
         import os, subprocess, sys, time
         import psutil
-        from tl_core.supervisor import _reap_orphans
+        from tl_core.executors.supervisor import _reap_orphans
         assert os.getpid() == 1, os.getpid()
         # a grandchild orphaned to PID 1: its parent exits at once, it exits after 0.2 s
         subprocess.run([sys.executable, "-c", "import subprocess, sys; subprocess.Popen([sys.executable, '-c', "
