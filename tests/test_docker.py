@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from tl_core.store.store import Store
-from tl_core.executors.worker import is_worker_process, pid_alive
+from tl_core.executors.processes import is_worker_process, pid_alive
 
 ROOT = Path(__file__).resolve().parents[1]
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
@@ -278,7 +278,7 @@ def test_the_service_as_pid_1_reaps_orphaned_zombies_without_tini(tmp_path):
     script.write_text(textwrap.dedent("""
         import os, subprocess, sys, time
         import psutil
-        from tl_core.supervisor import _reap_orphans
+        from tl_core.executors.supervisor import _reap_orphans
         assert os.getpid() == 1, os.getpid()
         # a grandchild orphaned to PID 1: its parent exits at once, it exits after 0.2 s
         subprocess.run([sys.executable, "-c", "import subprocess, sys; subprocess.Popen([sys.executable, '-c', "

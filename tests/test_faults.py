@@ -102,6 +102,6 @@ def test_when_the_worker_dies_its_runs_stop_and_the_next_worker_resumes_them(tmp
 
 
 def _alive(pid: int) -> bool:
-    from tl_core.executors.worker import pid_alive
+    from tl_core.executors.processes import pid_alive
 
     return pid_alive(pid)

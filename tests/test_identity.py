@@ -12,7 +12,7 @@ import torch
 
 from tl_core.training import run as T
 from tl_core.store.store import Store
-from tl_core.executors.worker import ensure_worker, pid_alive, running_worker
+from tl_core.executors.processes import ensure_worker, pid_alive, running_worker
 
 from .helpers import stop_before_epoch, train
 from .test_worker import _queue, wait_for

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from tl_core.executors import worker as W
+from tl_core.executors.processes import pid_alive
 from tl_core.service import resume_run
 from tl_core.store.store import Store
 
@@ -82,7 +83,7 @@ def test_a_silent_worker_loses_its_run_to_another_worker_and_the_run_is_resumabl
         assert "worker lost" in lost.error and "stopped heartbeating" in lost.error and "resumable" in lost.error
         assert f"worker {run.worker_id} on {socket.gethostname()}" in lost.error
         # Its training process (the frozen worker's child) sees the run is not its own any more and stops.
-        wait_for(lambda: not W.pid_alive(run.pid), 15, "the lost run's process to stop")
+        wait_for(lambda: not pid_alive(run.pid), 15, "the lost run's process to stop")
         assert store.get_run(run_id).status == "failed"  # it recorded nothing over the verdict
     finally:
         _stop(procs)

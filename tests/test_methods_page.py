@@ -114,7 +114,7 @@ def test_the_new_options_are_on_the_form_under_their_cli_names(env):
     assert at.number_input(key="adapt_strength").label == "Adapt strength"
 
     # Each label is its CLI flag's words, and the CLI takes that flag.
-    flags = vars(cli._parser().parse_args(["run", "--data", "d", "--reg-strength", "0.5", "--head-reg-strength",
+    flags = vars(cli.parser.build_parser().parse_args(["run", "--data", "d", "--reg-strength", "0.5", "--head-reg-strength",
                                            "0.2", "--fisher-images", "9", "--target-data", "t", "--adapt", "mmd",
                                            "--adapt-strength", "2", "--in-channels", "1", "--accumulate", "4",
                                            "--checkpointing", "on", "--regularizer", "ewc"]))

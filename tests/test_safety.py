@@ -83,6 +83,6 @@ def test_no_unsafe_loads_or_shell_strings(path):
 def test_the_dashboard_listens_on_localhost_by_default():
     make = (ROOT / "Makefile").read_text()
     assert "HOST   ?= 127.0.0.1" in make and "tl_core serve --host $(HOST)" in make
-    from tl_core.cli import _parser
+    from tl_core.cli.parser import build_parser
 
-    assert _parser().parse_args(["serve"]).host == "127.0.0.1"  # `python -m tl_core serve` by hand too
+    assert build_parser().parse_args(["serve"]).host == "127.0.0.1"  # `python -m tl_core serve` by hand too

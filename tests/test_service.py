@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 
 from tl_core.store.store import Run, Store
-from tl_core.executors.worker import ensure_worker, pid_alive, pidfile
+from tl_core.executors.processes import ensure_worker, pid_alive, pidfile
 
 from .test_worker import ROOT, _queue, wait_for
 
@@ -169,3 +169,9 @@ def test_worker_stop_stops_a_detached_worker_its_standby_and_its_runs(tiny, tmp_
     finally:
         if pid_alive(worker):
             os.kill(worker, signal.SIGKILL)
+
+
+def test_the_service_starts_the_dashboard_of_this_checkout():
+    from tl_core.executors.supervisor import APP
+
+    assert APP == ROOT / "app.py" and APP.is_file()  # what `streamlit run` is given

@@ -155,7 +155,7 @@ def test_a_page_job_is_served_by_the_worker_beside_a_training_run(sqlite_worker,
 def test_a_zombie_is_not_alive_nor_a_worker():
     import psutil
 
-    from tl_core.executors.worker import is_worker_process, pid_alive
+    from tl_core.executors.processes import is_worker_process, pid_alive
 
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     wait_for(lambda: psutil.Process(child.pid).status() == psutil.STATUS_ZOMBIE, 30, "the child to exit")

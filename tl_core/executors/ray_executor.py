@@ -61,13 +61,13 @@ from ..logs import logger
 from ..errors import UserError
 from ..store.run_folders import run_folder
 from ..store.store import Run, Store
-from .worker import PROCESS_LOST, RESUMABLE, STOP_GRACE_S, Serving, masked_url
+from .serving import PROCESS_LOST, RESUMABLE, STOP_GRACE_S, Serving, masked_url
 
 log = logger(__name__)  # timed lines (logs.py), as the worker's
 
 NODE_LOST = "its Ray node was lost"
 CANCELLED = "cancelled by request"
-SOURCE = Path(__file__).resolve().parents[1]  # the folder holding tl_core: PYTHONPATH on the nodes
+SOURCE = Path(__file__).resolve().parents[2]  # the folder holding tl_core: PYTHONPATH on the nodes
 
 
 # --- on the node ----------------------------------------------------------------------------

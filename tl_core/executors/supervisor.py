@@ -44,11 +44,12 @@ import psutil
 from .. import settings
 from ..logs import logger
 from ..store.store import Store
-from .worker import STOP_GRACE_S, pidfile
+from .processes import pidfile
+from .serving import STOP_GRACE_S
 
 log = logger(__name__)  # timed lines (logs.py): what `docker logs` shows
 
-APP = Path(__file__).resolve().parents[1] / "app.py"
+APP = Path(__file__).resolve().parents[2] / "app.py"  # the checkout's, beside tl_core/
 POLL_S = 0.5
 
 

@@ -35,7 +35,8 @@ from ..config import RunConfig
 from ..errors import UserError
 from ..store.run_folders import job_log
 from ..store.store import Job, Store, UnknownRun
-from ..executors.worker import log_tail, pid_alive
+from ..executors.jobs import log_tail
+from ..executors.processes import pid_alive
 from .runs import start_worker
 
 KINDS = {"lr-find": "lr_find", "probe": "probe", "predict": "prediction", "export": "export"}  # command -> artifact kind

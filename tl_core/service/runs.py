@@ -14,6 +14,7 @@ from .. import settings
 from ..config import RunConfig, make_config
 from ..data.folders import batch_size_for, scan_target, split_dataset
 from ..errors import UserError
+from ..executors.processes import ensure_worker, running_worker, stop_workers
 from ..store.run_folders import is_run_folder, run_folder
 from ..store.store import FINISHED, Run, Store, WorkerInfo, default_db_url
 from ..models.weights import check_obtainable
@@ -48,15 +49,11 @@ def start_worker(store: Store) -> int | None:
     only if none is alive: the service (`python -m tl_core serve`) normally started it already."""
     if worker_disabled():
         return None
-    from ..executors.worker import ensure_worker
-
     return ensure_worker(store)
 
 
 def worker_pid(store: Store) -> int | None:
     """The pid of this database's live worker on this machine (another database's is not ours), or None."""
-    from ..executors.worker import running_worker
-
     return running_worker(store)
 
 
@@ -83,8 +80,6 @@ def worker_health(store: Store) -> dict:
 def stop_worker(store: Store) -> list[int]:
     """Stop this database's workers on this machine (their runs stop at their next batch and resume on
     the next start); the pids stopped, none if none was running."""
-    from ..executors.worker import stop_workers
-
     return stop_workers(store)
 
 
