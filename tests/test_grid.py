@@ -9,6 +9,7 @@ import pytest
 
 from tl_core import cli, service
 from tl_core.data import folders
+from tl_core.data.splits import split_dataset
 from tl_core.config import make_config
 from tl_core.errors import UserError
 from tl_core.store.store import Store
@@ -17,11 +18,11 @@ from tl_core.store.store import Store
 def test_train_fractions_are_nested_and_keep_every_class(animals):
     index = folders.scan_dataset(animals)
     for split_seed in (0, 7):
-        sets = {f: {it.path for it in folders.split_dataset(index, 0.2, f, split_seed).train} for f in (0.02, 0.1, 0.3, 1)}
+        sets = {f: {it.path for it in split_dataset(index, 0.2, f, split_seed).train} for f in (0.02, 0.1, 0.3, 1)}
         assert sets[0.02] < sets[0.1] < sets[0.3] < sets[1]  # a smaller subset lies inside a larger one
-        smallest = folders.split_dataset(index, 0.2, 0.02, split_seed).train
+        smallest = split_dataset(index, 0.2, 0.02, split_seed).train
         assert {it.label for it in smallest} == set(range(len(index.classes)))  # every class keeps an image
-    val = {f: [it.path for it in folders.split_dataset(index, 0.2, f, 3).val] for f in (0.1, 1)}
+    val = {f: [it.path for it in split_dataset(index, 0.2, f, 3).val] for f in (0.1, 1)}
     assert val[0.1] == val[1]  # the fraction thins the training images only
 
 

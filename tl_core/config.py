@@ -13,10 +13,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .data.splits import DEFAULT_BATCH_SIZE
 from .errors import UserError
 
-
-DEFAULT_BATCH_SIZE = 32
 # Settings that name or file a run but do not change what it trains: left out of its fingerprint.
 BOOKKEEPING = ("name", "experiment")
 # Settings added after runs were first checkpointed: left out of the fingerprint while at their

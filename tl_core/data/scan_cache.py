@@ -27,6 +27,7 @@ from typing import Iterator
 import numpy as np
 
 from .. import settings
+from . import folders, images
 
 
 def cache_dir() -> Path:
@@ -77,14 +78,12 @@ def scan_dataset(root: str | os.PathLike, in_channels: int = 3):
     entry's size, mtime and symlink target takes a fraction of that and says whether any file
     was added, removed, renamed or rewritten since the last scan.
     """
-    from . import folders
-
     path = Path(root).expanduser()
     if not path.is_dir():
         return folders.scan_dataset(root, in_channels)  # its own error messages
     path = path.resolve()
-    key = {"root": str(path), "tree": _tree_fingerprint(path), "max_pixels": folders.MAX_IMAGE_PIXELS,
-           "code": hashlib.sha256(Path(folders.__file__).read_bytes()).hexdigest()[:16],
+    key = {"root": str(path), "tree": _tree_fingerprint(path), "max_pixels": images.MAX_IMAGE_PIXELS,
+           "code": hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in (folders, images))).hexdigest()[:16],
            **({"in_channels": in_channels} if in_channels != 3 else {})}
     saved = cache_dir() / "scans" / f"{digest(key)}.json"
     if saved.exists():

@@ -11,7 +11,7 @@ import re
 import uuid
 from pathlib import Path
 
-from ..data import folders
+from ..data.images import check_image
 from ..errors import UserError
 from ..store.run_folders import run_folder, runs_dir
 from ..store.store import Run, Store
@@ -36,7 +36,7 @@ def save_uploads(files: list[tuple[str, bytes]], channels: int = 3) -> tuple[lis
         safe = re.sub(r"[^A-Za-z0-9._-]", "_", Path(name).name) or "image"
         path = folder / f"{i:03d}_{safe}"
         path.write_bytes(content)
-        if (problem := folders.check_image(path, channels, decode=True)) is None:
+        if (problem := check_image(path, channels, decode=True)) is None:
             paths.append(str(path))
         else:
             problems.append(problem.replace(str(path), name).replace(path.name, name))

@@ -12,7 +12,8 @@ from typing import Sequence
 
 from .. import settings
 from ..config import RunConfig, make_config
-from ..data.folders import batch_size_for, scan_target, split_dataset
+from ..data.folders import scan_target
+from ..data.splits import batch_size_for, split_dataset
 from ..errors import UserError
 from ..store.run_folders import is_run_folder, run_folder
 from ..store.store import FINISHED, Run, Store, WorkerInfo, default_db_url

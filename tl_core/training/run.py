@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 from ..models import backbones, channels
 from ..data import scan_cache, folders, decode_cache, shared_memory
+from ..data.splits import Splits, batch_size_for, class_weights, split_dataset, split_fingerprint
 from . import feature_cache, gpu_memory
 from ..analysis import forgetting, predictions
 from ..models.backbones import LayerGroup
@@ -447,7 +448,7 @@ class RunData:
     """What a run trains and validates on, and what it said about it."""
 
     index: folders.DatasetIndex
-    splits: folders.Splits
+    splits: Splits
     rows: decode_cache.DatasetRows
     pipeline: decode_cache.Pipeline
     batch_size: int
@@ -471,8 +472,8 @@ def load_data(cfg: RunConfig, device: torch.device) -> RunData:
     size, and loaders over images decoded once, normalised on the device with the weights' own
     preprocessing (channels the weights have none for: measured on the training images)."""
     index = scan_cache.scan_dataset(cfg.data, cfg.in_channels)  # folders.scan_dataset, reused while no file changed
-    splits = folders.split_dataset(index, cfg.val_fraction, cfg.train_fraction, cfg.split_seed, cfg.test_fraction)
-    batch_size, batch_note = folders.batch_size_for(cfg.batch_size, len(splits.train))
+    splits = split_dataset(index, cfg.val_fraction, cfg.train_fraction, cfg.split_seed, cfg.test_fraction)
+    batch_size, batch_note = batch_size_for(cfg.batch_size, len(splits.train))
     pre, stats = channels.normalisation(backbones.preprocessing(cfg.backbone), cfg.in_channels, cfg.weights_to_load,
                                         [it.path for it in splits.train])
     pipeline = decode_cache.Pipeline(pre, cfg.image_size, cfg.augment, cfg.in_channels, stats)
@@ -525,7 +526,7 @@ def _record_start(store: Store, run: Run, cfg: RunConfig, d: RunData, bb: backbo
         store.delete_predictions(run.id)
     store.update_run(run.id, summary={**kept,
         "classes": d.classes, "train_images": len(d.splits.train), "val_images": len(d.splits.val),
-        "split": {"seed": cfg.split_seed, "val_fingerprint": folders.split_fingerprint(d.splits)},
+        "split": {"seed": cfg.split_seed, "val_fingerprint": split_fingerprint(d.splits)},
         "batch_size": {"used": d.batch_size, **({"why": d.batch_note} if d.batch_note else {})},
         "preprocessing": {**d.pipeline.describe(), "native_size": bb.preprocessing.native_size},
         "warnings": warnings, "skipped": skipped,
@@ -742,11 +743,11 @@ def _state(model, optimizer, scaler, plan: Finetuning, terms: Terms, d: RunData,
 
 def training_loss(cfg: RunConfig, d: RunData, device: torch.device) -> tuple[nn.Module, dict | None]:
     """The cross-entropy training minimises, and what the run records of its class weights (None
-    without --class-weights). Weighted (folders.class_weights, from the training split alone) it is
+    without --class-weights). Weighted (splits.class_weights, from the training split alone) it is
     the training objective only: val and test are scored with the plain one, comparable across runs."""
     if cfg.class_weights == "none":
         return nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), None
-    weights = folders.class_weights(d.splits.train, d.classes)
+    weights = class_weights(d.splits.train, d.classes)
     loss = nn.CrossEntropyLoss(weight=torch.tensor(weights, device=device), label_smoothing=cfg.label_smoothing)
     return loss, {"mode": cfg.class_weights, "weights": dict(zip(d.classes, weights))}
 
@@ -765,7 +766,7 @@ def _test_metrics(cfg: RunConfig, model: nn.Module, d: RunData, device: torch.de
     """
     if not d.splits.test:
         return {}
-    held_out = folders.Splits(d.classes, d.splits.test, d.splits.test, d.index)
+    held_out = Splits(d.classes, d.splits.test, d.splits.test, d.index)
     _, loader, _ = decode_cache.make_loaders(held_out, d.rows, d.pipeline, d.batch_size, cfg.seed, d.workers, device,
                                         channels_last=CHANNELS_LAST, enabled=cfg.decode_cache == "on")
 
