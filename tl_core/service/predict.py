@@ -48,7 +48,7 @@ def predict_images(store: Store, source: str | int, paths: list[str], top_k: int
                    cam_classes: list[str] | None = None, job: str | None = None) -> dict:
     """Top-k classes (and, with `cam`, heat maps) for each image, from run `source` or the bundle at
     path `source`. With a job id, stored as a "prediction" artifact of the run's experiment."""
-    from ..inference.predictor import from_bundle, from_run, predict
+    from ..inference.predictor import from_bundle, from_run, predict  # torch: only what predicts imports it
 
     run = store.get_run(int(source)) if str(source).isdigit() else None
     predictor = from_run(run) if run is not None else from_bundle(source)
@@ -67,7 +67,7 @@ def export_run(store: Store, run_id: int, fmt: str, out: str | Path | None = Non
                job: str | None = None) -> dict:
     """Export the run's best checkpoint (export.py) and check it on its validation images; the result,
     passed or not, is kept in the run's summary ("exports") and, with a job id, as an artifact."""
-    from ..inference.export import FORMATS, TOLERANCE, ExportMismatch, export
+    from ..inference.export import FORMATS, TOLERANCE, ExportMismatch, export  # torch (and onnx): only here
     from ..inference.predictor import from_run
 
     run = store.get_run(run_id)
