@@ -15,7 +15,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from ..analysis import stats
+from ..analysis import crossovers, stats
 from ..analysis.metrics import class_metrics
 from ..store.store import ClassMetric, Run, Store
 from .grouping import at_best_lr, differing_keys, group_runs, lr_choices, lr_text
@@ -146,7 +146,7 @@ def data_efficiency(runs: Sequence[Run], metrics: Metrics, which: str = "best",
                 by_x[x].append(v)
         points = []
         for x in sorted(by_x):
-            mean, std = stats.mean_std(by_x[x])
+            mean, std = crossovers.mean_std(by_x[x])
             points.append(Point(x, mean, std, len(by_x[x])))
         if points:
             curves[g.label] = points
@@ -154,18 +154,18 @@ def data_efficiency(runs: Sequence[Run], metrics: Metrics, which: str = "best",
             "crossovers": [c.to_dict() for c in leader_changes(curves)]}
 
 
-def leader_changes(curves: dict[str, list[Point]]) -> list[stats.Crossover]:
+def leader_changes(curves: dict[str, list[Point]]) -> list[crossovers.Crossover]:
     """Where the best group changes as the data grows: the crossings that answer "which strategy
     for how much data" (every pair's crossings would be hundreds in a big grid, most of them
     between curves nobody would pick)."""
     xs = sorted({p.images_per_class for pts in curves.values() for p in pts})
     means = {name: {p.images_per_class: p.mean for p in pts} for name, pts in curves.items()}
     leaders = [max((n for n in means if x in means[n]), key=lambda n: means[n][x]) for x in xs]
-    out: list[stats.Crossover] = []
+    out: list[crossovers.Crossover] = []
     for (x0, a), (x1, b) in zip(zip(xs, leaders), zip(xs[1:], leaders[1:])):
         if a != b:
             pair = {n: [(x, means[n][x]) for x in (x0, x1) if x in means[n]] for n in (a, b)}
-            out += stats.crossovers(pair)
+            out += crossovers.crossovers(pair)
     return out
 
 
@@ -188,7 +188,7 @@ def drift_profiles(rows: Sequence[tuple[str, Sequence[Run]]], metrics: Metrics, 
                     if g not in order:
                         order.append(g)
         if per_group:
-            spread = {g: stats.mean_std(vs) for g, vs in per_group.items()}
+            spread = {g: crossovers.mean_std(vs) for g, vs in per_group.items()}
             profiles.append({"label": label, "run_ids": [r.id for r in members], "n": len(members),
                              "drift": {g: m for g, (m, _) in spread.items()},
                              "std": {g: s for g, (_, s) in spread.items()}})
