@@ -35,6 +35,7 @@ from reference import run_reference  # noqa: E402
 
 from tl_core.models import backbones
 from tl_core.data import folders
+from tl_core.data.splits import split_dataset
 from tl_core.config import make_config  # noqa: E402
 from tl_core.data.demo import write_demo_data  # noqa: E402
 from tl_core.store.store import Store  # noqa: E402
@@ -146,7 +147,7 @@ def cold_run(store: Store, cache: Path, **settings) -> dict:
 
 
 def _split(root: str) -> tuple[list[str], list[str]]:
-    splits = folders.split_dataset(folders.scan_dataset(root), 0.2, seed=0)
+    splits = split_dataset(folders.scan_dataset(root), 0.2, seed=0)
     return [it.path for it in splits.train], [it.path for it in splits.val]
 
 

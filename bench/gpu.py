@@ -153,11 +153,12 @@ def decode_pass(root: str, batch: int, cache: Path, device: torch.device = torch
     """The decode cache on its own: one cold pass (PNG decode, resize, store), then one warm pass
     (read back, pinned, copied to the GPU), through TransferLab's loaders with their default workers."""
     from tl_core.data import folders, decode_cache
+    from tl_core.data.splits import split_dataset
     from tl_core.training.run_data import default_workers
 
     os.environ["TL_CACHE_DIR"], runs_cache = str(cache), os.environ.get("TL_CACHE_DIR")  # not the runs' cache
     index = folders.scan_dataset(root)
-    splits = folders.split_dataset(index, 0.2, 1.0, 0)
+    splits = split_dataset(index, 0.2, 1.0, 0)
     pipeline = decode_cache.Pipeline(backbones.preprocessing("efficientnet_lite0"), SIZE)
     workers = default_workers(device)
     train, _, _ = decode_cache.make_loaders(splits, decode_cache.DatasetRows.of(index), pipeline, batch, 0, workers, device,

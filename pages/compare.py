@@ -14,31 +14,16 @@ on validation; a grid over LRs can be compared with each strategy at its best LR
 validation). The curves and per-class results are validation's.
 """
 
-import csv
-import io
-
 import streamlit as st
 
 from tl_core import service
-from tl_core.errors import UserError
-from ui import charts, gallery, report, session
+from ui import charts, per_class, report, run_diff, session
 from ui import format as fmt
 
 session.through_router("compare")  # a deep link on a fresh server goes through app.py
 
 store = session.store()
 GROUP_AT = 12  # more runs than this are drawn as groups of seeds
-
-
-def to_csv(rows: list[dict]) -> str:
-    keys: list[str] = []
-    for row in rows:
-        keys += [k for k in row if k not in keys]
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=keys)
-    writer.writeheader()
-    writer.writerows(rows)
-    return out.getvalue()
 
 
 @st.cache_data(show_spinner="Testing the differences…", max_entries=32)
@@ -168,7 +153,7 @@ if not any(metrics.get(r.id) for r in runs):
 bands = [(g.label, g.runs) for g in groups]
 
 
-timelines = {tuple(charts.phases(metrics.get(r.id, {}))) for r in runs if metrics.get(r.id)}
+timelines = {tuple(service.phases(metrics.get(r.id, {}))) for r in runs if metrics.get(r.id)}
 
 
 def curve(y: str, x: str = "epoch", among: list | None = None):
@@ -360,10 +345,10 @@ differs_only = st.toggle("Only settings that differ", value=True, key="compare_d
 settings_rows = service.config_table(runs, differs_only=differs_only)
 st.dataframe(settings_rows, hide_index=True)
 downloads = st.container(horizontal=True)
-downloads.download_button("Summary CSV", lambda: to_csv(summary), "summary.csv", "text/csv",
+downloads.download_button("Summary CSV", lambda: report.csv_text(summary), "summary.csv", "text/csv",
                           icon=":material/download:")
-downloads.download_button("Per-epoch metrics CSV", lambda: to_csv(service.metric_rows(runs, metrics)), "metrics.csv",
-                          "text/csv", icon=":material/download:")  # made when clicked: every epoch of every run
+downloads.download_button("Per-epoch metrics CSV", lambda: report.csv_text(service.metric_rows(runs, metrics)),
+                          "metrics.csv", "text/csv", icon=":material/download:")  # made when clicked: every epoch of every run
 title = st.session_state.get("compare_experiment") if mode != "Any runs" else f"{len(runs)} runs"
 downloads.download_button(
     "HTML report", lambda: report.build(
@@ -389,74 +374,7 @@ names = [r.name for r in runs]
 label = {r.id: r.name if names.count(r.name) == 1 else f"{r.name} (#{r.id})" for r in runs}
 
 # --- image by image: what one run fixed and broke against a reference -------------------------------
-comparable = {r.id: service.references(store, r, runs) for r in runs if r.summary.get("predictions")}
-comparable = {i: others for i, others in comparable.items() if others}
-if comparable:
-    st.subheader("Image by image")
-    st.caption("Each run's predictions at its best epoch, image by image against a reference run validated on the "
-               "same images: what the other run fixed (wrong in the reference, right in it), broke, and still gets "
-               "wrong.")
-    choose = st.columns(2)
-    by_id = {r.id: r for r in runs}
-    if st.session_state.get("compare_reference") not in comparable:  # another experiment or selection
-        st.session_state.pop("compare_reference", None)
-    reference_id = choose[0].selectbox("Reference run", list(comparable), key="compare_reference",
-                                       format_func=lambda i: label[i])
-    others = [o.id for o in comparable[reference_id]]
-    if st.session_state.get("compare_against") not in others:
-        st.session_state.pop("compare_against", None)
-    other_id = choose[1].selectbox("Against", others, key="compare_against", format_func=lambda i: label[i])
-    try:
-        d = service.diff(store, reference_id, other_id)
-    except UserError as e:
-        st.info(str(e), icon=":material/info:")
-    else:
-        classes = list(by_id[reference_id].summary.get("classes") or [])
-        m = st.columns(5)
-        m[0].metric("Fixed", len(d.fixed), border=True, help="Wrong in the reference, right in this run")
-        m[1].metric("Broken", len(d.broken), border=True, help="Right in the reference, wrong in this run")
-        m[2].metric("Still wrong", len(d.still_wrong), border=True, help="Wrong in both")
-        m[3].metric("Both right", d.both_right, border=True)
-        m[4].metric("Net", f"{d.net:+d}", border=True, help=f"Fixed minus broken, on {d.shared} shared images")
-        if d.unmatched:
-            st.caption(f"{d.unmatched} validation images were seen by only one of the two runs and are left out.")
-        a, b = st.columns(2)
-        a.plotly_chart(charts.confusion_delta(classes, d.confusion_delta, f"confusion matrix: {label[other_id]} minus "
-                                              f"{label[reference_id]}"), key="confusion_delta")
-        b.plotly_chart(charts.class_deltas(d.class_deltas, f"per-class accuracy: {label[other_id]} against "
-                                           f"{label[reference_id]}"), key="class_deltas")
-        for tab, (kind, images) in zip(st.tabs([f"Fixed ({len(d.fixed)})", f"Broken ({len(d.broken)})",
-                                                f"Still wrong ({len(d.still_wrong)})"]),
-                                       [("fixed", d.fixed), ("broken", d.broken), ("still_wrong", d.still_wrong)]):
-            with tab:
-                if not images:
-                    st.caption("None.")
-                else:
-                    gallery.some(images, classes, key=f"compare_{kind}_{reference_id}_{other_id}")
+run_diff.image_by_image(store, runs, label)
 
 # --- per-class results, for the runs picked ----------------------------------------------------------
-finished = [r for r in runs if r.status == "completed"]
-st.subheader("Per class")
-if not finished:
-    st.caption("Per-class results appear when a run completes.")
-    st.stop()
-best_per_group = sorted((max(g.runs, key=lambda r: values[r.id] or -1) for g in groups if
-                         any(r.status == "completed" for r in g.runs)), key=lambda r: -(values[r.id] or -1))
-st.session_state.setdefault("compare_class_runs", [r.id for r in best_per_group[:1]])
-st.session_state["compare_class_runs"] = [i for i in st.session_state["compare_class_runs"]
-                                          if i in {r.id for r in finished}]
-picked = st.multiselect("Runs to show per class", [r.id for r in finished], key="compare_class_runs",
-                        format_func=lambda i: label[i], help="At first the best run; add others to compare their classes")
-class_rows = {i: rows for i in picked if (rows := service.class_rows(store, store.get_run(i), which, split))}
-if not class_rows:
-    st.caption("Pick runs above to see their per-class accuracy and confusion matrices.")
-    st.stop()
-shown = [r for r in runs if r.id in class_rows]
-st.plotly_chart(charts.per_class_recall(shown, class_rows, label, which), key="per_class")
-st.markdown(f"**Confusion matrices** on {'test' if split == 'test' else 'validation'}, at each run's {which} epoch "
-            f"(rows: true class, columns: predicted)")
-items = list(class_rows.items())
-for start in range(0, len(items), 3):
-    for col, (run_id, rows) in zip(st.columns(3), items[start:start + 3]):
-        col.plotly_chart(charts.confusion_heatmap([c.class_name for c in rows], [c.confusion for c in rows],
-                                                  title=label[run_id]), key=f"confusion_{run_id}")
+per_class.per_class(store, runs, groups, values, label, which, split)

@@ -100,7 +100,7 @@ with curves_tab:
     if not epochs:
         st.info("No epoch has finished yet.", icon=":material/hourglass_top:")
     else:
-        if len(charts.phases(epochs)) > 1:
+        if len(service.phases(epochs)) > 1:
             st.caption("Shaded spans are the fine-tuning phases (how many layer groups train); hover an epoch to "
                        "see its trainable parameters and each group's LR.")
         a, b = st.columns(2)

@@ -430,7 +430,7 @@ def test_curves_one_trace_per_run_with_unfreeze_markers(env):
     fig = charts.curves(runs, metrics, "val_acc", "epoch")
     assert list(fig.data[0].x) == [1, 2, 3]
     assert list(fig.data[1].marker.symbol) == ["circle", "circle", "diamond"]  # unfroze at the 3rd epoch
-    assert charts.unfreeze_epochs(metrics[runs[1].id]) == {2: 3}
+    assert service.unfreeze_epochs(metrics[runs[1].id]) == {3: 3}  # epochs from 1, as the service counts
 
 
 def test_seed_bands_only_for_strategies_with_several_seeds(env):

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tl_core.data import folders
-from tl_core.data.folders import dataset_report, scan_dataset
+from tl_core.data import images
+from tl_core.data.folders import scan_dataset
+from tl_core.data.splits import dataset_report
 from tl_core.errors import UserError
 
 from .helpers import train
@@ -40,7 +41,7 @@ def messy(tiny, tmp_path, monkeypatch) -> Path:
     (cat / "zero-byte.png").write_bytes(b"")
     (cat / "notes.txt").write_text("not an image")
     # A decompression bomb: a tiny file whose header claims 30,000 x 30,000 pixels.
-    monkeypatch.setattr(folders, "MAX_IMAGE_PIXELS", 20_000_000)
+    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 20_000_000)
     Image.new("1", (30_000, 30_000)).save(cat / "bomb.png", optimize=True)
     outside = tmp_path / "secret.png"
     outside.write_bytes(_png_bytes())
@@ -81,15 +82,15 @@ def test_training_goes_on_past_truncated_files_and_lists_them(messy, store, capf
 def test_every_image_mode_loads_as_rgb(mode, tmp_path):
     path = tmp_path / ("x.jpg" if mode == "CMYK" else "x.png")
     Image.new(mode, (9, 7)).save(path)
-    img = folders.load_image(str(path))
+    img = images.load_image(str(path))
     assert img.mode == "RGB" and img.size == (9, 7)
 
 
 def test_a_truncated_file_is_an_unreadable_image_not_a_crash(tmp_path):
     path = tmp_path / "t.png"
     path.write_bytes(_png_bytes((64, 64))[:120])
-    with pytest.raises(folders.UnreadableImage, match="t.png"):
-        folders.load_image(str(path))
+    with pytest.raises(images.UnreadableImage, match="t.png"):
+        images.load_image(str(path))
 
 
 def test_an_unreadable_file_is_skipped(tmp_path, monkeypatch):

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from tl_core.models import backbones, channels
-from tl_core.data import scan_cache, folders, decode_cache, transforms
+from tl_core.data import scan_cache, folders, images, decode_cache, transforms
+from tl_core.data.splits import split_dataset
 from tl_core.data.scan_cache import ArrayCache
 
 
@@ -60,8 +61,8 @@ def test_a_scan_is_reused_until_a_file_changes(tiny, tmp_path, monkeypatch):
     root = tmp_path / "d"
     shutil.copytree(tiny, root)
     opened = []
-    real = folders._open_header
-    monkeypatch.setattr(folders, "_open_header", lambda p: opened.append(p) or real(p))
+    real = images._open_header
+    monkeypatch.setattr(images, "_open_header", lambda p: opened.append(p) or real(p))
     first = scan_cache.scan_dataset(root)
     n = len(opened)
     assert n == sum(len(v) for v in first.items.values())
@@ -73,7 +74,7 @@ def test_a_scan_is_reused_until_a_file_changes(tiny, tmp_path, monkeypatch):
 
 def _loaders(root: str, augment: str = "none", size: int = 48, workers: int = 0, in_channels: int = 3):
     index = folders.scan_dataset(root, in_channels)
-    splits = folders.split_dataset(index, 0.25, seed=0)
+    splits = split_dataset(index, 0.25, seed=0)
     pre, _ = channels.normalisation(backbones.preprocessing("efficientnet_lite0"), in_channels, "imagenet",
                                     [it.path for it in splits.train])
     pipe = decode_cache.Pipeline(pre, size, augment, in_channels)
@@ -85,8 +86,8 @@ def _loaders(root: str, augment: str = "none", size: int = 48, workers: int = 0,
 
 def _count_decodes(monkeypatch) -> list:
     decodes = []
-    real = folders.load_image
-    monkeypatch.setattr(folders, "load_image", lambda p: decodes.append(p) or real(p))
+    real = images.load_image
+    monkeypatch.setattr(images, "load_image", lambda p: decodes.append(p) or real(p))
     return decodes
 
 
@@ -95,7 +96,7 @@ def test_decoded_batches_equal_decoding_every_time_bitwise(tiny):
     _, val_tf = transforms.build_transforms(pipe.pre, 48, "none")
     for _ in range(2):  # decoded on the way, then read from the cache
         got = torch.cat([x for x, _ in val])
-        want = torch.stack([val_tf(folders.load_image(it.path)) for it in splits.val])
+        want = torch.stack([val_tf(images.load_image(it.path)) for it in splits.val])
         assert got.dtype == torch.float32 and torch.equal(got, want)
     assert torch.equal(torch.cat([y for _, y in val]), torch.tensor([it.label for it in splits.val]))
 

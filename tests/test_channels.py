@@ -19,7 +19,8 @@ import torch
 from PIL import Image
 
 from tl_core.models import backbones, channels, families, weights
-from tl_core.data import folders, decode_cache, transforms
+from tl_core.data import folders, images, decode_cache, transforms
+from tl_core.data.splits import split_dataset
 from tl_core.errors import UserError
 
 from .helpers import train
@@ -122,22 +123,22 @@ def test_arrays_and_multiband_tiff_are_read_as_channels_first_floats_scaled_by_t
                      photometric="minisblack")
     tifffile.imwrite(tmp_path / "contig.tif", np.full((6, 5, 4), 0.25, np.float32), photometric="minisblack",
                      planarconfig="contig")
-    a = folders.load_pixels(str(tmp_path / "a.npy"), 4)
+    a = images.load_pixels(str(tmp_path / "a.npy"), 4)
     assert a.shape == (4, 6, 5) and a.dtype == np.float32
     assert a[0].max() == a[0].min() == 1.0 and a[1].max() == 0.0
-    assert np.allclose(folders.load_pixels(str(tmp_path / "b.npy"), 4), 0.2)
-    assert np.allclose(folders.load_pixels(str(tmp_path / "c.npy"), 4), 7.5)  # float as it is
-    assert np.allclose(folders.load_pixels(str(tmp_path / "planar.tif"), 4), 32768 / 65535)
-    assert np.allclose(folders.load_pixels(str(tmp_path / "contig.tif"), 4), 0.25)
+    assert np.allclose(images.load_pixels(str(tmp_path / "b.npy"), 4), 0.2)
+    assert np.allclose(images.load_pixels(str(tmp_path / "c.npy"), 4), 7.5)  # float as it is
+    assert np.allclose(images.load_pixels(str(tmp_path / "planar.tif"), 4), 32768 / 65535)
+    assert np.allclose(images.load_pixels(str(tmp_path / "contig.tif"), 4), 0.25)
 
 
 def test_one_channel_keeps_gray_and_converts_colour_to_l(tmp_path):
     Image.fromarray(np.full((6, 5), 200, np.uint8), "L").save(tmp_path / "g.png")
     Image.fromarray(np.full((6, 5), 40000, np.uint16)).save(tmp_path / "g16.png")
     Image.new("RGB", (5, 6), (255, 0, 0)).save(tmp_path / "red.png")
-    assert np.allclose(folders.load_pixels(str(tmp_path / "g.png"), 1), 200 / 255)
-    assert np.allclose(folders.load_pixels(str(tmp_path / "g16.png"), 1), 40000 / 65535)  # 16 bits kept
-    red = folders.load_pixels(str(tmp_path / "red.png"), 1)
+    assert np.allclose(images.load_pixels(str(tmp_path / "g.png"), 1), 200 / 255)
+    assert np.allclose(images.load_pixels(str(tmp_path / "g16.png"), 1), 40000 / 65535)  # 16 bits kept
+    red = images.load_pixels(str(tmp_path / "red.png"), 1)
     assert red.shape == (1, 6, 5) and np.allclose(red, Image.new("RGB", (1, 1), (255, 0, 0)).convert("L")
                                                   .getpixel((0, 0)) / 255)
 
@@ -239,7 +240,7 @@ def test_four_channel_arrays_train_end_to_end(store, tmp_path, strategy, decode_
     assert list(pre["pre"]["mean"][:3]) == list(weights.preprocessing("efficientnet_lite0").mean)
     # Band 3 is normalised with the training images' own mean, not the validation images'.
     index = folders.scan_dataset(root, 4)
-    splits = folders.split_dataset(index, 0.2, 1.0, 0)
+    splits = split_dataset(index, 0.2, 1.0, 0)
     band3 = [float(np.load(it.path)[0, 0, 3]) for it in splits.train]
     assert pre["pre"]["mean"][3] == pytest.approx(np.mean(band3), abs=1e-5)
     assert run.summary["decode_cache"]["used"] is (decode_cache == "on")

@@ -12,7 +12,9 @@ import torch
 from PIL import Image
 
 from tl_core.models import backbones
-from tl_core.data.folders import dataset_report, scan_dataset, split_dataset, to_rgb
+from tl_core.data.folders import scan_dataset
+from tl_core.data.images import to_rgb
+from tl_core.data.splits import dataset_report, split_dataset
 from tl_core.data.transforms import build_transforms
 from tl_core.errors import UserError
 

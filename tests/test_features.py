@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from tl_core.models import backbones, cuts
-from tl_core.data import folders, decode_cache, transforms
+from tl_core.data import folders, images, decode_cache, transforms
+from tl_core.data.splits import split_dataset
 from tl_core.training import feature_cache
 from tl_core.training import run as T
 from tl_core.training import stopping
@@ -75,7 +76,7 @@ def test_cached_features_equal_the_live_frozen_forward(tiny, store):
     result = train(store, data=tiny, epochs=1, feature_precision="fp32", device="cpu")
     assert store.get_run(result.run_id).summary["feature_cache"]["precision"] == "fp32"
     index = folders.scan_dataset(tiny)
-    splits = folders.split_dataset(index, 0.2, seed=0)
+    splits = split_dataset(index, 0.2, seed=0)
     rows = decode_cache.DatasetRows.of(index)
     bb = backbones.create_backbone("efficientnet_lite0", 4)
     pipe = decode_cache.Pipeline(bb.preprocessing, 32)
@@ -84,7 +85,7 @@ def test_cached_features_equal_the_live_frozen_forward(tiny, store):
     assert ff.records[-1]["hit"]
     cached = torch.cat([x for x, _ in run.val])
     _, val_tf = transforms.build_transforms(bb.preprocessing, 32, "none")
-    live = torch.stack([val_tf(folders.load_image(it.path)) for it in splits.val])
+    live = torch.stack([val_tf(images.load_image(it.path)) for it in splits.val])
     bb.model.eval()
     with torch.inference_mode():
         bb.model.classifier = torch.nn.Identity()
@@ -99,7 +100,7 @@ def test_cached_features_equal_the_live_frozen_forward(tiny, store):
         # Control: the same images resized with another interpolation (a wrong preprocessing)
         # are far outside that tolerance, so it cannot hide one.
         _, wrong_tf = transforms.build_transforms(replace(bb.preprocessing, interpolation="nearest"), 32, "none")
-        wrong = bb.model(torch.stack([wrong_tf(folders.load_image(it.path)) for it in splits.val]))
+        wrong = bb.model(torch.stack([wrong_tf(images.load_image(it.path)) for it in splits.val]))
         assert not torch.allclose(wrong, want, **tolerance)
         assert (wrong - want).abs().max() > 100 * (cached - want).abs().max()
 
@@ -137,7 +138,7 @@ def test_augmentation_caches_k_views_and_samples_one_per_image_each_epoch(tiny, 
     assert summary["used"] and summary["views"] == 3
     assert "3 cached views per image" in capfd.readouterr().err
     index = folders.scan_dataset(tiny)
-    splits = folders.split_dataset(index, 0.2, seed=0)
+    splits = split_dataset(index, 0.2, seed=0)
     bb = backbones.create_backbone("efficientnet_lite0", 4)
     ff = feature_cache.FrozenFeatures(bb, splits, decode_cache.DatasetRows.of(index),
                                  decode_cache.Pipeline(bb.preprocessing, 32, "light"), views=3, batch_size=8, seed=0,

@@ -9,6 +9,7 @@ import pytest
 
 from tl_core import cli, service
 from tl_core.data import folders
+from tl_core.data.splits import split_dataset
 from tl_core.config import make_config
 from tl_core.errors import UserError
 from tl_core.store.store import Store
@@ -17,11 +18,11 @@ from tl_core.store.store import Store
 def test_train_fractions_are_nested_and_keep_every_class(animals):
     index = folders.scan_dataset(animals)
     for split_seed in (0, 7):
-        sets = {f: {it.path for it in folders.split_dataset(index, 0.2, f, split_seed).train} for f in (0.02, 0.1, 0.3, 1)}
+        sets = {f: {it.path for it in split_dataset(index, 0.2, f, split_seed).train} for f in (0.02, 0.1, 0.3, 1)}
         assert sets[0.02] < sets[0.1] < sets[0.3] < sets[1]  # a smaller subset lies inside a larger one
-        smallest = folders.split_dataset(index, 0.2, 0.02, split_seed).train
+        smallest = split_dataset(index, 0.2, 0.02, split_seed).train
         assert {it.label for it in smallest} == set(range(len(index.classes)))  # every class keeps an image
-    val = {f: [it.path for it in folders.split_dataset(index, 0.2, f, 3).val] for f in (0.1, 1)}
+    val = {f: [it.path for it in split_dataset(index, 0.2, f, 3).val] for f in (0.1, 1)}
     assert val[0.1] == val[1]  # the fraction thins the training images only
 
 
@@ -154,23 +155,23 @@ def test_compare_reports_test_metrics_when_every_run_has_them_and_validation_on_
         _scored(store, "feature_extraction", seed, 0.80 + _noise(seed), 0.75 + _noise(seed + 1))
         _scored(store, "full", seed, 0.70 + _noise(seed + 2), 0.85 + _noise(seed + 3))
     ids = [r.id for r in store.list_runs("scored")]
-    auto = service.compare(store, ids)
+    auto = service.compare_runs(store, ids)
     assert auto["split"] == "test" and auto["measure"] == "test accuracy (each run's checkpoint chosen on validation)"
     (d,) = auto["statistics"]
     assert d["verdict"] == "b" and d["split"] == "test" and d["metric"] == "acc"
     assert d["text"].startswith("full beats feature_extraction by 10.") and "points of test accuracy" in d["text"]
     assert d["text"].endswith("4 seeds on split 0)") and sorted(d["run_ids"]) == sorted(ids)
     assert all(r["test_acc"] is not None for r in auto["runs"])
-    (v,) = service.compare(store, ids, split="val")["statistics"]
+    (v,) = service.compare_runs(store, ids, split="val")["statistics"]
     assert v["verdict"] == "a" and "points of val accuracy" in v["text"]
-    (f1,) = service.compare(store, ids, metric="macro_f1")["statistics"]
+    (f1,) = service.compare_runs(store, ids, metric="macro_f1")["statistics"]
     assert f1["mean"] == pytest.approx(d["mean"]) and "points of test macro-F1" in f1["text"]
     # One run without a test split: the comparison falls back to validation, and refuses test.
     _scored(store, "full", 9, 0.7)
     ids = [r.id for r in store.list_runs("scored")]
-    assert service.compare(store, ids)["split"] == "val"
+    assert service.compare_runs(store, ids)["split"] == "val"
     with pytest.raises(UserError, match="no test metrics"):
-        service.compare(store, ids, split="test")
+        service.compare_runs(store, ids, split="test")
 
 
 def test_a_runs_score_is_read_at_its_best_or_last_epoch_on_either_split(store):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from tl_core import service
 from ui import charts, report
 
 from .helpers import job_result
@@ -43,7 +44,7 @@ def test_new_run_finds_the_lr_and_one_click_puts_it_in_the_form(env):
 def test_the_timeline_says_what_trains_and_the_run_page_shades_its_phases():
     epochs = {e: {"val_acc": 0.5, "trainable_groups": 1 if e < 2 else 3, "trainable_params": 1e4 * (1 if e < 2 else 3),
                   "lr/head": 1e-3, **({"lr/stage7": 3e-4, "lr/stage6": 1e-4} if e >= 2 else {})} for e in range(4)}
-    assert charts.phases(epochs) == [(1, 2, 1), (3, 4, 3)]
+    assert service.phases(epochs) == [(1, 2, 1), (3, 4, 3)]
     assert "3 groups train" in charts.timeline_text(epochs[2]) and "stage7 3.0e-04" in charts.timeline_text(epochs[2])
 
     class Run:

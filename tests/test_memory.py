@@ -57,10 +57,10 @@ def test_with_domain_adaptation_the_probe_sends_the_target_batch_through_too():
     assert seen == [8] and probe.batch_size == 4  # the advice is still in the run's batch size
 
 
-def _probe(**kw) -> gpu_memory.Probe:
+def _probe(**kw) -> gpu_memory.MemoryProbe:
     numbers = dict(batch_size=64, before_mb=100.0, peak_mb=2_100.0, grads_mb=100.0, optimizer_mb=200.0,
                    available_mb=1_500.0, total_mb=16_000.0, seconds=1.0)
-    return gpu_memory.Probe(**{**numbers, **kw})
+    return gpu_memory.MemoryProbe(**{**numbers, **kw})
 
 
 def test_a_run_that_would_not_fit_is_told_a_batch_size_that_would():

@@ -5,7 +5,6 @@ the target domain, layer drift, forgetting, gradient accumulation and activation
 from __future__ import annotations
 
 import copy
-import importlib
 
 import pytest
 import torch
@@ -19,14 +18,12 @@ from tl_core.data.demo import write_demo_data
 from tl_core.errors import UserError
 from tl_core.training.finetuning import Phase, sync_param_groups
 from tl_core.training.adaptation import make_adaptation
-from tl_core.service import results
+from tl_core.service import compare, results
 from tl_core.training.terms import FeatureTap, Terms
 from tl_core.training.loop import train_one_epoch
 from tl_core.training.run import train_run
 
 from .helpers import stop_in_epoch, train
-
-comparison = importlib.import_module("tl_core.service.compare")  # the package re-exports a function `compare`
 
 
 # --- gradient accumulation ----------------------------------------------------------------------
@@ -292,7 +289,7 @@ def test_source_only_dann_and_mmd_compare_on_the_demo_domain_pair(store, domains
         assert ("domain_loss" in epoch) == (adapt != "none")
         assert ("domain_acc" in epoch) == (adapt == "dann")
     runs = [store.get_run(i) for i in ids.values()]
-    points = comparison.forgetting_points(runs, store.epoch_metrics([r.id for r in runs]))["points"]
+    points = compare.forgetting_points(runs, store.epoch_metrics([r.id for r in runs]))["points"]
     assert len(points) == 3 and all(p["target_acc"] is not None for p in points) # knowledge kept next to target accuracy, one point per run
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tl_core.data import folders
+from tl_core.data.splits import split_dataset
 from tl_core import service
 from tl_core.config import RunConfig
 
@@ -18,7 +19,7 @@ def test_the_split_follows_the_split_seed_only(tiny, store):
     assert fingerprint[(0, 0)] == fingerprint[(1, 0)] != fingerprint[(0, 1)]  # seeds share the split
     assert epochs[(0, 0)]["train_loss"] != epochs[(1, 0)]["train_loss"]  # but not their training
     index = folders.scan_dataset(tiny)
-    val = {s: [it.path for it in folders.split_dataset(index, 0.2, seed=s).val] for s in (0, 1)}
+    val = {s: [it.path for it in split_dataset(index, 0.2, seed=s).val] for s in (0, 1)}
     assert val[0] != val[1] and sorted(val[0]) == val[0]
 
 

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from tl_core import cli
-from tl_core.data.folders import batch_size_for
+from tl_core.data.splits import batch_size_for
 from tl_core.errors import UserError
 from tl_core.training.strategies import list_strategies
 

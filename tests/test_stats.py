@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from tl_core.analysis import stats
+from tl_core.analysis import crossovers, stats
 
 
 def _seeds(n: int, rng: np.random.Generator) -> dict[int, float]:
@@ -273,20 +273,20 @@ def test_pairs_without_a_test_are_left_out_of_the_family():
 def test_crossing_lines_cross_where_log_x_interpolation_puts_it():
     # a - b is +0.1 at x=10 and -0.3 at x=100: zero a quarter of the way in log10 x, at 10^1.25.
     curves = {"feature_extraction": [(10, 0.70), (100, 0.80)], "full": [(10, 0.60), (100, 1.10)]}
-    [c] = stats.crossovers(curves)
+    [c] = crossovers.crossovers(curves)
     assert 10 ** 1.25 == pytest.approx(17.78, abs=0.01)
     assert c.x == 18 and c.between == (10, 100)
     assert (c.below, c.above) == ("feature_extraction", "full")
     assert c.text == "below ~18 images per class, feature_extraction wins; above, full"
     # The order of the curves changes names, not the answer.
-    [r] = stats.crossovers(dict(reversed(curves.items())))
+    [r] = crossovers.crossovers(dict(reversed(curves.items())))
     assert (r.x, r.below, r.above, r.text) == (c.x, c.below, c.above, c.text)
 
 
 def test_only_shared_x_values_count_and_the_crossing_rounds_to_two_figures():
     # b has an extra point at x=30 that a lacks: the crossing is between the shared 10 and 1000.
     curves = {"a": [(10, 0.5), (1000, 0.7)], "b": [(10, 0.4), (30, 0.9), (1000, 0.8)]}
-    [c] = stats.crossovers(curves)
+    [c] = crossovers.crossovers(curves)
     assert c.between == (10, 1000) and c.x == 100 and (c.below, c.above) == ("a", "b")
 
 
@@ -294,25 +294,25 @@ def test_curves_that_never_cross_or_only_touch_give_none():
     apart = {"full": [(5, 0.6), (50, 0.8), (500, 0.9)], "feature_extraction": [(5, 0.5), (50, 0.7), (500, 0.85)]}
     touch = {"full": [(5, 0.6), (50, 0.7), (500, 0.9)], "feature_extraction": [(5, 0.5), (50, 0.7), (500, 0.85)]}
     equal = {"full": [(5, 0.6), (50, 0.7)], "feature_extraction": [(5, 0.6), (50, 0.7)]}
-    assert stats.crossovers(apart) == stats.crossovers(touch) == stats.crossovers(equal) == []
+    assert crossovers.crossovers(apart) == crossovers.crossovers(touch) == crossovers.crossovers(equal) == []
 
 
 def test_a_tie_between_opposite_leads_is_the_crossing_without_dividing_by_zero():
     at_point = {"a": [(4, 0.6), (40, 0.7), (400, 0.8)], "b": [(4, 0.5), (40, 0.7), (400, 0.9)]}
-    [c] = stats.crossovers(at_point)
+    [c] = crossovers.crossovers(at_point)
     assert c.x == 40 and c.between == (40, 40) and (c.below, c.above) == ("a", "b")
     stretch = {"a": [(1, 0.6), (10, 0.7), (1000, 0.8), (10000, 0.8)],
                "b": [(1, 0.5), (10, 0.7), (1000, 0.8), (10000, 0.9)]}
-    [s] = stats.crossovers(stretch)
+    [s] = crossovers.crossovers(stretch)
     assert s.x == 100 and s.between == (10, 1000)  # the middle of the tied stretch in log x
     assert math.isfinite(s.x)
 
 
 def test_mean_std_is_the_sample_std_and_zero_for_one_value():
-    assert stats.mean_std([0.7]) == (0.7, 0.0)
-    mean, std = stats.mean_std([0.6, 0.7, 0.8])
+    assert crossovers.mean_std([0.7]) == (0.7, 0.0)
+    mean, std = crossovers.mean_std([0.6, 0.7, 0.8])
     assert mean == pytest.approx(0.7) and std == pytest.approx(0.1)  # ddof 1 (population: 0.0816)
     with pytest.raises(ValueError, match="at least one"):
-        stats.mean_std([])
+        crossovers.mean_std([])
 
 

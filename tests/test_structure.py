@@ -104,3 +104,17 @@ def test_adding_a_family_is_one_entry():
     assert all(issubclass(a, families.Family) and a.groups and a.head and a.models for a in adapters)
     assert all(a.cam_layer and a.cam_layout in ("nchw", "nhwc", "tokens") for a in adapters)  # gradcam.py
     assert sum(len(a.models) for a in adapters) == len(families.list_backbones())
+
+
+def test_the_service_package_shadows_none_of_its_modules():
+    # `service.compare` is the module compare.py, not a function re-exported under its name: the
+    # pages' `service.X` and an import of tl_core.service.<module> mean one thing each.
+    import importlib
+    import pkgutil
+
+    from tl_core import service
+
+    for info in pkgutil.iter_modules(service.__path__):
+        module = importlib.import_module(f"tl_core.service.{info.name}")
+        assert getattr(service, info.name) is module, f"tl_core.service.{info.name} is shadowed by a re-exported name"
+    assert callable(service.compare_runs) and service.compare.compare_runs is service.compare_runs

@@ -1,4 +1,4 @@
-"""The test split: a run is chosen on val and reported once on test (folders.py, train._test_metrics).
+"""The test split: a run is chosen on val and reported once on test (data/splits.py, training/run.py's _test_metrics).
 
 Splits: a train/val/test folder, a train/test folder (val carved from train) and --test-fraction
 (carved first, stratified, by the split seed; 0 splits exactly as before); test images never
@@ -28,7 +28,8 @@ from tl_core import service
 from tl_core.training import held_out, loop, run_data
 from tl_core.training import run as T
 from tl_core.config import make_config
-from tl_core.data.folders import Item, scan_dataset, split_dataset, split_fingerprint
+from tl_core.data.folders import Item, scan_dataset
+from tl_core.data.splits import Splits, class_weights, split_dataset, split_fingerprint
 from tl_core.errors import UserError
 from tl_core.analysis.data_probe import probe
 
@@ -101,9 +102,9 @@ def test_test_fraction_is_carved_first_stratified_seeded_and_disjoint():
     assert _paths(split_dataset(index, 0.2, 1.0, 3, test_fraction=0.2).test) == _paths(s.test)
     assert _paths(split_dataset(index, 0.2, 1.0, 4, test_fraction=0.2).test) != _paths(s.test)
     # the split's fingerprint covers the test images too
-    without = folders.Splits(s.classes, s.train, s.val, index)
+    without = Splits(s.classes, s.train, s.val, index)
     assert split_fingerprint(s) != split_fingerprint(without)
-    moved = folders.Splits(s.classes, s.train, s.val, index, s.test[1:] + [s.train[0]])
+    moved = Splits(s.classes, s.train, s.val, index, s.test[1:] + [s.train[0]])
     assert split_fingerprint(moved) != split_fingerprint(s)
 
 
@@ -183,9 +184,9 @@ def test_macro_f1_and_balanced_accuracy_on_a_known_confusion_matrix():
 
 def test_class_weights_auto_are_inverse_frequency_with_mean_one_and_weight_the_loss():
     items = [Item(f"{c}{i}", c) for c, n in enumerate((2, 6, 12)) for i in range(n)]
-    weights = folders.class_weights(items, ["a", "b", "c"])
+    weights = class_weights(items, ["a", "b", "c"])
     assert weights == pytest.approx([2.0, 2 / 3, 1 / 3]) and sum(weights) / 3 == pytest.approx(1.0)
-    d = SimpleNamespace(splits=folders.Splits(["a", "b", "c"], items, [], None), classes=["a", "b", "c"])
+    d = SimpleNamespace(splits=Splits(["a", "b", "c"], items, [], None), classes=["a", "b", "c"])
     plain, none = run_data.training_loss(make_config(data="x"), d, CPU)
     weighted, record = run_data.training_loss(make_config(data="x", class_weights="auto"), d, CPU)
     assert none is None and record == {"mode": "auto", "weights": dict(zip("abc", weights))}
@@ -197,7 +198,7 @@ def test_class_weights_auto_are_inverse_frequency_with_mean_one_and_weight_the_l
     assert weighted(logits, y).item() == pytest.approx(((w * each).sum() / w.sum()).item())
     assert weighted(logits, y).item() != pytest.approx(plain(logits, y).item(), rel=1e-3)
     with pytest.raises(UserError, match="no training images"):
-        folders.class_weights(items[:2], ["a", "b", "c"])
+        class_weights(items[:2], ["a", "b", "c"])
 
 
 def test_class_weights_reach_the_training_loss_and_are_recorded(tiny, tmp_path, store):
@@ -211,7 +212,7 @@ def test_class_weights_reach_the_training_loss_and_are_recorded(tiny, tmp_path, 
     assert loss["none"] != pytest.approx(loss["auto"], rel=1e-3)
     run = store.get_run(runs["auto"].run_id)
     index = scan_dataset(skewed)
-    expected = folders.class_weights(split_dataset(index, 0.2).train, index.classes)
+    expected = class_weights(split_dataset(index, 0.2).train, index.classes)
     assert run.summary["class_weights"] == {"mode": "auto", "weights": dict(zip(index.classes, expected))}
     assert expected[0] > 1 > expected[-1]
     # no test split: neither test block, and no test_acc

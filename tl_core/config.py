@@ -20,14 +20,13 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import core_schema
 
+from .data.splits import DEFAULT_BATCH_SIZE
 from .errors import UserError
 from .models.families import get_spec
 from .registry import Registry
 from .training.strategies import StrategyParams, batchnorm_mode, get_strategy
 from .training.term_specs import ADAPTATIONS, REGULARIZERS
 
-
-DEFAULT_BATCH_SIZE = 32
 # Settings that name or file a run but do not change what it trains: left out of its fingerprint.
 BOOKKEEPING = ("name", "experiment")
 # Settings added after runs were first checkpointed: left out of the fingerprint while at their

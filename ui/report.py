@@ -1,11 +1,13 @@
-"""A one-file HTML report of a comparison: its charts, tables, statistics and settings.
+"""A comparison's downloads: a one-file HTML report (its charts, tables, statistics and settings), CSV tables.
 
 Plotly's JavaScript is embedded once, so the file opens anywhere, offline, and can be mailed.
 """
 
 from __future__ import annotations
 
+import csv
 import html
+import io
 from typing import Sequence
 
 import plotly.graph_objects as go
@@ -45,3 +47,15 @@ def build(title: str, caption: str, sections: Sequence[tuple[str, list]]) -> str
     return (f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
             f"<p class=caption>{html.escape(caption)}</p>{''.join(out)}</body></html>")
+
+
+def csv_text(rows: list[dict]) -> str:
+    """Rows as CSV, every key any row has as a column (in the order first seen)."""
+    keys: list[str] = []
+    for row in rows:
+        keys += [k for k in row if k not in keys]
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()

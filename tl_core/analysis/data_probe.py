@@ -37,6 +37,7 @@ import torch
 
 from ..models import backbones, weights
 from ..data import scan_cache, folders, decode_cache
+from ..data.splits import Splits, split_dataset
 from ..training import feature_cache
 from ..config import RunConfig
 from ..errors import UserError
@@ -246,7 +247,7 @@ def knn_accuracy(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_
     return float((np.asarray(pred) == y_val).mean())
 
 
-def _frozen_activations(cfg: RunConfig, splits: folders.Splits, rows: decode_cache.DatasetRows,
+def _frozen_activations(cfg: RunConfig, splits: Splits, rows: decode_cache.DatasetRows,
                         device: torch.device) -> tuple[feature_cache.FeatureRun, str]:
     """The pretrained body's output at the head input for `splits`' images, at the weights' native
     size, through the feature cache."""
@@ -298,8 +299,8 @@ def probe(cfg: RunConfig, *, max_per_class: int = 50, k: int = 5) -> Probe:
     # 1. The split a run of cfg would train on, and a seeded subsample of it (the split's seed:
     #    every run of an experiment, whatever its --seed, is probed on the same images).
     index = scan_cache.scan_dataset(cfg.data)
-    splits = folders.split_dataset(index, cfg.val_fraction, cfg.train_fraction, cfg.split_seed, cfg.test_fraction)
-    probed = folders.Splits(splits.classes, subsample(splits.train, max_per_class, cfg.split_seed),
+    splits = split_dataset(index, cfg.val_fraction, cfg.train_fraction, cfg.split_seed, cfg.test_fraction)
+    probed = Splits(splits.classes, subsample(splits.train, max_per_class, cfg.split_seed),
                          subsample(splits.val, max_per_class, cfg.split_seed), index)
     # 2. Frozen activations at the head input, computed once and cached.
     run, cache_state = _frozen_activations(cfg, probed, decode_cache.DatasetRows.of(index), device)

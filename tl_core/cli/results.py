@@ -43,8 +43,8 @@ def cmd_show(args) -> int:
 
 @command("compare")
 def cmd_compare(args) -> int:
-    report = service.compare(service.open_store(args.db), args.run_ids, which=args.which, metric=args.metric,
-                             split=args.split, family=args.family, best_lr=args.best_lr)
+    report = service.compare_runs(service.open_store(args.db), args.run_ids, which=args.which, metric=args.metric,
+                                  split=args.split, family=args.family, best_lr=args.best_lr)
     cols = ["id", "strategy", "backbone", "status", "best_val_acc", "best_epoch", "final_val_acc",
             *(["test_acc"] if report["split"] == "test" else []), "epochs", "total_seconds", "trainable_params",
             "images_per_sec"]

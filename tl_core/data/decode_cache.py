@@ -10,7 +10,7 @@ Without augmentation the stored crop is exactly the validation transform's, so t
 bitwise the same input as when decoding every time. With augmentation the stored square is the
 resized image's centre (image_size / crop_pct on a side) and the random crop is taken from it:
 the corners of a non-square image are not reachable by the crop.
-Images of other than 3 channels (--in-channels, folders.load_pixels) are stored as float16 rows
+Images of other than 3 channels (--in-channels, images.load_pixels) are stored as float16 rows
 (channels, S, S) of their [0, 1]-scaled values (16-bit and float bands keep their precision
 better than uint8 would; float values beyond float16's +-65504 are clipped), resized as tensors.
 """
@@ -27,7 +27,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as F
 
-from . import folders, shared_memory, transforms
+from . import folders, images, shared_memory, transforms
+from .splits import Splits
 from .scan_cache import ArrayCache, CacheTooLarge, files_fingerprint
 from ..logs import logger
 from ..models.weights import Preprocessing
@@ -68,7 +69,7 @@ class DatasetRows:
 @dataclass(frozen=True)
 class DecodeStage:
     """Open, RGB, resize the shorter side to `resize`, crop the centre `crop` square: uint8 CHW.
-    Other channel counts: folders.load_pixels, then the same on the tensor, stored as float16."""
+    Other channel counts: images.load_pixels, then the same on the tensor, stored as float16."""
 
     resize: int
     crop: int
@@ -87,11 +88,11 @@ class DecodeStage:
     def __call__(self, path: str) -> np.ndarray:
         interp = T.InterpolationMode(self.interpolation)
         if self.channels != 3:
-            x = F.resize(torch.from_numpy(folders.load_pixels(path, self.channels)), [self.resize],
+            x = F.resize(torch.from_numpy(images.load_pixels(path, self.channels)), [self.resize],
                          interpolation=interp, antialias=True)
             x = F.center_crop(x, [self.crop]).clamp(-F16_MAX, F16_MAX)
             return np.ascontiguousarray(x.numpy().astype(np.float16))
-        img = T.CenterCrop(self.crop)(T.Resize(self.resize, interpolation=interp)(folders.load_image(path)))
+        img = T.CenterCrop(self.crop)(T.Resize(self.resize, interpolation=interp)(images.load_image(path)))
         return np.ascontiguousarray(np.asarray(img).transpose(2, 0, 1))
 
 
@@ -197,7 +198,7 @@ class PixelDataset(Dataset):
         if self.filled is None or not self.filled[row]:
             try:
                 self._array()[row] = self.images.stage(self.images.dataset.paths[row])
-            except folders.UnreadableImage as e:
+            except images.UnreadableImage as e:
                 log.warning(f"skipped unreadable image {e}")
                 self.unreadable.add(row)
                 return None, label, row, -1
@@ -282,7 +283,7 @@ def read_through(dataset: PixelDataset, **loader_args) -> Iterator[tuple[torch.T
             dataset.images.record(np.concatenate(fresh), np.concatenate(bad))
 
 
-def unreadable_paths(rows: DatasetRows, pipeline: Pipeline, splits: folders.Splits) -> list[str]:
+def unreadable_paths(rows: DatasetRows, pipeline: Pipeline, splits: Splits) -> list[str]:
     """Images of this split that could not be decoded (truncated, corrupt): found as they were read."""
     wanted = set(rows.rows(splits.train).tolist()) | set(rows.rows(splits.val).tolist())
     failed: set[int] = set()
@@ -365,7 +366,7 @@ def item_bytes(pipeline: Pipeline, cached: bool) -> int:
     return pipeline.in_channels * pipeline.image_size ** 2 * (1 if cached and pipeline.in_channels == 3 else 4)
 
 
-def make_loaders(splits: folders.Splits, rows: DatasetRows, pipeline: Pipeline, batch_size: int, seed: int,
+def make_loaders(splits: Splits, rows: DatasetRows, pipeline: Pipeline, batch_size: int, seed: int,
                  workers: int, device: torch.device, channels_last: bool = False, enabled: bool = True,
                  prefetch_factor: int = shared_memory.PREFETCH):
     """(train, val, note): loaders over the decode cache, or, where it is off or cannot hold the

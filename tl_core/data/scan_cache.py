@@ -4,7 +4,7 @@ The decoded images (decoded.py) and the frozen features (features.py) are both "
 image of a dataset", costly to compute and the same for every run that asks with the same key.
 An entry lives in `<cache dir>/<kind>/<digest of its key>/`:
   key.json     the key in full, to read (and to refuse a digest collision);
-  folders.npy     the rows (np.lib.format.open_memmap), created whole under a temp name and renamed;
+  data.npy     the rows (np.lib.format.open_memmap), created whole under a temp name and renamed;
   filled.npy   which rows hold data, replaced by temp + rename only after the rows are flushed;
   failed.json  rows that could not be computed (an unreadable image), if any.
 So a crash or a cancel never leaves a row marked filled that is not, and the next run computes
@@ -27,6 +27,7 @@ from typing import Iterator
 import numpy as np
 
 from .. import settings
+from . import folders, images
 
 
 def cache_dir() -> Path:
@@ -77,14 +78,12 @@ def scan_dataset(root: str | os.PathLike, in_channels: int = 3):
     entry's size, mtime and symlink target takes a fraction of that and says whether any file
     was added, removed, renamed or rewritten since the last scan.
     """
-    from . import folders
-
     path = Path(root).expanduser()
     if not path.is_dir():
         return folders.scan_dataset(root, in_channels)  # its own error messages
     path = path.resolve()
-    key = {"root": str(path), "tree": _tree_fingerprint(path), "max_pixels": folders.MAX_IMAGE_PIXELS,
-           "code": hashlib.sha256(Path(folders.__file__).read_bytes()).hexdigest()[:16],
+    key = {"root": str(path), "tree": _tree_fingerprint(path), "max_pixels": images.MAX_IMAGE_PIXELS,
+           "code": hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in (folders, images))).hexdigest()[:16],
            **({"in_channels": in_channels} if in_channels != 3 else {})}
     saved = cache_dir() / "scans" / f"{digest(key)}.json"
     if saved.exists():
@@ -148,11 +147,11 @@ class ArrayCache:
 
     def data(self) -> np.memmap:
         """The array, memory-mapped read-only (only filled rows are meaningful)."""
-        return np.load(self.folder / "folders.npy", mmap_mode="r")
+        return np.load(self.folder / "data.npy", mmap_mode="r")
 
     def check_fits(self) -> None:
         """Raise CacheTooLarge for a new entry over TL_CACHE_MAX_GB or the free disk space."""
-        if (self.folder / "folders.npy").exists():
+        if (self.folder / "data.npy").exists():
             return
         self.folder.parent.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(self.folder.parent).free
@@ -171,13 +170,13 @@ class ArrayCache:
 
     def create(self) -> None:
         """Make the entry (all rows missing) if it does not exist yet."""
-        if not (self.folder / "folders.npy").exists():
+        if not (self.folder / "data.npy").exists():
             with self.locked():
                 self._create_if_missing()
 
     def writable(self) -> np.memmap:
         """The array, memory-mapped for writing rows (by this or any other process)."""
-        return np.load(self.folder / "folders.npy", mmap_mode="r+")
+        return np.load(self.folder / "data.npy", mmap_mode="r+")
 
     @contextlib.contextmanager
     def filling(self) -> Iterator["ArrayCache"]:
@@ -213,7 +212,7 @@ class ArrayCache:
         os.replace(tmp, self.folder / "filled.npy")
 
     def _create_if_missing(self) -> None:
-        if (self.folder / "folders.npy").exists():
+        if (self.folder / "data.npy").exists():
             have = json.loads((self.folder / "key.json").read_text())
             if have != json.loads(json.dumps(self.key, default=str)):
                 raise RuntimeError(f"cache entry {self.folder} holds another key; delete the folder")
@@ -223,7 +222,7 @@ class ArrayCache:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         (tmp / "key.json").write_text(json.dumps(self.key, indent=1, sort_keys=True, default=str))
-        arr = np.lib.format.open_memmap(tmp / "folders.npy", mode="w+", dtype=self.dtype,
+        arr = np.lib.format.open_memmap(tmp / "data.npy", mode="w+", dtype=self.dtype,
                                         shape=(self.rows, *self.shape))
         del arr  # a sparse file: rows take space as they are written
         np.save(tmp / "filled.npy", np.zeros(self.rows, dtype=bool))

@@ -17,7 +17,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from torchvision.transforms import v2 as T
 
 from . import shared_memory
-from .folders import Item, Splits, UnreadableImage, load_image, load_pixels
+from .folders import Item
+from .images import UnreadableImage, load_image, load_pixels
+from .splits import Splits
 from ..errors import UserError
 from ..logs import logger
 from ..models.weights import Preprocessing

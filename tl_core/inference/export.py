@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ..data import folders
+from ..data.images import check_image
 from . import predictor
 from ..errors import UserError
 
@@ -51,7 +51,7 @@ def export(source: predictor.Predictor, fmt: str, out: str | Path, images: list[
         raise UserError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     if source.model is None:
         raise UserError("export needs a run's PyTorch model, not a bundle")
-    readable = [p for p in images if folders.check_image(p, source.pipeline.in_channels) is None]
+    readable = [p for p in images if check_image(p, source.pipeline.in_channels) is None]
     if not readable:
         raise UserError("no readable validation image to check the export on; the run's validation images "
                         "moved or were deleted: restore the dataset folder, then export again")

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ..models import backbones
-from ..data import folders
+from ..data import images
 from ..config import RunConfig
 from ..data.decode_cache import Pipeline
 from ..errors import UserError
@@ -161,11 +161,11 @@ def predict(predictor: Predictor, paths: list[str], top_k: int = 5, cam: bool = 
     out: list[dict] = []
     for path in paths:
         item = {"image": Path(path).name, "path": str(path)}
-        problem = folders.check_image(path, channels)
+        problem = images.check_image(path, channels)
         if problem is None:
             try:
                 x_raw = predictor.pipeline.stage(train=False)(path)
-            except (folders.UnreadableImage, ValueError, OSError) as e:
+            except (images.UnreadableImage, ValueError, OSError) as e:
                 problem = f"{Path(path).name}: not a readable image ({e}); check the file is not corrupt"
         if problem is not None:
             out.append({**item, "error": problem})

@@ -21,7 +21,7 @@ and `in_channels` change in place, so layer groups still hold the same module. R
 Normalisation. The channels the weights were trained on (0-2, when N > 3 and there are
 weights) keep the weights' RGB mean and std. Every other channel (all of them when N is 1 or 2,
 or with `--weights none`) is normalised by its own mean and std, measured on the training
-images (never the validation ones), in the [0, 1] scale folders.load_pixels reads. With N = 3
+images (never the validation ones), in the [0, 1] scale images.load_pixels reads. With N = 3
 nothing here applies: the weights' own preprocessing, as ever.
 """
 
@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data import folders
+from ..data import images
 from ..errors import UserError
 from .families import BackboneSpec
 from .weights import Preprocessing
@@ -88,8 +88,8 @@ def training_stats(paths: list[str], channels: int) -> tuple[tuple[float, ...], 
     total, squares, pixels, read = np.zeros(channels), np.zeros(channels), 0, 0
     for path in paths[::step]:
         try:
-            x = folders.load_pixels(path, channels).reshape(channels, -1).astype(np.float64)
-        except folders.UnreadableImage:
+            x = images.load_pixels(path, channels).reshape(channels, -1).astype(np.float64)
+        except images.UnreadableImage:
             continue  # listed when the loader meets it
         total += x.sum(1)
         squares += (x * x).sum(1)

@@ -9,10 +9,13 @@ what builds or trains a model (the backbone table, a run trained in this process
   catalog    backbones and strategies as tables, what a strategy trains, what to try first
   datasets   the folders a front end may read, a dataset's report, sample images
   runs       the store and the worker; plan, check and queue runs; cancel, resume, delete
+  readings   a run's numbers: at its best or last epoch, on val or test, which metric; its drift's groups
   results    one run in full (each layer group's drift), comparison rows, per-epoch rows, a run's log and checkpoints
-  compare    what differs between runs, groups of seeds, best or last values, statistics, data efficiency,
-             layer drift and forgetting side by side
+  grouping   what differs between runs, groups of seeds, the settings table, each strategy's best LR
+  curves     what the charts draw: per-epoch mean and spread over runs, smoothing, the fine-tuning phases
   measure    before training: the probe of the data, the LR finder (stored with the experiment)
+  compare    statistics (is a difference real, the seeds that would settle it), data efficiency, layer drift and
+             forgetting side by side, per-class results; `compare_runs` and `experiment_report` in one answer
   predictions  a run's stored validation predictions: errors worst first, a confusion cell's images,
              what one run fixed and broke against another, thumbnails
   predict    predict with a run or an exported bundle (uploads checked first); export, with its parity check
@@ -23,8 +26,11 @@ from ..store.store import FINISHED, STATUSES
 from .catalog import backbone_table, layer_groups, recommend_strategy, strategy_param_counts, strategy_table
 from .measure import find_lr, probe_data, probe_verdict
 from .datasets import data_roots, dataset_folders, dataset_report, resolve_data_path, sample_images
-from .compare import FAMILIES, METRICS, SEEDS_OFFERED, SPLITS, WHICH, at_best_lr, class_rows, config_table, data_efficiency, describe, differing_keys, drift_profiles, forgetting_points, group_runs, has_test, lr_choices, lr_text, resolve_split, score, settling_plan, smooth, split_seed, statistics, to_settle, value
-from .results import checkpoint, compare, drift_by_group, eta_seconds, experiment_report, group_drift, log_tail, metric_rows, ray_node, run_details, run_row, skipped_files, status_counts, summarize, summary_rows, time_to_accuracy
+from .readings import METRICS, SPLITS, WHICH, describe, has_test, resolve_split, score, split_seed, value
+from .grouping import at_best_lr, config_table, differing_keys, group_runs, lr_choices, lr_text
+from .curves import epoch_spread, phases, smooth, unfreeze_epochs
+from .compare import FAMILIES, SEEDS_OFFERED, class_rows, compare_runs, data_efficiency, drift_profiles, experiment_report, forgetting_points, settling_plan, statistics, to_settle
+from .results import checkpoint, drift_by_group, eta_seconds, group_drift, log_tail, metric_rows, ray_node, run_details, run_row, skipped_files, status_counts, summarize, summary_rows, time_to_accuracy
 from .predictions import cell, confusion, diff, errors, references, run_predictions, thumbnail
 from .predict import export_run, exports, has_checkpoint, predict_images, predictable_runs, save_uploads
 from .runs import cancel_run, check_run, delete_run, display_db_url, draft_warnings, estimate_seconds, more_seeds, more_splits, live_workers, open_store, plan_runs, queue_run, queue_runs, resume_run, run_files_dir, start_here, start_worker, stop_worker, stored_config, train_here, worker_disabled, worker_pid
@@ -35,7 +41,7 @@ __all__ = [
     "find_lr", "probe_data", "probe_verdict",
     "WHICH", "class_rows", "config_table", "data_efficiency", "differing_keys", "drift_by_group", "drift_profiles",
     "estimate_seconds", "experiment_report", "forgetting_points", "group_drift", "group_runs", "more_seeds", "smooth", "statistics", "value",
-    "FINISHED", "STATUSES", "backbone_table", "cancel_run", "check_run", "checkpoint", "compare", "data_roots",
+    "FINISHED", "STATUSES", "backbone_table", "cancel_run", "check_run", "checkpoint", "compare_runs", "data_roots",
     "dataset_folders", "dataset_report", "delete_run", "display_db_url", "draft_warnings", "eta_seconds",
     "layer_groups", "log_tail", "metric_rows", "open_store", "plan_runs", "queue_run", "queue_runs",
     "recommend_strategy", "resolve_data_path", "resume_run", "run_details", "run_files_dir", "run_row",
@@ -45,4 +51,5 @@ __all__ = [
     "FAMILIES", "METRICS", "SEEDS_OFFERED", "SPLITS", "at_best_lr", "describe", "has_test", "lr_choices", "lr_text",
     "more_splits", "resolve_split", "score", "settling_plan", "split_seed", "to_settle",
     "log_text", "worker_health",
+    "epoch_spread", "phases", "unfreeze_epochs",
 ]

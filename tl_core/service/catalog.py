@@ -56,7 +56,7 @@ def strategy_param_counts(backbone: str, strategy: str, settings: dict, num_clas
 @functools.lru_cache(maxsize=64)
 def _group_sizes(backbone: str, num_classes: int, head: str, hidden: int) -> tuple[int, ...]:
     """Parameters in each layer group (head last), built without weights."""
-    from ..models.backbones import skeleton
+    from ..models.backbones import skeleton  # builds the architecture (without weights): torch
 
     return tuple(g.num_params() for g in skeleton(backbone, num_classes, head, hidden).groups)
 

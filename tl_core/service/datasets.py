@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
-from ..data import folders
+from ..data import folders, splits
 from .. import settings
 from ..errors import UserError
 
@@ -42,7 +42,7 @@ def resolve_data_path(path: str, roots: Iterable[Path]) -> str:
 def dataset_report(path: str, val_fraction: float = 0.2, split_seed: int = 0, test_fraction: float = 0.0) -> dict:
     """Classes, images per class per split (train, val, test), sizes, skipped files and warnings
     (UserError if unusable)."""
-    return folders.dataset_report(path, val_fraction, split_seed, test_fraction)
+    return splits.dataset_report(path, val_fraction, split_seed, test_fraction)
 
 
 def sample_images(path: str, per_class: int = 4) -> dict[str, list[str]]:

@@ -6,8 +6,12 @@ as an artifact of the experiment named in its config, with the job id when a job
 
 from __future__ import annotations
 
+from collections import defaultdict
+
 from ..config import RunConfig
 from ..store.store import Store
+from .readings import value
+from .runs import check_run
 
 
 def probe_data(store: Store, cfg: RunConfig, max_per_class: int = 50, job: str | None = None) -> dict:
@@ -23,8 +27,7 @@ def probe_data(store: Store, cfg: RunConfig, max_per_class: int = 50, job: str |
 def find_lr(store: Store, cfg: RunConfig, start_lr: float = 1e-7, end_lr: float = 10.0, num_iter: int = 100,
             rule: str = "steepest", job: str | None = None) -> dict:
     """The LR range test under cfg's strategy (lr_finder.py). Stored as an "lr_find" artifact."""
-    from ..analysis.lr_finder import lr_find
-    from .runs import check_run
+    from ..analysis.lr_finder import lr_find  # torch: only what measures imports it
 
     check_run(cfg)
     found = lr_find(cfg, start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, rule=rule)
@@ -36,10 +39,7 @@ def find_lr(store: Store, cfg: RunConfig, start_lr: float = 1e-7, end_lr: float 
 def probe_verdict(store: Store, experiment: str, which: str = "best") -> str | None:
     """After a comparison, whether the experiment's probe recommended the strategy that won (the
     mean over seeds of each strategy's val accuracy, read at `which` epoch)."""
-    from collections import defaultdict
-
-    from ..analysis.data_probe import judge
-    from .compare import value
+    from ..analysis.data_probe import judge  # its module imports torch
 
     found = store.artifacts(experiment, "probe")
     runs = [r for r in store.list_runs(experiment) if r.status == "completed"]

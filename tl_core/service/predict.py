@@ -11,7 +11,7 @@ import re
 import uuid
 from pathlib import Path
 
-from ..data import folders
+from ..data.images import check_image
 from ..errors import UserError
 from ..store.run_folders import run_folder, runs_dir
 from ..store.store import Run, Store
@@ -36,7 +36,7 @@ def save_uploads(files: list[tuple[str, bytes]], channels: int = 3) -> tuple[lis
         safe = re.sub(r"[^A-Za-z0-9._-]", "_", Path(name).name) or "image"
         path = folder / f"{i:03d}_{safe}"
         path.write_bytes(content)
-        if (problem := folders.check_image(path, channels, decode=True)) is None:
+        if (problem := check_image(path, channels, decode=True)) is None:
             paths.append(str(path))
         else:
             problems.append(problem.replace(str(path), name).replace(path.name, name))
@@ -48,7 +48,7 @@ def predict_images(store: Store, source: str | int, paths: list[str], top_k: int
                    cam_classes: list[str] | None = None, job: str | None = None) -> dict:
     """Top-k classes (and, with `cam`, heat maps) for each image, from run `source` or the bundle at
     path `source`. With a job id, stored as a "prediction" artifact of the run's experiment."""
-    from ..inference.predictor import from_bundle, from_run, predict
+    from ..inference.predictor import from_bundle, from_run, predict  # torch: only what predicts imports it
 
     run = store.get_run(int(source)) if str(source).isdigit() else None
     predictor = from_run(run) if run is not None else from_bundle(source)
@@ -67,7 +67,7 @@ def export_run(store: Store, run_id: int, fmt: str, out: str | Path | None = Non
                job: str | None = None) -> dict:
     """Export the run's best checkpoint (export.py) and check it on its validation images; the result,
     passed or not, is kept in the run's summary ("exports") and, with a job id, as an artifact."""
-    from ..inference.export import FORMATS, TOLERANCE, ExportMismatch, export
+    from ..inference.export import FORMATS, TOLERANCE, ExportMismatch, export  # torch (and onnx): only here
     from ..inference.predictor import from_run
 
     run = store.get_run(run_id)

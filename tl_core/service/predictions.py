@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from ..data import folders
+from ..data import images
 from ..analysis import predictions
 from ..analysis.predictions import Diff, Prediction
 from ..store.store import Run, Store
@@ -56,8 +56,8 @@ def thumbnail(path: str, size: int = 160) -> bytes | None:
     if not Path(path).is_file():
         return None
     try:
-        img = folders.load_image(path)
-    except folders.UnreadableImage:
+        img = images.load_image(path)
+    except images.UnreadableImage:
         return None
     img.thumbnail((size, size))
     buf = io.BytesIO()

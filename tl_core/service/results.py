@@ -1,4 +1,4 @@
-"""Results: one run in full, runs as table rows, runs compared; a run's files (log, checkpoints).
+"""Results: one run in full, runs as table rows (comparisons: compare.py); a run's files (log, checkpoints).
 
 Epochs are counted from 1 in everything returned here (the store keeps the loop's 0-based index).
 """
@@ -13,8 +13,8 @@ from typing import Iterator
 
 from ..store.run_folders import run_folder
 from ..store.store import FINISHED, STATUSES, Run, Store
+from .readings import DRIFT, Metrics, drift_groups
 
-Metrics = dict[int, dict[int, dict[str, float]]]  # {run id: {epoch index: {key: value}}}
 
 # A reading order for tables: the task's losses and accuracies, the target domain's, the loss's other
 # terms (the regulariser's penalty and share, the domain discriminator's), what trained, then speed.
@@ -23,7 +23,6 @@ EPOCH_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", 
               "reg_penalty", "reg_share", "domain_loss", "domain_acc", "trainable_groups", "trainable_params",
               "epoch_seconds", "images_per_sec", "peak_memory_mb", "wall_seconds")
 LOG_GRACE_S = 1.0  # log_text(follow=True) reads once more this long after the run ended
-DRIFT = "drift/"  # drift/<group>: ||w - w0|| / ||w0|| of the group's parameters since training began
 
 
 def run_row(r: Run) -> dict:
@@ -49,14 +48,6 @@ def run_details(store: Store, run_id: int) -> dict:
             "epochs": [{"epoch": e + 1, **m} for e, m in epochs.items()],
             "group_drift": drift_by_group(run, epochs),
             "class_metrics": [c.__dict__ for c in store.class_metrics(run.id)]}
-
-
-def drift_groups(run: Run, epochs: dict[int, dict[str, float]]) -> list[str]:
-    """The layer groups a run recorded drift for: in the run's order (stem first, head last), then
-    any the summary does not name."""
-    recorded = {k[len(DRIFT):] for m in epochs.values() for k in m if k.startswith(DRIFT)}
-    ordered = [g for g in run.summary.get("groups", []) if g in recorded]
-    return ordered + sorted(recorded - set(ordered))
 
 
 def drift_by_group(run: Run, epochs: dict[int, dict[str, float]]) -> dict[str, list[float | None]]:
@@ -88,42 +79,6 @@ def summarize(run: Run, epochs: dict[int, dict[str, float]]) -> dict:
             "epochs": len(epochs),
             "total_seconds": last.get("wall_seconds"), "trainable_params": last.get("trainable_params"),
             "images_per_sec": sum(ips) / len(ips) if ips else None}
-
-
-def compare(store: Store, run_ids: list[int], which: str = "best", metric: str = "acc", split: str = "auto",
-            family: str = "all", best_lr: bool = False) -> dict:
-    """These runs side by side (in the order given) and, where strategies were run with several
-    seeds, whether their differences are real: each run read at its best epoch or its last, on
-    test when every completed run measured it (`split="auto"`), else validation."""
-    from .compare import describe, lr_choices, resolve_split, statistics
-
-    runs = [store.get_run(i) for i in run_ids]
-    metrics = store.epoch_metrics(run_ids)
-    split = resolve_split(runs, split)
-    return {"which": which, "metric": metric, "split": split, "measure": describe(metric, split, which),
-            "runs": [summarize(r, metrics[r.id]) for r in runs],
-            "statistics": statistics(runs, metrics, which, metric=metric, split=split, family=family, best_lr=best_lr),
-            **({"lr_choices": lr_choices(runs, metrics, which, metric)} if best_lr else {})}
-
-
-def experiment_report(store: Store, experiment: str, which: str = "best", metric: str = "acc", split: str = "auto",
-                      family: str = "all", best_lr: bool = False) -> dict:
-    """An experiment's runs side by side, its statistics and its data-efficiency curves (on test when
-    every completed run measured it, else validation)."""
-    from .compare import at_best_lr, data_efficiency, describe, differing_keys, lr_choices, resolve_split, statistics
-    from .measure import probe_verdict
-
-    runs = sorted(store.list_runs(experiment), key=lambda r: r.id)
-    metrics = store.epoch_metrics([r.id for r in runs])
-    split = resolve_split(runs, split)
-    curves = at_best_lr(runs, metrics, which, metric) if best_lr else runs
-    keys = [k for k in differing_keys(curves) if not (best_lr and k == "lr")]
-    return {"experiment": experiment, "which": which, "metric": metric, "split": split,
-            "measure": describe(metric, split, which), "runs": [summarize(r, metrics[r.id]) for r in runs],
-            "statistics": statistics(runs, metrics, which, metric=metric, split=split, family=family, best_lr=best_lr),
-            "data_efficiency": data_efficiency(curves, metrics, which, keys, metric, split),
-            **({"lr_choices": lr_choices(runs, metrics, which, metric)} if best_lr else {}),
-            "probe": probe_verdict(store, experiment, which)}
 
 
 def time_to_accuracy(epochs: dict[int, dict[str, float]], target: float) -> float | None:

@@ -10,9 +10,14 @@ import socket
 from pathlib import Path
 from typing import Sequence
 
+from pydantic import ValidationError
+from sqlalchemy.engine import make_url
+
 from .. import settings
 from ..config import RunConfig, make_config
-from ..data.folders import batch_size_for, scan_target, split_dataset
+from ..data.folders import scan_target
+from ..data.scan_cache import scan_dataset  # folders.scan_dataset, reused while no file changed
+from ..data.splits import batch_size_for, split_dataset
 from ..errors import UserError
 from ..executors.processes import ensure_worker, running_worker, stop_workers
 from ..store.run_folders import is_run_folder, run_folder
@@ -34,8 +39,6 @@ def _store(url: str) -> Store:
 
 def display_db_url(url: str) -> str:
     """The database URL with any password masked, for showing on screen."""
-    from sqlalchemy.engine import make_url
-
     return make_url(url).render_as_string(hide_password=True)
 
 
@@ -89,8 +92,6 @@ def stop_worker(store: Store) -> list[int]:
 def check_run(cfg: RunConfig) -> None:
     """Refuse a run before it is recorded: its weights must be obtainable, its dataset trainable and its
     target-domain folder (--target-data) readable."""
-    from ..data.scan_cache import scan_dataset  # data.scan_dataset, reused while no file changed
-
     check_obtainable(cfg.backbone, cfg.weights_to_load)
     splits = split_dataset(scan_dataset(cfg.data, cfg.in_channels), cfg.val_fraction, cfg.train_fraction,
                            cfg.split_seed, cfg.test_fraction)
@@ -101,8 +102,6 @@ def check_run(cfg: RunConfig) -> None:
 
 def stored_config(run: Run) -> RunConfig:
     """A recorded run's config, validated as a new one would be."""
-    from pydantic import ValidationError
-
     try:
         return RunConfig.from_stored(run.config)
     except ValidationError:
@@ -230,8 +229,6 @@ def estimate_seconds(store: Store, configs: Sequence[RunConfig]) -> dict:
 
 
 def _train_images(cfg: RunConfig) -> int:
-    from ..data.scan_cache import scan_dataset  # reused while no file changed
-
     index = scan_dataset(cfg.data, cfg.in_channels)
     return len(split_dataset(index, cfg.val_fraction, cfg.train_fraction, cfg.split_seed, cfg.test_fraction).train)
 

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..data import folders, shared_memory
+from ..data.splits import Splits
 from ..models import weights
 from ..models.backbones import Backbone
 from ..data.scan_cache import ArrayCache, CacheTooLarge
@@ -141,7 +142,7 @@ class FrozenFeatures:
 
     EXTRACT_BATCH = {"cuda": 256, "cpu": 64}  # inference only: bigger batches than training's are faster
 
-    def __init__(self, bb: Backbone, splits: folders.Splits, rows: DatasetRows, pipeline: Pipeline, *, views: int,
+    def __init__(self, bb: Backbone, splits: Splits, rows: DatasetRows, pipeline: Pipeline, *, views: int,
                  batch_size: int, seed: int, device: torch.device, precision: torch.dtype | None = None,
                  workers: int = 0, channels_last: bool = False, enabled: bool | str = True, check: Check | None = None):
         """enabled: True, or False / the reason it is off (said in the run's summary)."""

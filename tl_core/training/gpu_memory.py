@@ -7,7 +7,7 @@ set of groups its strategy will ever train, measured with PyTorch's allocator st
 undone (weights, gradients, BatchNorm statistics, random streams and the frozen flags as they
 were). What the optimizer's state will add at its first step is counted from the trainable
 parameters (AdamW: two moments; SGD: one momentum buffer). A run predicted not to fit in what is
-free on its GPU is refused at once, with a batch size that would fit (`Probe.advice`), instead
+free on its GPU is refused at once, with a batch size that would fit (`MemoryProbe.advice`), instead
 of running out of memory minutes in. Runs trained on cached frozen features, and phases with
 fewer groups trainable, need less than the probe measures: it is an upper bound.
 
@@ -120,7 +120,7 @@ HEADROOM = 0.92  # of the memory available: the allocator's fragmentation, valid
 
 
 @dataclass
-class Probe:
+class MemoryProbe:
     """One training step at the run's batch size, measured on its GPU (MiB)."""
 
     batch_size: int
@@ -179,7 +179,7 @@ def optimizer_state_mb(params: list[nn.Parameter], optimizer: str) -> float:
 
 def probe_step(model: nn.Module, groups: Sequence[LayerGroup], boundary: int, shape: tuple[int, ...],
                loss_fn: nn.Module, amp, optimizer: str, device: torch.device, channels_last: bool = False,
-               forwards: int = 1) -> Probe:
+               forwards: int = 1) -> MemoryProbe:
     """One forward and backward pass of `model` on a batch of `shape` with groups[boundary:]
     trainable, measured, then undone. `forwards`: the batches a step sends through the model (2
     with domain adaptation: the target domain's batch too), probed as one batch that many times
@@ -230,5 +230,5 @@ def probe_step(model: nn.Module, groups: Sequence[LayerGroup], boundary: int, sh
     measured = dict(before_mb=before / 2**20, peak_mb=torch.cuda.max_memory_allocated(device) / 2**20,
                     available_mb=available / 2**20, total_mb=total / 2**20) if cuda else \
         dict(before_mb=0.0, peak_mb=0.0, available_mb=0.0, total_mb=0.0)
-    return Probe(batch_size=shape[0], grads_mb=grads_mb, optimizer_mb=optimizer_state_mb(trainable, optimizer),
-                 seconds=seconds, **measured)
+    return MemoryProbe(batch_size=shape[0], grads_mb=grads_mb,
+                       optimizer_mb=optimizer_state_mb(trainable, optimizer), seconds=seconds, **measured)

@@ -1,6 +1,6 @@
 """The held-out test split, scored once after the last epoch (`score_test_split`).
 
-Nothing before this reads a test image: the split is carved before train and val (folders.py),
+Nothing before this reads a test image: the split is carved before train and val (data/splits.py),
 and the loaders, feature cache, best epoch, plateau unfreezing, LR finder and data probe see train
 and val only. The test pass runs the whole model on the images in the run's precision (val may
 read cached features, bf16 where the hardware computes it).
@@ -15,7 +15,8 @@ from torch import nn
 
 from ..analysis.metrics import scores
 from ..config import RunConfig
-from ..data import decode_cache, folders
+from ..data import decode_cache
+from ..data.splits import Splits
 from ..logs import logger
 from .checkpoint import Checkpoint
 from .loop import evaluate
@@ -32,7 +33,7 @@ def score_test_split(cfg: RunConfig, model: nn.Module, d: RunData, device: torch
     so this may be called from a resume that had no epoch left."""
     if not d.splits.test:
         return {}
-    held_out = folders.Splits(d.classes, d.splits.test, d.splits.test, d.index)
+    held_out = Splits(d.classes, d.splits.test, d.splits.test, d.index)
     _, loader, _ = decode_cache.make_loaders(held_out, d.rows, d.pipeline, d.batch_size, cfg.seed, d.workers, device,
                                              channels_last=CHANNELS_LAST, enabled=cfg.decode_cache == "on")
 

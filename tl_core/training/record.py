@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from ..config import RunConfig
 from ..data import folders
+from ..data.splits import split_fingerprint
 from ..analysis import predictions
 from ..logs import logger
 from ..models.backbones import Backbone
@@ -47,7 +48,7 @@ class RunRecord:
         self.summary = {
             **kept,
             "classes": d.classes, "train_images": len(d.splits.train), "val_images": len(d.splits.val),
-            "split": {"seed": cfg.split_seed, "val_fingerprint": folders.split_fingerprint(d.splits)},
+            "split": {"seed": cfg.split_seed, "val_fingerprint": split_fingerprint(d.splits)},
             "batch_size": {"used": d.batch_size, **({"why": d.batch_note} if d.batch_note else {})},
             "preprocessing": {**d.pipeline.describe(), "native_size": bb.preprocessing.native_size},
             "warnings": warnings, "skipped": skipped,

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..config import RunConfig
 from ..data import decode_cache, folders, scan_cache, shared_memory
+from ..data.splits import Splits, batch_size_for, class_weights, split_dataset
 from ..models import backbones, channels
 from . import feature_cache
 
@@ -26,7 +27,7 @@ class RunData:
     """What a run trains and validates on, and what it said about it."""
 
     index: folders.DatasetIndex
-    splits: folders.Splits
+    splits: Splits
     rows: decode_cache.DatasetRows
     pipeline: decode_cache.Pipeline
     batch_size: int
@@ -50,8 +51,8 @@ def load_data(cfg: RunConfig, device: torch.device) -> RunData:
     size, and loaders over images decoded once, normalised on the device with the weights' own
     preprocessing (channels the weights have none for: measured on the training images)."""
     index = scan_cache.scan_dataset(cfg.data, cfg.in_channels)  # folders.scan_dataset, reused while no file changed
-    splits = folders.split_dataset(index, cfg.val_fraction, cfg.train_fraction, cfg.split_seed, cfg.test_fraction)
-    batch_size, batch_note = folders.batch_size_for(cfg.batch_size, len(splits.train))
+    splits = split_dataset(index, cfg.val_fraction, cfg.train_fraction, cfg.split_seed, cfg.test_fraction)
+    batch_size, batch_note = batch_size_for(cfg.batch_size, len(splits.train))
     pre, stats = channels.normalisation(backbones.preprocessing(cfg.backbone), cfg.in_channels, cfg.weights_to_load,
                                         [it.path for it in splits.train])
     pipeline = decode_cache.Pipeline(pre, cfg.image_size, cfg.augment, cfg.in_channels, stats)
@@ -94,11 +95,11 @@ def _feature_cache_enabled(cfg: RunConfig) -> bool | str:
 
 def training_loss(cfg: RunConfig, d: RunData, device: torch.device) -> tuple[nn.Module, dict | None]:
     """The cross-entropy training minimises, and what the run records of its class weights (None
-    without --class-weights). Weighted (folders.class_weights, from the training split alone) it is
+    without --class-weights). Weighted (splits.class_weights, from the training split alone) it is
     the training objective only: val and test are scored with the plain one, comparable across runs."""
     if cfg.class_weights == "none":
         return nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), None
-    weights = folders.class_weights(d.splits.train, d.classes)
+    weights = class_weights(d.splits.train, d.classes)
     loss = nn.CrossEntropyLoss(weight=torch.tensor(weights, device=device), label_smoothing=cfg.label_smoothing)
     return loss, {"mode": cfg.class_weights, "weights": dict(zip(d.classes, weights))}
 

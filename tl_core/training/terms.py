@@ -27,6 +27,7 @@ from torch import nn
 
 from ..models import backbones
 from ..data import folders, decode_cache
+from ..data.splits import Splits, batch_size_for
 from ..analysis import forgetting
 from . import adaptation as adaptations, regularizers
 from ..config import RunConfig
@@ -155,8 +156,8 @@ def load_target(cfg: RunConfig, d: RunData, device: torch.device, channels_last:
     if cfg.target_data is None:
         return None
     index, labelled = folders.scan_target(cfg.target_data, d.classes, cfg.in_channels)
-    splits = folders.Splits(d.classes, index.items["train"], index.items["val"], index)
-    batch_size = min(d.batch_size, folders.batch_size_for(None, len(splits.train))[0])
+    splits = Splits(d.classes, index.items["train"], index.items["val"], index)
+    batch_size = min(d.batch_size, batch_size_for(None, len(splits.train))[0])
     train, val, note = decode_cache.make_loaders(splits, decode_cache.DatasetRows.of(index), d.pipeline, batch_size,
                                             cfg.seed + 1, 0, device, channels_last=channels_last,
                                             enabled=cfg.decode_cache == "on")
@@ -220,7 +221,7 @@ def _fisher(cfg: RunConfig, bb: backbones.Backbone, d: RunData, body: list, devi
     bb.model.set_submodule(bb.spec.head_path, forgetting.imagenet_head(bb.spec.name).to(device))
     try:
         # The training images as validation sees them (never augmented), in a fixed order.
-        splits = folders.Splits(d.classes, d.splits.train, d.splits.train, d.index)
+        splits = Splits(d.classes, d.splits.train, d.splits.train, d.index)
         _, unaugmented, _ = decode_cache.make_loaders(splits, d.rows, d.pipeline, d.batch_size, cfg.seed, 0, device,
                                                  channels_last=channels_last, enabled=cfg.decode_cache == "on")
         images = (x for x, y in unaugmented if len(y))
