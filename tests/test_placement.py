@@ -23,7 +23,7 @@ from tl_core.executors import placement, worker
 from tl_core.config import make_config
 from tl_core.executors.placement import GPU, place
 from tl_core.settings import Settings
-from tl_core.store.store import Store
+from tl_core.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 H100 = 81559.0  # MiB, as nvidia-smi reports an 80 GB card

@@ -26,7 +26,7 @@ from . import logs, service, settings
 from .config import RunConfig, make_config
 from .errors import UserError
 from .service import jobs
-from .store.store import Run, UnknownRun, default_db_url
+from .store import Run, UnknownRun, default_db_url
 
 # Short help for the run flags; the rest read well from their names or their field's description.
 _HELP = {

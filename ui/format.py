@@ -7,7 +7,7 @@ import re
 from tl_core import service
 from tl_core.config import RunConfig
 from tl_core.errors import UserError
-from tl_core.store.store import Run
+from tl_core.store import Run
 
 # The form's label for each setting a message may name as a CLI flag.
 LABELS = {"data": "Dataset", "lr": "Learning rate", "batch_size": "Batch size", "image_size": "Image size",

@@ -35,7 +35,7 @@ import pynvml
 
 from .. import settings
 from ..config import default
-from ..store.store import Store
+from ..store import Store
 
 # The settings that decide how much GPU memory a run takes: runs equal in these are of one kind.
 MEMORY_FIELDS = ("backbone", "image_size", "batch_size", "strategy", "in_channels", "accumulate", "checkpointing",

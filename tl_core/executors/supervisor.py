@@ -43,7 +43,7 @@ import psutil
 
 from .. import settings
 from ..logs import logger
-from ..store.store import Store
+from ..store import Store
 from .worker import STOP_GRACE_S, pidfile
 
 log = logger(__name__)  # timed lines (logs.py): what `docker logs` shows

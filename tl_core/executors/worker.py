@@ -87,7 +87,7 @@ from . import placement
 from .. import settings
 from ..logs import logger
 from ..store.run_folders import job_log, run_folder, worker_folder
-from ..store.store import Job, Run, Store, WorkerInfo
+from ..store import Job, Run, Store, WorkerInfo
 
 log = logger(__name__)  # timed lines (logs.py): the service's output, worker.log
 

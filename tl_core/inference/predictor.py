@@ -37,7 +37,7 @@ from ..data.decode_cache import Pipeline
 from ..errors import UserError
 from ..training.feature_cache import precision_at
 from ..store.run_folders import run_folder
-from ..store.store import Run
+from ..store import Run
 from ..models.weights import Preprocessing
 
 __all__ = ["Predictor", "from_bundle", "from_run", "pipeline_of", "predict"]

@@ -22,7 +22,7 @@ from typing import Iterable, Sequence
 from ..analysis import stats
 from ..errors import UserError
 from ..analysis.metrics import class_metrics
-from ..store.store import ClassMetric, Run, Store
+from ..store import ClassMetric, Run, Store
 
 Metrics = dict[int, dict[int, dict[str, float]]]  # {run id: {epoch index: {key: value}}}
 WHICH = ("best", "last")

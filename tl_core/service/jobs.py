@@ -34,7 +34,7 @@ from .. import settings
 from ..config import RunConfig
 from ..errors import UserError
 from ..store.run_folders import job_log
-from ..store.store import Job, Store, UnknownRun
+from ..store import Job, Store, UnknownRun
 from ..executors.worker import log_tail, pid_alive
 from .runs import start_worker
 

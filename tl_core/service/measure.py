@@ -7,7 +7,7 @@ as an artifact of the experiment named in its config, with the job id when a job
 from __future__ import annotations
 
 from ..config import RunConfig
-from ..store.store import Store
+from ..store import Store
 
 
 def probe_data(store: Store, cfg: RunConfig, max_per_class: int = 50, job: str | None = None) -> dict:

@@ -14,7 +14,7 @@ from pathlib import Path
 from ..data import folders
 from ..errors import UserError
 from ..store.run_folders import run_folder, runs_dir
-from ..store.store import Run, Store
+from ..store import Run, Store
 
 
 def has_checkpoint(run: Run) -> bool:

@@ -14,7 +14,7 @@ from pathlib import Path
 from ..data import folders
 from ..analysis import predictions
 from ..analysis.predictions import Diff, Prediction
-from ..store.store import Run, Store
+from ..store import Run, Store
 
 
 def run_predictions(store: Store, run_id: int) -> list[Prediction]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..store.run_folders import run_folder
-from ..store.store import FINISHED, STATUSES, Run, Store
+from ..store import FINISHED, STATUSES, Run, Store
 
 Metrics = dict[int, dict[int, dict[str, float]]]  # {run id: {epoch index: {key: value}}}
 

@@ -15,7 +15,7 @@ from ..config import RunConfig, make_config
 from ..data.folders import batch_size_for, scan_target, split_dataset
 from ..errors import UserError
 from ..store.run_folders import is_run_folder, run_folder
-from ..store.store import FINISHED, Run, Store, WorkerInfo, default_db_url
+from ..store import FINISHED, Run, Store, WorkerInfo, default_db_url
 from ..models.weights import check_obtainable
 
 # --- the store and the worker ---------------------------------------------------------------
