@@ -389,7 +389,7 @@ names = [r.name for r in runs]
 label = {r.id: r.name if names.count(r.name) == 1 else f"{r.name} (#{r.id})" for r in runs}
 
 # --- image by image: what one run fixed and broke against a reference -------------------------------
-comparable = {r.id: service.references(store, r, runs) for r in runs if r.summary.get("predictions")}
+comparable = {r.id: service.references(store, r, runs) for r in runs if r.summary.predictions}
 comparable = {i: others for i, others in comparable.items() if others}
 if comparable:
     st.subheader("Image by image")
@@ -411,7 +411,7 @@ if comparable:
     except UserError as e:
         st.info(str(e), icon=":material/info:")
     else:
-        classes = list(by_id[reference_id].summary.get("classes") or [])
+        classes = list(by_id[reference_id].summary.classes)
         m = st.columns(5)
         m[0].metric("Fixed", len(d.fixed), border=True, help="Wrong in the reference, right in this run")
         m[1].metric("Broken", len(d.broken), border=True, help="Right in the reference, wrong in this run")

@@ -27,6 +27,7 @@ from .config import RunConfig, make_config
 from .errors import UserError
 from .service import jobs
 from .store import Run, UnknownRun, default_db_url
+from .store.summary import Forgetting, RunSummary
 
 # Short help for the run flags; the rest read well from their names or their field's description.
 _HELP = {
@@ -295,28 +296,28 @@ def _table(rows: list[dict], cols: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _test_lines(summary: dict) -> list[str]:
-    """A run's held-out test results (summary "test", "test_last") as `show` prints them."""
+def _test_lines(summary: RunSummary) -> list[str]:
+    """A run's held-out test results (summary.test, summary.test_last) as `show` prints them."""
     lines = []
-    for key, what in (("test", "the epoch chosen on val"), ("test_last", "the last epoch")):
-        if t := summary.get(key):
-            lines.append(f"test, {what} ({t['epoch']}): acc {t['acc']:.4f}, loss {t['loss']:.4f}, macro-F1 "
-                         f"{t['macro_f1']:.4f}, balanced acc {t['balanced_acc']:.4f} on {t['images']} images")
+    for t, what in ((summary.test, "the epoch chosen on val"), (summary.test_last, "the last epoch")):
+        if t:
+            lines.append(f"test, {what} ({t.epoch}): acc {t.acc:.4f}, loss {t.loss:.4f}, macro-F1 "
+                         f"{t.macro_f1:.4f}, balanced acc {t.balanced_acc:.4f} on {t.images} images")
     return lines
 
 
 def _ended(args, run: Run) -> int:
     """Report a run trained here; exit 1 if it failed."""
+    stored = run.summary.to_dict()  # its blocks as JSON prints them
     obj = {"run_id": run.id, "status": run.status, "best_val_acc": run.best_val_acc, "test_acc": run.test_acc,
            "best_epoch": run.best_epoch_number, "epochs": run.epochs_done, "error": run.error,
-           "duration_s": run.duration_s, "run_dir": run.run_dir, "batch_size": run.summary.get("batch_size"),
-           "warnings": run.summary.get("warnings", []), "skipped": run.summary.get("skipped"),
-           "unreadable": run.summary.get("unreadable", [])}
+           "duration_s": run.duration_s, "run_dir": run.run_dir, "batch_size": stored.get("batch_size"),
+           "warnings": run.summary.warnings, "skipped": stored.get("skipped"), "unreadable": run.summary.unreadable}
     text = (f"run {run.id} {run.status}: best val acc {run.best_val_acc or 0:.4f} at epoch "
             f"{run.best_epoch_number} of {run.epochs_done}" if run.status == "completed"
             else f"run {run.id} {run.status}: {run.error}")
     if run.test_acc is not None:
-        text += f"; test acc {run.test_acc:.4f} (that epoch, on {run.summary['test']['images']} held-out images)"
+        text += f"; test acc {run.test_acc:.4f} (that epoch, on {run.summary.test.images} held-out images)"
     if skipped := len(service.skipped_files(run.summary)):
         text += f"\n{skipped} files skipped (listed in `python -m tl_core show {run.id}`)"
     _out(args, obj, text)
@@ -462,7 +463,8 @@ def cmd_show(args) -> int:
     recorded = {k for e in run["epochs"] for k in e}
     keys = ["train_loss", "train_acc", "val_loss", "val_acc",
             *(k for k in ("target_acc", "reg_share", "domain_acc") if k in recorded), "trainable_groups", "epoch_seconds"]
-    summary, forgetting = run["summary"], run["summary"].get("forgetting") or {}
+    summary = RunSummary.from_stored(run["summary"])
+    forgetting = summary.forgetting or Forgetting()
     drift = ", ".join(f"{g} {vs[-1]:.4f}" for g, vs in run["group_drift"].items() if vs and vs[-1] is not None)
     text = "\n".join([
         f"run {run['id']} {run['name']!r} [{run['experiment']}]: {run['status']}" + (
@@ -474,11 +476,11 @@ def cmd_show(args) -> int:
         f"environment: {run['environment']}",
         _table(run["epochs"], ["epoch", *keys]) if run["epochs"] else "no epochs yet",
         *([f"drift at the last epoch (||w - w0|| / ||w0||, stem first): {drift}"] if drift else []),
-        *([f"knowledge kept: {forgetting['agreement']:.1%} of the pretrained model's ImageNet predictions "
-           f"on {forgetting.get('images')} images"] if forgetting.get("agreement") is not None else []),
-        *([f"knowledge kept: not measured ({forgetting['skipped']})"] if "skipped" in forgetting else []),
+        *([f"knowledge kept: {forgetting.agreement:.1%} of the pretrained model's ImageNet predictions "
+           f"on {forgetting.images} images"] if forgetting.agreement is not None else []),
+        *([f"knowledge kept: not measured ({forgetting.skipped})"] if forgetting.skipped is not None else []),
         *_test_lines(summary),
-        *[f"warning: {w}" for w in summary.get("warnings", [])],
+        *[f"warning: {w}" for w in summary.warnings],
         *[f"skipped {f['path']} ({f['reason']})" for f in service.skipped_files(summary)],
     ])
     _out(args, run, text)
@@ -504,9 +506,9 @@ def cmd_compare(args) -> int:
 def cmd_errors(args) -> int:
     store = service.open_store(args.db)
     run = store.get_run(args.run_id)
-    classes = run.summary.get("classes") or []
-    preds = service.run_predictions(store, run.id)
-    if not preds:
+    classes = run.summary.classes
+    preds, best_at = service.run_predictions(store, run.id), run.summary.predictions
+    if not preds or best_at is None:
         raise UserError(f"run {run.id} has no stored predictions: it has not finished an epoch (or was trained "
                         f"before they were stored); train or resume it")
 
@@ -515,7 +517,7 @@ def cmd_errors(args) -> int:
                 "true_prob": p.true_prob, "loss": p.loss}
 
     wrong = service.errors(preds)
-    obj = {"run_id": run.id, "epoch": run.summary["predictions"]["epoch"], "images": len(preds),
+    obj = {"run_id": run.id, "epoch": best_at.epoch, "images": len(preds),
            "wrong": len(wrong), "errors": [row(p) for p in wrong[:args.limit]]}
     text = [f"run {run.id} at its best epoch {obj['epoch']}: {len(wrong)} of {len(preds)} validation images wrong",
             _table(obj["errors"], ["path", "true", "predicted", "prob", "loss"]) if wrong else ""]

@@ -61,19 +61,19 @@ def score(run: Run, epochs: dict[int, dict[str, float]], which: str = "best", me
         return value(run, epochs, which, f"val_{metric}")
     if split != "test":
         raise ValueError(f"split {split!r}: choose one of {SPLITS}")
-    test = run.summary.get("test") or {}
+    test, last = run.summary.test, run.summary.test_last
     if which == "best":
-        return test.get(metric)
-    if last := run.summary.get("test_last"):
-        return last.get(metric)
+        return getattr(test, metric) if test else None
+    if last:
+        return getattr(last, metric)
     epochs_done = max(epochs) + 1 if epochs else run.epochs_done
-    return test.get(metric) if test and test.get("epoch") == epochs_done else None
+    return getattr(test, metric) if test and test.epoch == epochs_done else None
 
 
 def has_test(runs: Sequence[Run]) -> bool:
     """Whether every completed run (and at least one) measured the test split."""
     done = [r for r in runs if r.status == "completed"]
-    return bool(done) and all(r.summary.get("test") for r in done)
+    return bool(done) and all(r.summary.test for r in done)
 
 
 def resolve_split(runs: Sequence[Run], split: str = "auto") -> str:
@@ -83,7 +83,7 @@ def resolve_split(runs: Sequence[Run], split: str = "auto") -> str:
     if split not in SPLITS:
         raise UserError(f"split {split!r}: choose test, val or auto")
     if split == "test" and not has_test(runs):
-        missing = [r.id for r in runs if r.status == "completed" and not r.summary.get("test")]
+        missing = [r.id for r in runs if r.status == "completed" and not r.summary.test]
         raise UserError(f"runs {missing or 'compared'} have no test metrics (trained without a test split, or not "
                         f"completed): compare on validation (--split val), or leave them out")
     return split
@@ -343,7 +343,7 @@ def leader_changes(curves: dict[str, list[Point]]) -> list[stats.Crossover]:
 
 def images_per_class(run: Run) -> float | None:
     """Training images per class the run trained on (from its summary)."""
-    n, classes = run.summary.get("train_images"), run.summary.get("classes")
+    n, classes = run.summary.train_images, run.summary.classes
     return round(n / len(classes), 1) if n and classes else None
 
 
@@ -395,13 +395,15 @@ def forgetting_points(runs: Sequence[Run], metrics: Metrics, which: str = "best"
     """
     points, skipped = [], []
     for r in runs:
-        kept = r.summary.get("forgetting") or {}
-        if "skipped" in kept:
-            skipped.append({"id": r.id, "name": r.name, "reason": kept["skipped"]})
-        elif kept.get("agreement") is not None:
+        kept = r.summary.forgetting
+        if kept is None:
+            continue
+        if kept.skipped is not None:
+            skipped.append({"id": r.id, "name": r.name, "reason": kept.skipped})
+        elif kept.agreement is not None:
             epochs = metrics.get(r.id, {})
             points.append({"id": r.id, "name": r.name, "strategy": r.config.get("strategy"),
-                           "knowledge_kept": kept["agreement"], "images": kept.get("images"),
+                           "knowledge_kept": kept.agreement, "images": kept.images,
                            "val_acc": value(r, epochs, which), "target_acc": value(r, epochs, which, "target_acc")})
     return {"points": points, "skipped": skipped}
 
@@ -411,8 +413,8 @@ def class_rows(store: Store, run: Run, which: str = "best", split: str = "val") 
     epoch's confusion was kept give their best), on validation or, where the run was scored on a
     test split, on test (the checkpoint chosen on validation, or the last epoch's model)."""
     if split == "test":
-        test = run.summary.get("test_last" if which == "last" else "test") or run.summary.get("test")
-        return [ClassMetric(**c) for c in test["classes"]] if test and test.get("classes") else []
-    if which == "last" and (confusion := run.summary.get("last_confusion")) and run.summary.get("classes"):
-        return class_metrics(confusion, run.summary["classes"])
+        test = (run.summary.test_last if which == "last" else None) or run.summary.test
+        return list(test.classes) if test else []
+    if which == "last" and (confusion := run.summary.last_confusion) and run.summary.classes:
+        return class_metrics(confusion, run.summary.classes)
     return store.class_metrics(run.id)

@@ -5,7 +5,8 @@ Its public surface is re-exported here (`from tl_core.store import Store, Run`);
 modules import one another, never this package.
 
   tables.py        the SQLAlchemy models (Base, Sql*)
-  records.py       the plain dataclasses out: Run, Job, Prediction, ClassMetric, Artifact, WorkerInfo
+  records.py       the plain dataclasses out: Run, Job, Prediction, Artifact, WorkerInfo
+  summary.py       a run's summary, typed (RunSummary and its blocks), and ClassMetric
   store.py         Store: experiments, runs, artifacts; workers.py, jobs.py, metrics.py are its parts
   curves.py        a run's epochs as one matrix row (run_curves), read back as EpochRow
   epoch_writer.py  EpochWriter: Store.log_epoch on a background thread
@@ -17,8 +18,9 @@ modules import one another, never this package.
 from .curves import EpochRow
 from .engine import default_db_url
 from .epoch_writer import EpochWriter
-from .records import FINISHED, STATUSES, Artifact, ClassMetric, Job, Prediction, Run, UnknownRun, WorkerInfo
+from .records import FINISHED, STATUSES, Artifact, Job, Prediction, Run, UnknownRun, WorkerInfo
 from .store import Store
+from .summary import ClassMetric, RunSummary
 
 __all__ = ["FINISHED", "STATUSES", "Artifact", "ClassMetric", "EpochRow", "EpochWriter", "Job", "Prediction", "Run",
-           "Store", "UnknownRun", "WorkerInfo", "default_db_url"]
+           "RunSummary", "Store", "UnknownRun", "WorkerInfo", "default_db_url"]

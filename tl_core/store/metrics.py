@@ -15,7 +15,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from .curves import add_to_curves, curve_epochs, narrow_rows
 from .engine import gc_paused
-from .records import ClassMetric, Prediction
+from .records import Prediction
+from .summary import ClassMetric, PredictionsNote, RunSummary
 from .tables import SqlClassMetric, SqlEpochMetric, SqlPrediction, SqlRun, SqlRunCurves
 
 
@@ -96,7 +97,9 @@ class MetricsMixin:
             if rows:
                 s.execute(insert(SqlPrediction), [{"run_id": run_id, **r.__dict__} for r in rows])
             row = s.get(SqlRun, run_id)
-            row.summary = {**(row.summary or {}), "predictions": {"epoch": epoch + 1, "images": len(rows)}}
+            summary = RunSummary.from_stored(row.summary)
+            summary.predictions = PredictionsNote(epoch=epoch + 1, images=len(rows))
+            row.summary = summary.to_dict()
 
     def delete_predictions(self, run_id: int) -> None:
         with self._session.begin() as s:

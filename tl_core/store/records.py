@@ -1,5 +1,6 @@
 """The plain records the store hands out: a run, a worker, an experiment's artifact, a page's job,
-a class's results, one stored prediction; and the statuses a run or a job goes through.
+one stored prediction; and the statuses a run or a job goes through. (A class's results,
+ClassMetric, are summary.py's: a run's summary holds them too.)
 
 Dataclasses, never ORM rows (as mlflow's `entities`): a reader keeps, pickles and compares them
 with no session open. Times are naive UTC, as the tables store them.
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import settings
+from .summary import RunSummary
 
 STATUSES = ("queued", "running", "completed", "failed", "cancelled")
 FINISHED = ("completed", "failed", "cancelled")
@@ -44,7 +46,7 @@ class Run:
     epochs_done: int
     best_val_acc: float | None
     best_epoch: int | None
-    summary: dict = field(default_factory=dict)
+    summary: RunSummary = field(default_factory=RunSummary)  # what training found and did (summary.py)
     environment: dict = field(default_factory=dict)
     run_dir: str | None = None
     uid: str = ""  # globally unique: names the run's folder
@@ -72,16 +74,17 @@ class Run:
 
     @property
     def test_acc(self) -> float | None:
-        """Accuracy on the held-out test split of the epoch chosen on val (summary["test"], written
-        once after training); None for a run without a test split, or not yet scored."""
-        return (self.summary.get("test") or {}).get("acc")
+        """Accuracy on the held-out test split of the epoch chosen on val (summary.test, written once
+        after training); None for a run without a test split, or not yet scored."""
+        return self.summary.test.acc if self.summary.test else None
 
     def to_dict(self) -> dict[str, Any]:
-        """The run as a JSON consumer reads it: epochs counted from 1, times in ISO format, test_acc
-        at the top level (its test block is in the summary)."""
+        """The run as a JSON consumer reads it: epochs counted from 1, times in ISO format, the summary
+        as stored, test_acc at the top level (its test block is in the summary)."""
         d = dict(self.__dict__)
         for k in ("created_at", "started_at", "ended_at"):
             d[k] = d[k].isoformat() if d[k] else None
+        d["summary"] = self.summary.to_dict()
         d["best_epoch"] = self.best_epoch_number
         d["duration_s"] = self.duration_s
         d["test_acc"] = self.test_acc
@@ -103,17 +106,6 @@ class Prediction:
     @property
     def correct(self) -> bool:
         return self.pred == self.label
-
-
-@dataclass
-class ClassMetric:
-    class_index: int
-    class_name: str
-    precision: float
-    recall: float
-    f1: float
-    support: int
-    confusion: list[int]
 
 
 @dataclass

@@ -23,7 +23,8 @@ from .engine import database_url, default_db_url, gc_paused, make_engine
 from .epoch_writer import EpochWriter
 from .jobs import JobsMixin
 from .metrics import MetricsMixin
-from .records import FINISHED, STATUSES, Artifact, ClassMetric, Job, Prediction, Run, UnknownRun, WorkerInfo, utcnow
+from .records import FINISHED, STATUSES, Artifact, Job, Prediction, Run, UnknownRun, WorkerInfo, utcnow
+from .summary import ClassMetric, RunSummary
 from .tables import (SqlArtifact, SqlClassMetric, SqlEpochMetric, SqlExperiment, SqlPrediction, SqlRun, SqlRunCurves,
                      SqlStoreInfo)
 from .workers import WorkersMixin
@@ -175,17 +176,35 @@ class Store(WorkersMixin, JobsMixin, MetricsMixin):
             return [Artifact(r.id, experiment, r.kind, r.created_at, dict(r.data)) for r in s.scalars(q)]
 
     def update_run(self, run_id: int, **fields: Any) -> None:
+        """Set columns of a run. `summary` replaces the whole summary: a RunSummary, or a dict of its
+        fields (validated: a value of the wrong type is an error here, where it was written)."""
         if "status" in fields and fields["status"] not in STATUSES:
             raise ValueError(f"unknown status {fields['status']!r}")
+        if "summary" in fields:
+            fields["summary"] = RunSummary.of(fields["summary"]).to_dict()
         with self._session.begin() as s:
             s.execute(update(SqlRun).where(SqlRun.id == run_id).values(**fields))
+
+    def update_summary(self, run_id: int, **fields: Any) -> RunSummary:
+        """Set these fields of a run's summary (validated as update_run does), keeping the others,
+        in one transaction; the summary as it is now."""
+        pick = select(SqlRun).where(SqlRun.id == run_id)
+        if self.engine.dialect.name == "postgresql":  # a concurrent change waits for this one
+            pick = pick.with_for_update()
+        with self._session.begin() as s:
+            row = s.scalar(pick)
+            if row is None:
+                raise UnknownRun(f"no run with id {run_id}")
+            summary = RunSummary.of({**RunSummary.from_stored(row.summary).to_dict(), **fields})
+            row.summary = summary.to_dict()
+        return summary
 
     def start_run(self, run_id: int, pid: int, host: str, environment: dict, run_dir: str) -> None:
         self.update_run(run_id, status="running", started_at=utcnow(), pid=pid, host=host,
                         environment=environment, run_dir=run_dir, error=None)
 
     def finish_run(self, run_id: int, status: str, error: str | None = None,
-                   summary: dict | None = None) -> None:
+                   summary: RunSummary | dict | None = None) -> None:
         fields: dict[str, Any] = {"status": status, "ended_at": utcnow(), "error": error}
         if summary is not None:
             fields["summary"] = summary
@@ -247,7 +266,7 @@ def _to_run(row: SqlRun, experiment: str) -> Run:
         ended_at=row.ended_at, pid=row.pid, host=row.host, worker_pid=row.worker_pid,
         error=row.error, cancel_requested=bool(row.cancel_requested),
         epochs_done=row.epochs_done, best_val_acc=row.best_val_acc, best_epoch=row.best_epoch,
-        summary=dict(row.summary or {}), environment=dict(row.environment or {}),
+        summary=RunSummary.from_stored(row.summary), environment=dict(row.environment or {}),
         run_dir=row.run_dir, uid=row.uid, resume=bool(row.resume), notes=row.notes or "",
         tags=list(row.tags or []), worker_id=row.worker_id, executor=row.executor,
         launched_by=row.launched_by,
