@@ -14,9 +14,9 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import Select, Text, delete, insert, select, type_coerce, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import defer, sessionmaker
 
 from . import migrations
 from .engine import database_url, default_db_url, gc_paused, make_engine
@@ -100,23 +100,21 @@ class Store(WorkersMixin, JobsMixin, MetricsMixin):
             s.flush()
             if not row.name:
                 row.name = f"{config.get('strategy', 'run')}-{row.id}"
-            return _to_run(row, experiment)
+            return _to_run(row, experiment, row.summary)
 
     def get_run(self, run_id: int) -> Run:
         with self._session() as s:
-            found = s.execute(
-                select(SqlRun, SqlExperiment.name).join(SqlExperiment).where(SqlRun.id == run_id)
-            ).first()
+            found = s.execute(self._select_runs().where(SqlRun.id == run_id)).first()
             if found is None:
                 raise UnknownRun(f"no run with id {run_id}")
-            return _to_run(found[0], found[1])
+            return _to_run(*found)
 
     def list_runs(self, experiment: str | None = None, statuses: Iterable[str] | None = None,
                   run_ids: Iterable[int] | None = None, tag: str | None = None,
                   launched_by: Iterable[str] | None = None) -> list[Run]:
         """Runs, newest first: all, or those of an experiment, with these statuses, ids, a tag, or
         launched by any of these people (an empty `launched_by` is no filter, as `statuses`)."""
-        q = select(SqlRun, SqlExperiment.name).join(SqlExperiment).order_by(SqlRun.id.desc())
+        q = self._select_runs().order_by(SqlRun.id.desc())
         if experiment:
             q = q.where(SqlExperiment.name == experiment)
         if statuses:
@@ -126,9 +124,18 @@ class Store(WorkersMixin, JobsMixin, MetricsMixin):
         if run_ids is not None:
             q = q.where(SqlRun.id.in_(list(run_ids)))
         with self._session() as s, gc_paused():  # hundreds of runs' configs and summaries
-            runs = [_to_run(r, e) for r, e in s.execute(q).all()]
+            runs = [_to_run(*found) for found in s.execute(q).all()]
         # Tags are a JSON list; matched here, the same on SQLite and PostgreSQL.
         return [r for r in runs if tag in r.tags] if tag else runs
+
+    def _select_runs(self) -> Select:
+        """(run, its experiment's name, its summary) rows. On SQLite the summary comes as its JSON text,
+        which RunSummary.from_stored parses and validates in one pass: json.loads and then validation
+        took 1.5x as long for runs with real summaries (500: 0.45 s against 0.70 s on a busy machine).
+        PostgreSQL's driver parses json columns itself."""
+        summary = type_coerce(SqlRun.summary, Text) if self.engine.dialect.name == "sqlite" else SqlRun.summary
+        return (select(SqlRun, SqlExperiment.name, summary).join(SqlExperiment)
+                .options(defer(SqlRun.summary)))
 
     def annotate(self, run_id: int, notes: str | None = None, tags: Iterable[str] | None = None) -> Run:
         """Set a run's notes and/or tags (tags trimmed, empty ones dropped, each once, in order)."""
@@ -259,14 +266,14 @@ class Store(WorkersMixin, JobsMixin, MetricsMixin):
             s.execute(delete(SqlRun).where(SqlRun.id == run_id))
 
 
-def _to_run(row: SqlRun, experiment: str) -> Run:
+def _to_run(row: SqlRun, experiment: str, summary: dict | str | None) -> Run:
     return Run(
         id=row.id, experiment=experiment, name=row.name, status=row.status,
         config=dict(row.config or {}), created_at=row.created_at, started_at=row.started_at,
         ended_at=row.ended_at, pid=row.pid, host=row.host, worker_pid=row.worker_pid,
         error=row.error, cancel_requested=bool(row.cancel_requested),
         epochs_done=row.epochs_done, best_val_acc=row.best_val_acc, best_epoch=row.best_epoch,
-        summary=RunSummary.from_stored(row.summary), environment=dict(row.environment or {}),
+        summary=RunSummary.from_stored(summary), environment=dict(row.environment or {}),
         run_dir=row.run_dir, uid=row.uid, resume=bool(row.resume), notes=row.notes or "",
         tags=list(row.tags or []), worker_id=row.worker_id, executor=row.executor,
         launched_by=row.launched_by,

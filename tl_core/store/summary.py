@@ -19,6 +19,7 @@ varies (the feature cache's records of each phase, start-up parts) it is a typed
 
 from __future__ import annotations
 
+import json
 from collections.abc import ItemsView, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -355,8 +356,14 @@ class RunSummary(BaseModel):
     exports: list[ExportRecord] = []
 
     @classmethod
-    def from_stored(cls, data: Mapping[str, Any] | None) -> RunSummary:
-        """A stored summary read back: tolerant of what earlier releases wrote (module docstring)."""
+    def from_stored(cls, data: Mapping[str, Any] | str | None) -> RunSummary:
+        """A stored summary read back, as a dict or its JSON text: tolerant of what earlier releases
+        wrote (module docstring)."""
+        if isinstance(data, str):
+            try:
+                return cls.model_validate_json(data)  # parsed and validated in one pass
+            except ValidationError:
+                data = json.loads(data)  # NaN and Infinity too, as the JSON parser above
         data = dict(data or {})
         try:
             return cls.model_validate(data)
