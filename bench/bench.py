@@ -38,7 +38,7 @@ from tl_core.data import folders
 from tl_core.data.splits import split_dataset
 from tl_core.config import make_config  # noqa: E402
 from tl_core.data.demo import write_demo_data  # noqa: E402
-from tl_core.store.store import Store  # noqa: E402
+from tl_core.store import Store  # noqa: E402
 from tl_core.training.run import train_run  # noqa: E402
 from tl_core.executors.worker import pid_alive  # noqa: E402
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from sqlalchemy import event
 
 from tl_core import service
-from tl_core.store.store import EpochWriter, Store
+from tl_core.store import EpochWriter, Store
 from ui import format as fmt
 
 GROUPS = ["stem", *(f"stage{i}" for i in range(1, 8)), "head"]

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 import bookkeeping  # noqa: E402  (this folder is on the path as the script's own)
 from bookkeeping import _epoch, _median_ms  # noqa: E402  (this folder is on the path as the script's own)
-from tl_core.store.store import ClassMetric, Store  # noqa: E402
+from tl_core.store import ClassMetric, Store  # noqa: E402
 
 STRATEGIES = ["feature_extraction", "partial", "full", "two_phase", "discriminative", "progressive", "scratch"]
 FRACTIONS = [0.1, 0.3, 1.0]

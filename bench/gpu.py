@@ -50,7 +50,7 @@ from tl_core.models import backbones  # noqa: E402
 from tl_core.config import make_config  # noqa: E402
 from tl_core.data.demo import write_demo_data  # noqa: E402
 from tl_core.service.runs import queue_run, queue_runs  # noqa: E402
-from tl_core.store.store import Store  # noqa: E402
+from tl_core.store import Store  # noqa: E402
 from tl_core.training.strategies import list_strategies  # noqa: E402
 from tl_core.training.run import train_run  # noqa: E402
 

@@ -40,7 +40,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 from bench import CpuShare, wait_until_quiet  # noqa: E402  (this folder is on the path)
 from bookkeeping import GROUPS, _epoch, _median_ms  # noqa: E402
 from tl_core import service  # noqa: E402
-from tl_core.store.store import SqlEpochMetric, SqlRun, SqlRunCurves, Store  # noqa: E402
+from tl_core.store import Store  # noqa: E402
+from tl_core.store.tables import SqlEpochMetric, SqlRun, SqlRunCurves  # noqa: E402
 from ui import format as fmt  # noqa: E402
 
 STRATEGIES = ["feature_extraction", "partial", "full", "two_phase", "discriminative", "progressive", "scratch"]

@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 from tl_core.config import make_config  # noqa: E402
 from tl_core.data.demo import write_demo_data  # noqa: E402
 from tl_core.training.finetuning import phase_ends  # noqa: E402
-from tl_core.store.store import Store  # noqa: E402
+from tl_core.store import Store  # noqa: E402
 from tl_core.training.run import train_run  # noqa: E402
 
 HOLD = 0.02

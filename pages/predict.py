@@ -26,7 +26,7 @@ run_id = st.selectbox("Run", list(by_id), key="predict_run",
                       format_func=lambda i: f"#{i}  {by_id[i].name}  ·  {by_id[i].experiment}  ·  best val "
                                             f"{by_id[i].best_val_acc or 0:.1%}")
 run = by_id[run_id]
-classes = list(run.summary.get("classes") or [])
+classes = list(run.summary.classes)
 channels = int(run.config.get("in_channels") or 3)
 st.caption(f"**{run.config.get('backbone')}** trained with **{run.config.get('strategy')}** on "
            f"`{run.config.get('data')}`: {len(classes)} classes ({', '.join(classes)}).")

@@ -46,8 +46,8 @@ st.markdown(f":{STATUS_COLOURS.get(run.status, 'gray')}-badge[{run.status}] **{c
 st.caption(fmt.provenance(run))
 epochs = store.epoch_metrics([run.id])[run.id]
 target_acc = service.value(run, epochs, "best", "target_acc")
-kept = (run.summary.get("forgetting") or {}).get("agreement")
-test = run.summary.get("test")
+kept = run.summary.forgetting.agreement if run.summary.forgetting else None
+test = run.summary.test
 m = st.columns(4 + (target_acc is not None) + (kept is not None) + (test is not None))
 m[0].metric("Best val accuracy", f"{run.best_val_acc:.1%}" if run.best_val_acc is not None else "–", border=True)
 m[1].metric("Best epoch", run.best_epoch_number or "–", border=True)
@@ -58,9 +58,9 @@ if target_acc is not None:
                 help="On the target-domain folder (--target-data), at the best epoch by val accuracy")
 if test is not None:
     m[4 + (target_acc is not None)].metric(
-        "Test accuracy", f"{test['acc']:.1%}", border=True,
-        help=f"On the {test['images']} held-out test images, scored once with the checkpoint of epoch {test['epoch']} "
-             f"(chosen on val); macro-F1 {test['macro_f1']:.3f}, balanced accuracy {test['balanced_acc']:.3f}")
+        "Test accuracy", f"{test.acc:.1%}", border=True,
+        help=f"On the {test.images} held-out test images, scored once with the checkpoint of epoch {test.epoch} "
+             f"(chosen on val); macro-F1 {test.macro_f1:.3f}, balanced accuracy {test.balanced_acc:.3f}")
 if kept is not None:
     m[-1].metric("Knowledge kept", f"{kept:.1%}", border=True,
                  help="How often the fine-tuned body with the original ImageNet head agrees with the pretrained "
@@ -73,7 +73,7 @@ if run.status == "running":
 if run.error:
     (st.warning if run.status == "cancelled" else st.error)(f"{run.status.capitalize()}: {run.error}",
                                                             icon=":material/error:")
-for warning in run.summary.get("warnings", []):
+for warning in run.summary.warnings:
     st.warning(fmt.form_message(warning), icon=":material/warning:")
 
 with st.expander(f"Notes and tags{': ' + ', '.join(run.tags) if run.tags else ''}", expanded=bool(run.notes),
@@ -146,7 +146,7 @@ with table_tab:
     st.caption("Every metric the run recorded per epoch; lr/<group> is each layer group's LR at the end of the epoch.")
 
 with lr_tab:
-    keys = charts.lr_keys(epochs, run.summary.get("groups", ()))
+    keys = charts.lr_keys(epochs, run.summary.groups)
     if keys:
         st.plotly_chart(charts.epoch_lines(epochs, keys, "learning rate of each layer group", "learning rate",
                                            log_y=True), key="lr_curves")
@@ -177,10 +177,10 @@ with log_tab:
 
 with config_tab:
     summary = run.summary
-    if summary.get("classes"):
-        st.markdown(f"**{len(summary['classes'])} classes**: {', '.join(summary['classes'])}  \n"
-                    f"**Images**: {summary.get('train_images')} train / {summary.get('val_images')} val · "
-                    f"**weights**: {summary.get('weights')} · **layer groups**: {', '.join(summary.get('groups', []))}")
+    if summary.classes:
+        st.markdown(f"**{len(summary.classes)} classes**: {', '.join(summary.classes)}  \n"
+                    f"**Images**: {summary.train_images} train / {summary.val_images} val · "
+                    f"**weights**: {summary.weights} · **layer groups**: {', '.join(summary.groups)}")
     if note := fmt.input_note(summary):
         st.markdown(note)
     if note := fmt.speed_note(summary):
@@ -200,13 +200,13 @@ with config_tab:
 # --- errors: what the best checkpoint gets wrong, and where it looked -----------------------------
 st.subheader("Errors")
 preds = service.run_predictions(store, run.id)
-names = list(run.summary.get("classes") or [])
-if not preds or not names:
+names, best_at = list(run.summary.classes), run.summary.predictions
+if not preds or not names or best_at is None:
     st.caption("The validation images the best checkpoint gets wrong appear here once the run has finished an epoch "
                "(runs trained before predictions were stored have none).")
 else:
     wrong = service.errors(preds)
-    st.caption(f"At its best epoch ({run.summary['predictions']['epoch']}) the model gets {len(wrong)} of {len(preds)} "
+    st.caption(f"At its best epoch ({best_at.epoch}) the model gets {len(wrong)} of {len(preds)} "
                f"validation images wrong; the worst first (highest loss: confidently wrong).")
     shown = gallery.some(wrong, names, key=f"errors_shown_{run.id}")
 
@@ -291,5 +291,5 @@ else:
     if done := service.exports(store.get_run(run.id)):
         with st.expander(f"{len(done)} exports of this run", icon=":material/history:"):
             for e in reversed(done):
-                verdict = " · passed" if e.get("passed") else " · **did not match**"
-                (st.markdown if e.get("passed") else st.warning)(f"{fmt.parity_note(e)}{verdict}  \n`{e['path']}`")
+                verdict = " · passed" if e.passed else " · **did not match**"
+                (st.markdown if e.passed else st.warning)(f"{fmt.parity_note(e)}{verdict}  \n`{e.path}`")

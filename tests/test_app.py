@@ -17,7 +17,7 @@ from streamlit.testing.v1 import AppTest
 from tl_core import service
 from tl_core.data.demo import write_demo_data
 from tl_core.errors import UserError
-from tl_core.store.store import ClassMetric, Store
+from tl_core.store import ClassMetric, Store
 from tl_core.training.strategies import list_strategies
 from ui import charts
 from ui import format as fmt

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import delete, event, select
 
 from ui import format as fmt
-from tl_core.store.store import SqlEpochMetric, SqlRunCurves
+from tl_core.store.tables import SqlEpochMetric, SqlRunCurves
 
 
 def _narrow(store, run_id: int) -> dict:

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tl_core.store.store import Store
+from tl_core.store import Store
 
 from .test_app import demo_root, env, make_run, no_exception, page  # noqa: F401  (fixtures)
 

@@ -13,7 +13,7 @@ from sqlalchemy.exc import OperationalError
 
 from ui import format as fmt
 from tl_core.config import make_config
-from tl_core.store.store import Store
+from tl_core.store import Store
 
 from .helpers import ROOT
 from .test_worker import wait_for

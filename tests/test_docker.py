@@ -22,7 +22,7 @@ import psutil
 import pytest
 import yaml
 
-from tl_core.store.store import Store
+from tl_core.store import Store
 from tl_core.executors.processes import is_worker_process, pid_alive
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tl_core.data.demo import write_demo_data
-from tl_core.store.store import Store
+from tl_core.store import Store
 from tl_core.executors.processes import pidfile as worker_pidfile
 
 from .helpers import free_port, start_dashboard

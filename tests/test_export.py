@@ -38,7 +38,7 @@ def test_torchscript_and_onnx_agree_with_pytorch_on_every_validation_image(store
         assert bundle.classes == store.get_run(run_id).summary["classes"]
         assert bundle.metadata["backbone"] == backbone and bundle.metadata["format"] == fmt
         assert bundle.pipeline == P.from_run(store.get_run(run_id)).pipeline  # the run's own preprocessing
-    assert [e["format"] for e in exports(store.get_run(run_id))] == ["torchscript", "onnx"]
+    assert [e.format for e in exports(store.get_run(run_id))] == ["torchscript", "onnx"]
 
 
 def test_a_bundle_that_predicts_otherwise_fails_the_export_with_its_numbers(store, tiny, monkeypatch, tmp_path):
@@ -57,7 +57,7 @@ def test_a_bundle_that_predicts_otherwise_fails_the_export_with_its_numbers(stor
         export_run(store, run_id, "torchscript", out)
     assert e.value.result["top1_agreement"] < 1 and not out.exists()  # nothing left that looks usable
     recorded = exports(store.get_run(run_id))[-1]
-    assert recorded["passed"] is False and recorded["top1_agreement"] == e.value.result["top1_agreement"]
+    assert recorded.passed is False and recorded.top1_agreement == e.value.result["top1_agreement"]
 
 
 def test_the_command_exports_prints_the_parity_check_and_predict_reads_the_bundle(store, tiny, tmp_path, capsys):

@@ -18,7 +18,7 @@ from tl_core.cli import main
 from tl_core.service import check_run
 from tl_core.config import make_config
 from tl_core.errors import UserError
-from tl_core.store.store import Store
+from tl_core.store import Store
 
 from .helpers import train
 from .test_worker import ROOT, _queue, wait_for

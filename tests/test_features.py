@@ -14,6 +14,7 @@ from tl_core.models import backbones, cuts
 from tl_core.data import folders, images, decode_cache, transforms
 from tl_core.data.splits import split_dataset
 from tl_core.training import feature_cache
+from tl_core.store import RunSummary
 from tl_core.training import run as T
 from tl_core.training import stopping
 from ui import format as fmt
@@ -165,14 +166,15 @@ def test_every_phase_with_frozen_groups_trains_on_its_own_cached_boundary(tiny, 
 
 
 def test_the_run_detail_page_says_what_the_caches_did():
-    used = {"feature_cache": {"used": True, "boundary": "head input", "views": 4, "hit": False, "precision": "bf16",
-                              "seconds": 12.34}, "decode_cache": {"used": True}, "startup_seconds": 0.8}
+    used = RunSummary(feature_cache={"used": True, "boundary": "head input", "views": 4, "hit": False,
+                                     "precision": "bf16", "seconds": 12.34},
+                      decode_cache={"used": True}, startup_seconds=0.8)
     assert fmt.speed_note(used) == ("**frozen features**: cached at the head input (computed in 12.3 s, bf16, "
                                           "4 augmented views per image) · **decoded images**: cached · "
                                           "**startup**: 0.8 s to the first batch")
-    off = {"feature_cache": {"used": False, "why": "nothing is frozen"}}
+    off = RunSummary(feature_cache={"used": False, "why": "nothing is frozen"})
     assert fmt.speed_note(off) == "**frozen features**: not cached (nothing is frozen)"
-    assert fmt.speed_note({}) == ""
+    assert fmt.speed_note(RunSummary()) == ""
 
 
 def test_a_short_phase_with_augmentation_is_not_worth_caching_and_says_why(tiny, store):

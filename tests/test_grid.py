@@ -12,7 +12,7 @@ from tl_core.data import folders
 from tl_core.data.splits import split_dataset
 from tl_core.config import make_config
 from tl_core.errors import UserError
-from tl_core.store.store import Store
+from tl_core.store import Store
 
 
 def test_train_fractions_are_nested_and_keep_every_class(animals):

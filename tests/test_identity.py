@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from tl_core.training import run as T
-from tl_core.store.store import Store
+from tl_core.store import Store
 from tl_core.executors.processes import ensure_worker, pid_alive, running_worker
 
 from .helpers import stop_before_epoch, train

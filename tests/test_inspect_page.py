@@ -142,7 +142,7 @@ def test_where_it_looked_and_an_export_checked_against_the_run(store, trained):
     assert metrics["Tolerance"] == f"{export['tolerance']:.0e}"
     download = [b for b in at.get("download_button") if Path(export["path"]).name in b.proto.label]
     assert len(download) == 1
-    assert service.exports(store.get_run(run_id))[-1]["path"] == export["path"]
+    assert service.exports(store.get_run(run_id))[-1].path == export["path"]
     assert any(Path(export["path"]).name in m.value for m in at.markdown)  # listed among the run's exports
 
 

@@ -20,7 +20,7 @@ from tl_core.config import make_config
 from tl_core.executors.placement import GPU
 from tl_core.store.run_folders import job_log
 from tl_core.service import jobs
-from tl_core.store.store import Store
+from tl_core.store import Store
 
 from .helpers import ROOT
 from .test_placement import H100, FakeNVML, _config, _finished, _queue, fake_gpus, started  # noqa: F401

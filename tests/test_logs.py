@@ -15,7 +15,7 @@ import time
 
 from tl_core import cli
 from tl_core.store.run_folders import run_folder
-from tl_core.store.store import Store
+from tl_core.store import Store
 
 from .test_worker import ROOT, _queue
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from tl_core.executors import worker as W
 from tl_core.executors.processes import pid_alive
 from tl_core.service import resume_run
-from tl_core.store.store import Store
+from tl_core.store import Store
 
 from .test_worker import ROOT, _queue, wait_for
 

@@ -11,6 +11,7 @@ from tl_core.models import backbones
 from tl_core.training import gpu_memory
 from tl_core.config import make_config
 from tl_core.errors import UserError
+from tl_core.store import RunSummary
 from tl_core.training.finetuning import Finetuning, freeze_to, set_train_mode
 from tl_core.training.strategies import get_strategy
 from tl_core.training.startup import BENCHMARK_MIN_STEPS, cudnn_benchmark, warm_cuda
@@ -144,12 +145,12 @@ def test_the_standby_starts_cuda_ahead_of_a_run_only_on_its_one_gpu(monkeypatch)
 def test_the_run_page_says_what_the_probe_and_the_run_measured():
     from ui import format as fmt
 
-    note = fmt.speed_note({"startup_seconds": 3.2, "startup": {"data": 0.5, "model": 1.0, "probe_step": 1.5,
-                                                               "features_and_resume": 0.2},
-                           "gpu_memory": {"peak_mb": 5120.0, "predicted_mb": 6144.0, "available_mb": 81000.0},
-                           "cudnn_benchmark": "off (auto: 120 training steps, under the 100,000 its search pays back in)"})
+    note = fmt.speed_note(RunSummary(
+        startup_seconds=3.2, startup={"data": 0.5, "model": 1.0, "probe_step": 1.5, "features_and_resume": 0.2},
+        gpu_memory={"peak_mb": 5120.0, "predicted_mb": 6144.0, "available_mb": 81000.0},
+        cudnn_benchmark="off (auto: 120 training steps, under the 100,000 its search pays back in)"))
     assert "**startup**: 3.2 s to the first batch (data 0.5 s, model 1.0 s, probe step 1.5 s, features and resume " \
            "0.2 s)" in note
     assert "**GPU memory**: peak 5.00 GiB, 6.00 GiB predicted by its probe step of 79.1 GiB free" in note
     assert "**cudnn.benchmark**: off (auto: 120 training steps" in note
-    assert fmt.speed_note({"gpu_memory": {"peak_mb": 1024.0}}) == "**GPU memory**: peak 1.00 GiB"
+    assert fmt.speed_note(RunSummary(gpu_memory={"peak_mb": 1024.0})) == "**GPU memory**: peak 1.00 GiB"

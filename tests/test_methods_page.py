@@ -20,7 +20,7 @@ import pytest
 from tl_core import cli, service
 from tl_core.config import default
 from tl_core.data.demo import write_demo_data
-from tl_core.store.store import Store
+from tl_core.store import Store
 
 from .test_app import env, launch, make_run, no_exception, page  # noqa: F401  (fixtures)
 

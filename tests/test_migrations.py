@@ -16,9 +16,9 @@ import time
 import pytest
 from sqlalchemy import create_engine, inspect, text
 
-from tl_core.store import migrations
-from tl_core.store import store as store_module
-from tl_core.store.store import Base, ClassMetric, Prediction, Store
+from tl_core.store import ClassMetric, Prediction, Store, migrations
+from tl_core.store import engine as store_engine
+from tl_core.store.tables import Base
 
 from .fixtures import old_store
 from .helpers import ROOT
@@ -151,7 +151,7 @@ def test_a_downgraded_database_comes_back_to_head_with_its_runs(db_url):
 OPENER = """
 import os, sys, time
 from pathlib import Path
-from tl_core.store.store import Store
+from tl_core.store import Store
 url, ready, n = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
 (ready / str(os.getpid())).touch()
 while len(list(ready.iterdir())) < n:  # a barrier: every process opens the new database at the same moment
@@ -206,7 +206,7 @@ def test_a_new_sqlite_file_is_opened_while_another_connection_holds_its_write_lo
 
     path = tmp_path / "held.db"
     other = held(path)
-    monkeypatch.setattr(store_module, "_BUSY_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(store_engine, "_BUSY_TIMEOUT_S", 0.2)
     with pytest.raises(OperationalError, match=f"could not switch {re.escape(str(path))} to WAL .* "
                                                f"its write lock for 0.2 s"):
         Store(str(path))

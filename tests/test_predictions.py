@@ -11,7 +11,7 @@ import pytest
 from tl_core.analysis import predictions as P
 from tl_core.cli import main
 from tl_core.errors import UserError
-from tl_core.store.store import Prediction
+from tl_core.store import Prediction
 
 from .helpers import stop_before_epoch, train
 

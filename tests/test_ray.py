@@ -24,7 +24,7 @@ import pytest
 
 from tl_core import cli, service
 from tl_core.config import make_config
-from tl_core.store.store import FINISHED, Store
+from tl_core.store import FINISHED, Store
 from tl_core.executors.processes import pid_alive
 
 from . import helpers

@@ -7,7 +7,7 @@ import signal
 
 from tl_core.config import make_config
 from tl_core.data.demo import write_demo_data
-from tl_core.store.store import Store
+from tl_core.store import Store
 from tl_core.executors.processes import pid_alive, pidfile
 
 from .helpers import free_port, start_dashboard

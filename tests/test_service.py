@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psutil
 
-from tl_core.store.store import Run, Store
+from tl_core.store import Run, Store
 from tl_core.executors.processes import ensure_worker, pid_alive, pidfile
 
 from .test_worker import ROOT, _queue, wait_for

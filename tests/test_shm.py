@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tl_core.data.shared_memory import PREFETCH, LoaderPlan, explain, fit, held_bytes
-from tl_core.store.store import Store
+from tl_core.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 MB = 2**20

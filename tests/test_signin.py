@@ -15,7 +15,7 @@ from streamlit.testing.v1 import AppTest
 
 from tl_core.service import auth
 from tl_core import cli, service
-from tl_core.store.store import Store
+from tl_core.store import Store
 from tests.test_app import ROOT, TIMEOUT, demo_root, env, make_run, no_exception  # noqa: F401 (fixtures)
 
 GOOGLE = {"redirect_uri": "http://localhost:8501/oauth2callback", "cookie_secret": "a-long-random-string",

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
-from tl_core.store.store import Artifact, EpochWriter, Prediction, Run, Store
+from tl_core.store import Artifact, EpochWriter, Prediction, Run, Store
 
 
 def test_sqlite_gets_wal_busy_timeout_and_foreign_keys(store):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tl_core.config import make_config
-from tl_core.store.store import Store
+from tl_core.store import Store
 
 from .helpers import wait_for
 

@@ -7,7 +7,8 @@ import re
 from tl_core import service
 from tl_core.config import RunConfig
 from tl_core.errors import UserError
-from tl_core.store.store import Run
+from tl_core.store import Run, RunSummary
+from tl_core.store.summary import ExportRecord
 
 # The form's label for each setting a message may name as a CLI flag.
 LABELS = {"data": "Dataset", "lr": "Learning rate", "batch_size": "Batch size", "image_size": "Image size",
@@ -111,68 +112,66 @@ def provenance(run: Run) -> str:
     return f"{who} · {ran}"
 
 
-def speed_note(summary: dict) -> str:
+def speed_note(summary: RunSummary) -> str:
     """One line on what a run's caches did (features, decoded images) and its startup time."""
     parts = []
-    fc, dc = summary.get("feature_cache"), summary.get("decode_cache")
-    if fc and fc.get("used"):
-        how = "found in the cache" if fc.get("hit") else f"computed in {fc.get('seconds', 0):.1f} s"
-        views = f", {fc['views']} augmented views per image" if fc.get("views", 1) > 1 else ""
-        parts.append(f"**frozen features**: cached at the {fc.get('boundary')} ({how}, {fc.get('precision')}{views})")
+    fc, dc = summary.feature_cache, summary.decode_cache
+    if fc and fc.used:
+        how = "found in the cache" if fc.hit else f"computed in {fc.seconds:.1f} s"
+        views = f", {fc.views} augmented views per image" if fc.views > 1 else ""
+        parts.append(f"**frozen features**: cached at the {fc.boundary} ({how}, {fc.precision}{views})")
     elif fc:
-        parts.append(f"**frozen features**: not cached ({fc.get('why', '')})")
+        parts.append(f"**frozen features**: not cached ({fc.why or ''})")
     if dc:
-        parts.append("**decoded images**: cached" if dc.get("used") else f"**decoded images**: not cached ({dc.get('why')})")
-    if "startup_seconds" in summary:
-        where = ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in summary.get("startup", {}).items())
-        parts.append(f"**startup**: {summary['startup_seconds']:.1f} s to the first batch" + (f" ({where})" if where else ""))
-    if gpu := summary.get("gpu_memory"):
-        said = [*([f"peak {gpu['peak_mb'] / 1024:.2f} GiB"] if "peak_mb" in gpu else []),
-                *([f"{gpu['predicted_mb'] / 1024:.2f} GiB predicted by its probe step of {gpu['available_mb'] / 1024:.1f} "
-                   f"GiB free"] if "predicted_mb" in gpu else [])]
+        parts.append("**decoded images**: cached" if dc.used else f"**decoded images**: not cached ({dc.why})")
+    if summary.startup_seconds is not None:
+        where = ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in summary.startup.items())
+        parts.append(f"**startup**: {summary.startup_seconds:.1f} s to the first batch" + (f" ({where})" if where else ""))
+    if gpu := summary.gpu_memory:
+        said = [*([f"peak {gpu.peak_mb / 1024:.2f} GiB"] if gpu.peak_mb is not None else []),
+                *([f"{gpu.predicted_mb / 1024:.2f} GiB predicted by its probe step of {gpu.available_mb / 1024:.1f} "
+                   f"GiB free"] if gpu.predicted_mb is not None and gpu.available_mb is not None else [])]
         parts.append("**GPU memory**: " + ", ".join(said))
-    if "cudnn_benchmark" in summary:
-        parts.append(f"**cudnn.benchmark**: {summary['cudnn_benchmark']}")
+    if summary.cudnn_benchmark is not None:
+        parts.append(f"**cudnn.benchmark**: {summary.cudnn_benchmark}")
     return " · ".join(parts)
 
 
-def input_note(summary: dict) -> str:
+def input_note(summary: RunSummary) -> str:
     """One line on what the model was fed: image size against the weights' own, preprocessing, batch."""
     parts = []
-    if pre := summary.get("preprocessing"):
-        p = pre["pre"]
-        mean, std = (", ".join(f"{v:.3f}" for v in p[k]) for k in ("mean", "std"))
-        parts.append(f"**input**: {pre['image_size']} px (the weights' native size: {pre['native_size']} px), "
-                     f"resized {p['interpolation']} to {pre['resize']} px and centre-cropped, augmentation "
-                     f"{pre['augment']}, normalised with mean ({mean}) and std ({std}) from the weights")
-    if batch := summary.get("batch_size"):
-        parts.append(f"**batch size**: {batch['used']}" + (f" ({batch['why']})" if batch.get("why") else ""))
+    if pre := summary.preprocessing:
+        mean, std = (", ".join(f"{v:.3f}" for v in values) for values in (pre.pre.mean, pre.pre.std))
+        parts.append(f"**input**: {pre.image_size} px (the weights' native size: {pre.native_size} px), "
+                     f"resized {pre.pre.interpolation} to {pre.resize} px and centre-cropped, augmentation "
+                     f"{pre.augment}, normalised with mean ({mean}) and std ({std}) from the weights")
+    if batch := summary.batch_size:
+        parts.append(f"**batch size**: {batch.used}" + (f" ({batch.why})" if batch.why else ""))
     return " · ".join(parts)
 
 
-def methods_note(summary: dict) -> str:
+def methods_note(summary: RunSummary) -> str:
     """One line on what a run's loss terms and memory settings did: knowledge kept (or why it was
     not measured), the Fisher information, the target domain, gradient accumulation."""
     parts = []
-    kept = summary.get("forgetting") or {}
-    if kept.get("agreement") is not None:
-        reference = kept.get("reference", "the pretrained model")
-        parts.append(f"**knowledge kept**: {kept['agreement']:.1%} (agreement with {reference} on "
-                     f"{kept.get('images')} images)")
-    elif "skipped" in kept:
-        parts.append(f"**knowledge kept**: not measured ({kept['skipped']})")
-    if reg := summary.get("regularizer"):
-        parts.append(f"**pull toward the pretrained weights**: {reg.get('pull')}")
-    if fisher := summary.get("fisher"):
-        parts.append(f"**Fisher information**: from {fisher.get('images')} images ({fisher.get('source')})")
-    if target := summary.get("target"):
-        labels = "labelled: its accuracy is measured" if target.get("labelled") else "unlabelled"
-        split = (f"; train/ {target['adapted_on']} adapted on, val/ {target['evaluated_on']} evaluated on"
-                 if target.get("layout") == "split" else "")
-        parts.append(f"**target data**: `{target.get('data')}`, {target.get('images')} images ({labels}{split})")
-    if (memory := summary.get("memory")) and (memory.get("accumulate", 1) > 1 or memory.get("checkpointing") == "on"):
-        parts.append(f"**memory**: accumulate {memory.get('accumulate')} (effective batch "
-                     f"{memory.get('effective_batch')}), checkpointing {memory.get('checkpointing')}")
+    if (kept := summary.forgetting) and kept.agreement is not None:
+        reference = kept.reference or "the pretrained model"
+        parts.append(f"**knowledge kept**: {kept.agreement:.1%} (agreement with {reference} on "
+                     f"{kept.images} images)")
+    elif kept and kept.skipped is not None:
+        parts.append(f"**knowledge kept**: not measured ({kept.skipped})")
+    if reg := summary.regularizer:
+        parts.append(f"**pull toward the pretrained weights**: {reg.pull}")
+    if fisher := summary.fisher:
+        parts.append(f"**Fisher information**: from {fisher.images} images ({fisher.source})")
+    if target := summary.target:
+        labels = "labelled: its accuracy is measured" if target.labelled else "unlabelled"
+        split = (f"; train/ {target.adapted_on} adapted on, val/ {target.evaluated_on} evaluated on"
+                 if target.layout == "split" else "")
+        parts.append(f"**target data**: `{target.data}`, {target.images} images ({labels}{split})")
+    if (memory := summary.memory) and (memory.accumulate > 1 or memory.checkpointing == "on"):
+        parts.append(f"**memory**: accumulate {memory.accumulate} (effective batch "
+                     f"{memory.effective_batch}), checkpointing {memory.checkpointing}")
     return " · ".join(parts)
 
 
@@ -192,8 +191,8 @@ def megabytes(n: int | None) -> str:
     return "–" if n is None else f"{n / 1e6:.1f} MB"
 
 
-def parity_note(export: dict) -> str:
+def parity_note(export: ExportRecord) -> str:
     """One line on an export's parity check against the run's own model."""
-    return (f"**{export['format']}** · {megabytes(export.get('bytes'))} · checked on {export['images']} validation "
-            f"images: top-1 agreement **{export['top1_agreement']:.1%}**, largest probability difference "
-            f"**{export['max_prob_diff']:.1e}** (tolerance {export['tolerance']:.0e})")
+    return (f"**{export.format}** · {megabytes(export.bytes)} · checked on {export.images} validation "
+            f"images: top-1 agreement **{export.top1_agreement:.1%}**, largest probability difference "
+            f"**{export.max_prob_diff:.1e}** (tolerance {export.tolerance:.0e})")

@@ -10,7 +10,7 @@ from streamlit.errors import StreamlitPageNotFoundError
 
 from tl_core.service import auth
 from tl_core import service
-from tl_core.store.store import Job, Store
+from tl_core.store import Job, Store
 
 PAGES = ("new_run", "runs", "compare", "run_detail", "predict")
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..store.store import ClassMetric
+from ..store import ClassMetric
 
 Confusion = Sequence[Sequence[int]]  # rows: true class; columns: predicted class
 

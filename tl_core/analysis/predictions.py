@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import UserError
-from ..store.store import Prediction
+from ..store import Prediction
 
 __all__ = ["Diff", "Prediction", "accuracy", "confusion", "diff", "errors", "from_outputs", "in_cell"]
 

@@ -8,6 +8,7 @@ import sys
 
 from .. import service
 from ..errors import UserError
+from ..store.summary import Forgetting, RunSummary
 from .commands import command
 from .output import _out, _table, _test_lines
 
@@ -18,7 +19,8 @@ def cmd_show(args) -> int:
     recorded = {k for e in run["epochs"] for k in e}
     keys = ["train_loss", "train_acc", "val_loss", "val_acc",
             *(k for k in ("target_acc", "reg_share", "domain_acc") if k in recorded), "trainable_groups", "epoch_seconds"]
-    summary, forgetting = run["summary"], run["summary"].get("forgetting") or {}
+    summary = RunSummary.from_stored(run["summary"])
+    forgetting = summary.forgetting or Forgetting()
     drift = ", ".join(f"{g} {vs[-1]:.4f}" for g, vs in run["group_drift"].items() if vs and vs[-1] is not None)
     text = "\n".join([
         f"run {run['id']} {run['name']!r} [{run['experiment']}]: {run['status']}" + (
@@ -30,11 +32,11 @@ def cmd_show(args) -> int:
         f"environment: {run['environment']}",
         _table(run["epochs"], ["epoch", *keys]) if run["epochs"] else "no epochs yet",
         *([f"drift at the last epoch (||w - w0|| / ||w0||, stem first): {drift}"] if drift else []),
-        *([f"knowledge kept: {forgetting['agreement']:.1%} of the pretrained model's ImageNet predictions "
-           f"on {forgetting.get('images')} images"] if forgetting.get("agreement") is not None else []),
-        *([f"knowledge kept: not measured ({forgetting['skipped']})"] if "skipped" in forgetting else []),
+        *([f"knowledge kept: {forgetting.agreement:.1%} of the pretrained model's ImageNet predictions "
+           f"on {forgetting.images} images"] if forgetting.agreement is not None else []),
+        *([f"knowledge kept: not measured ({forgetting.skipped})"] if forgetting.skipped is not None else []),
         *_test_lines(summary),
-        *[f"warning: {w}" for w in summary.get("warnings", [])],
+        *[f"warning: {w}" for w in summary.warnings],
         *[f"skipped {f['path']} ({f['reason']})" for f in service.skipped_files(summary)],
     ])
     _out(args, run, text)
@@ -60,9 +62,9 @@ def cmd_compare(args) -> int:
 def cmd_errors(args) -> int:
     store = service.open_store(args.db)
     run = store.get_run(args.run_id)
-    classes = run.summary.get("classes") or []
-    preds = service.run_predictions(store, run.id)
-    if not preds:
+    classes = run.summary.classes
+    preds, best_at = service.run_predictions(store, run.id), run.summary.predictions
+    if not preds or best_at is None:
         raise UserError(f"run {run.id} has no stored predictions: it has not finished an epoch (or was trained "
                         f"before they were stored); train or resume it")
 
@@ -71,7 +73,7 @@ def cmd_errors(args) -> int:
                 "true_prob": p.true_prob, "loss": p.loss}
 
     wrong = service.errors(preds)
-    obj = {"run_id": run.id, "epoch": run.summary["predictions"]["epoch"], "images": len(preds),
+    obj = {"run_id": run.id, "epoch": best_at.epoch, "images": len(preds),
            "wrong": len(wrong), "errors": [row(p) for p in wrong[:args.limit]]}
     text = [f"run {run.id} at its best epoch {obj['epoch']}: {len(wrong)} of {len(preds)} validation images wrong",
             _table(obj["errors"], ["path", "true", "predicted", "prob", "loss"]) if wrong else ""]

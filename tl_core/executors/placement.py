@@ -35,7 +35,7 @@ import pynvml
 
 from .. import settings
 from ..config import default
-from ..store.store import Store
+from ..store import Store
 
 # The settings that decide how much GPU memory a run takes: runs equal in these are of one kind.
 MEMORY_FIELDS = ("backbone", "image_size", "batch_size", "strategy", "in_channels", "accumulate", "checkpointing",
@@ -198,17 +198,16 @@ def kind(config: Mapping) -> tuple:
 
 def peaks(store: Store) -> dict[tuple, float]:
     """The GPU memory (MiB, PyTorch's allocations) each kind of run took, from the completed runs
-    that recorded it: summary["gpu_memory"]'s training peak (`peak_mb`) or, where larger, what its
+    that recorded it: summary.gpu_memory's training peak (`peak_mb`) or, where larger, what its
     probe step predicted (`predicted_mb`, memory.py): the probe's blocks stay in the allocator's
     cache, so NVML counts them for the whole run, even where training peaks lower (a head on
     cached features). The largest where runs of a kind differ (their datasets do)."""
     found: dict[tuple, float] = {}
     for run in store.list_runs(statuses=["completed"]):
-        measured = run.summary.get("gpu_memory")
-        if not isinstance(measured, dict):  # a CPU run, or one from before runs recorded it
+        measured = run.summary.gpu_memory
+        if measured is None:  # a CPU run, or one from before runs recorded it
             continue
-        numbers = [v for v in (measured.get("peak_mb"), measured.get("predicted_mb"))
-                   if isinstance(v, (int, float)) and math.isfinite(v) and v > 0]
+        numbers = [v for v in (measured.peak_mb, measured.predicted_mb) if v is not None and math.isfinite(v) and v > 0]
         if numbers:
             k = kind(run.config)
             found[k] = max(found.get(k, 0.0), *numbers)

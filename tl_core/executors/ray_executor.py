@@ -60,7 +60,7 @@ from .. import settings
 from ..logs import logger
 from ..errors import UserError
 from ..store.run_folders import run_folder
-from ..store.store import Run, Store
+from ..store import Run, Store
 from .serving import PROCESS_LOST, RESUMABLE, STOP_GRACE_S, Serving, masked_url
 
 log = logger(__name__)  # timed lines (logs.py), as the worker's

@@ -43,7 +43,7 @@ import psutil
 
 from .. import settings
 from ..logs import logger
-from ..store.store import Store
+from ..store import Store
 from .processes import pidfile
 from .serving import STOP_GRACE_S
 

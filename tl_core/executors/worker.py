@@ -59,7 +59,7 @@ from . import placement
 from .. import settings
 from ..logs import logger
 from ..store.run_folders import run_folder, worker_folder
-from ..store.store import Run, Store, WorkerInfo
+from ..store import Run, Store, WorkerInfo
 from .jobs import Jobs
 from .processes import (host_lock, is_training_process, is_worker_process, kill_group, pid_alive, pidfile,
                         pidfile_worker, start_child)

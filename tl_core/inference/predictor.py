@@ -36,9 +36,9 @@ from ..config import RunConfig
 from ..data.decode_cache import Pipeline
 from ..errors import UserError
 from ..training.checkpoint import Checkpoint
-from ..training.feature_cache import precision_at
 from ..store.run_folders import run_folder
-from ..store.store import Run
+from ..store import Run
+from ..store.summary import Preprocessing as RecordedPreprocessing
 from ..models.weights import Preprocessing
 
 __all__ = ["Predictor", "from_bundle", "from_run", "pipeline_of", "predict"]
@@ -46,12 +46,11 @@ __all__ = ["Predictor", "from_bundle", "from_run", "pipeline_of", "predict"]
 METADATA = "transferlab.json"  # the bundle's metadata: TorchScript extra file, ONNX metadata_props key
 
 
-def pipeline_of(described: dict) -> Pipeline:
-    """The validation pipeline a run recorded (its summary's "preprocessing", decoded.Pipeline.describe)."""
-    pre = dict(described["pre"])
-    pre["mean"], pre["std"] = tuple(pre["mean"]), tuple(pre["std"])
-    return Pipeline(Preprocessing(**pre), int(described["image_size"]), "none",
-                    int(described.get("in_channels", 3)), described.get("stats"))
+def pipeline_of(described: RecordedPreprocessing) -> Pipeline:
+    """The validation pipeline a run recorded (its summary's preprocessing, decode_cache.Pipeline.describe)."""
+    pre = described.pre
+    return Pipeline(Preprocessing(tuple(pre.mean), tuple(pre.std), pre.interpolation, pre.crop_pct, pre.native_size),
+                    described.image_size, "none", described.in_channels, described.stats)
 
 
 @dataclass
@@ -83,17 +82,17 @@ def from_run(run: Run) -> Predictor:
     ckpt = Checkpoint.load(path)
     cfg = RunConfig.from_stored(ckpt.config or run.config)
     classes = list(ckpt.classes)
-    described = run.summary.get("preprocessing")
-    if not described:
+    described = run.summary.preprocessing
+    if described is None:
         raise UserError(f"run {run.id} recorded no preprocessing; train it again to predict with it")
     bb = backbones.create_backbone(cfg.backbone, len(classes), weights="none", head=cfg.head, hidden=cfg.hidden,
                                    dropout=cfg.dropout, in_channels=cfg.in_channels)
     bb.model.load_state_dict(ckpt.model)
     model = bb.model.eval()
     epoch = int(ckpt.epoch) + 1
-    meta = {"classes": classes, "preprocessing": described, "backbone": cfg.backbone, "run": run.id,
-            "run_uid": run.uid, "epoch": epoch, "val_acc": ckpt.val_acc,
-            "val_precision": precision_at(run.summary, epoch)}
+    meta = {"classes": classes, "preprocessing": described.model_dump(exclude_unset=True), "backbone": cfg.backbone,
+            "run": run.id, "run_uid": run.uid, "epoch": epoch, "val_acc": ckpt.val_acc,
+            "val_precision": run.summary.precision_at(epoch)}
     return Predictor(_no_grad(model), classes, pipeline_of(described), f"run {run.id}", meta, model, cfg.backbone)
 
 
@@ -139,7 +138,8 @@ def from_bundle(path: str | Path) -> Predictor:
                             f"`python -m tl_core export RUN --format torchscript`")
         meta = json.loads(extra[METADATA])
         logits = _no_grad(module.eval())
-    return Predictor(logits, list(meta["classes"]), pipeline_of(meta["preprocessing"]), str(path), meta,
+    described = RecordedPreprocessing.model_validate(meta["preprocessing"])
+    return Predictor(logits, list(meta["classes"]), pipeline_of(described), str(path), meta,
                      backbone=meta.get("backbone", ""))
 
 

@@ -22,7 +22,7 @@ what builds or trains a model (the backbone table, a run trained in this process
   jobs       measurements, predictions and exports a page starts in a process of its own and waits for
 """
 
-from ..store.store import FINISHED, STATUSES
+from ..store import FINISHED, STATUSES
 from .catalog import backbone_table, layer_groups, recommend_strategy, strategy_param_counts, strategy_table
 from .measure import find_lr, probe_data, probe_verdict
 from .datasets import data_roots, dataset_folders, dataset_report, resolve_data_path, sample_images

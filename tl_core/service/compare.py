@@ -17,7 +17,7 @@ from typing import Iterable, Sequence
 
 from ..analysis import crossovers, stats
 from ..analysis.metrics import class_metrics
-from ..store.store import ClassMetric, Run, Store
+from ..store import ClassMetric, Run, Store
 from .grouping import at_best_lr, differing_keys, group_runs, lr_choices, lr_text
 from .measure import probe_verdict
 from .readings import Metrics, describe, drift_groups, images_per_class, resolve_split, score, split_seed, value
@@ -204,13 +204,15 @@ def forgetting_points(runs: Sequence[Run], metrics: Metrics, which: str = "best"
     """
     points, skipped = [], []
     for r in runs:
-        kept = r.summary.get("forgetting") or {}
-        if "skipped" in kept:
-            skipped.append({"id": r.id, "name": r.name, "reason": kept["skipped"]})
-        elif kept.get("agreement") is not None:
+        kept = r.summary.forgetting
+        if kept is None:
+            continue
+        if kept.skipped is not None:
+            skipped.append({"id": r.id, "name": r.name, "reason": kept.skipped})
+        elif kept.agreement is not None:
             epochs = metrics.get(r.id, {})
             points.append({"id": r.id, "name": r.name, "strategy": r.config.get("strategy"),
-                           "knowledge_kept": kept["agreement"], "images": kept.get("images"),
+                           "knowledge_kept": kept.agreement, "images": kept.images,
                            "val_acc": value(r, epochs, which), "target_acc": value(r, epochs, which, "target_acc")})
     return {"points": points, "skipped": skipped}
 
@@ -220,10 +222,10 @@ def class_rows(store: Store, run: Run, which: str = "best", split: str = "val") 
     epoch's confusion was kept give their best), on validation or, where the run was scored on a
     test split, on test (the checkpoint chosen on validation, or the last epoch's model)."""
     if split == "test":
-        test = run.summary.get("test_last" if which == "last" else "test") or run.summary.get("test")
-        return [ClassMetric(**c) for c in test["classes"]] if test and test.get("classes") else []
-    if which == "last" and (confusion := run.summary.get("last_confusion")) and run.summary.get("classes"):
-        return class_metrics(confusion, run.summary["classes"])
+        test = (run.summary.test_last if which == "last" else None) or run.summary.test
+        return list(test.classes) if test else []
+    if which == "last" and (confusion := run.summary.last_confusion) and run.summary.classes:
+        return class_metrics(confusion, run.summary.classes)
     return store.class_metrics(run.id)
 
 

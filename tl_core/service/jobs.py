@@ -34,7 +34,7 @@ from .. import settings
 from ..config import RunConfig
 from ..errors import UserError
 from ..store.run_folders import job_log
-from ..store.store import Job, Store, UnknownRun
+from ..store import Job, Store, UnknownRun
 from ..executors.jobs import log_tail
 from ..executors.processes import pid_alive
 from .runs import start_worker

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from ..config import RunConfig
-from ..store.store import Store
+from ..store import Store
 from .readings import value
 from .runs import check_run
 

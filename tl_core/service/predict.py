@@ -14,7 +14,8 @@ from pathlib import Path
 from ..data.images import check_image
 from ..errors import UserError
 from ..store.run_folders import run_folder, runs_dir
-from ..store.store import Run, Store
+from ..store import Run, Store
+from ..store.summary import ExportRecord
 
 
 def has_checkpoint(run: Run) -> bool:
@@ -83,7 +84,7 @@ def export_run(store: Store, run_id: int, fmt: str, out: str | Path | None = Non
         error = None
     except ExportMismatch as e:
         result, error = e.result, e
-    _record(store, run_id, {**result, "run": run_id})
+    _record(store, run_id, ExportRecord(**result, run=run_id))
     if job:
         store.add_artifact(run.experiment, "export", {**result, "run": run_id, "job": job,
                                                       **({"error": str(error)} if error else {})})
@@ -92,11 +93,10 @@ def export_run(store: Store, run_id: int, fmt: str, out: str | Path | None = Non
     return result
 
 
-def exports(run: Run) -> list[dict]:
+def exports(run: Run) -> list[ExportRecord]:
     """The run's exports and their parity checks, newest last."""
-    return list(run.summary.get("exports", []))
+    return list(run.summary.exports)
 
 
-def _record(store: Store, run_id: int, result: dict) -> None:
-    summary = store.get_run(run_id).summary
-    store.update_run(run_id, summary={**summary, "exports": [*summary.get("exports", []), result]})
+def _record(store: Store, run_id: int, result: ExportRecord) -> None:
+    store.update_summary(run_id, exports=[*store.get_run(run_id).summary.exports, result])

@@ -14,7 +14,7 @@ from pathlib import Path
 from ..data import images
 from ..analysis import predictions
 from ..analysis.predictions import Diff, Prediction
-from ..store.store import Run, Store
+from ..store import Run, Store
 
 
 def run_predictions(store: Store, run_id: int) -> list[Prediction]:
@@ -37,7 +37,7 @@ def confusion(preds: list[Prediction], num_classes: int) -> list[list[int]]:
 
 
 def classes(run: Run) -> list[str]:
-    return list(run.summary.get("classes") or [])
+    return list(run.summary.classes)
 
 
 def diff(store: Store, reference_id: int, run_id: int) -> Diff:
@@ -48,7 +48,7 @@ def diff(store: Store, reference_id: int, run_id: int) -> Diff:
 
 def references(store: Store, run: Run, runs: list[Run]) -> list[Run]:
     """The runs of `runs` that `run` can be compared with image by image: same classes, predictions stored."""
-    return [r for r in runs if r.id != run.id and classes(r) == classes(run) and r.summary.get("predictions")]
+    return [r for r in runs if r.id != run.id and classes(r) == classes(run) and r.summary.predictions]
 
 
 def thumbnail(path: str, size: int = 160) -> bytes | None:

@@ -49,19 +49,19 @@ def score(run: Run, epochs: dict[int, dict[str, float]], which: str = "best", me
         return value(run, epochs, which, f"val_{metric}")
     if split != "test":
         raise ValueError(f"split {split!r}: choose one of {SPLITS}")
-    test = run.summary.get("test") or {}
+    test, last = run.summary.test, run.summary.test_last
     if which == "best":
-        return test.get(metric)
-    if last := run.summary.get("test_last"):
-        return last.get(metric)
+        return getattr(test, metric) if test else None
+    if last:
+        return getattr(last, metric)
     epochs_done = max(epochs) + 1 if epochs else run.epochs_done
-    return test.get(metric) if test and test.get("epoch") == epochs_done else None
+    return getattr(test, metric) if test and test.epoch == epochs_done else None
 
 
 def has_test(runs: Sequence[Run]) -> bool:
     """Whether every completed run (and at least one) measured the test split."""
     done = [r for r in runs if r.status == "completed"]
-    return bool(done) and all(r.summary.get("test") for r in done)
+    return bool(done) and all(r.summary.test for r in done)
 
 
 def resolve_split(runs: Sequence[Run], split: str = "auto") -> str:
@@ -71,7 +71,7 @@ def resolve_split(runs: Sequence[Run], split: str = "auto") -> str:
     if split not in SPLITS:
         raise UserError(f"split {split!r}: choose test, val or auto")
     if split == "test" and not has_test(runs):
-        missing = [r.id for r in runs if r.status == "completed" and not r.summary.get("test")]
+        missing = [r.id for r in runs if r.status == "completed" and not r.summary.test]
         raise UserError(f"runs {missing or 'compared'} have no test metrics (trained without a test split, or not "
                         f"completed): compare on validation (--split val), or leave them out")
     return split
@@ -95,7 +95,7 @@ def split_seed(run: Run) -> int:
 
 def images_per_class(run: Run) -> float | None:
     """Training images per class the run trained on (from its summary)."""
-    n, classes = run.summary.get("train_images"), run.summary.get("classes")
+    n, classes = run.summary.train_images, run.summary.classes
     return round(n / len(classes), 1) if n and classes else None
 
 
@@ -103,5 +103,5 @@ def drift_groups(run: Run, epochs: dict[int, dict[str, float]]) -> list[str]:
     """The layer groups a run recorded drift for: in the run's order (stem first, head last), then
     any the summary does not name."""
     recorded = {k[len(DRIFT):] for m in epochs.values() for k in m if k.startswith(DRIFT)}
-    ordered = [g for g in run.summary.get("groups", []) if g in recorded]
+    ordered = [g for g in run.summary.groups if g in recorded]
     return ordered + sorted(recorded - set(ordered))

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..store.run_folders import run_folder
-from ..store.store import FINISHED, STATUSES, Run, Store
+from ..store import FINISHED, STATUSES, Run, RunSummary, Store
 from .readings import DRIFT, Metrics, drift_groups
 
 
@@ -62,10 +62,12 @@ def group_drift(store: Store, run_id: int) -> dict[str, list[float | None]]:
     return drift_by_group(store.get_run(run_id), store.epoch_metrics([run_id])[run_id])
 
 
-def skipped_files(summary: dict) -> list[dict]:
-    """Files a run left out: those its scan refused, then those that failed to decode."""
-    return [*(summary.get("skipped") or {}).get("files", []),
-            *({"path": p, "reason": "unreadable when decoded"} for p in summary.get("unreadable", []))]
+def skipped_files(summary: RunSummary) -> list[dict]:
+    """Files a run left out, as rows of a table ({"path", "reason"}): those its scan refused, then
+    those that failed to decode."""
+    refused = summary.skipped.files if summary.skipped else []
+    return [*({"path": f.path, "reason": f.reason} for f in refused),
+            *({"path": p, "reason": "unreadable when decoded"} for p in summary.unreadable)]
 
 
 def summarize(run: Run, epochs: dict[int, dict[str, float]]) -> dict:
@@ -75,7 +77,7 @@ def summarize(run: Run, epochs: dict[int, dict[str, float]]) -> dict:
     return {"id": run.id, "name": run.name, "strategy": run.config.get("strategy"),
             "backbone": run.config.get("backbone"), "status": run.status,
             "best_val_acc": run.best_val_acc, "best_epoch": run.best_epoch_number,
-            "final_val_acc": last.get("val_acc"), "test_acc": (run.summary.get("test") or {}).get("acc"),
+            "final_val_acc": last.get("val_acc"), "test_acc": run.test_acc,
             "epochs": len(epochs),
             "total_seconds": last.get("wall_seconds"), "trainable_params": last.get("trainable_params"),
             "images_per_sec": sum(ips) / len(ips) if ips else None}

@@ -21,7 +21,7 @@ from ..data.splits import batch_size_for, split_dataset
 from ..errors import UserError
 from ..executors.processes import ensure_worker, running_worker, stop_workers
 from ..store.run_folders import is_run_folder, run_folder
-from ..store.store import FINISHED, Run, Store, WorkerInfo, default_db_url
+from ..store import FINISHED, Run, Store, WorkerInfo, default_db_url
 from ..models.weights import check_obtainable
 
 # --- the store and the worker ---------------------------------------------------------------
@@ -200,14 +200,14 @@ def estimate_seconds(store: Store, configs: Sequence[RunConfig]) -> dict:
     strategy where there is one; without any, no estimate is made (the answer says so).
     """
     host = socket.gethostname()
-    done = [r for r in store.list_runs(statuses=["completed"]) if r.host == host and r.summary.get("total_seconds")
-            and r.summary.get("train_images") and r.epochs]
+    done = [r for r in store.list_runs(statuses=["completed"]) if r.host == host and r.summary.total_seconds
+            and r.summary.train_images and r.epochs]
     per_image = {}  # (backbone, image size, strategy | None) -> seconds per image-epoch, the median
     for key_of in (lambda r: (r.config.get("backbone"), r.config.get("image_size"), r.config.get("strategy")),
                    lambda r: (r.config.get("backbone"), r.config.get("image_size"), None)):
         seen: dict[tuple, list[float]] = {}
         for r in done:
-            seen.setdefault(key_of(r), []).append(r.summary["total_seconds"] / (r.summary["train_images"] * r.epochs))
+            seen.setdefault(key_of(r), []).append(r.summary.total_seconds / (r.summary.train_images * r.epochs))
         for k, v in seen.items():
             per_image.setdefault(k, sorted(v)[len(v) // 2])
     total, measured = 0.0, 0

@@ -16,7 +16,7 @@ from any working folder and inside the Docker image. The revisions are in `versi
   0002  workers, and runs' worker_id, executor and launched_by
   0003  jobs: a page's LR range tests, probes, predictions and exports, queued for the workers
 
-A new revision: change the models in store.py, then write `versions/vNNNN_<what>.py` by hand or
+A new revision: change the models in tables.py, then write `versions/vNNNN_<what>.py` by hand or
 start it with `new_revision("what changed", url)` (autogenerate against a database at head), and
 bump `HEAD`. tests/test_migrations.py checks that the migrated schema and the models agree.
 """

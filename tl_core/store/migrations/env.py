@@ -9,7 +9,7 @@ from alembic import context
 
 
 def run() -> None:
-    from tl_core.store.store import Base  # absolute: Alembic runs this file as a script, not in its package
+    from tl_core.store.tables import Base  # absolute: Alembic runs this file as a script, not in its package
 
     connection = context.config.attributes.get("connection")
     if connection is None:
