@@ -50,5 +50,9 @@ postgresql:
 		echo "installing Debian's postgresql for the store's tests"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
 
+# Two test processes (pytest-xdist): many tests wait on other processes (workers, runs, a browser,
+# PostgreSQL), so the other process runs tests meanwhile. Tests that must not run at once share an
+# xdist_group (loadgroup keeps a group in one process); the slow ones start first (tests/conftest.py).
+# Settings and markers: pyproject.toml.
 test: $(VENV)/.dev chromium postgresql
-	$(PY) -m pytest tests -q --durations=10
+	$(PY) -m pytest tests -q --durations=10 -n 2 --dist loadgroup

@@ -1,9 +1,21 @@
-"""Shared fixtures: real demo images (subsampled), temporary databases and run folders."""
+"""Shared fixtures: real demo images (subsampled), temporary databases and run folders.
+
+`make test` runs the suite in two processes (pytest-xdist, `-n 2 --dist loadgroup`): each has its
+own session, so a session fixture is made once per process. Tests that must not run beside one
+another share an `xdist_group` (one process runs a group's tests one after another): the browser
+tests, the Ray cluster's. The markers (pyproject.toml): `browser`, `postgres` (set here, on the
+`db_url` fixture's PostgreSQL case), `slow` (over ~10 s). Every test process runs torch on one
+thread (OMP_NUM_THREADS, set in tests/__init__.py, before anything imports torch).
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
+import sqlite3
 import uuid
+from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -33,6 +45,10 @@ def cpu_bf16(monkeypatch):
     that does not (fp32), whatever this CPU is; unset, as this CPU is. Every float comparison must
     hold both ways (`make test` runs on either kind of machine). Runs in other processes (the
     CLI's subprocesses, a worker) see this CPU as it is."""
+    _force_cpu_bf16(monkeypatch)
+
+
+def _force_cpu_bf16(monkeypatch) -> None:
     forced = os.environ.get("TL_TEST_CPU_BF16", "")
     if forced:
         assert forced in ("native", "emulated"), f"TL_TEST_CPU_BF16={forced!r}: native or emulated"
@@ -61,6 +77,49 @@ def tiny(tmp_path_factory) -> str:
     return str(out / "animals")
 
 
+class TrainedRun(NamedTuple):
+    store: Store
+    run_id: int
+
+
+@pytest.fixture(scope="session")
+def _tiny_run_template(tmp_path_factory, tiny) -> tuple[Path, int, str]:
+    """The run `tiny_run` copies, trained once per test process: its folder (experiments.db and
+    runs/), its id and its uid."""
+    from .helpers import train  # torch: only in the processes whose tests ask for a trained run
+
+    home = tmp_path_factory.mktemp("tiny_run")
+    with pytest.MonkeyPatch.context() as mp:  # what the function-scoped autouse fixtures give a test
+        mp.setenv("TL_OFFLINE", "1")
+        mp.setenv("TL_RUNS_DIR", str(home / "runs"))
+        _force_cpu_bf16(mp)
+        store = Store(f"sqlite:///{home / 'experiments.db'}")
+        result = train(store, data=tiny, strategy="feature_extraction", epochs=1)
+        uid = store.get_run(result.run_id).uid
+        store.close()
+    assert result.status == "completed", result.error
+    return home, result.run_id, uid
+
+
+@pytest.fixture
+def tiny_run(_tiny_run_template, tmp_path, monkeypatch) -> TrainedRun:
+    """A completed run of the test's own, as `train(store, data=tiny, strategy="feature_extraction",
+    epochs=1)` leaves it (checkpoints, epochs, predictions), in the `store` fixture's layout
+    (tmp_path/experiments.db, TL_RUNS_DIR=tmp_path/runs): a copy of a run trained once per test
+    process, for tests that read a trained run or change their copy of it, not how it trained."""
+    home, run_id, uid = _tiny_run_template
+    with sqlite3.connect(home / "experiments.db") as src, sqlite3.connect(tmp_path / "experiments.db") as dst:
+        src.backup(dst)  # a consistent copy, whatever is still in SQLite's write-ahead log
+    src.close()
+    dst.close()
+    shutil.copytree(home / "runs" / uid, tmp_path / "runs" / uid)
+    monkeypatch.setenv("TL_RUNS_DIR", str(tmp_path / "runs"))
+    s = Store(f"sqlite:///{tmp_path / 'experiments.db'}")
+    s.update_run(run_id, run_dir=str(tmp_path / "runs" / uid))  # the only place a run records its folder
+    yield TrainedRun(s, run_id)
+    s.close()
+
+
 @pytest.fixture
 def store(tmp_path, monkeypatch) -> Store:
     monkeypatch.setenv("TL_RUNS_DIR", str(tmp_path / "runs"))
@@ -80,7 +139,7 @@ def postgres_server():
     server.stop()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def db_url(request, tmp_path) -> str:
     """A new, empty database of each backend: a SQLite file, or a database of its own on the
     session's PostgreSQL server (dropped after the test)."""
@@ -100,3 +159,11 @@ def db_store(db_url, tmp_path, monkeypatch) -> Store:
     s = Store(db_url)
     yield s
     s.close()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Where xdist spreads the tests over processes (`make test`), the slow ones are handed out
+    first and the quick ones fill in behind them: a long test started last would keep one process
+    busy after the other ran out of tests. Run in one process, the order stays the files'."""
+    if hasattr(config, "workerinput"):  # an xdist worker: each collects alike, the controller hands out
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: file order within each

@@ -195,6 +195,27 @@ def test_new_run_seeds_multiply_the_runs(env):
     assert len({r.experiment for r in runs}) == 1
 
 
+def test_new_run_a_grid_of_strategies_train_fractions_and_seeds_counted_before_launch(env):
+    # The grid tests/test_e2e.py launched in the browser before it trained a smaller one: every
+    # axis of the form at once, its count shown before anything is queued.
+    at = no_exception(page("new_run.py").run())
+    at = no_exception(at.checkbox(key="strategy_partial").check().run())
+    at.number_input(key="epochs").set_value(2)
+    at.number_input(key="image_size").set_value(48)
+    at.number_input(key="n_seeds").set_value(2)
+    at.text_input(key="train_fraction").input("0.5, 1")
+    at.text_input(key="experiment").input("e2e-grid")
+    at = no_exception(at.run())
+    assert any(c.value.startswith("Will queue **8** run(s)") for c in at.caption), [c.value for c in at.caption]
+    assert env.list_runs() == []  # counted, not queued
+    at = launch(at)
+    assert any("Queued 8 run(s)" in s.value for s in at.success)
+    runs = env.list_runs(experiment="e2e-grid")
+    assert sorted((r.config["strategy"], r.config["train_fraction"], r.config["seed"]) for r in runs) == sorted(
+        (s, f, seed) for s in ("feature_extraction", "partial") for f in (0.5, 1.0) for seed in (0, 1))
+    assert {r.config["epochs"] for r in runs} == {2} and {r.config["image_size"] for r in runs} == {48}
+
+
 def test_new_run_leaves_the_batch_size_to_the_run_and_shares_one_split_seed(env):
     at = no_exception(page("new_run.py").run())
     assert at.number_input(key="batch_size").value is None  # blank: the run picks 32, or fewer

@@ -41,8 +41,8 @@ def test_torchscript_and_onnx_agree_with_pytorch_on_every_validation_image(store
     assert [e.format for e in exports(store.get_run(run_id))] == ["torchscript", "onnx"]
 
 
-def test_a_bundle_that_predicts_otherwise_fails_the_export_with_its_numbers(store, tiny, monkeypatch, tmp_path):
-    run_id = train(store, data=tiny, strategy="feature_extraction", epochs=1).run_id
+def test_a_bundle_that_predicts_otherwise_fails_the_export_with_its_numbers(tiny_run, monkeypatch, tmp_path):
+    store, run_id = tiny_run  # feature_extraction on tiny, 1 epoch
     real = P.from_bundle
 
     def swapped(path):  # an export whose graph lost its last layer's class order
@@ -60,8 +60,8 @@ def test_a_bundle_that_predicts_otherwise_fails_the_export_with_its_numbers(stor
     assert recorded.passed is False and recorded.top1_agreement == e.value.result["top1_agreement"]
 
 
-def test_the_command_exports_prints_the_parity_check_and_predict_reads_the_bundle(store, tiny, tmp_path, capsys):
-    run_id = train(store, data=tiny, strategy="feature_extraction", epochs=1).run_id
+def test_the_command_exports_prints_the_parity_check_and_predict_reads_the_bundle(tiny_run, tmp_path, capsys):
+    store, run_id = tiny_run
     out = tmp_path / "bundle.pt"
     assert main(["export", str(run_id), "--format", "torchscript", "--out", str(out), "--db", store.url]) == 0
     printed = capsys.readouterr().out
@@ -72,8 +72,8 @@ def test_the_command_exports_prints_the_parity_check_and_predict_reads_the_bundl
     assert top[0]["class"] == predict_images(store, run_id, [image])["results"][0]["top"][0]["class"]
 
 
-def test_bad_export_requests_get_clear_messages(store, tiny, tmp_path):
-    run_id = train(store, data=tiny, strategy="feature_extraction", epochs=1).run_id
+def test_bad_export_requests_get_clear_messages(tiny_run, tmp_path):
+    store, run_id = tiny_run
     with pytest.raises(UserError, match="is a folder"):
         export_run(store, run_id, "onnx", tmp_path)
     with pytest.raises(UserError, match="unknown export format"):

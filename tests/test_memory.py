@@ -102,9 +102,9 @@ def test_cudnn_search_is_on_only_for_runs_long_enough_to_pay_it_back():
     assert cudnn_benchmark(make_config(data="unused", cudnn_benchmark="off"), 10**6)[0] is False
 
 
-def test_a_run_records_where_its_start_up_went(tiny, store):
-    r = train(store, data=tiny, strategy="feature_extraction", epochs=1)
-    summary = store.get_run(r.run_id).summary
+def test_a_run_records_where_its_start_up_went(tiny_run):
+    store, run_id = tiny_run  # feature_extraction on tiny, 1 epoch
+    summary = store.get_run(run_id).summary
     parts = summary["startup"]
     assert set(parts) == {"data", "model", "features_and_resume"} and all(v >= 0 for v in parts.values())
     assert sum(parts.values()) == pytest.approx(summary["startup_seconds"], abs=0.01)

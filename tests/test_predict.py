@@ -24,11 +24,6 @@ from tl_core.service import predict_images, save_uploads
 from .helpers import train
 
 
-@pytest.fixture
-def run_id(store, tiny):
-    return train(store, data=tiny, strategy="feature_extraction", epochs=2).run_id
-
-
 def _bomb() -> bytes:  # a tiny file whose header claims 30,000 x 30,000 pixels
     buf = io.BytesIO()
     Image.new("1", (30_000, 30_000)).save(buf, format="PNG", optimize=True)
@@ -93,7 +88,8 @@ def test_predict_gives_the_validation_pass_answer_and_heat_maps_over_the_model_v
         predict_images(store, run_id, [stored[0].path], cam=True, cam_classes=["unicorn"])
 
 
-def test_corrupt_oversized_and_non_image_uploads_get_clear_messages_and_the_rest_is_predicted(store, run_id):
+def test_corrupt_oversized_and_non_image_uploads_get_clear_messages_and_the_rest_is_predicted(tiny_run):
+    store, run_id = tiny_run  # feature_extraction on tiny, 1 epoch
     good = store.predictions(run_id)[0].path
     files = [("cat.png", _png(good)), ("broken.png", _png(good)[:60]), ("huge.png", _bomb()),
              ("notes.txt", b"hello"), ("fake.jpg", b"GIF89a not really")]
@@ -108,7 +104,8 @@ def test_corrupt_oversized_and_non_image_uploads_get_clear_messages_and_the_rest
     assert found[0]["top"][0]["class"] in store.get_run(run_id).summary["classes"]
 
 
-def test_the_command_predicts_what_it_can_and_exits_1_naming_what_it_could_not(store, run_id, tmp_path, capsys):
+def test_the_command_predicts_what_it_can_and_exits_1_naming_what_it_could_not(tiny_run, tmp_path, capsys):
+    store, run_id = tiny_run
     good = store.predictions(run_id)[0].path
     (tmp_path / "truncated.png").write_bytes(_png(good)[:80])
     (tmp_path / "bomb.png").write_bytes(_bomb())
@@ -130,7 +127,8 @@ def test_the_command_predicts_what_it_can_and_exits_1_naming_what_it_could_not(s
     assert len(written) == 4 and all(Image.open(p).size == (32, 32) for p in written)  # top 4 of 4 classes
 
 
-def test_a_run_without_a_checkpoint_and_a_bundle_without_heat_maps_are_explained(store, tiny, run_id):
+def test_a_run_without_a_checkpoint_and_a_bundle_without_heat_maps_are_explained(tiny_run, tiny):
+    store, run_id = tiny_run
     queued = store.create_run({"data": tiny}, status="queued")
     with pytest.raises(UserError, match="has no best checkpoint"):
         P.from_run(store.get_run(queued.id))

@@ -100,8 +100,8 @@ def test_a_diff_matches_images_by_path_and_refuses_runs_that_cannot_be_compared(
         P.diff(ref, [], ["x", "y"])
 
 
-def test_deleting_a_run_deletes_its_predictions(store, tiny):
-    r = train(store, data=tiny, strategy="feature_extraction", epochs=1)
-    assert store.predictions(r.run_id)
-    store.delete_run(r.run_id)
-    assert store.predictions(r.run_id) == []
+def test_deleting_a_run_deletes_its_predictions(tiny_run):
+    store, run_id = tiny_run  # feature_extraction on tiny, 1 epoch
+    assert store.predictions(run_id)
+    store.delete_run(run_id)
+    assert store.predictions(run_id) == []

@@ -42,6 +42,10 @@ ray.shutdown()
 """
 
 
+# One process runs this module's tests, one after another: they share the module's Ray cluster and
+# executor (one of each, not one per xdist process).
+pytestmark = pytest.mark.xdist_group("ray")
+
 wait_for = functools.partial(helpers.wait_for, every=0.1)  # a run's short phases (importing) are watched
 
 

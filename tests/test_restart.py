@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import signal
 
+import pytest
+
 from tl_core.config import make_config
 from tl_core.data.demo import write_demo_data
 from tl_core.store import Store
@@ -13,6 +15,8 @@ from tl_core.executors.processes import pid_alive, pidfile
 from .helpers import free_port, start_dashboard
 from .test_e2e import _browser, _metric_value, _settle, _stop
 from .test_worker import wait_for
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.xdist_group("browser")]  # as test_e2e's
 
 
 def test_runs_keep_training_through_a_dashboard_restart_and_show_live_after(tmp_path, monkeypatch):
