@@ -675,6 +675,7 @@ def cmd_train_run(args) -> int:
         import timm  # noqa: F401  (models are built by timm: imported here, not after the run is handed over)
 
         warmed = warm_cuda()  # on its one GPU: CUDA started before the run comes
+        logger.info(f"standby {os.getpid()}: imports done, waiting for a run")
         line = sys.stdin.readline().split()  # "<run id>", or "<run id> <gpu>" for a run placed on a GPU
         if not line:  # the worker stopped without a run for us
             return 0
