@@ -17,8 +17,8 @@ import datetime as dt
 import io
 import json
 import os
-import re
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -33,14 +33,14 @@ import bookkeeping  # noqa: E402
 import torch  # noqa: E402
 from reference import run_reference  # noqa: E402
 
-from tl_core.models import backbones
-from tl_core.data import folders
-from tl_core.data.splits import split_dataset
 from tl_core.config import make_config  # noqa: E402
+from tl_core.data import folders
 from tl_core.data.demo import write_demo_data  # noqa: E402
+from tl_core.data.splits import split_dataset
+from tl_core.executors.worker import pid_alive  # noqa: E402
+from tl_core.models import backbones
 from tl_core.store import Store  # noqa: E402
 from tl_core.training.run import train_run  # noqa: E402
-from tl_core.executors.worker import pid_alive  # noqa: E402
 
 BACKBONE, SIZE, BATCH = "efficientnet_lite0", 96, 32
 
@@ -103,11 +103,23 @@ def quietly(measure, *args, retries: int = 1, threshold: float = 0.2, **kwargs) 
 
 
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "python": platform.python_version(), "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-            "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M")}
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+    }
 
 
 # --- TransferLab runs, in this process -----------------------------------------------------------
@@ -128,9 +140,16 @@ def tl_run(store: Store, cache: Path, **settings) -> dict:
         raise RuntimeError(f"run {run.id} {result.status}: {result.error}\n{log.getvalue()[-2000:]}")
     r = store.get_run(run.id)
     epochs = store.epoch_metrics([run.id])[run.id]
-    return {"seconds": seconds, "best_val_acc": r.best_val_acc, "summary": r.summary, "epochs": epochs,
-            "to_first_batch": r.summary["first_batch_at"] - called, "run_id": run.id,
-            "final_val_acc": epochs[max(epochs)]["val_acc"], "others": load.others}
+    return {
+        "seconds": seconds,
+        "best_val_acc": r.best_val_acc,
+        "summary": r.summary,
+        "epochs": epochs,
+        "to_first_batch": r.summary["first_batch_at"] - called,
+        "run_id": run.id,
+        "final_val_acc": epochs[max(epochs)]["val_acc"],
+        "others": load.others,
+    }
 
 
 def reference(*args, **kwargs) -> dict:
@@ -282,12 +301,42 @@ def compiled_step(n_batches: int) -> dict:
 
 def memory_run(root: str, cache: Path, db: Path, epochs: int) -> dict:
     """A cold feature-extraction run in a fresh process (`python -m tl_core run`): its peak memory."""
-    env = {**os.environ, "TL_CACHE_DIR": str(cache), "PYTHONPATH": str(ROOT), "TL_RUNS_DIR": str(db.with_suffix(".runs"))}
+    env = {
+        **os.environ,
+        "TL_CACHE_DIR": str(cache),
+        "PYTHONPATH": str(ROOT),
+        "TL_RUNS_DIR": str(db.with_suffix(".runs")),
+    }
     t = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "tl_core", "run", "--data", root, "--backbone", BACKBONE,
-                             "--strategy", "feature_extraction", "--epochs", str(epochs), "--image-size", str(SIZE),
-                             "--batch-size", str(BATCH), "--db", f"sqlite:///{db}", "--json", "--no-progress"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=db.parent)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tl_core",
+            "run",
+            "--data",
+            root,
+            "--backbone",
+            BACKBONE,
+            "--strategy",
+            "feature_extraction",
+            "--epochs",
+            str(epochs),
+            "--image-size",
+            str(SIZE),
+            "--batch-size",
+            str(BATCH),
+            "--db",
+            f"sqlite:///{db}",
+            "--json",
+            "--no-progress",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=db.parent,
+    )
     # Resident memory in two parts, sampled: anonymous (tensors, arrays, the heap) and file-backed
     # (shared libraries, torch's CUDA ones included, and the memory-mapped caches).
     peak = {"RssAnon": 0, "RssFile": 0, "VmRSS": 0}
@@ -309,10 +358,16 @@ def memory_run(root: str, cache: Path, db: Path, epochs: int) -> dict:
     epochs_m = store.epoch_metrics([run_id])[run_id]
     run = store.get_run(run_id)
     store.close()
-    return {"seconds": seconds, "peak_memory_mb": max(m["peak_memory_mb"] for m in epochs_m.values()),
-            "epoch_seconds": _median([m["epoch_seconds"] for e, m in epochs_m.items() if e]),
-            "peak_anon_mb": peak["RssAnon"], "peak_file_mb": peak["RssFile"], "peak_sampled_mb": peak["VmRSS"],
-            "best_val_acc": run.best_val_acc, "images": run.summary["train_images"] + run.summary["val_images"]}
+    return {
+        "seconds": seconds,
+        "peak_memory_mb": max(m["peak_memory_mb"] for m in epochs_m.values()),
+        "epoch_seconds": _median([m["epoch_seconds"] for e, m in epochs_m.items() if e]),
+        "peak_anon_mb": peak["RssAnon"],
+        "peak_file_mb": peak["RssFile"],
+        "peak_sampled_mb": peak["VmRSS"],
+        "best_val_acc": run.best_val_acc,
+        "images": run.summary["train_images"] + run.summary["val_images"],
+    }
 
 
 def _standby_ready(worker_pid: int, timeout: float = 120) -> float:
@@ -335,11 +390,22 @@ def _standby_ready(worker_pid: int, timeout: float = 120) -> float:
 def queued_to_first_batch(db: Path, cache: Path, runs: list[dict], standby: bool = True) -> list[dict]:
     """Queue runs for a worker (started here, default poll) and time queued -> first batch; with
     `standby`, as a user finds a worker that has been up a while: its standby process ready."""
-    env = {**os.environ, "TL_CACHE_DIR": str(cache), "PYTHONPATH": str(ROOT), "TL_RUNS_DIR": str(db.with_suffix(".runs")),
-           "TL_STANDBY": "1" if standby else "0"}
+    env = {
+        **os.environ,
+        "TL_CACHE_DIR": str(cache),
+        "PYTHONPATH": str(ROOT),
+        "TL_RUNS_DIR": str(db.with_suffix(".runs")),
+        "TL_STANDBY": "1" if standby else "0",
+    }
     store = Store(f"sqlite:///{db}")
-    worker = subprocess.Popen([sys.executable, "-m", "tl_core", "worker", "--db", f"sqlite:///{db}"],
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=db.parent, text=True)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "tl_core", "worker", "--db", f"sqlite:///{db}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        cwd=db.parent,
+        text=True,
+    )
     out = []
     try:
         t = time.perf_counter()
@@ -350,7 +416,7 @@ def queued_to_first_batch(db: Path, cache: Path, runs: list[dict], standby: bool
             time.sleep(1)
             cfg = make_config(backbone=BACKBONE, batch_size=BATCH, **settings)
             run = store.create_run(cfg.model_dump(), "bench-queue", status="queued")
-            queued = run.created_at.replace(tzinfo=dt.timezone.utc).timestamp()
+            queued = run.created_at.replace(tzinfo=dt.UTC).timestamp()
             deadline = time.time() + 300
             while time.time() < deadline:
                 r = store.get_run(run.id)
@@ -360,10 +426,18 @@ def queued_to_first_batch(db: Path, cache: Path, runs: list[dict], standby: bool
             r = store.get_run(run.id)
             if "first_batch_at" not in r.summary:
                 raise RuntimeError(f"queued run {run.id}: {r.status} {r.error}")
-            started = r.started_at.replace(tzinfo=dt.timezone.utc).timestamp()  # by the run's process, after imports
-            out.append({**settings, "seconds": r.summary["first_batch_at"] - queued,
-                        "to_process_ready": started - queued, "startup_in_process": r.summary["startup_seconds"],
-                        "worker_start": worker_start, "standby_ready": standby_s, "standby": standby})
+            started = r.started_at.replace(tzinfo=dt.UTC).timestamp()  # by the run's process, after imports
+            out.append(
+                {
+                    **settings,
+                    "seconds": r.summary["first_batch_at"] - queued,
+                    "to_process_ready": started - queued,
+                    "startup_in_process": r.summary["startup_seconds"],
+                    "worker_start": worker_start,
+                    "standby_ready": standby_s,
+                    "standby": standby,
+                }
+            )
             store.request_cancel(run.id)
             while store.get_run(run.id).status == "running" or pid_alive(store.get_run(run.id).pid):
                 time.sleep(0.1)
@@ -432,13 +506,15 @@ def write_report(path: Path, r: dict) -> None:
         f"{r['second']['summary']['feature_cache']['hit']}) | {verdict(r['second']['to_first_batch'] < 2)} |",
     ]
     for qrun, cold in zip(r["queued"], r["queued_cold"]):
-        lines.append(f"| Queued run to first batch under 5 s ({qrun['label']}) | {qrun['seconds']:.2f} s on a worker "
-                     f"that is up, its standby process (imported ahead of need) ready; a new worker's is ready "
-                     f"{r['queued'][0]['worker_start'] + r['queued'][0]['standby_ready']:.1f} s after the worker is "
-                     f"started: {qrun['to_process_ready']:.2f} s until "
-                     f"the run's process has it (the worker polls every 1 s), then {qrun['startup_in_process']:.2f} s "
-                     f"to the first batch. Without the standby (TL_STANDBY=0) a new process imports torch, torchvision "
-                     f"and timm first: {cold['seconds']:.2f} s | {verdict(qrun['seconds'] < 5)} |")
+        lines.append(
+            f"| Queued run to first batch under 5 s ({qrun['label']}) | {qrun['seconds']:.2f} s on a worker "
+            f"that is up, its standby process (imported ahead of need) ready; a new worker's is ready "
+            f"{r['queued'][0]['worker_start'] + r['queued'][0]['standby_ready']:.1f} s after the worker is "
+            f"started: {qrun['to_process_ready']:.2f} s until "
+            f"the run's process has it (the worker polls every 1 s), then {qrun['startup_in_process']:.2f} s "
+            f"to the first batch. Without the standby (TL_STANDBY=0) a new process imports torch, torchvision "
+            f"and timm first: {cold['seconds']:.2f} s | {verdict(qrun['seconds'] < 5)} |"
+        )
     mem = r["memory"]
     bk = r["bookkeeping"]
     lines += [
@@ -521,8 +597,10 @@ def _details(r: dict) -> list[str]:
     ]
     if r.get("compiled"):
         c = r["compiled"]
-        lines.append(f"| `torch.compile` (`--compile on`) training step on tensors in memory, channels_last, after "
-                     f"{c['compile_seconds']:.0f} s of compiling | {c['images_per_sec']:.0f} |")
+        lines.append(
+            f"| `torch.compile` (`--compile on`) training step on tensors in memory, channels_last, after "
+            f"{c['compile_seconds']:.0f} s of compiling | {c['images_per_sec']:.0f} |"
+        )
     lines += [
         "",
         "The compute limit, forward only (eval mode, tensors in memory):",
@@ -542,8 +620,10 @@ def _details(r: dict) -> list[str]:
         "|---|---|---|---|---|---|",
     ]
     for row in r["scaling"]:
-        lines.append(f"| {row['images']:,} | {row['size']} | {row['first']:.1f} | {row['later']:.2f} | "
-                     f"{row['ft_ips']:.0f} | {row['images'] * 0.8 / row['ft_ips']:.0f} |")
+        lines.append(
+            f"| {row['images']:,} | {row['size']} | {row['first']:.1f} | {row['later']:.2f} | "
+            f"{row['ft_ips']:.0f} | {row['images'] * 0.8 / row['ft_ips']:.0f} |"
+        )
     lines += ["", "## Settings of this run", "", "```", json.dumps(r["settings"], indent=1), "```"]
     return lines
 
@@ -554,8 +634,9 @@ def _details(r: dict) -> list[str]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small and short: checks the bench, not the targets")
-    ap.add_argument("--images", type=int, default=None, help="images in the side-by-side comparisons "
-                    "(default 2,000; --quick 600)")
+    ap.add_argument(
+        "--images", type=int, default=None, help="images in the side-by-side comparisons (default 2,000; --quick 600)"
+    )
     ap.add_argument("--epochs", type=int, default=None, help="epochs of the comparisons (default 10; --quick 3)")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile measurement (~2 min on CPU)")
     ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
@@ -569,8 +650,11 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     os.environ["TL_RUNS_DIR"] = str(work / "runs")
     os.chdir(work)  # runs/, caches and databases all under it
-    report: dict = {"machine": machine(), "quick": quick,
-                    "settings": {"images": n_images, "epochs": epochs, "big": big, "work": str(work)}}
+    report: dict = {
+        "machine": machine(),
+        "quick": quick,
+        "settings": {"images": n_images, "epochs": epochs, "big": big, "work": str(work)},
+    }
     say = lambda *a: print(*a, flush=True)  # noqa: E731
 
     with CpuShare() as whole:
@@ -589,29 +673,67 @@ def main() -> int:
         ref = quietly(reference, root, train_paths, val_paths, epochs=epochs)
         say(f"  reference {ref['seconds']:.1f} s, best val acc {ref['best_val_acc']:.3f}")
         tl = quietly(cold_run, store, work / "cache-fe", data=root, strategy="feature_extraction", epochs=epochs)
-        tl32 = quietly(cold_run, store, work / "cache-fe32", data=root, strategy="feature_extraction", epochs=epochs,
-                       feature_precision="fp32")
-        second_small = quietly(tl_run, store, work / "cache-fe", data=root, strategy="feature_extraction",
-                               epochs=epochs, head="mlp", seed=1)
+        tl32 = quietly(
+            cold_run,
+            store,
+            work / "cache-fe32",
+            data=root,
+            strategy="feature_extraction",
+            epochs=epochs,
+            feature_precision="fp32",
+        )
+        second_small = quietly(
+            tl_run,
+            store,
+            work / "cache-fe",
+            data=root,
+            strategy="feature_extraction",
+            epochs=epochs,
+            head="mlp",
+            seed=1,
+        )
         ep = tl["epochs"]
-        report["fe"] = {"images": n_images, "epochs": epochs, "ref": ref, "tl": tl, "tl_fp32": tl32,
-                        "speedup": ref["seconds"] / tl["seconds"],
-                        "tl_phase_seconds": tl["summary"]["feature_cache"]["seconds"],
-                        "tl_epoch_seconds": _median([m["epoch_seconds"] for e, m in ep.items() if e])}
+        report["fe"] = {
+            "images": n_images,
+            "epochs": epochs,
+            "ref": ref,
+            "tl": tl,
+            "tl_fp32": tl32,
+            "speedup": ref["seconds"] / tl["seconds"],
+            "tl_phase_seconds": tl["summary"]["feature_cache"]["seconds"],
+            "tl_epoch_seconds": _median([m["epoch_seconds"] for e, m in ep.items() if e]),
+        }
         report["second_small"] = second_small
-        say(f"  TransferLab {tl['seconds']:.1f} s (fp32 features {tl32['seconds']:.1f} s), best val acc "
-            f"{tl['best_val_acc']:.3f}: {report['fe']['speedup']:.1f}x")
+        say(
+            f"  TransferLab {tl['seconds']:.1f} s (fp32 features {tl32['seconds']:.1f} s), best val acc "
+            f"{tl['best_val_acc']:.3f}: {report['fe']['speedup']:.1f}x"
+        )
 
         # 2. Feature extraction, light augmentation.
         say(f"feature extraction, light augmentation, {n_images:,} images x {epochs} epochs")
         ref = quietly(reference, root, train_paths, val_paths, epochs=epochs, augment="light")
         say(f"  reference {ref['seconds']:.1f} s, best val acc {ref['best_val_acc']:.3f}")
-        tl = quietly(cold_run, store, work / "cache-aug", data=root, strategy="feature_extraction", epochs=epochs,
-                     augment="light")
-        report["aug"] = {"images": n_images, "epochs": epochs, "views": tl["summary"]["feature_cache"]["views"],
-                         "ref": ref, "tl": tl, "speedup": ref["seconds"] / tl["seconds"]}
-        say(f"  TransferLab {tl['seconds']:.1f} s, best val acc {tl['best_val_acc']:.3f}: "
-            f"{report['aug']['speedup']:.1f}x")
+        tl = quietly(
+            cold_run,
+            store,
+            work / "cache-aug",
+            data=root,
+            strategy="feature_extraction",
+            epochs=epochs,
+            augment="light",
+        )
+        report["aug"] = {
+            "images": n_images,
+            "epochs": epochs,
+            "views": tl["summary"]["feature_cache"]["views"],
+            "ref": ref,
+            "tl": tl,
+            "speedup": ref["seconds"] / tl["seconds"],
+        }
+        say(
+            f"  TransferLab {tl['seconds']:.1f} s, best val acc {tl['best_val_acc']:.3f}: "
+            f"{report['aug']['speedup']:.1f}x"
+        )
 
         # 3. Full fine-tuning throughput.
         ft_images = 500 if quick else 2000
@@ -625,19 +747,27 @@ def main() -> int:
         ref = quietly(reference, ft_root, ft_train, ft_val, strategy="full", epochs=1, lr=1e-4)
         ep = tl["epochs"]
         steady = range(1, len(tl["ips"]))  # epoch 1 decodes each image as it goes
-        report["full"] = {"tl_ips": _median([tl["ips"][e] for e in steady]), "tl_first_ips": tl["ips"][0],
-                          "ref_ips": ref["images_per_sec"], "epoch_ips": tl["ips"], "limits": tl["limits"],
-                          "ratios": tl["ratios"], "vs_limit": _median([tl["ratios"][e] for e in steady]),
-                          "limit_cl": _median(tl["limits"]),
-                          "limit_nchw": lim["train step nchw fp32"],
-                          # its training part (the epoch's own record also holds the limit measured in it)
-                          "tl_epoch_seconds": len(ft_train) / _median([tl["ips"][e] for e in steady]),
-                          "others": max(tl["others"], ref["others"])}
+        report["full"] = {
+            "tl_ips": _median([tl["ips"][e] for e in steady]),
+            "tl_first_ips": tl["ips"][0],
+            "ref_ips": ref["images_per_sec"],
+            "epoch_ips": tl["ips"],
+            "limits": tl["limits"],
+            "ratios": tl["ratios"],
+            "vs_limit": _median([tl["ratios"][e] for e in steady]),
+            "limit_cl": _median(tl["limits"]),
+            "limit_nchw": lim["train step nchw fp32"],
+            # its training part (the epoch's own record also holds the limit measured in it)
+            "tl_epoch_seconds": len(ft_train) / _median([tl["ips"][e] for e in steady]),
+            "others": max(tl["others"], ref["others"]),
+        }
         f = report["full"]
         f["vs_limit_nchw"] = f["tl_ips"] / f["limit_nchw"]
         f["vs_ref"] = f["tl_ips"] / f["ref_ips"]
-        say(f"  TransferLab {f['tl_ips']:.0f} img/s, reference {f['ref_ips']:.0f}, limit {f['limit_cl']:.0f} "
-            f"(channels_last) / {f['limit_nchw']:.0f} (NCHW)")
+        say(
+            f"  TransferLab {f['tl_ips']:.0f} img/s, reference {f['ref_ips']:.0f}, limit {f['limit_cl']:.0f} "
+            f"(channels_last) / {f['limit_nchw']:.0f} (NCHW)"
+        )
         if not args.no_compile and not quick:
             say("torch.compile of the training step (CPU inductor)")
             wait_until_quiet()
@@ -650,8 +780,16 @@ def main() -> int:
         report["memory"] = memory_run(big_root, work / "cache-big", work / "memory.db", epochs)
         say(f"  {report['memory']}")
         wait_until_quiet()
-        second = tl_run(store, work / "cache-big", data=big_root, strategy="feature_extraction", epochs=2,
-                        head="mlp", seed=1, lr=3e-3)
+        second = tl_run(
+            store,
+            work / "cache-big",
+            data=big_root,
+            strategy="feature_extraction",
+            epochs=2,
+            head="mlp",
+            seed=1,
+            lr=3e-3,
+        )
         report["second"] = second
         say(f"  second run on {big:,} images: first batch {second['to_first_batch']:.2f} s after the call")
 
@@ -662,16 +800,20 @@ def main() -> int:
             {"data": big_root, "strategy": "feature_extraction", "epochs": 5, "image_size": SIZE, "seed": 2},
             {"data": big_root, "strategy": "full", "epochs": 5, "image_size": 88},
         ]
-        labels = [f"feature extraction, {big:,} images, features cached",
-                  f"full fine-tuning, {big:,} images, decode cache cold (decodes as it trains)"]
+        labels = [
+            f"feature extraction, {big:,} images, features cached",
+            f"full fine-tuning, {big:,} images, decode cache cold (decodes as it trains)",
+        ]
         queued = queued_to_first_batch(work / "queue.db", work / "cache-big", queue_runs)
         queue_runs[1]["image_size"] = 80  # a decode cache of its own: cold again
         cold = queued_to_first_batch(work / "queue-cold.db", work / "cache-big", queue_runs, standby=False)
         for q, c, label in zip(queued, cold, labels):
             q["label"] = c["label"] = label
         report["queued"], report["queued_cold"] = queued, cold
-        say(f"  {[(q['label'], round(q['seconds'], 2)) for q in queued]}; without the standby: "
-            f"{[round(c['seconds'], 2) for c in cold]}")
+        say(
+            f"  {[(q['label'], round(q['seconds'], 2)) for q in queued]}; without the standby: "
+            f"{[round(c['seconds'], 2) for c in cold]}"
+        )
 
         # 6. Scaling.
         say("scaling: epoch time against images and image size")
@@ -698,15 +840,34 @@ def scaling(work: Path, store: Store, quick: bool) -> list[dict]:
     for n in counts:
         root = _dataset(work / f"data-{n}", n)
         for size in sizes:
-            tl = tl_run(store, work / f"cache-scale-{n}-{size}", data=root, strategy="feature_extraction",
-                        epochs=2, image_size=size)
-            rows.append({"images": n, "size": size, "first": tl["epochs"][0]["epoch_seconds"],
-                         "later": tl["epochs"][1]["epoch_seconds"]})
+            tl = tl_run(
+                store,
+                work / f"cache-scale-{n}-{size}",
+                data=root,
+                strategy="feature_extraction",
+                epochs=2,
+                image_size=size,
+            )
+            rows.append(
+                {
+                    "images": n,
+                    "size": size,
+                    "first": tl["epochs"][0]["epoch_seconds"],
+                    "later": tl["epochs"][1]["epoch_seconds"],
+                }
+            )
     ft_root = _dataset(work / "data-500", 500)
     ips = {}
     for size in sizes:
-        tl = tl_run(store, work / f"cache-scale-ft-{size}", data=ft_root, strategy="full", epochs=2,
-                    image_size=size, train_fraction=0.5)
+        tl = tl_run(
+            store,
+            work / f"cache-scale-ft-{size}",
+            data=ft_root,
+            strategy="full",
+            epochs=2,
+            image_size=size,
+            train_fraction=0.5,
+        )
         ips[size] = tl["epochs"][1]["images_per_sec"]
     for row in rows:
         row["ft_ips"] = ips[row["size"]]

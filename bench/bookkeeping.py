@@ -18,21 +18,36 @@ GROUPS = ["stem", *(f"stage{i}" for i in range(1, 8)), "head"]
 
 def _epoch(rng: random.Random, epoch: int, groups: int) -> dict[str, float]:
     """What _fit records for one epoch of a progressive run with `groups` groups trainable."""
-    acc = 1 - 0.9 * 0.95 ** epoch + rng.uniform(-0.02, 0.02)
-    return {"train_loss": rng.random(), "train_acc": acc + 0.02, "val_loss": rng.random(), "val_acc": acc,
-            "val_top5": min(1.0, acc + 0.1), **{f"lr/{g}": rng.random() * 1e-3 for g in GROUPS[-groups:]},
-            "trainable_groups": groups, "trainable_params": 10_000 * groups, "epoch_seconds": rng.uniform(5, 6),
-            "images_per_sec": rng.uniform(100, 200), "peak_memory_mb": 900.0, "wall_seconds": 5.5 * (epoch + 1),
-            # every group's layer drift (0.0 while frozen), as runs record it since #12
-            **{f"drift/{g}": (rng.random() * 1e-3 if g in GROUPS[-groups:] else 0.0) for g in GROUPS}}
+    acc = 1 - 0.9 * 0.95**epoch + rng.uniform(-0.02, 0.02)
+    return {
+        "train_loss": rng.random(),
+        "train_acc": acc + 0.02,
+        "val_loss": rng.random(),
+        "val_acc": acc,
+        "val_top5": min(1.0, acc + 0.1),
+        **{f"lr/{g}": rng.random() * 1e-3 for g in GROUPS[-groups:]},
+        "trainable_groups": groups,
+        "trainable_params": 10_000 * groups,
+        "epoch_seconds": rng.uniform(5, 6),
+        "images_per_sec": rng.uniform(100, 200),
+        "peak_memory_mb": 900.0,
+        "wall_seconds": 5.5 * (epoch + 1),
+        # every group's layer drift (0.0 while frozen), as runs record it since #12
+        **{f"drift/{g}": (rng.random() * 1e-3 if g in GROUPS[-groups:] else 0.0) for g in GROUPS},
+    }
 
 
 def generate(store: Store, runs: int, epochs: int) -> list[int]:
     rng = random.Random(0)
     ids = []
     for i in range(runs):
-        cfg = {"data": "data/animals", "backbone": "efficientnet_lite0", "strategy": "progressive", "epochs": epochs,
-               "seed": i % 3}
+        cfg = {
+            "data": "data/animals",
+            "backbone": "efficientnet_lite0",
+            "strategy": "progressive",
+            "epochs": epochs,
+            "seed": i % 3,
+        }
         run = store.create_run(cfg, "generated", status="completed")
         store.import_epochs(run.id, {e: _epoch(rng, e, min(len(GROUPS), 1 + e // 10)) for e in range(epochs)})
         store.update_run(run.id, best_val_acc=0.9, best_epoch=epochs - 1, summary={"total_seconds": 550.0})
@@ -54,8 +69,12 @@ def measure(db: Path, runs: int = 500, epochs: int = 100) -> dict:
     store = Store(f"sqlite:///{db}")
     t = time.perf_counter()
     ids = generate(store, runs, epochs)
-    out = {"runs": runs, "epochs": epochs, "generate_s": time.perf_counter() - t,
-           "rows": sum(len(m) for e in store.epoch_metrics(ids[:1]).values() for m in e.values()) * runs}
+    out = {
+        "runs": runs,
+        "epochs": epochs,
+        "generate_s": time.perf_counter() - t,
+        "rows": sum(len(m) for e in store.epoch_metrics(ids[:1]).values() for m in e.values()) * runs,
+    }
 
     # One epoch's metrics, written as _fit writes them (a run that is going on).
     live = store.create_run({"strategy": "progressive", "epochs": 1000}, "generated", status="running").id
@@ -99,8 +118,9 @@ def measure(db: Path, runs: int = 500, epochs: int = 100) -> dict:
     out["compare_ms"] = _median_ms(compare_data)
     metrics = compare_data()
     chosen = [r for r in store.list_runs(experiment="generated") if r.id != live]
-    out["compare_tables_ms"] = _median_ms(lambda: (service.summary_rows(chosen, metrics, 0.8),
-                                                   service.metric_rows(chosen, metrics)))
+    out["compare_tables_ms"] = _median_ms(
+        lambda: (service.summary_rows(chosen, metrics, 0.8), service.metric_rows(chosen, metrics))
+    )
     store.close()
     return out
 

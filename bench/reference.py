@@ -47,12 +47,14 @@ def tutorial_transforms(backbone: str, image_size: int, augment: str) -> tuple[T
     pre = backbones.preprocessing(backbone)
     interp = T.InterpolationMode(pre.interpolation)
     norm = [T.ToTensor(), T.Normalize(pre.mean, pre.std)]
-    val = T.Compose([T.Resize(math.floor(image_size / pre.crop_pct + 0.5), interpolation=interp),
-                     T.CenterCrop(image_size), *norm])
+    val = T.Compose(
+        [T.Resize(math.floor(image_size / pre.crop_pct + 0.5), interpolation=interp), T.CenterCrop(image_size), *norm]
+    )
     if augment == "none":
         return val, val
-    train = T.Compose([T.RandomResizedCrop(image_size, scale=(0.6, 1.0), interpolation=interp),
-                       T.RandomHorizontalFlip(), *norm])
+    train = T.Compose(
+        [T.RandomResizedCrop(image_size, scale=(0.6, 1.0), interpolation=interp), T.RandomHorizontalFlip(), *norm]
+    )
     return train, val
 
 
@@ -61,10 +63,22 @@ def _subset(folder: datasets.ImageFolder, paths: list[str]) -> Subset:
     return Subset(folder, [where[p] for p in paths])
 
 
-def run_reference(root: str, train_paths: list[str], val_paths: list[str], *, backbone: str = "efficientnet_lite0",
-                  strategy: str = "feature_extraction", image_size: int = 96, batch_size: int = 32, epochs: int = 10,
-                  seed: int = 0, augment: str = "none", workers: int = 2, lr: float = 1e-3,
-                  max_batches: int | None = None) -> ReferenceResult:
+def run_reference(
+    root: str,
+    train_paths: list[str],
+    val_paths: list[str],
+    *,
+    backbone: str = "efficientnet_lite0",
+    strategy: str = "feature_extraction",
+    image_size: int = 96,
+    batch_size: int = 32,
+    epochs: int = 10,
+    seed: int = 0,
+    augment: str = "none",
+    workers: int = 2,
+    lr: float = 1e-3,
+    max_batches: int | None = None,
+) -> ReferenceResult:
     """Train as the tutorials do; `max_batches` cuts each training phase short (throughput only)."""
     start = time.perf_counter()
     torch.manual_seed(seed)
@@ -90,7 +104,7 @@ def run_reference(root: str, train_paths: list[str], val_paths: list[str], *, ba
     result = ReferenceResult(0.0, 0.0, 0)
     steps = epochs * (max_batches or len(train_loader))
     step = 0
-    for epoch in range(epochs):
+    for _ in range(epochs):
         model.train()  # the whole model, as the tutorials do: frozen BatchNorm statistics move
         t0 = time.perf_counter()
         for i, (x, y) in enumerate(train_loader):

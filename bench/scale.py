@@ -37,8 +37,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench import CpuShare, wait_until_quiet  # noqa: E402  (this folder is on the path)
 from bookkeeping import GROUPS, _epoch, _median_ms  # noqa: E402
+
+from bench import CpuShare, wait_until_quiet  # noqa: E402  (this folder is on the path)
 from tl_core import service  # noqa: E402
 from tl_core.store import Store  # noqa: E402
 from tl_core.store.tables import SqlEpochMetric, SqlRun, SqlRunCurves  # noqa: E402
@@ -62,9 +63,19 @@ def _configs(runs: int, epochs: int):
                     for seed in range(SEEDS):
                         if n == runs:
                             return
-                        yield experiment, {"data": "data/animals", "backbone": "efficientnet_lite0",
-                                           "strategy": strategy, "train_fraction": fraction, "lr": lr,
-                                           "seed": seed, "epochs": epochs, "split_seed": 0}
+                        yield (
+                            experiment,
+                            {
+                                "data": "data/animals",
+                                "backbone": "efficientnet_lite0",
+                                "strategy": strategy,
+                                "train_fraction": fraction,
+                                "lr": lr,
+                                "seed": seed,
+                                "epochs": epochs,
+                                "split_seed": 0,
+                            },
+                        )
                         n += 1
 
 
@@ -82,11 +93,27 @@ def generate(store: Store, runs: int, epochs: int, batch: int = 200) -> dict:
         with store.engine.begin() as c:
             first = (c.scalar(select(SqlRun.id).order_by(SqlRun.id.desc()).limit(1)) or 0) + 1
             ids = list(range(first, first + len(pending)))
-            c.execute(insert(SqlRun), [{
-                "id": i, "uid": f"{i:032x}", "experiment_id": experiments[e], "name": f"{cfg['strategy']}-{i}",
-                "status": "completed", "config": cfg, "summary": {"total_seconds": 550.0, "groups": GROUPS},
-                "environment": {}, "epochs_done": epochs, "best_val_acc": 0.8 + rng.uniform(-0.05, 0.05),
-                "best_epoch": epochs - 1, "executor": "local", "host": "gpu-host"} for i, (e, cfg) in zip(ids, pending)])
+            c.execute(
+                insert(SqlRun),
+                [
+                    {
+                        "id": i,
+                        "uid": f"{i:032x}",
+                        "experiment_id": experiments[e],
+                        "name": f"{cfg['strategy']}-{i}",
+                        "status": "completed",
+                        "config": cfg,
+                        "summary": {"total_seconds": 550.0, "groups": GROUPS},
+                        "environment": {},
+                        "epochs_done": epochs,
+                        "best_val_acc": 0.8 + rng.uniform(-0.05, 0.05),
+                        "best_epoch": epochs - 1,
+                        "executor": "local",
+                        "host": "gpu-host",
+                    }
+                    for i, (e, cfg) in zip(ids, pending)
+                ],
+            )
             curves, narrow = [], []
             for i in ids:
                 rows = [_epoch(rng, e, min(len(GROUPS), 1 + e // 10)) for e in range(epochs)]
@@ -98,11 +125,13 @@ def generate(store: Store, runs: int, epochs: int, batch: int = 200) -> dict:
             if postgres:  # COPY: the bulk path PostgreSQL has for this many rows
                 buffer = io.StringIO("".join(f"{i}\t{e}\t{k}\t{v!r}\n" for i, e, k, v in narrow))
                 with c.connection.driver_connection.cursor().copy(
-                        "COPY epoch_metrics (run_id, epoch, key, value) FROM STDIN") as copy:
+                    "COPY epoch_metrics (run_id, epoch, key, value) FROM STDIN"
+                ) as copy:
                     copy.write(buffer.getvalue())
             else:
-                c.execute(insert(SqlEpochMetric), [{"run_id": i, "epoch": e, "key": k, "value": v}
-                                                   for i, e, k, v in narrow])
+                c.execute(
+                    insert(SqlEpochMetric), [{"run_id": i, "epoch": e, "key": k, "value": v} for i, e, k, v in narrow]
+                )
             narrow_rows += len(narrow)
         if postgres:  # ids were given explicitly: move the sequence past them
             with store.engine.begin() as c:
@@ -145,10 +174,14 @@ def measure(store: Store) -> dict:
         return len(runs)
 
     some_run = store.list_runs(experiment=experiment)[0].id
-    return {"runs_page_all_ms": round(_median_ms(runs_page), 1), "runs_in_database": runs_page(),
-            "runs_page_experiment_ms": round(_median_ms(lambda: runs_page(experiment)), 1),
-            "compare_504_runs_ms": round(_median_ms(compare_data), 1), "compare_runs": compare_data(),
-            "run_details_ms": round(_median_ms(lambda: service.run_details(store, some_run)), 1)}
+    return {
+        "runs_page_all_ms": round(_median_ms(runs_page), 1),
+        "runs_in_database": runs_page(),
+        "runs_page_experiment_ms": round(_median_ms(lambda: runs_page(experiment)), 1),
+        "compare_504_runs_ms": round(_median_ms(compare_data), 1),
+        "compare_runs": compare_data(),
+        "run_details_ms": round(_median_ms(lambda: service.run_details(store, some_run)), 1),
+    }
 
 
 def run_backend(backend: str, work: Path, runs: int, epochs: int) -> dict:

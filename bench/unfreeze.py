@@ -33,8 +33,8 @@ sys.path.insert(0, str(ROOT))
 
 from tl_core.config import make_config  # noqa: E402
 from tl_core.data.demo import write_demo_data  # noqa: E402
-from tl_core.training.finetuning import phase_ends  # noqa: E402
 from tl_core.store import Store  # noqa: E402
+from tl_core.training.finetuning import phase_ends  # noqa: E402
 from tl_core.training.run import train_run  # noqa: E402
 
 HOLD = 0.02
@@ -53,8 +53,15 @@ START, END = "<!-- unfreeze:start -->", "<!-- unfreeze:end -->"
 
 
 def run_one(store: Store, data: str, strategy: str, bn: str, seed: int, image_size: int) -> dict:
-    cfg = make_config(data=data, strategy=strategy, bn=bn, seed=seed, image_size=image_size,
-                      experiment="unfreeze", **STRATEGIES[strategy])
+    cfg = make_config(
+        data=data,
+        strategy=strategy,
+        bn=bn,
+        seed=seed,
+        image_size=image_size,
+        experiment="unfreeze",
+        **STRATEGIES[strategy],
+    )
     run = store.create_run(cfg.model_dump(), cfg.experiment, f"{strategy}-{bn}-{seed}", status="running")
     started = time.perf_counter()
     result = train_run(store, run.id, progress=False)
@@ -62,10 +69,16 @@ def run_one(store: Store, data: str, strategy: str, bn: str, seed: int, image_si
         raise SystemExit(f"{strategy} --bn {bn} seed {seed}: {result.status}: {result.error}")
     summary = store.get_run(run.id).summary
     phases = phase_ends(store.epoch_metrics([run.id])[run.id])
-    return {"strategy": strategy, "bn": bn, "seed": seed, "phases": [p["val_acc"] for p in phases],
-            "groups": [p["trainable_groups"] for p in phases], "best": result.best_val_acc,
-            "seconds": round(time.perf_counter() - started, 1),
-            "precision": [p["precision"] for p in summary.get("val_precision", [])]}
+    return {
+        "strategy": strategy,
+        "bn": bn,
+        "seed": seed,
+        "phases": [p["val_acc"] for p in phases],
+        "groups": [p["trainable_groups"] for p in phases],
+        "best": result.best_val_acc,
+        "seconds": round(time.perf_counter() - started, 1),
+        "precision": [p["precision"] for p in summary.get("val_precision", [])],
+    }
 
 
 def holds(phases: list[float]) -> bool:
@@ -74,47 +87,63 @@ def holds(phases: list[float]) -> bool:
 
 def table(rows: list[dict]) -> list[str]:
     """Markdown: one line per strategy, --bn and seed, then each (strategy, --bn)'s means."""
-    lines = ["| strategy | --bn | seed | val acc at the end of each phase (trainable groups) | best epoch's | "
-             "later phases hold |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| strategy | --bn | seed | val acc at the end of each phase (trainable groups) | best epoch's | "
+        "later phases hold |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
         ends = " → ".join(f"{v:.3f} ({g})" for v, g in zip(r["phases"], r["groups"]))
-        lines.append(f"| {r['strategy']} | {r['bn']} | {r['seed']} | {ends} | {r['best']:.3f} | "
-                     f"{'yes' if holds(r['phases']) else '**no**'} |")
-    lines += ["", "Means over the seeds:", "",
-              "| strategy | --bn | val acc at the end of each phase | last phase's (min-max) | runs that hold |",
-              "|---|---|---|---|---|"]
+        lines.append(
+            f"| {r['strategy']} | {r['bn']} | {r['seed']} | {ends} | {r['best']:.3f} | "
+            f"{'yes' if holds(r['phases']) else '**no**'} |"
+        )
+    lines += [
+        "",
+        "Means over the seeds:",
+        "",
+        "| strategy | --bn | val acc at the end of each phase | last phase's (min-max) | runs that hold |",
+        "|---|---|---|---|---|",
+    ]
     for key in dict.fromkeys((r["strategy"], r["bn"]) for r in rows):
         group = [r for r in rows if (r["strategy"], r["bn"]) == key]
         means = [statistics.mean(v) for v in zip(*(r["phases"] for r in group))]
         last = [r["phases"][-1] for r in group]
-        lines.append(f"| {key[0]} | {key[1]} | {' → '.join(f'{m:.3f}' for m in means)} | {means[-1]:.3f} "
-                     f"({min(last):.3f}-{max(last):.3f}) | {sum(holds(r['phases']) for r in group)}/{len(group)} |")
+        lines.append(
+            f"| {key[0]} | {key[1]} | {' → '.join(f'{m:.3f}' for m in means)} | {means[-1]:.3f} "
+            f"({min(last):.3f}-{max(last):.3f}) | {sum(holds(r['phases']) for r in group)}/{len(group)} |"
+        )
     return lines
 
 
 def settings(strategies: list[str]) -> str:
-    return "; ".join(f"{s} " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in STRATEGIES[s].items())
-                     for s in strategies)
+    return "; ".join(
+        f"{s} " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in STRATEGIES[s].items()) for s in strategies
+    )
 
 
 def write_section(path: Path, rows: list[dict], args: argparse.Namespace) -> None:
     """Replace this bench's section of BENCHMARKS.md (or append it); bench.py keeps it."""
     import torch
 
-    new = "\n".join([
-        START, "## BatchNorm at the unfreeze",
-        "",
-        f"Written by `python bench/unfreeze.py` on {time.strftime('%Y-%m-%d %H:%M')} ({os.cpu_count()} CPU cores, "
-        f"torch {torch.__version__}; validation numbers in "
-        f"{', '.join(sorted({p for r in rows for p in r['precision']}))}): the demo animals "
-        f"(`demo-data`: 1,200 train / 300 val images, 10 classes), EfficientNet-Lite0 at {args.image_size} px, "
-        f"seeds {', '.join(map(str, args.seeds))}, every other setting the default. "
-        f"Settings per strategy: {settings(args.strategies)}. "
-        f"A phase's number is its last epoch's validation accuracy; a later phase holds when it ends no more than "
-        f"{HOLD:.0%} below the one before.",
-        "",
-        *table(rows),
-        END])
+    new = "\n".join(
+        [
+            START,
+            "## BatchNorm at the unfreeze",
+            "",
+            f"Written by `python bench/unfreeze.py` on {time.strftime('%Y-%m-%d %H:%M')} ({os.cpu_count()} CPU cores, "
+            f"torch {torch.__version__}; validation numbers in "
+            f"{', '.join(sorted({p for r in rows for p in r['precision']}))}): the demo animals "
+            f"(`demo-data`: 1,200 train / 300 val images, 10 classes), EfficientNet-Lite0 at {args.image_size} px, "
+            f"seeds {', '.join(map(str, args.seeds))}, every other setting the default. "
+            f"Settings per strategy: {settings(args.strategies)}. "
+            f"A phase's number is its last epoch's validation accuracy; a later phase holds when it ends no more than "
+            f"{HOLD:.0%} below the one before.",
+            "",
+            *table(rows),
+            END,
+        ]
+    )
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     if START in text:
         text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: new, text, flags=re.S)
@@ -129,12 +158,17 @@ def main() -> None:
     ap.add_argument("--strategies", nargs="+", default=DEFAULT, choices=list(STRATEGIES))
     ap.add_argument("--bn", nargs="+", default=["frozen", "train"], choices=["frozen", "train"])
     ap.add_argument("--image-size", type=int, default=96)
-    ap.add_argument("--data", default=None, help="a dataset folder (default: the demo animals, written to a "
-                    "temporary folder)")
-    ap.add_argument("--report", default=str(ROOT / "BENCHMARKS.md"), help="the report to write this section into "
-                    "('' for none)")
-    ap.add_argument("--results", default=None, help="a JSON-lines file each run's row is appended to; rows "
-                    "already there are not run again")
+    ap.add_argument(
+        "--data", default=None, help="a dataset folder (default: the demo animals, written to a temporary folder)"
+    )
+    ap.add_argument(
+        "--report", default=str(ROOT / "BENCHMARKS.md"), help="the report to write this section into ('' for none)"
+    )
+    ap.add_argument(
+        "--results",
+        default=None,
+        help="a JSON-lines file each run's row is appended to; rows already there are not run again",
+    )
     args = ap.parse_args()
     done = {}
     if args.results and Path(args.results).exists():
@@ -160,8 +194,11 @@ def main() -> None:
                     if args.results:
                         with open(args.results, "a") as f:
                             f.write(json.dumps(r) + "\n")
-                    print(f"{strategy:15s} --bn {bn:6s} seed {seed}: "
-                          f"{' -> '.join(f'{v:.3f}' for v in r['phases'])}  ({r['seconds']:.0f} s)", flush=True)
+                    print(
+                        f"{strategy:15s} --bn {bn:6s} seed {seed}: "
+                        f"{' -> '.join(f'{v:.3f}' for v in r['phases'])}  ({r['seconds']:.0f} s)",
+                        flush=True,
+                    )
         store.close()
     print("\n".join(table(rows)))
     if args.report:

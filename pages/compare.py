@@ -27,11 +27,13 @@ GROUP_AT = 12  # more runs than this are drawn as groups of seeds
 
 
 @st.cache_data(show_spinner="Testing the differences…", max_entries=32)
-def statistics(run_ids: tuple[int, ...], progress: tuple, which: str, metric: str, split: str, family: str,
-               best_lr: bool) -> list[dict]:
+def statistics(
+    run_ids: tuple[int, ...], progress: tuple, which: str, metric: str, split: str, family: str, best_lr: bool
+) -> list[dict]:
     runs = store.list_runs(run_ids=run_ids)
-    return service.statistics(runs, store.epoch_metrics(run_ids), which, metric=metric, split=split, family=family,
-                              best_lr=best_lr)
+    return service.statistics(
+        runs, store.epoch_metrics(run_ids), which, metric=metric, split=split, family=family, best_lr=best_lr
+    )
 
 
 def from_url(key: str, param: str, cast=str) -> None:
@@ -44,9 +46,11 @@ def from_url(key: str, param: str, cast=str) -> None:
 
 
 st.title("Compare runs")
-st.caption("Pick an experiment to compare its runs (everything but the strategy or seed equal), or pick "
-           "any runs. ◆ on a curve marks an epoch where the strategy unfroze more layer groups; hover any "
-           "epoch to see what trained then.")
+st.caption(
+    "Pick an experiment to compare its runs (everything but the strategy or seed equal), or pick "
+    "any runs. ◆ on a curve marks an epoch where the strategy unfroze more layer groups; hover any "
+    "epoch to see what trained then."
+)
 
 # --- what to compare (kept in the URL) ------------------------------------------------------------
 experiments = store.list_experiments()[::-1]  # newest first
@@ -61,9 +65,13 @@ tag = tags.selectbox("Tag", store.tags(), index=None, key="compare_tag", placeho
 if mode == "Any runs":
     everything = {r.id: r for r in store.list_runs(tag=tag)}
     st.session_state["compare_runs"] = [i for i in st.session_state.get("compare_runs", []) if i in everything]
-    chosen = pick.multiselect("Runs", list(everything), key="compare_runs",
-                              format_func=lambda i: f"#{i} {everything[i].name} · {everything[i].experiment}",
-                              placeholder="Choose runs to compare")
+    chosen = pick.multiselect(
+        "Runs",
+        list(everything),
+        key="compare_runs",
+        format_func=lambda i: f"#{i} {everything[i].name} · {everything[i].experiment}",
+        placeholder="Choose runs to compare",
+    )
     runs = sorted((everything[i] for i in chosen), key=lambda r: r.id)
     st.query_params.from_dict({"runs": ",".join(str(r.id) for r in runs)})
 else:
@@ -74,30 +82,50 @@ else:
     st.query_params.from_dict({"experiment": experiment} if experiment else {})
 
 if not runs:
-    st.info("Nothing to compare yet: launch an experiment on **New run**, or pick runs above.",
-            icon=":material/info:")
+    st.info("Nothing to compare yet: launch an experiment on **New run**, or pick runs above.", icon=":material/info:")
     st.stop()
 
 view = st.columns([2, 2, 2])
-which = {"best epoch": "best", "last epoch": "last"}[view[0].segmented_control(
-    "Read each run at its", ["best epoch", "last epoch"], default="best epoch", key="compare_which",
-    help="Every table, chart and statistic below uses the same choice") or "best epoch"]
-smoothing = view[1].slider("Smoothing", 0.0, 0.95, 0.0, 0.05, key="compare_smooth",
-                           help="An exponential moving average over epochs, for noisy curves (the table is not smoothed)")
+which = {"best epoch": "best", "last epoch": "last"}[
+    view[0].segmented_control(
+        "Read each run at its",
+        ["best epoch", "last epoch"],
+        default="best epoch",
+        key="compare_which",
+        help="Every table, chart and statistic below uses the same choice",
+    )
+    or "best epoch"
+]
+smoothing = view[1].slider(
+    "Smoothing",
+    0.0,
+    0.95,
+    0.0,
+    0.05,
+    key="compare_smooth",
+    help="An exponential moving average over epochs, for noisy curves (the table is not smoothed)",
+)
 groups = service.group_runs(runs)
 grouped = len(runs) > GROUP_AT and len(groups) < len(runs)
 if grouped:
-    grouped = not view[2].toggle("Show single runs", key="compare_single",
-                                 help=f"{len(runs)} runs are drawn as groups (mean and band over seeds); show every "
-                                      f"run instead")
+    grouped = not view[2].toggle(
+        "Show single runs",
+        key="compare_single",
+        help=f"{len(runs)} runs are drawn as groups (mean and band over seeds); show every run instead",
+    )
 differing = service.differing_keys(runs)
 keys = differing
 if grouped and len(differing) > 1:
     # A grid's every cell on one chart is a hundred lines: group by the first setting that differs
     # until the reader asks for more (the statistics below still compare cell by cell).
     default_keys = differing if len(groups) <= 2 * GROUP_AT else differing[:1]
-    keys = st.multiselect("Group the curves by", differing, default=default_keys, key="compare_group_by",
-                          help="Runs equal in these settings are one line (their mean) with a band (± one std)")
+    keys = st.multiselect(
+        "Group the curves by",
+        differing,
+        default=default_keys,
+        key="compare_group_by",
+        help="Runs equal in these settings are one line (their mean) with a band (± one std)",
+    )
     keys = keys or differing[:1]
     groups = service.group_runs(runs, keys)
 st.query_params.update({"which": which, **({"smooth": f"{smoothing:g}"} if smoothing else {})})
@@ -106,16 +134,30 @@ st.query_params.update({"which": which, **({"smooth": f"{smoothing:g}"} if smoot
 # completed run measured it (the checkpoint was chosen on validation), else validation.
 scored = st.columns([2, 2, 2])
 if service.has_test(runs):
-    split = {"test": "test", "validation": "val"}[scored[0].segmented_control(
-        "Report on", ["test", "validation"], default="test", key="compare_split",
-        help="Test: each run's checkpoint chosen on validation, measured once on the test split (an honest "
-             "number). Validation: the same data that chose the best epoch, so it flatters every run") or "test"]
+    split = {"test": "test", "validation": "val"}[
+        scored[0].segmented_control(
+            "Report on",
+            ["test", "validation"],
+            default="test",
+            key="compare_split",
+            help="Test: each run's checkpoint chosen on validation, measured once on the test split (an honest "
+            "number). Validation: the same data that chose the best epoch, so it flatters every run",
+        )
+        or "test"
+    ]
 else:
     split = "val"
-    scored[0].caption("Reported on **validation**: not every run measured a test split (train with a `test/` "
-                      "folder or `--test-fraction` for an unbiased number).")
-metric = scored[1].selectbox("Metric", list(service.METRICS), format_func=service.METRICS.get, key="compare_metric",
-                             help="Macro-F1 and balanced accuracy weigh every class alike: use them on imbalanced data")
+    scored[0].caption(
+        "Reported on **validation**: not every run measured a test split (train with a `test/` "
+        "folder or `--test-fraction` for an unbiased number)."
+    )
+metric = scored[1].selectbox(
+    "Metric",
+    list(service.METRICS),
+    format_func=service.METRICS.get,
+    key="compare_metric",
+    help="Macro-F1 and balanced accuracy weigh every class alike: use them on imbalanced data",
+)
 measure = service.describe(metric, split, which)
 measure_short = service.describe(metric, split, which, short=True)
 
@@ -135,17 +177,39 @@ top = max((r for r in runs if values[r.id] is not None), key=lambda r: values[r.
 done = [row for row in summary if row["total_seconds"]]
 fastest = min(done, key=lambda row: row["total_seconds"], default=None)
 m = st.columns(4)
-m[0].metric("Runs", len(runs), f"{sum(r.status == 'completed' for r in runs)} completed", delta_color="off",
-            delta_arrow="off", border=True)
-m[1].metric(f"{measure_short.capitalize()} ({which} epoch)", f"{values[top.id]:.1%}" if top else "–",
-            top.name if top else None, delta_color="off", delta_arrow="off", border=True,
-            help=f"The best run's {measure}")
-m[2].metric("Fastest run", fmt.format_seconds(fastest["total_seconds"]) if fastest else "–",
-            fastest["name"] if fastest else None, delta_color="off", delta_arrow="off", border=True)
+m[0].metric(
+    "Runs",
+    len(runs),
+    f"{sum(r.status == 'completed' for r in runs)} completed",
+    delta_color="off",
+    delta_arrow="off",
+    border=True,
+)
+m[1].metric(
+    f"{measure_short.capitalize()} ({which} epoch)",
+    f"{values[top.id]:.1%}" if top else "–",
+    top.name if top else None,
+    delta_color="off",
+    delta_arrow="off",
+    border=True,
+    help=f"The best run's {measure}",
+)
+m[2].metric(
+    "Fastest run",
+    fmt.format_seconds(fastest["total_seconds"]) if fastest else "–",
+    fastest["name"] if fastest else None,
+    delta_color="off",
+    delta_arrow="off",
+    border=True,
+)
 m[3].metric("Still training", sum(r.status in ("queued", "running") for r in runs), border=True)
 if any(r.status in ("queued", "running") for r in runs):
-    st.button("Refresh", icon=":material/refresh:", key="compare_refresh", help="Some runs are still training: "
-              "read their latest epochs")
+    st.button(
+        "Refresh",
+        icon=":material/refresh:",
+        key="compare_refresh",
+        help="Some runs are still training: read their latest epochs",
+    )
 if not any(metrics.get(r.id) for r in runs):
     st.info("No epoch has finished yet; curves appear after the first one.", icon=":material/hourglass_top:")
 
@@ -158,8 +222,11 @@ timelines = {tuple(service.phases(metrics.get(r.id, {}))) for r in runs if metri
 
 def curve(y: str, x: str = "epoch", among: list | None = None):
     """`y`'s curves of every run, or only of those `among` (groups without a value are left out)."""
-    fig = (charts.group_bands(bands, metrics, y, smoothing=smoothing) if grouped and x == "epoch"
-           else charts.curves(runs if among is None else among, metrics, y, x, smoothing=smoothing))
+    fig = (
+        charts.group_bands(bands, metrics, y, smoothing=smoothing)
+        if grouped and x == "epoch"
+        else charts.curves(runs if among is None else among, metrics, y, x, smoothing=smoothing)
+    )
     if x == "epoch" and len(timelines) == 1:  # every run fine-tuned in the same phases: shade them
         fig = charts.shade_phases(fig, metrics[next(r.id for r in runs if metrics.get(r.id))])
     return fig
@@ -175,9 +242,11 @@ views = ["Fine-tuning timeline", "Wall-clock time", "Overfitting gap"] + (["Seed
 # One view drawn at a time: a grid's page stays quick however many views there are.
 shown_view = st.segmented_control("More views", views, default=views[0], key="compare_view") or views[0]
 if shown_view == "Fine-tuning timeline":
-    st.caption("What trains, epoch by epoch: a bar per phase, darker as more layer groups train; hover for the "
-               "trainable parameters and each group's LR." + (" One row per strategy: its phases are the same at "
-                                                               "every setting." if grouped else ""))
+    st.caption(
+        "What trains, epoch by epoch: a bar per phase, darker as more layer groups train; hover for the "
+        "trainable parameters and each group's LR."
+        + (" One row per strategy: its phases are the same at every setting." if grouped else "")
+    )
     by_strategy = service.group_runs(runs, ["strategy"])
     rows = [(g.label, g.runs) for g in by_strategy] if grouped else [(r.name, [r]) for r in runs]
     figures["timeline"] = charts.timeline(rows, metrics)
@@ -207,36 +276,62 @@ st.subheader("Is the difference real?")
 over_lrs = "lr" in differing and "strategy" in differing
 options = st.columns([3, 3])
 best_lr = over_lrs and options[0].toggle(
-    "Each strategy at its best LR (chosen on validation)", key="compare_best_lr",
+    "Each strategy at its best LR (chosen on validation)",
+    key="compare_best_lr",
     help="Strategies have different best LRs: compare each at the LR whose mean validation score over seeds is "
-         "highest in each cell, not all at one LR. The verdicts then read " + measure_short)
+    "highest in each cell, not all at one LR. The verdicts then read " + measure_short,
+)
 apart = [k for k in differing if k != "strategy" and not (best_lr and k == "lr")]  # what makes a cell
 cells = {tuple(repr(r.config.get(k)) for k in apart) for r in runs}
 family = "all"
 if len(cells) > 1:
-    family = {"every pair shown": "all", "each cell's pairs": "cell"}[options[1].segmented_control(
-        "Correct for", ["every pair shown", "each cell's pairs"], default="every pair shown", key="compare_family",
-        help="Holm's correction keeps the chance of any false verdict at 5% over this family of pairs: every pair "
-             "on the page (what you can pick from), or each cell of the grid on its own (a question per cell)")
-        or "every pair shown"]
+    family = {"every pair shown": "all", "each cell's pairs": "cell"}[
+        options[1].segmented_control(
+            "Correct for",
+            ["every pair shown", "each cell's pairs"],
+            default="every pair shown",
+            key="compare_family",
+            help="Holm's correction keeps the chance of any false verdict at 5% over this family of pairs: every pair "
+            "on the page (what you can pick from), or each cell of the grid on its own (a question per cell)",
+        )
+        or "every pair shown"
+    ]
 differences = statistics(tuple(r.id for r in runs), progress, which, metric, split, family, best_lr)
 if best_lr:
     choices = service.lr_choices(runs, metrics, which, metric)
-    st.dataframe([{**c["cell"], "strategy": c["strategy"], "best LR": service.lr_text(c["lr"]),
-                   "val mean": c["val_mean"], "runs": c["n"],
-                   "LRs tried": ", ".join(f"{service.lr_text(t['lr'])}: {t['val_mean']:.1%}" for t in c["tried"])}
-                  for c in choices], hide_index=True, column_config={
-        "val mean": st.column_config.NumberColumn(f"Val {service.METRICS[metric]} (mean)", format="percent")})
+    st.dataframe(
+        [
+            {
+                **c["cell"],
+                "strategy": c["strategy"],
+                "best LR": service.lr_text(c["lr"]),
+                "val mean": c["val_mean"],
+                "runs": c["n"],
+                "LRs tried": ", ".join(f"{service.lr_text(t['lr'])}: {t['val_mean']:.1%}" for t in c["tried"]),
+            }
+            for c in choices
+        ],
+        hide_index=True,
+        column_config={
+            "val mean": st.column_config.NumberColumn(f"Val {service.METRICS[metric]} (mean)", format="percent")
+        },
+    )
     if split == "val":
-        st.caption(":material/warning: Without a test split these verdicts read the same validation numbers the "
-                   "LRs were chosen on, which flatters each strategy's best LR.")
+        st.caption(
+            ":material/warning: Without a test split these verdicts read the same validation numbers the "
+            "LRs were chosen on, which flatters each strategy's best LR."
+        )
 if not differences:
-    st.caption("With two or more strategies run on the same settings and seeds, each pair gets a paired t-interval "
-               f"of the difference in {measure_short} here (more seeds, narrower intervals).")
+    st.caption(
+        "With two or more strategies run on the same settings and seeds, each pair gets a paired t-interval "
+        f"of the difference in {measure_short} here (more seeds, narrower intervals)."
+    )
 else:
-    st.caption(fmt.verdict_method(measure, differences, best_lr) + " A verdict holds for the split(s) it names; "
-               "vary the split (`--split-seeds`) to claim more. **Add N seeds** offers the seeds that would find a "
-               f"difference of the observed size 80% of the time (at most {service.SEEDS_OFFERED} in all).")
+    st.caption(
+        fmt.verdict_method(measure, differences, best_lr) + " A verdict holds for the split(s) it names; "
+        "vary the split (`--split-seeds`) to claim more. **Add N seeds** offers the seeds that would find a "
+        f"difference of the observed size 80% of the time (at most {service.SEEDS_OFFERED} in all)."
+    )
 
 
 def queue_more(members: list, unit: str, add: int) -> list:
@@ -253,21 +348,40 @@ if len(differences) <= GROUP_AT:  # a few pairs: each with its own button
         icon = ":material/check_circle:" if d["verdict"] in ("a", "b") else ":material/help:"
         line[0].markdown(f"{icon} {d['text']}" + (f"  \n:gray[{where}]" if where else ""))
         if (plan := service.to_settle(d)) and line[1].button(
-                f"Add {plan['add']} {plan['unit']}{'s' * (plan['add'] != 1)}", key=f"more_seeds_{i}",
-                help=f"{plan['text'][0].upper()}{plan['text'][1:]}. Queues them for exactly these two strategies on "
-                     f"these settings"):
+            f"Add {plan['add']} {plan['unit']}{'s' * (plan['add'] != 1)}",
+            key=f"more_seeds_{i}",
+            help=f"{plan['text'][0].upper()}{plan['text'][1:]}. Queues them for exactly these two strategies on "
+            f"these settings",
+        ):
             queued = queue_more([r for r in runs if r.id in set(d["run_ids"])], plan["unit"], plan["add"])
-            st.toast(f"Queued {len(queued)} runs: {d['a']} and {d['b']} with {plan['add']} more "
-                     f"{plan['unit']}{'s' * (plan['add'] != 1)} each", icon=":material/add_circle:")
+            st.toast(
+                f"Queued {len(queued)} runs: {d['a']} and {d['b']} with {plan['add']} more "
+                f"{plan['unit']}{'s' * (plan['add'] != 1)} each",
+                icon=":material/add_circle:",
+            )
 else:  # a grid's hundreds of pairs: one table, one button
-    st.dataframe([{"where": " · ".join(f"{k} {v}" for k, v in d["cell"].items()), "verdict": d["text"],
-                   "p (Holm)": d["p_adjusted"]} for d in differences], hide_index=True, column_config={
-                      "verdict": st.column_config.TextColumn("Verdict", width="large"),
-                      "p (Holm)": st.column_config.NumberColumn(format="%.3g", width="small")})
+    st.dataframe(
+        [
+            {
+                "where": " · ".join(f"{k} {v}" for k, v in d["cell"].items()),
+                "verdict": d["text"],
+                "p (Holm)": d["p_adjusted"],
+            }
+            for d in differences
+        ],
+        hide_index=True,
+        column_config={
+            "verdict": st.column_config.TextColumn("Verdict", width="large"),
+            "p (Holm)": st.column_config.NumberColumn(format="%.3g", width="small"),
+        },
+    )
     plan = service.settling_plan(runs, unsure)
-    if plan and st.button(f"Add the seeds that would settle the {len(unsure)} pairs not yet told apart",
-                          key="more_seeds_all", help="Each group of runs gets the most any of its pairs asks, "
-                                                     f"up to {service.SEEDS_OFFERED} seeds (or splits) in all"):
+    if plan and st.button(
+        f"Add the seeds that would settle the {len(unsure)} pairs not yet told apart",
+        key="more_seeds_all",
+        help="Each group of runs gets the most any of its pairs asks, "
+        f"up to {service.SEEDS_OFFERED} seeds (or splits) in all",
+    ):
         queued = [r for members, unit, add in plan for r in queue_more(members, unit, add)]
         st.toast(f"Queued {len(queued)} runs", icon=":material/add_circle:")
 
@@ -278,8 +392,14 @@ if mode != "Any runs" and (verdict := service.probe_verdict(store, st.session_st
 if len({r.config.get("train_fraction") for r in runs}) > 1:
     st.subheader("How much data do I need?")
     if best_lr:  # each strategy at its best LR at each data size, as the statistics compare them
-        efficiency = service.data_efficiency(service.at_best_lr(runs, metrics, which, metric), metrics, which,
-                                             [k for k in keys if k != "lr"], metric, split)
+        efficiency = service.data_efficiency(
+            service.at_best_lr(runs, metrics, which, metric),
+            metrics,
+            which,
+            [k for k in keys if k != "lr"],
+            metric,
+            split,
+        )
         st.caption("Each strategy at its best LR (chosen on validation) at each data size.")
     else:
         efficiency = service.data_efficiency(runs, metrics, which, keys, metric, split)  # grouped as the curves are
@@ -295,8 +415,10 @@ drift = service.drift_profiles(bands if grouped else [(r.name, [r]) for r in run
 forgetting = service.forgetting_points(runs, metrics, which)
 if drift["profiles"] or forgetting["points"] or with_target:
     st.subheader("What fine-tuning changed")
-    st.caption("How far each layer group moved from its pretrained weights, how much ImageNet knowledge the body "
-               "kept, and accuracy on the target domain, where the runs recorded them.")
+    st.caption(
+        "How far each layer group moved from its pretrained weights, how much ImageNet knowledge the body "
+        "kept, and accuracy on the target domain, where the runs recorded them."
+    )
     if drift["profiles"]:
         figures["drift_overlay"] = charts.drift_overlay(drift, runs, which)
     if forgetting["points"]:
@@ -305,70 +427,154 @@ if drift["profiles"] or forgetting["points"] or with_target:
         figures["target_acc_epoch"] = curve("target_acc", among=[r for r in runs if target_values[r.id] is not None])
     drawn = [k for k in ("drift_overlay", "forgetting", "target_acc_epoch") if k in figures]
     for start in range(0, len(drawn), 2):
-        for col, key in zip(st.columns(2), drawn[start:start + 2]):
+        for col, key in zip(st.columns(2), drawn[start : start + 2]):
             col.plotly_chart(figures[key], key=key)
     if forgetting["skipped"]:
-        st.caption("Knowledge kept not measured for " + "; ".join(f"{f['name']} ({f['reason']})"
-                                                                 for f in forgetting["skipped"][:3])
-                   + (f"; and {len(forgetting['skipped']) - 3} more" if len(forgetting["skipped"]) > 3 else ""))
+        st.caption(
+            "Knowledge kept not measured for "
+            + "; ".join(f"{f['name']} ({f['reason']})" for f in forgetting["skipped"][:3])
+            + (f"; and {len(forgetting['skipped']) - 3} more" if len(forgetting["skipped"]) > 3 else "")
+        )
 
 # --- summary and settings ------------------------------------------------------------------------
 st.subheader("Summary")
 c1, c2 = st.columns([1, 4])
-c1.number_input("Target accuracy", 0.0, 1.0, 0.8, 0.05, key="target_acc", format="%.2f",
-                help="The table shows how long each run took to first reach it")
-c2.caption(f"{measure.capitalize()}" + (f", val accuracy at each run's {which} epoch" if scored_apart else "")
-           + ", when its best came, time to the target val accuracy, total time, trainable parameters at the last "
-             "epoch and training throughput.")
+c1.number_input(
+    "Target accuracy",
+    0.0,
+    1.0,
+    0.8,
+    0.05,
+    key="target_acc",
+    format="%.2f",
+    help="The table shows how long each run took to first reach it",
+)
+c2.caption(
+    f"{measure.capitalize()}"
+    + (f", val accuracy at each run's {which} epoch" if scored_apart else "")
+    + ", when its best came, time to the target val accuracy, total time, trainable parameters at the last "
+    "epoch and training throughput."
+)
 several_seeds = len({row["seed"] for row in summary}) > 1
-st.dataframe(summary, hide_index=True, column_order=[
-    "name", "strategy", *(["seed"] if several_seeds else []), "status", *(["score"] if scored_apart else []), "val_acc",
-    *(["target_acc"] if with_target else []), "best_epoch",
-    "time_to_target_s", "total_seconds", "trainable_params", "images_per_sec"], column_config={
-    "id": st.column_config.NumberColumn("ID", width="small"),
-    "name": "Run", "strategy": "Strategy", "seed": st.column_config.NumberColumn("Seed", width="small"),
-    "status": st.column_config.TextColumn("Status", width="small"),
-    "score": st.column_config.NumberColumn(f"{measure_short.capitalize()} ({which})", format="percent", width="small",
-                                           help=measure),
-    "val_acc": st.column_config.NumberColumn(f"Val acc ({which})", format="percent", width="small"),
-    "target_acc": st.column_config.NumberColumn(f"Target acc ({which})", format="percent", width="small",
-                                                help="On the target-domain folder (--target-data)"),
-    "best_epoch": st.column_config.NumberColumn("Best epoch", width="small"),
-    "time_to_target_s": st.column_config.NumberColumn(f"Time to {target:.0%}", format="%.1f s", width="small",
-                                                      help="None: never reached"),
-    "total_seconds": st.column_config.NumberColumn("Total time", format="%.1f s", width="small"),
-    "trainable_params": st.column_config.NumberColumn("Trainable", format="compact", width="small",
-                                                      help="Trainable parameters at the last epoch"),
-    "images_per_sec": st.column_config.NumberColumn("Images/s", format="%.0f", width="small"),
-})
+st.dataframe(
+    summary,
+    hide_index=True,
+    column_order=[
+        "name",
+        "strategy",
+        *(["seed"] if several_seeds else []),
+        "status",
+        *(["score"] if scored_apart else []),
+        "val_acc",
+        *(["target_acc"] if with_target else []),
+        "best_epoch",
+        "time_to_target_s",
+        "total_seconds",
+        "trainable_params",
+        "images_per_sec",
+    ],
+    column_config={
+        "id": st.column_config.NumberColumn("ID", width="small"),
+        "name": "Run",
+        "strategy": "Strategy",
+        "seed": st.column_config.NumberColumn("Seed", width="small"),
+        "status": st.column_config.TextColumn("Status", width="small"),
+        "score": st.column_config.NumberColumn(
+            f"{measure_short.capitalize()} ({which})", format="percent", width="small", help=measure
+        ),
+        "val_acc": st.column_config.NumberColumn(f"Val acc ({which})", format="percent", width="small"),
+        "target_acc": st.column_config.NumberColumn(
+            f"Target acc ({which})", format="percent", width="small", help="On the target-domain folder (--target-data)"
+        ),
+        "best_epoch": st.column_config.NumberColumn("Best epoch", width="small"),
+        "time_to_target_s": st.column_config.NumberColumn(
+            f"Time to {target:.0%}", format="%.1f s", width="small", help="None: never reached"
+        ),
+        "total_seconds": st.column_config.NumberColumn("Total time", format="%.1f s", width="small"),
+        "trainable_params": st.column_config.NumberColumn(
+            "Trainable", format="compact", width="small", help="Trainable parameters at the last epoch"
+        ),
+        "images_per_sec": st.column_config.NumberColumn("Images/s", format="%.0f", width="small"),
+    },
+)
 differs_only = st.toggle("Only settings that differ", value=True, key="compare_differs")
 settings_rows = service.config_table(runs, differs_only=differs_only)
 st.dataframe(settings_rows, hide_index=True)
 downloads = st.container(horizontal=True)
-downloads.download_button("Summary CSV", lambda: report.csv_text(summary), "summary.csv", "text/csv",
-                          icon=":material/download:")
-downloads.download_button("Per-epoch metrics CSV", lambda: report.csv_text(service.metric_rows(runs, metrics)),
-                          "metrics.csv", "text/csv", icon=":material/download:")  # made when clicked: every epoch of every run
+downloads.download_button(
+    "Summary CSV", lambda: report.csv_text(summary), "summary.csv", "text/csv", icon=":material/download:"
+)
+downloads.download_button(
+    "Per-epoch metrics CSV",
+    lambda: report.csv_text(service.metric_rows(runs, metrics)),
+    "metrics.csv",
+    "text/csv",
+    icon=":material/download:",
+)  # made when clicked: every epoch of every run
 title = st.session_state.get("compare_experiment") if mode != "Any runs" else f"{len(runs)} runs"
 downloads.download_button(
-    "HTML report", lambda: report.build(
-        f"TransferLab: {title}", f"{len(runs)} runs, each read at its {which} epoch; compared: {measure}",
-        [("Curves", [figures["val_acc_epoch"], figures["val_loss_epoch"],
-                     charts.timeline([(g.label, g.runs) for g in service.group_runs(runs, ["strategy"])], metrics)]),
-         ("Is the difference real?", [fmt.verdict_method(measure, differences, best_lr),
-                                      *([[{**c["cell"], "strategy": c["strategy"], "best LR": service.lr_text(c["lr"]),
-                                           "val mean": c["val_mean"], "runs": c["n"]} for c in choices]]
-                                        if best_lr else []),
-                                      *(d["text"] for d in differences)] if differences
-          else ["one strategy, or one seed each"]),
-         *([("How much data", [figures["data_efficiency"], *(c["text"] for c in efficiency["crossovers"])])]
-           if "data_efficiency" in figures else []),
-         *([("What fine-tuning changed", [figures[k] for k in ("drift_overlay", "forgetting", "target_acc_epoch")
-                                         if k in figures])] if drift["profiles"] or forgetting["points"] or with_target
-           else []),
-         ("Summary", [summary]), ("Settings", [service.config_table(runs, differs_only=False)])]),
-    "transferlab-report.html", "text/html", icon=":material/description:",
-    help="One HTML file with these charts, tables, statistics and every setting; opens offline")
+    "HTML report",
+    lambda: report.build(
+        f"TransferLab: {title}",
+        f"{len(runs)} runs, each read at its {which} epoch; compared: {measure}",
+        [
+            (
+                "Curves",
+                [
+                    figures["val_acc_epoch"],
+                    figures["val_loss_epoch"],
+                    charts.timeline([(g.label, g.runs) for g in service.group_runs(runs, ["strategy"])], metrics),
+                ],
+            ),
+            (
+                "Is the difference real?",
+                [
+                    fmt.verdict_method(measure, differences, best_lr),
+                    *(
+                        [
+                            [
+                                {
+                                    **c["cell"],
+                                    "strategy": c["strategy"],
+                                    "best LR": service.lr_text(c["lr"]),
+                                    "val mean": c["val_mean"],
+                                    "runs": c["n"],
+                                }
+                                for c in choices
+                            ]
+                        ]
+                        if best_lr
+                        else []
+                    ),
+                    *(d["text"] for d in differences),
+                ]
+                if differences
+                else ["one strategy, or one seed each"],
+            ),
+            *(
+                [("How much data", [figures["data_efficiency"], *(c["text"] for c in efficiency["crossovers"])])]
+                if "data_efficiency" in figures
+                else []
+            ),
+            *(
+                [
+                    (
+                        "What fine-tuning changed",
+                        [figures[k] for k in ("drift_overlay", "forgetting", "target_acc_epoch") if k in figures],
+                    )
+                ]
+                if drift["profiles"] or forgetting["points"] or with_target
+                else []
+            ),
+            ("Summary", [summary]),
+            ("Settings", [service.config_table(runs, differs_only=False)]),
+        ],
+    ),
+    "transferlab-report.html",
+    "text/html",
+    icon=":material/description:",
+    help="One HTML file with these charts, tables, statistics and every setting; opens offline",
+)
 
 names = [r.name for r in runs]
 label = {r.id: r.name if names.count(r.name) == 1 else f"{r.name} (#{r.id})" for r in runs}

@@ -40,7 +40,7 @@ def imports(path: Path, root: Path, known: set[str]) -> dict[str, int]:
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")
-                base = base[:len(base) - node.level + 1]
+                base = base[: len(base) - node.level + 1]
                 mod = ".".join(base + ([node.module] if node.module else []))
             else:
                 mod = node.module or ""
@@ -115,8 +115,11 @@ if __name__ == "__main__":
     found = cycles(g)
     for comp in found:
         path = a_path(g, comp)
-        print(f"cycle of {len(comp)}: " + " -> ".join(
-            f"{a}:{g[a][b]}" for a, b in zip(path, path[1:])) + f" -> {path[-1]}")
+        print(
+            f"cycle of {len(comp)}: "
+            + " -> ".join(f"{a}:{g[a][b]}" for a, b in zip(path, path[1:]))
+            + f" -> {path[-1]}"
+        )
         print("   modules:", ", ".join(comp))
     print(f"{len(g)} modules, {sum(map(len, g.values()))} imports, {len(found)} cycles")
     sys.exit(1 if found else 0)

@@ -20,7 +20,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 USER = "postgres"  # the cluster's superuser (trust authentication, local connections only)
@@ -29,8 +28,11 @@ INSTALL = "make postgresql (Debian's postgresql package, installed with apt-get)
 
 def bin_dir() -> Path | None:
     """The folder of initdb and pg_ctl: Debian's /usr/lib/postgresql/<version>/bin, the newest."""
-    for found in sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
-                        key=lambda p: int(re.search(r"/(\d+)/bin/", p).group(1)), reverse=True):
+    for found in sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+        key=lambda p: int(re.search(r"/(\d+)/bin/", p).group(1)),
+        reverse=True,
+    ):
         return Path(found).parent
     on_path = shutil.which("initdb")
     return Path(on_path).resolve().parent if on_path else None
@@ -70,7 +72,7 @@ class PostgresServer:
         return self.folder / "server.log"
 
     @classmethod
-    def start(cls, tmpdir: str | Path | None = None) -> "PostgresServer":
+    def start(cls, tmpdir: str | Path | None = None) -> PostgresServer:
         """initdb and start a server in a new folder under `tmpdir` (default: the system's)."""
         reason = missing()
         if reason:
@@ -85,8 +87,21 @@ class PostgresServer:
                 folder = Path(tempfile.mkdtemp(prefix="tl-postgres-"))
                 shutil.chown(folder, "nobody")
         bins = bin_dir()
-        _run(as_user + [str(bins / "initdb"), "-D", str(folder / "data"), "-U", USER, "--auth=trust",
-                        "--encoding=UTF8", "--locale=C", "--no-sync"], "initdb")
+        _run(
+            as_user
+            + [
+                str(bins / "initdb"),
+                "-D",
+                str(folder / "data"),
+                "-U",
+                USER,
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C",
+                "--no-sync",
+            ],
+            "initdb",
+        )
         for attempt in range(3):  # a free port can be taken between finding it and listening on it
             server = cls(folder, _free_port(), bins, as_user)
             try:
@@ -100,18 +115,40 @@ class PostgresServer:
         raise AssertionError("unreachable")
 
     def _pg_ctl_start(self) -> None:
-        options = (f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.folder} -c fsync=off "
-                   f"-c synchronous_commit=off -c full_page_writes=off -c max_connections=300")
-        _run(self._as_user + [str(self.bins / "pg_ctl"), "start", "-w", "-t", "60", "-D", str(self.data),
-                              "-l", str(self.log), "-o", options], "pg_ctl start", self.log)
+        options = (
+            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.folder} -c fsync=off "
+            f"-c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
+        )
+        _run(
+            self._as_user
+            + [
+                str(self.bins / "pg_ctl"),
+                "start",
+                "-w",
+                "-t",
+                "60",
+                "-D",
+                str(self.data),
+                "-l",
+                str(self.log),
+                "-o",
+                options,
+            ],
+            "pg_ctl start",
+            self.log,
+        )
 
     def _watch(self, owner: int) -> None:
         """A watcher that stops the server if its owner dies without stop() (a test run killed by
         `timeout`), so no server outlives its session on a shared machine."""
         stop = self._as_user + [str(self.bins / "pg_ctl"), "stop", "-m", "immediate", "-D", str(self.data)]
-        subprocess.Popen([sys.executable, "-c", _WATCHER, str(owner), str(self.folder), *stop],
-                         start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)
+        subprocess.Popen(
+            [sys.executable, "-c", _WATCHER, str(owner), str(self.folder), *stop],
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     def url(self, dbname: str = "postgres") -> str:
         return f"postgresql+psycopg://{USER}@127.0.0.1:{self.port}/{dbname}"
@@ -119,8 +156,7 @@ class PostgresServer:
     def _admin(self, sql: str) -> None:
         import psycopg
 
-        with psycopg.connect(host="127.0.0.1", port=self.port, user=USER, dbname="postgres",
-                             autocommit=True) as c:
+        with psycopg.connect(host="127.0.0.1", port=self.port, user=USER, dbname="postgres", autocommit=True) as c:
             c.execute(sql)
 
     def create_database(self, name: str) -> str:
@@ -137,8 +173,11 @@ class PostgresServer:
     def stop(self) -> None:
         """Stop the server (immediately: the data is thrown away) and remove its folder."""
         try:
-            subprocess.run(self._as_user + [str(self.bins / "pg_ctl"), "stop", "-m", "immediate", "-w",
-                                            "-D", str(self.data)], capture_output=True, timeout=60)
+            subprocess.run(
+                self._as_user + [str(self.bins / "pg_ctl"), "stop", "-m", "immediate", "-w", "-D", str(self.data)],
+                capture_output=True,
+                timeout=60,
+            )
         finally:
             shutil.rmtree(self.folder, ignore_errors=True)
 

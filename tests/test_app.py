@@ -59,8 +59,17 @@ def launch(at: AppTest) -> AppTest:
     return no_exception(at.button(key="launch").click().run())
 
 
-def make_run(store: Store, name: str, strategy: str, experiment: str = "exp", seed: int = 0, epochs: int = 3,
-             status: str = "completed", run_dir: Path | None = None, unfreeze_at: int | None = None):
+def make_run(
+    store: Store,
+    name: str,
+    strategy: str,
+    experiment: str = "exp",
+    seed: int = 0,
+    epochs: int = 3,
+    status: str = "completed",
+    run_dir: Path | None = None,
+    unfreeze_at: int | None = None,
+):
     """A finished run written straight into the store: epoch rows, class metrics, a log file."""
     cfg = {"data": "/nowhere", "backbone": "efficientnet_lite0", "strategy": strategy, "seed": seed, "epochs": epochs}
     run = store.create_run(cfg, experiment, name, status="queued")
@@ -69,17 +78,39 @@ def make_run(store: Store, name: str, strategy: str, experiment: str = "exp", se
     if run_dir is not None:
         (run_dir / str(run.id)).mkdir(parents=True, exist_ok=True)
         (run_dir / str(run.id) / "train.log").write_text("".join(f"line {i}\n" for i in range(80)))
-    store.start_run(run.id, pid=os.getpid(), host="test", environment={"torch": "x"},
-                    run_dir=str(run_dir / str(run.id)) if run_dir else None)
+    store.start_run(
+        run.id,
+        pid=os.getpid(),
+        host="test",
+        environment={"torch": "x"},
+        run_dir=str(run_dir / str(run.id)) if run_dir else None,
+    )
     for e in range(epochs):
         groups = 1 if unfreeze_at is None or e < unfreeze_at else 3
-        store.log_epoch(run.id, e, {
-            "train_loss": 1.5 - 0.3 * e, "train_acc": 0.5 + 0.15 * e, "val_loss": 1.6 - 0.2 * e,
-            "val_acc": 0.4 + 0.1 * e + 0.02 * seed, "trainable_groups": groups, "trainable_params": 1000 * groups,
-            "lr/head": 1e-3, "wall_seconds": 2.0 * (e + 1), "images_per_sec": 50.0, "epoch_seconds": 2.0,
-        }, best=(0.4 + 0.1 * e + 0.02 * seed, e))
-    store.log_class_metrics(run.id, [ClassMetric(i, c, 0.8, 0.6 + 0.1 * i, 0.7, 5, [3 if j == i else 1 for j in range(2)])
-                                     for i, c in enumerate(["cat", "dog"])])
+        store.log_epoch(
+            run.id,
+            e,
+            {
+                "train_loss": 1.5 - 0.3 * e,
+                "train_acc": 0.5 + 0.15 * e,
+                "val_loss": 1.6 - 0.2 * e,
+                "val_acc": 0.4 + 0.1 * e + 0.02 * seed,
+                "trainable_groups": groups,
+                "trainable_params": 1000 * groups,
+                "lr/head": 1e-3,
+                "wall_seconds": 2.0 * (e + 1),
+                "images_per_sec": 50.0,
+                "epoch_seconds": 2.0,
+            },
+            best=(0.4 + 0.1 * e + 0.02 * seed, e),
+        )
+    store.log_class_metrics(
+        run.id,
+        [
+            ClassMetric(i, c, 0.8, 0.6 + 0.1 * i, 0.7, 5, [3 if j == i else 1 for j in range(2)])
+            for i, c in enumerate(["cat", "dog"])
+        ],
+    )
     if status != "running":
         store.finish_run(run.id, status, summary={"classes": ["cat", "dog"], "groups": ["stem", "head"]})
     return store.get_run(run.id)
@@ -155,8 +186,19 @@ def test_new_run_every_strategy_ticked_shows_every_knob(env):
     at = no_exception(at.run())
     at = no_exception(at.selectbox(key="unfreeze_on").set_value("plateau").run())
     shown = {w.key for w in at.number_input} | {w.key for w in at.selectbox}
-    assert {"hidden", "dropout", "unfreeze", "lr_decay", "head_epochs", "phase2_lr_factor", "unfreeze_on",
-            "patience", "head_lr_factor", "stage_lr_factor", "bn"} <= shown
+    assert {
+        "hidden",
+        "dropout",
+        "unfreeze",
+        "lr_decay",
+        "head_epochs",
+        "phase2_lr_factor",
+        "unfreeze_on",
+        "patience",
+        "head_lr_factor",
+        "stage_lr_factor",
+        "bn",
+    } <= shown
     assert "unfreeze_every" not in shown  # a schedule knob, hidden while unfreezing on a plateau
 
 
@@ -191,7 +233,11 @@ def test_new_run_seeds_multiply_the_runs(env):
     at = launch(at)
     runs = env.list_runs()
     assert sorted((r.config["strategy"], r.config["seed"]) for r in runs) == [
-        ("feature_extraction", 7), ("feature_extraction", 8), ("full", 7), ("full", 8)]
+        ("feature_extraction", 7),
+        ("feature_extraction", 8),
+        ("full", 7),
+        ("full", 8),
+    ]
     assert len({r.experiment for r in runs}) == 1
 
 
@@ -212,7 +258,8 @@ def test_new_run_a_grid_of_strategies_train_fractions_and_seeds_counted_before_l
     assert any("Queued 8 run(s)" in s.value for s in at.success)
     runs = env.list_runs(experiment="e2e-grid")
     assert sorted((r.config["strategy"], r.config["train_fraction"], r.config["seed"]) for r in runs) == sorted(
-        (s, f, seed) for s in ("feature_extraction", "partial") for f in (0.5, 1.0) for seed in (0, 1))
+        (s, f, seed) for s in ("feature_extraction", "partial") for f in (0.5, 1.0) for seed in (0, 1)
+    )
     assert {r.config["epochs"] for r in runs} == {2} and {r.config["image_size"] for r in runs} == {48}
 
 
@@ -224,7 +271,9 @@ def test_new_run_leaves_the_batch_size_to_the_run_and_shares_one_split_seed(env)
     at = launch(at)
     runs = env.list_runs()
     assert sorted((r.config["seed"], r.config["split_seed"], r.config["batch_size"]) for r in runs) == [
-        (0, 3, None), (1, 3, None)]
+        (0, 3, None),
+        (1, 3, None),
+    ]
 
 
 def test_new_run_says_before_launch_what_the_settings_would_not_do(env):
@@ -232,8 +281,9 @@ def test_new_run_says_before_launch_what_the_settings_would_not_do(env):
     assert any("below half the 224 px" in w.value and "Image size" in w.value for w in at.warning)
     at = no_exception(at.checkbox(key="strategy_progressive").check().run())
     at = no_exception(at.number_input(key="unfreeze_every").set_value(3).run())
-    assert any("progressive unfreezes 2 of 9 groups in 5 epochs" in w.value for w in at.warning), \
-        [w.value for w in at.warning]
+    assert any("progressive unfreezes 2 of 9 groups in 5 epochs" in w.value for w in at.warning), [
+        w.value for w in at.warning
+    ]
     assert env.list_runs() == []  # said before anything is queued
 
 
@@ -301,8 +351,12 @@ def test_runs_resume_queues_a_failed_run_or_says_why_not(env, demo_root):
 
 
 def test_compare_draws_one_val_acc_trace_per_run(env):
-    runs = [make_run(env, "fe-s0", "feature_extraction"), make_run(env, "fe-s1", "feature_extraction", seed=1),
-            make_run(env, "prog", "progressive", unfreeze_at=1), make_run(env, "other", "full", experiment="other")]
+    runs = [
+        make_run(env, "fe-s0", "feature_extraction"),
+        make_run(env, "fe-s1", "feature_extraction", seed=1),
+        make_run(env, "prog", "progressive", unfreeze_at=1),
+        make_run(env, "other", "full", experiment="other"),
+    ]
     at = no_exception(page("compare.py").run())  # the newest experiment: "other"
     at.selectbox(key="compare_experiment").set_value("exp")
     at.number_input(key="target_acc").set_value(0.51)
@@ -311,11 +365,16 @@ def test_compare_draws_one_val_acc_trace_per_run(env):
     assert [t["name"] for t in figure["data"]] == ["fe-s0", "fe-s1", "prog"]
     # the timeline, wall-clock, overfitting gap, and mean ± std: feature_extraction has 2 seeds
     assert at.segmented_control(key="compare_view").options == [
-        "Fine-tuning timeline", "Wall-clock time", "Overfitting gap", "Seeds: mean ± std"]
+        "Fine-tuning timeline",
+        "Wall-clock time",
+        "Overfitting gap",
+        "Seeds: mean ± std",
+    ]
     at = no_exception(at.segmented_control(key="compare_view").set_value("Seeds: mean ± std").run())
     bands = json.loads(at.get("plotly_chart")[-2].proto.spec)
     assert [t["name"] for t in bands["data"] if t.get("showlegend", True) and t.get("name")] == [
-        "feature_extraction (n=2)"]
+        "feature_extraction (n=2)"
+    ]
     summary = at.dataframe[0].value
     assert list(summary["name"]) == ["fe-s0", "fe-s1", "prog"] and list(summary["best_epoch"]) == [3, 3, 3]
     assert list(summary["time_to_target_s"]) == [6.0, 4.0, 6.0]  # wall seconds when val_acc first >= 0.51
@@ -350,14 +409,28 @@ def test_run_detail_opens_the_run_in_the_query_string(env, tmp_path):
 
 def test_run_detail_shows_the_input_the_batch_and_what_was_skipped(env):
     run = make_run(env, "small", "feature_extraction")
-    env.update_run(run.id, summary={
-        "warnings": ["--image-size 96 is below half the 224 px the efficientnet_lite0 weights were trained at"],
-        "preprocessing": {"pre": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolation": "bicubic",
-                                  "crop_pct": 0.875, "native_size": 224},
-                          "image_size": 96, "augment": "none", "resize": 110, "native_size": 224},
-        "batch_size": {"used": 10, "why": "batch size 10: the default 32 is more than the 10 training images"},
-        "skipped": {"count": 1, "files": [{"path": "/d/a/notes.txt", "reason": "not an image file"}]},
-        "unreadable": ["/d/b/cut.png"]})
+    env.update_run(
+        run.id,
+        summary={
+            "warnings": ["--image-size 96 is below half the 224 px the efficientnet_lite0 weights were trained at"],
+            "preprocessing": {
+                "pre": {
+                    "mean": [0.5, 0.5, 0.5],
+                    "std": [0.5, 0.5, 0.5],
+                    "interpolation": "bicubic",
+                    "crop_pct": 0.875,
+                    "native_size": 224,
+                },
+                "image_size": 96,
+                "augment": "none",
+                "resize": 110,
+                "native_size": 224,
+            },
+            "batch_size": {"used": 10, "why": "batch size 10: the default 32 is more than the 10 training images"},
+            "skipped": {"count": 1, "files": [{"path": "/d/a/notes.txt", "reason": "not an image file"}]},
+            "unreadable": ["/d/b/cut.png"],
+        },
+    )
     at = no_exception(page("run_detail.py").run())
     assert any("Image size 96 is below half" in w.value for w in at.warning)
     text = " ".join(m.value for m in at.markdown)

@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from tl_core.models import backbones, weights
 from tl_core.data.transforms import build_transforms
 from tl_core.errors import UserError
+from tl_core.models import backbones, weights
 
 
 def _build(name: str, classes: int, **kw):

@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from tl_core.models import backbones
 from tl_core.config import make_config
+from tl_core.models import backbones
 from tl_core.training.finetuning import Finetuning, phase_ends
 from tl_core.training.strategies import get_strategy, list_strategies
 
@@ -54,13 +54,16 @@ def _buffers(state: dict) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
 
 
-@pytest.mark.parametrize("strategy, settings, held", [
-    ("two_phase", dict(head_epochs=1), True),  # the default, --bn auto: frozen
-    ("progressive", dict(unfreeze_every=1), True),
-    ("partial", dict(unfreeze=2, bn="frozen"), True),
-    ("full", dict(bn="frozen", checkpointing="on"), True),  # recomputed forwards leave them too
-    ("two_phase", dict(head_epochs=1, bn="train"), False),
-])
+@pytest.mark.parametrize(
+    "strategy, settings, held",
+    [
+        ("two_phase", dict(head_epochs=1), True),  # the default, --bn auto: frozen
+        ("progressive", dict(unfreeze_every=1), True),
+        ("partial", dict(unfreeze=2, bn="frozen"), True),
+        ("full", dict(bn="frozen", checkpointing="on"), True),  # recomputed forwards leave them too
+        ("two_phase", dict(head_epochs=1, bn="train"), False),
+    ],
+)
 def test_bn_frozen_keeps_the_running_statistics_bitwise_through_every_phase(strategy, settings, held, tiny, store):
     result = train(store, data=tiny, strategy=strategy, epochs=3, lr=0.05, **settings)
     assert result.status == "completed", result.error
@@ -72,7 +75,7 @@ def test_bn_frozen_keeps_the_running_statistics_bitwise_through_every_phase(stra
     if held:
         assert moved == []
         # ... while the groups that trained moved their weights, BatchNorm's affine included.
-        affine = [k[:-len("running_mean")] + "weight" for k in stats if k.endswith("running_mean")]
+        affine = [k[: -len("running_mean")] + "weight" for k in stats if k.endswith("running_mean")]
         assert any(not torch.equal(after[k], pretrained[k]) for k in affine)
     else:
         assert any(k.endswith("running_mean") for k in moved) and any(k.endswith("running_var") for k in moved)
@@ -112,5 +115,5 @@ def test_each_phase_end_is_recorded_with_the_precision_of_its_numbers(tiny, stor
     # whole model then runs in fp32 on the CPU.
     assert phases[0]["precision"] == summary["feature_cache"]["precision"] and phases[1]["precision"] == "fp32"
     assert phase_ends({0: {"trainable_groups": 1, "val_acc": 0.5}}) == [
-        {"first_epoch": 1, "last_epoch": 1, "trainable_groups": 1, "val_acc": 0.5, "val_loss": None,
-         "train_acc": None}]
+        {"first_epoch": 1, "last_epoch": 1, "trainable_groups": 1, "val_acc": 0.5, "val_loss": None, "train_acc": None}
+    ]

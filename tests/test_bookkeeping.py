@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from sqlalchemy import delete, event, select
 
-from ui import format as fmt
 from tl_core.store.tables import SqlEpochMetric, SqlRunCurves
+from ui import format as fmt
 
 
 def _narrow(store, run_id: int) -> dict:
     out: dict = {}
     with store._session() as s:
-        for epoch, key, value in s.execute(select(SqlEpochMetric.epoch, SqlEpochMetric.key, SqlEpochMetric.value)
-                                           .where(SqlEpochMetric.run_id == run_id)):
+        for epoch, key, value in s.execute(
+            select(SqlEpochMetric.epoch, SqlEpochMetric.key, SqlEpochMetric.value).where(
+                SqlEpochMetric.run_id == run_id
+            )
+        ):
             out.setdefault(epoch, {})[key] = value
     return out
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from tl_core.models import backbones, channels
-from tl_core.data import scan_cache, folders, images, decode_cache, transforms
-from tl_core.data.splits import split_dataset
+from tl_core.data import decode_cache, folders, images, scan_cache, transforms
 from tl_core.data.scan_cache import ArrayCache
+from tl_core.data.splits import split_dataset
+from tl_core.models import backbones, channels
 
 
 @pytest.fixture(autouse=True)
@@ -75,11 +75,13 @@ def test_a_scan_is_reused_until_a_file_changes(tiny, tmp_path, monkeypatch):
 def _loaders(root: str, augment: str = "none", size: int = 48, workers: int = 0, in_channels: int = 3):
     index = folders.scan_dataset(root, in_channels)
     splits = split_dataset(index, 0.25, seed=0)
-    pre, _ = channels.normalisation(backbones.preprocessing("efficientnet_lite0"), in_channels, "imagenet",
-                                    [it.path for it in splits.train])
+    pre, _ = channels.normalisation(
+        backbones.preprocessing("efficientnet_lite0"), in_channels, "imagenet", [it.path for it in splits.train]
+    )
     pipe = decode_cache.Pipeline(pre, size, augment, in_channels)
-    train, val, note = decode_cache.make_loaders(splits, decode_cache.DatasetRows.of(index), pipe, 8, 0, workers,
-                                            torch.device("cpu"))
+    train, val, note = decode_cache.make_loaders(
+        splits, decode_cache.DatasetRows.of(index), pipe, 8, 0, workers, torch.device("cpu")
+    )
     assert note == {"used": True}
     return splits, pipe, train, val
 
@@ -146,12 +148,13 @@ def test_the_views_of_an_image_decode_it_once_and_differ(tiny, monkeypatch):
     index = folders.scan_dataset(tiny)
     pipe = decode_cache.Pipeline(backbones.preprocessing("efficientnet_lite0"), 32, "light")
     images = decode_cache.DecodedImages(decode_cache.DatasetRows.of(index), pipe.stage(True))
-    views = decode_cache.PixelDataset(images, np.array([0, 0, 0, 1]), [0, 0, 0, 1], pipe.train_transform(),
-                                 seeds=np.arange(4))
-    (x, y), = list(decode_cache.read_through(views, batch_size=4))
+    views = decode_cache.PixelDataset(
+        images, np.array([0, 0, 0, 1]), [0, 0, 0, 1], pipe.train_transform(), seeds=np.arange(4)
+    )
+    ((x, y),) = list(decode_cache.read_through(views, batch_size=4))
     assert len(decodes) == 2 and images.cache.filled()[[0, 1]].all()
     assert not torch.equal(x[0], x[1]) and not torch.equal(x[1], x[2])
-    (again, _), = list(decode_cache.read_through(views, batch_size=4))
+    ((again, _),) = list(decode_cache.read_through(views, batch_size=4))
     assert torch.equal(again, x) and len(decodes) == 2  # the same views, from the cache
 
 
@@ -182,8 +185,9 @@ def _count_items(monkeypatch) -> list:
 
 @pytest.mark.parametrize("augment", ["none", "light"])
 @pytest.mark.parametrize("in_channels", [3, 4])
-def test_steady_batches_read_at_once_equal_item_by_item_batches_bitwise(tiny, tmp_path, monkeypatch, augment,
-                                                                         in_channels):
+def test_steady_batches_read_at_once_equal_item_by_item_batches_bitwise(
+    tiny, tmp_path, monkeypatch, augment, in_channels
+):
     root = tiny if in_channels == 3 else _bands(tmp_path / "bands")
     _, _, train, _ = _loaders(root, augment, in_channels=in_channels)
     assert train.dataset.images.stage.dtype == (np.uint8 if in_channels == 3 else np.float16)
@@ -216,11 +220,12 @@ def test_seeded_views_read_at_once_are_the_views_read_item_by_item(tiny, monkeyp
     index = folders.scan_dataset(tiny)
     pipe = decode_cache.Pipeline(backbones.preprocessing("efficientnet_lite0"), 32, "light")
     images = decode_cache.DecodedImages(decode_cache.DatasetRows.of(index), pipe.stage(True))
-    views = decode_cache.PixelDataset(images, np.array([2, 0, 2, 1, 0, 2]), list(range(6)), pipe.train_transform(),
-                                 seeds=np.arange(6))
-    (x, y), = list(decode_cache.read_through(views, batch_size=6))  # decodes, item by item
+    views = decode_cache.PixelDataset(
+        images, np.array([2, 0, 2, 1, 0, 2]), list(range(6)), pipe.train_transform(), seeds=np.arange(6)
+    )
+    ((x, y),) = list(decode_cache.read_through(views, batch_size=6))  # decodes, item by item
     items = _count_items(monkeypatch)
-    (again, y2), = list(decode_cache.read_through(views, batch_size=6))
+    ((again, y2),) = list(decode_cache.read_through(views, batch_size=6))
     assert items == [] and torch.equal(again, x) and torch.equal(y2, y)
     views.filled, views.unreadable = images.state()
     some = [5, 1, 3]

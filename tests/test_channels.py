@@ -18,10 +18,10 @@ import tifffile
 import torch
 from PIL import Image
 
-from tl_core.models import backbones, channels, families, weights
-from tl_core.data import folders, images, decode_cache, transforms
+from tl_core.data import decode_cache, folders, images, transforms
 from tl_core.data.splits import split_dataset
 from tl_core.errors import UserError
+from tl_core.models import backbones, channels, families, weights
 
 from .helpers import train
 
@@ -119,10 +119,12 @@ def test_arrays_and_multiband_tiff_are_read_as_channels_first_floats_scaled_by_t
     np.save(tmp_path / "a.npy", u16)
     np.save(tmp_path / "b.npy", np.full((6, 5, 4), 51, np.uint8))
     np.save(tmp_path / "c.npy", np.full((6, 5, 4), 7.5, np.float32))
-    tifffile.imwrite(tmp_path / "planar.tif", np.full((4, 6, 5), 32768, np.uint16), planarconfig="separate",
-                     photometric="minisblack")
-    tifffile.imwrite(tmp_path / "contig.tif", np.full((6, 5, 4), 0.25, np.float32), photometric="minisblack",
-                     planarconfig="contig")
+    tifffile.imwrite(
+        tmp_path / "planar.tif", np.full((4, 6, 5), 32768, np.uint16), planarconfig="separate", photometric="minisblack"
+    )
+    tifffile.imwrite(
+        tmp_path / "contig.tif", np.full((6, 5, 4), 0.25, np.float32), photometric="minisblack", planarconfig="contig"
+    )
     a = images.load_pixels(str(tmp_path / "a.npy"), 4)
     assert a.shape == (4, 6, 5) and a.dtype == np.float32
     assert a[0].max() == a[0].min() == 1.0 and a[1].max() == 0.0
@@ -139,8 +141,9 @@ def test_one_channel_keeps_gray_and_converts_colour_to_l(tmp_path):
     assert np.allclose(images.load_pixels(str(tmp_path / "g.png"), 1), 200 / 255)
     assert np.allclose(images.load_pixels(str(tmp_path / "g16.png"), 1), 40000 / 65535)  # 16 bits kept
     red = images.load_pixels(str(tmp_path / "red.png"), 1)
-    assert red.shape == (1, 6, 5) and np.allclose(red, Image.new("RGB", (1, 1), (255, 0, 0)).convert("L")
-                                                  .getpixel((0, 0)) / 255)
+    assert red.shape == (1, 6, 5) and np.allclose(
+        red, Image.new("RGB", (1, 1), (255, 0, 0)).convert("L").getpixel((0, 0)) / 255
+    )
 
 
 def _folder(root: Path, make, per_class: int = 6) -> Path:
@@ -184,8 +187,9 @@ def test_a_folder_of_another_channel_count_is_refused_with_what_to_do(tmp_path):
     root = _folder(tmp_path / "rgb", _rgb_png)
     with pytest.raises(UserError) as e:
         folders.scan_dataset(root, 4)
-    assert str(e.value).startswith(f"--in-channels 4 but the images in {root / 'class0'} have 3 channels; "
-                                   f"pass --in-channels 3")
+    assert str(e.value).startswith(
+        f"--in-channels 4 but the images in {root / 'class0'} have 3 channels; pass --in-channels 3"
+    )
 
 
 # --- normalisation and caches ---------------------------------------------------------------------
@@ -197,7 +201,9 @@ def test_extra_channels_are_normalised_with_training_images_statistics(tmp_path)
     pre = weights.preprocessing("efficientnet_lite0")
     out, how = channels.normalisation(pre, 4, "imagenet", paths)
     assert out.mean[:3] == pre.mean and out.std[:3] == pre.std
-    assert out.mean[3] == pytest.approx(1 / 12, abs=1e-6) and out.std[3] == pytest.approx(np.std([0, 1 / 12, 2 / 12]), abs=1e-6)
+    assert out.mean[3] == pytest.approx(1 / 12, abs=1e-6) and out.std[3] == pytest.approx(
+        np.std([0, 1 / 12, 2 / 12]), abs=1e-6
+    )
     assert "channels 0-2: the weights' RGB mean/std" in how and "3 training images" in how
     scratch, how = channels.normalisation(pre, 4, "none", paths)
     assert scratch.mean[0] != pre.mean[0] and how.startswith("all 4 channels")
@@ -208,16 +214,22 @@ def test_decoded_rows_and_cache_keys_change_with_the_channels(tmp_path):
     root = _folder(tmp_path / "d", _npy)
     pre = weights.preprocessing("efficientnet_lite0")
     rgb = decode_cache.Pipeline(pre, 32)
-    four = decode_cache.Pipeline(channels.normalisation(pre, 4, "imagenet", [str(root / "class0" / "0.npy")])[0], 32,
-                            in_channels=4, stats="measured")
+    four = decode_cache.Pipeline(
+        channels.normalisation(pre, 4, "imagenet", [str(root / "class0" / "0.npy")])[0],
+        32,
+        in_channels=4,
+        stats="measured",
+    )
     assert "in_channels" not in rgb.describe() and "stats" not in rgb.describe()  # RGB keys as before
     assert four.describe()["in_channels"] == 4 and len(four.describe()["pre"]["mean"]) == 4
     assert rgb.stage(False).key() == {"resize": rgb.resize, "crop": 32, "interpolation": pre.interpolation}
     row = four.stage(False)(str(root / "class1" / "0.npy"))
     assert row.shape == (4, 32, 32) and row.dtype == np.float16
     rows = decode_cache.DatasetRows.of(folders.scan_dataset(root, 4))
-    assert decode_cache.DecodedImages(rows, four.stage(False)).cache.folder != decode_cache.DecodedImages(
-        rows, decode_cache.DecodeStage(four.resize, 32, pre.interpolation)).cache.folder
+    assert (
+        decode_cache.DecodedImages(rows, four.stage(False)).cache.folder
+        != decode_cache.DecodedImages(rows, decode_cache.DecodeStage(four.resize, 32, pre.interpolation)).cache.folder
+    )
     # Augmentation for N channels: crops and flips, no colour jitter (RGB only).
     aug = transforms.augmentations("standard", 32, transforms.T.InterpolationMode(four.interpolation), channels=4)
     assert not any(isinstance(t, transforms.T.ColorJitter) for t in aug)
@@ -227,12 +239,15 @@ def test_decoded_rows_and_cache_keys_change_with_the_channels(tmp_path):
 # --- end to end --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("strategy,decode_cache,augment", [("full", "on", "none"), ("feature_extraction", "on", "none"),
-                                                           ("full", "off", "standard")])
+@pytest.mark.parametrize(
+    "strategy,decode_cache,augment",
+    [("full", "on", "none"), ("feature_extraction", "on", "none"), ("full", "off", "standard")],
+)
 def test_four_channel_arrays_train_end_to_end(store, tmp_path, strategy, decode_cache, augment):
     root = _folder(tmp_path / "bands", _npy)
-    result = train(store, data=str(root), in_channels=4, strategy=strategy, epochs=1, decode_cache=decode_cache,
-                   augment=augment)
+    result = train(
+        store, data=str(root), in_channels=4, strategy=strategy, epochs=1, decode_cache=decode_cache, augment=augment
+    )
     run = store.get_run(result.run_id)
     assert result.status == "completed", result.error
     pre = run.summary["preprocessing"]

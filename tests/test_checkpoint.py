@@ -18,24 +18,59 @@ from tl_core.training.checkpoint import Checkpoint
 # The keys every release so far has written: a checkpoint written now must be readable by the
 # code that wrote them (and read as they were written).
 BEST_KEYS = {"model", "classes", "config", "run_uid", "config_fingerprint", "epoch", "val_acc"}
-LAST_KEYS = {"model", "optimizer", "scaler", "finetuning", "terms", "rng", "loader_rng", "epoch", "best",
-             "best_confusion", "classes", "wall_seconds", "config", "run_uid", "config_fingerprint"}
+LAST_KEYS = {
+    "model",
+    "optimizer",
+    "scaler",
+    "finetuning",
+    "terms",
+    "rng",
+    "loader_rng",
+    "epoch",
+    "best",
+    "best_confusion",
+    "classes",
+    "wall_seconds",
+    "config",
+    "run_uid",
+    "config_fingerprint",
+}
 CLASSES = ["cat", "dog"]
 
 
 def _last(cfg, model: nn.Module, **extra) -> Checkpoint:
     optimizer = torch.optim.AdamW(model.parameters())
-    return Checkpoint(model.state_dict(), 1, classes=CLASSES, config=cfg.model_dump(), run_uid="u1",
-                      config_fingerprint=cfg.fingerprint(), optimizer=optimizer.state_dict(), scaler={},
-                      finetuning={"boundary": 2, "phase": (0, 3), "val_losses": [0.9, 0.8]}, terms={},
-                      rng={"cpu": torch.get_rng_state()}, loader_rng=torch.Generator().get_state(),
-                      best=(0.75, 0), best_confusion=None, wall_seconds=3.5, **extra)
+    return Checkpoint(
+        model.state_dict(),
+        1,
+        classes=CLASSES,
+        config=cfg.model_dump(),
+        run_uid="u1",
+        config_fingerprint=cfg.fingerprint(),
+        optimizer=optimizer.state_dict(),
+        scaler={},
+        finetuning={"boundary": 2, "phase": (0, 3), "val_losses": [0.9, 0.8]},
+        terms={},
+        rng={"cpu": torch.get_rng_state()},
+        loader_rng=torch.Generator().get_state(),
+        best=(0.75, 0),
+        best_confusion=None,
+        wall_seconds=3.5,
+        **extra,
+    )
 
 
 def test_best_and_last_are_written_with_the_keys_every_release_wrote(tmp_path):
     cfg, model = make_config(data="x"), nn.Linear(3, 2)
-    Checkpoint(model.state_dict(), 2, classes=CLASSES, config=cfg.model_dump(), run_uid="u1",
-               config_fingerprint=cfg.fingerprint(), val_acc=0.5).save(tmp_path / "best.pt")
+    Checkpoint(
+        model.state_dict(),
+        2,
+        classes=CLASSES,
+        config=cfg.model_dump(),
+        run_uid="u1",
+        config_fingerprint=cfg.fingerprint(),
+        val_acc=0.5,
+    ).save(tmp_path / "best.pt")
     assert set(torch.load(tmp_path / "best.pt", weights_only=True)) == BEST_KEYS
     _last(cfg, model).save(tmp_path / "last.pt")
     last = torch.load(tmp_path / "last.pt", weights_only=True)
@@ -60,10 +95,21 @@ def test_a_checkpoint_of_an_older_release_loads(tmp_path):
     # As written before run uids, the fine-tuning state and the GPU's random stream: the plan as
     # trainable groups counted from the head, the random streams as one CPU tensor.
     cfg, model = make_config(data="x"), nn.Linear(3, 2)
-    old = {"model": model.state_dict(), "optimizer": torch.optim.AdamW(model.parameters()).state_dict(),
-           "rng": torch.get_rng_state(), "loader_rng": torch.Generator().get_state(), "epoch": 0,
-           "best": (0.5, 0), "best_confusion": torch.eye(2, dtype=torch.long), "classes": CLASSES,
-           "wall_seconds": 1.0, "config": cfg.model_dump(), "n_trainable": 1, "phase": (0, 2), "val_losses": [0.7]}
+    old = {
+        "model": model.state_dict(),
+        "optimizer": torch.optim.AdamW(model.parameters()).state_dict(),
+        "rng": torch.get_rng_state(),
+        "loader_rng": torch.Generator().get_state(),
+        "epoch": 0,
+        "best": (0.5, 0),
+        "best_confusion": torch.eye(2, dtype=torch.long),
+        "classes": CLASSES,
+        "wall_seconds": 1.0,
+        "config": cfg.model_dump(),
+        "n_trainable": 1,
+        "phase": (0, 2),
+        "val_losses": [0.7],
+    }
     torch.save(old, tmp_path / "last.pt")
     read = Checkpoint.load(tmp_path / "last.pt")
     assert read.run_uid is None and read.fingerprint() == cfg.fingerprint()
@@ -98,4 +144,3 @@ def test_a_resume_takes_only_its_own_checkpoint_as_configured(tmp_path):
     ckpt.check(path, other, cfg, CLASSES)
     with pytest.raises(UserError, match="written with other settings"):
         ckpt.check(path, other, make_config(data="x", lr=0.05), CLASSES)
-

@@ -17,8 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TL_RUNS_DIR": str(cwd / "runs")}
     env.pop("DATABASE_URL", None)
-    return subprocess.run([sys.executable, "-m", "tl_core", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "tl_core", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 def _bad_folder(kind: str, root: Path) -> Path:

@@ -11,7 +11,6 @@ from tl_core.store import Store
 
 from .test_app import demo_root, env, make_run, no_exception, page  # noqa: F401  (fixtures)
 
-
 SEED_NOISE = (0.0, 0.011, 0.004, 0.017, 0.008)  # each run's own share of its accuracy, irregular across seeds
 
 
@@ -27,11 +26,22 @@ def _grid(store: Store, seeds=(0, 1, 2), test: bool = False) -> None:
                 acc = 0.6 + edge * (fraction == 1.0) - edge * (fraction < 1) + noise
                 summary = {**run.summary, "train_images": 40 * fraction * 2, "last_confusion": [[1, 3], [3, 1]]}
                 if test:
-                    summary["test"] = {"acc": acc + 0.05 * (strategy == "full"), "macro_f1": acc - 0.1,
-                                       "balanced_acc": acc, "loss": 0.9, "images": 40, "epoch": 3, "classes": []}
+                    summary["test"] = {
+                        "acc": acc + 0.05 * (strategy == "full"),
+                        "macro_f1": acc - 0.1,
+                        "balanced_acc": acc,
+                        "loss": 0.9,
+                        "images": 40,
+                        "epoch": 3,
+                        "classes": [],
+                    }
                 store.update_run(run.id, config=cfg, summary=summary)
-                store.log_epoch(run.id, 3, {"val_acc": acc - 0.05, "val_loss": 1.0, "trainable_groups": 1,
-                                            "wall_seconds": 8.0}, best=(acc, 2))
+                store.log_epoch(
+                    run.id,
+                    3,
+                    {"val_acc": acc - 0.05, "val_loss": 1.0, "trainable_groups": 1, "wall_seconds": 8.0},
+                    best=(acc, 2),
+                )
 
 
 def test_best_or_last_reads_every_table_and_chart_the_same_way(env):
@@ -86,11 +96,13 @@ def test_a_difference_within_noise_offers_the_seeds_that_would_settle_it(env):
     button = at.button(key="more_seeds_0")
     add = min(needed or 99, 20) - 3  # to the seeds needed, 20 in all at most
     assert button.label == f"Add {add} seeds" and ("20 seeds in all is the most offered" in button.help) == (
-        needed is None or needed > 20)
+        needed is None or needed > 20
+    )
     no_exception(button.click().run())
     added = [r for r in env.list_runs("close") if r.status == "queued"]
     assert sorted((r.config["strategy"], r.config["seed"]) for r in added) == sorted(
-        (s, seed) for s in ("feature_extraction", "full") for seed in range(3, 3 + add))
+        (s, seed) for s in ("feature_extraction", "full") for seed in range(3, 3 + add)
+    )
 
 
 def test_test_metrics_are_reported_when_every_run_has_them_with_a_switch_to_validation(env):
@@ -121,8 +133,12 @@ def test_test_metrics_are_reported_when_every_run_has_them_with_a_switch_to_vali
 
 def test_a_grid_over_lrs_compares_each_strategy_at_its_best_lr(env):
     # feature_extraction is best at 1e-3, full at 1e-4 (on validation).
-    for (strategy, lr), acc in {("feature_extraction", 1e-3): 0.80, ("feature_extraction", 1e-4): 0.70,
-                                ("full", 1e-3): 0.60, ("full", 1e-4): 0.75}.items():
+    for (strategy, lr), acc in {
+        ("feature_extraction", 1e-3): 0.80,
+        ("feature_extraction", 1e-4): 0.70,
+        ("full", 1e-3): 0.60,
+        ("full", 1e-4): 0.75,
+    }.items():
         for seed in range(3):
             run = make_run(env, f"{strategy}-{lr}-{seed}", strategy, experiment="lrs", seed=seed)
             env.update_run(run.id, config={**run.config, "lr": lr, "split_seed": 0})
@@ -232,12 +248,14 @@ def test_the_method_behind_the_verdicts_is_said_for_each_family():
 
     many = [{"family": 21, "scope": "all", "correction": "holm", "confidence": 0.95}] * 21
     text = fmt.verdict_method("test accuracy (each run's checkpoint chosen on validation)", many, best_lr=True)
-    assert text == ("Compared: test accuracy (each run's checkpoint chosen on validation), each strategy at its best "
-                    "LR (chosen on validation); runs paired by seed (and split). Each verdict is a paired t-test at "
-                    "95%, "
-                    "with Holm's correction over the 21 pairs tested: with no true difference, the chance that any "
-                    "verdict here names a winner is at most 5%; each interval is at the level Holm tested its pair "
-                    "at, so a verdict and its interval agree.")
+    assert text == (
+        "Compared: test accuracy (each run's checkpoint chosen on validation), each strategy at its best "
+        "LR (chosen on validation); runs paired by seed (and split). Each verdict is a paired t-test at "
+        "95%, "
+        "with Holm's correction over the 21 pairs tested: with no true difference, the chance that any "
+        "verdict here names a winner is at most 5%; each interval is at the level Holm tested its pair "
+        "at, so a verdict and its interval agree."
+    )
     assert "over each cell's pairs" in fmt.verdict_method("x", [{**many[0], "scope": "cell", "family": 3}])
     assert "one pair tested, so nothing to correct for" in fmt.verdict_method("x", [{**many[0], "family": 1}])
     assert "no correction" in fmt.verdict_method("x", [{**many[0], "correction": "none", "family": 1}])

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from sqlalchemy.exc import OperationalError
 
-from ui import format as fmt
 from tl_core.config import make_config
 from tl_core.store import Store
+from ui import format as fmt
 
 from .helpers import ROOT
 from .test_worker import wait_for
@@ -41,19 +41,32 @@ def test_four_runs_and_two_pollers_share_the_database_without_lock_errors(tmp_pa
     store = Store(url)
     ids = []
     for strategy in ("feature_extraction", "partial", "two_phase", "progressive"):
-        cfg = make_config(data=tiny, strategy=strategy, epochs=EPOCHS, head_epochs=1, image_size=32,
-                          batch_size=4, workers=0)
+        cfg = make_config(
+            data=tiny, strategy=strategy, epochs=EPOCHS, head_epochs=1, image_size=32, batch_size=4, workers=0
+        )
         ids.append(store.create_run(cfg.model_dump(), "concurrency", status="queued").id)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TL_RUNS_DIR": str(tmp_path / "runs"), "TL_MAX_CONCURRENT": "4",
-           "OMP_NUM_THREADS": "1", "TL_STANDBY": "0"}  # four processes, no spare imported beside them
-    worker = subprocess.Popen([sys.executable, "-m", "tl_core", "worker", "--db", url, "--poll", "0.2"],
-                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "TL_RUNS_DIR": str(tmp_path / "runs"),
+        "TL_MAX_CONCURRENT": "4",
+        "OMP_NUM_THREADS": "1",
+        "TL_STANDBY": "0",
+    }  # four processes, no spare imported beside them
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "tl_core", "worker", "--db", url, "--poll", "0.2"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     stop, errors, polls = threading.Event(), [], []
     pollers = [threading.Thread(target=_poll_like_a_dashboard, args=(url, stop, errors, polls)) for _ in range(2)]
     for t in pollers:
         t.start()
     peak = 0
     try:
+
         def finished():
             nonlocal peak
             runs = store.list_runs(run_ids=ids)
@@ -77,7 +90,7 @@ def test_four_runs_and_two_pollers_share_the_database_without_lock_errors(tmp_pa
     groups = {r.id: len(r.summary["groups"]) for r in runs}
     for r in runs:  # every epoch of every run, with every key it should have
         assert sorted(epochs[r.id]) == list(range(EPOCHS))
-        for e, m in epochs[r.id].items():
+        for m in epochs[r.id].values():
             lrs = [k for k in m if k.startswith("lr/")]
             assert len(lrs) == m["trainable_groups"] <= groups[r.id]
             assert {"train_loss", "val_acc", "val_loss", "wall_seconds"} <= m.keys()

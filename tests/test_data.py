@@ -11,12 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
-from tl_core.models import backbones
 from tl_core.data.folders import scan_dataset
 from tl_core.data.images import to_rgb
 from tl_core.data.splits import dataset_report, split_dataset
 from tl_core.data.transforms import build_transforms
 from tl_core.errors import UserError
+from tl_core.models import backbones
 
 
 def _img(path: Path, mode: str = "RGB", size=(20, 16)) -> None:
@@ -83,14 +83,17 @@ def test_report_counts_and_lists_skipped_files(animals, tmp_path):
     assert rep["image_size"]["max"] == [64, 64]
 
 
-@pytest.mark.parametrize("case, message", [
-    ("missing", "does not exist"),
-    ("file", "is a file, not a folder"),
-    ("empty", "has no class folders"),
-    ("one_class", "only one class"),
-    ("mismatch", "different classes"),
-    ("empty_class", "has no readable images"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing", "does not exist"),
+        ("file", "is a file, not a folder"),
+        ("empty", "has no class folders"),
+        ("one_class", "only one class"),
+        ("mismatch", "different classes"),
+        ("empty_class", "has no readable images"),
+    ],
+)
 def test_bad_folders_say_what_to_do(case, message, tmp_path):
     root = tmp_path / "ds"
     if case == "file":
@@ -100,9 +103,10 @@ def test_bad_folders_say_what_to_do(case, message, tmp_path):
     elif case == "one_class":
         _img(root / "cat" / "a.png")
     elif case == "mismatch":
-        _img(root / "train" / "cat" / "a.png"); _img(root / "train" / "dog" / "a.png")
-        _img(root / "val" / "cat" / "a.png"); _img(root / "val" / "cow" / "a.png")
+        for path in ("train/cat", "train/dog", "val/cat", "val/cow"):
+            _img(root / path / "a.png")
     elif case == "empty_class":
-        _img(root / "cat" / "a.png"); (root / "dog").mkdir()
+        _img(root / "cat" / "a.png")
+        (root / "dog").mkdir()
     with pytest.raises(UserError, match=message):
         scan_dataset(root)

@@ -22,8 +22,8 @@ import psutil
 import pytest
 import yaml
 
-from tl_core.store import Store
 from tl_core.executors.processes import is_worker_process, pid_alive
+from tl_core.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
@@ -37,11 +37,19 @@ def _free_port() -> int:
 
 
 def _env(state: Path, port: int) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "TL_RUNS_DIR", "TORCH_HOME", "TL_DATA_ROOTS")}
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "TL_RUNS_DIR", "TORCH_HOME", "TL_DATA_ROOTS")
+    }
     tmp = state.parent / "tmp"  # the container's /tmp: where the entrypoint says what it serves
     tmp.mkdir(exist_ok=True)
-    env.update(TL_STATE=str(state), TL_HOST="127.0.0.1", TL_PORT=str(port), TL_DEMO_PER_CLASS="3", TMPDIR=str(tmp),
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}")
+    env.update(
+        TL_STATE=str(state),
+        TL_HOST="127.0.0.1",
+        TL_PORT=str(port),
+        TL_DEMO_PER_CLASS="3",
+        TMPDIR=str(tmp),
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
+    )
     return env
 
 
@@ -49,8 +57,9 @@ def test_entrypoint_serves_the_dashboard_and_its_worker_with_state_under_tl_stat
     state, port = tmp_path / "state", _free_port()
     state.mkdir()
     env = {**_env(state, port), "TL_STANDBY": "0"}
-    proc = subprocess.Popen([str(ENTRYPOINT)], cwd=ROOT, env=env, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [str(ENTRYPOINT)], cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     try:
         _wait_healthy(proc, port)
         assert len(list((state / "demo-data" / "animals").iterdir())) == 10
@@ -92,8 +101,14 @@ def test_entrypoint_worker_runs_a_worker_alone_with_no_page_and_no_password(tmp_
     state.mkdir()
     env = {**_env(state, _free_port()), "TL_HOST": "0.0.0.0", "TL_STANDBY": "0"}
     env.pop("TL_PASSWORD", None)
-    proc = subprocess.Popen([str(ENTRYPOINT), "worker"], cwd=ROOT, env=env, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [str(ENTRYPOINT), "worker"],
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         store = Store(f"sqlite:///{state / 'experiments.db'}")
         pid_file = state / "runs" / "workers" / store.instance_id / "worker.pid"
@@ -125,8 +140,14 @@ def test_entrypoint_worker_runs_a_worker_alone_with_no_page_and_no_password(tmp_
 def test_entrypoint_dashboard_serves_the_pages_only(tmp_path):
     state, port = tmp_path / "state", _free_port()
     state.mkdir()
-    proc = subprocess.Popen([str(ENTRYPOINT), "dashboard"], cwd=ROOT, env=_env(state, port), start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [str(ENTRYPOINT), "dashboard"],
+        cwd=ROOT,
+        env=_env(state, port),
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         _wait_healthy(proc, port)
         environ = Path(f"/proc/{proc.pid}/environ").read_bytes().split(b"\0")
@@ -137,8 +158,14 @@ def test_entrypoint_dashboard_serves_the_pages_only(tmp_path):
 
 
 def test_entrypoint_refuses_an_unknown_command(tmp_path):
-    r = subprocess.run([str(ENTRYPOINT), "train"], cwd=ROOT, env=_env(tmp_path, _free_port()), capture_output=True,
-                       text=True, timeout=60)
+    r = subprocess.run(
+        [str(ENTRYPOINT), "train"],
+        cwd=ROOT,
+        env=_env(tmp_path, _free_port()),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2 and "unknown command 'train'" in r.stderr and "worker" in r.stderr
 
 
@@ -151,8 +178,9 @@ def test_entrypoint_refuses_an_unwritable_state_folder(tmp_path):
             state.chmod(0o700)
             state = tmp_path / "a-file"
             state.write_text("")
-        r = subprocess.run([str(ENTRYPOINT)], cwd=ROOT, env=_env(state, _free_port()), capture_output=True,
-                           text=True, timeout=60)
+        r = subprocess.run(
+            [str(ENTRYPOINT)], cwd=ROOT, env=_env(state, _free_port()), capture_output=True, text=True, timeout=60
+        )
         assert r.returncode == 2 and "mount a writable folder" in r.stderr
     finally:
         if state.is_dir():
@@ -192,7 +220,8 @@ def test_the_compose_file_starts_postgres_the_dashboard_and_a_gpu_worker_on_one_
         assert service["depends_on"]["postgres"]["condition"] == "service_healthy"
         url = service["environment"]["DATABASE_URL"]
         assert url.startswith(f"postgresql+psycopg://{db['POSTGRES_USER']}:") and url.endswith(
-            f"@postgres:5432/{db['POSTGRES_DB']}")
+            f"@postgres:5432/{db['POSTGRES_DB']}"
+        )
         assert any(v.endswith(":/state") for v in service["volumes"])  # checkpoints where both see them
     assert services["worker"]["restart"] == "unless-stopped"
     assert services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
@@ -210,7 +239,7 @@ def test_the_compose_file_gives_shared_memory_a_worker_health_check_and_a_privat
     # Every service that trains or measures (the worker; the pages' measurements) gets more than
     # Docker's 64 MB of /dev/shm for its DataLoader workers (tl_core/shm.py).
     for name in ("dashboard", "worker"):
-        assert _bytes(services[name]["shm_size"]) >= 2 * 1024 ** 3, name
+        assert _bytes(services[name]["shm_size"]) >= 2 * 1024**3, name
     # The worker's health: its heartbeat in the store (worker --health), not the dashboard's page.
     assert services["worker"]["healthcheck"]["test"] == ["CMD", "python", "-m", "tl_core", "worker", "--health"]
     assert "disable" not in services["worker"]["healthcheck"]
@@ -228,7 +257,7 @@ def test_the_compose_file_gives_shared_memory_a_worker_health_check_and_a_privat
 def test_dockerfile_runs_the_entrypoint_under_tini_as_a_non_root_user_with_a_healthcheck():
     text = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^USER (?!root)\w+", text, re.M)
-    assert 'HEALTHCHECK' in text and 'CMD ["/app/docker/healthcheck.sh"]' in text and os.access(HEALTHCHECK, os.X_OK)
+    assert "HEALTHCHECK" in text and 'CMD ["/app/docker/healthcheck.sh"]' in text and os.access(HEALTHCHECK, os.X_OK)
     assert "/_stcore/health" in HEALTHCHECK.read_text() and "worker --health" in HEALTHCHECK.read_text()
     # tini as PID 1: it reaps orphans and hands docker stop's SIGTERM to the service.
     assert re.search(r"apt-get install -y --no-install-recommends tini\b", text)
@@ -275,7 +304,8 @@ def test_the_service_as_pid_1_reaps_orphaned_zombies_without_tini(tmp_path):
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         pytest.skip("needs root and unshare for a PID namespace")
     script = tmp_path / "pid1.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(
+        textwrap.dedent("""
         import os, subprocess, sys, time
         import psutil
         from tl_core.executors.supervisor import _reap_orphans
@@ -289,9 +319,15 @@ def test_the_service_as_pid_1_reaps_orphaned_zombies_without_tini(tmp_path):
         before = zombies()
         _reap_orphans({ours.pid})
         print(len(before), zombies() == [ours.pid])
-    """))
-    out = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", script.read_text()],
-                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    """)
+    )
+    out = subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", script.read_text()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     if out.returncode and "unshare failed" in out.stderr:
         pytest.skip(f"no PID namespace here: {out.stderr.strip()}")
     assert out.returncode == 0, out.stderr

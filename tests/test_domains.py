@@ -45,8 +45,9 @@ def test_the_target_holds_the_same_classes_counts_and_files(pair):
 
 def test_the_target_is_coloured_and_the_source_is_grey(pair):
     def saturation(folder: Path) -> float:
-        return float(np.mean([np.asarray(Image.open(p).convert("HSV"))[..., 1].mean() / 255
-                              for p in folder.rglob("*.png")]))
+        return float(
+            np.mean([np.asarray(Image.open(p).convert("HSV"))[..., 1].mean() / 255 for p in folder.rglob("*.png")])
+        )
 
     def colour_spread(folder: Path) -> float:  # how far the channels of a pixel differ, on average
         return float(np.mean([_rgb(p).std(axis=2).mean() for p in folder.rglob("*.png")]))
@@ -93,9 +94,25 @@ def test_labels_are_kept_each_target_image_is_its_source_digit(pair):
 
 
 def test_the_cli_writes_the_pair(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "tl_core", "demo-data", str(tmp_path / "d"), "--datasets", *PAIR,
-                          "--per-class", "2", "--size", "16", "--json"], capture_output=True, text=True,
-                         cwd=Path(__file__).parent.parent)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tl_core",
+            "demo-data",
+            str(tmp_path / "d"),
+            "--datasets",
+            *PAIR,
+            "--per-class",
+            "2",
+            "--size",
+            "16",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parent.parent,
+    )
     assert out.returncode == 0, out.stderr
     written = json.loads(out.stdout)["datasets"]
     assert written["digits_target"] == written["digits"] == {str(d): 2 for d in range(10)}

@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 
 from tl_core.data.demo import write_demo_data
-from tl_core.store import Store
 from tl_core.executors.processes import pidfile as worker_pidfile
+from tl_core.store import Store
 
 from .helpers import free_port, start_dashboard
 
@@ -70,8 +70,13 @@ def app_server(tmp_path, monkeypatch):
     db_url = f"sqlite:///{tmp_path / 'e2e.db'}"
     runs = tmp_path / "runs"
     port = free_port()
-    env = {**os.environ, "DATABASE_URL": db_url, "TL_DATA_ROOTS": str(tmp_path / "data"),
-           "TL_RUNS_DIR": str(runs), "TL_MAX_CONCURRENT": "1"}
+    env = {
+        **os.environ,
+        "DATABASE_URL": db_url,
+        "TL_DATA_ROOTS": str(tmp_path / "data"),
+        "TL_RUNS_DIR": str(runs),
+        "TL_MAX_CONCURRENT": "1",
+    }
     env.pop("TL_NO_WORKER", None)
     monkeypatch.setenv("TL_RUNS_DIR", str(runs))  # where this test looks for the worker's files
     proc = start_dashboard(env, port, tmp_path / "streamlit.log")
@@ -93,10 +98,14 @@ def app_server(tmp_path, monkeypatch):
 def _browser(p):
     chromium = shutil.which("chromium")
     if chromium is None:
-        pytest.fail("Debian's chromium is not installed: run `apt-get install chromium` "
-                    "(the end-to-end test never downloads a browser)")
-    return p.chromium.launch(executable_path=chromium, args=[
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        pytest.fail(
+            "Debian's chromium is not installed: run `apt-get install chromium` "
+            "(the end-to-end test never downloads a browser)"
+        )
+    return p.chromium.launch(
+        executable_path=chromium,
+        args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+    )
 
 
 def _page(browser):
@@ -125,7 +134,8 @@ def _screenshot(page, name: str) -> None:
 
 def _metric_value(page, label: str) -> str:
     metric = page.locator('[data-testid="stMetric"]').filter(
-        has=page.locator('[data-testid="stMetricLabel"]', has_text=re.compile(rf"^{label}$")))
+        has=page.locator('[data-testid="stMetricLabel"]', has_text=re.compile(rf"^{label}$"))
+    )
     return metric.locator('[data-testid="stMetricValue"]').inner_text().strip()
 
 
@@ -146,7 +156,9 @@ def test_launch_a_grid_watch_it_train_and_compare_it(app_server):
         assert _metric_value(page, "Classes") == "10"
         page.locator('[data-testid="stCheckbox"]').filter(has_text=re.compile(r"^partial$")).click()
         _settle(page)
-        expect(page.get_by_role("spinbutton", name="Groups to unfreeze (partial)")).to_be_visible()  # partial's knob appears
+        expect(
+            page.get_by_role("spinbutton", name="Groups to unfreeze (partial)")
+        ).to_be_visible()  # partial's knob appears
         # A grid: 2 strategies x 2 train fractions, its count shown before launching.
         for label, value in (("Epochs", "2"), ("Image size (px)", "48")):
             page.get_by_role("spinbutton", name=label).fill(value)
@@ -165,7 +177,8 @@ def test_launch_a_grid_watch_it_train_and_compare_it(app_server):
 
         runs = Store(db_url).list_runs(experiment="e2e-grid")
         assert sorted((r.config["strategy"], r.config["train_fraction"], r.config["seed"]) for r in runs) == sorted(
-            (s, f, 0) for s in ("feature_extraction", "partial") for f in (0.5, 1.0))
+            (s, f, 0) for s in ("feature_extraction", "partial") for f in (0.5, 1.0)
+        )
         assert {r.config["epochs"] for r in runs} == {2} and {r.config["image_size"] for r in runs} == {48}
 
         # 2. Runs: the live table (a fragment) shows both runs completed without a reload.
@@ -225,8 +238,12 @@ def test_launch_a_grid_watch_it_train_and_compare_it(app_server):
         _screenshot(page, "4-compare")
         # The statistics of each pair of strategies, at each train fraction, in plain words.
         expect(page.get_by_role("heading", name="Is the difference real?")).to_be_visible()
-        verdicts = page.get_by_text(re.compile(r"beats .* by .* points|within noise|add seeds to tell|too few to tell"
-                                               r"|no difference seen"))
+        verdicts = page.get_by_text(
+            re.compile(
+                r"beats .* by .* points|within noise|add seeds to tell|too few to tell"
+                r"|no difference seen"
+            )
+        )
         expect(verdicts.first).to_be_visible()
         assert verdicts.count() == 2, [verdicts.nth(i).inner_text() for i in range(verdicts.count())]
         verdicts.first.scroll_into_view_if_needed()
@@ -253,10 +270,31 @@ def test_predict_an_uploaded_image_in_the_browser(app_server, tmp_path):
 
     base, db_url, _ = app_server
     # Trained by the command line (a process that ends with its run), into the dashboard's database.
-    subprocess.run([sys.executable, "-m", "tl_core", "run", "--data", str(tmp_path / "data" / "animals"),
-                    "--strategy", "feature_extraction", "--epochs", "1", "--image-size", "32",
-                    "--experiment", "e2e-predict", "--no-progress", "--db", db_url],
-                   cwd=ROOT, check=True, capture_output=True, timeout=180)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tl_core",
+            "run",
+            "--data",
+            str(tmp_path / "data" / "animals"),
+            "--strategy",
+            "feature_extraction",
+            "--epochs",
+            "1",
+            "--image-size",
+            "32",
+            "--experiment",
+            "e2e-predict",
+            "--no-progress",
+            "--db",
+            db_url,
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=180,
+    )
     store = Store(db_url)
     (run_id,) = [r.id for r in store.list_runs(experiment="e2e-predict")]
     image = store.predictions(run_id)[0].path
@@ -277,8 +315,9 @@ def test_predict_an_uploaded_image_in_the_browser(app_server, tmp_path):
         page.get_by_role("button", name="Predict", exact=True).click()
         # The job's process loads the checkpoint and computes the heat maps; the page checks every second.
         name = Path(image).name  # the file's own name, as uploaded
-        expect(page.get_by_text(re.compile(rf"{re.escape(name)}: {re.escape(top['class'])} \({top['prob']:.1%}\)"))
-               ).to_be_visible(timeout=90_000)
+        expect(
+            page.get_by_text(re.compile(rf"{re.escape(name)}: {re.escape(top['class'])} \({top['prob']:.1%}\)"))
+        ).to_be_visible(timeout=90_000)
         _settle(page)
         expect(page.get_by_text("what the model sees")).to_be_visible()
         page.mouse.move(0, 0)  # no tooltip over the screenshot

@@ -9,16 +9,19 @@ import json
 import pytest
 import torch
 
-from tl_core.inference import export as E
-from tl_core.inference import predictor as P
 from tl_core.cli import main
 from tl_core.errors import UserError
+from tl_core.inference import export as E
+from tl_core.inference import predictor as P
 from tl_core.service import export_run, exports, predict_images
 
 from .helpers import train
 
-FAMILIES = [("efficientnet_lite0", "feature_extraction"),  # pretrained, packaged weights
-            ("resnet18", "scratch"), ("mobilenet_v3_small", "scratch")]  # torchvision families, offline
+FAMILIES = [
+    ("efficientnet_lite0", "feature_extraction"),  # pretrained, packaged weights
+    ("resnet18", "scratch"),
+    ("mobilenet_v3_small", "scratch"),
+]  # torchvision families, offline
 
 
 @pytest.mark.parametrize("backbone,strategy", FAMILIES)

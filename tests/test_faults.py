@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from tl_core.training import loop
 from tl_core.cli import main
-from tl_core.service import check_run
 from tl_core.config import make_config
 from tl_core.errors import UserError
+from tl_core.service import check_run
 from tl_core.store import Store
+from tl_core.training import loop
 
 from .helpers import train
 from .test_worker import ROOT, _queue, wait_for
@@ -77,8 +77,13 @@ def test_when_the_worker_dies_its_runs_stop_and_the_next_worker_resumes_them(tmp
     # started on this machine puts them back in the queue and continues each from its checkpoint
     # (TL_RESUME_ON_RESTART; off, they are failed, resumable: test_many_workers).
     db = f"sqlite:///{tmp_path / 'w.db'}"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TL_RUNS_DIR": str(tmp_path / "runs"), "TL_STANDBY": "0",
-           "TL_HEARTBEAT_S": "0.5"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "TL_RUNS_DIR": str(tmp_path / "runs"),
+        "TL_STANDBY": "0",
+        "TL_HEARTBEAT_S": "0.5",
+    }
     cmd = [sys.executable, "-m", "tl_core", "worker", "--db", db, "--poll", "0.3"]
     store = Store(db)
     doomed = _queue(store, tiny, epochs=10, strategy="full")
@@ -91,10 +96,15 @@ def test_when_the_worker_dies_its_runs_stop_and_the_next_worker_resumes_them(tmp
     assert left.status == "running" and left.epochs_done < 10  # nobody recorded its end
     second = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        done = wait_for(lambda: (r := store.get_run(doomed)).status in ("completed", "failed") and r, 120,
-                        "the run to resume and complete")
+        done = wait_for(
+            lambda: (r := store.get_run(doomed)).status in ("completed", "failed") and r,
+            120,
+            "the run to resume and complete",
+        )
         assert done.status == "completed" and done.epochs_done == 10, done.error
-        assert done.worker_pid == second.pid and done.summary["resumed_from"]["epoch"] >= 1  # the checkpoint may trail the recorded epochs by one
+        assert (
+            done.worker_pid == second.pid and done.summary["resumed_from"]["epoch"] >= 1
+        )  # the checkpoint may trail the recorded epochs by one
         assert len(store.epoch_metrics([doomed])[doomed]) == 10
     finally:
         second.terminate()

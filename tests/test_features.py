@@ -10,13 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from tl_core.models import backbones, cuts
-from tl_core.data import folders, images, decode_cache, transforms
+from tl_core.data import decode_cache, folders, images, transforms
 from tl_core.data.splits import split_dataset
-from tl_core.training import feature_cache
+from tl_core.models import backbones, cuts
 from tl_core.store import RunSummary
+from tl_core.training import feature_cache, stopping
 from tl_core.training import run as T
-from tl_core.training import stopping
 from ui import format as fmt
 
 from .helpers import stop_before_epoch, train
@@ -141,10 +140,17 @@ def test_augmentation_caches_k_views_and_samples_one_per_image_each_epoch(tiny, 
     index = folders.scan_dataset(tiny)
     splits = split_dataset(index, 0.2, seed=0)
     bb = backbones.create_backbone("efficientnet_lite0", 4)
-    ff = feature_cache.FrozenFeatures(bb, splits, decode_cache.DatasetRows.of(index),
-                                 decode_cache.Pipeline(bb.preprocessing, 32, "light"), views=3, batch_size=8, seed=0,
-                                 device=torch.device("cpu"),
-                                 precision=feature_cache.extraction_dtype("auto", torch.device("cpu"), None))
+    ff = feature_cache.FrozenFeatures(
+        bb,
+        splits,
+        decode_cache.DatasetRows.of(index),
+        decode_cache.Pipeline(bb.preprocessing, 32, "light"),
+        views=3,
+        batch_size=8,
+        seed=0,
+        device=torch.device("cpu"),
+        precision=feature_cache.extraction_dtype("auto", torch.device("cpu"), None),
+    )
     run = ff.at(len(bb.groups) - 1, 0, 3)
     entry = run.train.entry
     assert ff.records[-1]["hit"] and entry.rows == 32 * 3
@@ -160,18 +166,32 @@ def test_every_phase_with_frozen_groups_trains_on_its_own_cached_boundary(tiny, 
     result = train(store, data=tiny, strategy="progressive", unfreeze_every=2, epochs=5)
     fc = store.get_run(result.run_id).summary["feature_cache"]
     assert [(p["frozen_groups"], p.get("boundary"), p["used"]) for p in fc["phases"]] == [
-        (8, "head input", True), (7, "stage7 input", True), (6, "stage6 input", True)]
+        (8, "head input", True),
+        (7, "stage7 input", True),
+        (6, "stage6 input", True),
+    ]
     epochs = store.epoch_metrics([result.run_id])[result.run_id]
     assert [epochs[e]["trainable_groups"] for e in range(5)] == [1, 1, 2, 2, 3]
 
 
 def test_the_run_detail_page_says_what_the_caches_did():
-    used = RunSummary(feature_cache={"used": True, "boundary": "head input", "views": 4, "hit": False,
-                                     "precision": "bf16", "seconds": 12.34},
-                      decode_cache={"used": True}, startup_seconds=0.8)
-    assert fmt.speed_note(used) == ("**frozen features**: cached at the head input (computed in 12.3 s, bf16, "
-                                          "4 augmented views per image) · **decoded images**: cached · "
-                                          "**startup**: 0.8 s to the first batch")
+    used = RunSummary(
+        feature_cache={
+            "used": True,
+            "boundary": "head input",
+            "views": 4,
+            "hit": False,
+            "precision": "bf16",
+            "seconds": 12.34,
+        },
+        decode_cache={"used": True},
+        startup_seconds=0.8,
+    )
+    assert fmt.speed_note(used) == (
+        "**frozen features**: cached at the head input (computed in 12.3 s, bf16, "
+        "4 augmented views per image) · **decoded images**: cached · "
+        "**startup**: 0.8 s to the first batch"
+    )
     off = RunSummary(feature_cache={"used": False, "why": "nothing is frozen"})
     assert fmt.speed_note(off) == "**frozen features**: not cached (nothing is frozen)"
     assert fmt.speed_note(RunSummary()) == ""
@@ -189,8 +209,14 @@ def test_a_run_with_the_cache_is_as_accurate_as_without(animals, store):
     on = train(store, **budget)
     off = train(store, **budget, feature_cache="off")
     assert store.get_run(off.run_id).summary["feature_cache"] == {
-        "used": False, "boundary": None, "views": 1, "hit": False, "precision": "fp32", "seconds": 0.0,
-        "why": "off (--feature-cache off)"}
+        "used": False,
+        "boundary": None,
+        "views": 1,
+        "hit": False,
+        "precision": "fp32",
+        "seconds": 0.0,
+        "why": "off (--feature-cache off)",
+    }
     assert on.best_val_acc >= 0.6 and abs(on.best_val_acc - off.best_val_acc) <= 0.07, (on, off)
 
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from tl_core.models.backbones import create_backbone, imagenet_model
+from tl_core.analysis.forgetting import REFERENCE, imagenet_head, knowledge_kept, why_not_measured
 from tl_core.data.demo import write_demo_data
 from tl_core.errors import UserError
-from tl_core.analysis.forgetting import REFERENCE, imagenet_head, knowledge_kept, why_not_measured
+from tl_core.models.backbones import create_backbone, imagenet_model
 
 NAME = "efficientnet_lite0"
 CPU = torch.device("cpu")

@@ -31,11 +31,14 @@ def test_a_one_class_folder_inside_the_roots_is_refused_on_the_form(env, demo_ro
         shutil.rmtree(one)
 
 
-@pytest.mark.parametrize("key, value, words", [
-    ("batch_size", 5000, ("Batch size", "larger than")),
-    ("image_size", 0, ("Image size",)),
-    ("backbone", "resnet18", ("cannot be downloaded", "efficientnet_lite0")),  # offline: TL_OFFLINE
-])
+@pytest.mark.parametrize(
+    "key, value, words",
+    [
+        ("batch_size", 5000, ("Batch size", "larger than")),
+        ("image_size", 0, ("Image size",)),
+        ("backbone", "resnet18", ("cannot be downloaded", "efficientnet_lite0")),  # offline: TL_OFFLINE
+    ],
+)
 def test_bad_settings_are_refused_before_queueing(env, tmp_path, monkeypatch, key, value, words):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     at = no_exception(page("new_run.py").run())

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from tl_core.models import backbones, families
 from tl_core.analysis.gradcam import cam_module, grad_cam, model_view, overlay, png
+from tl_core.models import backbones, families
 
 CLASSES = [0, 1, 2]
 
@@ -34,8 +34,11 @@ def _input(spec: families.BackboneSpec, seed: int = 0) -> torch.Tensor:
 
 
 def _hooks(model: nn.Module) -> list[int]:
-    return [len(d) for m in model.modules() for d in (m._forward_hooks, m._forward_pre_hooks,
-                                                       m._backward_hooks, m._backward_pre_hooks)]
+    return [
+        len(d)
+        for m in model.modules()
+        for d in (m._forward_hooks, m._forward_pre_hooks, m._backward_hooks, m._backward_pre_hooks)
+    ]
 
 
 @pytest.fixture(scope="module", params=_one_per_adapter())
@@ -61,8 +64,9 @@ def test_every_family_gets_one_normalised_map_per_class(backbone):
     peaks = maps.reshape(len(CLASSES), -1).max(axis=1)
     assert (np.isclose(peaks, 1) | (peaks == 0)).all(), f"each map is scaled by its own max: {peaks}"
     assert peaks.max() == pytest.approx(1), "every class map is zero"
-    assert any(not np.allclose(maps[i], maps[j]) for i, j in combinations(range(len(CLASSES)), 2)), \
+    assert any(not np.allclose(maps[i], maps[j]) for i, j in combinations(range(len(CLASSES)), 2)), (
         "the class does not change the map"
+    )
     assert [p.requires_grad for p in model.parameters()] == flags and model.training
     assert not any(_hooks(model)), "grad_cam left a hook on the model"
 
@@ -91,7 +95,7 @@ def _by_hand(model: nn.Module, layer: nn.Module, to_nchw, x: torch.Tensor, cls: 
         logit = model.eval()(x)[0, cls]
     finally:
         hook.remove()
-    grad, = torch.autograd.grad(logit, kept["act"])
+    (grad,) = torch.autograd.grad(logit, kept["act"])
     act, grad = to_nchw(kept["act"].detach()), to_nchw(grad)
     cam = F.relu((grad.mean(dim=(2, 3), keepdim=True) * act).sum(dim=1, keepdim=True))
     cam = F.interpolate(cam, size=x.shape[2:], mode="bilinear", align_corners=False)[0, 0]
@@ -100,15 +104,18 @@ def _by_hand(model: nn.Module, layer: nn.Module, to_nchw, x: torch.Tensor, cls: 
 
 def _tokens_to_nchw(t: torch.Tensor) -> torch.Tensor:
     n, hw, c = t[:, 1:].shape
-    side = int(hw ** 0.5)
+    side = int(hw**0.5)
     return t[:, 1:].transpose(1, 2).reshape(n, c, side, side)
 
 
-@pytest.mark.parametrize("name, size, to_nchw", [
-    ("resnet18", 128, lambda t: t),  # "nchw"
-    ("swin_t", 128, lambda t: t.permute(0, 3, 1, 2)),  # "nhwc"
-    ("vit_b_16", 224, _tokens_to_nchw),  # "tokens"
-])
+@pytest.mark.parametrize(
+    "name, size, to_nchw",
+    [
+        ("resnet18", 128, lambda t: t),  # "nchw"
+        ("swin_t", 128, lambda t: t.permute(0, 3, 1, 2)),  # "nhwc"
+        ("vit_b_16", 224, _tokens_to_nchw),  # "tokens"
+    ],
+)
 def test_it_is_grad_cam(name, size, to_nchw):
     torch.manual_seed(0)
     bb = backbones.create_backbone(name, num_classes=3, weights="none")
@@ -129,8 +136,7 @@ def test_swin_channels_last_map_equals_the_map_after_its_permute():
     assert bb.spec.cam_layout == "nhwc"
     nchw = dataclasses.replace(bb.spec, cam_layer="permute", cam_layout="nchw")
     x = _input(bb.spec)
-    np.testing.assert_allclose(grad_cam(bb.model, bb.spec, x, CLASSES), grad_cam(bb.model, nchw, x, CLASSES),
-                               atol=1e-5)
+    np.testing.assert_allclose(grad_cam(bb.model, bb.spec, x, CLASSES), grad_cam(bb.model, nchw, x, CLASSES), atol=1e-5)
 
 
 def test_channels_last_input_and_model_give_the_same_maps():
@@ -139,8 +145,9 @@ def test_channels_last_input_and_model_give_the_same_maps():
     x = _input(bb.spec)
     plain = grad_cam(bb.model, bb.spec, x, CLASSES)
     bb.model.to(memory_format=torch.channels_last)
-    np.testing.assert_allclose(grad_cam(bb.model, bb.spec, x.to(memory_format=torch.channels_last), CLASSES),
-                               plain, atol=1e-5)
+    np.testing.assert_allclose(
+        grad_cam(bb.model, bb.spec, x.to(memory_format=torch.channels_last), CLASSES), plain, atol=1e-5
+    )
 
 
 def test_the_map_points_where_the_evidence_is():

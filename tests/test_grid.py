@@ -8,9 +8,9 @@ import socket
 import pytest
 
 from tl_core import cli, service
+from tl_core.config import make_config
 from tl_core.data import folders
 from tl_core.data.splits import split_dataset
-from tl_core.config import make_config
 from tl_core.errors import UserError
 from tl_core.store import Store
 
@@ -31,8 +31,12 @@ def test_a_grid_plans_every_cell_and_seed_and_refuses_as_a_whole(tiny):
     configs = service.plan_runs(base, ["feature_extraction", "full"], [0, 1], [0.5, 1.0], [1e-3, None])
     assert len(configs) == 2 * 2 * 2 * 2
     assert {(c.strategy, c.train_fraction, c.lr, c.seed) for c in configs} == {
-        (s, f, lr, seed) for s in ("feature_extraction", "full") for f in (0.5, 1.0) for lr in (1e-3, None)
-        for seed in (0, 1)}
+        (s, f, lr, seed)
+        for s in ("feature_extraction", "full")
+        for f in (0.5, 1.0)
+        for lr in (1e-3, None)
+        for seed in (0, 1)
+    }
     with pytest.raises(UserError, match="listed twice"):
         service.plan_runs(base, ["full"], [0], [0.5, 0.5])
     with pytest.raises(UserError, match="train-fraction"):
@@ -42,8 +46,9 @@ def test_a_grid_plans_every_cell_and_seed_and_refuses_as_a_whole(tiny):
 def _completed(store: Store, seconds: float, train_images: int, epochs: int, **cfg) -> int:
     config = make_config(**{"data": "/d", "epochs": epochs, **cfg}).model_dump()
     run = store.create_run(config, "earlier", status="running", host=socket.gethostname())
-    store.finish_run(run.id, "completed", summary={"total_seconds": seconds, "train_images": train_images,
-                                                   "classes": ["a", "b"]})
+    store.finish_run(
+        run.id, "completed", summary={"total_seconds": seconds, "train_images": train_images, "classes": ["a", "b"]}
+    )
     return run.id
 
 
@@ -63,11 +68,16 @@ def test_more_seeds_queue_exactly_those_settings_after_their_highest_seed(tiny, 
     runs = [service.queue_run(store, c) for c in service.plan_runs(base, ["partial", "full"], [0, 1])]
     added = service.more_seeds(store, runs, 2)
     assert sorted((r.config["strategy"], r.config["seed"]) for r in added) == [
-        ("full", 2), ("full", 3), ("partial", 2), ("partial", 3)]
+        ("full", 2),
+        ("full", 3),
+        ("partial", 2),
+        ("partial", 3),
+    ]
     for r in added:
         twin = next(o for o in runs if o.config["strategy"] == r.config["strategy"])
-        assert {k: v for k, v in r.config.items() if k not in ("seed", "name")} == \
-            {k: v for k, v in twin.config.items() if k not in ("seed", "name")}
+        assert {k: v for k, v in r.config.items() if k not in ("seed", "name")} == {
+            k: v for k, v in twin.config.items() if k not in ("seed", "name")
+        }
         assert r.status == "queued" and r.experiment == "s"
 
 
@@ -111,35 +121,74 @@ def test_a_grid_report_has_data_efficiency_curves_and_crossovers(store):
 def test_the_experiment_command_queues_a_grid(tiny, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TL_RUNS_DIR", str(tmp_path / "runs"))
     db = f"sqlite:///{tmp_path / 'g.db'}"
-    code = cli.main(["experiment", "--data", tiny, "--strategies", "feature_extraction,full", "--seeds", "2",
-                     "--train-fractions", "0.5,1", "--image-size", "32", "--detach", "--json", "--db", db])
+    code = cli.main(
+        [
+            "experiment",
+            "--data",
+            tiny,
+            "--strategies",
+            "feature_extraction,full",
+            "--seeds",
+            "2",
+            "--train-fractions",
+            "0.5,1",
+            "--image-size",
+            "32",
+            "--detach",
+            "--json",
+            "--db",
+            db,
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     out = json.loads(captured.out)
     assert len(out["run_ids"]) == 8 and "8 runs in experiment" in captured.err
     runs = Store(db).list_runs(out["experiment"])
     assert {(r.config["strategy"], r.config["train_fraction"], r.config["seed"]) for r in runs} == {
-        (s, f, seed) for s in ("feature_extraction", "full") for f in (0.5, 1.0) for seed in (0, 1)}
+        (s, f, seed) for s in ("feature_extraction", "full") for f in (0.5, 1.0) for seed in (0, 1)
+    }
     assert cli.main(["experiment", "--data", tiny, "--strategies", "nope", "--db", db]) == 2
 
 
 # --- what a comparison reads: test or validation, the metric, the best LR, the splits -------------------
 
 
-def _scored(store: Store, strategy: str, seed: int, val: float, test: float | None = None, *, lr: float | None = None,
-            split_seed: int = 0, test_last: float | None = None, experiment: str = "scored") -> int:
+def _scored(
+    store: Store,
+    strategy: str,
+    seed: int,
+    val: float,
+    test: float | None = None,
+    *,
+    lr: float | None = None,
+    split_seed: int = 0,
+    test_last: float | None = None,
+    experiment: str = "scored",
+) -> int:
     """A completed run of two epochs, the first its best on val (the second 2 points lower), with test
     metrics as the engine records them (the best epoch's checkpoint; the last epoch's model too)."""
     config = {"data": "/d", "strategy": strategy, "seed": seed, "split_seed": split_seed, "lr": lr, "epochs": 2}
     run = store.create_run(config, experiment, status="running")
     for epoch, v in ((0, val), (1, val - 0.02)):
-        store.log_epoch(run.id, epoch, {"val_acc": v, "val_loss": 1 - v, "val_macro_f1": v - 0.1,
-                                        "val_balanced_acc": v - 0.05}, best=(val, 0) if epoch == 0 else None)
+        store.log_epoch(
+            run.id,
+            epoch,
+            {"val_acc": v, "val_loss": 1 - v, "val_macro_f1": v - 0.1, "val_balanced_acc": v - 0.05},
+            best=(val, 0) if epoch == 0 else None,
+        )
     summary: dict = {"train_images": 20, "classes": ["a", "b"]}
     for key, acc, epoch in (("test", test, 1), ("test_last", test_last, 2)):
         if acc is not None:
-            summary[key] = {"acc": acc, "macro_f1": acc - 0.2, "balanced_acc": acc - 0.1, "loss": 0.5, "images": 40,
-                            "epoch": epoch, "classes": []}
+            summary[key] = {
+                "acc": acc,
+                "macro_f1": acc - 0.2,
+                "balanced_acc": acc - 0.1,
+                "loss": 0.5,
+                "images": 40,
+                "epoch": epoch,
+                "classes": [],
+            }
     store.finish_run(run.id, "completed", summary=summary)
     return run.id
 
@@ -177,8 +226,12 @@ def test_compare_reports_test_metrics_when_every_run_has_them_and_validation_on_
 def test_a_runs_score_is_read_at_its_best_or_last_epoch_on_either_split(store):
     run = store.get_run(_scored(store, "full", 0, 0.8, 0.7, test_last=0.65))
     epochs = store.epoch_metrics([run.id])[run.id]
-    read = {(w, m, s): service.score(run, epochs, w, m, s) for w in ("best", "last") for m in service.METRICS
-            for s in service.SPLITS}
+    read = {
+        (w, m, s): service.score(run, epochs, w, m, s)
+        for w in ("best", "last")
+        for m in service.METRICS
+        for s in service.SPLITS
+    }
     assert read[("best", "acc", "test")] == 0.7 and read[("last", "acc", "test")] == 0.65
     assert read[("best", "macro_f1", "test")] == pytest.approx(0.5)
     assert read[("best", "acc", "val")] == 0.8 and read[("last", "acc", "val")] == pytest.approx(0.78)
@@ -196,8 +249,12 @@ def test_a_runs_score_is_read_at_its_best_or_last_epoch_on_either_split(store):
 def test_each_strategy_at_its_best_lr_is_chosen_on_validation_and_compared_on_test(store):
     # feature_extraction is best at 1e-3, full at 1e-4 on validation. On test, full would look best
     # at 1e-3 (0.90): the choice must ignore that.
-    grid = {("feature_extraction", 1e-3): (0.80, 0.82), ("feature_extraction", 1e-4): (0.70, 0.95),
-            ("full", 1e-3): (0.60, 0.90), ("full", 1e-4): (0.78, 0.76)}
+    grid = {
+        ("feature_extraction", 1e-3): (0.80, 0.82),
+        ("feature_extraction", 1e-4): (0.70, 0.95),
+        ("full", 1e-3): (0.60, 0.90),
+        ("full", 1e-4): (0.78, 0.76),
+    }
     for (strategy, lr), (val, test) in grid.items():
         for seed in range(3):
             own = _noise(seed + 1 + 3 * (strategy == "full"))
@@ -255,15 +312,23 @@ def test_holm_spans_every_pair_shown_or_each_cell(store):
 def test_what_would_settle_a_pair_is_the_seeds_needed_capped_and_said():
     base = {"verdict": "noise", "test": "paired t", "unit": "seed", "n_units": 3, "n_pairs": 3}
     assert service.to_settle({**base, "units_needed": 9}) == {
-        "unit": "seed", "add": 6, "needed": 9, "capped": False,
-        "text": "about 9 seeds would tell a difference of the observed size"}
+        "unit": "seed",
+        "add": 6,
+        "needed": 9,
+        "capped": False,
+        "text": "about 9 seeds would tell a difference of the observed size",
+    }
     far = service.to_settle({**base, "units_needed": 45})
     assert far["add"] == service.SEEDS_OFFERED - 3 and far["capped"]
     assert "20 seeds in all is the most offered" in far["text"]
     beyond = service.to_settle({**base, "units_needed": None})
     assert beyond["capped"] and "more than 100 seeds" in beyond["text"]
-    assert service.to_settle({**base, "verdict": "too_few", "test": "none", "n_units": 1, "n_pairs": 1,
-                              "units_needed": None})["add"] == 1
+    assert (
+        service.to_settle(
+            {**base, "verdict": "too_few", "test": "none", "n_units": 1, "n_pairs": 1, "units_needed": None}
+        )["add"]
+        == 1
+    )
     assert service.to_settle({**base, "test": "identical", "units_needed": None}) is None
     assert service.to_settle({**base, "verdict": "a", "units_needed": None}) is None
     assert service.to_settle({**base, "unit": "split", "units_needed": 5})["unit"] == "split"
@@ -272,12 +337,30 @@ def test_what_would_settle_a_pair_is_the_seeds_needed_capped_and_said():
 def test_the_experiment_command_varies_the_split_too(tiny, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TL_RUNS_DIR", str(tmp_path / "runs"))
     db = f"sqlite:///{tmp_path / 'g.db'}"
-    code = cli.main(["experiment", "--data", tiny, "--strategies", "feature_extraction,full", "--seeds", "2",
-                     "--split-seeds", "0,3", "--image-size", "32", "--detach", "--json", "--db", db])
+    code = cli.main(
+        [
+            "experiment",
+            "--data",
+            tiny,
+            "--strategies",
+            "feature_extraction,full",
+            "--seeds",
+            "2",
+            "--split-seeds",
+            "0,3",
+            "--image-size",
+            "32",
+            "--detach",
+            "--json",
+            "--db",
+            db,
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     runs = Store(db).list_runs(json.loads(captured.out)["experiment"])
     assert sorted((r.config["strategy"], r.config["split_seed"], r.config["seed"]) for r in runs) == [
-        (s, split, seed) for s in ("feature_extraction", "full") for split in (0, 3) for seed in (0, 1)]
+        (s, split, seed) for s in ("feature_extraction", "full") for split in (0, 3) for seed in (0, 1)
+    ]
     with pytest.raises(UserError, match="listed twice"):
         service.plan_runs({"data": tiny, "image_size": 32}, ["full"], [0], split_seeds=[1, 1])

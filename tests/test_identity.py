@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 
-from tl_core.training import run as T
-from tl_core.store import Store
 from tl_core.executors.processes import ensure_worker, pid_alive, running_worker
+from tl_core.store import Store
+from tl_core.training import run as T
 
 from .helpers import stop_before_epoch, train
 from .test_worker import _queue, wait_for
@@ -94,12 +94,13 @@ def test_only_an_explicit_resume_loads_a_checkpoint(tiny, store, monkeypatch):
     again = _stopped(store, monkeypatch, data=tiny, epochs=4)
     store.requeue(again.id, status="running")  # an explicit resume
     assert T.train_run(store, again.id, progress=False).status == "completed"
-    assert store.get_run(again.id).summary["resumed_from"] == {"epoch": 2, "checkpoint": str(
-        Path(again.run_dir) / "last.pt")}
+    assert store.get_run(again.id).summary["resumed_from"] == {
+        "epoch": 2,
+        "checkpoint": str(Path(again.run_dir) / "last.pt"),
+    }
 
 
-def test_two_dashboards_on_two_databases_with_one_runs_folder_each_find_their_own_worker(tiny, tmp_path,
-                                                                                      monkeypatch):
+def test_two_dashboards_on_two_databases_with_one_runs_folder_each_find_their_own_worker(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("TL_RUNS_DIR", str(tmp_path / "runs"))
     monkeypatch.setenv("TL_STANDBY", "0")
     monkeypatch.chdir(Path(__file__).resolve().parents[1])  # the worker runs `python -m tl_core` from here
@@ -129,9 +130,12 @@ def test_an_older_database_gains_run_identities_and_keeps_every_run(tmp_path):
     con.executescript((Path(__file__).parent / "fixtures" / "schema_v1.sql").read_text())
     con.execute("INSERT INTO experiments (id, name, created_at) VALUES (1, 'e', '2026-01-01')")
     for i in (1, 2):
-        con.execute("INSERT INTO runs (id, experiment_id, name, status, config, created_at, cancel_requested, "
-                    "epochs_done, summary, environment) VALUES (?, 1, ?, 'completed', '{}', '2026-01-01', 0, 1, "
-                    "'{}', '{}')", (i, f"r{i}"))
+        con.execute(
+            "INSERT INTO runs (id, experiment_id, name, status, config, created_at, cancel_requested, "
+            "epochs_done, summary, environment) VALUES (?, 1, ?, 'completed', '{}', '2026-01-01', 0, 1, "
+            "'{}', '{}')",
+            (i, f"r{i}"),
+        )
         con.execute("INSERT INTO epoch_metrics VALUES (?, 0, 'val_acc', 0.5)", (i,))
     con.commit()
     con.close()

@@ -33,18 +33,39 @@ def trained(tmp_path_factory):
     data root."""
     root = tmp_path_factory.mktemp("inspect")
     write_demo_data(root / "data", datasets=("animals",), per_class=12, size=48)
-    env = {"DATABASE_URL": f"sqlite:///{root / 'inspect.db'}", "TL_DATA_ROOTS": str(root / "data"),
-           "TL_RUNS_DIR": str(root / "runs"), "TL_NO_WORKER": "1", "TL_OFFLINE": "1"}
+    env = {
+        "DATABASE_URL": f"sqlite:///{root / 'inspect.db'}",
+        "TL_DATA_ROOTS": str(root / "data"),
+        "TL_RUNS_DIR": str(root / "runs"),
+        "TL_NO_WORKER": "1",
+        "TL_OFFLINE": "1",
+    }
     shutil.copytree(root / "data" / "animals", root / "data" / "animals_copy")
     with pytest.MonkeyPatch.context() as mp:
         for k, v in env.items():
             mp.setenv(k, v)
         store = service.open_store(env["DATABASE_URL"])
-        ids = [train(store, data=str(root / "data" / "animals"), strategy="feature_extraction", epochs=2, seed=seed,
-                     experiment="inspect", name=f"seed{seed}-{i}").run_id for i, seed in enumerate((0, 1, 0))]
+        ids = [
+            train(
+                store,
+                data=str(root / "data" / "animals"),
+                strategy="feature_extraction",
+                epochs=2,
+                seed=seed,
+                experiment="inspect",
+                name=f"seed{seed}-{i}",
+            ).run_id
+            for i, seed in enumerate((0, 1, 0))
+        ]
         # The same classes and images in another folder: nothing to match image by image.
-        elsewhere = train(store, data=str(root / "data" / "animals_copy"), strategy="feature_extraction", epochs=1,
-                          experiment="copy", name="copy").run_id
+        elsewhere = train(
+            store,
+            data=str(root / "data" / "animals_copy"),
+            strategy="feature_extraction",
+            epochs=1,
+            experiment="copy",
+            name="copy",
+        ).run_id
     return env, ids, elsewhere
 
 
@@ -106,7 +127,7 @@ def test_the_run_page_shows_exactly_its_errors_worst_first_and_a_cells_images(st
     assert cell.value is None and cell.options == [fmt.cell_label(classes, t, p, counts[t][p]) for t, p in nonempty]
     true, predicted = max((c for c in nonempty if c[0] != c[1]), key=lambda c: counts[c[0]][c[1]])
     at = no_exception(cell.set_value((true, predicted)).run())
-    shown = captions(at)[len(expected):]
+    shown = captions(at)[len(expected) :]
     in_cell = service.cell(service.run_predictions(store, run_id), true, predicted)
     assert len(in_cell) == counts[true][predicted]
     assert shown == [fmt.prediction_caption(p, classes) for p in in_cell]
@@ -147,8 +168,12 @@ def test_where_it_looked_and_an_export_checked_against_the_run(store, trained):
 
 
 def test_a_run_without_predictions_says_when_they_come(store):
-    run = store.create_run({"data": "/nowhere", "backbone": "efficientnet_lite0", "strategy": "full", "seed": 0,
-                            "epochs": 1}, "other", "queued-run", status="queued")
+    run = store.create_run(
+        {"data": "/nowhere", "backbone": "efficientnet_lite0", "strategy": "full", "seed": 0, "epochs": 1},
+        "other",
+        "queued-run",
+        status="queued",
+    )
     at = run_page(run.id)
     assert any("once the run has finished an epoch" in c.value for c in at.caption)
     assert not at.image and not any(b.key == f"cam_{run.id}" for b in at.button)
@@ -173,18 +198,30 @@ def test_compare_says_what_a_run_fixed_and_broke_against_a_reference(store, trai
     same = service.diff(store, a, repeat)
     assert (same.fixed, same.broken) == ([], [])
     at = no_exception(at.selectbox(key="compare_against").set_value(repeat).run())
-    assert diff_metrics(at) == {"Fixed": "0", "Broken": "0", "Still wrong": str(len(same.still_wrong)),
-                                "Both right": str(same.both_right), "Net": "+0"}
+    assert diff_metrics(at) == {
+        "Fixed": "0",
+        "Broken": "0",
+        "Still wrong": str(len(same.still_wrong)),
+        "Both right": str(same.both_right),
+        "Net": "+0",
+    }
 
     # Another seed: the counts of the diff, its tabs, and the images it fixed.
     d = service.diff(store, a, b)
     assert d.fixed or d.broken, "the two seeds should disagree somewhere"
     at = no_exception(at.selectbox(key="compare_against").set_value(b).run())
-    assert diff_metrics(at) == {"Fixed": str(len(d.fixed)), "Broken": str(len(d.broken)),
-                                "Still wrong": str(len(d.still_wrong)), "Both right": str(d.both_right),
-                                "Net": f"{d.net:+d}"}
-    assert [t.label for t in at.tabs][-3:] == [f"Fixed ({len(d.fixed)})", f"Broken ({len(d.broken)})",
-                                              f"Still wrong ({len(d.still_wrong)})"]
+    assert diff_metrics(at) == {
+        "Fixed": str(len(d.fixed)),
+        "Broken": str(len(d.broken)),
+        "Still wrong": str(len(d.still_wrong)),
+        "Both right": str(d.both_right),
+        "Net": f"{d.net:+d}",
+    }
+    assert [t.label for t in at.tabs][-3:] == [
+        f"Fixed ({len(d.fixed)})",
+        f"Broken ({len(d.broken)})",
+        f"Still wrong ({len(d.still_wrong)})",
+    ]
     classes = store.get_run(a).summary["classes"]
     shown = captions(at)
     for p in d.fixed[:STEP] + d.broken[:STEP]:
@@ -203,7 +240,8 @@ def test_compare_says_why_two_runs_cannot_be_compared_image_by_image(store, trai
     assert at.selectbox(key="compare_reference").value == a and at.selectbox(key="compare_against").value == elsewhere
     assert [i.value for i in at.info if "validation image" in i.value] == [
         "the two runs share no validation image (another dataset or another --split-seed); pick a reference run "
-        "validated on the same images"]
+        "validated on the same images"
+    ]
     assert not diff_metrics(at)
 
 
@@ -217,12 +255,16 @@ def test_predict_an_upload_shows_the_top_class_and_a_bad_file_says_what_to_do(st
     offered = [int(o.split()[0].lstrip("#")) for o in at.selectbox(key="predict_run").options]
     assert offered == sorted([*trained[1], trained[2]], reverse=True)  # trained runs, newest first; no queued one
     at.selectbox(key="predict_run").set_value(run_id)
-    at.file_uploader(key="predict_uploads").set_value([
-        ("my photo.png", Path(image).read_bytes(), "image/png"), ("notes.txt", b"not an image", "text/plain")])
+    at.file_uploader(key="predict_uploads").set_value(
+        [("my photo.png", Path(image).read_bytes(), "image/png"), ("notes.txt", b"not an image", "text/plain")]
+    )
     at = no_exception(at.run())
     assert len(at.error) == 1
-    assert "notes.txt" in at.error[0].value and "not an image file type" in at.error[0].value \
+    assert (
+        "notes.txt" in at.error[0].value
+        and "not an image file type" in at.error[0].value
         and "use one of" in at.error[0].value
+    )
     assert any("1 image(s) chosen" in c.value for c in at.caption)
     at = no_exception(at.button(key="predict").click().run())
     found = job_result(at, "predict_job", store)

@@ -15,12 +15,12 @@ import subprocess
 import pytest
 
 from tl_core import cli
-from tl_core.executors import placement, worker
 from tl_core.config import make_config
+from tl_core.executors import placement, worker
 from tl_core.executors.placement import GPU
-from tl_core.store.run_folders import job_log
 from tl_core.service import jobs
 from tl_core.store import Store
+from tl_core.store.run_folders import job_log
 
 from .helpers import ROOT
 from .test_placement import H100, FakeNVML, _config, _finished, _queue, fake_gpus, started  # noqa: F401
@@ -50,12 +50,17 @@ def test_a_page_job_is_claimed_by_a_worker_placed_on_a_gpu_and_its_result_lands(
     job = jobs.start(store, "probe", _cfg(tiny), ["--max-per-class", "4"])
     assert started == [] and store.get_job(job.id).status == "queued"  # a worker serves the database: queued only
     served.step()
-    proc, = started
+    (proc,) = started
     assert proc.args[1:4] == ["-m", "tl_core", "probe"] and _job_of(proc) == job.id
     assert (proc.env["CUDA_VISIBLE_DEVICES"], proc.env["CUDA_DEVICE_ORDER"]) == ("1", "PCI_BUS_ID")  # the emptier
     now = store.get_job(job.id)
-    assert (now.status, now.worker_id, now.gpu, now.pid, now.host) == ("running", served.id, "1", proc.pid,
-                                                                        socket.gethostname())
+    assert (now.status, now.worker_id, now.gpu, now.pid, now.host) == (
+        "running",
+        served.id,
+        "1",
+        proc.pid,
+        socket.gethostname(),
+    )
     assert jobs.result(store, job) is None and jobs.failure(store, job) is None
 
     # Its process, for real, as the worker started it (no CUDA here: it sees no GPU and probes on the CPU).
@@ -165,7 +170,7 @@ def test_jobs_of_a_worker_gone_silent_are_failed(store, served):
 def test_with_no_worker_allowed_the_dashboard_runs_the_job_on_the_gpu_with_most_room(store, fake_gpus, monkeypatch):
     monkeypatch.setenv("TL_NO_WORKER", "1")
     job = jobs.start(store, "probe", _cfg())
-    proc, = started
+    (proc,) = started
     assert _job_of(proc) == job.id and proc.args[-3:] == ["--db", store.url, "--json"]
     assert proc.env["CUDA_VISIBLE_DEVICES"] == "1"  # 80559 MiB free against 51559
     now = store.get_job(job.id)

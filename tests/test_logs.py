@@ -14,8 +14,8 @@ import sys
 import time
 
 from tl_core import cli
-from tl_core.store.run_folders import run_folder
 from tl_core.store import Store
+from tl_core.store.run_folders import run_folder
 
 from .test_worker import ROOT, _queue
 
@@ -28,26 +28,46 @@ def _untimed(text: str) -> list[str]:
 
 def test_the_service_worker_and_run_log_every_line_with_its_time_and_logs_follows_the_run_to_its_end(tiny, tmp_path):
     db = f"sqlite:///{tmp_path / 'logs.db'}"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TL_RUNS_DIR": str(tmp_path / "runs"), "TL_MAX_CONCURRENT": "1",
-           "TL_STANDBY": "0", "TL_HEARTBEAT_S": "0.5", "TL_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "TL_RUNS_DIR": str(tmp_path / "runs"),
+        "TL_MAX_CONCURRENT": "1",
+        "TL_STANDBY": "0",
+        "TL_HEARTBEAT_S": "0.5",
+        "TL_OFFLINE": "1",
+    }
     env.pop("TL_NO_WORKER", None)
     store = Store(db)
     run_id = _queue(store, tiny, epochs=2, strategy="full")
     cmd = [sys.executable, "-m", "tl_core"]
     # Following a run that has not started yet: it waits for the log, then ends with the run.
-    follow = subprocess.Popen([*cmd, "logs", str(run_id), "--follow", "--db", db], cwd=tmp_path, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    follow = subprocess.Popen(
+        [*cmd, "logs", str(run_id), "--follow", "--db", db],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert subprocess.run([*cmd, "worker", "--health", "--db", db], cwd=tmp_path, env=env).returncode == 1
     with open(tmp_path / "serve.log", "wb") as out:
-        serve = subprocess.Popen([*cmd, "serve", "--no-dashboard", "--db", db], cwd=tmp_path, env=env, stdout=out,
-                                 stderr=subprocess.STDOUT, start_new_session=True)
+        serve = subprocess.Popen(
+            [*cmd, "serve", "--no-dashboard", "--db", db],
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         followed, err = follow.communicate(timeout=240)
         assert follow.returncode == 0, err
         run = store.get_run(run_id)
         assert run.status == "completed", run.error
-        health = subprocess.run([*cmd, "worker", "--health", "--db", db, "--json"], cwd=tmp_path, env=env,
-                                capture_output=True, text=True)
+        health = subprocess.run(
+            [*cmd, "worker", "--health", "--db", db, "--json"], cwd=tmp_path, env=env, capture_output=True, text=True
+        )
         assert health.returncode == 0 and json.loads(health.stdout)["healthy"], health.stdout + health.stderr
     finally:
         serve.send_signal(signal.SIGTERM)
@@ -55,8 +75,9 @@ def test_the_service_worker_and_run_log_every_line_with_its_time_and_logs_follow
     log = (run_folder(run) / "train.log").read_text()
     assert "epoch 2/2 " in log and f"run {run_id} completed" in log and not _untimed(log), log
     assert followed == log  # --follow printed it whole, its last line (written after the run ended) too
-    shown = subprocess.run([*cmd, "logs", str(run_id), "--tail", "1", "--db", db], cwd=tmp_path, env=env,
-                           capture_output=True, text=True)
+    shown = subprocess.run(
+        [*cmd, "logs", str(run_id), "--tail", "1", "--db", db], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
     assert shown.returncode == 0 and shown.stdout == log.splitlines(keepends=True)[-1]
     served = (tmp_path / "serve.log").read_text()
     assert "supervisor[" in served and "worker[" in served and not _untimed(served), served

@@ -14,7 +14,14 @@ from torch import nn
 from tl_core.errors import UserError
 from tl_core.training import adaptation, regularizers
 from tl_core.training.adaptation import DANN, dann_coefficient, gaussian_mmd, grad_reverse, make_adaptation
-from tl_core.training.regularizers import EWC, L2SP, Regularizer, estimate_fisher, make_regularizer, register_regularizer
+from tl_core.training.regularizers import (
+    EWC,
+    L2SP,
+    Regularizer,
+    estimate_fisher,
+    make_regularizer,
+    register_regularizer,
+)
 from tl_core.training.term_specs import ADAPTATIONS, REGULARIZERS
 
 
@@ -28,6 +35,7 @@ def sq(tensors) -> float:
 
 
 # --- L2-SP and EWC --------------------------------------------------------------------------
+
 
 def test_l2sp_is_zero_at_w0_and_half_alpha_squared_distance_after_a_move():
     torch.manual_seed(0)
@@ -182,8 +190,8 @@ def test_l2sp_pulls_by_lr_alpha_under_sgd_and_adamw_rescales_it(alpha):
     """What terms.regularizer_pull tells a run: under SGD (the paper's optimizer) a step moves each
     weight by lr * alpha * (w - w0); under AdamW by about lr whatever alpha (Adam divides the
     gradient by its own RMS), as with any L2 term in Adam's loss."""
-    from tl_core.training.finetuning import make_optimizer
     from tl_core.config import make_config
+    from tl_core.training.finetuning import make_optimizer
     from tl_core.training.terms import regularizer_pull
 
     lr = 1e-2
@@ -208,13 +216,22 @@ def test_l2sp_pulls_by_lr_alpha_under_sgd_and_adamw_rescales_it(alpha):
             assert torch.equal(step.sign(), -(moved - w0).sign())
         assert ("rescales" in regularizer_pull("L2-SP", optimizer)) == (optimizer == "adamw")
 
+
 # --- the Fisher information -----------------------------------------------------------------
+
 
 def small_cnn() -> nn.Sequential:
     """A pretrained-looking model: BatchNorm with running statistics far from a batch's own."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.5),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 6))
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Dropout(0.5),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 6),
+    )
     bn = model[1]
     bn.running_mean.copy_(torch.randn(4))
     bn.running_var.copy_(torch.rand(4) + 0.5)
@@ -255,8 +272,10 @@ def reference_fisher(model, ps, batches, max_images, seed):
 def per_image(request, monkeypatch):
     """Both ways of taking per-image gradients: torch.func, and the loop it falls back to."""
     if request.param == "loop":
+
         def unbatchable(*args):
             raise RuntimeError("vmap: no batching rule (simulated)")
+
         monkeypatch.setattr(regularizers, "_vmap_grads", unbatchable)
     return request.param
 
@@ -368,6 +387,7 @@ def test_ewc_estimates_the_same_fisher_on_a_gpu_as_on_the_cpu():
 
 # --- gradient reversal and its schedule -----------------------------------------------------
 
+
 @pytest.mark.parametrize("coeff", [0.5, 1.0])
 def test_grad_reverse_is_identity_forward_and_minus_coeff_backward(coeff):
     torch.manual_seed(0)
@@ -392,6 +412,7 @@ def test_dann_coefficient_rises_from_0_to_about_1():
 
 
 # --- MMD ------------------------------------------------------------------------------------
+
 
 def test_mmd_is_about_zero_for_one_distribution_and_large_for_a_shifted_one():
     torch.manual_seed(0)
@@ -428,6 +449,7 @@ def test_mmd_gradient_is_finite_and_small_batches_are_refused():
 
 
 # --- adaptation methods ---------------------------------------------------------------------
+
 
 def features(n: int = 6, m: int = 5, d: int = 8):
     torch.manual_seed(0)
@@ -506,6 +528,7 @@ def test_every_adaptation_is_differentiable_and_survives_a_resume(name):
 
 # --- the doors ------------------------------------------------------------------------------
 
+
 def test_none_is_none_and_unknown_names_list_the_choices():
     assert make_regularizer("none", 1.0, 1.0) is None
     assert make_adaptation("none", 1.0, 8) is None
@@ -521,13 +544,15 @@ def test_none_is_none_and_unknown_names_list_the_choices():
 
 def test_registry_refuses_a_name_twice():
     with pytest.raises(ValueError, match="twice"):
+
         @register_regularizer
         class Again(Regularizer):
             name = "l2sp"
 
 
-@pytest.mark.parametrize("module, declared", [(regularizers, REGULARIZERS), (adaptation, ADAPTATIONS)],
-                         ids=["regularizers", "adaptation"])
+@pytest.mark.parametrize(
+    "module, declared", [(regularizers, REGULARIZERS), (adaptation, ADAPTATIONS)], ids=["regularizers", "adaptation"]
+)
 def test_every_declared_method_is_implemented_and_every_implementation_declared(module, declared):
     # term_specs.py declares the methods (torch-free: config checks settings against it); the torch
     # modules implement them by name. A declaration without a class would pass config and fail the run.
@@ -539,7 +564,9 @@ def test_every_declared_method_is_implemented_and_every_implementation_declared(
 
 def test_an_implementation_of_an_undeclared_method_is_refused():
     with pytest.raises(ValueError, match="'l3sp'.*not declared.*term_specs.py"):
+
         @register_regularizer
         class Undeclared(Regularizer):
             name = "l3sp"
+
     assert "l3sp" not in regularizers.IMPLEMENTED

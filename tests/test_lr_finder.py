@@ -14,11 +14,11 @@ import pytest
 import torch
 from torch import nn
 
-from tl_core.models import backbones
 from tl_core.analysis import lr_finder
-from tl_core.training import run_data
 from tl_core.config import make_config
 from tl_core.errors import UserError
+from tl_core.models import backbones
+from tl_core.training import run_data
 
 from .helpers import train
 
@@ -43,7 +43,7 @@ def _sigmoid_curve(n: int = 100, centre: float = -3.0, width: float = 0.35):
     """A smoothed range-test curve: flat, a sigmoid fall in log10(LR) centred on `centre`, then a rise."""
     x = np.linspace(-7, 1, n)
     fall = 1 / (1 + np.exp(-(x - centre) / width))
-    return 10.0 ** x, 2.3 - 1.5 * fall + 0.05 * np.exp(2.5 * (x + 1)), fall
+    return 10.0**x, 2.3 - 1.5 * fall + 0.05 * np.exp(2.5 * (x + 1)), fall
 
 
 def test_steepest_finds_the_steepest_point_and_valley_lies_in_the_fall():
@@ -117,8 +117,9 @@ def test_a_test_that_stopped_early_gets_fastais_valley_not_one_read_off_its_star
     # 15 long, so the fall is the longest; a tenth of the 50 recorded (5) would keep it whole, and
     # the tie goes to the first: an LR 41x lower.
     lrs = np.array([lr_finder.lr_at(i, 1e-7, 10.0, 100) for i in range(50)])
-    losses = np.concatenate([np.full(5, 2.3), np.linspace(1.2, 0.9, 20), np.linspace(2.9, 1.0, 20),
-                             np.linspace(1.05, 1.3, 5)])
+    losses = np.concatenate(
+        [np.full(5, 2.3), np.linspace(1.2, 0.9, 20), np.linspace(2.9, 1.0, 20), np.linspace(1.05, 1.3, 5)]
+    )
     _, i = lr_finder.suggest(lrs, losses, "valley", num_iter=100)
     assert i == _fastai_valley(losses, num_it=100) == 33  # 10 + (44 - 10 - 20) + 6 + 3
     _, early = lr_finder.suggest(lrs, losses, "valley", num_iter=50)
@@ -131,7 +132,7 @@ def test_lr_find_reads_the_valley_by_the_steps_it_asked_for(tiny, runs, monkeypa
     real = lr_finder.suggest
     monkeypatch.setattr(lr_finder, "suggest", lambda *a, **k: asked.append((a, k)) or real(*a, **k))
     found = lr_finder.lr_find(_cfg(tiny, strategy="feature_extraction"), num_iter=30, end_lr=1e3, rule="valley")
-    ((lrs, losses, rule, *rest), kw), = asked
+    (((lrs, losses, rule, *rest), kw),) = asked
     assert rule == "valley" and (rest or [kw.get("num_iter")]) == [30] and found.num_iter == 30
 
 
@@ -161,11 +162,13 @@ def test_short_curves_still_get_a_suggestion():
 
 
 def _state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    return {"weights": {k: v.detach().clone() for k, v in model.state_dict().items()},
-            "optimizer": copy.deepcopy(optimizer.state_dict()),
-            "requires_grad": [p.requires_grad for p in model.parameters()],
-            "training": [m.training for m in model.modules()],
-            "rng": torch.get_rng_state()}
+    return {
+        "weights": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "optimizer": copy.deepcopy(optimizer.state_dict()),
+        "requires_grad": [p.requires_grad for p in model.parameters()],
+        "training": [m.training for m in model.modules()],
+        "rng": torch.get_rng_state(),
+    }
 
 
 def _equal(a, b) -> bool:
@@ -200,8 +203,9 @@ def test_a_range_test_is_undone_bit_for_bit(tiny, runs):
         model.train()  # everything trainable, BatchNorm updating its statistics
         for p in model.parameters():
             p.requires_grad_(True)
-        test = lr_finder.range_test(model, d.train, optimizer, nn.CrossEntropyLoss(), start_lr=1e-5, end_lr=1e-1,
-                                    num_iter=20, device=CPU)
+        test = lr_finder.range_test(
+            model, d.train, optimizer, nn.CrossEntropyLoss(), start_lr=1e-5, end_lr=1e-1, num_iter=20, device=CPU
+        )
         torch.rand(3)  # code in the block draws from the random stream (this model has no dropout)
         during = _state(model, optimizer)
 
@@ -227,9 +231,18 @@ def test_each_group_keeps_its_lr_ratio_and_the_lr_grows_exponentially():
     optimizer = torch.optim.SGD([{"params": net[0].parameters()}, {"params": net[2].parameters()}], lr=1.0)
     batches = [(torch.randn(8, 6), torch.randint(3, (8,))) for _ in range(4)]
     seen = []
-    test = lr_finder.range_test(net, batches, optimizer, nn.CrossEntropyLoss(), start_lr=1e-6, end_lr=1e-2,
-                                num_iter=9, device=CPU, multipliers=[0.1, 1.0],
-                                on_step=lambda i, lr, loss: seen.append([pg["lr"] for pg in optimizer.param_groups]))
+    test = lr_finder.range_test(
+        net,
+        batches,
+        optimizer,
+        nn.CrossEntropyLoss(),
+        start_lr=1e-6,
+        end_lr=1e-2,
+        num_iter=9,
+        device=CPU,
+        multipliers=[0.1, 1.0],
+        on_step=lambda i, lr, loss: seen.append([pg["lr"] for pg in optimizer.param_groups]),
+    )
     assert test.reason == "completed" and len(test.lrs) == 9
     np.testing.assert_allclose(test.lrs, np.logspace(-6, -2, 9), rtol=1e-12)  # start and end exactly
     np.testing.assert_allclose(seen, np.array(test.lrs)[:, None] * [0.1, 1.0], rtol=1e-12)
@@ -269,7 +282,7 @@ def test_a_diverging_loss_stops_the_test_and_says_so(tiny, runs):
     result = lr_finder.lr_find(_cfg(tiny), start_lr=1e-4, end_lr=1e4, num_iter=80)
     assert len(result.lrs) < 80 and "diverging" in result.stopped
     assert result.losses[-1] > 4 * min(result.losses)  # the step that diverged is on the curve
-    assert all(loss <= 4 * min(result.losses[:i + 1]) for i, loss in enumerate(result.losses[:-1]))
+    assert all(loss <= 4 * min(result.losses[: i + 1]) for i, loss in enumerate(result.losses[:-1]))
     assert result.suggestion_index < len(result.lrs) - 1
 
 
@@ -281,8 +294,16 @@ def test_a_non_finite_loss_stops_the_test_and_is_left_off_the_curve():
     def loss_fn(logits, y):
         return logits.sum() * 0 + next(losses)
 
-    test = lr_finder.range_test(net, [(torch.randn(2, 4), torch.tensor([0, 1]))], optimizer, loss_fn,
-                                start_lr=1e-3, end_lr=1.0, num_iter=10, device=CPU)
+    test = lr_finder.range_test(
+        net,
+        [(torch.randn(2, 4), torch.tensor([0, 1]))],
+        optimizer,
+        loss_fn,
+        start_lr=1e-3,
+        end_lr=1.0,
+        num_iter=10,
+        device=CPU,
+    )
     assert test.reason == "not_finite" and test.raw_losses == pytest.approx([1.0, 0.9, 0.8]) and "nan" in test.stopped
     assert all(math.isfinite(v) for v in test.losses)
 
@@ -295,23 +316,28 @@ def test_the_suggestion_agrees_with_a_grid_of_real_runs(animals, store):
     best = max(grid, key=grid.get)
     assert grid[best] - min(grid.values()) >= 0.2, grid
     found = lr_finder.lr_find(_cfg(**settings), num_iter=100)
-    print(f"grid {grid}; suggested {found.suggested_lr:.3g} ({found.rule}); "
-          f"valley {lr_finder.suggest(found.lrs, found.losses, 'valley')[0]:.3g}; {found.stopped}")
+    print(
+        f"grid {grid}; suggested {found.suggested_lr:.3g} ({found.rule}); "
+        f"valley {lr_finder.suggest(found.lrs, found.losses, 'valley')[0]:.3g}; {found.stopped}"
+    )
     assert best / 10 <= found.suggested_lr <= best * 10, (grid, found.suggested_lr)
 
 
 # --- errors ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("args, says", [
-    (dict(start_lr=1.0, end_lr=1e-3), "--start-lr 1.0 must be below --end-lr 0.001"),
-    (dict(start_lr=1e-3, end_lr=1e-3), "--start-lr 0.001 must be below --end-lr 0.001"),
-    (dict(start_lr=0.0), "--start-lr 0.0 / --end-lr 10.0: learning rates must be > 0"),
-    (dict(end_lr=-1.0), "--start-lr 1e-07 / --end-lr -1.0: learning rates must be > 0"),
-    (dict(start_lr=float("nan")), "--start-lr nan / --end-lr 10.0: learning rates must be > 0"),
-    (dict(num_iter=4), "--num-iter 4: the range test needs at least 5 steps"),
-    (dict(rule="middle"), "--rule 'middle': unknown suggestion rule; choose one of: steepest, valley"),
-])
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (dict(start_lr=1.0, end_lr=1e-3), "--start-lr 1.0 must be below --end-lr 0.001"),
+        (dict(start_lr=1e-3, end_lr=1e-3), "--start-lr 0.001 must be below --end-lr 0.001"),
+        (dict(start_lr=0.0), "--start-lr 0.0 / --end-lr 10.0: learning rates must be > 0"),
+        (dict(end_lr=-1.0), "--start-lr 1e-07 / --end-lr -1.0: learning rates must be > 0"),
+        (dict(start_lr=float("nan")), "--start-lr nan / --end-lr 10.0: learning rates must be > 0"),
+        (dict(num_iter=4), "--num-iter 4: the range test needs at least 5 steps"),
+        (dict(rule="middle"), "--rule 'middle': unknown suggestion rule; choose one of: steepest, valley"),
+    ],
+)
 def test_bad_arguments_say_which_setting_and_what_to_do(args, says, tiny, monkeypatch):
     # Refused before any data or model is loaded.
     monkeypatch.setattr(run_data, "load_data", lambda *a, **k: pytest.fail("loaded data for a refused range test"))

@@ -20,16 +20,27 @@ from .test_worker import ROOT, _queue, wait_for
 
 
 def _env(tmp_path: Path, **extra: str) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TL_RUNS_DIR": str(tmp_path / "runs"), "TL_MAX_CONCURRENT": "1",
-           "TL_STANDBY": "0", **extra}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "TL_RUNS_DIR": str(tmp_path / "runs"),
+        "TL_MAX_CONCURRENT": "1",
+        "TL_STANDBY": "0",
+        **extra,
+    }
     env.pop("TL_NO_WORKER", None)
     return env
 
 
 def _start_worker(db: str, tmp_path: Path, env: dict, name: str) -> subprocess.Popen:
     log = open(tmp_path / f"{name}.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "tl_core", "worker", "--db", db, "--poll", "0.2"], cwd=tmp_path,
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tl_core", "worker", "--db", db, "--poll", "0.2"],
+        cwd=tmp_path,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     log.close()
     return proc
 
@@ -49,8 +60,11 @@ def test_four_workers_on_one_database_train_twelve_runs_each_exactly_once(db_url
     env = _env(tmp_path, OMP_NUM_THREADS="1")  # four runs at once on a small machine: one thread each
     workers = [_start_worker(db_url, tmp_path, env, f"worker{i}") for i in range(4)]
     try:
-        wait_for(lambda: all(r.status in ("completed", "failed") for r in store.list_runs(run_ids=ids)), 240,
-                 "the twelve runs to end")
+        wait_for(
+            lambda: all(r.status in ("completed", "failed") for r in store.list_runs(run_ids=ids)),
+            240,
+            "the twelve runs to end",
+        )
     finally:
         _stop(workers)
     runs = store.list_runs(run_ids=ids)
@@ -101,8 +115,15 @@ def _dead_pid() -> int:
 def _claimed(store: Store, tiny: str, worker_id: int, worker_pid: int, pid: int) -> int:
     """A run as worker `worker_id` leaves it once it started it (pids given)."""
     run_id = _queue(store, tiny, epochs=1)
-    store.update_run(run_id, status="running", worker_id=worker_id, worker_pid=worker_pid, executor="local", pid=pid,
-                     host=socket.gethostname())
+    store.update_run(
+        run_id,
+        status="running",
+        worker_id=worker_id,
+        worker_pid=worker_pid,
+        executor="local",
+        pid=pid,
+        host=socket.gethostname(),
+    )
     return run_id
 
 

@@ -42,8 +42,16 @@ def test_new_run_finds_the_lr_and_one_click_puts_it_in_the_form(env):
 
 
 def test_the_timeline_says_what_trains_and_the_run_page_shades_its_phases():
-    epochs = {e: {"val_acc": 0.5, "trainable_groups": 1 if e < 2 else 3, "trainable_params": 1e4 * (1 if e < 2 else 3),
-                  "lr/head": 1e-3, **({"lr/stage7": 3e-4, "lr/stage6": 1e-4} if e >= 2 else {})} for e in range(4)}
+    epochs = {
+        e: {
+            "val_acc": 0.5,
+            "trainable_groups": 1 if e < 2 else 3,
+            "trainable_params": 1e4 * (1 if e < 2 else 3),
+            "lr/head": 1e-3,
+            **({"lr/stage7": 3e-4, "lr/stage6": 1e-4} if e >= 2 else {}),
+        }
+        for e in range(4)
+    }
     assert service.phases(epochs) == [(1, 2, 1), (3, 4, 3)]
     assert "3 groups train" in charts.timeline_text(epochs[2]) and "stage7 3.0e-04" in charts.timeline_text(epochs[2])
 
@@ -57,11 +65,22 @@ def test_the_timeline_says_what_trains_and_the_run_page_shades_its_phases():
 
 
 def test_the_html_report_is_one_file_with_the_charts_tables_and_words():
-    fig = charts.lr_finder({"lrs": [1e-5, 1e-4, 1e-3], "losses": [2.0, 1.0, 3.0], "suggestion_index": 1,
-                            "suggested_lr": 1e-4, "rule_description": "steepest descent", "strategy": "full",
-                            "backbone": "resnet18"})
-    html = report.build("TransferLab: e", "2 runs", [("Curves", [fig, fig]), ("Words", ["full beats partial <b>"]),
-                                                      ("Table", [[{"run": "a", "acc": 0.5}]])])
+    fig = charts.lr_finder(
+        {
+            "lrs": [1e-5, 1e-4, 1e-3],
+            "losses": [2.0, 1.0, 3.0],
+            "suggestion_index": 1,
+            "suggested_lr": 1e-4,
+            "rule_description": "steepest descent",
+            "strategy": "full",
+            "backbone": "resnet18",
+        }
+    )
+    html = report.build(
+        "TransferLab: e",
+        "2 runs",
+        [("Curves", [fig, fig]), ("Words", ["full beats partial <b>"]), ("Table", [[{"run": "a", "acc": 0.5}]])],
+    )
     assert html.startswith("<!doctype html>") and html.count("plotly.js v") == 1  # the library once
     assert html.count('class="plotly-graph-div"') == 2 and "full beats partial &lt;b&gt;" in html
     assert "<td>a</td><td>0.5</td>" in html

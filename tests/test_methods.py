@@ -11,20 +11,19 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from tl_core.training import gpu_memory
-from tl_core.models.backbones import LayerGroup
 from tl_core.config import make_config
 from tl_core.data.demo import write_demo_data
 from tl_core.errors import UserError
-from tl_core.training.finetuning import Phase, sync_param_groups
-from tl_core.training.adaptation import make_adaptation
+from tl_core.models.backbones import LayerGroup
 from tl_core.service import compare, results
-from tl_core.training.terms import FeatureTap, Terms
+from tl_core.training import gpu_memory
+from tl_core.training.adaptation import make_adaptation
+from tl_core.training.finetuning import Phase, sync_param_groups
 from tl_core.training.loop import train_one_epoch
 from tl_core.training.run import train_run
+from tl_core.training.terms import FeatureTap, Terms
 
 from .helpers import stop_in_epoch, train
-
 
 # --- gradient accumulation ----------------------------------------------------------------------
 
@@ -33,8 +32,20 @@ def _one_epoch(model: nn.Module, batches: list, accumulate: int) -> None:
     cfg = make_config(data="unused", accumulate=accumulate, schedule="constant", epochs=1)
     optimizer = torch.optim.AdamW([{"params": list(model.parameters()), "name": "all", "peak_lr": 0.05}], lr=0.05)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    train_one_epoch(model, batches, optimizer, nn.CrossEntropyLoss(), cfg, torch.device("cpu"), None, scaler,
-                    Phase(0, 1), 0, tqdm(disable=True), lambda: False)
+    train_one_epoch(
+        model,
+        batches,
+        optimizer,
+        nn.CrossEntropyLoss(),
+        cfg,
+        torch.device("cpu"),
+        None,
+        scaler,
+        Phase(0, 1),
+        0,
+        tqdm(disable=True),
+        lambda: False,
+    )
 
 
 def test_accumulating_two_half_batches_is_one_full_batch_update_without_batchnorm():
@@ -45,7 +56,7 @@ def test_accumulating_two_half_batches_is_one_full_batch_update_without_batchnor
     _one_epoch(full, [(x, y)], accumulate=1)
     _one_epoch(halves, [(x[:4], y[:4]), (x[4:], y[4:])], accumulate=2)
     _one_epoch(stepped_twice, [(x[:4], y[:4]), (x[4:], y[4:])], accumulate=1)
-    for a, b, c, w0 in zip(full.parameters(), halves.parameters(), stepped_twice.parameters(), model.parameters()):
+    for a, b, _, w0 in zip(full.parameters(), halves.parameters(), stepped_twice.parameters(), model.parameters()):
         assert not torch.equal(a, w0)  # a step was taken
         # Equal up to fp32 summation order (the mean of two half-batch means vs one mean of 8).
         torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5)
@@ -75,16 +86,28 @@ def test_source_and_target_go_through_the_model_in_one_pass_as_dann_does(adapt):
     cfg = make_config(data="unused", schedule="constant", epochs=1)
     optimizer = torch.optim.SGD([{"params": list(model.parameters()), "name": "all", "peak_lr": 0.0}], lr=0.0)
     model.train()
-    train_one_epoch(model, [(x, y)], optimizer, nn.CrossEntropyLoss(), cfg, torch.device("cpu"), None,
-                    torch.amp.GradScaler("cpu", enabled=False), Phase(0, 1), 0, tqdm(disable=True), lambda: False,
-                    terms=terms)
+    train_one_epoch(
+        model,
+        [(x, y)],
+        optimizer,
+        nn.CrossEntropyLoss(),
+        cfg,
+        torch.device("cpu"),
+        None,
+        torch.amp.GradScaler("cpu", enabled=False),
+        Phase(0, 1),
+        0,
+        tqdm(disable=True),
+        lambda: False,
+        terms=terms,
+    )
     assert len(calls) == 1  # one forward pass a step
     reference.train()
     with torch.no_grad():
         features = reference[:4](torch.cat([x, target]))  # the head's input, on the concatenated batch
     for (name, want), got in zip(reference.state_dict().items(), model.state_dict().values()):
         torch.testing.assert_close(got, want, msg=name)  # running statistics: one update, on the mixture
-    (source_f, target_f), = seen
+    ((source_f, target_f),) = seen
     torch.testing.assert_close(source_f, features[:6])
     torch.testing.assert_close(target_f, features[6:])
     tap.close()
@@ -129,12 +152,15 @@ def test_checkpointing_recomputes_the_body_and_changes_neither_gradients_nor_bat
 # --- the run's settings ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("settings, says", [
-    (dict(adapt="dann"), "--adapt dann needs --target-data"),
-    (dict(regularizer="l2sp", strategy="scratch"), "this run starts from none"),
-    (dict(regularizer="ewc", weights="/some/file.pt"), "--regularizer ewc"),
-    (dict(regularizer="ewc", in_channels=1), "--in-channels 3"),
-])
+@pytest.mark.parametrize(
+    "settings, says",
+    [
+        (dict(adapt="dann"), "--adapt dann needs --target-data"),
+        (dict(regularizer="l2sp", strategy="scratch"), "this run starts from none"),
+        (dict(regularizer="ewc", weights="/some/file.pt"), "--regularizer ewc"),
+        (dict(regularizer="ewc", in_channels=1), "--in-channels 3"),
+    ],
+)
 def test_settings_that_cannot_work_are_refused_with_what_to_do(settings, says):
     with pytest.raises(UserError, match=says):
         make_config(data="unused", **settings)
@@ -153,11 +179,25 @@ def test_a_regularizer_takes_weight_decay_off_the_model_and_a_discriminator_keep
     extra = [LayerGroup("domain", [nn.Linear(4, 1)])]
     optimizer = sync_param_groups(None, cfg, groups, 0, [0.1, 0.1, 1.0], extra)
     decay = {pg["name"]: pg["weight_decay"] for pg in optimizer.param_groups}
-    assert decay == {"a": 0.0, "a/no_decay": 0.0, "b": 0.0, "b/no_decay": 0.0, "head": 0.0, "head/no_decay": 0.0,
-                     "domain": 0.05, "domain/no_decay": 0.0}
+    assert decay == {
+        "a": 0.0,
+        "a/no_decay": 0.0,
+        "b": 0.0,
+        "b/no_decay": 0.0,
+        "head": 0.0,
+        "head/no_decay": 0.0,
+        "domain": 0.05,
+        "domain/no_decay": 0.0,
+    }
     plain = sync_param_groups(None, make_config(data="unused", weight_decay=0.05), groups, 0, [0.1, 0.1, 1.0])
     assert {pg["name"]: pg["weight_decay"] for pg in plain.param_groups} == {
-        "a": 0.05, "a/no_decay": 0.0, "b": 0.05, "b/no_decay": 0.0, "head": 0.05, "head/no_decay": 0.0}
+        "a": 0.05,
+        "a/no_decay": 0.0,
+        "b": 0.05,
+        "b/no_decay": 0.0,
+        "head": 0.05,
+        "head/no_decay": 0.0,
+    }
 
 
 def test_weight_decay_spares_norms_biases_and_embeddings_as_timm_does():
@@ -176,7 +216,8 @@ def test_weight_decay_spares_norms_biases_and_embeddings_as_timm_does():
     assert by_name["a"] == {id(conv.weight)}
     assert by_name["a/no_decay"] == {id(conv.bias), id(bn.weight), id(bn.bias), id(token)}
     assert {pg["group"]: pg["peak_lr"] for pg in optimizer.param_groups} == pytest.approx(
-        {"a": 1e-3, "b": 1e-3, "head": 1e-2})
+        {"a": 1e-3, "b": 1e-3, "head": 1e-2}
+    )
     # One AdamW step with no gradient anywhere but decay: only the decayed weights shrink.
     before = {n: p.detach().clone() for n, p in (("conv", conv.weight), ("gamma", bn.weight), ("token", token))}
     for p in (p for g in groups for p in g.parameters()):
@@ -189,9 +230,20 @@ def test_weight_decay_spares_norms_biases_and_embeddings_as_timm_does():
 def _legacy_optimizer(cfg, groups, n, multipliers):
     """The optimizer as sync_param_groups built it before the split: one group per layer group,
     named after it, every parameter at the run's weight decay."""
-    return torch.optim.AdamW([{"params": g.parameters(), "name": g.name, "peak_lr": cfg.base_lr * m,
-                               "lr": cfg.base_lr * m, "weight_decay": cfg.weight_decay}
-                              for g, m in zip(groups[n:], multipliers)], lr=cfg.base_lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(
+        [
+            {
+                "params": g.parameters(),
+                "name": g.name,
+                "peak_lr": cfg.base_lr * m,
+                "lr": cfg.base_lr * m,
+                "weight_decay": cfg.weight_decay,
+            }
+            for g, m in zip(groups[n:], multipliers)
+        ],
+        lr=cfg.base_lr,
+        weight_decay=cfg.weight_decay,
+    )
 
 
 def test_a_checkpoint_of_either_layout_restores_its_optimizer_exactly():
@@ -201,8 +253,10 @@ def test_a_checkpoint_of_either_layout_restores_its_optimizer_exactly():
     model, groups = _net()
     x, y = torch.randn(4, 3, 12, 12), torch.tensor([0, 1, 1, 0])
     cfg = make_config(data="unused", weight_decay=0.05, strategy="partial", unfreeze=1)
-    for optimizer in (sync_param_groups(None, cfg, groups, 1, [0.5, 1.0]),
-                      _legacy_optimizer(cfg, groups, 1, [0.5, 1.0])):
+    for optimizer in (
+        sync_param_groups(None, cfg, groups, 1, [0.5, 1.0]),
+        _legacy_optimizer(cfg, groups, 1, [0.5, 1.0]),
+    ):
         nn.functional.cross_entropy(model(x), y).backward()
         optimizer.step()
         saved = copy.deepcopy(optimizer.state_dict())
@@ -231,8 +285,9 @@ def _same(a, b) -> bool:
 def test_adapting_a_frozen_body_is_warned_about():
     cfg = make_config(data="unused", target_data="t", adapt="mmd", strategy="feature_extraction")
     assert any("--adapt mmd" in w and "frozen" in w for w in cfg.warnings())
-    assert not any("--adapt" in w for w in make_config(data="unused", target_data="t", adapt="mmd",
-                                                         strategy="full").warnings())
+    assert not any(
+        "--adapt" in w for w in make_config(data="unused", target_data="t", adapt="mmd", strategy="full").warnings()
+    )
 
 
 # --- through the loop ----------------------------------------------------------------------------
@@ -275,8 +330,15 @@ def test_source_only_dann_and_mmd_compare_on_the_demo_domain_pair(store, domains
     """The issue's comparison, on the defaults a CPU runs (one epoch), target accuracy recorded for each."""
     ids = {}
     for adapt in ("none", "dann", "mmd"):
-        cfg = make_config(data=str(domains / "digits"), target_data=str(domains / "digits_target"), adapt=adapt,
-                          strategy="partial", epochs=1, experiment="domains", workers=0)
+        cfg = make_config(
+            data=str(domains / "digits"),
+            target_data=str(domains / "digits_target"),
+            adapt=adapt,
+            strategy="partial",
+            epochs=1,
+            experiment="domains",
+            workers=0,
+        )
         run = store.create_run(cfg.model_dump(), cfg.experiment, cfg.name, status="running")
         result = train_run(store, run.id, progress=False)
         assert result.status == "completed", result.error
@@ -290,7 +352,9 @@ def test_source_only_dann_and_mmd_compare_on_the_demo_domain_pair(store, domains
         assert ("domain_acc" in epoch) == (adapt == "dann")
     runs = [store.get_run(i) for i in ids.values()]
     points = compare.forgetting_points(runs, store.epoch_metrics([r.id for r in runs]))["points"]
-    assert len(points) == 3 and all(p["target_acc"] is not None for p in points) # knowledge kept next to target accuracy, one point per run
+    assert len(points) == 3 and all(
+        p["target_acc"] is not None for p in points
+    )  # knowledge kept next to target accuracy, one point per run
 
 
 def test_a_target_folder_with_foreign_classes_is_refused_clearly(store, domains, tmp_path):
@@ -355,15 +419,24 @@ def test_memory_levers_train_a_real_backbone_and_are_recorded(store, tiny):
     saved = memory_note["activations_mb"]
     assert 0 < saved["with_checkpointing"] < saved["without_checkpointing"] / 2
     (epoch,) = store.epoch_metrics([r.run_id])[r.run_id].values()
-    assert epoch["peak_memory_mb"] > 0 and all(epoch[f"drift/{g}"] > 0 for g in store.get_run(r.run_id).summary["groups"])
+    assert epoch["peak_memory_mb"] > 0 and all(
+        epoch[f"drift/{g}"] > 0 for g in store.get_run(r.run_id).summary["groups"]
+    )
 
 
 def test_a_dann_run_resumes_as_if_it_never_stopped(store, domains, monkeypatch):
     """The discriminator, its optimizer state and the target batches of each epoch come back, from
     the middle of an epoch (the target batches of the source batches done before the stop are
     drawn again and passed over)."""
-    settings = dict(data=str(domains / "digits"), target_data=str(domains / "digits_target"), adapt="dann",
-                    strategy="full", epochs=2, seed=3, regularizer="l2sp")
+    settings = dict(
+        data=str(domains / "digits"),
+        target_data=str(domains / "digits_target"),
+        adapt="dann",
+        strategy="full",
+        epochs=2,
+        seed=3,
+        regularizer="l2sp",
+    )
     whole = train(store, **settings)
     with monkeypatch.context() as m:
         stop_in_epoch(m, 1, 2)
@@ -379,8 +452,7 @@ def test_a_dann_run_resumes_as_if_it_never_stopped(store, domains, monkeypatch):
 def test_a_missing_target_folder_is_refused_before_queueing(domains, tmp_path):
     from tl_core.service import runs
 
-    cfg = make_config(data=str(domains / "digits"), target_data=str(tmp_path / "nowhere"), adapt="mmd",
-                      strategy="full")
+    cfg = make_config(data=str(domains / "digits"), target_data=str(tmp_path / "nowhere"), adapt="mmd", strategy="full")
     with pytest.raises(UserError, match="--target-data .*nowhere: no such folder"):
         runs.check_run(cfg)
     runs.check_run(cfg.model_copy(update={"target_data": str(domains / "digits_target")}))

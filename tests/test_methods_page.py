@@ -26,8 +26,18 @@ from .test_app import env, launch, make_run, no_exception, page  # noqa: F401  (
 
 GROUPS = ["stem", "stage1", "stage2", "head"]  # the run's layer groups, stem first
 # The form's label of each new option: the CLI flag's words (--reg-strength: "Reg strength").
-OPTIONS = ("regularizer", "reg_strength", "head_reg_strength", "fisher_images", "target_data", "adapt",
-           "adapt_strength", "in_channels", "accumulate", "checkpointing")
+OPTIONS = (
+    "regularizer",
+    "reg_strength",
+    "head_reg_strength",
+    "fisher_images",
+    "target_data",
+    "adapt",
+    "adapt_strength",
+    "in_channels",
+    "accumulate",
+    "checkpointing",
+)
 SKIPPED = "the body started from random weights (weights none): it had no ImageNet knowledge to forget"
 
 
@@ -44,18 +54,36 @@ def label_of(field: str) -> str:
     return field.replace("_", " ").capitalize()
 
 
-def recorded_run(store: Store, name: str, strategy: str, epochs: list[dict], summary: dict | None = None,
-                 experiment: str = "methods", seed: int = 0, **settings):
+def recorded_run(
+    store: Store,
+    name: str,
+    strategy: str,
+    epochs: list[dict],
+    summary: dict | None = None,
+    experiment: str = "methods",
+    seed: int = 0,
+    **settings,
+):
     """A completed run whose epochs recorded `epochs` (val_acc and whatever else each holds)."""
-    cfg = {"data": "/nowhere", "backbone": "efficientnet_lite0", "strategy": strategy, "seed": seed,
-           "epochs": len(epochs), **settings}
+    cfg = {
+        "data": "/nowhere",
+        "backbone": "efficientnet_lite0",
+        "strategy": strategy,
+        "seed": seed,
+        "epochs": len(epochs),
+        **settings,
+    }
     run = store.create_run(cfg, experiment, name, status="queued")
     store.start_run(run.id, pid=os.getpid(), host="test", environment={}, run_dir="")
     best = (-1.0, 0)
     for e, m in enumerate(epochs):
         best = max(best, (m["val_acc"], -e))
-        store.log_epoch(run.id, e, {"train_loss": 1.0, "val_loss": 1.0, "trainable_groups": 1, "wall_seconds": e + 1.0,
-                                    **m}, best=(best[0], -best[1]))
+        store.log_epoch(
+            run.id,
+            e,
+            {"train_loss": 1.0, "val_loss": 1.0, "trainable_groups": 1, "wall_seconds": e + 1.0, **m},
+            best=(best[0], -best[1]),
+        )
     store.finish_run(run.id, "completed", summary={"classes": ["cat", "dog"], "groups": GROUPS, **(summary or {})})
     return store.get_run(run.id)
 
@@ -64,8 +92,10 @@ def drift_epochs(moving: dict[str, float], val_accs=(0.5, 0.7, 0.6)) -> list[dic
     """Epochs whose val accuracy peaks at epoch 2; each group in `moving` drifts by its rate per
     epoch, the others stay at 0.0 (frozen). Drift keys are written head first: the order shown
     must come from the run's groups, not from the records."""
-    return [{"val_acc": acc, **{f"drift/{g}": moving.get(g, 0.0) * (e + 1) for g in reversed(GROUPS)}}
-            for e, acc in enumerate(val_accs)]
+    return [
+        {"val_acc": acc, **{f"drift/{g}": moving.get(g, 0.0) * (e + 1) for g in reversed(GROUPS)}}
+        for e, acc in enumerate(val_accs)
+    ]
 
 
 def figure(at, title: str) -> dict:
@@ -83,8 +113,10 @@ def ys(trace: dict) -> list:
 
 
 def no_figure(at, title: str) -> bool:
-    return not any(json.loads(c.proto.spec)["layout"].get("title", {}).get("text", "").startswith(title)
-                   for c in at.get("plotly_chart"))
+    return not any(
+        json.loads(c.proto.spec)["layout"].get("title", {}).get("text", "").startswith(title)
+        for c in at.get("plotly_chart")
+    )
 
 
 # --- New run ------------------------------------------------------------------------------------
@@ -114,18 +146,51 @@ def test_the_new_options_are_on_the_form_under_their_cli_names(env):
     assert at.number_input(key="adapt_strength").label == "Adapt strength"
 
     # Each label is its CLI flag's words, and the CLI takes that flag.
-    flags = vars(cli.parser.build_parser().parse_args(["run", "--data", "d", "--reg-strength", "0.5", "--head-reg-strength",
-                                           "0.2", "--fisher-images", "9", "--target-data", "t", "--adapt", "mmd",
-                                           "--adapt-strength", "2", "--in-channels", "1", "--accumulate", "4",
-                                           "--checkpointing", "on", "--regularizer", "ewc"]))
+    flags = vars(
+        cli.parser.build_parser().parse_args(
+            [
+                "run",
+                "--data",
+                "d",
+                "--reg-strength",
+                "0.5",
+                "--head-reg-strength",
+                "0.2",
+                "--fisher-images",
+                "9",
+                "--target-data",
+                "t",
+                "--adapt",
+                "mmd",
+                "--adapt-strength",
+                "2",
+                "--in-channels",
+                "1",
+                "--accumulate",
+                "4",
+                "--checkpointing",
+                "on",
+                "--regularizer",
+                "ewc",
+            ]
+        )
+    )
     assert set(OPTIONS) <= set(flags)
-    assert all(f"`--{f.replace('_', '-')}`" in (w.help or "") for w in [*at.selectbox, *at.number_input]
-               for f in OPTIONS if w.key == f)
+    assert all(
+        f"`--{f.replace('_', '-')}`" in (w.help or "")
+        for w in [*at.selectbox, *at.number_input]
+        for f in OPTIONS
+        if w.key == f
+    )
 
 
-@pytest.mark.parametrize("regularizer, extra, in_channels", [
-    ("ewc", {"fisher_images": 64}, 3),  # ewc reads the pretrained RGB model's predictions: 3 channels
-    ("l2sp", {}, 1)])
+@pytest.mark.parametrize(
+    "regularizer, extra, in_channels",
+    [
+        ("ewc", {"fisher_images": 64}, 3),  # ewc reads the pretrained RGB model's predictions: 3 channels
+        ("l2sp", {}, 1),
+    ],
+)
 def test_a_queued_run_carries_every_new_option(env, demo_root, regularizer, extra, in_channels):
     at = no_exception(page("new_run.py").run())
     at = no_exception(at.selectbox(key="regularizer").set_value(regularizer).run())
@@ -146,9 +211,18 @@ def test_a_queued_run_carries_every_new_option(env, demo_root, regularizer, extr
     assert len(runs) == 2
     for run in runs:
         assert {k: run.config[k] for k in OPTIONS} == {
-            **{k: default(k) for k in OPTIONS}, "regularizer": regularizer, "reg_strength": 0.5,
-            "head_reg_strength": 0.02, "target_data": str((demo_root / "animals_target").resolve()), "adapt": "mmd",
-            "adapt_strength": 0.3, "in_channels": in_channels, "accumulate": 4, "checkpointing": "on", **extra}
+            **{k: default(k) for k in OPTIONS},
+            "regularizer": regularizer,
+            "reg_strength": 0.5,
+            "head_reg_strength": 0.02,
+            "target_data": str((demo_root / "animals_target").resolve()),
+            "adapt": "mmd",
+            "adapt_strength": 0.3,
+            "in_channels": in_channels,
+            "accumulate": 4,
+            "checkpointing": "on",
+            **extra,
+        }
 
 
 def test_options_left_alone_queue_the_defaults_and_the_source_is_no_target(env, demo_root):
@@ -173,11 +247,19 @@ def test_adapting_without_a_target_folder_says_so_and_queues_nothing(env):
 
 
 def test_the_run_page_draws_each_groups_drift_with_frozen_groups_at_zero(env):
-    run = recorded_run(env, "partial-l2sp", "partial", [
-        {**m, "reg_share": 0.1 * (e + 1), "reg_penalty": 0.05, "target_acc": 0.3 + 0.1 * e}
-        for e, m in enumerate(drift_epochs({"stage2": 0.01, "head": 0.2}))],
-        summary={"forgetting": {"agreement": 0.875, "images": 40, "reference": "the pretrained model's own "
-                                "ImageNet top-1"}}, regularizer="l2sp")
+    run = recorded_run(
+        env,
+        "partial-l2sp",
+        "partial",
+        [
+            {**m, "reg_share": 0.1 * (e + 1), "reg_penalty": 0.05, "target_acc": 0.3 + 0.1 * e}
+            for e, m in enumerate(drift_epochs({"stage2": 0.01, "head": 0.2}))
+        ],
+        summary={
+            "forgetting": {"agreement": 0.875, "images": 40, "reference": "the pretrained model's own ImageNet top-1"}
+        },
+        regularizer="l2sp",
+    )
     at = page("run_detail.py")
     at.query_params["run"] = str(run.id)
     at = no_exception(at.run())
@@ -214,17 +296,37 @@ def test_the_run_page_says_why_forgetting_was_not_measured_and_draws_no_drift_wi
 
 def _two_strategies(store: Store) -> dict:
     runs = {
-        "fe": recorded_run(store, "fe", "feature_extraction", drift_epochs({"head": 0.3}),
-                           {"forgetting": {"agreement": 1.0, "images": 40, "reference": "r"}}),
-        "full": recorded_run(store, "full", "full", drift_epochs({"stem": 0.001, "stage1": 0.01, "stage2": 0.02,
-                                                                  "head": 0.4}, (0.6, 0.8, 0.7)),
-                             {"forgetting": {"agreement": 0.55, "images": 40, "reference": "r"}}),
-        "scratch": recorded_run(store, "scratch", "scratch", drift_epochs({g: 0.5 for g in GROUPS}, (0.3, 0.4, 0.5)),
-                                {"forgetting": {"skipped": SKIPPED}}),
+        "fe": recorded_run(
+            store,
+            "fe",
+            "feature_extraction",
+            drift_epochs({"head": 0.3}),
+            {"forgetting": {"agreement": 1.0, "images": 40, "reference": "r"}},
+        ),
+        "full": recorded_run(
+            store,
+            "full",
+            "full",
+            drift_epochs({"stem": 0.001, "stage1": 0.01, "stage2": 0.02, "head": 0.4}, (0.6, 0.8, 0.7)),
+            {"forgetting": {"agreement": 0.55, "images": 40, "reference": "r"}},
+        ),
+        "scratch": recorded_run(
+            store,
+            "scratch",
+            "scratch",
+            drift_epochs({g: 0.5 for g in GROUPS}, (0.3, 0.4, 0.5)),
+            {"forgetting": {"skipped": SKIPPED}},
+        ),
     }
     for e, acc in enumerate((0.2, 0.35, 0.3)):  # the full run also measured a labelled target domain
-        store.log_epoch(runs["full"].id, e, {**drift_epochs({"stem": 0.001, "stage1": 0.01, "stage2": 0.02,
-                                                              "head": 0.4}, (0.6, 0.8, 0.7))[e], "target_acc": acc})
+        store.log_epoch(
+            runs["full"].id,
+            e,
+            {
+                **drift_epochs({"stem": 0.001, "stage1": 0.01, "stage2": 0.02, "head": 0.4}, (0.6, 0.8, 0.7))[e],
+                "target_acc": acc,
+            },
+        )
     return runs
 
 
@@ -293,21 +395,31 @@ def test_compare_overlays_groups_of_seeds_as_a_mean_with_error_bars(env):
 
 def test_group_drift_is_per_group_per_epoch_in_the_runs_order_and_show_prints_it(env, capsys):
     run = recorded_run(env, "fe", "feature_extraction", drift_epochs({"head": 0.3}))
-    assert service.group_drift(env, run.id) == {"stem": [0.0, 0.0, 0.0], "stage1": [0.0, 0.0, 0.0],
-                                                "stage2": [0.0, 0.0, 0.0], "head": pytest.approx([0.3, 0.6, 0.9])}
+    assert service.group_drift(env, run.id) == {
+        "stem": [0.0, 0.0, 0.0],
+        "stage1": [0.0, 0.0, 0.0],
+        "stage2": [0.0, 0.0, 0.0],
+        "head": pytest.approx([0.3, 0.6, 0.9]),
+    }
     assert service.group_drift(env, make_run(env, "old", "full").id) == {}  # recorded before drift existed
     assert cli.main(["show", str(run.id), "--json", "--db", os.environ["DATABASE_URL"]]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert list(shown["group_drift"]) == GROUPS and shown["group_drift"]["head"] == pytest.approx([0.3, 0.6, 0.9])
     assert cli.main(["show", str(run.id), "--db", os.environ["DATABASE_URL"]]) == 0
-    assert "drift at the last epoch (||w - w0|| / ||w0||, stem first): stem 0.0000, stage1 0.0000, stage2 0.0000, " \
-           "head 0.9000" in capsys.readouterr().out
+    assert (
+        "drift at the last epoch (||w - w0|| / ||w0||, stem first): stem 0.0000, stage1 0.0000, stage2 0.0000, "
+        "head 0.9000" in capsys.readouterr().out
+    )
 
 
 def test_epoch_tables_read_the_new_metrics_in_order(env):
-    run = recorded_run(env, "fe", "feature_extraction", [{**m, "reg_share": 0.2, "target_acc": 0.4, "lr/head": 1e-3}
-                                                          for m in drift_epochs({"head": 0.3})])
+    run = recorded_run(
+        env,
+        "fe",
+        "feature_extraction",
+        [{**m, "reg_share": 0.2, "target_acc": 0.4, "lr/head": 1e-3} for m in drift_epochs({"head": 0.3})],
+    )
     row = service.metric_rows([run], env.epoch_metrics([run.id]))[0]
     keys = list(row)
     assert keys.index("val_acc") < keys.index("target_acc") < keys.index("reg_share") < keys.index("trainable_groups")
-    assert keys[keys.index("lr/head") + 1:keys.index("lr/head") + 5] == [f"drift/{g}" for g in GROUPS]
+    assert keys[keys.index("lr/head") + 1 : keys.index("lr/head") + 5] == [f"drift/{g}" for g in GROUPS]

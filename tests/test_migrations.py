@@ -75,8 +75,15 @@ def test_an_older_database_is_upgraded_in_place_keeping_every_row(db_url, era):
     assert sorted(runs) == sorted(old_store.RUNS)
     for i, (exp, name, status, best, best_epoch, done, cancel) in old_store.RUNS.items():
         r = runs[i]
-        assert (r.experiment, r.name, r.status, r.best_val_acc, r.best_epoch, r.epochs_done, r.cancel_requested) == \
-            (old_store.EXPERIMENTS[exp], name, status, best, best_epoch, done, cancel)
+        assert (r.experiment, r.name, r.status, r.best_val_acc, r.best_epoch, r.epochs_done, r.cancel_requested) == (
+            old_store.EXPERIMENTS[exp],
+            name,
+            status,
+            best,
+            best_epoch,
+            done,
+            cancel,
+        )
         assert r.config == {**old_store.CONFIG, "seed": i} and r.summary["groups"] == ["stem", "head"]
         assert r.created_at == old_store.T0 + __import__("datetime").timedelta(minutes=i)
         assert (r.worker_id, r.executor, r.launched_by) == (None, None, None)  # the new columns, empty
@@ -92,8 +99,9 @@ def test_an_older_database_is_upgraded_in_place_keeping_every_row(db_url, era):
     assert store.class_metrics(1) == [ClassMetric(*row) for row in old_store.CLASSES]
     if era != "before-uids":  # the release before uids had no predictions, artifacts or store_info
         assert store.predictions(1) == [Prediction(*row) for row in old_store.PREDICTIONS]
-        assert [(a.kind, a.data) for a in store.artifacts("baseline")] == \
-            [(old_store.ARTIFACT["kind"], old_store.ARTIFACT["data"])]
+        assert [(a.kind, a.data) for a in store.artifacts("baseline")] == [
+            (old_store.ARTIFACT["kind"], old_store.ARTIFACT["data"])
+        ]
         assert store.instance_id == old_store.INSTANCE_ID
 
     # It works as a new one does, and opening it again changes nothing.
@@ -169,8 +177,16 @@ def test_several_processes_opening_a_new_database_at_once_migrate_it_once(db_url
     # advisory lock shows with four, and its openers cost more (each about 1 s of a test on 2 cores).
     n, ready = (8 if db_url.startswith("sqlite") else 4), tmp_path / "ready"
     ready.mkdir()
-    procs = [subprocess.Popen([sys.executable, "-c", OPENER, db_url, str(ready), str(n)], cwd=ROOT, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(n)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", OPENER, db_url, str(ready), str(n)],
+            cwd=ROOT,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(n)
+    ]
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0] * n, [err for _, err in outs]
     store = Store(db_url)
@@ -207,7 +223,8 @@ def test_a_new_sqlite_file_is_opened_while_another_connection_holds_its_write_lo
     path = tmp_path / "held.db"
     other = held(path)
     monkeypatch.setattr(store_engine, "_BUSY_TIMEOUT_S", 0.2)
-    with pytest.raises(OperationalError, match=f"could not switch {re.escape(str(path))} to WAL .* "
-                                               f"its write lock for 0.2 s"):
+    with pytest.raises(
+        OperationalError, match=f"could not switch {re.escape(str(path))} to WAL .* its write lock for 0.2 s"
+    ):
         Store(str(path))
     other.close()

@@ -20,8 +20,8 @@ import pynvml
 import pytest
 from sqlalchemy import update
 
-from tl_core.executors import placement, worker
 from tl_core.config import make_config
+from tl_core.executors import placement, worker
 from tl_core.executors.placement import GPU, place
 from tl_core.settings import Settings
 from tl_core.store import Store
@@ -112,10 +112,16 @@ def test_a_kind_needs_the_largest_peak_its_completed_runs_recorded(store):
     _finished(store, {**small, "seed": 3, "epochs": 9}, {"gpu_memory": {"peak_mb": 1800.0, "total_mb": H100}})
     _finished(store, small, {"gpu_memory": {"peak_mb": 9000.0}}, status="failed")
     # A head on cached features trains in less than its probe step (the whole model) reserved.
-    _finished(store, _config(backbone="resnet18", batch_size=64), {"gpu_memory": {"peak_mb": 900.0,
-                                                                                  "predicted_mb": 5000.0}})
-    for odd in ({}, {"gpu_memory": "n/a"}, {"gpu_memory": {"peak_mb": None}}, {"gpu_memory": {"peak_mb": "big"}},
-                {"gpu_memory": {"peak_mb": float("nan")}}):
+    _finished(
+        store, _config(backbone="resnet18", batch_size=64), {"gpu_memory": {"peak_mb": 900.0, "predicted_mb": 5000.0}}
+    )
+    for odd in (
+        {},
+        {"gpu_memory": "n/a"},
+        {"gpu_memory": {"peak_mb": None}},
+        {"gpu_memory": {"peak_mb": "big"}},
+        {"gpu_memory": {"peak_mb": float("nan")}},
+    ):
         _finished_as_found(store, _config(backbone="resnet18", image_size=224), odd)
     peaks = placement.peaks(store)
     assert peaks[placement.kind(small)] == 1800.0  # seeds and epochs do not change a run's memory
@@ -150,10 +156,17 @@ class FakeNVML:
     def __init__(self, devices, driver: bool = True):
         self.devices, self.driver, self.inits = devices, driver, 0
 
-    def install(self, monkeypatch) -> "FakeNVML":
-        for name in ("nvmlInit", "nvmlDeviceGetCount", "nvmlDeviceGetHandleByIndex", "nvmlDeviceGetUUID",
-                     "nvmlDeviceGetMigMode", "nvmlDeviceGetMaxMigDeviceCount", "nvmlDeviceGetMigDeviceHandleByIndex",
-                     "nvmlDeviceGetMemoryInfo"):
+    def install(self, monkeypatch) -> FakeNVML:
+        for name in (
+            "nvmlInit",
+            "nvmlDeviceGetCount",
+            "nvmlDeviceGetHandleByIndex",
+            "nvmlDeviceGetUUID",
+            "nvmlDeviceGetMigMode",
+            "nvmlDeviceGetMaxMigDeviceCount",
+            "nvmlDeviceGetMigDeviceHandleByIndex",
+            "nvmlDeviceGetMemoryInfo",
+        ):
             monkeypatch.setattr(pynvml, name, getattr(self, name))
         monkeypatch.setattr(placement, "_nvml_started", False)
         return self
@@ -196,10 +209,14 @@ class FakeNVML:
 # GPU 2 is in MIG mode: two MIG devices (slot 1 empty) with their own memory; GPU 3's memory cannot be read.
 MIG_A = "MIG-1111aaaa-0000-5000-8000-000000000001"
 MIG_B = "MIG-2222bbbb-0000-5000-8000-000000000002"
-MACHINE = [FakeDevice("GPU-aaaa", (H100, 1024.0)), FakeDevice("GPU-bbbb", (H100, 40000.0), mig_capable=True),
-           FakeDevice("GPU-cccc", (H100, 0.0), migs=[FakeDevice(MIG_A, (19968.0, 13.0)), None,
-                                                      FakeDevice(MIG_B, (40192.0, 20000.0))]),
-           FakeDevice("GPU-dddd", None)]
+MACHINE = [
+    FakeDevice("GPU-aaaa", (H100, 1024.0)),
+    FakeDevice("GPU-bbbb", (H100, 40000.0), mig_capable=True),
+    FakeDevice(
+        "GPU-cccc", (H100, 0.0), migs=[FakeDevice(MIG_A, (19968.0, 13.0)), None, FakeDevice(MIG_B, (40192.0, 20000.0))]
+    ),
+    FakeDevice("GPU-dddd", None),
+]
 
 
 @pytest.fixture
@@ -210,17 +227,38 @@ def nvml(monkeypatch):
 
 
 def test_gpus_are_whole_gpus_and_mig_devices_with_their_own_memory(nvml):
-    assert placement.gpus() == [GPU("0", H100, 1024.0), GPU("1", H100, 40000.0), GPU(MIG_A, 19968.0, 13.0),
-                                GPU(MIG_B, 40192.0, 20000.0)]  # GPU 2 itself is not a device CUDA is given
+    assert placement.gpus() == [
+        GPU("0", H100, 1024.0),
+        GPU("1", H100, 40000.0),
+        GPU(MIG_A, 19968.0, 13.0),
+        GPU(MIG_B, 40192.0, 20000.0),
+    ]  # GPU 2 itself is not a device CUDA is given
     assert placement.gpus()[1].free_mb == 41559.0 and placement.gpus()[3].free_mb == 20192.0
     assert placement.gpu_count() == 5  # GPU 3 counts (CUDA sees it) though nothing is placed on it
     assert nvml.inits == 1  # started once, then asked: each measure costs no new start
 
 
-@pytest.mark.parametrize("visible, ids", [
-    ("1", ["1"]), ("GPU-bbbb,0", ["1", "0"]), ("GPU-b", ["1"]), ("1,7,0", ["1"]), ("0,0", ["0"]), ("", []),
-    ("-1", []), ("2", [MIG_A, MIG_B]), ("GPU-cccc,0", [MIG_A, MIG_B, "0"]), (MIG_B, [MIG_B]), ("MIG-2222", [MIG_B]),
-    (f"{MIG_B},1", [MIG_B, "1"]), ("MIG-", []), ("GPU-", []), (f"MIG-GPU-cccc/1/0,0", []), ("3,0", ["0"])])
+@pytest.mark.parametrize(
+    "visible, ids",
+    [
+        ("1", ["1"]),
+        ("GPU-bbbb,0", ["1", "0"]),
+        ("GPU-b", ["1"]),
+        ("1,7,0", ["1"]),
+        ("0,0", ["0"]),
+        ("", []),
+        ("-1", []),
+        ("2", [MIG_A, MIG_B]),
+        ("GPU-cccc,0", [MIG_A, MIG_B, "0"]),
+        (MIG_B, [MIG_B]),
+        ("MIG-2222", [MIG_B]),
+        (f"{MIG_B},1", [MIG_B, "1"]),
+        ("MIG-", []),
+        ("GPU-", []),
+        ("MIG-GPU-cccc/1/0,0", []),
+        ("3,0", ["0"]),
+    ],
+)
 def test_gpus_are_those_cuda_visible_devices_lets_cuda_see(nvml, monkeypatch, visible, ids):
     # By index (NVML's, nvidia-smi's), GPU UUID or prefix (one GPU's: "GPU-" names four), MIG UUID or
     # prefix; CUDA stops at the first entry that names nothing. GPU 3 is seen but not measured.
@@ -308,8 +346,10 @@ def test_the_worker_places_runs_and_gives_each_process_its_gpu(store, fake_gpus)
     first, second, third = (_queue(store, seed=s) for s in range(3))
     w.step()
     # Never measured: the emptier GPU, then the other (the first is settling); the third waits, queued.
-    assert [(p.env["CUDA_VISIBLE_DEVICES"], p.env["CUDA_DEVICE_ORDER"]) for p in started] == \
-        [("1", "PCI_BUS_ID"), ("0", "PCI_BUS_ID")]
+    assert [(p.env["CUDA_VISIBLE_DEVICES"], p.env["CUDA_DEVICE_ORDER"]) for p in started] == [
+        ("1", "PCI_BUS_ID"),
+        ("0", "PCI_BUS_ID"),
+    ]
     assert [p.args[p.args.index("train-run") + 1] for p in started] == [str(first), str(second)]
     assert store.get_run(third).status == "queued"
     w.step()
@@ -375,7 +415,7 @@ def test_the_standby_is_handed_the_run_and_its_gpu(store, fake_gpus, monkeypatch
     monkeypatch.setenv("TL_STANDBY", "1")
     w = worker.Worker(store.url)
     w.step()
-    standby, = started
+    (standby,) = started
     assert "--standby" in standby.args and standby.env is None  # it takes its GPU with its run
     run_id = _queue(store)
     w.step()
@@ -399,12 +439,15 @@ def test_a_fixed_number_of_runs_places_none(store, fake_gpus, monkeypatch, fixed
 
 def test_a_run_on_a_mig_device_is_given_its_uuid(store, fake_gpus, monkeypatch):
     monkeypatch.setenv("TL_STANDBY", "1")
-    FakeNVML(lambda: [FakeDevice("GPU-cccc", migs=[FakeDevice(MIG_A, (19968.0, 19000.0)),
-                                                   FakeDevice(MIG_B, (40192.0, 13.0))])]).install(monkeypatch)
+    FakeNVML(
+        lambda: [
+            FakeDevice("GPU-cccc", migs=[FakeDevice(MIG_A, (19968.0, 19000.0)), FakeDevice(MIG_B, (40192.0, 13.0))])
+        ]
+    ).install(monkeypatch)
     w = worker.Worker(store.url)
     assert w.gpus == [MIG_A, MIG_B]
     w.step()
-    standby, = started
+    (standby,) = started
     first, second = _queue(store, seed=0), _queue(store, seed=1)
     w.step()
     assert standby.stdin.getvalue() == f"{first} {MIG_B}\n".encode()  # the MIG device with room
@@ -431,18 +474,27 @@ def test_a_standby_is_on_its_gpu_before_anything_asks_cuda_for_one(tmp_path, tin
     store = Store(db)
     cfg = make_config(data=tiny, image_size=32, batch_size=8, workers=0, epochs=1)
     run_id = store.create_run(cfg.model_dump(), status="queued").id
-    code = (f"import os, sys, torch\n"
-            f"real = torch._C._cuda_getDeviceCount\n"
-            f"def asked():\n"
-            f"    with open({str(asked)!r}, 'a') as f:\n"
-            f"        f.write(f\"{{os.environ.get('CUDA_VISIBLE_DEVICES')}}\\n\")\n"
-            f"    return real()\n"
-            f"torch._C._cuda_getDeviceCount = asked\n"
-            f"from tl_core.cli import main\n"
-            f"sys.exit(main(['train-run', '--standby', '--db', {db!r}]))\n")
+    code = (
+        f"import os, sys, torch\n"
+        f"real = torch._C._cuda_getDeviceCount\n"
+        f"def asked():\n"
+        f"    with open({str(asked)!r}, 'a') as f:\n"
+        f"        f.write(f\"{{os.environ.get('CUDA_VISIBLE_DEVICES')}}\\n\")\n"
+        f"    return real()\n"
+        f"torch._C._cuda_getDeviceCount = asked\n"
+        f"from tl_core.cli import main\n"
+        f"sys.exit(main(['train-run', '--standby', '--db', {db!r}]))\n"
+    )
     env = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")}
-    done = subprocess.run([sys.executable, "-c", code], input=f"{run_id} 3\n", text=True, cwd=ROOT,
-                          env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        input=f"{run_id} 3\n",
+        text=True,
+        cwd=ROOT,
+        env={**env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert asked.read_text().split() and set(asked.read_text().split()) == {"3"}
     run = store.get_run(run_id)

@@ -15,10 +15,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from tl_core.models import backbones
-from tl_core.inference import predictor as P
 from tl_core.cli import main
 from tl_core.errors import UserError
+from tl_core.inference import predictor as P
+from tl_core.models import backbones
 from tl_core.service import predict_images, save_uploads
 
 from .helpers import train
@@ -91,8 +91,13 @@ def test_predict_gives_the_validation_pass_answer_and_heat_maps_over_the_model_v
 def test_corrupt_oversized_and_non_image_uploads_get_clear_messages_and_the_rest_is_predicted(tiny_run):
     store, run_id = tiny_run  # feature_extraction on tiny, 1 epoch
     good = store.predictions(run_id)[0].path
-    files = [("cat.png", _png(good)), ("broken.png", _png(good)[:60]), ("huge.png", _bomb()),
-             ("notes.txt", b"hello"), ("fake.jpg", b"GIF89a not really")]
+    files = [
+        ("cat.png", _png(good)),
+        ("broken.png", _png(good)[:60]),
+        ("huge.png", _bomb()),
+        ("notes.txt", b"hello"),
+        ("fake.jpg", b"GIF89a not really"),
+    ]
     paths, problems = save_uploads(files)
     assert len(paths) == 1 and paths[0].endswith("cat.png")
     assert len(problems) == 4
@@ -109,8 +114,21 @@ def test_the_command_predicts_what_it_can_and_exits_1_naming_what_it_could_not(t
     good = store.predictions(run_id)[0].path
     (tmp_path / "truncated.png").write_bytes(_png(good)[:80])
     (tmp_path / "bomb.png").write_bytes(_bomb())
-    code = main(["predict", str(run_id), good, str(tmp_path / "truncated.png"), str(tmp_path / "bomb.png"),
-                 str(tmp_path / "missing.png"), "--json", "--top-k", "2", "--db", store.url])
+    code = main(
+        [
+            "predict",
+            str(run_id),
+            good,
+            str(tmp_path / "truncated.png"),
+            str(tmp_path / "bomb.png"),
+            str(tmp_path / "missing.png"),
+            "--json",
+            "--top-k",
+            "2",
+            "--db",
+            store.url,
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 1
     results = json.loads(out)["results"]
@@ -121,8 +139,9 @@ def test_the_command_predicts_what_it_can_and_exits_1_naming_what_it_could_not(t
     assert main(["predict", str(run_id), good, "--cam-dir", str(tmp_path / "maps"), "--db", store.url]) == 0
     summary = store.get_run(run_id).summary  # the best epoch's precision: the run's only phase's
     best, said = summary["predictions"]["epoch"], summary["val_precision"][0]["precision"]
-    assert capsys.readouterr().out.startswith(f"run {run_id}, computed in fp32; its validation numbers at epoch "
-                                              f"{best}: {said}\n")
+    assert capsys.readouterr().out.startswith(
+        f"run {run_id}, computed in fp32; its validation numbers at epoch {best}: {said}\n"
+    )
     written = sorted((tmp_path / "maps").iterdir())
     assert len(written) == 4 and all(Image.open(p).size == (32, 32) for p in written)  # top 4 of 4 classes
 

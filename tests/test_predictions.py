@@ -82,8 +82,15 @@ def test_a_run_against_itself_fixed_and_broke_nothing_and_two_runs_add_up(store,
 
 
 def _pred(i: int, path: str, label: int, pred: int) -> Prediction:
-    return Prediction(i, path, label, pred, 0.9 if label == pred else 0.6, 0.9 if label == pred else 0.2,
-                      0.1 if label == pred else 1.6)
+    return Prediction(
+        i,
+        path,
+        label,
+        pred,
+        0.9 if label == pred else 0.6,
+        0.9 if label == pred else 0.2,
+        0.1 if label == pred else 1.6,
+    )
 
 
 def test_a_diff_matches_images_by_path_and_refuses_runs_that_cannot_be_compared():

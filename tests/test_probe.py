@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tl_core.analysis.data_probe import CLOSE_AT, SMALL_BELOW, judge, probe, recommend
 from tl_core.config import make_config
 from tl_core.errors import UserError
-from tl_core.analysis.data_probe import CLOSE_AT, SMALL_BELOW, judge, probe, recommend
-from tl_core.training.strategies import list_strategies
 from tl_core.models.weights import native_size
+from tl_core.training.strategies import list_strategies
 
 from .helpers import train
 
@@ -63,14 +63,17 @@ def test_features_that_do_not_separate_the_classes_read_far_and_change_the_advic
     assert "barely separate" in p.recommendation.why or "only partly" in p.recommendation.why
 
 
-@pytest.mark.parametrize("per_class, separability, size, similarity, first", [
-    (24, 0.9, "small", "close", "feature_extraction"),
-    (24, 0.1, "small", "far", "feature_extraction"),
-    (500, 0.9, "large", "close", "two_phase"),
-    (2000, 0.1, "large", "far", "full"),
-    (SMALL_BELOW, CLOSE_AT, "large", "close", "two_phase"),  # each threshold belongs to the side above it
-    (SMALL_BELOW - 1, CLOSE_AT - 0.01, "small", "far", "feature_extraction"),
-])
+@pytest.mark.parametrize(
+    "per_class, separability, size, similarity, first",
+    [
+        (24, 0.9, "small", "close", "feature_extraction"),
+        (24, 0.1, "small", "far", "feature_extraction"),
+        (500, 0.9, "large", "close", "two_phase"),
+        (2000, 0.1, "large", "far", "full"),
+        (SMALL_BELOW, CLOSE_AT, "large", "close", "two_phase"),  # each threshold belongs to the side above it
+        (SMALL_BELOW - 1, CLOSE_AT - 0.01, "small", "far", "feature_extraction"),
+    ],
+)
 def test_recommend_follows_the_table(per_class, separability, size, similarity, first):
     rec = recommend(per_class, separability)
     assert (rec.size, rec.similarity, rec.strategies[0]) == (size, similarity, first)

@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,8 +23,8 @@ import pytest
 
 from tl_core import cli, service
 from tl_core.config import make_config
-from tl_core.store import FINISHED, Store
 from tl_core.executors.processes import pid_alive
+from tl_core.store import FINISHED, Store
 
 from . import helpers
 
@@ -54,8 +53,13 @@ def cluster():
     """The address of a local Ray cluster with 2 CPUs and no GPU (a short temp dir: Ray's socket
     paths must fit 107 characters)."""
     temp = tempfile.mkdtemp(prefix="tlray", dir="/tmp")
-    head = subprocess.Popen([sys.executable, "-c", HEAD, temp], env={**os.environ, **RAY_ENV},
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    head = subprocess.Popen(
+        [sys.executable, "-c", HEAD, temp],
+        env={**os.environ, **RAY_ENV},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         line = head.stdout.readline()
         assert line.startswith("gcs "), f"the Ray head did not start (exit code {head.poll()})"
@@ -81,13 +85,27 @@ class Executor:
 def executor(cluster, tmp_path_factory):
     home = tmp_path_factory.mktemp("ray_executor")
     db = f"sqlite:///{home / 'experiments.db'}"
-    env = {**os.environ, **RAY_ENV, "PYTHONPATH": str(ROOT), "TL_EXECUTOR": "ray", "RAY_ADDRESS": cluster,
-           "TL_RUNS_DIR": str(home / "runs"), "TL_OFFLINE": "1", "TL_HEARTBEAT_S": "1"}
+    env = {
+        **os.environ,
+        **RAY_ENV,
+        "PYTHONPATH": str(ROOT),
+        "TL_EXECUTOR": "ray",
+        "RAY_ADDRESS": cluster,
+        "TL_RUNS_DIR": str(home / "runs"),
+        "TL_OFFLINE": "1",
+        "TL_HEARTBEAT_S": "1",
+    }
     env.pop("TL_MAX_CONCURRENT", None)
     store = Store(db)
     with open(home / "executor.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "tl_core", "worker", "--db", db, "--poll", "0.2"],
-                                cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tl_core", "worker", "--db", db, "--poll", "0.2"],
+            cwd=home,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
     yield Executor(store, proc, home / "executor.log", home / "runs")
     if proc.poll() is None:
         proc.terminate()
@@ -144,14 +162,20 @@ def test_cancel_reaches_the_ray_task(executor, tiny):
     service.cancel_run(store, starting)
     run = wait_for(lambda: (r := store.get_run(training)).epochs_done >= 1 and r, 120, "the first run's epoch")
     service.cancel_run(store, training)  # stops at its next batch, by itself
-    wait_for(lambda: [store.get_run(i).status for i in (training, starting)] == ["cancelled"] * 2, 30,
-             "both runs to show cancelled")
+    wait_for(
+        lambda: [store.get_run(i).status for i in (training, starting)] == ["cancelled"] * 2,
+        30,
+        "both runs to show cancelled",
+    )
     wait_for(lambda: not pid_alive(run.pid) and _ended(importing), 10, "the training processes to end")
     assert store.get_run(training).epochs_done < 300
     early = store.get_run(starting)  # its process was stopped before it started the run
     assert early.pid is None and early.epochs_done == 0 and early.error == "cancelled by request"
-    wait_for(lambda: all(f"run {i}'s task ended, the run cancelled" in executor.said() for i in (training, starting)),
-             10, "both tasks to end")
+    wait_for(
+        lambda: all(f"run {i}'s task ended, the run cancelled" in executor.said() for i in (training, starting)),
+        10,
+        "both tasks to end",
+    )
 
 
 def test_a_run_whose_ray_worker_dies_is_failed_resumable_and_resumes(executor, tiny):

@@ -38,12 +38,16 @@ def test_a_registry_files_by_name_in_order_and_refuses_a_name_twice():
     assert shapes.names() == ["square", "circle"]  # nothing refused was filed
 
 
-@pytest.mark.parametrize("registry, door, names, flag", [
-    (STRATEGIES, get_strategy, list_strategies, "--strategy"),
-    (BACKBONES, get_spec, list_backbones, "--backbone"),
-    (REGULARIZERS, REGULARIZERS.get, REGULARIZERS.names, "--regularizer"),
-    (ADAPTATIONS, ADAPTATIONS.get, ADAPTATIONS.names, "--adapt"),
-], ids=["strategies", "backbones", "regularizers", "adaptations"])
+@pytest.mark.parametrize(
+    "registry, door, names, flag",
+    [
+        (STRATEGIES, get_strategy, list_strategies, "--strategy"),
+        (BACKBONES, get_spec, list_backbones, "--backbone"),
+        (REGULARIZERS, REGULARIZERS.get, REGULARIZERS.names, "--regularizer"),
+        (ADAPTATIONS, ADAPTATIONS.get, ADAPTATIONS.names, "--adapt"),
+    ],
+    ids=["strategies", "backbones", "regularizers", "adaptations"],
+)
 def test_every_kind_shares_the_registry_and_its_errors(registry, door, names, flag):
     assert isinstance(registry, Registry) and names() == registry.names() and len(names()) >= 2
     assert door(names()[-1]) is registry.get(names()[-1])
@@ -69,8 +73,12 @@ def test_a_regulariser_declared_in_its_registry_is_a_choice_everywhere_at_once(m
     # One declaration, no edit to config.py or cli.py: the config accepts it, the CLI offers it, the
     # form's choices and knobs list it.
     monkeypatch.setattr(REGULARIZERS, "_entries", dict(REGULARIZERS.items()))  # undone after the test
-    REGULARIZERS.add("l2sp_bn", RegularizerSpec("l2sp_bn", "L2-SP-BN", "L2-SP that also holds BatchNorm's affine "
-                                                "parameters.", ("reg_strength",)))
+    REGULARIZERS.add(
+        "l2sp_bn",
+        RegularizerSpec(
+            "l2sp_bn", "L2-SP-BN", "L2-SP that also holds BatchNorm's affine parameters.", ("reg_strength",)
+        ),
+    )
     assert choices("regularizer") == ["none", "l2sp", "ewc", "l2sp_bn"]
     assert knobs("regularizer", "l2sp_bn") == ("reg_strength",)
     assert make_config(data="x", regularizer="l2sp_bn").regularizer == "l2sp_bn"

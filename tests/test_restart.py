@@ -9,8 +9,8 @@ import pytest
 
 from tl_core.config import make_config
 from tl_core.data.demo import write_demo_data
-from tl_core.store import Store
 from tl_core.executors.processes import pid_alive, pidfile
+from tl_core.store import Store
 
 from .helpers import free_port, start_dashboard
 from .test_e2e import _browser, _metric_value, _settle, _stop
@@ -42,8 +42,9 @@ def test_runs_keep_training_through_a_dashboard_restart_and_show_live_after(tmp_
             servers.append(start_dashboard(env, port, tmp_path / "first.log"))
             page.goto(f"http://127.0.0.1:{port}")
             _settle(page)
-            worker = wait_for(lambda: pid_path.exists() and int(pid_path.read_text()), 30,
-                              "the dashboard to start a worker")
+            worker = wait_for(
+                lambda: pid_path.exists() and int(pid_path.read_text()), 30, "the dashboard to start a worker"
+            )
             wait_for(lambda: store.get_run(run_id).epochs_done >= 1, 120, "the run to train")
             # 2. The server dies hard; the worker and the run's process carry on.
             os.kill(servers[0].pid, signal.SIGKILL)

@@ -17,8 +17,16 @@ def test_a_resumed_run_matches_an_uninterrupted_one(strategy, tiny, db_store, mo
     store = db_store
     # Param groups change at epochs 1, 2, 3 (progressive) or 2 (two_phase): the resume must
     # rebuild the optimizer with the groups unfrozen so far and its state, LR phase and RNG.
-    settings = dict(data=tiny, strategy=strategy, epochs=4, head_epochs=2, augment="light", seed=5,
-                    schedule="onecycle", unfreeze_every=1)
+    settings = dict(
+        data=tiny,
+        strategy=strategy,
+        epochs=4,
+        head_epochs=2,
+        augment="light",
+        seed=5,
+        schedule="onecycle",
+        unfreeze_every=1,
+    )
     whole = train(store, **settings)
     with monkeypatch.context() as m:
         stop_before_epoch(m, 2)
@@ -34,8 +42,9 @@ def test_a_resumed_run_matches_an_uninterrupted_one(strategy, tiny, db_store, mo
             if key.startswith(("lr/", "train_", "val_", "trainable_")):
                 assert b[epoch][key] == pytest.approx(a[epoch][key], rel=1e-5, abs=1e-7), (epoch, key)
     assert resumed.best_val_acc == whole.best_val_acc
-    assert [c.confusion for c in store.class_metrics(resumed.run_id)] == \
-        [c.confusion for c in store.class_metrics(whole.run_id)]
+    assert [c.confusion for c in store.class_metrics(resumed.run_id)] == [
+        c.confusion for c in store.class_metrics(whole.run_id)
+    ]
 
 
 def _same_epochs(store, whole, resumed, epochs: int) -> None:
@@ -47,15 +56,19 @@ def _same_epochs(store, whole, resumed, epochs: int) -> None:
                 assert b[epoch][key] == pytest.approx(a[epoch][key], rel=1e-5, abs=1e-7), (epoch, key)
 
 
-@pytest.mark.parametrize("strategy, settings, epoch, batch", [
-    # On the images, augmented (the stop before a batch is drawn: its augmentation's random draws
-    # are the saved streams'), accumulating 2 batches per step, in its second epoch.
-    ("progressive", dict(augment="light", accumulate=2, unfreeze_every=1, head_epochs=1), 1, 1),
-    # On the frozen body's cached features, in its first epoch (no epoch recorded yet).
-    ("feature_extraction", dict(), 0, 1),
-])
-def test_a_run_stopped_in_the_middle_of_an_epoch_goes_on_from_that_batch(strategy, settings, epoch, batch, tiny,
-                                                                          store, monkeypatch):
+@pytest.mark.parametrize(
+    "strategy, settings, epoch, batch",
+    [
+        # On the images, augmented (the stop before a batch is drawn: its augmentation's random draws
+        # are the saved streams'), accumulating 2 batches per step, in its second epoch.
+        ("progressive", dict(augment="light", accumulate=2, unfreeze_every=1, head_epochs=1), 1, 1),
+        # On the frozen body's cached features, in its first epoch (no epoch recorded yet).
+        ("feature_extraction", dict(), 0, 1),
+    ],
+)
+def test_a_run_stopped_in_the_middle_of_an_epoch_goes_on_from_that_batch(
+    strategy, settings, epoch, batch, tiny, store, monkeypatch
+):
     settings = dict(data=tiny, strategy=strategy, epochs=3, seed=7, schedule="onecycle", **settings)
     whole = train(store, **settings)
     with monkeypatch.context() as m:

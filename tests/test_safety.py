@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tl_core.service import auth
-from tl_core.service import resolve_data_path
 from tl_core.errors import UserError
+from tl_core.service import auth, resolve_data_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,8 +71,9 @@ def test_no_unsafe_loads_or_shell_strings(path):
     for call in _calls(tree, "load"):
         if getattr(call.func, "value", None) is not None and getattr(call.func.value, "id", "") == "torch":
             kw = {k.arg: k.value for k in call.keywords}
-            assert isinstance(kw.get("weights_only"), ast.Constant) and kw["weights_only"].value is True, \
+            assert isinstance(kw.get("weights_only"), ast.Constant) and kw["weights_only"].value is True, (
                 f"{path}:{call.lineno}: torch.load without weights_only=True"
+            )
     for name in ("Popen", "run", "call", "check_output", "system"):
         for call in _calls(tree, name):
             assert not any(k.arg == "shell" for k in call.keywords), f"{path}:{call.lineno}: shell=True"

@@ -7,8 +7,8 @@ import math
 import pytest
 
 from tl_core.config import make_config
-from tl_core.training.strategies import list_strategies
 from tl_core.training.schedules import lr_factor, progress
+from tl_core.training.strategies import list_strategies
 
 from .helpers import train
 from .test_strategies import BASE_LR, expected_plan
@@ -25,13 +25,16 @@ def test_each_schedule_starts_and_ends_where_it_says(schedule):
     assert factors[0] == pytest.approx(START[schedule]) and factors[-1] == pytest.approx(END[schedule], abs=1e-15)
 
 
-@pytest.mark.parametrize("strategy, schedule", [(s, "onecycle") for s in list_strategies()] +
-                         [("progressive", s) for s in ("cosine", "step", "constant")])
+@pytest.mark.parametrize(
+    "strategy, schedule",
+    [(s, "onecycle") for s in list_strategies()] + [("progressive", s) for s in ("cosine", "step", "constant")],
+)
 def test_every_phase_ends_its_schedule_on_its_last_step_and_none_runs_past_the_run(strategy, schedule, tiny, store):
     # The case: progressive unfreezing every 3 epochs in a 5-epoch run plans its last
     # phase as epochs 4-5, not 4-6 (which would stop OneCycle at about half its peak).
-    settings = dict(data=tiny, strategy=strategy, epochs=5, unfreeze_every=3, head_epochs=2, lr=BASE_LR,
-                    schedule=schedule)
+    settings = dict(
+        data=tiny, strategy=strategy, epochs=5, unfreeze_every=3, head_epochs=2, lr=BASE_LR, schedule=schedule
+    )
     result = train(store, **settings)
     assert result.status == "completed", result.error
     groups = store.get_run(result.run_id).summary["groups"]

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from tl_core.data import folders
-from tl_core.data.splits import split_dataset
 from tl_core import service
 from tl_core.config import RunConfig
+from tl_core.data import folders
+from tl_core.data.splits import split_dataset
 
 from .helpers import train
 
 
 def test_the_split_follows_the_split_seed_only(tiny, store):
-    runs = {(seed, split): train(store, data=tiny, epochs=1, seed=seed, split_seed=split)
-            for seed, split in ((0, 0), (1, 0), (0, 1))}
+    runs = {
+        (seed, split): train(store, data=tiny, epochs=1, seed=seed, split_seed=split)
+        for seed, split in ((0, 0), (1, 0), (0, 1))
+    }
     summary = {k: store.get_run(r.run_id).summary for k, r in runs.items()}
     epochs = {k: store.epoch_metrics([r.run_id])[r.run_id][0] for k, r in runs.items()}
     fingerprint = {k: s["split"]["val_fingerprint"] for k, s in summary.items()}
@@ -24,8 +26,9 @@ def test_the_split_follows_the_split_seed_only(tiny, store):
 
 
 def test_an_experiments_seeds_share_one_split_seed(tiny):
-    configs = service.plan_runs({"data": tiny, "split_seed": 4, "image_size": 32}, ["feature_extraction", "full"],
-                                  [0, 1, 2])
+    configs = service.plan_runs(
+        {"data": tiny, "split_seed": 4, "image_size": 32}, ["feature_extraction", "full"], [0, 1, 2]
+    )
     assert [c.seed for c in configs] == [0, 1, 2, 0, 1, 2] and {c.split_seed for c in configs} == {4}
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import psutil
 
-from tl_core.store import Run, Store
 from tl_core.executors.processes import ensure_worker, pid_alive, pidfile
+from tl_core.store import Run, Store
 
 from .test_worker import ROOT, _queue, wait_for
 
@@ -23,8 +23,15 @@ EPOCHS = 10  # long enough to stop it in the middle, short enough to finish afte
 
 
 def _env(tmp_path: Path, **extra: str) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TL_RUNS_DIR": str(tmp_path / "runs"), "TL_MAX_CONCURRENT": "1",
-           "TL_STANDBY": "0", "TL_HEARTBEAT_S": "0.5", **extra}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "TL_RUNS_DIR": str(tmp_path / "runs"),
+        "TL_MAX_CONCURRENT": "1",
+        "TL_STANDBY": "0",
+        "TL_HEARTBEAT_S": "0.5",
+        **extra,
+    }
     env.pop("TL_NO_WORKER", None)
     return env
 
@@ -32,8 +39,14 @@ def _env(tmp_path: Path, **extra: str) -> dict:
 def _serve(db: str, tmp_path: Path, env: dict, name: str) -> subprocess.Popen:
     """The service without its dashboard (no browser anywhere), in a session of its own."""
     log = open(tmp_path / f"{name}.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "tl_core", "serve", "--no-dashboard", "--db", db], cwd=tmp_path,
-                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tl_core", "serve", "--no-dashboard", "--db", db],
+        cwd=tmp_path,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     log.close()
     return proc
 
@@ -82,13 +95,19 @@ def test_ctrl_c_stops_the_service_and_the_next_start_resumes_the_run_from_its_ch
     # 3. The next start resumes it from its own checkpoint: the epochs before the stop are not trained again.
     service = _serve(db, tmp_path, env, "second")
     try:
-        done = wait_for(lambda: (r := store.get_run(run_id)).status in ("completed", "failed") and r, 180,
-                        "the resumed run to complete")
+        done = wait_for(
+            lambda: (r := store.get_run(run_id)).status in ("completed", "failed") and r,
+            180,
+            "the resumed run to complete",
+        )
         assert done.status == "completed" and done.epochs_done == EPOCHS, done.error
         # ... and from the batch where it stopped: the interrupted epoch's batches before it are not trained again.
         assert done.summary["resumed_from"]["epoch"] == stopped.epochs_done and "batch" in done.summary["resumed_from"]
-        assert re.search(rf"continues after epoch {stopped.epochs_done} and \d+/\d+ batches of epoch "
-                         rf"{stopped.epochs_done + 1} ", (Path(done.run_dir) / "train.log").read_text())
+        assert re.search(
+            rf"continues after epoch {stopped.epochs_done} and \d+/\d+ batches of epoch "
+            rf"{stopped.epochs_done + 1} ",
+            (Path(done.run_dir) / "train.log").read_text(),
+        )
         lines = _epoch_lines(done)
         assert sorted(set(lines)) == list(range(1, EPOCHS + 1))
         assert all(lines.count(e) == 1 for e in range(1, stopped.epochs_done + 1))
@@ -157,14 +176,24 @@ def test_worker_stop_stops_a_detached_worker_its_standby_and_its_runs(tiny, tmp_
         assert run.pid != first and wait_for(lambda: _standbys(worker), 60, "a standby again")
         family = _family(worker)
         assert len(family) >= 3  # the worker, the run, the standby
-        out = subprocess.run([sys.executable, "-m", "tl_core", "worker", "--stop", "--db", db], cwd=ROOT,
-                             capture_output=True, text=True, timeout=90)
+        out = subprocess.run(
+            [sys.executable, "-m", "tl_core", "worker", "--stop", "--db", db],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
         assert out.returncode == 0 and f"stopped worker {worker} of " in out.stdout, out.stderr
         assert not [p for p in family if pid_alive(p)], "a process outlived worker --stop"
         _stopped_at_a_batch(store, run_id)
         assert not pidfile(store).exists()
-        again = subprocess.run([sys.executable, "-m", "tl_core", "worker", "--stop", "--db", db], cwd=ROOT,
-                               capture_output=True, text=True, timeout=60)
+        again = subprocess.run(
+            [sys.executable, "-m", "tl_core", "worker", "--stop", "--db", db],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert again.returncode == 0 and "no worker of" in again.stdout and "is running" in again.stdout
     finally:
         if pid_alive(worker):

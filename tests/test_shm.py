@@ -44,9 +44,11 @@ def test_fit_keeps_what_fits_then_lowers_the_prefetch_then_the_workers():
 
 
 def test_a_shared_memory_error_or_a_dead_worker_is_explained_with_what_to_do():
-    alloc = RuntimeError("Caught RuntimeError in DataLoader worker process 0.\nOriginal Traceback (most recent "
-                         "call last):\n  ...\nRuntimeError: unable to allocate shared memory(shm) for file "
-                         "</torch_1_2_3>: No space left on device (28)\n")
+    alloc = RuntimeError(
+        "Caught RuntimeError in DataLoader worker process 0.\nOriginal Traceback (most recent "
+        "call last):\n  ...\nRuntimeError: unable to allocate shared memory(shm) for file "
+        "</torch_1_2_3>: No space left on device (28)\n"
+    )
     said = explain(alloc)
     assert said.startswith("out of shared memory") and "--shm-size" in said and "resume" in said
     assert said.endswith("No space left on device (28))")  # the error's own last line, not its traceback
@@ -71,8 +73,17 @@ def _run(code: str, env: dict, shm: str | None = None, timeout: float = 300) -> 
     is a tmpfs of that size. A stalled loader shows as the timeout, failing the test."""
     cmd = [sys.executable, "-c", textwrap.dedent(code)]
     if shm is not None:
-        cmd = ["unshare", "-m", "--propagation", "private", "sh", "-c",
-               'mount -t tmpfs -o size="$0",mode=1777 tmpfs /dev/shm && exec "$@"', shm, *cmd]
+        cmd = [
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            'mount -t tmpfs -o size="$0",mode=1777 tmpfs /dev/shm && exec "$@"',
+            shm,
+            *cmd,
+        ]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -82,8 +93,24 @@ def _env(tmp_path: Path) -> dict:
 
 def _train(tiny: str, db: str, *extra: str) -> str:
     """The code of `python -m tl_core run` on the tiny images with 96 px batches of 8, its JSON printed."""
-    args = ["run", "--data", tiny, "--db", db, "--epochs", "1", "--image-size", "96", "--batch-size", "8",
-            "--strategy", "full", "--json", "--no-progress", *extra]
+    args = [
+        "run",
+        "--data",
+        tiny,
+        "--db",
+        db,
+        "--epochs",
+        "1",
+        "--image-size",
+        "96",
+        "--batch-size",
+        "8",
+        "--strategy",
+        "full",
+        "--json",
+        "--no-progress",
+        *extra,
+    ]
     return f"import sys; from tl_core.cli import main; sys.exit(main({args!r}))"
 
 
@@ -150,7 +177,10 @@ def test_a_loader_worker_killed_mid_epoch_fails_the_run_within_seconds_resumable
     assert "--shm-size" in out["error"] and "resume" in out["error"]
     assert ended - float(stamp.read_text()) < 60  # noticed at once (torch's SIGCHLD handler), not waited for
     # Failed, resumable: the same run trains to the end once its workers live.
-    resumed = _run(f"import sys; from tl_core.cli import main; sys.exit(main(['resume', '{out['run_id']}', "
-                   f"'--db', {db!r}, '--json', '--no-progress']))", _env(tmp_path))
+    resumed = _run(
+        f"import sys; from tl_core.cli import main; sys.exit(main(['resume', '{out['run_id']}', "
+        f"'--db', {db!r}, '--json', '--no-progress']))",
+        _env(tmp_path),
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads(resumed.stdout.splitlines()[-1])["status"] == "completed"

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from streamlit.testing.v1 import AppTest
 
-from tl_core.service import auth
-from tl_core import cli, service
-from tl_core.store import Store
 from tests.test_app import ROOT, TIMEOUT, demo_root, env, make_run, no_exception  # noqa: F401 (fixtures)
+from tl_core import cli, service
+from tl_core.service import auth
 
-GOOGLE = {"redirect_uri": "http://localhost:8501/oauth2callback", "cookie_secret": "a-long-random-string",
-          "client_id": "id", "client_secret": "secret",
-          "server_metadata_url": "https://accounts.google.com/.well-known/openid-configuration"}
+GOOGLE = {
+    "redirect_uri": "http://localhost:8501/oauth2callback",
+    "cookie_secret": "a-long-random-string",
+    "client_id": "id",
+    "client_secret": "secret",
+    "server_metadata_url": "https://accounts.google.com/.well-known/openid-configuration",
+}
 ALICE = {"is_logged_in": True, "email": "alice@example.com", "name": "Alice", "sub": "1"}
 
 
@@ -42,16 +44,22 @@ def sign_in_buttons(at: AppTest) -> list[str]:
 
 def test_the_auth_section_names_its_providers_and_what_is_missing():
     assert auth.providers(GOOGLE) == [auth.Provider(None, "Google")]
-    named = {"redirect_uri": GOOGLE["redirect_uri"], "cookie_secret": "x",
-             "microsoft": {k: GOOGLE[k] for k in auth.PROVIDER_KEYS},
-             "okta": {**{k: GOOGLE[k] for k in auth.PROVIDER_KEYS},
-                      "server_metadata_url": "https://dev-1.okta.com/.well-known/openid-configuration"}}
+    named = {
+        "redirect_uri": GOOGLE["redirect_uri"],
+        "cookie_secret": "x",
+        "microsoft": {k: GOOGLE[k] for k in auth.PROVIDER_KEYS},
+        "okta": {
+            **{k: GOOGLE[k] for k in auth.PROVIDER_KEYS},
+            "server_metadata_url": "https://dev-1.okta.com/.well-known/openid-configuration",
+        },
+    }
     assert auth.providers(named) == [auth.Provider("microsoft", "Microsoft"), auth.Provider("okta", "Okta")]
     assert auth.oidc_problem(GOOGLE) is None and auth.oidc_problem(named) is None and auth.oidc_problem({}) is None
     assert "cookie_secret" in auth.oidc_problem({k: v for k, v in GOOGLE.items() if k != "cookie_secret"})
     assert "/oauth2callback" in auth.oidc_problem({**GOOGLE, "redirect_uri": "http://localhost:8501/"})
-    assert "names no identity provider" in auth.oidc_problem({"redirect_uri": GOOGLE["redirect_uri"],
-                                                              "cookie_secret": "x"})
+    assert "names no identity provider" in auth.oidc_problem(
+        {"redirect_uri": GOOGLE["redirect_uri"], "cookie_secret": "x"}
+    )
     lacking = auth.oidc_problem({**named, "okta": {"client_id": "id"}})
     assert "[auth.okta]" in lacking and "client_secret" in lacking and "server_metadata_url" in lacking
     assert "underscore" in auth.oidc_problem({**named, "my_idp": named["okta"]})
@@ -117,8 +125,10 @@ def test_without_any_sign_in_a_launch_records_the_os_user(env, monkeypatch):
 
 
 def test_runs_filters_by_who_launched(env):
-    mine = [env.create_run({"strategy": "full", "seed": s}, "exp", f"alice-{s}", launched_by="alice@example.com")
-            for s in (0, 1)]
+    mine = [
+        env.create_run({"strategy": "full", "seed": s}, "exp", f"alice-{s}", launched_by="alice@example.com")
+        for s in (0, 1)
+    ]
     env.create_run({"strategy": "full", "seed": 0}, "exp", "bob-0", launched_by="bob@example.com")
     env.create_run({"strategy": "full", "seed": 0}, "exp", "nobody-0")
     at = no_exception(AppTest.from_file(str(ROOT / "pages" / "runs.py"), default_timeout=TIMEOUT).run())
@@ -172,13 +182,18 @@ def test_the_command_line_records_the_os_user_and_filters_by_it(tiny, store, cap
     store.create_run({"strategy": "full"}, "exp", "someone-else", launched_by="erin@example.com")
     runs = run_cli(capsys, "runs", "--launched-by", "dave", "--db", db)["runs"]
     assert [(r["id"], r["launched_by"], r["executor"], r["host"]) for r in runs] == [
-        (queued["run_id"], "dave", None, None)]
+        (queued["run_id"], "dave", None, None)
+    ]
     both = run_cli(capsys, "runs", "--launched-by", "dave", "--launched-by", "erin@example.com", "--db", db)
     assert len(both["runs"]) == 2
     store.claim_next_queued(worker_pid=1, executor="local")
     store.start_run(queued["run_id"], pid=3, host="lab-1", environment={}, run_dir=None)
     shown = run_cli(capsys, "show", str(queued["run_id"]), "--db", db)
     assert (shown["launched_by"], shown["executor"], shown["host"], shown["ray_node_id"]) == (
-        "dave", "local", "lab-1", None)
+        "dave",
+        "local",
+        "lab-1",
+        None,
+    )
     assert cli.main(["runs", "--launched-by", "nobody", "--db", db]) == 0
     assert "no runs launched by nobody" in capsys.readouterr().out

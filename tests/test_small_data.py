@@ -10,8 +10,8 @@ from __future__ import annotations
 import io
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -61,8 +61,12 @@ def stray_files(root: Path) -> dict[str, str]:
     (root / "class0" / "Thumbs.db").write_bytes(b"\0" * 64)
     (root / "class1" / "labels.csv").write_text("file,label\n")
     (root / "README.md").write_text("my photos")  # beside the class folders, in no class
-    return {"notes.txt": "not an image", "Thumbs.db": "not an image", "labels.csv": "not an image",
-            "README.md": "not in a class folder"}
+    return {
+        "notes.txt": "not an image",
+        "Thumbs.db": "not an image",
+        "labels.csv": "not an image",
+        "README.md": "not in a class folder",
+    }
 
 
 def zero_byte(root: Path) -> dict[str, str]:
@@ -110,8 +114,9 @@ def symlinks(root: Path) -> dict[str, str]:
 
 
 def odd_names(root: Path) -> dict[str, str]:
-    for c, names in enumerate((("-rf.png", "a b (copy) #2.PNG", "ü 日本.jpeg"), ("'quoted'.png", "$(x).png",
-                                                                              "x.y.z.JPG"))):
+    for c, names in enumerate(
+        (("-rf.png", "a b (copy) #2.PNG", "ü 日本.jpeg"), ("'quoted'.png", "$(x).png", "x.y.z.JPG"))
+    ):
         for i, name in enumerate(names * 2):
             _image(root / f"cls {c} ü" / f"{i}{name}", colour=COLOURS[c], seed=i)
     return {}
@@ -143,9 +148,23 @@ def imbalanced_and_odd_shapes(root: Path) -> dict[str, str]:
     return {}
 
 
-FOLDERS: dict[str, Callable[[Path], dict[str, str]]] = {f.__name__: f for f in (
-    tiny, stray_files, zero_byte, truncated, odd_modes, huge_and_bomb, symlinks, odd_names, split_given,
-    nested, few_per_class, imbalanced_and_odd_shapes)}
+FOLDERS: dict[str, Callable[[Path], dict[str, str]]] = {
+    f.__name__: f
+    for f in (
+        tiny,
+        stray_files,
+        zero_byte,
+        truncated,
+        odd_modes,
+        huge_and_bomb,
+        symlinks,
+        odd_names,
+        split_given,
+        nested,
+        few_per_class,
+        imbalanced_and_odd_shapes,
+    )
+}
 
 
 def run_cli(capsys, *args: str) -> tuple[int, dict | None, str]:
@@ -181,12 +200,14 @@ def test_a_small_or_messy_folder_trains_on_the_defaults_and_lists_what_it_skippe
 def test_every_strategy_trains_two_classes_of_six_images_on_the_defaults(strategy, db, tmp_path, capsys):
     root = tmp_path / "two"
     tiny(root)
-    code, out, err = run_cli(capsys, "run", "--data", str(root), "--strategy", strategy, "--db", db,
-                             "--no-progress")
+    code, out, err = run_cli(capsys, "run", "--data", str(root), "--strategy", strategy, "--db", db, "--no-progress")
     assert code == 0, err
     assert out["status"] == "completed" and out["epochs"] == 5
-    assert out["batch_size"] == {"used": 10, "why": "batch size 10: the default 32 is more than the 10 training "
-                                                    "images, so each epoch is one batch of all of them"}
+    assert out["batch_size"] == {
+        "used": 10,
+        "why": "batch size 10: the default 32 is more than the 10 training "
+        "images, so each epoch is one batch of all of them",
+    }
     assert "batch size 10" in err  # the run's log: a foreground run writes it to stderr
     code, shown, _ = run_cli(capsys, "show", str(out["run_id"]), "--db", db)
     assert [e["epoch"] for e in shown["epochs"]] == [1, 2, 3, 4, 5]
@@ -198,8 +219,10 @@ def test_an_explicit_batch_size_larger_than_the_data_is_refused(db, tmp_path, ca
     tiny(root)
     code, out, err = run_cli(capsys, "run", "--data", str(root), "--batch-size", "32", "--db", db)
     assert code == 2 and out is None
-    assert err.strip() == ("error: --batch-size 32 is larger than the 10 training images; use at most 10, or "
-                           "leave it out to let the run choose")
+    assert err.strip() == (
+        "error: --batch-size 32 is larger than the 10 training images; use at most 10, or "
+        "leave it out to let the run choose"
+    )
 
 
 def test_a_folder_of_loose_images_is_refused_with_how_to_arrange_it(db, tmp_path, capsys):
@@ -209,8 +232,9 @@ def test_a_folder_of_loose_images_is_refused_with_how_to_arrange_it(db, tmp_path
     assert code == 2 and "no class folders" in err and "sub-folder named after the class" in err
 
 
-@pytest.mark.parametrize("n_train, want", [(2, 2), (10, 10), (32, 32), (33, 31), (64, 32), (65, 31), (97, 31), (98, 32),
-                                           (1000, 32)])
+@pytest.mark.parametrize(
+    "n_train, want", [(2, 2), (10, 10), (32, 32), (33, 31), (64, 32), (65, 31), (97, 31), (98, 32), (1000, 32)]
+)
 def test_the_default_batch_fits_the_data_and_never_leaves_a_batch_of_one(n_train, want):
     size, note = batch_size_for(None, n_train)
     assert size == want and (n_train % size != 1 or size == n_train)

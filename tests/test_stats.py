@@ -123,8 +123,10 @@ def test_the_interval_is_scipys_paired_t_interval_and_names_the_winner_first():
     assert (d.low, d.high) == pytest.approx((ci.low, ci.high), rel=1e-9) and d.p == pytest.approx(ref.pvalue)
     assert d.n_pairs == 8 and d.seeds == tuple(range(8)) and d.confidence == d.interval_confidence == 0.95
     assert d.low < -3 < d.high < 0 and d.verdict == "b" and d.test == "paired t" and d.unit == "seed"
-    assert d.text == (f"two_phase beats feature_extraction by {-d.mean:.1f} points "
-                      f"(95% CI {-d.high:.1f} to {-d.low:.1f}; 8 seeds on one split)")
+    assert d.text == (
+        f"two_phase beats feature_extraction by {-d.mean:.1f} points "
+        f"(95% CI {-d.high:.1f} to {-d.low:.1f}; 8 seeds on one split)"
+    )
     # The same pair the other way round: same numbers, opposite sign, same label.
     r = stats.paired_difference("two_phase", b, "feature_extraction", a)
     assert r.verdict == "a" and r.text == d.text
@@ -147,8 +149,10 @@ def test_identical_runs_are_within_noise_without_warnings():
         d = stats.paired_difference("two_phase", a, "feature_extraction", dict(a))
     assert (d.mean, d.low, d.high, d.verdict, d.p, d.test) == (0.0, 0.0, 0.0, "noise", 1.0, "identical")
     assert d.units_needed is None
-    assert d.text == ("two_phase vs feature_extraction: the same score on every one of the 3 seeds "
-                      "(3 seeds on one split): no difference seen")
+    assert d.text == (
+        "two_phase vs feature_extraction: the same score on every one of the 3 seeds "
+        "(3 seeds on one split): no difference seen"
+    )
 
 
 def test_a_steady_gap_needs_six_seeds_for_the_sign_flip_test():
@@ -157,12 +161,16 @@ def test_a_steady_gap_needs_six_seeds_for_the_sign_flip_test():
     few = stats.paired_difference("full", {s: 0.725 for s in range(3)}, "partial", {s: 0.70 for s in range(3)})
     assert few.verdict == "too_few" and few.test == "sign-flip" and few.p == 0.25
     assert few.low is few.high is None and few.units_needed == 6
-    assert few.text == ("full vs partial: the same gap (+2.5 points) on each of the 3 seeds (3 seeds on one split): "
-                        "too few to tell a steady gap from chance; 6 seeds would")
+    assert few.text == (
+        "full vs partial: the same gap (+2.5 points) on each of the 3 seeds (3 seeds on one split): "
+        "too few to tell a steady gap from chance; 6 seeds would"
+    )
     six = stats.paired_difference("full", {s: 0.725 for s in range(6)}, "partial", {s: 0.70 for s in range(6)})
-    assert six.verdict == "a" and six.p == 2 ** -5 and six.low == six.high == pytest.approx(2.5)
-    assert six.text == ("full beats partial by 2.5 points on every one of the 6 seeds "
-                        "(exact sign-flip test, p 0.031; 6 seeds on one split)")
+    assert six.verdict == "a" and six.p == 2**-5 and six.low == six.high == pytest.approx(2.5)
+    assert six.text == (
+        "full beats partial by 2.5 points on every one of the 6 seeds "
+        "(exact sign-flip test, p 0.031; 6 seeds on one split)"
+    )
 
 
 def test_noise_says_how_many_seeds_would_tell_a_difference_of_its_size():
@@ -215,8 +223,23 @@ def test_a_difference_serialises_to_json():
     back = json.loads(json.dumps(d.to_dict()))
     assert back["seeds"] == [[0, 0], [0, 1]] and back["splits"] == [0]
     assert back["verdict"] == d.verdict and back["text"] == d.text
-    assert {"a", "b", "n_pairs", "mean", "low", "high", "confidence", "interval_confidence", "p", "p_adjusted",
-            "correction", "family", "units_needed", "unit", "n_units"} <= set(back)
+    assert {
+        "a",
+        "b",
+        "n_pairs",
+        "mean",
+        "low",
+        "high",
+        "confidence",
+        "interval_confidence",
+        "p",
+        "p_adjusted",
+        "correction",
+        "family",
+        "units_needed",
+        "unit",
+        "n_units",
+    } <= set(back)
 
 
 # --- many pairs: Holm --------------------------------------------------------------------------------
@@ -245,7 +268,7 @@ def test_pairwise_covers_each_pair_once_in_order_as_one_family():
 def test_every_verdict_agrees_with_its_interval_and_its_adjusted_p():
     rng = np.random.default_rng(5)
     seen = set()
-    for trial in range(60):
+    for _ in range(60):
         n = int(rng.integers(2, 9))
         shared = rng.normal(0.7, 0.03, n)
         shift = rng.choice([0.0, 0.01, 0.03], 5)  # some strategies really differ
@@ -274,7 +297,7 @@ def test_crossing_lines_cross_where_log_x_interpolation_puts_it():
     # a - b is +0.1 at x=10 and -0.3 at x=100: zero a quarter of the way in log10 x, at 10^1.25.
     curves = {"feature_extraction": [(10, 0.70), (100, 0.80)], "full": [(10, 0.60), (100, 1.10)]}
     [c] = crossovers.crossovers(curves)
-    assert 10 ** 1.25 == pytest.approx(17.78, abs=0.01)
+    assert 10**1.25 == pytest.approx(17.78, abs=0.01)
     assert c.x == 18 and c.between == (10, 100)
     assert (c.below, c.above) == ("feature_extraction", "full")
     assert c.text == "below ~18 images per class, feature_extraction wins; above, full"
@@ -301,8 +324,10 @@ def test_a_tie_between_opposite_leads_is_the_crossing_without_dividing_by_zero()
     at_point = {"a": [(4, 0.6), (40, 0.7), (400, 0.8)], "b": [(4, 0.5), (40, 0.7), (400, 0.9)]}
     [c] = crossovers.crossovers(at_point)
     assert c.x == 40 and c.between == (40, 40) and (c.below, c.above) == ("a", "b")
-    stretch = {"a": [(1, 0.6), (10, 0.7), (1000, 0.8), (10000, 0.8)],
-               "b": [(1, 0.5), (10, 0.7), (1000, 0.8), (10000, 0.9)]}
+    stretch = {
+        "a": [(1, 0.6), (10, 0.7), (1000, 0.8), (10000, 0.8)],
+        "b": [(1, 0.5), (10, 0.7), (1000, 0.8), (10000, 0.9)],
+    }
     [s] = crossovers.crossovers(stretch)
     assert s.x == 100 and s.between == (10, 1000)  # the middle of the tied stretch in log x
     assert math.isfinite(s.x)
@@ -314,5 +339,3 @@ def test_mean_std_is_the_sample_std_and_zero_for_one_value():
     assert mean == pytest.approx(0.7) and std == pytest.approx(0.1)  # ddof 1 (population: 0.0816)
     with pytest.raises(ValueError, match="at least one"):
         crossovers.mean_std([])
-
-

@@ -37,8 +37,9 @@ def test_runs_and_metrics_round_trip_as_plain_objects(db_store):
     store.log_epoch(run.id, 1, {"val_acc": 0.75, "lr/head": 5e-4}, best=(0.75, 1))
     got = store.get_run(run.id)
     assert (got.epochs_done, got.best_val_acc, got.best_epoch, got.experiment) == (2, 0.75, 1, "exp-a")
-    assert store.epoch_metrics([run.id]) == {run.id: {0: {"val_acc": 0.5, "lr/head": 1e-3},
-                                                      1: {"val_acc": 0.75, "lr/head": 5e-4}}}
+    assert store.epoch_metrics([run.id]) == {
+        run.id: {0: {"val_acc": 0.5, "lr/head": 1e-3}, 1: {"val_acc": 0.75, "lr/head": 5e-4}}
+    }
     assert store.count_epoch_rows(run.id) == 4
     assert [r.id for r in store.list_runs(experiment="exp-a")] == [run.id]
     assert store.list_runs(experiment="other") == []
@@ -127,10 +128,12 @@ def test_workers_heartbeat_and_a_silent_workers_runs_are_failed_once(db_store):
     assert store.claim_next_queued(1, live).id == mine.id
     assert store.claim_next_queued(2, silent, executor="ray").id == orphan.id
     with store.engine.begin() as c:  # b's last heartbeat, ten minutes ago
-        c.execute(text("UPDATE workers SET heartbeat_at = heartbeat_at - INTERVAL '10 minutes' WHERE id = :id")
-                  if store.engine.dialect.name == "postgresql" else
-                  text("UPDATE workers SET heartbeat_at = datetime(heartbeat_at, '-10 minutes') WHERE id = :id"),
-                  {"id": silent})
+        c.execute(
+            text("UPDATE workers SET heartbeat_at = heartbeat_at - INTERVAL '10 minutes' WHERE id = :id")
+            if store.engine.dialect.name == "postgresql"
+            else text("UPDATE workers SET heartbeat_at = datetime(heartbeat_at, '-10 minutes') WHERE id = :id"),
+            {"id": silent},
+        )
     store.heartbeat(live)
     assert [w.id for w in store.workers(alive=True)] == [live]
     assert [(w.id, w.executor) for w in store.workers(alive=False)] == [(silent, "ray")]
@@ -145,11 +148,16 @@ def test_workers_heartbeat_and_a_silent_workers_runs_are_failed_once(db_store):
 
 def test_notes_tags_artifacts_and_predictions_round_trip(db_store):
     store = db_store
-    run = store.create_run({"strategy": "full", "lr": 1e-3, "nested": {"a": [1, 2.5, None, True]}}, "e",
-                           launched_by="ada@example.org")
+    run = store.create_run(
+        {"strategy": "full", "lr": 1e-3, "nested": {"a": [1, 2.5, None, True]}}, "e", launched_by="ada@example.org"
+    )
     assert store.annotate(run.id, notes=" first try ", tags=["b", " a", "", "b"]).tags == ["b", "a"]
     got = store.get_run(run.id)
-    assert (got.notes, got.launched_by, got.config["nested"]) == ("first try", "ada@example.org", {"a": [1, 2.5, None, True]})
+    assert (got.notes, got.launched_by, got.config["nested"]) == (
+        "first try",
+        "ada@example.org",
+        {"a": [1, 2.5, None, True]},
+    )
     assert store.tags() == ["a", "b"] and [r.id for r in store.list_runs(tag="a")] == [run.id]
     art = store.add_artifact("e", "probe", {"acc": 0.5, "curve": [0.1, 0.2]})
     assert type(art) is Artifact and store.artifacts("e", "probe")[0].data == {"acc": 0.5, "curve": [0.1, 0.2]}
@@ -177,10 +185,17 @@ def test_a_diverged_runs_nan_and_infinity_are_stored_and_read_back(db_store):
 
 def test_runs_filter_by_who_launched_them_in_the_database(db_store):
     store = db_store
-    for name, who, experiment in [("a", "alice@example.com", "x"), ("b", "Bob", "x"), ("c", None, "x"),
-                                  ("d", "carol", "y")]:
+    for name, who, experiment in [
+        ("a", "alice@example.com", "x"),
+        ("b", "Bob", "x"),
+        ("c", None, "x"),
+        ("d", "carol", "y"),
+    ]:
         store.create_run({"strategy": "full"}, experiment, name, launched_by=who)
-    assert store.launchers() == ["alice@example.com", "Bob", "carol"] and store.launchers("x") == ["alice@example.com", "Bob"]
+    assert store.launchers() == ["alice@example.com", "Bob", "carol"] and store.launchers("x") == [
+        "alice@example.com",
+        "Bob",
+    ]
     assert [r.name for r in store.list_runs(launched_by=["Bob", "carol"])] == ["d", "b"]
     assert [r.name for r in store.list_runs("x", launched_by=[])] == ["c", "b", "a"]  # no one chosen: everyone
 
@@ -189,7 +204,9 @@ def test_a_sqlite_database_in_a_folder_not_made_yet_is_made_there(tmp_path, caps
     from tl_core import cli
 
     path = tmp_path / "new" / "folder" / "x.db"
-    assert cli.main(["runs", "--db", f"sqlite:///{path}"]) == 0, capsys.readouterr().err  # was: unable to open database file
+    assert cli.main(["runs", "--db", f"sqlite:///{path}"]) == 0, (
+        capsys.readouterr().err
+    )  # was: unable to open database file
     assert path.is_file() and "no runs yet" in capsys.readouterr().out
     Store(f"sqlite:///{tmp_path / 'other' / 'y.db'}").create_run({"data": "x"})  # the store itself, not only the CLI
     assert (tmp_path / "other" / "y.db").is_file()

@@ -41,9 +41,20 @@ def expected_plan(name: str, n_groups: int, epoch: int, p: StrategyParams) -> di
 
 @pytest.mark.parametrize("name", list_strategies())
 def test_param_groups_and_lrs_are_as_specified(name, tiny, store):
-    settings = dict(data=tiny, backbone="efficientnet_lite0", strategy=name, epochs=EPOCHS, lr=BASE_LR,
-                    schedule="constant", unfreeze=2, lr_decay=2.5, head_epochs=1, unfreeze_every=1,
-                    head_lr_factor=10, stage_lr_factor=0.5)
+    settings = dict(
+        data=tiny,
+        backbone="efficientnet_lite0",
+        strategy=name,
+        epochs=EPOCHS,
+        lr=BASE_LR,
+        schedule="constant",
+        unfreeze=2,
+        lr_decay=2.5,
+        head_epochs=1,
+        unfreeze_every=1,
+        head_lr_factor=10,
+        stage_lr_factor=0.5,
+    )
     result = train(store, **settings)
     assert result.status == "completed", result.error
     groups = store.get_run(result.run_id).summary["groups"]
@@ -83,13 +94,16 @@ def test_discriminative_formula_and_two_phase_plan():
     assert t.lr_multipliers(0, 6, p) == [0.1] * 6 and t.lr_multipliers(5, 6, p) == [1.0]
 
 
-@pytest.mark.parametrize("settings, message", [
-    (dict(strategy="partial", unfreeze=9), "layer groups below the head"),
-    (dict(strategy="two_phase", head_epochs=5, epochs=5), "head-only phase"),
-    (dict(strategy="discriminative", lr_decay=0.5), "--lr-decay"),
-    (dict(strategy="nope"), "unknown strategy"),
-    (dict(backbone="vit_b_16", image_size=96), "exactly 224"),
-])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (dict(strategy="partial", unfreeze=9), "layer groups below the head"),
+        (dict(strategy="two_phase", head_epochs=5, epochs=5), "head-only phase"),
+        (dict(strategy="discriminative", lr_decay=0.5), "--lr-decay"),
+        (dict(strategy="nope"), "unknown strategy"),
+        (dict(backbone="vit_b_16", image_size=96), "exactly 224"),
+    ],
+)
 def test_impossible_settings_are_refused_with_what_is_allowed(settings, message):
     with pytest.raises(UserError, match=message):
         make_config(data="x", **settings)

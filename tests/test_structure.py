@@ -25,9 +25,18 @@ ENGINE = sorted((ROOT / "tl_core").rglob("*.py"))
 def _imported(code: str, runs_dir: Path | None = None) -> set[str]:
     """Top-level packages in sys.modules after running `code` in a fresh interpreter."""
     env = {**os.environ, **({"TL_RUNS_DIR": str(runs_dir)} if runs_dir else {})}
-    out = subprocess.run([sys.executable, "-c", f"{code}\nimport json, sys\n"
-                          "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"{code}\nimport json, sys\nprint(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}})))",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert out.returncode == 0, out.stderr
     return set(json.loads(out.stdout.strip().splitlines()[-1]))
 
@@ -45,8 +54,11 @@ def _imports(path: Path) -> set[str]:
 def test_the_engine_imports_neither_streamlit_nor_plotly():
     for path in ENGINE:
         assert not _imports(path) & {"streamlit", "plotly"}, f"{path.relative_to(ROOT)} imports presentation"
-    every = "\n".join(f"import tl_core.{p.relative_to(ROOT / 'tl_core').with_suffix('').as_posix().replace('/', '.')}"
-                      for p in ENGINE if p.name not in ("__main__.py", "__init__.py"))
+    every = "\n".join(
+        f"import tl_core.{p.relative_to(ROOT / 'tl_core').with_suffix('').as_posix().replace('/', '.')}"
+        for p in ENGINE
+        if p.name not in ("__main__.py", "__init__.py")
+    )
     assert not _imported(every) & {"streamlit", "plotly"}
 
 
@@ -57,9 +69,12 @@ def test_the_worker_imports_no_torch():
 
 def test_queueing_a_run_imports_no_torch(tiny, tmp_path):
     # The CLI's `run --detach` and the form's checks: settings, registries, the dataset, the weights' presence.
-    loaded = _imported(f"from tl_core import service\nfrom tl_core.config import make_config\n"
-                       f"cfg = make_config(data={tiny!r})\nservice.check_run(cfg)\ncfg.warnings()\n"
-                       f"import tl_core.cli", runs_dir=tmp_path / "runs")
+    loaded = _imported(
+        f"from tl_core import service\nfrom tl_core.config import make_config\n"
+        f"cfg = make_config(data={tiny!r})\nservice.check_run(cfg)\ncfg.warnings()\n"
+        f"import tl_core.cli",
+        runs_dir=tmp_path / "runs",
+    )
     assert not loaded & {"torch", "torchvision", "timm"}
 
 
@@ -74,8 +89,10 @@ def test_no_module_outside_settings_reads_the_environment():
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv", "environb"):
-                pytest.fail(f"{path.relative_to(ROOT)}:{node.lineno} reads the environment; add a setting to "
-                            f"tl_core/settings.py instead")
+                pytest.fail(
+                    f"{path.relative_to(ROOT)}:{node.lineno} reads the environment; add a setting to "
+                    f"tl_core/settings.py instead"
+                )
 
 
 @pytest.mark.parametrize("name", families.list_backbones())

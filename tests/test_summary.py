@@ -84,9 +84,14 @@ def test_the_stored_summaries_read_by_attribute(store):
 
 def test_unknown_missing_and_unfit_keys_still_read(store, capsys):
     summary_module._said_unfit.clear()
-    stored = {"classes": ["cat", "dog"], "someday": {"a": [1, 2]}, "gpu_memory": "n/a", "test": {"acc": 0.5},
-              "memory": {"accumulate": 2, "effective_batch": 16, "checkpointing": "off", "new_lever": True},
-              "last": {"train_loss": math.nan}}
+    stored = {
+        "classes": ["cat", "dog"],
+        "someday": {"a": [1, 2]},
+        "gpu_memory": "n/a",
+        "test": {"acc": 0.5},
+        "memory": {"accumulate": 2, "effective_batch": 16, "checkpointing": "off", "new_lever": True},
+        "last": {"train_loss": math.nan},
+    }
     run = store.get_run(stored_as_found(store, stored))
     store.list_runs()  # read again: not said again
     s = run.summary
@@ -107,12 +112,25 @@ def test_writes_are_validated_and_update_summary_keeps_the_other_fields(store):
     with pytest.raises(ValidationError, match="test"):
         store.finish_run(run.id, "completed", summary={"test": {"acc": 0.5}})  # a test block without its scores
     store.update_run(run.id, summary=RunSummary(classes=["a", "b"], train_images=10))
-    record = ExportRecord(format="onnx", path="/x.onnx", bytes=10, images=4, top1_agreement=1.0, max_prob_diff=0.0,
-                          tolerance=1e-4, passed=True, run=run.id)
+    record = ExportRecord(
+        format="onnx",
+        path="/x.onnx",
+        bytes=10,
+        images=4,
+        top1_agreement=1.0,
+        max_prob_diff=0.0,
+        tolerance=1e-4,
+        passed=True,
+        run=run.id,
+    )
     now = store.update_summary(run.id, exports=[record], total_seconds=1.5)
     assert now == store.get_run(run.id).summary
-    assert now.to_dict() == {"classes": ["a", "b"], "train_images": 10, "exports": [record.to_dict()],
-                             "total_seconds": 1.5}
+    assert now.to_dict() == {
+        "classes": ["a", "b"],
+        "train_images": 10,
+        "exports": [record.to_dict()],
+        "total_seconds": 1.5,
+    }
     with pytest.raises(ValidationError):
         store.update_summary(run.id, exports=[{"format": "onnx"}])  # no path
     assert store.get_run(run.id).summary.exports == [record]  # unchanged by the refused write
@@ -132,8 +150,11 @@ def test_training_reads_and_writes_the_summary_as_a_dict_meanwhile(store):
     assert summary.phases[0].trainable_groups == 9  # validated into its type
     with pytest.raises(ValidationError):
         summary["phases"] = [{"first_epoch": "one"}]
-    store.finish_run(run.id, "completed", summary={**summary, "total_seconds": 2.5,
-                                                   "memory": {**summary["memory"], "activations_mb": None}})
+    store.finish_run(
+        run.id,
+        "completed",
+        summary={**summary, "total_seconds": 2.5, "memory": {**summary["memory"], "activations_mb": None}},
+    )
     back = store.get_run(run.id).summary
     assert back.total_seconds == 2.5 and back.phases[0].last_epoch == 2 and back.memory.activations_mb is None
     assert back.regularizer.name == "l2sp"  # the rest as it was

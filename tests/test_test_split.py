@@ -22,16 +22,16 @@ import torch
 from sklearn.metrics import balanced_accuracy_score, f1_score
 from torch import nn
 
-from tl_core.data import folders, decode_cache
-from tl_core.analysis import lr_finder, metrics
 from tl_core import service
-from tl_core.training import held_out, loop, run_data
-from tl_core.training import run as T
+from tl_core.analysis import lr_finder, metrics
+from tl_core.analysis.data_probe import probe
 from tl_core.config import make_config
+from tl_core.data import decode_cache, folders
 from tl_core.data.folders import Item, scan_dataset
 from tl_core.data.splits import Splits, class_weights, split_dataset, split_fingerprint
 from tl_core.errors import UserError
-from tl_core.analysis.data_probe import probe
+from tl_core.training import held_out, loop, run_data
+from tl_core.training import run as T
 
 from .helpers import train
 from .test_app import demo_root, env, launch, make_run, no_exception, page  # noqa: F401 (fixtures)
@@ -52,12 +52,22 @@ def _index(layout: str) -> folders.DatasetIndex:
     """Three classes of 7, 12 and 30 images (no files: splitting reads the index only)."""
     classes, counts = ["ant", "bee", "cat"], [7, 12, 30]
     if layout == "folders":
-        items = {"all": [Item(f"/d/{c}/{i:03d}.png", label) for label, (c, n) in enumerate(zip(classes, counts))
-                         for i in range(n)]}
+        items = {
+            "all": [
+                Item(f"/d/{c}/{i:03d}.png", label)
+                for label, (c, n) in enumerate(zip(classes, counts))
+                for i in range(n)
+            ]
+        }
     else:
-        items = {"train": [Item(f"/d/train/{c}/{i:03d}.png", label) for label, (c, n) in
-                           enumerate(zip(classes, counts)) for i in range(n)],
-                 "val": [Item(f"/d/val/{c}/{i:03d}.png", label) for label, c in enumerate(classes) for i in range(3)]}
+        items = {
+            "train": [
+                Item(f"/d/train/{c}/{i:03d}.png", label)
+                for label, (c, n) in enumerate(zip(classes, counts))
+                for i in range(n)
+            ],
+            "val": [Item(f"/d/val/{c}/{i:03d}.png", label) for label, c in enumerate(classes) for i in range(3)],
+        }
     return folders.DatasetIndex("/d", layout, classes, items)
 
 
@@ -80,8 +90,10 @@ BEFORE = {
 @pytest.mark.parametrize("key", list(BEFORE))
 def test_test_fraction_zero_splits_exactly_as_before(key):
     layout, seed, val_fraction, train_fraction = key
-    for splits in (split_dataset(_index(layout), val_fraction, train_fraction, seed),
-                   split_dataset(_index(layout), val_fraction, train_fraction, seed, test_fraction=0.0)):
+    for splits in (
+        split_dataset(_index(layout), val_fraction, train_fraction, seed),
+        split_dataset(_index(layout), val_fraction, train_fraction, seed, test_fraction=0.0),
+    ):
         assert splits.test == []
         assert (split_fingerprint(splits), _digest(splits.train), _digest(splits.val)) == BEFORE[key]
 
@@ -120,8 +132,11 @@ def _folder(tiny: str, root: Path, val: bool) -> Path:
     """tiny's images as train/ (4 per class), val/ (2) and test/ (2); without val/, train/ takes 6."""
     for cls in sorted(p.name for p in Path(tiny).iterdir()):
         files = sorted((Path(tiny) / cls).iterdir())
-        parts = {"train": files[:4], "val": files[4:6], "test": files[6:8]} if val else \
-            {"train": files[:6], "test": files[6:8]}
+        parts = (
+            {"train": files[:4], "val": files[4:6], "test": files[6:8]}
+            if val
+            else {"train": files[:6], "test": files[6:8]}
+        )
         for split, chosen in parts.items():
             (root / split / cls).mkdir(parents=True)
             for f in chosen:
@@ -145,8 +160,11 @@ def test_a_train_val_test_folder_and_a_train_test_folder_give_three_splits(tiny,
 
 
 def test_bad_test_splits_say_what_to_do(tiny, tmp_path):
-    with pytest.raises(UserError, match=r"--test-fraction 0.9: class '\w+' has 8 images, and holding 7 out for test "
-                                        r"leaves 1 .*lower --test-fraction or add images"):
+    with pytest.raises(
+        UserError,
+        match=r"--test-fraction 0.9: class '\w+' has 8 images, and holding 7 out for test "
+        r"leaves 1 .*lower --test-fraction or add images",
+    ):
         split_dataset(scan_dataset(tiny), 0.2, test_fraction=0.9)
     full = _folder(tiny, tmp_path / "full", val=True)
     with pytest.raises(UserError, match="has its own test/ folder.*leave --test-fraction at 0"):
@@ -154,8 +172,11 @@ def test_bad_test_splits_say_what_to_do(tiny, tmp_path):
     first = sorted((full / "test").iterdir())[0]
     (full / "test" / "okapi").mkdir()
     shutil.copy(sorted(first.iterdir())[0], full / "test" / "okapi" / "a.png")
-    with pytest.raises(UserError, match=r"train/ and test/ in .* have different classes \(only in train: none; "
-                                        r"only in test: \['okapi'\]\)"):
+    with pytest.raises(
+        UserError,
+        match=r"train/ and test/ in .* have different classes \(only in train: none; "
+        r"only in test: \['okapi'\]\)",
+    ):
         scan_dataset(full)
     with pytest.raises(UserError, match="--test-fraction"):
         make_config(data=tiny, test_fraction=1.0)
@@ -315,9 +336,13 @@ def test_the_test_pass_scores_the_checkpoint_chosen_on_val_and_leaves_the_last_m
     assert out["test"]["macro_f1"] == pytest.approx(2 * 0.25 / 1.25 / 4)  # class 2's F1, over 4 classes
     assert all(torch.equal(v, last[k]) for k, v in bb.model.state_dict().items())  # the last epoch's weights
     torch.save({"model": bb.model.state_dict(), "epoch": 2}, tmp_path / "best.pt")  # the last is the best
-    assert set(held_out.score_test_split(cfg, bb.model, d, CPU, None, nn.CrossEntropyLoss(), tmp_path / "best.pt")) == {"test"}
+    assert set(held_out.score_test_split(cfg, bb.model, d, CPU, None, nn.CrossEntropyLoss(), tmp_path / "best.pt")) == {
+        "test"
+    }
     no_test = run_data.load_data(cfg.model_copy(update={"test_fraction": 0.0}), CPU)
-    assert held_out.score_test_split(cfg, bb.model, no_test, CPU, None, nn.CrossEntropyLoss(), tmp_path / "best.pt") == {}
+    assert (
+        held_out.score_test_split(cfg, bb.model, no_test, CPU, None, nn.CrossEntropyLoss(), tmp_path / "best.pt") == {}
+    )
 
 
 def test_a_run_that_stopped_before_its_test_pass_gets_it_on_resume(tiny, store, monkeypatch):

@@ -16,8 +16,21 @@ from .helpers import train
 
 # The GPU cases run where a CUDA GPU is visible (a GPU host; CI has none).
 ON_GPU = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"))
-EPOCH_KEYS = {"train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "val_macro_f1", "val_balanced_acc", "trainable_groups",
-              "trainable_params", "epoch_seconds", "images_per_sec", "peak_memory_mb", "wall_seconds"}
+EPOCH_KEYS = {
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "val_top5",
+    "val_macro_f1",
+    "val_balanced_acc",
+    "trainable_groups",
+    "trainable_params",
+    "epoch_seconds",
+    "images_per_sec",
+    "peak_memory_mb",
+    "wall_seconds",
+}
 
 
 def test_feature_extraction_beats_scratch_on_the_same_budget(animals, store):
@@ -39,10 +52,11 @@ def test_frozen_parameters_and_batchnorm_buffers_are_bitwise_unchanged(strategy,
     result = train(store, data=tiny, strategy=strategy, unfreeze=2, epochs=2, lr=0.05, device=device)
     assert result.status == "completed", result.error
     before = backbones.create_backbone("efficientnet_lite0", 4)
-    after = torch.load(Path(store.get_run(result.run_id).run_dir) / "last.pt", map_location="cpu",
-                       weights_only=True)["model"]
+    after = torch.load(Path(store.get_run(result.run_id).run_dir) / "last.pt", map_location="cpu", weights_only=True)[
+        "model"
+    ]
     body = before.groups[:-1]
-    frozen, trained = body[:len(body) - trained_groups], body[len(body) - trained_groups:]
+    frozen, trained = body[: len(body) - trained_groups], body[len(body) - trained_groups :]
     names = {id(m): n for n, m in before.model.named_modules()}
     for group in frozen:
         for module in group.modules():

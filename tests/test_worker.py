@@ -22,8 +22,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _serving(db: str, tmp_path: Path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TL_RUNS_DIR": str(tmp_path / "runs"), "TL_MAX_CONCURRENT": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "tl_core", "worker", "--db", db, "--poll", "0.3"],
-                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tl_core", "worker", "--db", db, "--poll", "0.3"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     store = Store(db)
     yield store, proc
     proc.terminate()
@@ -123,8 +128,13 @@ def test_a_dead_standby_does_not_stop_the_next_run(sqlite_worker, tiny):
 def test_without_standby_every_run_starts_a_fresh_process(tmp_path, tiny):
     db = f"sqlite:///{tmp_path / 'w.db'}"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TL_RUNS_DIR": str(tmp_path / "runs"), "TL_STANDBY": "0"}
-    proc = subprocess.Popen([sys.executable, "-m", "tl_core", "worker", "--db", db, "--poll", "0.3"],
-                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tl_core", "worker", "--db", db, "--poll", "0.3"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         store = Store(db)
         run_id = _queue(store, tiny, epochs=1)
@@ -142,8 +152,12 @@ def test_a_page_job_is_served_by_the_worker_beside_a_training_run(sqlite_worker,
     store, proc = sqlite_worker
     long_run = _queue(store, tiny, epochs=500, strategy="feature_extraction")
     wait_for(lambda: store.get_run(long_run).epochs_done >= 1, 120, "the run to train")
-    job = jobs.start(store, "probe", make_config(data=tiny, image_size=32, batch_size=8, workers=0,
-                                                 experiment="jobs"), ["--max-per-class", "4"])
+    job = jobs.start(
+        store,
+        "probe",
+        make_config(data=tiny, image_size=32, batch_size=8, workers=0, experiment="jobs"),
+        ["--max-per-class", "4"],
+    )
     found = wait_for(lambda: jobs.result(store, job) or jobs.failure(store, job), 180, "the probe's result")
     assert isinstance(found, dict) and found["job"] == job.id, found
     done = store.get_job(job.id)

@@ -31,9 +31,21 @@ from .training.term_specs import ADAPTATIONS, REGULARIZERS
 BOOKKEEPING = ("name", "experiment")
 # Settings added after runs were first checkpointed: left out of the fingerprint while at their
 # defaults, so a checkpoint written before they existed still resumes.
-ADDED_LATER = ("regularizer", "reg_strength", "head_reg_strength", "fisher_images", "target_data", "adapt",
-               "adapt_strength", "in_channels", "accumulate", "checkpointing", "test_fraction", "class_weights",
-               "bn")
+ADDED_LATER = (
+    "regularizer",
+    "reg_strength",
+    "head_reg_strength",
+    "fisher_images",
+    "target_data",
+    "adapt",
+    "adapt_strength",
+    "in_channels",
+    "accumulate",
+    "checkpointing",
+    "test_fraction",
+    "class_weights",
+    "bn",
+)
 
 
 class OneOf:
@@ -74,16 +86,28 @@ class RunConfig(BaseModel):
     augment: Literal["none", "light", "standard"] = "none"
     val_fraction: float = Field(0.2, gt=0, lt=1)
     train_fraction: float = Field(1.0, gt=0, le=1)
-    split_seed: int = Field(0, description="seeds the train/val split and the train-fraction subset, so that "
-                            "the runs of an experiment share them whatever their --seed")
-    test_fraction: float = Field(0.0, ge=0, lt=1, description="hold out this share of every class as the test "
-                                 "split, carved first by --split-seed (val and train fractions split the rest); "
-                                 "0: none, or the folder's own test/. Runs choose their epoch on val and are "
-                                 "scored once on test")
+    split_seed: int = Field(
+        0,
+        description="seeds the train/val split and the train-fraction subset, so that "
+        "the runs of an experiment share them whatever their --seed",
+    )
+    test_fraction: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="hold out this share of every class as the test "
+        "split, carved first by --split-seed (val and train fractions split the rest); "
+        "0: none, or the folder's own test/. Runs choose their epoch on val and are "
+        "scored once on test",
+    )
     # optimisation
     epochs: int = Field(5, gt=0)
-    batch_size: int | None = Field(None, gt=0, description=f"images per batch; default: {DEFAULT_BATCH_SIZE}, "
-                                   f"or fewer for a small dataset (the run says what it used)")
+    batch_size: int | None = Field(
+        None,
+        gt=0,
+        description=f"images per batch; default: {DEFAULT_BATCH_SIZE}, "
+        f"or fewer for a small dataset (the run says what it used)",
+    )
     lr: float | None = Field(None, gt=0, description="None: the strategy's default")
     optimizer: Literal["adamw", "sgd"] = "adamw"
     schedule: Literal["onecycle", "cosine", "step", "constant"] = "onecycle"
@@ -91,8 +115,10 @@ class RunConfig(BaseModel):
     momentum: float = Field(0.9, ge=0, lt=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     class_weights: Literal["none", "auto"] = Field(
-        "none", description="weights of the classes in the training cross-entropy: auto, inverse class frequency "
-        "over the training split normalised to mean 1 (for imbalanced data)")
+        "none",
+        description="weights of the classes in the training cross-entropy: auto, inverse class frequency "
+        "over the training split normalised to mean 1 (for imbalanced data)",
+    )
     # strategy knobs
     unfreeze: int = 2
     lr_decay: float = 3.0
@@ -104,81 +130,123 @@ class RunConfig(BaseModel):
     patience: int = 1
     stage_lr_factor: float = 1.0
     bn: Literal["auto", "frozen", "train"] = Field(
-        "auto", description="BatchNorm of the pretrained layers that train: frozen keeps it in inference mode (the "
+        "auto",
+        description="BatchNorm of the pretrained layers that train: frozen keeps it in inference mode (the "
         "pretrained running statistics, which the head learned on, never move; its weight and bias still train), "
         "train normalises by batch statistics and moves them to the data's; auto: each strategy's choice, train "
-        "from random weights (see README, \"BatchNorm when layers unfreeze\")")
+        'from random weights (see README, "BatchNorm when layers unfreeze")',
+    )
     # terms of the loss beside the strategy (training/term_specs.py): keep what was pretrained, cross domains
     regularizer: Annotated[str, OneOf(REGULARIZERS)] = Field(
-        "none", description="a term that keeps the pretrained weights near where they started (pretrained groups "
-        f"then get no weight decay). {_methods(REGULARIZERS)}")
+        "none",
+        description="a term that keeps the pretrained weights near where they started (pretrained groups "
+        f"then get no weight decay). {_methods(REGULARIZERS)}",
+    )
     reg_strength: float = Field(0.1, ge=0, description="alpha: the weight of the regularizer's pull")
-    head_reg_strength: float = Field(0.01, ge=0, description="beta: plain L2 on the new head while a regularizer "
-                                     "is on (it replaces the head's weight decay)")
-    fisher_images: int = Field(256, gt=0, description="ewc: training images the Fisher information is estimated "
-                               "on, from the pretrained model's own predictions (no source data at hand)")
-    target_data: str | None = Field(None, description="a target-domain folder: class folders (labels used for "
-                                    "evaluation only) or images without labels")
+    head_reg_strength: float = Field(
+        0.01,
+        ge=0,
+        description="beta: plain L2 on the new head while a regularizer is on (it replaces the head's weight decay)",
+    )
+    fisher_images: int = Field(
+        256,
+        gt=0,
+        description="ewc: training images the Fisher information is estimated "
+        "on, from the pretrained model's own predictions (no source data at hand)",
+    )
+    target_data: str | None = Field(
+        None,
+        description="a target-domain folder: class folders (labels used for evaluation only) or images without labels",
+    )
     adapt: Annotated[str, OneOf(ADAPTATIONS)] = Field(
-        "none", description=f"domain adaptation toward --target-data. {_methods(ADAPTATIONS)}")
+        "none", description=f"domain adaptation toward --target-data. {_methods(ADAPTATIONS)}"
+    )
     adapt_strength: float = Field(1.0, ge=0, description="the adaptation term's weight in the loss")
     # other inputs, memory
-    in_channels: int = Field(3, ge=1, le=64, description="image channels: 1 keeps grayscale as one channel; more "
-                             "reads multi-band TIFF or .npy arrays; the first convolution is rebuilt from the RGB "
-                             "filters")
-    accumulate: int = Field(1, ge=1, description="gradient accumulation: one optimizer step per K batches, an "
-                            "effective batch of K x batch size (BatchNorm still sees batches of batch size)")
+    in_channels: int = Field(
+        3,
+        ge=1,
+        le=64,
+        description="image channels: 1 keeps grayscale as one channel; more "
+        "reads multi-band TIFF or .npy arrays; the first convolution is rebuilt from the RGB "
+        "filters",
+    )
+    accumulate: int = Field(
+        1,
+        ge=1,
+        description="gradient accumulation: one optimizer step per K batches, an "
+        "effective batch of K x batch size (BatchNorm still sees batches of batch size)",
+    )
     checkpointing: Literal["off", "on"] = Field(
-        "off", description="activation checkpointing: recompute each trained stage's activations in the backward "
-        "pass instead of keeping them (less memory, about a third more compute)")
+        "off",
+        description="activation checkpointing: recompute each trained stage's activations in the backward "
+        "pass instead of keeping them (less memory, about a third more compute)",
+    )
     # bookkeeping and hardware
-    seed: int = Field(0, description="seeds the initialisation, data order and augmentation (not the split: "
-                      "--split-seed)")
+    seed: int = Field(
+        0, description="seeds the initialisation, data order and augmentation (not the split: --split-seed)"
+    )
     experiment: str = Field("default", min_length=1, max_length=200)
     name: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     workers: int | None = Field(None, ge=0, description="DataLoader workers; None picks by CPU count")
     # speed: caches and hardware (see tl_core/features.py, tl_core/decoded.py)
     feature_cache: Literal["on", "off"] = Field(
-        "on", description="train above frozen layers on their output, computed once and cached on disk")
-    feature_views: int = Field(4, ge=1, le=64, description="with augmentation: augmented views of each "
-                               "image the feature cache keeps (each epoch samples one)")
+        "on", description="train above frozen layers on their output, computed once and cached on disk"
+    )
+    feature_views: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="with augmentation: augmented views of each image the feature cache keeps (each epoch samples one)",
+    )
     feature_precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="precision the frozen layers' output is computed in; auto: bf16 where the hardware "
-        "computes it natively (a GPU's autocast, CPUs with AVX512-BF16 or AMX), else fp32")
-    decode_cache: Literal["on", "off"] = Field("on", description="decode and resize each image once, "
-                                               "kept as uint8 on disk")
+        "auto",
+        description="precision the frozen layers' output is computed in; auto: bf16 where the hardware "
+        "computes it natively (a GPU's autocast, CPUs with AVX512-BF16 or AMX), else fp32",
+    )
+    decode_cache: Literal["on", "off"] = Field(
+        "on", description="decode and resize each image once, kept as uint8 on disk"
+    )
     compile: Literal["off", "on"] = Field("off", description="torch.compile the trainable part")
     cudnn_benchmark: Literal["auto", "on", "off"] = Field(
-        "auto", description="on a GPU: cuDNN times its algorithms for each new input shape (faster steps for "
+        "auto",
+        description="on a GPU: cuDNN times its algorithms for each new input shape (faster steps for "
         "some models, the first step of each shape much slower; see BENCHMARKS.md); auto: on only for runs long "
-        "enough to pay the search back")
+        "enough to pay the search back",
+    )
 
     @model_validator(mode="after")
-    def _check_against_registries(self) -> "RunConfig":
+    def _check_against_registries(self) -> RunConfig:
         spec = get_spec(self.backbone)
         strategy = get_strategy(self.strategy)
         n_groups = len(spec.body_groups) + 1
         strategy.validate(n_groups, self.epochs, self.strategy_params())
         if spec.fixed_image_size and self.image_size != spec.fixed_image_size:
-            raise UserError(f"--image-size {self.image_size}: {self.backbone} takes exactly "
-                            f"{spec.fixed_image_size} px images")
+            raise UserError(
+                f"--image-size {self.image_size}: {self.backbone} takes exactly {spec.fixed_image_size} px images"
+            )
         if self.image_size < spec.min_image_size:
-            raise UserError(f"--image-size {self.image_size}: {self.backbone} needs at least "
-                            f"{spec.min_image_size} px")
+            raise UserError(f"--image-size {self.image_size}: {self.backbone} needs at least {spec.min_image_size} px")
         if self.adapt != "none" and not self.target_data:
-            raise UserError(f"--adapt {self.adapt} needs --target-data FOLDER: a folder of target-domain images "
-                            f"(with or without class folders) to adapt toward")
+            raise UserError(
+                f"--adapt {self.adapt} needs --target-data FOLDER: a folder of target-domain images "
+                f"(with or without class folders) to adapt toward"
+            )
         if self.regularizer != "none" and self.weights_to_load == "none":
-            raise UserError(f"--regularizer {self.regularizer} pulls the weights toward the pretrained ones, but "
-                            f"this run starts from none (--strategy {self.strategy}, --weights {self.weights}); "
-                            f"use --regularizer none, or a strategy with pretrained weights")
+            raise UserError(
+                f"--regularizer {self.regularizer} pulls the weights toward the pretrained ones, but "
+                f"this run starts from none (--strategy {self.strategy}, --weights {self.weights}); "
+                f"use --regularizer none, or a strategy with pretrained weights"
+            )
         fisher = self.regularizer != "none" and REGULARIZERS.get(self.regularizer).needs_fisher
         if fisher and (self.weights_to_load != "imagenet" or self.in_channels != 3):
             others = " or ".join(n for n, s in REGULARIZERS.items() if not s.needs_fisher)
-            raise UserError(f"--regularizer {self.regularizer} estimates its Fisher information from the pretrained "
-                            f"model's own ImageNet predictions on RGB images: it needs --weights imagenet and "
-                            f"--in-channels 3; use --regularizer {others} otherwise")
+            raise UserError(
+                f"--regularizer {self.regularizer} estimates its Fisher information from the pretrained "
+                f"model's own ImageNet predictions on RGB images: it needs --weights imagenet and "
+                f"--in-channels 3; use --regularizer {others} otherwise"
+            )
         return self
 
     def body_trains(self) -> bool:
@@ -195,27 +263,37 @@ class RunConfig(BaseModel):
         out = get_strategy(self.strategy).warnings(n_groups, self.epochs, self.strategy_params())
         if not self.body_trains():
             if self.adapt != "none":
-                out.append(f"--adapt {self.adapt} with --strategy {self.strategy}: the body stays frozen, so "
-                           f"adaptation cannot move the features; only the head learns from the source (choose a "
-                           f"strategy that fine-tunes, e.g. full or partial)")
+                out.append(
+                    f"--adapt {self.adapt} with --strategy {self.strategy}: the body stays frozen, so "
+                    f"adaptation cannot move the features; only the head learns from the source (choose a "
+                    f"strategy that fine-tunes, e.g. full or partial)"
+                )
             if self.regularizer != "none":
-                out.append(f"--regularizer {self.regularizer} with --strategy {self.strategy}: the pretrained "
-                           f"weights are frozen, so there is nothing to pull back (only the head's L2 applies)")
+                out.append(
+                    f"--regularizer {self.regularizer} with --strategy {self.strategy}: the pretrained "
+                    f"weights are frozen, so there is nothing to pull back (only the head's L2 applies)"
+                )
             if self.checkpointing == "on":
-                out.append(f"--checkpointing on with --strategy {self.strategy}: frozen layers keep no "
-                           f"activations for a backward pass, so there is no memory to save")
+                out.append(
+                    f"--checkpointing on with --strategy {self.strategy}: frozen layers keep no "
+                    f"activations for a backward pass, so there is no memory to save"
+                )
         if self.bn == "frozen" and self.weights_to_load == "none":
-            out.append(f"--bn frozen with random weights (--strategy {self.strategy}, --weights {self.weights}): there "
-                       f"are no pretrained BatchNorm statistics to hold, so its BatchNorm trains")
+            out.append(
+                f"--bn frozen with random weights (--strategy {self.strategy}, --weights {self.weights}): there "
+                f"are no pretrained BatchNorm statistics to hold, so its BatchNorm trains"
+            )
         native = native_size(self.backbone)
         if self.weights_to_load != "none" and self.image_size < native / 2:
-            out.append(f"--image-size {self.image_size} is below half the {native} px the {self.backbone} weights "
-                       f"were trained at: accuracy is traded for speed (fine for a quick comparison on a CPU; "
-                       f"raise it towards {native} for the best accuracy)")
+            out.append(
+                f"--image-size {self.image_size} is below half the {native} px the {self.backbone} weights "
+                f"were trained at: accuracy is traded for speed (fine for a quick comparison on a CPU; "
+                f"raise it towards {native} for the best accuracy)"
+            )
         return out
 
     @classmethod
-    def from_stored(cls, stored: dict) -> "RunConfig":
+    def from_stored(cls, stored: dict) -> RunConfig:
         """The config of a recorded run, as it trained when it was recorded.
 
         A run recorded before --split-seed existed (its config has no split_seed) split its data
@@ -231,16 +309,26 @@ class RunConfig(BaseModel):
 
     def fingerprint(self) -> str:
         """A digest of every setting that shapes training (not the run's name or experiment)."""
-        settings = {k: v for k, v in self.model_dump().items()
-                    if k not in BOOKKEEPING and not (k in ADDED_LATER and v == default(k))}
+        settings = {
+            k: v
+            for k, v in self.model_dump().items()
+            if k not in BOOKKEEPING and not (k in ADDED_LATER and v == default(k))
+        }
         return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def strategy_params(self) -> StrategyParams:
-        return StrategyParams(unfreeze=self.unfreeze, lr_decay=self.lr_decay, head_lr_factor=self.head_lr_factor,
-                              head_epochs=self.head_epochs, phase2_lr_factor=self.phase2_lr_factor,
-                              unfreeze_every=self.unfreeze_every, unfreeze_on=self.unfreeze_on,
-                              patience=self.patience, stage_lr_factor=self.stage_lr_factor,
-                              bn=batchnorm_mode(get_strategy(self.strategy), self.bn, self.weights_to_load != "none"))
+        return StrategyParams(
+            unfreeze=self.unfreeze,
+            lr_decay=self.lr_decay,
+            head_lr_factor=self.head_lr_factor,
+            head_epochs=self.head_epochs,
+            phase2_lr_factor=self.phase2_lr_factor,
+            unfreeze_every=self.unfreeze_every,
+            unfreeze_on=self.unfreeze_on,
+            patience=self.patience,
+            stage_lr_factor=self.stage_lr_factor,
+            bn=batchnorm_mode(get_strategy(self.strategy), self.bn, self.weights_to_load != "none"),
+        )
 
     @property
     def base_lr(self) -> float:

@@ -33,8 +33,7 @@ class Registry(Generic[T]):
     """Entries of one kind by name. `kind` words the errors ("unknown strategy 'x'"); `flag`, the
     setting that chooses among them, when it is not `--<kind>` (the adaptation's is `--adapt`)."""
 
-    def __init__(self, kind: str, *, flag: str = "", none: str | None = None,
-                 make: Callable[[Any], T] | None = None):
+    def __init__(self, kind: str, *, flag: str = "", none: str | None = None, make: Callable[[Any], T] | None = None):
         self.kind = kind
         self.flag = flag or f"--{kind}"
         self.none = none
@@ -61,8 +60,9 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except KeyError:
-            raise UserError(f"unknown {self.kind} {name!r} ({self.flag}); choose one of: "
-                            f"{', '.join(self.choices())}") from None
+            raise UserError(
+                f"unknown {self.kind} {name!r} ({self.flag}); choose one of: {', '.join(self.choices())}"
+            ) from None
 
     def names(self) -> list[str]:
         """Every name filed, in the order filed."""

@@ -31,9 +31,9 @@ changes its environment sees the change; nothing else in tl_core touches os.envi
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 DEFAULT_DB_URL = "sqlite:///experiments.db"
 TRUE = ("1", "true", "yes", "on")
@@ -64,7 +64,7 @@ class Settings:
     standby_idle_s: float = 300.0
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> "Settings":
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
         runs = Path(env.get("TL_RUNS_DIR") or "runs")
         concurrent = env.get("TL_MAX_CONCURRENT", "").strip()
         return cls(

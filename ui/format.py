@@ -11,15 +11,29 @@ from tl_core.store import Run, RunSummary
 from tl_core.store.summary import ExportRecord
 
 # The form's label for each setting a message may name as a CLI flag.
-LABELS = {"data": "Dataset", "lr": "Learning rate", "batch_size": "Batch size", "image_size": "Image size",
-          "weight_decay": "Weight decay", "train_fraction": "Train fraction", "val_fraction": "Val fraction",
-          "unfreeze": "Groups to unfreeze", "lr_decay": "LR decay", "head_epochs": "Head epochs",
-          "unfreeze_every": "Unfreeze every", "unfreeze_on": "Unfreeze on", "phase2_lr_factor": "Phase-2 LR factor",
-          "head_lr_factor": "Head LR factor", "stage_lr_factor": "Stage LR factor", "split_seed": "Split seed"}
+LABELS = {
+    "data": "Dataset",
+    "lr": "Learning rate",
+    "batch_size": "Batch size",
+    "image_size": "Image size",
+    "weight_decay": "Weight decay",
+    "train_fraction": "Train fraction",
+    "val_fraction": "Val fraction",
+    "unfreeze": "Groups to unfreeze",
+    "lr_decay": "LR decay",
+    "head_epochs": "Head epochs",
+    "unfreeze_every": "Unfreeze every",
+    "unfreeze_on": "Unfreeze on",
+    "phase2_lr_factor": "Phase-2 LR factor",
+    "head_lr_factor": "Head LR factor",
+    "stage_lr_factor": "Stage LR factor",
+    "split_seed": "Split seed",
+}
 
 
 def form_message(error: UserError | str) -> str:
     """A UserError worded for the form: CLI flags (--batch-size) become the form's labels."""
+
     def label(m: re.Match) -> str:
         field = m.group(1).replace("-", "_")
         return LABELS.get(field, field.replace("_", " ").capitalize())
@@ -50,12 +64,18 @@ def verdict_method(measure: str, differences: list[dict], best_lr: bool = False)
     elif d["scope"] == "all" and tested <= 1:
         correction = "one pair tested, so nothing to correct for"
     else:
-        correction = (f"with Holm's correction {scope}: with no true difference, the chance that any verdict here "
-                      f"names a winner is at most {1 - d['confidence']:.0%}; each interval is at the level Holm "
-                      f"tested its pair at, so a verdict and its interval agree")
-    return (f"Compared: {measure}" + (", each strategy at its best LR (chosen on validation)" if best_lr else "")
-            + f"; runs paired by seed (and split). Each verdict is a paired t-test at {d['confidence']:.0%}, "
-            + correction + ".")
+        correction = (
+            f"with Holm's correction {scope}: with no true difference, the chance that any verdict here "
+            f"names a winner is at most {1 - d['confidence']:.0%}; each interval is at the level Holm "
+            f"tested its pair at, so a verdict and its interval agree"
+        )
+    return (
+        f"Compared: {measure}"
+        + (", each strategy at its best LR (chosen on validation)" if best_lr else "")
+        + f"; runs paired by seed (and split). Each verdict is a paired t-test at {d['confidence']:.0%}, "
+        + correction
+        + "."
+    )
 
 
 def format_seconds(seconds: float | None) -> str:
@@ -79,14 +99,27 @@ def runs_rows(runs: list[Run]) -> list[dict]:
     """The Runs page table, from run records only (no metric rows: it refreshes every 2 s)."""
     rows = []
     for r in runs:
-        rows.append({
-            "id": r.id, "name": r.name, "experiment": r.experiment, "backbone": r.config.get("backbone"),
-            "strategy": r.config.get("strategy"), "seed": r.config.get("seed"), "status": r.status,
-            "epoch": f"{r.epochs_done} of {r.epochs}", "progress": r.epochs_done / max(1, r.epochs),
-            "eta": format_seconds(service.eta_seconds(r)), "best_val_acc": r.best_val_acc,
-            "test_acc": r.test_acc, "duration": format_seconds(r.duration_s), "created": r.created_at.strftime("%Y-%m-%d %H:%M"),
-            "tags": r.tags, "launched_by": r.launched_by or "", "where": where(r),
-        })
+        rows.append(
+            {
+                "id": r.id,
+                "name": r.name,
+                "experiment": r.experiment,
+                "backbone": r.config.get("backbone"),
+                "strategy": r.config.get("strategy"),
+                "seed": r.config.get("seed"),
+                "status": r.status,
+                "epoch": f"{r.epochs_done} of {r.epochs}",
+                "progress": r.epochs_done / max(1, r.epochs),
+                "eta": format_seconds(service.eta_seconds(r)),
+                "best_val_acc": r.best_val_acc,
+                "test_acc": r.test_acc,
+                "duration": format_seconds(r.duration_s),
+                "created": r.created_at.strftime("%Y-%m-%d %H:%M"),
+                "tags": r.tags,
+                "launched_by": r.launched_by or "",
+                "where": where(r),
+            }
+        )
     return rows
 
 
@@ -126,11 +159,21 @@ def speed_note(summary: RunSummary) -> str:
         parts.append("**decoded images**: cached" if dc.used else f"**decoded images**: not cached ({dc.why})")
     if summary.startup_seconds is not None:
         where = ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in summary.startup.items())
-        parts.append(f"**startup**: {summary.startup_seconds:.1f} s to the first batch" + (f" ({where})" if where else ""))
+        parts.append(
+            f"**startup**: {summary.startup_seconds:.1f} s to the first batch" + (f" ({where})" if where else "")
+        )
     if gpu := summary.gpu_memory:
-        said = [*([f"peak {gpu.peak_mb / 1024:.2f} GiB"] if gpu.peak_mb is not None else []),
-                *([f"{gpu.predicted_mb / 1024:.2f} GiB predicted by its probe step of {gpu.available_mb / 1024:.1f} "
-                   f"GiB free"] if gpu.predicted_mb is not None and gpu.available_mb is not None else [])]
+        said = [
+            *([f"peak {gpu.peak_mb / 1024:.2f} GiB"] if gpu.peak_mb is not None else []),
+            *(
+                [
+                    f"{gpu.predicted_mb / 1024:.2f} GiB predicted by its probe step of {gpu.available_mb / 1024:.1f} "
+                    f"GiB free"
+                ]
+                if gpu.predicted_mb is not None and gpu.available_mb is not None
+                else []
+            ),
+        ]
         parts.append("**GPU memory**: " + ", ".join(said))
     if summary.cudnn_benchmark is not None:
         parts.append(f"**cudnn.benchmark**: {summary.cudnn_benchmark}")
@@ -142,9 +185,11 @@ def input_note(summary: RunSummary) -> str:
     parts = []
     if pre := summary.preprocessing:
         mean, std = (", ".join(f"{v:.3f}" for v in values) for values in (pre.pre.mean, pre.pre.std))
-        parts.append(f"**input**: {pre.image_size} px (the weights' native size: {pre.native_size} px), "
-                     f"resized {pre.pre.interpolation} to {pre.resize} px and centre-cropped, augmentation "
-                     f"{pre.augment}, normalised with mean ({mean}) and std ({std}) from the weights")
+        parts.append(
+            f"**input**: {pre.image_size} px (the weights' native size: {pre.native_size} px), "
+            f"resized {pre.pre.interpolation} to {pre.resize} px and centre-cropped, augmentation "
+            f"{pre.augment}, normalised with mean ({mean}) and std ({std}) from the weights"
+        )
     if batch := summary.batch_size:
         parts.append(f"**batch size**: {batch.used}" + (f" ({batch.why})" if batch.why else ""))
     return " · ".join(parts)
@@ -156,8 +201,7 @@ def methods_note(summary: RunSummary) -> str:
     parts = []
     if (kept := summary.forgetting) and kept.agreement is not None:
         reference = kept.reference or "the pretrained model"
-        parts.append(f"**knowledge kept**: {kept.agreement:.1%} (agreement with {reference} on "
-                     f"{kept.images} images)")
+        parts.append(f"**knowledge kept**: {kept.agreement:.1%} (agreement with {reference} on {kept.images} images)")
     elif kept and kept.skipped is not None:
         parts.append(f"**knowledge kept**: not measured ({kept.skipped})")
     if reg := summary.regularizer:
@@ -166,12 +210,17 @@ def methods_note(summary: RunSummary) -> str:
         parts.append(f"**Fisher information**: from {fisher.images} images ({fisher.source})")
     if target := summary.target:
         labels = "labelled: its accuracy is measured" if target.labelled else "unlabelled"
-        split = (f"; train/ {target.adapted_on} adapted on, val/ {target.evaluated_on} evaluated on"
-                 if target.layout == "split" else "")
+        split = (
+            f"; train/ {target.adapted_on} adapted on, val/ {target.evaluated_on} evaluated on"
+            if target.layout == "split"
+            else ""
+        )
         parts.append(f"**target data**: `{target.data}`, {target.images} images ({labels}{split})")
     if (memory := summary.memory) and (memory.accumulate > 1 or memory.checkpointing == "on"):
-        parts.append(f"**memory**: accumulate {memory.accumulate} (effective batch "
-                     f"{memory.effective_batch}), checkpointing {memory.checkpointing}")
+        parts.append(
+            f"**memory**: accumulate {memory.accumulate} (effective batch "
+            f"{memory.effective_batch}), checkpointing {memory.checkpointing}"
+        )
     return " · ".join(parts)
 
 
@@ -193,6 +242,8 @@ def megabytes(n: int | None) -> str:
 
 def parity_note(export: ExportRecord) -> str:
     """One line on an export's parity check against the run's own model."""
-    return (f"**{export.format}** · {megabytes(export.bytes)} · checked on {export.images} validation "
-            f"images: top-1 agreement **{export.top1_agreement:.1%}**, largest probability difference "
-            f"**{export.max_prob_diff:.1e}** (tolerance {export.tolerance:.0e})")
+    return (
+        f"**{export.format}** · {megabytes(export.bytes)} · checked on {export.images} validation "
+        f"images: top-1 agreement **{export.top1_agreement:.1%}**, largest probability difference "
+        f"**{export.max_prob_diff:.1e}** (tolerance {export.tolerance:.0e})"
+    )

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import base64
-from typing import Sequence
+from collections.abc import Sequence
 
 import streamlit as st
 
@@ -23,7 +23,7 @@ def predictions(preds: Sequence, classes: list[str], columns: int = COLUMNS, siz
     """A grid of stored predictions in the order given, each captioned with its classes; a file
     that is gone says so in place of its thumbnail."""
     for start in range(0, len(preds), columns):
-        for col, p in zip(st.columns(columns), preds[start:start + columns]):
+        for col, p in zip(st.columns(columns), preds[start : start + columns]):
             caption = fmt.prediction_caption(p, classes)
             if png := thumbnail(p.path, size):
                 col.image(png, caption=caption, width="stretch")
@@ -36,8 +36,11 @@ def some(preds: Sequence, classes: list[str], key: str, step: int = 12) -> int:
     shown = min(len(preds), st.session_state.get(key, step))
     predictions(preds[:shown], classes)
     if shown < len(preds):
-        if st.button(f"Show {min(step, len(preds) - shown)} more (of {len(preds) - shown} left)",
-                     key=f"{key}_more", icon=":material/expand_more:"):
+        if st.button(
+            f"Show {min(step, len(preds) - shown)} more (of {len(preds) - shown} left)",
+            key=f"{key}_more",
+            icon=":material/expand_more:",
+        ):
             st.session_state[key] = shown + step
             st.rerun()
     return shown

@@ -8,7 +8,7 @@ from __future__ import annotations
 import csv
 import html
 import io
-from typing import Sequence
+from collections.abc import Sequence
 
 import plotly.graph_objects as go
 import plotly.io as pio
@@ -44,9 +44,11 @@ def build(title: str, caption: str, sections: Sequence[tuple[str, list]]) -> str
                 out.append(table(part) if part else "<p class=caption>none</p>")
             else:
                 out.append(f"<p>{html.escape(str(part))}</p>")
-    return (f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>"
-            f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
-            f"<p class=caption>{html.escape(caption)}</p>{''.join(out)}</body></html>")
+    return (
+        f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>"
+        f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
+        f"<p class=caption>{html.escape(caption)}</p>{''.join(out)}</body></html>"
+    )
 
 
 def csv_text(rows: list[dict]) -> str:

@@ -7,7 +7,7 @@ and per class, and the images of each kind (service.diff).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import streamlit as st
 
@@ -25,15 +25,18 @@ def image_by_image(store: Store, runs: Sequence[Run], label: dict[int, str]) -> 
     if not comparable:
         return
     st.subheader("Image by image")
-    st.caption("Each run's predictions at its best epoch, image by image against a reference run validated on the "
-               "same images: what the other run fixed (wrong in the reference, right in it), broke, and still gets "
-               "wrong.")
+    st.caption(
+        "Each run's predictions at its best epoch, image by image against a reference run validated on the "
+        "same images: what the other run fixed (wrong in the reference, right in it), broke, and still gets "
+        "wrong."
+    )
     choose = st.columns(2)
     by_id = {r.id: r for r in runs}
     if st.session_state.get("compare_reference") not in comparable:  # another experiment or selection
         st.session_state.pop("compare_reference", None)
-    reference_id = choose[0].selectbox("Reference run", list(comparable), key="compare_reference",
-                                       format_func=lambda i: label[i])
+    reference_id = choose[0].selectbox(
+        "Reference run", list(comparable), key="compare_reference", format_func=lambda i: label[i]
+    )
     others = [o.id for o in comparable[reference_id]]
     if st.session_state.get("compare_against") not in others:
         st.session_state.pop("compare_against", None)
@@ -53,13 +56,20 @@ def image_by_image(store: Store, runs: Sequence[Run], label: dict[int, str]) -> 
         if d.unmatched:
             st.caption(f"{d.unmatched} validation images were seen by only one of the two runs and are left out.")
         a, b = st.columns(2)
-        a.plotly_chart(charts.confusion_delta(classes, d.confusion_delta, f"confusion matrix: {label[other_id]} minus "
-                                              f"{label[reference_id]}"), key="confusion_delta")
-        b.plotly_chart(charts.class_deltas(d.class_deltas, f"per-class accuracy: {label[other_id]} against "
-                                           f"{label[reference_id]}"), key="class_deltas")
-        for tab, (kind, images) in zip(st.tabs([f"Fixed ({len(d.fixed)})", f"Broken ({len(d.broken)})",
-                                                f"Still wrong ({len(d.still_wrong)})"]),
-                                       [("fixed", d.fixed), ("broken", d.broken), ("still_wrong", d.still_wrong)]):
+        a.plotly_chart(
+            charts.confusion_delta(
+                classes, d.confusion_delta, f"confusion matrix: {label[other_id]} minus {label[reference_id]}"
+            ),
+            key="confusion_delta",
+        )
+        b.plotly_chart(
+            charts.class_deltas(d.class_deltas, f"per-class accuracy: {label[other_id]} against {label[reference_id]}"),
+            key="class_deltas",
+        )
+        for tab, (kind, images) in zip(
+            st.tabs([f"Fixed ({len(d.fixed)})", f"Broken ({len(d.broken)})", f"Still wrong ({len(d.still_wrong)})"]),
+            [("fixed", d.fixed), ("broken", d.broken), ("still_wrong", d.still_wrong)],
+        ):
             with tab:
                 if not images:
                     st.caption("None.")

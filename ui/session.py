@@ -8,8 +8,8 @@ from collections.abc import Mapping
 import streamlit as st
 from streamlit.errors import StreamlitPageNotFoundError
 
-from tl_core.service import auth
 from tl_core import service
+from tl_core.service import auth
 from tl_core.store import Job, Store
 
 PAGES = ("new_run", "runs", "compare", "run_detail", "predict")
@@ -73,8 +73,9 @@ def _provider_sign_in(section: dict) -> None:
     st.markdown("### :material/lock: TransferLab")
     st.caption("Sign in with your team's account: the runs you launch are recorded under your name.")
     for p in auth.providers(section):
-        if st.button(f"Sign in with {p.label}", key=f"sign_in_{p.name or 'default'}", type="primary",
-                     icon=":material/login:"):
+        if st.button(
+            f"Sign in with {p.label}", key=f"sign_in_{p.name or 'default'}", type="primary", icon=":material/login:"
+        ):
             st.login(p.name)  # None: the provider configured in [auth] itself
     st.stop()
 

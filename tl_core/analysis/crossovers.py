@@ -12,8 +12,9 @@ from __future__ import annotations
 import itertools
 import math
 import statistics
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 TIE = 1e-9  # accuracies closer than this are equal (float noise, not a difference)
 

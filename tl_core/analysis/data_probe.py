@@ -29,18 +29,18 @@ from __future__ import annotations
 import random
 import statistics
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 
-from ..models import backbones, weights
-from ..data import scan_cache, folders, decode_cache
-from ..data.splits import Splits, split_dataset
-from ..training import feature_cache
 from ..config import RunConfig
+from ..data import decode_cache, folders, scan_cache
+from ..data.splits import Splits, split_dataset
 from ..errors import UserError
+from ..models import backbones, weights
+from ..training import feature_cache
 from ..training.loop import seed_everything
 from ..training.run_data import CHANNELS_LAST
 from ..training.startup import amp_for, pick_device
@@ -89,9 +89,13 @@ def similarity_of(separability: float) -> str:
 
 
 def _separation_words(separability: float, probe_acc: float | None, chance: float | None) -> str:
-    how = ("already separate the classes well" if separability >= CLOSE_AT
-           else "separate the classes only partly" if separability >= CLOSE_AT / 2
-           else "barely separate the classes")
+    how = (
+        "already separate the classes well"
+        if separability >= CLOSE_AT
+        else "separate the classes only partly"
+        if separability >= CLOSE_AT / 2
+        else "barely separate the classes"
+    )
     if probe_acc is not None and chance is not None:
         return f"frozen features {how} (linear probe {probe_acc:.0%} vs {chance:.0%} chance)"
     return f"frozen features {how} (separability {separability:.2f}: 0 is chance, 1 perfect)"
@@ -104,25 +108,34 @@ def _separation_words(separability: float, probe_acc: float | None, chance: floa
 # advice here is feature_extraction, with that caveat said; partial comes second as the run that
 # checks it (the top groups adapted at a low LR), which the table does not advise.
 _TABLE: dict[tuple[str, str], tuple[list[str], str]] = {
-    ("small", "close"): (["feature_extraction", "partial"],
-                         "a new head on the frozen backbone (feature_extraction) should do; partial if it underfits"),
-    ("small", "far"): (["feature_extraction", "partial"],
-                       "train only a linear classifier on the frozen backbone (feature_extraction), as fine-tuning "
-                       "on this little data would overfit; the table would take it from earlier layers than the "
-                       "last, whose features are the most ImageNet-specific, which TransferLab does not offer, so "
-                       "expect it to fall short: partial (the top groups adapted at a low LR) is the run to check "
-                       "it against"),
-    ("large", "close"): (["two_phase", "discriminative"],
-                         "fine-tune with care: the head first, then every layer at a lower LR (two_phase), or LRs "
-                         "falling towards the stem (discriminative)"),
-    ("large", "far"): (["full", "scratch"],
-                       "there is data enough to move every layer far from ImageNet (full); scratch is the control "
-                       "that shows what pretraining still adds"),
+    ("small", "close"): (
+        ["feature_extraction", "partial"],
+        "a new head on the frozen backbone (feature_extraction) should do; partial if it underfits",
+    ),
+    ("small", "far"): (
+        ["feature_extraction", "partial"],
+        "train only a linear classifier on the frozen backbone (feature_extraction), as fine-tuning "
+        "on this little data would overfit; the table would take it from earlier layers than the "
+        "last, whose features are the most ImageNet-specific, which TransferLab does not offer, so "
+        "expect it to fall short: partial (the top groups adapted at a low LR) is the run to check "
+        "it against",
+    ),
+    ("large", "close"): (
+        ["two_phase", "discriminative"],
+        "fine-tune with care: the head first, then every layer at a lower LR (two_phase), or LRs "
+        "falling towards the stem (discriminative)",
+    ),
+    ("large", "far"): (
+        ["full", "scratch"],
+        "there is data enough to move every layer far from ImageNet (full); scratch is the control "
+        "that shows what pretraining still adds",
+    ),
 }
 
 
-def recommend(images_per_class: float, separability: float, *, probe_acc: float | None = None,
-              chance: float | None = None) -> Recommendation:
+def recommend(
+    images_per_class: float, separability: float, *, probe_acc: float | None = None, chance: float | None = None
+) -> Recommendation:
     """The seeds' table: data size x similarity to ImageNet -> strategies to try first, and why.
 
     `probe_acc` and `chance` (fractions), when given, are quoted in the sentence instead of the
@@ -130,8 +143,10 @@ def recommend(images_per_class: float, separability: float, *, probe_acc: float 
     """
     size, similarity = size_of(images_per_class), similarity_of(separability)
     strategies, advice = _TABLE[size, similarity]
-    why = (f"about {round(images_per_class)} training images per class ({size}) and "
-           f"{_separation_words(separability, probe_acc, chance)}: {advice}")
+    why = (
+        f"about {round(images_per_class)} training images per class ({size}) and "
+        f"{_separation_words(separability, probe_acc, chance)}: {advice}"
+    )
     return Recommendation(list(strategies), why, size, similarity)
 
 
@@ -143,8 +158,9 @@ def judge(recommended: Sequence[str], results: Mapping[str, float]) -> str:
     first = recommended[0]
     if first not in results:
         compared = ", ".join(sorted(results)) or "none"
-        return (f"cannot judge: {first}, the strategy recommended first, was not in the comparison "
-                f"(compared: {compared})")
+        return (
+            f"cannot judge: {first}, the strategy recommended first, was not in the comparison (compared: {compared})"
+        )
     best = max(results, key=lambda s: (results[s], s == first))  # a tie goes to the recommendation
     gap = 100 * (results[best] - results[first])
     if best == first:
@@ -152,11 +168,15 @@ def judge(recommended: Sequence[str], results: Mapping[str, float]) -> str:
         runner_up = f"; next {others[0]} at {results[others[0]]:.1%}" if others else ""
         return f"right: {first}, recommended first, was the best ({results[first]:.1%} val accuracy{runner_up})"
     if gap <= RIGHT_WITHIN_POINTS:
-        return (f"right: {first}, recommended first, was within {RIGHT_WITHIN_POINTS:g} point of the best, "
-                f"{best} ({results[first]:.1%} vs {results[best]:.1%})")
+        return (
+            f"right: {first}, recommended first, was within {RIGHT_WITHIN_POINTS:g} point of the best, "
+            f"{best} ({results[first]:.1%} vs {results[best]:.1%})"
+        )
     also = " (also recommended)" if best in recommended else ""
-    return (f"wrong: {best}{also} beat {first}, the strategy recommended first, by {gap:.1f} points "
-            f"({results[best]:.1%} vs {results[first]:.1%})")
+    return (
+        f"wrong: {best}{also} beat {first}, the strategy recommended first, by {gap:.1f} points "
+        f"({results[best]:.1%} vs {results[first]:.1%})"
+    )
 
 
 # --- the probe ------------------------------------------------------------------------------
@@ -232,6 +252,7 @@ def linear_probe_accuracy(x_train: np.ndarray, y_train: np.ndarray, x_val: np.nd
 
 def knn_accuracy(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, k: int) -> float:
     """k nearest training images by cosine similarity, majority vote (ties: the nearest's class)."""
+
     def unit(x: np.ndarray) -> np.ndarray:
         return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
@@ -247,13 +268,16 @@ def knn_accuracy(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_
     return float((np.asarray(pred) == y_val).mean())
 
 
-def _frozen_activations(cfg: RunConfig, splits: Splits, rows: decode_cache.DatasetRows,
-                        device: torch.device) -> tuple[feature_cache.FeatureRun, str]:
+def _frozen_activations(
+    cfg: RunConfig, splits: Splits, rows: decode_cache.DatasetRows, device: torch.device
+) -> tuple[feature_cache.FeatureRun, str]:
     """The pretrained body's output at the head input for `splits`' images, at the weights' native
     size, through the feature cache."""
     if cfg.weights == "none":
-        raise UserError(f"--weights none: probing {cfg.data} measures how well pretrained features separate its "
-                        f"classes, and random weights have none; probe with --weights imagenet or a state_dict file")
+        raise UserError(
+            f"--weights none: probing {cfg.data} measures how well pretrained features separate its "
+            f"classes, and random weights have none; probe with --weights imagenet or a state_dict file"
+        )
     weights.check_obtainable(cfg.backbone, cfg.weights)
     bb = backbones.create_backbone(cfg.backbone, len(splits.classes), weights=cfg.weights)
     bb.model = bb.model.to(device, memory_format=torch.channels_last if CHANNELS_LAST else torch.preserve_format)
@@ -263,17 +287,29 @@ def _frozen_activations(cfg: RunConfig, splits: Splits, rows: decode_cache.Datas
     precision = feature_cache.extraction_dtype(cfg.feature_precision, device, amp_for(device)[0])
     # One batch per split: the probes need every activation at once, and a batch at least as big
     # as the split never drops a last lone image (FeatureBatches does, for BatchNorm's sake).
-    frozen = feature_cache.FrozenFeatures(bb, splits, rows, pipeline, views=1, batch_size=max(len(splits.train), 1),
-                                     seed=cfg.seed, device=device, precision=precision, channels_last=CHANNELS_LAST,
-                                     workers=cfg.workers or 0)  # a few hundred images decode fastest in-process
+    frozen = feature_cache.FrozenFeatures(
+        bb,
+        splits,
+        rows,
+        pipeline,
+        views=1,
+        batch_size=max(len(splits.train), 1),
+        seed=cfg.seed,
+        device=device,
+        precision=precision,
+        channels_last=CHANNELS_LAST,
+        workers=cfg.workers or 0,
+    )  # a few hundred images decode fastest in-process
     # A 1-epoch phase: filling the cache then costs no more frozen forward passes than one
     # ordinary epoch over these images, so FrozenFeatures always caches them (feature_cache.py).
     run = frozen.at(len(bb.groups) - 1, 0, 1)
     record = frozen.records[-1]
     if run is None:
-        raise UserError(f"cannot probe {cfg.data}: the frozen features of {cfg.backbone} could not be cached "
-                        f"({record.get('why', 'no reason given')}); if the cache is too large, free disk space "
-                        f"or raise TL_CACHE_MAX_GB, else probe with another --backbone")
+        raise UserError(
+            f"cannot probe {cfg.data}: the frozen features of {cfg.backbone} could not be cached "
+            f"({record.get('why', 'no reason given')}); if the cache is too large, free disk space "
+            f"or raise TL_CACHE_MAX_GB, else probe with another --backbone"
+        )
     return run, "hit" if record.get("hit") else "computed"
 
 
@@ -287,12 +323,16 @@ def probe(cfg: RunConfig, *, max_per_class: int = 50, k: int = 5) -> Probe:
     few hundred rows, and a feature_extraction run at the native size reuses them).
     """
     if max_per_class < 1 or k < 1:
-        raise UserError(f"probe: max_per_class {max_per_class} and k {k} must be at least 1; "
-                        f"probe at least one image per class with at least one neighbour")
+        raise UserError(
+            f"probe: max_per_class {max_per_class} and k {k} must be at least 1; "
+            f"probe at least one image per class with at least one neighbour"
+        )
     if cfg.in_channels != 3:
-        raise UserError(f"probe: --in-channels {cfg.in_channels}: the probe measures how ImageNet's RGB features "
-                        f"separate the classes, and these images are not RGB; compare strategies with runs instead "
-                        f"(a feature_extraction run is the linear probe on the rebuilt first layer)")
+        raise UserError(
+            f"probe: --in-channels {cfg.in_channels}: the probe measures how ImageNet's RGB features "
+            f"separate the classes, and these images are not RGB; compare strategies with runs instead "
+            f"(a feature_extraction run is the linear probe on the rebuilt first layer)"
+        )
     started = time.perf_counter()
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
@@ -300,15 +340,21 @@ def probe(cfg: RunConfig, *, max_per_class: int = 50, k: int = 5) -> Probe:
     #    every run of an experiment, whatever its --seed, is probed on the same images).
     index = scan_cache.scan_dataset(cfg.data)
     splits = split_dataset(index, cfg.val_fraction, cfg.train_fraction, cfg.split_seed, cfg.test_fraction)
-    probed = Splits(splits.classes, subsample(splits.train, max_per_class, cfg.split_seed),
-                         subsample(splits.val, max_per_class, cfg.split_seed), index)
+    probed = Splits(
+        splits.classes,
+        subsample(splits.train, max_per_class, cfg.split_seed),
+        subsample(splits.val, max_per_class, cfg.split_seed),
+        index,
+    )
     # 2. Frozen activations at the head input, computed once and cached.
     run, cache_state = _frozen_activations(cfg, probed, decode_cache.DatasetRows.of(index), device)
     x_train, y_train = _stacked(run.train.for_epoch(0))
     x_val, y_val = _stacked(run.val)
     if len(np.unique(y_train)) < 2 or not len(y_val):
-        raise UserError(f"cannot probe {cfg.data}: too few readable images (train {len(y_train)}, val {len(y_val)}) "
-                        f"to tell two classes apart; check the skipped files with `python -m tl_core dataset`")
+        raise UserError(
+            f"cannot probe {cfg.data}: too few readable images (train {len(y_train)}, val {len(y_val)}) "
+            f"to tell two classes apart; check the skipped files with `python -m tl_core dataset`"
+        )
     # 3. The probes, and the linear probe's accuracy from chance (0) to perfect (1).
     linear = linear_probe_accuracy(x_train, y_train, x_val, y_val)
     knn = knn_accuracy(x_train, y_train, x_val, y_val, k)
@@ -317,9 +363,19 @@ def probe(cfg: RunConfig, *, max_per_class: int = 50, k: int = 5) -> Probe:
     # 4. The table.
     per_class = median_per_class(splits.train, len(splits.classes))
     rec = recommend(per_class, separability, probe_acc=linear, chance=chance)
-    return Probe(images_per_class=per_class, classes=list(splits.classes),
-                 probed_images={"train": int(len(y_train)), "val": int(len(y_val))},
-                 linear_probe_acc=linear, knn_acc=knn, chance=chance, separability=float(separability),
-                 similarity=rec.similarity, size=rec.size, recommendation=rec,
-                 seconds=round(time.perf_counter() - started, 3), feature_cache=cache_state,
-                 backbone=cfg.backbone, image_size=weights.native_size(cfg.backbone))
+    return Probe(
+        images_per_class=per_class,
+        classes=list(splits.classes),
+        probed_images={"train": int(len(y_train)), "val": int(len(y_val))},
+        linear_probe_acc=linear,
+        knn_acc=knn,
+        chance=chance,
+        separability=float(separability),
+        similarity=rec.similarity,
+        size=rec.size,
+        recommendation=rec,
+        seconds=round(time.perf_counter() - started, 3),
+        feature_cache=cache_state,
+        backbone=cfg.backbone,
+        image_size=weights.native_size(cfg.backbone),
+    )

@@ -9,7 +9,7 @@ how much of its pretrained weight it rewrote. The loop records it every epoch as
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -27,9 +27,11 @@ class Drift:
     def measure(self, groups: Sequence[LayerGroup]) -> dict[str, float]:
         out = {}
         for name, group, start in zip(self.names, groups, self.start):
-            moved = sum(float((p.detach().float() - w0.float()).pow(2).sum()) for p, w0 in zip(group.parameters(), start))
+            moved = sum(
+                float((p.detach().float() - w0.float()).pow(2).sum()) for p, w0 in zip(group.parameters(), start)
+            )
             size = sum(float(w0.float().pow(2).sum()) for w0 in start)
-            out[name] = (moved / size) ** 0.5 if size > 0 else moved ** 0.5
+            out[name] = (moved / size) ** 0.5 if size > 0 else moved**0.5
         return out
 
     def metrics(self, groups: Sequence[LayerGroup]) -> dict[str, float]:

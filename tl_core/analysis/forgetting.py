@@ -14,13 +14,13 @@ in place and every module's train/eval flag restored, even when a forward pass f
 from __future__ import annotations
 
 import contextlib
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import nn
 
-from ..models.backbones import Backbone, imagenet_model
 from ..errors import UserError
+from ..models.backbones import Backbone, imagenet_model
 from ..models.families import get_spec
 
 __all__ = ["imagenet_head", "knowledge_kept", "why_not_measured"]
@@ -38,11 +38,12 @@ def why_not_measured(bb: Backbone, in_channels: int = 3) -> str | None:
     if bb.weights == "none":
         return "the body started from random weights (weights none): it had no ImageNet knowledge to forget"
     if bb.weights != "imagenet":
-        return (f"the body started from {bb.weights}, not ImageNet's weights: the ImageNet head does not "
-                f"belong to it")
+        return f"the body started from {bb.weights}, not ImageNet's weights: the ImageNet head does not belong to it"
     if in_channels != 3:
-        return (f"the images have {in_channels} channel{'s' if in_channels != 1 else ''}, not RGB: the "
-                f"pretrained model cannot classify them as ImageNet images")
+        return (
+            f"the images have {in_channels} channel{'s' if in_channels != 1 else ''}, not RGB: the "
+            f"pretrained model cannot classify them as ImageNet images"
+        )
     return None
 
 
@@ -65,8 +66,13 @@ def _head_swapped(model: nn.Module, head_path: str, head: nn.Module) -> Iterator
 
 
 @torch.inference_mode()
-def knowledge_kept(bb: Backbone, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device,
-                   amp: torch.dtype | None = None, reference: nn.Module | None = None) -> dict:
+def knowledge_kept(
+    bb: Backbone,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    device,
+    amp: torch.dtype | None = None,
+    reference: nn.Module | None = None,
+) -> dict:
     """Top-1 agreement between (the fine-tuned body + the original ImageNet head) and the untouched
     pretrained model over the batches' images (labels unused; empty batches skipped).
 
@@ -96,7 +102,13 @@ def knowledge_kept(bb: Backbone, batches: Iterable[tuple[torch.Tensor, torch.Ten
             seen += len(target)
     n = int(seen.item())  # read back once, not per batch
     if n == 0:
-        raise UserError(f"cannot measure forgetting for {bb.spec.name}: no images were given; pass the "
-                        f"validation batches")
-    return {"agreement": agreed.item() / n, "top5": in_top5.item() / n, "images": n, "agreed": int(agreed.item()),
-            "reference": REFERENCE}
+        raise UserError(
+            f"cannot measure forgetting for {bb.spec.name}: no images were given; pass the validation batches"
+        )
+    return {
+        "agreement": agreed.item() / n,
+        "top5": in_top5.item() / n,
+        "images": n,
+        "agreed": int(agreed.item()),
+        "reference": REFERENCE,
+    }

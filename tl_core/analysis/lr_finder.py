@@ -25,25 +25,25 @@ import math
 import random
 import sys
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..training import loop, run_data, startup
-from ..models.backbones import Backbone
 from ..config import RunConfig
-from ..models.cuts import modes_kept
 from ..errors import UserError
+from ..models.backbones import Backbone
+from ..models.cuts import modes_kept
+from ..training import loop, run_data, startup
 from ..training.finetuning import Finetuning, sync_param_groups
 from ..training.strategies import get_strategy
 
 RULES = {
     "steepest": "steepest descent of the smoothed loss against log LR, before its lowest point (PyTorch "
-                "Lightning's _LRFinder.suggestion, kept out of the diverging tail)",
+    "Lightning's _LRFinder.suggestion, kept out of the diverging tail)",
     "valley": "halfway down the longest valley of the smoothed loss (fastai's valley)",
 }
 DEFAULT_RULE = "steepest"
@@ -58,14 +58,19 @@ SKIP_BEGIN, SKIP_END = 10, 1
 def check_arguments(start_lr: float, end_lr: float, num_iter: int, rule: str = DEFAULT_RULE) -> None:
     """Raise UserError, naming the setting, for a range the test cannot run."""
     if not (start_lr > 0 and end_lr > 0):  # also refuses NaN
-        raise UserError(f"--start-lr {start_lr} / --end-lr {end_lr}: learning rates must be > 0 "
-                        f"(the usual range is 1e-7 to 10)")
+        raise UserError(
+            f"--start-lr {start_lr} / --end-lr {end_lr}: learning rates must be > 0 (the usual range is 1e-7 to 10)"
+        )
     if start_lr >= end_lr:
-        raise UserError(f"--start-lr {start_lr} must be below --end-lr {end_lr}: the range test raises the LR "
-                        f"from one to the other (e.g. 1e-7 to 10)")
+        raise UserError(
+            f"--start-lr {start_lr} must be below --end-lr {end_lr}: the range test raises the LR "
+            f"from one to the other (e.g. 1e-7 to 10)"
+        )
     if num_iter < MIN_STEPS:
-        raise UserError(f"--num-iter {num_iter}: the range test needs at least {MIN_STEPS} steps; 100 (the "
-                        f"default) to a few hundred give a readable curve")
+        raise UserError(
+            f"--num-iter {num_iter}: the range test needs at least {MIN_STEPS} steps; 100 (the "
+            f"default) to a few hundred give a readable curve"
+        )
     check_rule(rule)
 
 
@@ -102,15 +107,28 @@ def _cycle(batches: Iterable) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
                 seen = True
                 yield x, y
         if not seen:
-            raise UserError("the range test found no training batch: the training split has no readable "
-                            "image; check the dataset")
+            raise UserError(
+                "the range test found no training batch: the training split has no readable image; check the dataset"
+            )
 
 
-def range_test(net: nn.Module, batches: Iterable, optimizer: torch.optim.Optimizer, loss_fn: nn.Module, *,
-               start_lr: float, end_lr: float, num_iter: int, device: torch.device, beta: float = 0.98,
-               diverge: float = 4.0, amp: torch.dtype | None = None, scaler: torch.amp.GradScaler | None = None,
-               multipliers: Sequence[float] | None = None,
-               on_step: Callable[[int, float, float], None] | None = None) -> RangeTest:
+def range_test(
+    net: nn.Module,
+    batches: Iterable,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: nn.Module,
+    *,
+    start_lr: float,
+    end_lr: float,
+    num_iter: int,
+    device: torch.device,
+    beta: float = 0.98,
+    diverge: float = 4.0,
+    amp: torch.dtype | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    multipliers: Sequence[float] | None = None,
+    on_step: Callable[[int, float, float], None] | None = None,
+) -> RangeTest:
     """Train `net` one batch per step at exponentially growing LRs; the curve, and why it stopped.
 
     Each optimizer group k trains at the step's base LR x multipliers[k] (None: 1 for every
@@ -159,8 +177,10 @@ def range_test(net: nn.Module, batches: Iterable, optimizer: torch.optim.Optimiz
         best = min(best, smooth)
         if smooth > diverge * best:
             out.reason = "diverged"
-            out.stopped = (f"stopped at step {step + 1} of {num_iter} (LR {lr:.3g}): the smoothed loss "
-                           f"{smooth:.3g} passed {diverge:g}x its best {best:.3g} (diverging)")
+            out.stopped = (
+                f"stopped at step {step + 1} of {num_iter} (LR {lr:.3g}): the smoothed loss "
+                f"{smooth:.3g} passed {diverge:g}x its best {best:.3g} (diverging)"
+            )
             break
     else:
         out.stopped = f"ran all {num_iter} steps up to LR {end_lr:.3g} without diverging"
@@ -170,8 +190,9 @@ def range_test(net: nn.Module, batches: Iterable, optimizer: torch.optim.Optimiz
 # --- the suggestion ---------------------------------------------------------------------------
 
 
-def suggest(lrs: Sequence[float], losses: Sequence[float], rule: str = DEFAULT_RULE,
-            num_iter: int | None = None) -> tuple[float, int]:
+def suggest(
+    lrs: Sequence[float], losses: Sequence[float], rule: str = DEFAULT_RULE, num_iter: int | None = None
+) -> tuple[float, int]:
     """The suggested base LR and its index in `lrs`, read off a smoothed curve by `rule` (RULES).
 
     `num_iter`: the steps the test was asked for (None: as many as it recorded). A test that
@@ -200,7 +221,7 @@ def _steepest(lrs: np.ndarray, losses: np.ndarray) -> int:
     demo data); they are not candidates. A curve too short for all this is read whole.
     """
     idx = np.arange(len(losses))
-    keep = idx[SKIP_BEGIN:len(idx) - SKIP_END]
+    keep = idx[SKIP_BEGIN : len(idx) - SKIP_END]
     keep = keep[np.isfinite(losses[keep])]
     if len(keep) < 2:
         keep = idx[np.isfinite(losses)]
@@ -265,8 +286,12 @@ def restored(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -
     flags = [p.requires_grad for p in params]
     grads = [None if p.grad is None else p.grad.detach().clone() for p in params]
     opt_state = copy.deepcopy(optimizer.state_dict()) if optimizer is not None else None
-    rng = (torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
-           random.getstate(), np.random.get_state())
+    rng = (
+        torch.get_rng_state(),
+        torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
+        random.getstate(),
+        np.random.get_state(),
+    )
     try:
         with modes_kept(model):
             yield
@@ -318,8 +343,15 @@ class LRFind:
         return {**asdict(self), "rule_description": self.rule_description}
 
 
-def lr_find(cfg: RunConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0, num_iter: int = 100,
-            rule: str = DEFAULT_RULE, show: bool = False) -> LRFind:
+def lr_find(
+    cfg: RunConfig,
+    *,
+    start_lr: float = 1e-7,
+    end_lr: float = 10.0,
+    num_iter: int = 100,
+    rule: str = DEFAULT_RULE,
+    show: bool = False,
+) -> LRFind:
     """The range test for run config `cfg`, as its first epoch would train (the training loop's own
     data, model, plan, optimizer and loss); deterministic under cfg.seed.
 
@@ -338,28 +370,56 @@ def lr_find(cfg: RunConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0, num
     plan.plan(0)
     multipliers = plan.multipliers()
     optimizer = sync_param_groups(None, cfg, bb.groups, plan.boundary, multipliers)
-    of_group = {g.name: m for g, m in zip(bb.groups[plan.boundary:], multipliers)}
+    of_group = {g.name: m for g, m in zip(bb.groups[plan.boundary :], multipliers)}
     per_optimizer_group = [of_group[pg["group"]] for pg in optimizer.param_groups]  # two a layer group
     # 2. What trains: the layers above the boundary on cached frozen features, where train._fit would.
     net, batches, cached = _what_trains(cfg, bb, d, plan, device, amp)
     # 3. The test, with everything it trains put back afterwards.
-    with tqdm(total=num_iter, unit="batch", desc="LR range test", disable=not show, file=sys.stderr,
-              dynamic_ncols=True) as bar, restored(bb.model, optimizer):
+    with (
+        tqdm(
+            total=num_iter, unit="batch", desc="LR range test", disable=not show, file=sys.stderr, dynamic_ncols=True
+        ) as bar,
+        restored(bb.model, optimizer),
+    ):
         plan.train_mode(bb.model)
-        test = range_test(net, batches, optimizer, run_data.training_loss(cfg, d, device)[0],
-                          start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, device=device, amp=amp,
-                          scaler=scaler, multipliers=per_optimizer_group, on_step=lambda *_: bar.update(1))
+        test = range_test(
+            net,
+            batches,
+            optimizer,
+            run_data.training_loss(cfg, d, device)[0],
+            start_lr=start_lr,
+            end_lr=end_lr,
+            num_iter=num_iter,
+            device=device,
+            amp=amp,
+            scaler=scaler,
+            multipliers=per_optimizer_group,
+            on_step=lambda *_: bar.update(1),
+        )
     lr, index = suggest(test.lrs, test.losses, rule, num_iter)
-    return LRFind(suggested_lr=lr, suggestion_index=index, rule=rule, lrs=test.lrs, losses=test.losses,
-                  raw_losses=test.raw_losses, stopped=test.stopped, start_lr=start_lr, end_lr=end_lr,
-                  num_iter=num_iter, strategy=cfg.strategy, backbone=cfg.backbone,
-                  multipliers=of_group,
-                  frozen_groups=plan.boundary, feature_cache=cached,
-                  seconds=round(time.perf_counter() - started, 3))
+    return LRFind(
+        suggested_lr=lr,
+        suggestion_index=index,
+        rule=rule,
+        lrs=test.lrs,
+        losses=test.losses,
+        raw_losses=test.raw_losses,
+        stopped=test.stopped,
+        start_lr=start_lr,
+        end_lr=end_lr,
+        num_iter=num_iter,
+        strategy=cfg.strategy,
+        backbone=cfg.backbone,
+        multipliers=of_group,
+        frozen_groups=plan.boundary,
+        feature_cache=cached,
+        seconds=round(time.perf_counter() - started, 3),
+    )
 
 
-def _what_trains(cfg: RunConfig, bb: Backbone, d: run_data.RunData, plan: Finetuning, device: torch.device,
-                 amp: torch.dtype | None) -> tuple[nn.Module, Iterable, bool]:
+def _what_trains(
+    cfg: RunConfig, bb: Backbone, d: run_data.RunData, plan: Finetuning, device: torch.device, amp: torch.dtype | None
+) -> tuple[nn.Module, Iterable, bool]:
     """(net, batches, cached): train._fit's choice for epoch 0, and whether it is the feature cache."""
     feats = run_data.frozen_features(cfg, bb, d, device, amp).at(plan.boundary, 0, plan.phase.end)
     if feats is None:

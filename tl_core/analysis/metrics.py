@@ -12,7 +12,7 @@ from `sklearn.metrics` on the same predictions:
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..store import ClassMetric
 
@@ -56,6 +56,10 @@ def accuracy(confusion: Confusion) -> float:
 def scores(confusion: Confusion, classes: Sequence[str]) -> dict:
     """A split's results from its confusion matrix, as a run's summary keeps them ("test",
     "test_last"): accuracy, macro-F1, balanced accuracy, images, and each class's row as a dict."""
-    return {"acc": accuracy(confusion), "macro_f1": macro_f1(confusion), "balanced_acc": balanced_accuracy(confusion),
-            "images": sum(sum(int(v) for v in row) for row in confusion),
-            "classes": [dict(c.__dict__) for c in class_metrics(confusion, classes)]}
+    return {
+        "acc": accuracy(confusion),
+        "macro_f1": macro_f1(confusion),
+        "balanced_acc": balanced_accuracy(confusion),
+        "images": sum(sum(int(v) for v in row) for row in confusion),
+        "classes": [dict(c.__dict__) for c in class_metrics(confusion, classes)],
+    }

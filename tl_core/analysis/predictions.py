@@ -26,8 +26,10 @@ __all__ = ["Diff", "Prediction", "accuracy", "confusion", "diff", "errors", "fro
 def from_outputs(paths: list[str], labels, preds, pred_log_probs, true_log_probs) -> list[Prediction]:
     """One Prediction per image, in order, from its label, predicted class and the log-probabilities
     of both (what train.evaluate keeps)."""
-    return [Prediction(i, path, int(y), int(p), float(np.exp(q)), float(np.exp(t)), float(-t))
-            for i, (path, y, p, q, t) in enumerate(zip(paths, labels, preds, pred_log_probs, true_log_probs))]
+    return [
+        Prediction(i, path, int(y), int(p), float(np.exp(q)), float(np.exp(t)), float(-t))
+        for i, (path, y, p, q, t) in enumerate(zip(paths, labels, preds, pred_log_probs, true_log_probs))
+    ]
 
 
 def accuracy(preds: list[Prediction]) -> float:
@@ -71,20 +73,27 @@ class Diff:
         return len(self.fixed) - len(self.broken)
 
 
-def diff(reference: list[Prediction], other: list[Prediction], classes: list[str],
-         other_classes: list[str] | None = None) -> Diff:
+def diff(
+    reference: list[Prediction], other: list[Prediction], classes: list[str], other_classes: list[str] | None = None
+) -> Diff:
     """What `other` fixed and broke relative to `reference`, image by image."""
     if other_classes is not None and list(other_classes) != list(classes):
-        raise UserError("the two runs have different classes, so their predictions cannot be compared; "
-                        "pick a reference run trained on the same dataset")
+        raise UserError(
+            "the two runs have different classes, so their predictions cannot be compared; "
+            "pick a reference run trained on the same dataset"
+        )
     if not reference or not other:
-        raise UserError("a run has no stored predictions (it has not finished an epoch, or it was trained "
-                        "before predictions were stored); pick runs that have them")
+        raise UserError(
+            "a run has no stored predictions (it has not finished an epoch, or it was trained "
+            "before predictions were stored); pick runs that have them"
+        )
     ref = {p.path: p for p in reference}
     pairs = [(ref[p.path], p) for p in other if p.path in ref]
     if not pairs:
-        raise UserError("the two runs share no validation image (another dataset or another --split-seed); "
-                        "pick a reference run validated on the same images")
+        raise UserError(
+            "the two runs share no validation image (another dataset or another --split-seed); "
+            "pick a reference run validated on the same images"
+        )
     fixed = [o for r, o in pairs if not r.correct and o.correct]
     broken = [o for r, o in pairs if r.correct and not o.correct]
     still = [o for r, o in pairs if not r.correct and not o.correct]
@@ -96,8 +105,16 @@ def diff(reference: list[Prediction], other: list[Prediction], classes: list[str
         if not mine:
             continue
         ref_acc, acc = (sum(x.correct for x, _ in mine) / len(mine), sum(y.correct for _, y in mine) / len(mine))
-        deltas.append({"class": name, "images": len(mine), "reference_acc": ref_acc, "acc": acc,
-                       "delta": acc - ref_acc})
-    return Diff(sorted(fixed, key=lambda p: p.loss), sorted(broken, key=lambda p: -p.loss),
-                sorted(still, key=lambda p: -p.loss), sum(r.correct and o.correct for r, o in pairs), len(pairs),
-                len(reference) + len(other) - 2 * len(pairs), delta.tolist(), deltas)
+        deltas.append(
+            {"class": name, "images": len(mine), "reference_acc": ref_acc, "acc": acc, "delta": acc - ref_acc}
+        )
+    return Diff(
+        sorted(fixed, key=lambda p: p.loss),
+        sorted(broken, key=lambda p: -p.loss),
+        sorted(still, key=lambda p: -p.loss),
+        sum(r.correct and o.correct for r, o in pairs),
+        len(pairs),
+        len(reference) + len(other) - 2 * len(pairs),
+        delta.tolist(),
+        deltas,
+    )

@@ -43,8 +43,9 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Hashable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import special
@@ -89,8 +90,11 @@ class Difference:
     units_needed: int | None  # "noise"/"too_few": units for 80% power at the observed size; None: unknown
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "seeds": [list(k) if isinstance(k, tuple) else k for k in self.seeds],
-                "splits": list(self.splits)}
+        return {
+            **asdict(self),
+            "seeds": [list(k) if isinstance(k, tuple) else k for k in self.seeds],
+            "splits": list(self.splits),
+        }
 
 
 @dataclass(frozen=True)
@@ -109,8 +113,15 @@ class _Evidence:
     test: str
 
 
-def paired_difference(name_a: str, a: Mapping[Hashable, float], name_b: str, b: Mapping[Hashable, float], *,
-                      confidence: float = 0.95, what: str = "") -> Difference:
+def paired_difference(
+    name_a: str,
+    a: Mapping[Hashable, float],
+    name_b: str,
+    b: Mapping[Hashable, float],
+    *,
+    confidence: float = 0.95,
+    what: str = "",
+) -> Difference:
     """`name_a`'s score minus `name_b`'s, paired on the keys both have: the t-interval and its verdict.
 
     Keys are seeds (runs of one split) or (split seed, seed) pairs. `what` names the score in the
@@ -124,8 +135,13 @@ def pairwise(groups: Mapping[str, Mapping[Hashable, float]], **kw: Any) -> list[
     return family([(na, groups[na], nb, groups[nb]) for na, nb in itertools.combinations(groups, 2)], **kw)
 
 
-def family(pairs: Sequence[tuple[str, Mapping[Hashable, float], str, Mapping[Hashable, float]]], *,
-           confidence: float = 0.95, correction: str = "holm", what: str = "") -> list[Difference]:
+def family(
+    pairs: Sequence[tuple[str, Mapping[Hashable, float], str, Mapping[Hashable, float]]],
+    *,
+    confidence: float = 0.95,
+    correction: str = "holm",
+    what: str = "",
+) -> list[Difference]:
     """Each (name_a, a, name_b, b) compared, Holm-corrected as one family (or not: `correction="none"`).
 
     Pairs without a test (fewer than 2 units) are left out of the family's count m.
@@ -143,11 +159,30 @@ def family(pairs: Sequence[tuple[str, Mapping[Hashable, float], str, Mapping[Has
     m = len(tested) if correction == "holm" else 1
     told = {i: p_adjusted[i] <= alpha for i in tested}
     unsure = [i for i in tested if not told[i] and evidence[i].test == "paired t"]
-    needed = dict(zip(unsure, _units_needed(np.array([abs(evidence[i].mean) for i in unsure]),  # type: ignore[arg-type]
-                                            np.array([evidence[i].sd for i in unsure], dtype=float),
-                                            np.array([level[i] for i in unsure], dtype=float))))
-    return [_decide(e, level.get(i, alpha), p_adjusted.get(i), told.get(i, False), needed.get(i), confidence,
-                    correction, m, what) for i, e in enumerate(evidence)]
+    needed = dict(
+        zip(
+            unsure,
+            _units_needed(
+                np.array([abs(evidence[i].mean) for i in unsure]),  # type: ignore[arg-type]
+                np.array([evidence[i].sd for i in unsure], dtype=float),
+                np.array([level[i] for i in unsure], dtype=float),
+            ),
+        )
+    )
+    return [
+        _decide(
+            e,
+            level.get(i, alpha),
+            p_adjusted.get(i),
+            told.get(i, False),
+            needed.get(i),
+            confidence,
+            correction,
+            m,
+            what,
+        )
+        for i, e in enumerate(evidence)
+    ]
 
 
 def holm(p: Sequence[float], alpha: float) -> tuple[list[float], list[float]]:
@@ -173,20 +208,23 @@ def holm(p: Sequence[float], alpha: float) -> tuple[list[float], list[float]]:
     return adjusted, level
 
 
-def units_needed(effect: float, sd: float, level: float = 0.05, power: float = POWER,
-                 most: int = MOST_UNITS) -> int | None:
+def units_needed(
+    effect: float, sd: float, level: float = 0.05, power: float = POWER, most: int = MOST_UNITS
+) -> int | None:
     """The smallest n >= 2 at which a two-sided paired t-test at `level` finds a true mean difference
     `effect` with unit standard deviation `sd` with probability `power`; None beyond `most`.
 
     Power at n: P(|T| > t_{1-level/2, n-1}) for T noncentral t with n - 1 degrees of freedom and
     noncentrality effect / sd * sqrt(n) (the textbook calculation, as G*Power and statsmodels do it).
     """
-    return _units_needed(np.array([effect], dtype=float), np.array([sd], dtype=float),
-                         np.array([level], dtype=float), power, most)[0]
+    return _units_needed(
+        np.array([effect], dtype=float), np.array([sd], dtype=float), np.array([level], dtype=float), power, most
+    )[0]
 
 
-def _units_needed(effect: np.ndarray, sd: np.ndarray, level: np.ndarray, power: float = POWER,
-                  most: int = MOST_UNITS) -> list[int | None]:
+def _units_needed(
+    effect: np.ndarray, sd: np.ndarray, level: np.ndarray, power: float = POWER, most: int = MOST_UNITS
+) -> list[int | None]:
     """`units_needed` of many pairs in one pass (a family's pairs within noise: one ufunc call)."""
     out: list[int | None] = [None] * len(effect)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -194,7 +232,7 @@ def _units_needed(effect: np.ndarray, sd: np.ndarray, level: np.ndarray, power: 
         z = special.ndtri(1 - level / 2)
         # The normal answer with Guenther's correction for t: within 1.4 units of the t-test's answer
         # either way (checked for effects of 0.2 to 6 sd at levels 0.05, 0.05 / 21 and 0.05 / 189).
-        guess = ((z + special.ndtri(power)) / delta) ** 2 + z ** 2 / 2
+        guess = ((z + special.ndtri(power)) / delta) ** 2 + z**2 / 2
     live = np.flatnonzero((effect != 0) & (sd > 0) & np.isfinite(guess) & (guess <= most + 2))
     if not live.size:
         return out
@@ -230,8 +268,9 @@ def _evidence(name_a: str, a: Mapping[Hashable, float], name_b: str, b: Mapping[
     for name, group in ((name_a, a), (name_b, b)):
         bad = [k for k in keys if not math.isfinite(group[k])]
         if bad:
-            raise ValueError(f"{name}: the score of seed(s) {bad} is not a number; leave runs without a "
-                             f"finished epoch out")
+            raise ValueError(
+                f"{name}: the score of seed(s) {bad} is not a number; leave runs without a finished epoch out"
+            )
     d = (np.array([a[k] for k in keys], dtype=float) - np.array([b[k] for k in keys], dtype=float)) * 100
     splits = tuple(sorted({k[0] for k in keys})) if keys and isinstance(keys[0], tuple) else ()
     if len(splits) > 1:  # the split is the unit: its seeds' mean difference
@@ -242,8 +281,9 @@ def _evidence(name_a: str, a: Mapping[Hashable, float], name_b: str, b: Mapping[
         diffs, unit = d, "seed"
     n = len(diffs)
     if n < 2:
-        return _Evidence(name_a, name_b, keys, unit, splits, diffs, float(diffs.mean()) if n else None,
-                         None, None, "none")
+        return _Evidence(
+            name_a, name_b, keys, unit, splits, diffs, float(diffs.mean()) if n else None, None, None, "none"
+        )
     mean = float(diffs.mean())
     if np.ptp(diffs) <= SAME:  # no spread: t is undefined; the exact sign-flip test still holds
         if abs(mean) <= SAME:
@@ -255,8 +295,17 @@ def _evidence(name_a: str, a: Mapping[Hashable, float], name_b: str, b: Mapping[
     return _Evidence(name_a, name_b, keys, unit, splits, diffs, mean, sd, p, "paired t")
 
 
-def _decide(e: _Evidence, level: float, p_adjusted: float | None, told: bool, needed: int | None,
-            confidence: float, correction: str, m: int, what: str) -> Difference:
+def _decide(
+    e: _Evidence,
+    level: float,
+    p_adjusted: float | None,
+    told: bool,
+    needed: int | None,
+    confidence: float,
+    correction: str,
+    m: int,
+    what: str,
+) -> Difference:
     """The verdict, interval, units needed and words of one pair tested at `level`."""
     n = len(e.diffs)
     low = high = None
@@ -271,10 +320,36 @@ def _decide(e: _Evidence, level: float, p_adjusted: float | None, told: bool, ne
             low = high = e.mean
         else:  # 2^(1-n) <= level from this many units on
             needed = max(n + 1, math.ceil(1 - math.log2(level) - 1e-12))
-    verdict = ("too_few" if e.test == "none" or (e.test == "sign-flip" and not told)
-               else ("a" if e.mean > 0 else "b") if told else "noise")  # type: ignore[operator]
-    d = Difference(e.a, e.b, len(e.keys), e.keys, e.mean, low, high, confidence, verdict, "", 1 - level,
-                   e.sd, e.p, p_adjusted, correction, m, e.test, e.unit, n, e.splits, needed)
+    verdict = (
+        "too_few"
+        if e.test == "none" or (e.test == "sign-flip" and not told)
+        else ("a" if e.mean > 0 else "b")
+        if told
+        else "noise"
+    )  # type: ignore[operator]
+    d = Difference(
+        e.a,
+        e.b,
+        len(e.keys),
+        e.keys,
+        e.mean,
+        low,
+        high,
+        confidence,
+        verdict,
+        "",
+        1 - level,
+        e.sd,
+        e.p,
+        p_adjusted,
+        correction,
+        m,
+        e.test,
+        e.unit,
+        n,
+        e.splits,
+        needed,
+    )
     return _with_text(d, what)
 
 
@@ -295,22 +370,34 @@ def _with_text(d: Difference, what: str) -> Difference:
         text = f"{d.a} vs {d.b}: the same {what or 'score'} on every one of the {units} ({basis}): no difference seen"
     elif d.test == "sign-flip" and d.verdict in ("a", "b"):
         win, lose, gap = (d.a, d.b, d.mean) if d.verdict == "a" else (d.b, d.a, -d.mean)  # type: ignore[operator]
-        text = (f"{win} beats {lose} by {_pts(gap)} points{of} on every one of the {units} "
-                f"(exact sign-flip test, p {d.p_adjusted:.2g}{holm_note}; {basis})")
+        text = (
+            f"{win} beats {lose} by {_pts(gap)} points{of} on every one of the {units} "
+            f"(exact sign-flip test, p {d.p_adjusted:.2g}{holm_note}; {basis})"
+        )
     elif d.test == "sign-flip":
-        text = (f"{d.a} vs {d.b}: the same gap ({_pts(d.mean, '+')} points{of}) on each of the {units} "
-                f"({basis}): too few to tell a steady gap from chance; {d.units_needed} {d.unit}s would")
+        text = (
+            f"{d.a} vs {d.b}: the same gap ({_pts(d.mean, '+')} points{of}) on each of the {units} "
+            f"({basis}): too few to tell a steady gap from chance; {d.units_needed} {d.unit}s would"
+        )
     elif d.verdict == "a":
-        text = (f"{d.a} beats {d.b} by {_pts(d.mean)} points{of} ({ci} {_pts(d.low)} to {_pts(d.high)}"
-                f"{holm_note}; {basis})")
+        text = (
+            f"{d.a} beats {d.b} by {_pts(d.mean)} points{of} ({ci} {_pts(d.low)} to {_pts(d.high)}{holm_note}; {basis})"
+        )
     elif d.verdict == "b":
-        text = (f"{d.b} beats {d.a} by {_pts(-d.mean)} points{of} "  # type: ignore[operator]
-                f"({ci} {_pts(-d.high)} to {_pts(-d.low)}{holm_note}; {basis})")  # type: ignore[operator]
+        text = (
+            f"{d.b} beats {d.a} by {_pts(-d.mean)} points{of} "  # type: ignore[operator]
+            f"({ci} {_pts(-d.high)} to {_pts(-d.low)}{holm_note}; {basis})"
+        )  # type: ignore[operator]
     else:
-        advice = (f"about {d.units_needed} {d.unit}s would tell a difference this size" if d.units_needed
-                  else f"a difference this size would take more than {MOST_UNITS} {d.unit}s")
-        text = (f"{d.a} vs {d.b}: within noise ({_pts(d.mean, '+')} points{of}, {ci} {_pts(d.low)} to "
-                f"{_pts(d.high)}{holm_note}; {basis}): {advice}")
+        advice = (
+            f"about {d.units_needed} {d.unit}s would tell a difference this size"
+            if d.units_needed
+            else f"a difference this size would take more than {MOST_UNITS} {d.unit}s"
+        )
+        text = (
+            f"{d.a} vs {d.b}: within noise ({_pts(d.mean, '+')} points{of}, {ci} {_pts(d.low)} to "
+            f"{_pts(d.high)}{holm_note}; {basis}): {advice}"
+        )
     return Difference(**{**d.__dict__, "text": text})
 
 
@@ -322,5 +409,3 @@ def _count(n: int, unit: str) -> str:
 def _pts(value: float, sign: str = "") -> str:
     """Points to one decimal, never "-0.0"."""
     return f"{value:{sign}z.1f}"
-
-

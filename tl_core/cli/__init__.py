@@ -15,7 +15,7 @@ results.py, measure.py, predict.py, worker.py. A new command: its flags in parse
 from __future__ import annotations
 
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from sqlalchemy.exc import DBAPIError
 
@@ -41,6 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}; list runs with `python -m tl_core runs`", file=sys.stderr)
         return 2
     except DBAPIError as e:  # nothing was half-written: every store write is one transaction
-        print(f"error: the database {args.db or default_db_url()} cannot be used ({e.orig}); check that its "
-              f"folder is writable and the disk has space, or pass --db URL", file=sys.stderr)
+        print(
+            f"error: the database {args.db or default_db_url()} cannot be used ({e.orig}); check that its "
+            f"folder is writable and the disk has space, or pass --db URL",
+            file=sys.stderr,
+        )
         return 2

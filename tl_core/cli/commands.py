@@ -4,7 +4,7 @@ runs it, filled by the `@command` decorator of each command module (runs.py, res
 from __future__ import annotations
 
 import argparse
-from typing import Callable
+from collections.abc import Callable
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 

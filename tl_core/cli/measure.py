@@ -13,16 +13,21 @@ from .parser import _config
 def cmd_probe(args) -> int:
     p = service.probe_data(service.open_store(args.db), _config(args), args.max_per_class, args.job)
     rec = p["recommendation"]
-    _out(args, p, f"{p['images_per_class']:.0f} training images per class ({p['size']}); linear probe "
-                  f"{p['linear_probe_acc']:.1%}, k-NN {p['knn_acc']:.1%}, chance {p['chance']:.1%} "
-                  f"(separability {p['separability']:.2f}: {p['similarity']} to ImageNet)\n"
-                  f"try first: {', '.join(rec['strategies'])}: {rec['why']}")
+    _out(
+        args,
+        p,
+        f"{p['images_per_class']:.0f} training images per class ({p['size']}); linear probe "
+        f"{p['linear_probe_acc']:.1%}, k-NN {p['knn_acc']:.1%}, chance {p['chance']:.1%} "
+        f"(separability {p['separability']:.2f}: {p['similarity']} to ImageNet)\n"
+        f"try first: {', '.join(rec['strategies'])}: {rec['why']}",
+    )
     return 0
 
 
 @command("lr-find")
 def cmd_lr_find(args) -> int:
-    found = service.find_lr(service.open_store(args.db), _config(args), args.start_lr, args.end_lr, args.num_iter,
-                            args.rule, args.job)
+    found = service.find_lr(
+        service.open_store(args.db), _config(args), args.start_lr, args.end_lr, args.num_iter, args.rule, args.job
+    )
     _out(args, found, f"suggested LR {found['suggested_lr']:.2e} ({found['rule_description']}); {found['stopped']}")
     return 0

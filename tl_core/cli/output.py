@@ -38,21 +38,37 @@ def _test_lines(summary: RunSummary) -> list[str]:
     lines = []
     for t, what in ((summary.test, "the epoch chosen on val"), (summary.test_last, "the last epoch")):
         if t:
-            lines.append(f"test, {what} ({t.epoch}): acc {t.acc:.4f}, loss {t.loss:.4f}, macro-F1 "
-                         f"{t.macro_f1:.4f}, balanced acc {t.balanced_acc:.4f} on {t.images} images")
+            lines.append(
+                f"test, {what} ({t.epoch}): acc {t.acc:.4f}, loss {t.loss:.4f}, macro-F1 "
+                f"{t.macro_f1:.4f}, balanced acc {t.balanced_acc:.4f} on {t.images} images"
+            )
     return lines
 
 
 def _ended(args, run: Run) -> int:
     """Report a run trained here; exit 1 if it failed."""
     stored = run.summary.to_dict()  # its blocks as JSON prints them
-    obj = {"run_id": run.id, "status": run.status, "best_val_acc": run.best_val_acc, "test_acc": run.test_acc,
-           "best_epoch": run.best_epoch_number, "epochs": run.epochs_done, "error": run.error,
-           "duration_s": run.duration_s, "run_dir": run.run_dir, "batch_size": stored.get("batch_size"),
-           "warnings": run.summary.warnings, "skipped": stored.get("skipped"), "unreadable": run.summary.unreadable}
-    text = (f"run {run.id} {run.status}: best val acc {run.best_val_acc or 0:.4f} at epoch "
-            f"{run.best_epoch_number} of {run.epochs_done}" if run.status == "completed"
-            else f"run {run.id} {run.status}: {run.error}")
+    obj = {
+        "run_id": run.id,
+        "status": run.status,
+        "best_val_acc": run.best_val_acc,
+        "test_acc": run.test_acc,
+        "best_epoch": run.best_epoch_number,
+        "epochs": run.epochs_done,
+        "error": run.error,
+        "duration_s": run.duration_s,
+        "run_dir": run.run_dir,
+        "batch_size": stored.get("batch_size"),
+        "warnings": run.summary.warnings,
+        "skipped": stored.get("skipped"),
+        "unreadable": run.summary.unreadable,
+    }
+    text = (
+        f"run {run.id} {run.status}: best val acc {run.best_val_acc or 0:.4f} at epoch "
+        f"{run.best_epoch_number} of {run.epochs_done}"
+        if run.status == "completed"
+        else f"run {run.id} {run.status}: {run.error}"
+    )
     if run.test_acc is not None:
         text += f"; test acc {run.test_acc:.4f} (that epoch, on {run.summary.test.images} held-out images)"
     if skipped := len(service.skipped_files(run.summary)):

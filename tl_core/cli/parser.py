@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import argparse
 import typing
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ..config import RunConfig, choices, make_config
 from ..data.demo import DATASETS  # numpy and PIL only, loaded by the service already
@@ -29,7 +30,7 @@ _HELP = {
     "stage_lr_factor": "progressive: every group's LR x this at each unfreezing step (1: unchanged)",
     "train_fraction": "keep this share of every class's training images",
     "test_fraction": "hold out this share of every class as the test split (carved first, by --split-seed; "
-                     "0: none, or the folder's test/): chosen on val, scored once on test",
+    "0: none, or the folder's test/): chosen on val, scored once on test",
     "workers": "DataLoader worker processes (default: by CPU count)",
 }
 
@@ -63,106 +64,193 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     common.add_argument("--db", default=None, help=f"database URL (default: $DATABASE_URL or {default_db_url()})")
 
-    parser = argparse.ArgumentParser(prog="python -m tl_core", description="TransferLab: measure transfer-learning strategies.")
+    parser = argparse.ArgumentParser(
+        prog="python -m tl_core", description="TransferLab: measure transfer-learning strategies."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo-data", parents=[common], help="write the bundled demo datasets as image folders")
     p.add_argument("out", help="folder to write <dataset>/<class>/*.png into")
     p.add_argument("--per-class", type=int, default=150, help="images per class; 0 writes all (default 150)")
     p.add_argument("--size", type=int, default=96, help="side of the written PNGs in px (default 96)")
-    p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS,
-                   help="digits and digits_target are a domain pair: the same digits, recoloured on textures")
+    p.add_argument(
+        "--datasets",
+        nargs="+",
+        default=list(DATASETS),
+        choices=DATASETS,
+        help="digits and digits_target are a domain pair: the same digits, recoloured on textures",
+    )
 
     p = sub.add_parser("dataset", parents=[common], help="report on a dataset folder")
     p.add_argument("path")
     p.add_argument("--val-fraction", type=float, default=0.2)
-    p.add_argument("--split-seed", "--seed", dest="split_seed", type=int, default=0,
-                   help="seed of the train/val split (default 0, as runs use)")
-    p.add_argument("--test-fraction", type=float, default=0.0,
-                   help="hold out this share of every class as the test split, as runs do (default 0)")
+    p.add_argument(
+        "--split-seed",
+        "--seed",
+        dest="split_seed",
+        type=int,
+        default=0,
+        help="seed of the train/val split (default 0, as runs use)",
+    )
+    p.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.0,
+        help="hold out this share of every class as the test split, as runs do (default 0)",
+    )
 
     p = sub.add_parser("run", parents=[common], help="train one run in the foreground (or queue it with --detach)")
     _add_config_flags(p)
     p.add_argument("--detach", action="store_true", help="queue the run for the worker and print its id")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    p = sub.add_parser("experiment", parents=[common], help="a grid of runs as one experiment: strategies x "
-                       "train fractions x LRs x seeds (trained here one after another, or queued with --detach)")
+    p = sub.add_parser(
+        "experiment",
+        parents=[common],
+        help="a grid of runs as one experiment: strategies x "
+        "train fractions x LRs x seeds (trained here one after another, or queued with --detach)",
+    )
     _add_config_flags(p, skip=("strategy", "seed", "train_fraction", "lr"))
     p.add_argument("--strategies", type=_names, required=True, help="comma-separated, e.g. feature_extraction,full")
     p.add_argument("--seeds", type=int, default=1, help="seeds per cell, from --first-seed on (default 1)")
     p.add_argument("--first-seed", type=int, default=0)
-    p.add_argument("--train-fractions", type=_floats, default=None, help="comma-separated, e.g. 0.1,0.3,1 "
-                   "(nested: a smaller subset lies inside a larger one)")
+    p.add_argument(
+        "--train-fractions",
+        type=_floats,
+        default=None,
+        help="comma-separated, e.g. 0.1,0.3,1 (nested: a smaller subset lies inside a larger one)",
+    )
     p.add_argument("--lrs", type=_floats, default=None, help="comma-separated base LRs (default: each strategy's own)")
-    p.add_argument("--split-seeds", type=_ints, default=None, help="comma-separated split seeds, e.g. 0,1,2: every "
-                   "cell on each split, so verdicts hold across splits, not for one (default: --split-seed)")
+    p.add_argument(
+        "--split-seeds",
+        type=_ints,
+        default=None,
+        help="comma-separated split seeds, e.g. 0,1,2: every "
+        "cell on each split, so verdicts hold across splits, not for one (default: --split-seed)",
+    )
     p.add_argument("--detach", action="store_true", help="queue the runs for the worker and print their ids")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    p = sub.add_parser("probe", parents=[common], help="before training: images per class, how well frozen "
-                       "pretrained features separate the classes (linear probe, k-NN), which strategy to try first")
+    p = sub.add_parser(
+        "probe",
+        parents=[common],
+        help="before training: images per class, how well frozen "
+        "pretrained features separate the classes (linear probe, k-NN), which strategy to try first",
+    )
     _add_config_flags(p)
     p.add_argument("--max-per-class", type=int, default=50, help="images per class probed (default 50)")
     p.add_argument("--job", help=argparse.SUPPRESS)  # set by the dashboard, which waits for this result
 
-    p = sub.add_parser("lr-find", parents=[common], help="the LR range test under the strategy's freezing and "
-                       "per-group LR ratios: loss against LR, and a suggested LR")
+    p = sub.add_parser(
+        "lr-find",
+        parents=[common],
+        help="the LR range test under the strategy's freezing and "
+        "per-group LR ratios: loss against LR, and a suggested LR",
+    )
     _add_config_flags(p)
     p.add_argument("--start-lr", type=float, default=1e-7)
     p.add_argument("--end-lr", type=float, default=10.0)
     p.add_argument("--num-iter", type=int, default=100, help="batches at most (default 100)")
-    p.add_argument("--rule", choices=["steepest", "valley"], default="steepest",
-                   help="steepest: where the smoothed loss falls fastest (PyTorch Lightning); valley: fastai's")
+    p.add_argument(
+        "--rule",
+        choices=["steepest", "valley"],
+        default="steepest",
+        help="steepest: where the smoothed loss falls fastest (PyTorch Lightning); valley: fastai's",
+    )
     p.add_argument("--job", help=argparse.SUPPRESS)
 
     p = sub.add_parser("runs", parents=[common], help="table of runs")
     p.add_argument("--experiment", default=None)
     p.add_argument("--status", default=None)
-    p.add_argument("--launched-by", action="append", default=None, metavar="NAME",
-                   help="only runs this person launched (their sign-in email, or the OS user for runs launched "
-                        "here); repeat for several")
+    p.add_argument(
+        "--launched-by",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="only runs this person launched (their sign-in email, or the OS user for runs launched "
+        "here); repeat for several",
+    )
 
     p = sub.add_parser("show", parents=[common], help="one run: config, status, per-epoch metrics")
     p.add_argument("run_id", type=int)
 
-    p = sub.add_parser("compare", parents=[common], help="side-by-side summary of runs, and whether their "
-                       "differences are real (paired t-intervals, Holm-corrected over the pairs)")
+    p = sub.add_parser(
+        "compare",
+        parents=[common],
+        help="side-by-side summary of runs, and whether their "
+        "differences are real (paired t-intervals, Holm-corrected over the pairs)",
+    )
     p.add_argument("run_ids", type=int, nargs="+")
-    p.add_argument("--which", choices=["best", "last"], default="best",
-                   help="each run's best epoch (by val accuracy) or its last, everywhere (default best)")
-    p.add_argument("--metric", choices=["acc", "macro_f1", "balanced_acc"], default="acc",
-                   help="what the statistics compare (default acc)")
-    p.add_argument("--split", choices=["auto", "test", "val"], default="auto",
-                   help="auto (default): test when every run measured it, else validation")
-    p.add_argument("--best-lr", action="store_true", help="each strategy at its best LR (chosen on validation) "
-                   "in each cell of a grid over LRs")
-    p.add_argument("--family", choices=["all", "cell"], default="all",
-                   help="Holm's correction over every pair (default) or over each cell's pairs")
+    p.add_argument(
+        "--which",
+        choices=["best", "last"],
+        default="best",
+        help="each run's best epoch (by val accuracy) or its last, everywhere (default best)",
+    )
+    p.add_argument(
+        "--metric",
+        choices=["acc", "macro_f1", "balanced_acc"],
+        default="acc",
+        help="what the statistics compare (default acc)",
+    )
+    p.add_argument(
+        "--split",
+        choices=["auto", "test", "val"],
+        default="auto",
+        help="auto (default): test when every run measured it, else validation",
+    )
+    p.add_argument(
+        "--best-lr",
+        action="store_true",
+        help="each strategy at its best LR (chosen on validation) in each cell of a grid over LRs",
+    )
+    p.add_argument(
+        "--family",
+        choices=["all", "cell"],
+        default="all",
+        help="Holm's correction over every pair (default) or over each cell's pairs",
+    )
 
-    p = sub.add_parser("errors", parents=[common], help="the validation images a run's best checkpoint gets wrong, "
-                       "worst loss first; with --against REF, what it fixed and broke against run REF")
+    p = sub.add_parser(
+        "errors",
+        parents=[common],
+        help="the validation images a run's best checkpoint gets wrong, "
+        "worst loss first; with --against REF, what it fixed and broke against run REF",
+    )
     p.add_argument("run_id", type=int)
     p.add_argument("--against", type=int, default=None, metavar="REF", help="a reference run on the same images")
     p.add_argument("--limit", type=int, default=20, help="images listed (default 20)")
 
-    p = sub.add_parser("predict", parents=[common], help="top-k classes of images (and Grad-CAM heat maps) with a "
-                       "run's best checkpoint, or with a bundle written by `export`")
+    p = sub.add_parser(
+        "predict",
+        parents=[common],
+        help="top-k classes of images (and Grad-CAM heat maps) with a "
+        "run's best checkpoint, or with a bundle written by `export`",
+    )
     p.add_argument("source", help="a run id, or the path of an exported bundle (.pt TorchScript, .onnx)")
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--top-k", type=int, default=5, help="classes listed per image (default 5)")
-    p.add_argument("--cam", action="store_true", help="Grad-CAM heat maps of the top-k classes (PNG, base64, in --json)")
+    p.add_argument(
+        "--cam", action="store_true", help="Grad-CAM heat maps of the top-k classes (PNG, base64, in --json)"
+    )
     p.add_argument("--cam-class", action="append", default=[], metavar="CLASS", help="also a heat map for CLASS")
     p.add_argument("--cam-dir", default=None, help="write each heat map as <image>.<class>.png into this folder")
     p.add_argument("--job", help=argparse.SUPPRESS)
 
-    p = sub.add_parser("export", parents=[common], help="the run's best checkpoint as one TorchScript or ONNX file "
-                       "with its classes and preprocessing, checked against the PyTorch model on the validation images")
+    p = sub.add_parser(
+        "export",
+        parents=[common],
+        help="the run's best checkpoint as one TorchScript or ONNX file "
+        "with its classes and preprocessing, checked against the PyTorch model on the validation images",
+    )
     p.add_argument("run_id", type=int)
     p.add_argument("--format", choices=["torchscript", "onnx"], required=True)
-    p.add_argument("--out", default=None, help="the bundle's path (default: <run folder>/export/run<ID>-<backbone>.pt|.onnx)")
-    p.add_argument("--tolerance", type=float, default=None,
-                   help="largest probability difference allowed (default 1e-3)")
+    p.add_argument(
+        "--out", default=None, help="the bundle's path (default: <run folder>/export/run<ID>-<backbone>.pt|.onnx)"
+    )
+    p.add_argument(
+        "--tolerance", type=float, default=None, help="largest probability difference allowed (default 1e-3)"
+    )
     p.add_argument("--job", help=argparse.SUPPRESS)
 
     p = sub.add_parser("logs", parents=[common], help="a run's log (its train.log: each line with its time and level)")
@@ -179,16 +267,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser("worker", parents=[common], help="take queued runs from the database and train them")
-    p.add_argument("--max-concurrent", type=int, default=None, help="runs at once (default $TL_MAX_CONCURRENT, "
-                   "else as many as the GPUs' memory holds, placed by placement.py; one on CPU)")
+    p.add_argument(
+        "--max-concurrent",
+        type=int,
+        default=None,
+        help="runs at once (default $TL_MAX_CONCURRENT, "
+        "else as many as the GPUs' memory holds, placed by placement.py; one on CPU)",
+    )
     p.add_argument("--poll", type=float, default=1.0, help="seconds between looks at the queue")
-    p.add_argument("--stop", action="store_true", help="stop this database's workers on this machine instead: "
-                   "their runs stop at their next batch and continue from their checkpoints on the next start")
-    p.add_argument("--health", action="store_true", help="exit 1 unless a worker of this database on this machine "
-                   "heartbeated within TL_WORKER_TIMEOUT_S (a container's health check)")
+    p.add_argument(
+        "--stop",
+        action="store_true",
+        help="stop this database's workers on this machine instead: "
+        "their runs stop at their next batch and continue from their checkpoints on the next start",
+    )
+    p.add_argument(
+        "--health",
+        action="store_true",
+        help="exit 1 unless a worker of this database on this machine "
+        "heartbeated within TL_WORKER_TIMEOUT_S (a container's health check)",
+    )
 
-    p = sub.add_parser("serve", parents=[common], help="the dashboard and its worker (what `make start` runs): the "
-                       "worker restarted if it dies, both stopped by Ctrl-C")
+    p = sub.add_parser(
+        "serve",
+        parents=[common],
+        help="the dashboard and its worker (what `make start` runs): the "
+        "worker restarted if it dies, both stopped by Ctrl-C",
+    )
     p.add_argument("--host", default="127.0.0.1", help="the dashboard's address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8501, help="the dashboard's port (default 8501)")
     p.add_argument("--no-dashboard", action="store_true", help="the worker only, restarted if it dies")
@@ -196,8 +301,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train-run", parents=[common], help=argparse.SUPPRESS)  # what the worker starts
     p.add_argument("run_id", type=int, nargs="?")
-    p.add_argument("--standby", action="store_true", help="import everything, then read the run id (and the GPU "
-                   "the run is placed on) from stdin")
+    p.add_argument(
+        "--standby",
+        action="store_true",
+        help="import everything, then read the run id (and the GPU the run is placed on) from stdin",
+    )
 
     sub.add_parser("backbones", parents=[common], help="registered backbones, sizes and weight availability")
     sub.add_parser("strategies", parents=[common], help="registered strategies")

@@ -18,10 +18,14 @@ def cmd_predict(args) -> int:
     if args.top_k < 1:
         raise UserError("--top-k must be at least 1")
     cam = args.cam or bool(args.cam_class) or bool(args.cam_dir)
-    found = service.predict_images(service.open_store(args.db), args.source, args.images, args.top_k, cam,
-                                   args.cam_class, args.job)
-    val = (f"; its validation numbers at epoch {found['val_epoch']}: {found['val_precision']}"
-           if found["val_precision"] else "")
+    found = service.predict_images(
+        service.open_store(args.db), args.source, args.images, args.top_k, cam, args.cam_class, args.job
+    )
+    val = (
+        f"; its validation numbers at epoch {found['val_epoch']}: {found['val_precision']}"
+        if found["val_precision"]
+        else ""
+    )
     lines = [f"{found['source']}, computed in {found['precision']}{val}"]
     for r in found["results"]:
         if "error" in r:
@@ -45,7 +49,11 @@ def cmd_predict(args) -> int:
 @command("export")
 def cmd_export(args) -> int:
     r = service.export_run(service.open_store(args.db), args.run_id, args.format, args.out, args.tolerance, args.job)
-    _out(args, r, f"exported run {args.run_id} as {r['format']} to {r['path']} ({r['bytes'] / 1e6:.1f} MB)\n"
-                  f"parity on {r['images']} validation images: top-1 agreement {r['top1_agreement']:.2%}, largest "
-                  f"probability difference {r['max_prob_diff']:.2e} (tolerance {r['tolerance']:.0e})")
+    _out(
+        args,
+        r,
+        f"exported run {args.run_id} as {r['format']} to {r['path']} ({r['bytes'] / 1e6:.1f} MB)\n"
+        f"parity on {r['images']} validation images: top-1 agreement {r['top1_agreement']:.2%}, largest "
+        f"probability difference {r['max_prob_diff']:.2e} (tolerance {r['tolerance']:.0e})",
+    )
     return 0

@@ -41,18 +41,28 @@ def cmd_experiment(args) -> int:
     estimate = service.estimate_seconds(store, configs)
     for warning in dict.fromkeys(w for c in configs for w in c.warnings()):
         print(f"warning: {warning}", file=sys.stderr)
-    print(f"{len(configs)} runs in experiment {base['experiment']}; "
-          + (f"about {estimate['seconds'] / 60:.1f} min ({estimate['basis']})" if estimate["seconds"]
-             else f"no time estimate ({estimate['basis']})"), file=sys.stderr)
+    print(
+        f"{len(configs)} runs in experiment {base['experiment']}; "
+        + (
+            f"about {estimate['seconds'] / 60:.1f} min ({estimate['basis']})"
+            if estimate["seconds"]
+            else f"no time estimate ({estimate['basis']})"
+        ),
+        file=sys.stderr,
+    )
     if args.detach:
         runs = [service.queue_run(store, c, auth.os_user()) for c in configs]
-        _out(args, {"experiment": base["experiment"], "run_ids": [r.id for r in runs], "estimate": estimate},
-             f"queued runs {', '.join(str(r.id) for r in runs)} in experiment {base['experiment']}")
+        _out(
+            args,
+            {"experiment": base["experiment"], "run_ids": [r.id for r in runs], "estimate": estimate},
+            f"queued runs {', '.join(str(r.id) for r in runs)} in experiment {base['experiment']}",
+        )
         return 0
     ids, failed = [], 0
     for cfg in configs:
-        run = service.train_here(store, service.start_here(store, cfg, auth.os_user()).id,
-                                 progress=not args.no_progress)
+        run = service.train_here(
+            store, service.start_here(store, cfg, auth.os_user()).id, progress=not args.no_progress
+        )
         ids.append(run.id)
         failed += run.status == "failed"
     report = service.experiment_report(store, base["experiment"])
@@ -61,8 +71,11 @@ def cmd_experiment(args) -> int:
 
 
 def _experiment_text(report: dict) -> str:
-    lines = [_table(report["runs"], ["id", "strategy", "status", "best_val_acc", "best_epoch", "final_val_acc",
-                                     "total_seconds"])]
+    lines = [
+        _table(
+            report["runs"], ["id", "strategy", "status", "best_val_acc", "best_epoch", "final_val_acc", "total_seconds"]
+        )
+    ]
     lines += [f"compared: {report['measure']}"] if report["statistics"] else []
     lines += [d["text"] for d in report["statistics"]]
     lines += [c["text"] for c in report["data_efficiency"]["crossovers"]]
@@ -83,18 +96,34 @@ def cmd_resume(args) -> int:
 @command("cancel")
 def cmd_cancel(args) -> int:
     run = service.cancel_run(service.open_store(args.db), args.run_id)
-    _out(args, {"run_id": run.id, "status": run.status, "cancel_requested": True},
-         f"run {run.id}: " + ("cancelled" if run.status == "cancelled" else "will stop at its next batch"))
+    _out(
+        args,
+        {"run_id": run.id, "status": run.status, "cancel_requested": True},
+        f"run {run.id}: " + ("cancelled" if run.status == "cancelled" else "will stop at its next batch"),
+    )
     return 0
 
 
 @command("runs")
 def cmd_runs(args) -> int:
-    runs = service.open_store(args.db).list_runs(args.experiment, [args.status] if args.status else None,
-                                                 launched_by=args.launched_by)
+    runs = service.open_store(args.db).list_runs(
+        args.experiment, [args.status] if args.status else None, launched_by=args.launched_by
+    )
     rows = [service.run_row(r) for r in runs]
-    cols = ["id", "experiment", "name", "backbone", "strategy", "status", "epochs_done", "epochs",
-            "best_val_acc", "test_acc", "duration_s", "launched_by"]
+    cols = [
+        "id",
+        "experiment",
+        "name",
+        "backbone",
+        "strategy",
+        "status",
+        "epochs_done",
+        "epochs",
+        "best_val_acc",
+        "test_acc",
+        "duration_s",
+        "launched_by",
+    ]
     none = f"no runs launched by {' or '.join(args.launched_by)}" if args.launched_by else "no runs yet"
     _out(args, {"runs": rows}, _table(rows, cols) if rows else none)
     return 0

@@ -18,17 +18,30 @@ from .output import _out
 def cmd_worker(args) -> int:
     if args.health:
         h = service.worker_health(service.open_store(args.db))
-        seen = (f"worker {h['worker_id']} (pid {h['pid']}) heartbeated {h['heartbeat_age_s']:.0f} s ago"
-                + (", then stopped" if h["stopped"] else "") if h["worker_id"] else "no worker of this database")
-        _out(args, h, f"{'healthy' if h['healthy'] else 'unhealthy'}: {seen} on {h['host']} "
-                      f"(TL_WORKER_TIMEOUT_S {h['timeout_s']:g} s)")
+        seen = (
+            f"worker {h['worker_id']} (pid {h['pid']}) heartbeated {h['heartbeat_age_s']:.0f} s ago"
+            + (", then stopped" if h["stopped"] else "")
+            if h["worker_id"]
+            else "no worker of this database"
+        )
+        _out(
+            args,
+            h,
+            f"{'healthy' if h['healthy'] else 'unhealthy'}: {seen} on {h['host']} "
+            f"(TL_WORKER_TIMEOUT_S {h['timeout_s']:g} s)",
+        )
         return 0 if h["healthy"] else 1
     if args.stop:
         store = service.open_store(args.db)
         stopped = service.stop_worker(store)
         where = f"{service.display_db_url(store.url)} on this machine"
-        _out(args, {"stopped": stopped}, f"stopped worker{'s' * (len(stopped) > 1)} {', '.join(map(str, stopped))} of {where}" if stopped
-             else f"no worker of {where} is running; nothing to stop")
+        _out(
+            args,
+            {"stopped": stopped},
+            f"stopped worker{'s' * (len(stopped) > 1)} {', '.join(map(str, stopped))} of {where}"
+            if stopped
+            else f"no worker of {where} is running; nothing to stop",
+        )
         return 0
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise UserError("--max-concurrent must be at least 1")
@@ -40,8 +53,10 @@ def cmd_worker(args) -> int:
         RayExecutor(args.db or default_db_url(), args.max_concurrent, args.poll).serve()
         return 0
     if executor != "local":
-        raise UserError(f"TL_EXECUTOR={executor!r} is not an executor: set TL_EXECUTOR to local (a worker "
-                        f"process on this machine) or ray (a Ray cluster at RAY_ADDRESS), or unset it")
+        raise UserError(
+            f"TL_EXECUTOR={executor!r} is not an executor: set TL_EXECUTOR to local (a worker "
+            f"process on this machine) or ray (a Ray cluster at RAY_ADDRESS), or unset it"
+        )
     Worker(args.db or default_db_url(), args.max_concurrent, args.poll).serve()
     return 0
 

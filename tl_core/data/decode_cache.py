@@ -18,8 +18,8 @@ better than uint8 would; float values beyond float16's +-65504 are clipped), res
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -27,11 +27,11 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as F
 
-from . import folders, images, shared_memory, transforms
-from .splits import Splits
-from .scan_cache import ArrayCache, CacheTooLarge, files_fingerprint
 from ..logs import logger
 from ..models.weights import Preprocessing
+from . import folders, images, shared_memory, transforms
+from .scan_cache import ArrayCache, CacheTooLarge, files_fingerprint
+from .splits import Splits
 
 log = logger(__name__)
 
@@ -54,7 +54,7 @@ class DatasetRows:
     row: dict[str, int]
 
     @classmethod
-    def of(cls, index: folders.DatasetIndex) -> "DatasetRows":
+    def of(cls, index: folders.DatasetIndex) -> DatasetRows:
         paths = sorted({it.path for items in index.items.values() for it in items})
         fingerprint = files_fingerprint(paths, index.root, extra={"classes": index.classes})
         return cls(index.root, paths, fingerprint, {p: i for i, p in enumerate(paths)})
@@ -88,8 +88,12 @@ class DecodeStage:
     def __call__(self, path: str) -> np.ndarray:
         interp = T.InterpolationMode(self.interpolation)
         if self.channels != 3:
-            x = F.resize(torch.from_numpy(images.load_pixels(path, self.channels)), [self.resize],
-                         interpolation=interp, antialias=True)
+            x = F.resize(
+                torch.from_numpy(images.load_pixels(path, self.channels)),
+                [self.resize],
+                interpolation=interp,
+                antialias=True,
+            )
             x = F.center_crop(x, [self.crop]).clamp(-F16_MAX, F16_MAX)
             return np.ascontiguousarray(x.numpy().astype(np.float16))
         img = T.CenterCrop(self.crop)(T.Resize(self.resize, interpolation=interp)(images.load_image(path)))
@@ -125,14 +129,18 @@ class Pipeline:
 
     def train_transform(self) -> T.Compose | None:
         """The random part, on uint8 tensors; None without augmentation."""
-        aug = transforms.augmentations(self.augment, self.image_size, T.InterpolationMode(self.interpolation),
-                                       self.in_channels)
+        aug = transforms.augmentations(
+            self.augment, self.image_size, T.InterpolationMode(self.interpolation), self.in_channels
+        )
         return T.Compose(aug) if aug else None
 
     def to_model(self, x: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
         """A uint8 batch to the normalised float batch the model takes, on `device`."""
-        x = F.normalize(F.to_dtype(x.to(device, non_blocking=True), torch.float32, scale=True),
-                        list(self.pre.mean), list(self.pre.std))
+        x = F.normalize(
+            F.to_dtype(x.to(device, non_blocking=True), torch.float32, scale=True),
+            list(self.pre.mean),
+            list(self.pre.std),
+        )
         return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
     def describe(self) -> dict:
@@ -155,8 +163,9 @@ class DecodedImages:
     def __init__(self, rows: DatasetRows, stage: DecodeStage, root=None):
         self.dataset, self.stage = rows, stage
         key = {"dataset": rows.fingerprint, "stage": stage.key(), "version": DECODE_VERSION}
-        self.cache = ArrayCache("decoded", key, len(rows.paths), (stage.channels, stage.crop, stage.crop),
-                                stage.dtype, root)
+        self.cache = ArrayCache(
+            "decoded", key, len(rows.paths), (stage.channels, stage.crop, stage.crop), stage.dtype, root
+        )
 
     def state(self) -> tuple[np.ndarray, set[int]]:
         """(filled mask, unreadable rows) as of now."""
@@ -179,8 +188,14 @@ class PixelDataset(Dataset):
     cache); without, under the loader's random stream.
     """
 
-    def __init__(self, images: DecodedImages, rows: np.ndarray, labels: Sequence[int],
-                 transform: Callable | None = None, seeds: np.ndarray | None = None):
+    def __init__(
+        self,
+        images: DecodedImages,
+        rows: np.ndarray,
+        labels: Sequence[int],
+        transform: Callable | None = None,
+        seeds: np.ndarray | None = None,
+    ):
         self.images, self.rows, self.labels = images, np.asarray(rows), list(labels)
         self.transform, self.seeds = transform, seeds
         self.filled: np.ndarray | None = None  # set by the loader before each pass (and its workers' fork)
@@ -218,7 +233,9 @@ class PixelDataset(Dataset):
         an unreadable one goes item by item, which keeps that bookkeeping (fresh, bad, filled).
         """
         batch = self._batch(indices)
-        shared_memory.share(batch[0], batch[1])  # in a worker: into shared memory here, where a failure is the batch's error
+        shared_memory.share(
+            batch[0], batch[1]
+        )  # in a worker: into shared memory here, where a failure is the batch's error
         return batch
 
     def _batch(self, indices: Sequence[int]) -> Batch:
@@ -299,21 +316,37 @@ class PixelLoader:
     """Batches from the decode cache, normalised on the device; decodes what is missing as it goes.
     `workers` and `prefetch_factor` as shared_memory.fit sized them for /dev/shm."""
 
-    def __init__(self, dataset: PixelDataset, pipeline: Pipeline, device: torch.device, batch_size: int,
-                 shuffle: bool = False, seed: int = 0, workers: int = 0, drop_last: bool = False,
-                 channels_last: bool = False, prefetch_factor: int = shared_memory.PREFETCH):
+    def __init__(
+        self,
+        dataset: PixelDataset,
+        pipeline: Pipeline,
+        device: torch.device,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        workers: int = 0,
+        drop_last: bool = False,
+        channels_last: bool = False,
+        prefetch_factor: int = shared_memory.PREFETCH,
+    ):
         self.dataset, self.pipeline, self.device, self.channels_last = dataset, pipeline, device, channels_last
         # The order is EpochOrder's (a resume mid-epoch draws it again); the generator seeds the
         # workers' random streams (a checkpoint saves it, a resume restores it).
         self.order = transforms.EpochOrder(len(dataset), seed) if shuffle else None
         self.generator = torch.Generator().manual_seed(seed)
-        self.args = dict(batch_size=batch_size, sampler=self.order, drop_last=drop_last, generator=self.generator,
-                         num_workers=workers, pin_memory=device.type == "cuda",
-                         **({"prefetch_factor": prefetch_factor} if workers else {}))
+        self.args = dict(
+            batch_size=batch_size,
+            sampler=self.order,
+            drop_last=drop_last,
+            generator=self.generator,
+            num_workers=workers,
+            pin_memory=device.type == "cuda",
+            **({"prefetch_factor": prefetch_factor} if workers else {}),
+        )
         self._steady: DataLoader | None = None  # once every row is decoded: workers kept across epochs
         self._listed = False
 
-    def for_epoch(self, epoch: int) -> "PixelLoader":
+    def for_epoch(self, epoch: int) -> PixelLoader:
         """This loader, drawing epoch `epoch`'s order (a loader without shuffling has one order)."""
         if self.order is not None:
             self.order.set_epoch(epoch)
@@ -328,8 +361,9 @@ class PixelLoader:
         ds.filled, ds.unreadable = ds.images.state()  # before any worker forks
         if len(ds.rows) and ds.filled[ds.rows].all():
             if self._steady is None:
-                self._steady = DataLoader(ds, collate_fn=collated, persistent_workers=self.args["num_workers"] > 0,
-                                          **self.args)
+                self._steady = DataLoader(
+                    ds, collate_fn=collated, persistent_workers=self.args["num_workers"] > 0, **self.args
+                )
             batches = ((x, y) for x, y, _, _ in self._steady)
         else:
             batches = read_through(ds, **self.args)
@@ -363,12 +397,21 @@ def cache_refusal(rows: DatasetRows, pipeline: Pipeline, enabled: bool = True) -
 def item_bytes(pipeline: Pipeline, cached: bool) -> int:
     """Bytes of one image of a batch as the loader's workers hand it over: uint8 from the decode
     cache (RGB), float32 otherwise (other channel counts, and the transforms of the uncached path)."""
-    return pipeline.in_channels * pipeline.image_size ** 2 * (1 if cached and pipeline.in_channels == 3 else 4)
+    return pipeline.in_channels * pipeline.image_size**2 * (1 if cached and pipeline.in_channels == 3 else 4)
 
 
-def make_loaders(splits: Splits, rows: DatasetRows, pipeline: Pipeline, batch_size: int, seed: int,
-                 workers: int, device: torch.device, channels_last: bool = False, enabled: bool = True,
-                 prefetch_factor: int = shared_memory.PREFETCH):
+def make_loaders(
+    splits: Splits,
+    rows: DatasetRows,
+    pipeline: Pipeline,
+    batch_size: int,
+    seed: int,
+    workers: int,
+    device: torch.device,
+    channels_last: bool = False,
+    enabled: bool = True,
+    prefetch_factor: int = shared_memory.PREFETCH,
+):
     """(train, val, note): loaders over the decode cache, or, where it is off or cannot hold the
     dataset, transforms.make_loaders decoding every image every epoch; the note says which and why.
     `workers` and `prefetch_factor` as given (train.load_data fits them to /dev/shm first: shared_memory.fit)."""
@@ -376,19 +419,44 @@ def make_loaders(splits: Splits, rows: DatasetRows, pipeline: Pipeline, batch_si
     images = {s: DecodedImages(rows, s) for s in stages}
     refused = cache_refusal(rows, pipeline, enabled)
     if refused is not None:
-        train_tf, val_tf = transforms.build_transforms(pipeline.pre, pipeline.image_size, pipeline.augment,
-                                                       pipeline.in_channels)
-        train, val = transforms.make_loaders(splits, train_tf, val_tf, batch_size, seed, workers,
-                                             pin_memory=device.type == "cuda", channels=pipeline.in_channels,
-                                             prefetch_factor=prefetch_factor)
+        train_tf, val_tf = transforms.build_transforms(
+            pipeline.pre, pipeline.image_size, pipeline.augment, pipeline.in_channels
+        )
+        train, val = transforms.make_loaders(
+            splits,
+            train_tf,
+            val_tf,
+            batch_size,
+            seed,
+            workers,
+            pin_memory=device.type == "cuda",
+            channels=pipeline.in_channels,
+            prefetch_factor=prefetch_factor,
+        )
         return train, val, {"used": False, "why": refused}
     # drop_last keeps BatchNorm away from a final batch of one image (as transforms.make_loaders).
     drop_last = len(splits.train) > batch_size and len(splits.train) % batch_size == 1
-    common = dict(pipeline=pipeline, device=device, batch_size=batch_size, workers=workers,
-                  channels_last=channels_last, prefetch_factor=prefetch_factor)
-    train = PixelLoader(PixelDataset(images[pipeline.stage(True)], rows.rows(splits.train),
-                                     [it.label for it in splits.train], pipeline.train_transform()),
-                        shuffle=True, seed=seed, drop_last=drop_last, **common)
-    val = PixelLoader(PixelDataset(images[pipeline.stage(False)], rows.rows(splits.val),
-                                   [it.label for it in splits.val]), **common)
+    common = dict(
+        pipeline=pipeline,
+        device=device,
+        batch_size=batch_size,
+        workers=workers,
+        channels_last=channels_last,
+        prefetch_factor=prefetch_factor,
+    )
+    train = PixelLoader(
+        PixelDataset(
+            images[pipeline.stage(True)],
+            rows.rows(splits.train),
+            [it.label for it in splits.train],
+            pipeline.train_transform(),
+        ),
+        shuffle=True,
+        seed=seed,
+        drop_last=drop_last,
+        **common,
+    )
+    val = PixelLoader(
+        PixelDataset(images[pipeline.stage(False)], rows.rows(splits.val), [it.label for it in splits.val]), **common
+    )
     return train, val, {"used": True}

@@ -17,8 +17,8 @@ import gzip
 import importlib.util
 import io
 import pickle
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -34,8 +34,10 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
     """Admits the few globals a pickled numpy array needs, and nothing else."""
 
     ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
     }
 
     def find_class(self, module: str, name: str):
@@ -59,8 +61,10 @@ def load_animals() -> tuple[np.ndarray, np.ndarray]:
     (its module imports tensorflow)."""
     spec = importlib.util.find_spec("animal_mnist")
     if spec is None or not spec.submodule_search_locations:
-        raise UserError("the animal demo data ships in the package animal-mnist, which is not "
-                        "installed; run: pip install --no-deps animal-mnist==0.4")
+        raise UserError(
+            "the animal demo data ships in the package animal-mnist, which is not "
+            "installed; run: pip install --no-deps animal-mnist==0.4"
+        )
     folder = Path(list(spec.submodule_search_locations)[0]) / "data" / "Animal_MNIST"
     images = _load_numpy_pickle(folder / "animal_data_version_3.gz")
     labels = _load_numpy_pickle(folder / "animal_label_version_3.gz")
@@ -85,8 +89,16 @@ def _textured(image: np.ndarray, index: int, seed: int) -> Image.Image:
     return Image.fromarray(recolour(image, np.random.default_rng([seed, index])), "RGB")
 
 
-def _write(images: np.ndarray, labels: np.ndarray, classes: list[str], out: Path, size: int,
-           per_class: int, seed: int, render: Callable[[np.ndarray, int], Image.Image] = _grey) -> dict[str, int]:
+def _write(
+    images: np.ndarray,
+    labels: np.ndarray,
+    classes: list[str],
+    out: Path,
+    size: int,
+    per_class: int,
+    seed: int,
+    render: Callable[[np.ndarray, int], Image.Image] = _grey,
+) -> dict[str, int]:
     """Each class's images (a `seed`-chosen `per_class` of them) upscaled to `size`, rendered, as PNGs.
 
     Files are named by the image's index in the source array, so two datasets written from the
@@ -159,8 +171,9 @@ def recolour(grey: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return (out * 255).round().clip(0, 255).astype(np.uint8)
 
 
-def write_demo_data(out_dir: str | Path, datasets: tuple[str, ...] = DATASETS, per_class: int = 150,
-                    size: int = 96, seed: int = 0) -> dict[str, dict[str, int]]:
+def write_demo_data(
+    out_dir: str | Path, datasets: tuple[str, ...] = DATASETS, per_class: int = 150, size: int = 96, seed: int = 0
+) -> dict[str, dict[str, int]]:
     """Write each demo dataset to out_dir/<name>/<class>/*.png; per_class=0 writes them all."""
     out = Path(out_dir)
     written = {}

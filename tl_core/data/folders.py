@@ -23,8 +23,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from . import images
 from ..errors import UserError
+from . import images
 
 
 @dataclass
@@ -51,12 +51,15 @@ def _inside(path: Path, root: Path) -> bool:
 
 def _class_dirs(folder: Path) -> list[Path]:
     # A class folder that is a symlink out of the dataset is not part of it.
-    return sorted((d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")
-                   and _inside(d, folder.resolve())), key=lambda d: d.name)
+    return sorted(
+        (d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".") and _inside(d, folder.resolve())),
+        key=lambda d: d.name,
+    )
 
 
-def _scan_class(folder: Path, label: int, index: DatasetIndex, channels: int = 3,
-                mismatched: Counter | None = None) -> list[Item]:
+def _scan_class(
+    folder: Path, label: int, index: DatasetIndex, channels: int = 3, mismatched: Counter | None = None
+) -> list[Item]:
     """The usable images in one class folder; files of another channel count are counted in `mismatched`."""
     items = []
     root = Path(index.root)
@@ -94,12 +97,15 @@ def _scan_classes(folder: Path, classes: list[str], index: DatasetIndex, channel
         found = _scan_class(folder / name, label, index, channels, mismatched)
         if not found and mismatched:
             have = " or ".join(str(c) for c, _ in mismatched.most_common())
-            raise UserError(f"--in-channels {channels} but the images in {folder / name} have {have} channels; "
-                            f"pass --in-channels {mismatched.most_common(1)[0][0]}, or save them as {channels}-channel "
-                            f".npy arrays (H x W x {channels}) or TIFFs")
+            raise UserError(
+                f"--in-channels {channels} but the images in {folder / name} have {have} channels; "
+                f"pass --in-channels {mismatched.most_common(1)[0][0]}, or save them as {channels}-channel "
+                f".npy arrays (H x W x {channels}) or TIFFs"
+            )
         if not found:
-            raise UserError(f"class {name!r} in {folder / name} has no readable images; "
-                            f"add images or remove the folder")
+            raise UserError(
+                f"class {name!r} in {folder / name} has no readable images; add images or remove the folder"
+            )
         items.extend(found)
     return items
 
@@ -109,11 +115,15 @@ def scan_dataset(root: str | os.PathLike, in_channels: int = 3) -> DatasetIndex:
     folder that cannot train."""
     path = Path(root).expanduser()
     if not path.exists():
-        raise UserError(f"dataset folder {path} does not exist; pass a folder with one sub-folder "
-                        f"of images per class (or train/ and val/ folders holding those)")
+        raise UserError(
+            f"dataset folder {path} does not exist; pass a folder with one sub-folder "
+            f"of images per class (or train/ and val/ folders holding those)"
+        )
     if not path.is_dir():
-        raise UserError(f"dataset path {path} is a file, not a folder; pass the folder that holds "
-                        f"one sub-folder of images per class")
+        raise UserError(
+            f"dataset path {path} is a file, not a folder; pass the folder that holds "
+            f"one sub-folder of images per class"
+        )
     path = path.resolve()
     train, val, test = path / "train", path / "val", path / "test"
     if train.is_dir() and (val.is_dir() or test.is_dir()):
@@ -139,24 +149,27 @@ def _same_classes(classes: list[str], folder: Path, path: Path) -> None:
     if found != classes:
         only_train = sorted(set(classes) - set(found))
         only_here = sorted(set(found) - set(classes))
-        raise UserError(f"train/ and {folder.name}/ in {path} have different classes (only in train: "
-                        f"{only_train or 'none'}; only in {folder.name}: {only_here or 'none'}); "
-                        f"give both the same class folders")
+        raise UserError(
+            f"train/ and {folder.name}/ in {path} have different classes (only in train: "
+            f"{only_train or 'none'}; only in {folder.name}: {only_here or 'none'}); "
+            f"give both the same class folders"
+        )
 
 
 def _check_classes(classes: list[str], path: Path) -> None:
     if not classes:
-        raise UserError(f"dataset folder {path} has no class folders; put each class's images in "
-                        f"a sub-folder named after the class")
+        raise UserError(
+            f"dataset folder {path} has no class folders; put each class's images in a sub-folder named after the class"
+        )
     if len(classes) < 2:
-        raise UserError(f"dataset folder {path} has only one class ({classes[0]!r}); a classifier "
-                        f"needs at least two class folders")
+        raise UserError(
+            f"dataset folder {path} has only one class ({classes[0]!r}); a classifier needs at least two class folders"
+        )
 
 
 def skipped_summary(index: DatasetIndex, limit: int = 100) -> dict:
     """The files a scan left out, for a run's summary: how many, and the first `limit` with why."""
-    return {"count": len(index.skipped),
-            "files": [{"path": p, "reason": r} for p, r in index.skipped[:limit]]}
+    return {"count": len(index.skipped), "files": [{"path": p, "reason": r} for p, r in index.skipped[:limit]]}
 
 
 def scan_target(root: str | os.PathLike, classes: list[str], in_channels: int = 3) -> tuple[DatasetIndex, bool]:
@@ -174,8 +187,10 @@ def scan_target(root: str | os.PathLike, classes: list[str], in_channels: int = 
     """
     path = Path(root).expanduser()
     if not path.is_dir():
-        raise UserError(f"--target-data {path}: no such folder; pass a folder of target-domain images, in class "
-                        f"folders named as the source's (for target accuracy) or without labels")
+        raise UserError(
+            f"--target-data {path}: no such folder; pass a folder of target-domain images, in class "
+            f"folders named as the source's (for target accuracy) or without labels"
+        )
     path = path.resolve()
     train, val = path / "train", path / "val"
     if train.is_dir() and val.is_dir() and not {"train", "val"} & set(classes):
@@ -189,21 +204,26 @@ def scan_target(root: str | os.PathLike, classes: list[str], in_channels: int = 
     return index, labelled
 
 
-def _scan_target_folder(path: Path, classes: list[str], index: DatasetIndex, in_channels: int,
-                        adapted: bool) -> tuple[list[Item], bool]:
+def _scan_target_folder(
+    path: Path, classes: list[str], index: DatasetIndex, in_channels: int, adapted: bool
+) -> tuple[list[Item], bool]:
     """The images of one target folder (class folders named as the source's, or none) and whether
     they have labels; `adapted`: trained on, so at least 2 images (a batch of each domain)."""
     folders = _class_dirs(path)
     if folders:
         unknown = [f.name for f in folders if f.name not in classes]
         if unknown:
-            raise UserError(f"--target-data {path}: its folders {unknown[:5]} are not classes of the source "
-                            f"({', '.join(classes[:10])}); name its class folders as the source's, put the images "
-                            f"directly in {path} to adapt without labels, or split it into train/ and val/")
+            raise UserError(
+                f"--target-data {path}: its folders {unknown[:5]} are not classes of the source "
+                f"({', '.join(classes[:10])}); name its class folders as the source's, put the images "
+                f"directly in {path} to adapt without labels, or split it into train/ and val/"
+            )
         items = [it for f in folders for it in _scan_class(f, classes.index(f.name), index, in_channels)]
     else:
         items = _scan_class(path, 0, index, in_channels)
     if len(items) < (2 if adapted else 1):
-        raise UserError(f"--target-data {path}: {len(items)} readable images; domain adaptation needs at least "
-                        f"{2 if adapted else 1} there (see the skipped files in the run's log)")
+        raise UserError(
+            f"--target-data {path}: {len(items)} readable images; domain adaptation needs at least "
+            f"{2 if adapted else 1} there (see the skipped files in the run's log)"
+        )
     return items, bool(folders)

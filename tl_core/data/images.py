@@ -19,7 +19,6 @@ from PIL import Image
 
 from .. import settings
 
-
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 ARRAY_EXTENSIONS = {".npy"}  # read only with --in-channels other than 3
 
@@ -63,8 +62,10 @@ def check_image(path: str | Path, channels: int = 3, decode: bool = False) -> st
     path to predict on)."""
     p = Path(path)
     if p.suffix.lower() not in image_extensions(channels):
-        return (f"{p.name}: not an image file type TransferLab reads ({p.suffix or 'no extension'}); "
-                f"use one of {', '.join(sorted(image_extensions(channels)))}")
+        return (
+            f"{p.name}: not an image file type TransferLab reads ({p.suffix or 'no extension'}); "
+            f"use one of {', '.join(sorted(image_extensions(channels)))}"
+        )
     try:
         check_header(p, channels)
         if decode:
@@ -150,8 +151,9 @@ def _hwc(shape: tuple[int, ...], channels: int, where: str) -> tuple[int, int, i
         raise ValueError(f"{where} of shape {shape}; expected H x W x channels")
     h, w, c = shape
     if c != channels and shape[0] == channels:
-        raise ChannelMismatch(c, channels, f" (shape {shape} looks channels-first: save it as H x W x C, "
-                                           f"np.moveaxis(a, 0, -1))")
+        raise ChannelMismatch(
+            c, channels, f" (shape {shape} looks channels-first: save it as H x W x C, np.moveaxis(a, 0, -1))"
+        )
     return h, w, c
 
 

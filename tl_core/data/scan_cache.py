@@ -21,8 +21,8 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -82,19 +82,34 @@ def scan_dataset(root: str | os.PathLike, in_channels: int = 3):
     if not path.is_dir():
         return folders.scan_dataset(root, in_channels)  # its own error messages
     path = path.resolve()
-    key = {"root": str(path), "tree": _tree_fingerprint(path), "max_pixels": images.MAX_IMAGE_PIXELS,
-           "code": hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in (folders, images))).hexdigest()[:16],
-           **({"in_channels": in_channels} if in_channels != 3 else {})}
+    key = {
+        "root": str(path),
+        "tree": _tree_fingerprint(path),
+        "max_pixels": images.MAX_IMAGE_PIXELS,
+        "code": hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in (folders, images))).hexdigest()[:16],
+        **({"in_channels": in_channels} if in_channels != 3 else {}),
+    }
     saved = cache_dir() / "scans" / f"{digest(key)}.json"
     if saved.exists():
         obj = json.loads(saved.read_text())
         items = {k: [folders.Item(p, label) for p, label in v] for k, v in obj["items"].items()}
-        return folders.DatasetIndex(obj["root"], obj["layout"], obj["classes"], items,
-                                 [tuple(x) for x in obj["skipped"]], [tuple(x) for x in obj["sizes"]])
+        return folders.DatasetIndex(
+            obj["root"],
+            obj["layout"],
+            obj["classes"],
+            items,
+            [tuple(x) for x in obj["skipped"]],
+            [tuple(x) for x in obj["sizes"]],
+        )
     index = folders.scan_dataset(path, in_channels)
-    obj = {"root": index.root, "layout": index.layout, "classes": index.classes,
-           "items": {k: [(it.path, it.label) for it in v] for k, v in index.items.items()},
-           "skipped": index.skipped, "sizes": index.sizes}
+    obj = {
+        "root": index.root,
+        "layout": index.layout,
+        "classes": index.classes,
+        "items": {k: [(it.path, it.label) for it in v] for k, v in index.items.items()},
+        "skipped": index.skipped,
+        "sizes": index.sizes,
+    }
     saved.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write(saved, json.dumps(obj))
     return index
@@ -122,8 +137,9 @@ class CacheTooLarge(Exception):
 class ArrayCache:
     """A (rows, *shape) array on disk with a mask of the rows filled so far."""
 
-    def __init__(self, kind: str, key: dict, rows: int, shape: tuple[int, ...], dtype=np.float32,
-                 root: Path | None = None):
+    def __init__(
+        self, kind: str, key: dict, rows: int, shape: tuple[int, ...], dtype=np.float32, root: Path | None = None
+    ):
         self.key = {"kind": kind, **key}
         self.folder = (root or cache_dir()) / kind / digest(self.key)
         self.rows, self.shape, self.dtype = rows, tuple(shape), np.dtype(dtype)
@@ -156,8 +172,10 @@ class ArrayCache:
         self.folder.parent.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(self.folder.parent).free
         if self.nbytes > max_entry_bytes() or self.nbytes > 0.9 * free:
-            raise CacheTooLarge(f"{self.nbytes / 2**30:.1f} GB needed; limit {max_entry_bytes() / 2**30:.0f} GB "
-                                f"(TL_CACHE_MAX_GB), {free / 2**30:.1f} GB free")
+            raise CacheTooLarge(
+                f"{self.nbytes / 2**30:.1f} GB needed; limit {max_entry_bytes() / 2**30:.0f} GB "
+                f"(TL_CACHE_MAX_GB), {free / 2**30:.1f} GB free"
+            )
 
     # writing
     @contextlib.contextmanager
@@ -179,7 +197,7 @@ class ArrayCache:
         return np.load(self.folder / "data.npy", mmap_mode="r+")
 
     @contextlib.contextmanager
-    def filling(self) -> Iterator["ArrayCache"]:
+    def filling(self) -> Iterator[ArrayCache]:
         """Hold the lock while rows are computed (so two runs compute them once); write() and commit()."""
         with self.locked():
             self._create_if_missing()
@@ -222,8 +240,7 @@ class ArrayCache:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         (tmp / "key.json").write_text(json.dumps(self.key, indent=1, sort_keys=True, default=str))
-        arr = np.lib.format.open_memmap(tmp / "data.npy", mode="w+", dtype=self.dtype,
-                                        shape=(self.rows, *self.shape))
+        arr = np.lib.format.open_memmap(tmp / "data.npy", mode="w+", dtype=self.dtype, shape=(self.rows, *self.shape))
         del arr  # a sparse file: rows take space as they are written
         np.save(tmp / "filled.npy", np.zeros(self.rows, dtype=bool))
         shutil.rmtree(self.folder, ignore_errors=True)  # a half entry from a crash, if any

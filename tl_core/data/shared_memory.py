@@ -45,8 +45,10 @@ import torch
 SHM = Path("/dev/shm")
 PREFETCH = 2  # torch's default prefetch_factor
 USABLE = 0.9  # of the free space: the rest for labels, semaphores and whatever else shares it
-SHM_ADVICE = ("give the container more shared memory (docker run --shm-size=8g, or shm_size in "
-              "docker-compose.yml) or lower --workers or --batch-size")
+SHM_ADVICE = (
+    "give the container more shared memory (docker run --shm-size=8g, or shm_size in "
+    "docker-compose.yml) or lower --workers or --batch-size"
+)
 
 
 @dataclass(frozen=True)
@@ -72,17 +74,26 @@ class LoaderPlan:
         if not self.lowered:
             return None
         batches = f"{self.prefetch_factor} batch{'es' * (self.prefetch_factor > 1)}"
-        now = (f"{self.workers} DataLoader workers with {batches} in flight each" if self.workers
-               else "no DataLoader workers (images loaded in the training process)")
-        return (f"{now} instead of {self.asked} with {PREFETCH}: /dev/shm has {self.free_mb:.0f} MB free and a batch "
-                f"takes {self.batch_mb:.1f} MB there; to load with {self.asked}, {SHM_ADVICE}")
+        now = (
+            f"{self.workers} DataLoader workers with {batches} in flight each"
+            if self.workers
+            else "no DataLoader workers (images loaded in the training process)"
+        )
+        return (
+            f"{now} instead of {self.asked} with {PREFETCH}: /dev/shm has {self.free_mb:.0f} MB free and a batch "
+            f"takes {self.batch_mb:.1f} MB there; to load with {self.asked}, {SHM_ADVICE}"
+        )
 
     def summary(self) -> dict:
         """The run's summary["loader"]."""
-        return {"workers": self.workers, "prefetch_factor": self.prefetch_factor if self.workers else None,
-                "asked_workers": self.asked, "batch_mb": round(self.batch_mb, 2),
-                "shm_free_mb": None if self.free_mb is None else round(self.free_mb, 1),
-                **({"why": self.note()} if self.lowered else {})}
+        return {
+            "workers": self.workers,
+            "prefetch_factor": self.prefetch_factor if self.workers else None,
+            "asked_workers": self.asked,
+            "batch_mb": round(self.batch_mb, 2),
+            "shm_free_mb": None if self.free_mb is None else round(self.free_mb, 1),
+            **({"why": self.note()} if self.lowered else {}),
+        }
 
 
 def free_bytes() -> int | None:
@@ -131,16 +142,22 @@ def explain(e: BaseException) -> str | None:
     """What to tell a user whose run failed for want of shared memory or on a DataLoader worker
     that died; None for other errors (an exception raised in a worker reads as itself)."""
     text = str(e)
-    if "unable to allocate shared memory" in text or "out of shared memory" in text or (
-            "shared memory" in text and "No space left" in text):
+    if (
+        "unable to allocate shared memory" in text
+        or "out of shared memory" in text
+        or ("shared memory" in text and "No space left" in text)
+    ):
         what = "out of shared memory: a DataLoader worker could not hand over its batch"
     elif re.search(r"DataLoader worker \(pid", text):  # torch's word for a worker that exited or was killed
-        what = ("a DataLoader worker died: the machine ran out of memory (the kernel's OOM killer) or of "
-                "shared memory (a Bus error), or the worker was killed")
+        what = (
+            "a DataLoader worker died: the machine ran out of memory (the kernel's OOM killer) or of "
+            "shared memory (a Bus error), or the worker was killed"
+        )
     else:
         return None
     usage = _usage()
-    where = (f"/dev/shm: {usage.free / 2**20:.0f} MB free of {usage.total / 2**20:.0f} MB now" if usage
-             else "no /dev/shm")
+    where = (
+        f"/dev/shm: {usage.free / 2**20:.0f} MB free of {usage.total / 2**20:.0f} MB now" if usage else "no /dev/shm"
+    )
     last = next((line.strip() for line in reversed(text.splitlines()) if line.strip()), text)
     return f"{what} ({where}); {SHM_ADVICE}, then resume the run ({last})"

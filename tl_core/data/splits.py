@@ -52,12 +52,17 @@ def _keep_fraction(items: list[Item], fraction: float, rng: random.Random) -> li
     for _, group in sorted(_by_class(items).items()):
         group = list(group)
         rng.shuffle(group)
-        kept.extend(group[:max(1, round(len(group) * fraction))])
+        kept.extend(group[: max(1, round(len(group) * fraction))])
     return sorted(kept, key=lambda it: (it.label, it.path))
 
 
-def split_dataset(index: DatasetIndex, val_fraction: float = 0.2, train_fraction: float = 1.0,
-                  seed: int = 0, test_fraction: float = 0.0) -> Splits:
+def split_dataset(
+    index: DatasetIndex,
+    val_fraction: float = 0.2,
+    train_fraction: float = 1.0,
+    seed: int = 0,
+    test_fraction: float = 0.0,
+) -> Splits:
     """Train/val (and test) items: the user's split, or a stratified seeded split per class.
 
     The test split is the folder's test/, or, with `test_fraction` > 0, carved first (stratified,
@@ -65,13 +70,17 @@ def split_dataset(index: DatasetIndex, val_fraction: float = 0.2, train_fraction
     draw is exactly as before test splits existed.
     """
     if not 0 <= test_fraction < 1:
-        raise UserError(f"--test-fraction {test_fraction:g}: give a share of every class's images from 0 (no test "
-                        f"split) up to, not including, 1")
+        raise UserError(
+            f"--test-fraction {test_fraction:g}: give a share of every class's images from 0 (no test "
+            f"split) up to, not including, 1"
+        )
     rng = random.Random(seed)
     test = list(index.items.get("test", []))
     if test_fraction and test:
-        raise UserError(f"--test-fraction {test_fraction:g}: {index.root} has its own test/ folder, which is the "
-                        f"test split; leave --test-fraction at 0, or remove the test/ folder to carve one")
+        raise UserError(
+            f"--test-fraction {test_fraction:g}: {index.root} has its own test/ folder, which is the "
+            f"test split; leave --test-fraction at 0, or remove the test/ folder to carve one"
+        )
     if index.layout == "split":  # the user's train and val
         train, val = list(index.items["train"]), list(index.items["val"])
         if test_fraction:
@@ -85,14 +94,17 @@ def split_dataset(index: DatasetIndex, val_fraction: float = 0.2, train_fraction
     return Splits(index.classes, train, val, index, sorted(test, key=lambda it: (it.label, it.path)))
 
 
-def _carve_val(items: list[Item], val_fraction: float, rng: random.Random,
-               index: DatasetIndex) -> tuple[list[Item], list[Item]]:
+def _carve_val(
+    items: list[Item], val_fraction: float, rng: random.Random, index: DatasetIndex
+) -> tuple[list[Item], list[Item]]:
     """(train, val): `val_fraction` of every class (at least one, never all) to val, drawn by `rng`."""
     train, val = [], []
     for label, group in sorted(_by_class(items).items()):
         if len(group) < 2:
-            raise UserError(f"class {index.classes[label]!r} has {len(group)} image; each class "
-                            f"needs at least 2 to be split into train and val")
+            raise UserError(
+                f"class {index.classes[label]!r} has {len(group)} image; each class "
+                f"needs at least 2 to be split into train and val"
+            )
         group = list(group)
         rng.shuffle(group)
         n_val = min(len(group) - 1, max(1, round(len(group) * val_fraction)))
@@ -103,8 +115,9 @@ def _carve_val(items: list[Item], val_fraction: float, rng: random.Random,
     return train, val
 
 
-def _carve_test(items: list[Item], fraction: float, seed: int, index: DatasetIndex,
-                keep: int) -> tuple[list[Item], list[Item]]:
+def _carve_test(
+    items: list[Item], fraction: float, seed: int, index: DatasetIndex, keep: int
+) -> tuple[list[Item], list[Item]]:
     """(test, rest): `fraction` of every class (at least one) held out, leaving each class at
     least `keep` images (2 where val is carved from the rest, 1 beside the user's val/).
 
@@ -120,9 +133,11 @@ def _carve_test(items: list[Item], fraction: float, seed: int, index: DatasetInd
         n_test = max(1, round(len(group) * fraction))
         if len(group) - n_test < keep:
             needs = "training and validation" if keep > 1 else "training"
-            raise UserError(f"--test-fraction {fraction:g}: class {index.classes[label]!r} has {len(group)} images, "
-                            f"and holding {n_test} out for test leaves {len(group) - n_test} for {needs} "
-                            f"(at least {keep} needed); lower --test-fraction or add images to that class")
+            raise UserError(
+                f"--test-fraction {fraction:g}: class {index.classes[label]!r} has {len(group)} images, "
+                f"and holding {n_test} out for test leaves {len(group) - n_test} for {needs} "
+                f"(at least {keep} needed); lower --test-fraction or add images to that class"
+            )
         test.extend(group[:n_test])
         rest.extend(group[n_test:])
     return test, sorted(rest, key=lambda it: (it.label, it.path))
@@ -137,8 +152,10 @@ def batch_size_for(requested: int | None, n_train: int) -> tuple[int, str | None
     """
     if requested is not None:
         if requested > n_train:
-            raise UserError(f"--batch-size {requested} is larger than the {n_train} training images; "
-                            f"use at most {n_train}, or leave it out to let the run choose")
+            raise UserError(
+                f"--batch-size {requested} is larger than the {n_train} training images; "
+                f"use at most {n_train}, or leave it out to let the run choose"
+            )
         return requested, None
     size = min(DEFAULT_BATCH_SIZE, n_train)
     while size > 2 and n_train % size == 1:
@@ -146,10 +163,14 @@ def batch_size_for(requested: int | None, n_train: int) -> tuple[int, str | None
     if size == DEFAULT_BATCH_SIZE:
         return size, None
     if size == n_train:
-        return size, (f"batch size {size}: the default {DEFAULT_BATCH_SIZE} is more than the {n_train} "
-                      f"training images, so each epoch is one batch of all of them")
-    return size, (f"batch size {size}, not {min(DEFAULT_BATCH_SIZE, n_train)}: {n_train} training images would "
-                  f"leave a last batch of one image, which BatchNorm cannot train on")
+        return size, (
+            f"batch size {size}: the default {DEFAULT_BATCH_SIZE} is more than the {n_train} "
+            f"training images, so each epoch is one batch of all of them"
+        )
+    return size, (
+        f"batch size {size}, not {min(DEFAULT_BATCH_SIZE, n_train)}: {n_train} training images would "
+        f"leave a last batch of one image, which BatchNorm cannot train on"
+    )
 
 
 def class_weights(items: list[Item], classes: list[str]) -> list[float]:
@@ -162,8 +183,10 @@ def class_weights(items: list[Item], classes: list[str]) -> list[float]:
     """
     counts = Counter(it.label for it in items)
     if missing := [name for i, name in enumerate(classes) if not counts[i]]:
-        raise UserError(f"--class-weights auto: classes {missing[:5]} have no training images to weigh by; "
-                        f"add images to them or use --class-weights none")
+        raise UserError(
+            f"--class-weights auto: classes {missing[:5]} have no training images to weigh by; "
+            f"add images to them or use --class-weights none"
+        )
     inverse = [1.0 / counts[i] for i in range(len(classes))]
     mean = sum(inverse) / len(inverse)
     return [w / mean for w in inverse]
@@ -179,13 +202,16 @@ def split_fingerprint(splits: Splits) -> str:
     return hashlib.sha256("\n".join(paths).encode()).hexdigest()[:16]
 
 
-def dataset_report(root: str | os.PathLike, val_fraction: float = 0.2, seed: int = 0,
-                   test_fraction: float = 0.0) -> dict:
+def dataset_report(
+    root: str | os.PathLike, val_fraction: float = 0.2, seed: int = 0, test_fraction: float = 0.0
+) -> dict:
     """Classes, images per class per split (train, val, test), image sizes, skipped files: for the CLI and UI."""
     index = scan_dataset(root)
     splits = split_dataset(index, val_fraction=val_fraction, seed=seed, test_fraction=test_fraction)
-    counts = {name: Counter(it.label for it in items)
-              for name, items in (("train", splits.train), ("val", splits.val), ("test", splits.test))}
+    counts = {
+        name: Counter(it.label for it in items)
+        for name, items in (("train", splits.train), ("val", splits.val), ("test", splits.test))
+    }
     widths = [w for w, _ in index.sizes] or [0]
     heights = [h for _, h in index.sizes] or [0]
     per_class = {name: {split: counts[split][i] for split in counts} for i, name in enumerate(index.classes)}
@@ -207,10 +233,18 @@ def dataset_report(root: str | os.PathLike, val_fraction: float = 0.2, seed: int
         "train_images": len(splits.train),
         "val_images": len(splits.val),
         "test_images": len(splits.test),
-        "test_split": ("test/ folder" if "test" in index.items else
-                       f"--test-fraction {test_fraction:g} of every class" if splits.test else "none"),
-        "image_size": {"min": [min(widths), min(heights)], "max": [max(widths), max(heights)],
-                       "median": [int(np.median(widths)), int(np.median(heights))]},
+        "test_split": (
+            "test/ folder"
+            if "test" in index.items
+            else f"--test-fraction {test_fraction:g} of every class"
+            if splits.test
+            else "none"
+        ),
+        "image_size": {
+            "min": [min(widths), min(heights)],
+            "max": [max(widths), max(heights)],
+            "median": [int(np.median(widths)), int(np.median(heights))],
+        },
         "skipped": [{"path": p, "reason": r} for p, r in index.skipped],
         "warnings": warnings,
     }

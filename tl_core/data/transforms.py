@@ -16,21 +16,22 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from torchvision.transforms import v2 as T
 
+from ..errors import UserError
+from ..logs import logger
+from ..models.weights import Preprocessing
 from . import shared_memory
 from .folders import Item
 from .images import UnreadableImage, load_image, load_pixels
 from .splits import Splits
-from ..errors import UserError
-from ..logs import logger
-from ..models.weights import Preprocessing
 
 log = logger(__name__)
 
 AUGMENTATIONS = ("none", "light", "standard")
 
 
-def build_transforms(pre: Preprocessing, image_size: int, augment: str = "none",
-                     channels: int = 3) -> tuple[T.Compose, T.Compose]:
+def build_transforms(
+    pre: Preprocessing, image_size: int, augment: str = "none", channels: int = 3
+) -> tuple[T.Compose, T.Compose]:
     """(train, val) transforms at `image_size`, normalised with the weights' own mean/std (one per channel)."""
     if augment not in AUGMENTATIONS:
         raise UserError(f"unknown augmentation {augment!r}; choose one of {', '.join(AUGMENTATIONS)}")
@@ -50,10 +51,12 @@ def augmentations(augment: str, image_size: int, interp: T.InterpolationMode, ch
     if augment == "none":
         return []
     if augment == "light":
-        return [T.RandomResizedCrop(image_size, scale=(0.6, 1.0), interpolation=interp),
-                T.RandomHorizontalFlip()]
-    return [T.RandomResizedCrop(image_size, scale=(0.25, 1.0), interpolation=interp),
-            T.RandomHorizontalFlip(), *([T.ColorJitter(0.3, 0.3, 0.3, 0.05)] if channels == 3 else [])]
+        return [T.RandomResizedCrop(image_size, scale=(0.6, 1.0), interpolation=interp), T.RandomHorizontalFlip()]
+    return [
+        T.RandomResizedCrop(image_size, scale=(0.25, 1.0), interpolation=interp),
+        T.RandomHorizontalFlip(),
+        *([T.ColorJitter(0.3, 0.3, 0.3, 0.05)] if channels == 3 else []),
+    ]
 
 
 def read_tensor(path: str, channels: int) -> torch.Tensor:
@@ -115,23 +118,42 @@ class EpochOrder(Sampler[int]):
 class EpochLoader(DataLoader):
     """A training DataLoader whose order is set per epoch (EpochOrder)."""
 
-    def for_epoch(self, epoch: int) -> "EpochLoader":
+    def for_epoch(self, epoch: int) -> EpochLoader:
         self.sampler.set_epoch(epoch)
         return self
 
 
-def make_loaders(splits: Splits, train_tf, val_tf, batch_size: int, seed: int, workers: int,
-                 pin_memory: bool = False, channels: int = 3,
-                 prefetch_factor: int = shared_memory.PREFETCH) -> tuple[DataLoader, DataLoader]:
+def make_loaders(
+    splits: Splits,
+    train_tf,
+    val_tf,
+    batch_size: int,
+    seed: int,
+    workers: int,
+    pin_memory: bool = False,
+    channels: int = 3,
+    prefetch_factor: int = shared_memory.PREFETCH,
+) -> tuple[DataLoader, DataLoader]:
     """(train, val) loaders; `workers` and `prefetch_factor` as shared_memory.fit sized them for /dev/shm."""
     g = torch.Generator().manual_seed(seed)
     read = load_image if channels == 3 else partial(read_tensor, channels=channels)
-    common = dict(num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0,
-                  collate_fn=collate_readable, **({"prefetch_factor": prefetch_factor} if workers else {}))
+    common = dict(
+        num_workers=workers,
+        pin_memory=pin_memory,
+        persistent_workers=workers > 0,
+        collate_fn=collate_readable,
+        **({"prefetch_factor": prefetch_factor} if workers else {}),
+    )
     # drop_last keeps BatchNorm away from a final batch of one image.
     drop_last = len(splits.train) > batch_size and len(splits.train) % batch_size == 1
     # The generator seeds the workers' random streams; the order is EpochOrder's.
-    train = EpochLoader(ImageDataset(splits.train, train_tf, read), batch_size=batch_size,
-                        sampler=EpochOrder(len(splits.train), seed), generator=g, drop_last=drop_last, **common)
+    train = EpochLoader(
+        ImageDataset(splits.train, train_tf, read),
+        batch_size=batch_size,
+        sampler=EpochOrder(len(splits.train), seed),
+        generator=g,
+        drop_last=drop_last,
+        **common,
+    )
     val = DataLoader(ImageDataset(splits.val, val_tf, read), batch_size=batch_size, shuffle=False, **common)
     return train, val

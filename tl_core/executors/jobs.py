@@ -24,10 +24,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import placement
 from ..logs import logger
 from ..store.run_folders import job_log
 from ..store.store import Job, Store
+from . import placement
 from .processes import kill_group, start_child
 
 log = logger(__name__)  # timed lines (logs.py): the service's output, worker.log
@@ -78,8 +78,12 @@ class Jobs:
             self.peaks, self.peaks_at = placement.job_peaks(self.store), time.monotonic()
         return self.peaks
 
-    def claim(self, worker_id: int | None, placed: Callable[[], list[tuple[str, bool]]],
-              run_peaks: Callable[[], dict[tuple, float]]) -> tuple[Job, str | None] | None:
+    def claim(
+        self,
+        worker_id: int | None,
+        placed: Callable[[], list[tuple[str, bool]]],
+        run_peaks: Callable[[], dict[tuple, float]],
+    ) -> tuple[Job, str | None] | None:
         """The oldest queued job that may start now, claimed for worker `worker_id`, and the GPU it is
         placed on (None: not placed); None when none may. A job that must wait does not hold back a
         smaller one behind it. `placed`: what the worker's runs and jobs hold of its GPUs;
@@ -98,8 +102,10 @@ class Jobs:
             gpu = placement.place(measured, held, need)
             if gpu is not None and self.store.claim_job(job.id, worker_id, self.host, gpu):
                 free = next(g.free_mb for g in measured if g.id == gpu)
-                log.info(f"job {job.id} ({job.command}) placed on GPU {gpu} ({free:.0f} MiB free; it needs "
-                         f"{f'{need:.0f} MiB' if need is not None else 'what its kind of run never measured'})")
+                log.info(
+                    f"job {job.id} ({job.command}) placed on GPU {gpu} ({free:.0f} MiB free; it needs "
+                    f"{f'{need:.0f} MiB' if need is not None else 'what its kind of run never measured'})"
+                )
                 return job, gpu
         return None
 
@@ -132,8 +138,9 @@ class Jobs:
             kill_group(child.proc.pid)
             self.peaks = None  # it may have measured its kind
             why = log_tail(job_log(job_id)) or "no output"
-            if self.store.finish_job(job_id, "failed", error=f"its process ended (exit code {code}) without "
-                                                             f"recording an end: {why}"):
+            if self.store.finish_job(
+                job_id, "failed", error=f"its process ended (exit code {code}) without recording an end: {why}"
+            ):
                 log.warning(f"job {job_id} failed: its process ended with exit code {code}")
 
     def kill(self) -> None:

@@ -38,8 +38,18 @@ from ..config import default
 from ..store import Store
 
 # The settings that decide how much GPU memory a run takes: runs equal in these are of one kind.
-MEMORY_FIELDS = ("backbone", "image_size", "batch_size", "strategy", "in_channels", "accumulate", "checkpointing",
-                 "compile", "regularizer", "adapt")
+MEMORY_FIELDS = (
+    "backbone",
+    "image_size",
+    "batch_size",
+    "strategy",
+    "in_channels",
+    "accumulate",
+    "checkpointing",
+    "compile",
+    "regularizer",
+    "adapt",
+)
 # A probe, a prediction or an export never measured: a forward pass without gradients (a model's
 # weights, one batch's activations at a time, cuDNN's workspace), well under this for the models
 # offered; TL_GPU_MARGIN_MB comes on top, as for a run. Once one job of its kind has ended, its
@@ -225,8 +235,9 @@ def job_peaks(store: Store) -> dict[tuple, float]:
     return found
 
 
-def job_need(command: str, config: Mapping, run_peaks: Mapping[tuple, float],
-             measured: Mapping[tuple, float]) -> float | None:
+def job_need(
+    command: str, config: Mapping, run_peaks: Mapping[tuple, float], measured: Mapping[tuple, float]
+) -> float | None:
     """What a job of `command` on a run's settings `config` needs (MiB): what jobs like it took
     (`job_peaks`), else for an LR range test what runs of its kind took (`peaks`: it trains the same
     model at the same batch size, under the same freezing; None, never measured, if none did), else
@@ -246,8 +257,12 @@ def open_gpus(ids: Iterable[str], placed: Sequence[tuple[str, bool]], per_gpu: i
     return [i for i in ids if i not in settling and runs[i] < per_gpu]
 
 
-def place(gpus: Sequence[GPU], placed: Sequence[tuple[str, bool]], need_mb: float | None,
-          config: settings.Settings | None = None) -> str | None:
+def place(
+    gpus: Sequence[GPU],
+    placed: Sequence[tuple[str, bool]],
+    need_mb: float | None,
+    config: settings.Settings | None = None,
+) -> str | None:
     """The GPU the next run trains on, or None: it waits. `placed`: (GPU, settled) of each run
     already placed; `need_mb`: its kind's peak (`peaks`; a job's: `job_need`), None if never measured.
 

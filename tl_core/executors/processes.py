@@ -82,16 +82,24 @@ def _own_group_dying_with_parent() -> None:  # runs in the child between fork an
     libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: stop this run if the worker dies
 
 
-def start_child(args: list[str], log_path: Path, gpu: str | None = None,
-                stdin: int = subprocess.DEVNULL) -> subprocess.Popen:
+def start_child(
+    args: list[str], log_path: Path, gpu: str | None = None, stdin: int = subprocess.DEVNULL
+) -> subprocess.Popen:
     """`python -m tl_core ARGS`, its output appended to `log_path`, in a process group of its own
     that the kernel stops if this process dies; it sees `gpu` alone if given (placement.py), else
     every GPU. Raises OSError when no process can be made."""
     env = None if gpu is None else settings.child_environment(**settings.gpu_environment(gpu))
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
-        return subprocess.Popen([sys.executable, "-m", "tl_core", *args], stdout=log, stderr=subprocess.STDOUT,
-                                stdin=stdin, env=env, preexec_fn=_own_group_dying_with_parent, cwd=os.getcwd())
+        return subprocess.Popen(
+            [sys.executable, "-m", "tl_core", *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=stdin,
+            env=env,
+            preexec_fn=_own_group_dying_with_parent,
+            cwd=os.getcwd(),
+        )
 
 
 def kill_group(pid: int) -> None:
@@ -154,8 +162,13 @@ def ensure_worker(store: Store) -> int:
     folder = worker_folder(store.instance_id)
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "worker.log", "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "tl_core", "worker", "--db", store.url], stdout=log,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tl_core", "worker", "--db", store.url],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     pidfile(store).write_text(str(proc.pid))
     return proc.pid
 

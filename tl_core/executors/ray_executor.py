@@ -57,10 +57,10 @@ from ray import exceptions as ray_errors
 from ray.job_config import JobConfig
 
 from .. import settings
-from ..logs import logger
 from ..errors import UserError
-from ..store.run_folders import run_folder
+from ..logs import logger
 from ..store import Run, Store
+from ..store.run_folders import run_folder
 from .serving import PROCESS_LOST, RESUMABLE, STOP_GRACE_S, Serving, masked_url
 
 log = logger(__name__)  # timed lines (logs.py), as the worker's
@@ -90,10 +90,15 @@ def train_on_node(run_id: int, db_url: str, cwd: str, env: dict[str, str]) -> di
         log = run_folder(store.get_run(run_id)) / "train.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "tl_core", "train-run", str(run_id), "--db", db_url],
-                                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=settings.child_environment(**env), preexec_fn=_own_group_dying_with_parent,
-                                    cwd=cwd if Path(cwd).is_dir() else None)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "tl_core", "train-run", str(run_id), "--db", db_url],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=settings.child_environment(**env),
+                preexec_fn=_own_group_dying_with_parent,
+                cwd=cwd if Path(cwd).is_dir() else None,
+            )
         noted = False
         try:
             while proc.poll() is None:  # polled, not waited on: a cancel's KeyboardInterrupt gets through
@@ -123,10 +128,14 @@ def _note_node(store: Store, run_id: int, pid: int, node: dict) -> bool:
 def _node_env(s: settings.Settings) -> dict[str, str]:
     """The settings a training process on another machine reads, as its environment (the inverse
     of settings.from_env for those fields), paths made absolute."""
-    env = {"PYTHONPATH": str(SOURCE), "TL_RUNS_DIR": str(s.runs_dir.resolve()),
-           "TL_CACHE_DIR": str(s.cache_dir.resolve()), "TL_CACHE_MAX_GB": str(s.cache_max_gb),
-           "TL_MAX_IMAGE_PIXELS": str(s.max_image_pixels),
-           "TL_RESUME_ON_RESTART": "1" if s.resume_on_restart else "0"}
+    env = {
+        "PYTHONPATH": str(SOURCE),
+        "TL_RUNS_DIR": str(s.runs_dir.resolve()),
+        "TL_CACHE_DIR": str(s.cache_dir.resolve()),
+        "TL_CACHE_MAX_GB": str(s.cache_max_gb),
+        "TL_MAX_IMAGE_PIXELS": str(s.max_image_pixels),
+        "TL_RESUME_ON_RESTART": "1" if s.resume_on_restart else "0",
+    }
     if s.offline:
         env["TL_OFFLINE"] = "1"
     return env
@@ -151,8 +160,14 @@ class RayExecutor(Serving):
 
     name = "ray executor"
 
-    def __init__(self, db_url: str, concurrency: int | None = None, poll_seconds: float = 1.0,
-                 cancel_grace_s: float = 30.0, cpus_per_run: float = 1.0):
+    def __init__(
+        self,
+        db_url: str,
+        concurrency: int | None = None,
+        poll_seconds: float = 1.0,
+        cancel_grace_s: float = 30.0,
+        cpus_per_run: float = 1.0,
+    ):
         self.db_url = db_url
         self.store = Store(db_url)
         self.limit = concurrency or settings.current().max_concurrent  # None: what the cluster holds
@@ -176,8 +191,10 @@ class RayExecutor(Serving):
             else:
                 ray.init(address="local", job_config=job, include_dashboard=False, logging_level="warning")
         except ConnectionError as e:
-            raise UserError(f"cannot reach the Ray cluster at RAY_ADDRESS={address} ({e}); start it (`ray start "
-                            f"--head` on its head node), correct RAY_ADDRESS, or unset it to start a Ray here") from e
+            raise UserError(
+                f"cannot reach the Ray cluster at RAY_ADDRESS={address} ({e}); start it (`ray start "
+                f"--head` on its head node), correct RAY_ADDRESS, or unset it to start a Ray here"
+            ) from e
 
     def per_run(self) -> dict:
         """What one run asks of the cluster: a GPU if it has any, else cpus_per_run CPUs."""
@@ -283,8 +300,10 @@ class RayExecutor(Serving):
             signal.signal(signum, self._signal)
         self.id = self.store.register_worker(self.host, os.getpid(), "ray")
         self.beat_at = time.monotonic()
-        log.info(f"ray executor {os.getpid()} (worker {self.id}): {self.capacity()} runs at once on "
-                 f"{ray.cluster_resources()}, db {masked_url(self.db_url)}")
+        log.info(
+            f"ray executor {os.getpid()} (worker {self.id}): {self.capacity()} runs at once on "
+            f"{ray.cluster_resources()}, db {masked_url(self.db_url)}"
+        )
         self.loop()
 
     def stop(self) -> None:

@@ -66,8 +66,10 @@ class Standby:
         if self.proc is not None:
             if self.proc.poll() is None:
                 if idle and now - max(busy_at, self.started_at) >= config.standby_idle_s:
-                    log.info(f"standby {self.proc.pid} released after {config.standby_idle_s:g} s without a run; "
-                             f"another is made when runs come")
+                    log.info(
+                        f"standby {self.proc.pid} released after {config.standby_idle_s:g} s without a run; "
+                        f"another is made when runs come"
+                    )
                     self.release()
                 return
             log.warning(f"the standby process exited unused ({self.proc.returncode}); see {self.log_path}")
@@ -76,8 +78,9 @@ class Standby:
         if (idle and now - busy_at >= config.standby_idle_s) or now < self.retry_at:
             return  # idle: none until runs come
         if runs_started():
-            self.proc = start_child(["train-run", "--standby", "--db", self.db_url], self.log_path,
-                                    stdin=subprocess.PIPE)
+            self.proc = start_child(
+                ["train-run", "--standby", "--db", self.db_url], self.log_path, stdin=subprocess.PIPE
+            )
             self.started_at = now
 
     def take(self, run_id: int, gpu: str | None) -> subprocess.Popen | None:
@@ -135,8 +138,9 @@ def wait_for_run(store: Store) -> int | None:
     """In the standby: import everything and start CUDA where it can (warm_cuda), read the run (and
     its GPU) from stdin, pin that GPU, and write the run's train.log from then on. The run's id, or
     None when the worker closed stdin without one."""
-    from ..training.startup import warm_cuda  # torch: in the standby process only, never the worker's
     import timm  # noqa: F401  (models are built by timm: imported here, not after the run is handed over)
+
+    from ..training.startup import warm_cuda  # torch: in the standby process only, never the worker's
 
     warmed = warm_cuda()  # on its one GPU: CUDA started before the run comes
     log.info(f"standby {os.getpid()}: imports done, waiting for a run")

@@ -77,8 +77,13 @@ class Supervisor:
         self.signals = 0
 
     def _spawn(self, args: list[str]) -> subprocess.Popen:
-        return subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent,
-                                env=settings.child_environment(DATABASE_URL=self.db_url))
+        return subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+            env=settings.child_environment(DATABASE_URL=self.db_url),
+        )
 
     def start_worker(self) -> None:
         args = [sys.executable, "-m", "tl_core", "worker", "--db", self.db_url]
@@ -125,8 +130,11 @@ class Supervisor:
                 return
             lived = time.monotonic() - self.worker_started_at
             self.quick_deaths = self.quick_deaths + 1 if lived < 60 else 0
-            delay = min(60, 2 ** self.quick_deaths) if self.quick_deaths > 1 else 0
-            _say(f"the worker exited ({code}) after {lived:.0f} s; starting another" + (f" in {delay} s" if delay else ""))
+            delay = min(60, 2**self.quick_deaths) if self.quick_deaths > 1 else 0
+            _say(
+                f"the worker exited ({code}) after {lived:.0f} s; starting another"
+                + (f" in {delay} s" if delay else "")
+            )
             self.restart_at = time.monotonic() + delay
         if self.worker is None and self.restart_at is not None and time.monotonic() >= self.restart_at:
             self.start_worker()
@@ -175,6 +183,14 @@ def _reap_orphans(ours: set[int]) -> None:
 
 def serve(db_url: str, host: str, port: int, dashboard: bool = True, max_concurrent: int | None = None) -> int:
     """The worker and (unless `dashboard` is False) the dashboard on host:port, until stopped."""
-    options = ["--server.address", host, "--server.port", str(port), "--server.headless", "true",
-               "--browser.gatherUsageStats", "false"]
+    options = [
+        "--server.address",
+        host,
+        "--server.port",
+        str(port),
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+    ]
     return Supervisor(db_url, options if dashboard else None, max_concurrent).run()

@@ -55,14 +55,22 @@ import subprocess
 import time
 from dataclasses import dataclass
 
-from . import placement
 from .. import settings
 from ..logs import logger
-from ..store.run_folders import run_folder, worker_folder
 from ..store import Run, Store, WorkerInfo
+from ..store.run_folders import run_folder, worker_folder
+from . import placement
 from .jobs import Jobs
-from .processes import (host_lock, is_training_process, is_worker_process, kill_group, pid_alive, pidfile,
-                        pidfile_worker, start_child)
+from .processes import (
+    host_lock,
+    is_training_process,
+    is_worker_process,
+    kill_group,
+    pid_alive,
+    pidfile,
+    pidfile_worker,
+    start_child,
+)
 from .serving import PROCESS_LOST, RESUMABLE, STOP_GRACE_S, Serving, masked_url
 from .standby import Standby
 
@@ -78,7 +86,7 @@ def max_concurrent() -> int:
 
 
 def _utcnow() -> dt.datetime:  # as the store records heartbeats
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
 @dataclass
@@ -162,8 +170,11 @@ class Worker(Serving):
         if w.host != self.host:
             return False
         gone = w.pid == os.getpid() or not is_worker_process(w.pid)
-        late = w.stopped_at is not None or not w.alive or \
-            (_utcnow() - w.heartbeat_at).total_seconds() > 2 * settings.current().heartbeat_s
+        late = (
+            w.stopped_at is not None
+            or not w.alive
+            or (_utcnow() - w.heartbeat_at).total_seconds() > 2 * settings.current().heartbeat_s
+        )
         return gone and late
 
     def _lost(self, run: Run, why: str, requeue: bool) -> None:
@@ -197,8 +208,11 @@ class Worker(Serving):
         try:
             proc = self.standby.take(run.id, gpu) or self._start(run, gpu)
         except OSError as e:  # no process could be made (memory, process limits): say so, never leave it claimed
-            self.store.finish_run(run.id, "failed", error=f"its training process could not be started ({e}); "
-                                                          f"free memory or processes, then resume it")
+            self.store.finish_run(
+                run.id,
+                "failed",
+                error=f"its training process could not be started ({e}); free memory or processes, then resume it",
+            )
             return
         self.store.update_run(run.id, pid=proc.pid, host=self.host)
         self.children[run.id] = Child(run, proc, gpu=gpu)
@@ -253,12 +267,15 @@ class Worker(Serving):
             need = peaks.get(placement.kind(run.config))
             gpu = placement.place(measured, placed, need)
             if gpu is None:  # back in the queue, unclaimed
-                self.store.update_run(run.id, status="queued", started_at=None, worker_pid=None, worker_id=None,
-                                      executor=None)
+                self.store.update_run(
+                    run.id, status="queued", started_at=None, worker_pid=None, worker_id=None, executor=None
+                )
                 return None
         free = next(g.free_mb for g in measured if g.id == gpu)
-        log.info(f"run {run.id} placed on GPU {gpu} ({free:.0f} MiB free; its kind "
-                 f"{f'peaked at {need:.0f} MiB' if need is not None else 'never measured'})")
+        log.info(
+            f"run {run.id} placed on GPU {gpu} ({free:.0f} MiB free; its kind "
+            f"{f'peaked at {need:.0f} MiB' if need is not None else 'never measured'})"
+        )
         return run, gpu
 
     def _peaks(self) -> dict[tuple, float]:
@@ -317,8 +334,12 @@ class Worker(Serving):
         signal.signal(signal.SIGTERM, self._signal)
         signal.signal(signal.SIGINT, self._signal)
         self.start()
-        runs = (f"runs and jobs placed on GPUs {', '.join(self.gpus)} by memory, at most "
-                f"{settings.current().runs_per_gpu} per GPU" if self.gpus else f"up to {self.concurrency} runs at once")
+        runs = (
+            f"runs and jobs placed on GPUs {', '.join(self.gpus)} by memory, at most "
+            f"{settings.current().runs_per_gpu} per GPU"
+            if self.gpus
+            else f"up to {self.concurrency} runs at once"
+        )
         log.info(f"worker {os.getpid()} (id {self.id}): {runs}, db {masked_url(self.db_url)}")
         self.loop()
 
@@ -333,8 +354,11 @@ class Worker(Serving):
             with contextlib.suppress(ProcessLookupError):
                 child.proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE_S
-        while any(c.proc.poll() is None for c in self.children.values()) and time.monotonic() < deadline \
-                and self.signals < 2:
+        while (
+            any(c.proc.poll() is None for c in self.children.values())
+            and time.monotonic() < deadline
+            and self.signals < 2
+        ):
             time.sleep(0.1)
         for child in self.children.values():
             if child.proc.poll() is None:

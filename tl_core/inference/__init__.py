@@ -1,2 +1,1 @@
-"""Using a trained run: a predictor from its checkpoint or an exported bundle, and export with its parity check.
-"""
+"""Using a trained run: a predictor from its checkpoint or an exported bundle, and export with its parity check."""

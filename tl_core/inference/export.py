@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from ..data.images import check_image
-from . import predictor
 from ..errors import UserError
+from . import predictor
 
 __all__ = ["FORMATS", "TOLERANCE", "ExportMismatch", "export"]
 
@@ -44,8 +44,9 @@ class ExportMismatch(UserError):
         self.result = result
 
 
-def export(source: predictor.Predictor, fmt: str, out: str | Path, images: list[str],
-           tolerance: float = TOLERANCE) -> dict:
+def export(
+    source: predictor.Predictor, fmt: str, out: str | Path, images: list[str], tolerance: float = TOLERANCE
+) -> dict:
     """Write `source` (from predictor.from_run) as a `fmt` bundle at `out` and check it on `images`."""
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
@@ -53,8 +54,10 @@ def export(source: predictor.Predictor, fmt: str, out: str | Path, images: list[
         raise UserError("export needs a run's PyTorch model, not a bundle")
     readable = [p for p in images if check_image(p, source.pipeline.in_channels) is None]
     if not readable:
-        raise UserError("no readable validation image to check the export on; the run's validation images "
-                        "moved or were deleted: restore the dataset folder, then export again")
+        raise UserError(
+            "no readable validation image to check the export on; the run's validation images "
+            "moved or were deleted: restore the dataset folder, then export again"
+        )
     out = Path(out)
     if out.is_dir():
         raise UserError(f"--out {out} is a folder; give the bundle's file path, e.g. {out / ('model' + FORMATS[fmt])}")
@@ -72,8 +75,14 @@ def export(source: predictor.Predictor, fmt: str, out: str | Path, images: list[
         else:
             _onnx(model, example, out, meta)
     seconds = time.perf_counter() - started
-    result = {"format": fmt, "path": str(out.resolve()), "bytes": out.stat().st_size, "seconds": round(seconds, 2),
-              **parity(source, predictor.from_bundle(out), readable), "tolerance": tolerance}
+    result = {
+        "format": fmt,
+        "path": str(out.resolve()),
+        "bytes": out.stat().st_size,
+        "seconds": round(seconds, 2),
+        **parity(source, predictor.from_bundle(out), readable),
+        "tolerance": tolerance,
+    }
     result["passed"] = result["top1_agreement"] == 1.0 and result["max_prob_diff"] <= tolerance
     if not result["passed"]:
         out.unlink(missing_ok=True)
@@ -81,7 +90,9 @@ def export(source: predictor.Predictor, fmt: str, out: str | Path, images: list[
             f"the {fmt} export does not predict as the PyTorch model: top-1 agreement "
             f"{result['top1_agreement']:.2%} on {result['images']} validation images, largest probability "
             f"difference {result['max_prob_diff']:.2e} (tolerance {tolerance:.0e}); the file was removed. "
-            f"Report it with the run's backbone ({source.backbone}); the other format may export correctly", result)
+            f"Report it with the run's backbone ({source.backbone}); the other format may export correctly",
+            result,
+        )
     return result
 
 
@@ -89,8 +100,15 @@ def _onnx(model: torch.nn.Module, example: torch.Tensor, out: Path, meta: str) -
     import onnx
 
     batch = torch.export.Dim("batch", min=1)
-    program = torch.onnx.export(model, (example,), dynamo=True, input_names=["images"], output_names=["logits"],
-                                dynamic_shapes=({0: batch},), verbose=False)
+    program = torch.onnx.export(
+        model,
+        (example,),
+        dynamo=True,
+        input_names=["images"],
+        output_names=["logits"],
+        dynamic_shapes=({0: batch},),
+        verbose=False,
+    )
     program.save(str(out))
     m = onnx.load(str(out))
     entry = m.metadata_props.add()
@@ -102,7 +120,7 @@ def parity(reference: predictor.Predictor, exported: predictor.Predictor, images
     """Top-1 agreement and the largest probability difference of `exported` against `reference`."""
     agree, worst = 0, 0.0
     for i in range(0, len(images), BATCH):
-        x = reference.inputs(images[i:i + BATCH])
+        x = reference.inputs(images[i : i + BATCH])
         p = reference.logits(x).float().softmax(1)
         q = exported.logits(x).float().softmax(1)
         agree += int((p.argmax(1) == q.argmax(1)).sum())

@@ -23,23 +23,23 @@ from __future__ import annotations
 import base64
 import json
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
-from ..models import backbones
-from ..data import images
 from ..config import RunConfig
+from ..data import images
 from ..data.decode_cache import Pipeline
 from ..errors import UserError
-from ..training.checkpoint import Checkpoint
-from ..store.run_folders import run_folder
-from ..store import Run
-from ..store.summary import Preprocessing as RecordedPreprocessing
+from ..models import backbones
 from ..models.weights import Preprocessing
+from ..store import Run
+from ..store.run_folders import run_folder
+from ..store.summary import Preprocessing as RecordedPreprocessing
+from ..training.checkpoint import Checkpoint
 
 __all__ = ["Predictor", "from_bundle", "from_run", "pipeline_of", "predict"]
 
@@ -49,8 +49,13 @@ METADATA = "transferlab.json"  # the bundle's metadata: TorchScript extra file, 
 def pipeline_of(described: RecordedPreprocessing) -> Pipeline:
     """The validation pipeline a run recorded (its summary's preprocessing, decode_cache.Pipeline.describe)."""
     pre = described.pre
-    return Pipeline(Preprocessing(tuple(pre.mean), tuple(pre.std), pre.interpolation, pre.crop_pct, pre.native_size),
-                    described.image_size, "none", described.in_channels, described.stats)
+    return Pipeline(
+        Preprocessing(tuple(pre.mean), tuple(pre.std), pre.interpolation, pre.crop_pct, pre.native_size),
+        described.image_size,
+        "none",
+        described.in_channels,
+        described.stats,
+    )
 
 
 @dataclass
@@ -77,22 +82,38 @@ def from_run(run: Run) -> Predictor:
     """The run's best checkpoint, on the CPU."""
     path = run_folder(run) / "best.pt"
     if not path.exists():
-        raise UserError(f"run {run.id} has no best checkpoint ({path} is missing): it has not finished an epoch, "
-                        f"or its folder was deleted; predict with a run that has trained")
+        raise UserError(
+            f"run {run.id} has no best checkpoint ({path} is missing): it has not finished an epoch, "
+            f"or its folder was deleted; predict with a run that has trained"
+        )
     ckpt = Checkpoint.load(path)
     cfg = RunConfig.from_stored(ckpt.config or run.config)
     classes = list(ckpt.classes)
     described = run.summary.preprocessing
     if described is None:
         raise UserError(f"run {run.id} recorded no preprocessing; train it again to predict with it")
-    bb = backbones.create_backbone(cfg.backbone, len(classes), weights="none", head=cfg.head, hidden=cfg.hidden,
-                                   dropout=cfg.dropout, in_channels=cfg.in_channels)
+    bb = backbones.create_backbone(
+        cfg.backbone,
+        len(classes),
+        weights="none",
+        head=cfg.head,
+        hidden=cfg.hidden,
+        dropout=cfg.dropout,
+        in_channels=cfg.in_channels,
+    )
     bb.model.load_state_dict(ckpt.model)
     model = bb.model.eval()
     epoch = int(ckpt.epoch) + 1
-    meta = {"classes": classes, "preprocessing": described.model_dump(exclude_unset=True), "backbone": cfg.backbone,
-            "run": run.id, "run_uid": run.uid, "epoch": epoch, "val_acc": ckpt.val_acc,
-            "val_precision": run.summary.precision_at(epoch)}
+    meta = {
+        "classes": classes,
+        "preprocessing": described.model_dump(exclude_unset=True),
+        "backbone": cfg.backbone,
+        "run": run.id,
+        "run_uid": run.uid,
+        "epoch": epoch,
+        "val_acc": ckpt.val_acc,
+        "val_precision": run.summary.precision_at(epoch),
+    }
     return Predictor(_no_grad(model), classes, pipeline_of(described), f"run {run.id}", meta, model, cfg.backbone)
 
 
@@ -100,6 +121,7 @@ def _no_grad(fn: Callable) -> Callable:
     def call(x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             return fn(x)
+
     return call
 
 
@@ -114,8 +136,10 @@ def from_bundle(path: str | Path) -> Predictor:
 
         props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
         if METADATA not in props:
-            raise UserError(f"{path} is an ONNX model without TransferLab's metadata; export it with "
-                            f"`python -m tl_core export RUN --format onnx`")
+            raise UserError(
+                f"{path} is an ONNX model without TransferLab's metadata; export it with "
+                f"`python -m tl_core export RUN --format onnx`"
+            )
         meta = json.loads(props[METADATA])
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
@@ -128,27 +152,35 @@ def from_bundle(path: str | Path) -> Predictor:
         extra = {METADATA: ""}
         try:
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, not gone: the format asked for
+                warnings.simplefilter(
+                    "ignore", FutureWarning
+                )  # TorchScript is deprecated, not gone: the format asked for
                 module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
         except Exception as e:  # not a TorchScript archive at all
-            raise UserError(f"{path} is neither an ONNX model nor a TorchScript bundle ({type(e).__name__}); "
-                            f"pass a file written by `python -m tl_core export`") from None
+            raise UserError(
+                f"{path} is neither an ONNX model nor a TorchScript bundle ({type(e).__name__}); "
+                f"pass a file written by `python -m tl_core export`"
+            ) from None
         if not extra[METADATA]:
-            raise UserError(f"{path} is a TorchScript module without TransferLab's metadata; export it with "
-                            f"`python -m tl_core export RUN --format torchscript`")
+            raise UserError(
+                f"{path} is a TorchScript module without TransferLab's metadata; export it with "
+                f"`python -m tl_core export RUN --format torchscript`"
+            )
         meta = json.loads(extra[METADATA])
         logits = _no_grad(module.eval())
     described = RecordedPreprocessing.model_validate(meta["preprocessing"])
-    return Predictor(logits, list(meta["classes"]), pipeline_of(described), str(path), meta,
-                     backbone=meta.get("backbone", ""))
+    return Predictor(
+        logits, list(meta["classes"]), pipeline_of(described), str(path), meta, backbone=meta.get("backbone", "")
+    )
 
 
 def _b64(png: bytes) -> str:
     return base64.b64encode(png).decode()
 
 
-def predict(predictor: Predictor, paths: list[str], top_k: int = 5, cam: bool = False,
-            cam_classes: list[str] | None = None) -> list[dict]:
+def predict(
+    predictor: Predictor, paths: list[str], top_k: int = 5, cam: bool = False, cam_classes: list[str] | None = None
+) -> list[dict]:
     """Top-k classes with probabilities for each image, in order; with `cam`, Grad-CAM heat maps
     (over the model's view of the image, as PNG in base64) for the top-k classes and any of
     `cam_classes`. An image that cannot be read is {"image", "path", "error"}."""
@@ -174,11 +206,19 @@ def predict(predictor: Predictor, paths: list[str], top_k: int = 5, cam: bool = 
         probs = predictor.logits(x).float().softmax(1)[0]
         k = min(top_k, len(predictor.classes))
         top = probs.topk(k)
-        item["top"] = [{"class": predictor.classes[i], "index": int(i), "prob": float(p)}
-                       for p, i in zip(top.values.tolist(), top.indices.tolist())]
+        item["top"] = [
+            {"class": predictor.classes[i], "index": int(i), "prob": float(p)}
+            for p, i in zip(top.values.tolist(), top.indices.tolist())
+        ]
         if cam:
-            item.update(_heat_maps(predictor, x, x_raw, [t["index"] for t in item["top"]] +
-                                   [predictor.classes.index(c) for c in cam_classes or []]))
+            item.update(
+                _heat_maps(
+                    predictor,
+                    x,
+                    x_raw,
+                    [t["index"] for t in item["top"]] + [predictor.classes.index(c) for c in cam_classes or []],
+                )
+            )
         out.append(item)
     return out
 
@@ -189,5 +229,7 @@ def _heat_maps(predictor: Predictor, x: torch.Tensor, x_raw: np.ndarray, classes
     classes = list(dict.fromkeys(classes))
     maps = gradcam.grad_cam(predictor.model, backbones.get_spec(predictor.backbone), x, classes)
     view = gradcam.model_view(x_raw)
-    return {"view": _b64(gradcam.png(view)),
-            "cams": {predictor.classes[c]: _b64(gradcam.png(gradcam.overlay(view, m))) for c, m in zip(classes, maps)}}
+    return {
+        "view": _b64(gradcam.png(view)),
+        "cams": {predictor.classes[c]: _b64(gradcam.png(gradcam.overlay(view, m))) for c, m in zip(classes, maps)},
+    }

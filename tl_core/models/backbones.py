@@ -16,14 +16,25 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..errors import UserError
 from . import channels
 from . import weights as W
-from ..errors import UserError
 from .families import BackboneSpec, Layout, Stage, get_spec, list_backbones
 from .weights import Preprocessing, preprocessing
 
-__all__ = ["Backbone", "LayerGroup", "Preprocessing", "create_backbone", "describe", "get_spec", "imagenet_model",
-           "list_backbones", "make_head", "preprocessing", "skeleton"]
+__all__ = [
+    "Backbone",
+    "LayerGroup",
+    "Preprocessing",
+    "create_backbone",
+    "describe",
+    "get_spec",
+    "imagenet_model",
+    "list_backbones",
+    "make_head",
+    "preprocessing",
+    "skeleton",
+]
 
 Part = nn.Module | nn.Parameter
 
@@ -86,13 +97,15 @@ def imagenet_model(name: str) -> nn.Module:
     return model.eval()
 
 
-def make_head(in_features: int, num_classes: int, kind: str = "linear", hidden: int = 512,
-              dropout: float = 0.2) -> nn.Module:
+def make_head(
+    in_features: int, num_classes: int, kind: str = "linear", hidden: int = 512, dropout: float = 0.2
+) -> nn.Module:
     if kind == "linear":
         return nn.Linear(in_features, num_classes)
     if kind == "mlp":
-        return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True),
-                             nn.Dropout(dropout), nn.Linear(hidden, num_classes))
+        return nn.Sequential(
+            nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, num_classes)
+        )
     raise UserError(f"unknown head {kind!r}; choose linear or mlp")
 
 
@@ -100,9 +113,16 @@ def _groups(stages: list[Stage], head: nn.Module) -> list[LayerGroup]:
     return [LayerGroup(s.name, list(s.parts)) for s in stages] + [LayerGroup("head", [head])]
 
 
-def create_backbone(name: str, num_classes: int, weights: str = "imagenet", head: str = "linear",
-                    hidden: int = 512, dropout: float = 0.2, device: str | torch.device | None = None,
-                    in_channels: int = 3) -> Backbone:
+def create_backbone(
+    name: str,
+    num_classes: int,
+    weights: str = "imagenet",
+    head: str = "linear",
+    hidden: int = 512,
+    dropout: float = 0.2,
+    device: str | torch.device | None = None,
+    in_channels: int = 3,
+) -> Backbone:
     """Build `name` with a new `num_classes` head.
 
     weights: "imagenet" (the pretrained default: offline package, torch cache or download),

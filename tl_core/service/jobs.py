@@ -29,17 +29,22 @@ import sys
 import uuid
 from collections.abc import Callable, Sequence
 
-from ..executors import placement
 from .. import settings
 from ..config import RunConfig
 from ..errors import UserError
-from ..store.run_folders import job_log
-from ..store import Job, Store, UnknownRun
+from ..executors import placement
 from ..executors.jobs import log_tail
 from ..executors.processes import pid_alive
+from ..store import Job, Store, UnknownRun
+from ..store.run_folders import job_log
 from .runs import start_worker
 
-KINDS = {"lr-find": "lr_find", "probe": "probe", "predict": "prediction", "export": "export"}  # command -> artifact kind
+KINDS = {
+    "lr-find": "lr_find",
+    "probe": "probe",
+    "predict": "prediction",
+    "export": "export",
+}  # command -> artifact kind
 ON_RUNS = ("predict", "export")  # commands whose first argument is a run id (or, for predict, a bundle's path)
 
 
@@ -57,16 +62,21 @@ def start(store: Store, command: str, cfg: RunConfig, extra: Sequence[str] = ())
     return start_command(store, command, cfg.experiment, [*flags(cfg), *extra], cfg.model_dump())
 
 
-def start_command(store: Store, command: str, experiment: str, args: Sequence[str],
-                  config: dict | None = None) -> Job:
+def start_command(store: Store, command: str, experiment: str, args: Sequence[str], config: dict | None = None) -> Job:
     """Queue `python -m tl_core COMMAND ARGS --job ID` (a command that stores its result as an
     artifact of `experiment` tagged with the job id) and see that someone runs it. `config`: the run
     settings it works on (what sets its memory); for predict and export, the run's own, by default."""
     if command not in KINDS:
         raise ValueError(f"unknown job {command!r}")
     job_id = uuid.uuid4().hex
-    job = store.create_job(job_id, command, experiment, [str(a) for a in args],
-                           _run_config(store, command, args) if config is None else config, str(job_log(job_id)))
+    job = store.create_job(
+        job_id,
+        command,
+        experiment,
+        [str(a) for a in args],
+        _run_config(store, command, args) if config is None else config,
+        str(job_log(job_id)),
+    )
     _serve(store, job)
     return job
 
@@ -107,9 +117,14 @@ def run_here(store: Store, job: Job) -> bool:
     env = None if gpu is None else settings.child_environment(**settings.gpu_environment(gpu))
     try:
         with open(log, "ab") as f:
-            proc = subprocess.Popen([sys.executable, "-m", "tl_core", job.command, *job.args, "--job", job.id,
-                                     "--db", store.url, "--json"], stdout=f, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "tl_core", job.command, *job.args, "--job", job.id, "--db", store.url, "--json"],
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
     except OSError as e:
         store.finish_job(job.id, "failed", error=f"its process could not be started ({e})")
         return True
@@ -169,8 +184,13 @@ def cancel(store: Store, job: Job) -> Job | None:
     by its worker at its next step, or here if this host's dashboard started it."""
     was = store.get_job(job.id)
     now = store.cancel_job(job.id)
-    if was is not None and was.status == "running" and was.worker_id is None and was.host == socket.gethostname() \
-            and pid_alive(was.pid):
+    if (
+        was is not None
+        and was.status == "running"
+        and was.worker_id is None
+        and was.host == socket.gethostname()
+        and pid_alive(was.pid)
+    ):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(was.pid, signal.SIGTERM)  # its own session (start_new_session): its loader workers too
     return now
@@ -204,8 +224,12 @@ def recorded(store: Store, job_id: str, command: Callable[[], int]) -> int:
         raise
     finally:
         failed = error is not None or code != 0
-        store.finish_job(job_id, "failed" if failed else "completed", peak_mb=_cuda_peak_mb(),
-                         error=(error or f"it exited with status {code}") if failed else None)
+        store.finish_job(
+            job_id,
+            "failed" if failed else "completed",
+            peak_mb=_cuda_peak_mb(),
+            error=(error or f"it exited with status {code}") if failed else None,
+        )
 
 
 def _cuda_peak_mb() -> float | None:

@@ -24,8 +24,15 @@ def probe_data(store: Store, cfg: RunConfig, max_per_class: int = 50, job: str |
     return result
 
 
-def find_lr(store: Store, cfg: RunConfig, start_lr: float = 1e-7, end_lr: float = 10.0, num_iter: int = 100,
-            rule: str = "steepest", job: str | None = None) -> dict:
+def find_lr(
+    store: Store,
+    cfg: RunConfig,
+    start_lr: float = 1e-7,
+    end_lr: float = 10.0,
+    num_iter: int = 100,
+    rule: str = "steepest",
+    job: str | None = None,
+) -> dict:
     """The LR range test under cfg's strategy (lr_finder.py). Stored as an "lr_find" artifact."""
     from ..analysis.lr_finder import lr_find  # torch: only what measures imports it
 

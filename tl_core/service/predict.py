@@ -13,8 +13,8 @@ from pathlib import Path
 
 from ..data.images import check_image
 from ..errors import UserError
-from ..store.run_folders import run_folder, runs_dir
 from ..store import Run, Store
+from ..store.run_folders import run_folder, runs_dir
 from ..store.summary import ExportRecord
 
 
@@ -45,8 +45,15 @@ def save_uploads(files: list[tuple[str, bytes]], channels: int = 3) -> tuple[lis
     return paths, problems
 
 
-def predict_images(store: Store, source: str | int, paths: list[str], top_k: int = 5, cam: bool = False,
-                   cam_classes: list[str] | None = None, job: str | None = None) -> dict:
+def predict_images(
+    store: Store,
+    source: str | int,
+    paths: list[str],
+    top_k: int = 5,
+    cam: bool = False,
+    cam_classes: list[str] | None = None,
+    job: str | None = None,
+) -> dict:
     """Top-k classes (and, with `cam`, heat maps) for each image, from run `source` or the bundle at
     path `source`. With a job id, stored as a "prediction" artifact of the run's experiment."""
     from ..inference.predictor import from_bundle, from_run, predict  # torch: only what predicts imports it
@@ -55,17 +62,29 @@ def predict_images(store: Store, source: str | int, paths: list[str], top_k: int
     predictor = from_run(run) if run is not None else from_bundle(source)
     # Which precision produced these probabilities, and which the run's validation numbers they
     # may be set beside (None where the run or bundle recorded none): they agree to that precision.
-    out = {"source": predictor.source, "run": run.id if run else None, "classes": predictor.classes,
-           "precision": predictor.precision, "val_precision": predictor.metadata.get("val_precision"),
-           "val_epoch": predictor.metadata.get("epoch"),
-           "results": predict(predictor, paths, top_k, cam, cam_classes), "job": job}
+    out = {
+        "source": predictor.source,
+        "run": run.id if run else None,
+        "classes": predictor.classes,
+        "precision": predictor.precision,
+        "val_precision": predictor.metadata.get("val_precision"),
+        "val_epoch": predictor.metadata.get("epoch"),
+        "results": predict(predictor, paths, top_k, cam, cam_classes),
+        "job": job,
+    }
     if job:
         store.add_artifact(run.experiment if run else "default", "prediction", out)
     return out
 
 
-def export_run(store: Store, run_id: int, fmt: str, out: str | Path | None = None, tolerance: float | None = None,
-               job: str | None = None) -> dict:
+def export_run(
+    store: Store,
+    run_id: int,
+    fmt: str,
+    out: str | Path | None = None,
+    tolerance: float | None = None,
+    job: str | None = None,
+) -> dict:
     """Export the run's best checkpoint (export.py) and check it on its validation images; the result,
     passed or not, is kept in the run's summary ("exports") and, with a job id, as an artifact."""
     from ..inference.export import FORMATS, TOLERANCE, ExportMismatch, export  # torch (and onnx): only here
@@ -74,8 +93,10 @@ def export_run(store: Store, run_id: int, fmt: str, out: str | Path | None = Non
     run = store.get_run(run_id)
     images = [p.path for p in store.predictions(run_id)]
     if not images:
-        raise UserError(f"run {run_id} has no stored validation predictions to check an export on; "
-                        f"export a run that finished an epoch with this version")
+        raise UserError(
+            f"run {run_id} has no stored validation predictions to check an export on; "
+            f"export a run that finished an epoch with this version"
+        )
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     out = Path(out) if out else run_folder(run) / "export" / f"run{run.id}-{run.config.get('backbone')}{FORMATS[fmt]}"
@@ -86,8 +107,9 @@ def export_run(store: Store, run_id: int, fmt: str, out: str | Path | None = Non
         result, error = e.result, e
     _record(store, run_id, ExportRecord(**result, run=run_id))
     if job:
-        store.add_artifact(run.experiment, "export", {**result, "run": run_id, "job": job,
-                                                      **({"error": str(error)} if error else {})})
+        store.add_artifact(
+            run.experiment, "export", {**result, "run": run_id, "job": job, **({"error": str(error)} if error else {})}
+        )
     if error:
         raise error
     return result

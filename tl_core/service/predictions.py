@@ -11,9 +11,9 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from ..data import images
 from ..analysis import predictions
 from ..analysis.predictions import Diff, Prediction
+from ..data import images
 from ..store import Run, Store
 
 

@@ -11,7 +11,7 @@ Every other service module that reads a run's numbers reads them through here.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..errors import UserError
 from ..store.store import Run
@@ -35,8 +35,9 @@ def value(run: Run, epochs: dict[int, dict[str, float]], which: str = "best", ke
     return epochs[best].get(key)
 
 
-def score(run: Run, epochs: dict[int, dict[str, float]], which: str = "best", metric: str = "acc",
-          split: str = "val") -> float | None:
+def score(
+    run: Run, epochs: dict[int, dict[str, float]], which: str = "best", metric: str = "acc", split: str = "val"
+) -> float | None:
     """A run's `metric` (acc, macro_f1, balanced_acc) on `split` at its best epoch (chosen on val) or its last.
 
     Test numbers come from the run's summary: "test" was measured with the best epoch's checkpoint,
@@ -65,15 +66,17 @@ def has_test(runs: Sequence[Run]) -> bool:
 
 
 def resolve_split(runs: Sequence[Run], split: str = "auto") -> str:
-    """"auto": test when every completed run has test metrics, else val; "test" refused without them."""
+    """ "auto": test when every completed run has test metrics, else val; "test" refused without them."""
     if split == "auto":
         return "test" if has_test(runs) else "val"
     if split not in SPLITS:
         raise UserError(f"split {split!r}: choose test, val or auto")
     if split == "test" and not has_test(runs):
         missing = [r.id for r in runs if r.status == "completed" and not r.summary.test]
-        raise UserError(f"runs {missing or 'compared'} have no test metrics (trained without a test split, or not "
-                        f"completed): compare on validation (--split val), or leave them out")
+        raise UserError(
+            f"runs {missing or 'compared'} have no test metrics (trained without a test split, or not "
+            f"completed): compare on validation (--split val), or leave them out"
+        )
     return split
 
 
@@ -83,8 +86,9 @@ def describe(metric: str = "acc", split: str = "val", which: str = "best", short
     if short:
         return what
     if split == "test":
-        return what + (" (each run's checkpoint chosen on validation)" if which == "best"
-                       else " (each run's last epoch)")
+        return what + (
+            " (each run's checkpoint chosen on validation)" if which == "best" else " (each run's last epoch)"
+        )
     return what + f" ({which} epoch)"
 
 
@@ -102,6 +106,6 @@ def images_per_class(run: Run) -> float | None:
 def drift_groups(run: Run, epochs: dict[int, dict[str, float]]) -> list[str]:
     """The layer groups a run recorded drift for: in the run's order (stem first, head last), then
     any the summary does not name."""
-    recorded = {k[len(DRIFT):] for m in epochs.values() for k in m if k.startswith(DRIFT)}
+    recorded = {k[len(DRIFT) :] for m in epochs.values() for k in m if k.startswith(DRIFT)}
     ordered = [g for g in run.summary.groups if g in recorded]
     return ordered + sorted(recorded - set(ordered))

@@ -8,30 +8,59 @@ from __future__ import annotations
 import codecs
 import time
 from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
-from ..store.run_folders import run_folder
 from ..store import FINISHED, STATUSES, Run, RunSummary, Store
+from ..store.run_folders import run_folder
 from .readings import DRIFT, Metrics, drift_groups
-
 
 # A reading order for tables: the task's losses and accuracies, the target domain's, the loss's other
 # terms (the regulariser's penalty and share, the domain discriminator's), what trained, then speed.
-EPOCH_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", "val_balanced_acc", "val_top5",
-              "target_loss", "target_acc",
-              "reg_penalty", "reg_share", "domain_loss", "domain_acc", "trainable_groups", "trainable_params",
-              "epoch_seconds", "images_per_sec", "peak_memory_mb", "wall_seconds")
+EPOCH_KEYS = (
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "val_macro_f1",
+    "val_balanced_acc",
+    "val_top5",
+    "target_loss",
+    "target_acc",
+    "reg_penalty",
+    "reg_share",
+    "domain_loss",
+    "domain_acc",
+    "trainable_groups",
+    "trainable_params",
+    "epoch_seconds",
+    "images_per_sec",
+    "peak_memory_mb",
+    "wall_seconds",
+)
 LOG_GRACE_S = 1.0  # log_text(follow=True) reads once more this long after the run ended
 
 
 def run_row(r: Run) -> dict:
     """A run as a line of the runs table: who launched it, and the executor and host that ran it
     (None until a worker took it)."""
-    return {"id": r.id, "experiment": r.experiment, "name": r.name, "backbone": r.config.get("backbone"),
-            "strategy": r.config.get("strategy"), "seed": r.config.get("seed"), "status": r.status,
-            "epochs_done": r.epochs_done, "epochs": r.epochs, "best_val_acc": r.best_val_acc,
-            "test_acc": r.test_acc, "duration_s": r.duration_s, "launched_by": r.launched_by, "executor": r.executor, "host": r.host}
+    return {
+        "id": r.id,
+        "experiment": r.experiment,
+        "name": r.name,
+        "backbone": r.config.get("backbone"),
+        "strategy": r.config.get("strategy"),
+        "seed": r.config.get("seed"),
+        "status": r.status,
+        "epochs_done": r.epochs_done,
+        "epochs": r.epochs,
+        "best_val_acc": r.best_val_acc,
+        "test_acc": r.test_acc,
+        "duration_s": r.duration_s,
+        "launched_by": r.launched_by,
+        "executor": r.executor,
+        "host": r.host,
+    }
 
 
 def ray_node(run: Run) -> str | None:
@@ -44,10 +73,13 @@ def run_details(store: Store, run_id: int) -> dict:
     its per-class results."""
     run = store.get_run(run_id)
     epochs = store.epoch_metrics([run.id])[run.id]
-    return {**run.to_dict(), "ray_node_id": ray_node(run),
-            "epochs": [{"epoch": e + 1, **m} for e, m in epochs.items()],
-            "group_drift": drift_by_group(run, epochs),
-            "class_metrics": [c.__dict__ for c in store.class_metrics(run.id)]}
+    return {
+        **run.to_dict(),
+        "ray_node_id": ray_node(run),
+        "epochs": [{"epoch": e + 1, **m} for e, m in epochs.items()],
+        "group_drift": drift_by_group(run, epochs),
+        "class_metrics": [c.__dict__ for c in store.class_metrics(run.id)],
+    }
 
 
 def drift_by_group(run: Run, epochs: dict[int, dict[str, float]]) -> dict[str, list[float | None]]:
@@ -66,21 +98,31 @@ def skipped_files(summary: RunSummary) -> list[dict]:
     """Files a run left out, as rows of a table ({"path", "reason"}): those its scan refused, then
     those that failed to decode."""
     refused = summary.skipped.files if summary.skipped else []
-    return [*({"path": f.path, "reason": f.reason} for f in refused),
-            *({"path": p, "reason": "unreadable when decoded"} for p in summary.unreadable)]
+    return [
+        *({"path": f.path, "reason": f.reason} for f in refused),
+        *({"path": p, "reason": "unreadable when decoded"} for p in summary.unreadable),
+    ]
 
 
 def summarize(run: Run, epochs: dict[int, dict[str, float]]) -> dict:
     """The comparison row of one run."""
     last = epochs[max(epochs)] if epochs else {}
     ips = [m["images_per_sec"] for m in epochs.values() if "images_per_sec" in m]
-    return {"id": run.id, "name": run.name, "strategy": run.config.get("strategy"),
-            "backbone": run.config.get("backbone"), "status": run.status,
-            "best_val_acc": run.best_val_acc, "best_epoch": run.best_epoch_number,
-            "final_val_acc": last.get("val_acc"), "test_acc": run.test_acc,
-            "epochs": len(epochs),
-            "total_seconds": last.get("wall_seconds"), "trainable_params": last.get("trainable_params"),
-            "images_per_sec": sum(ips) / len(ips) if ips else None}
+    return {
+        "id": run.id,
+        "name": run.name,
+        "strategy": run.config.get("strategy"),
+        "backbone": run.config.get("backbone"),
+        "status": run.status,
+        "best_val_acc": run.best_val_acc,
+        "best_epoch": run.best_epoch_number,
+        "final_val_acc": last.get("val_acc"),
+        "test_acc": run.test_acc,
+        "epochs": len(epochs),
+        "total_seconds": last.get("wall_seconds"),
+        "trainable_params": last.get("trainable_params"),
+        "images_per_sec": sum(ips) / len(ips) if ips else None,
+    }
 
 
 def time_to_accuracy(epochs: dict[int, dict[str, float]], target: float) -> float | None:
@@ -93,8 +135,14 @@ def time_to_accuracy(epochs: dict[int, dict[str, float]], target: float) -> floa
 
 def summary_rows(runs: list[Run], metrics: Metrics, target_acc: float) -> list[dict]:
     """Comparison rows with each run's seed and its time to `target_acc`."""
-    return [{**summarize(r, metrics.get(r.id, {})), "seed": r.config.get("seed"),
-             "time_to_target_s": time_to_accuracy(metrics.get(r.id, {}), target_acc)} for r in runs]
+    return [
+        {
+            **summarize(r, metrics.get(r.id, {})),
+            "seed": r.config.get("seed"),
+            "time_to_target_s": time_to_accuracy(metrics.get(r.id, {}), target_acc),
+        }
+        for r in runs
+    ]
 
 
 def metric_rows(runs: list[Run], metrics: Metrics) -> list[dict]:
@@ -113,8 +161,18 @@ def metric_rows(runs: list[Run], metrics: Metrics) -> list[dict]:
             lrs = {k: m[k] for k in sorted(m) if k.startswith("lr/")}
             drifts = {k: m[k] for k in drift if k in m}
             rest = {k: v for k, v in m.items() if k not in known and k not in lrs and k not in drifts}
-            rows.append({"run_id": r.id, "name": r.name, "strategy": r.config.get("strategy"), "epoch": e + 1,
-                         **known, **lrs, **drifts, **rest})
+            rows.append(
+                {
+                    "run_id": r.id,
+                    "name": r.name,
+                    "strategy": r.config.get("strategy"),
+                    "epoch": e + 1,
+                    **known,
+                    **lrs,
+                    **drifts,
+                    **rest,
+                }
+            )
     return rows
 
 
@@ -138,8 +196,9 @@ def log_tail(run: Run, lines: int = 50) -> str:
         return "".join(deque(f, maxlen=lines))
 
 
-def log_text(store: Store, run_id: int, follow: bool = False, tail: int | None = None,
-             poll_s: float = 0.5) -> Iterator[str]:
+def log_text(
+    store: Store, run_id: int, follow: bool = False, tail: int | None = None, poll_s: float = 0.5
+) -> Iterator[str]:
     """A run's train.log as it is (its last `tail` lines), then, with `follow`, what the run writes
     to it after, until the run ends (completed, failed or cancelled; a run stopped with its worker
     goes back to the queue and is followed on) and its process has had a moment to write its last

@@ -7,8 +7,8 @@ import functools
 import os
 import shutil
 import socket
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from pydantic import ValidationError
 from sqlalchemy.engine import make_url
@@ -20,9 +20,9 @@ from ..data.scan_cache import scan_dataset  # folders.scan_dataset, reused while
 from ..data.splits import batch_size_for, split_dataset
 from ..errors import UserError
 from ..executors.processes import ensure_worker, running_worker, stop_workers
-from ..store.run_folders import is_run_folder, run_folder
-from ..store import FINISHED, Run, Store, WorkerInfo, default_db_url
 from ..models.weights import check_obtainable
+from ..store import FINISHED, Run, Store, WorkerInfo, default_db_url
+from ..store.run_folders import is_run_folder, run_folder
 
 # --- the store and the worker ---------------------------------------------------------------
 
@@ -71,13 +71,18 @@ def worker_health(store: Store) -> dict:
     workers wait before failing its runs as orphaned). The container's health check."""
     host, timeout = socket.gethostname(), settings.current().worker_timeout_s
     mine = [w for w in store.workers() if w.host == host]
-    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)  # the store's times: UTC, naive
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)  # the store's times: UTC, naive
     live = [w for w in mine if w.alive]
     newest = max(live or mine, key=lambda w: w.heartbeat_at, default=None)
-    return {"healthy": bool(live), "host": host, "timeout_s": timeout,
-            "worker_id": newest and newest.id, "pid": newest and newest.pid,
-            "stopped": newest is not None and newest.stopped_at is not None,
-            "heartbeat_age_s": None if newest is None else round((now - newest.heartbeat_at).total_seconds(), 1)}
+    return {
+        "healthy": bool(live),
+        "host": host,
+        "timeout_s": timeout,
+        "worker_id": newest and newest.id,
+        "pid": newest and newest.pid,
+        "stopped": newest is not None and newest.stopped_at is not None,
+        "heartbeat_age_s": None if newest is None else round((now - newest.heartbeat_at).total_seconds(), 1),
+    }
 
 
 def stop_worker(store: Store) -> list[int]:
@@ -93,8 +98,9 @@ def check_run(cfg: RunConfig) -> None:
     """Refuse a run before it is recorded: its weights must be obtainable, its dataset trainable and its
     target-domain folder (--target-data) readable."""
     check_obtainable(cfg.backbone, cfg.weights_to_load)
-    splits = split_dataset(scan_dataset(cfg.data, cfg.in_channels), cfg.val_fraction, cfg.train_fraction,
-                           cfg.split_seed, cfg.test_fraction)
+    splits = split_dataset(
+        scan_dataset(cfg.data, cfg.in_channels), cfg.val_fraction, cfg.train_fraction, cfg.split_seed, cfg.test_fraction
+    )
     batch_size_for(cfg.batch_size, len(splits.train))
     if cfg.target_data:
         scan_target(cfg.target_data, splits.classes, cfg.in_channels)
@@ -108,9 +114,14 @@ def stored_config(run: Run) -> RunConfig:
         return make_config(**run.config)  # raises the UserError naming the setting
 
 
-def plan_runs(base: dict, strategies: Sequence[str], seeds: Sequence[int],
-              train_fractions: Sequence[float] | None = None, lrs: Sequence[float | None] | None = None,
-              split_seeds: Sequence[int] | None = None) -> list[RunConfig]:
+def plan_runs(
+    base: dict,
+    strategies: Sequence[str],
+    seeds: Sequence[int],
+    train_fractions: Sequence[float] | None = None,
+    lrs: Sequence[float | None] | None = None,
+    split_seeds: Sequence[int] | None = None,
+) -> list[RunConfig]:
     """The grid strategies x train fractions x LRs x split seeds x seeds, everything else equal: one
     validated config per cell and seed; UserError if any is invalid. Fractions, LRs and the split
     seed default to `base`'s; several split seeds make the split a replicate like the seed (the
@@ -122,15 +133,33 @@ def plan_runs(base: dict, strategies: Sequence[str], seeds: Sequence[int],
     fractions = list(train_fractions or [base.get("train_fraction", 1.0)])
     rates = list(lrs or [base.get("lr")])
     splits = list(split_seeds or [base.get("split_seed", 0)])
-    if (len(set(fractions)) < len(fractions) or len(set(rates)) < len(rates) or len(set(seeds)) < len(seeds)
-            or len(set(splits)) < len(splits)):
+    if (
+        len(set(fractions)) < len(fractions)
+        or len(set(rates)) < len(rates)
+        or len(set(seeds)) < len(seeds)
+        or len(set(splits)) < len(splits)
+    ):
         raise UserError("a train fraction, LR, split seed or seed is listed twice; list each once")
-    configs = [make_config(**{**base, "strategy": s, "train_fraction": f, "lr": lr, "split_seed": split, "seed": seed})
-               for s in strategies for f in fractions for lr in rates for split in splits for seed in seeds]
+    configs = [
+        make_config(**{**base, "strategy": s, "train_fraction": f, "lr": lr, "split_seed": split, "seed": seed})
+        for s in strategies
+        for f in fractions
+        for lr in rates
+        for split in splits
+        for seed in seeds
+    ]
     checked: set[tuple] = set()
     for cfg in configs:  # the dataset check depends only on these, not on the strategy or seed
-        key = (cfg.data, cfg.val_fraction, cfg.train_fraction, cfg.split_seed, cfg.test_fraction, cfg.batch_size,
-               cfg.backbone, cfg.weights_to_load)
+        key = (
+            cfg.data,
+            cfg.val_fraction,
+            cfg.train_fraction,
+            cfg.split_seed,
+            cfg.test_fraction,
+            cfg.batch_size,
+            cfg.backbone,
+            cfg.weights_to_load,
+        )
         if key not in checked:
             check_run(cfg)
             checked.add(key)
@@ -145,12 +174,20 @@ def draft_warnings(backbone: str, strategies: list[str], settings_: dict) -> lis
     return list(dict.fromkeys(w for cfg in drafts for w in cfg.warnings()))
 
 
-def queue_runs(store: Store, base: dict, strategies: Sequence[str], seeds: Sequence[int],
-               train_fractions: Sequence[float] | None = None, lrs: Sequence[float | None] | None = None,
-               launched_by: str | None = None, split_seeds: Sequence[int] | None = None) -> list[Run]:
+def queue_runs(
+    store: Store,
+    base: dict,
+    strategies: Sequence[str],
+    seeds: Sequence[int],
+    train_fractions: Sequence[float] | None = None,
+    lrs: Sequence[float | None] | None = None,
+    launched_by: str | None = None,
+    split_seeds: Sequence[int] | None = None,
+) -> list[Run]:
     """Validate every run of the grid first, then queue them all as one experiment (nothing queued on error)."""
-    return [queue_run(store, c, launched_by)
-            for c in plan_runs(base, strategies, seeds, train_fractions, lrs, split_seeds)]
+    return [
+        queue_run(store, c, launched_by) for c in plan_runs(base, strategies, seeds, train_fractions, lrs, split_seeds)
+    ]
 
 
 def more_seeds(store: Store, runs: Sequence[Run], n: int = 2, launched_by: str | None = None) -> list[Run]:
@@ -187,8 +224,11 @@ def more_splits(store: Store, runs: Sequence[Run], n: int = 2, launched_by: str 
         top = max(c.split_seed for c in stored)
         seeds = sorted({c.seed for c in stored})
         base = {**{k: v for k, v in members[0].config.items() if k != "name"}, "experiment": members[0].experiment}
-        configs += [RunConfig.from_stored({**base, "split_seed": top + i, "seed": seed})
-                    for i in range(1, n + 1) for seed in seeds]
+        configs += [
+            RunConfig.from_stored({**base, "split_seed": top + i, "seed": seed})
+            for i in range(1, n + 1)
+            for seed in seeds
+        ]
     return [queue_run(store, c, launched_by) for c in configs]
 
 
@@ -200,11 +240,16 @@ def estimate_seconds(store: Store, configs: Sequence[RunConfig]) -> dict:
     strategy where there is one; without any, no estimate is made (the answer says so).
     """
     host = socket.gethostname()
-    done = [r for r in store.list_runs(statuses=["completed"]) if r.host == host and r.summary.total_seconds
-            and r.summary.train_images and r.epochs]
+    done = [
+        r
+        for r in store.list_runs(statuses=["completed"])
+        if r.host == host and r.summary.total_seconds and r.summary.train_images and r.epochs
+    ]
     per_image = {}  # (backbone, image size, strategy | None) -> seconds per image-epoch, the median
-    for key_of in (lambda r: (r.config.get("backbone"), r.config.get("image_size"), r.config.get("strategy")),
-                   lambda r: (r.config.get("backbone"), r.config.get("image_size"), None)):
+    for key_of in (
+        lambda r: (r.config.get("backbone"), r.config.get("image_size"), r.config.get("strategy")),
+        lambda r: (r.config.get("backbone"), r.config.get("image_size"), None),
+    ):
         seen: dict[tuple, list[float]] = {}
         for r in done:
             seen.setdefault(key_of(r), []).append(r.summary.total_seconds / (r.summary.train_images * r.epochs))
@@ -212,20 +257,27 @@ def estimate_seconds(store: Store, configs: Sequence[RunConfig]) -> dict:
             per_image.setdefault(k, sorted(v)[len(v) // 2])
     total, measured = 0.0, 0
     for cfg in configs:
-        rate = (per_image.get((cfg.backbone, cfg.image_size, cfg.strategy))
-                or per_image.get((cfg.backbone, cfg.image_size, None)))
+        rate = per_image.get((cfg.backbone, cfg.image_size, cfg.strategy)) or per_image.get(
+            (cfg.backbone, cfg.image_size, None)
+        )
         if rate is None:
             continue
         total += rate * _train_images(cfg) * cfg.epochs
         measured += 1
     if not measured:
-        return {"runs": len(configs), "seconds": None,
-                "basis": "no earlier run with this backbone and image size on this machine to estimate from"}
+        return {
+            "runs": len(configs),
+            "seconds": None,
+            "basis": "no earlier run with this backbone and image size on this machine to estimate from",
+        }
     if measured < len(configs):  # the rest as the measured ones, on average
         total *= len(configs) / measured
-    return {"runs": len(configs), "seconds": total,
-            "basis": f"from {len(done)} earlier runs on this machine"
-                     + ("" if measured == len(configs) else f" ({measured} of the {len(configs)} runs matched one)")}
+    return {
+        "runs": len(configs),
+        "seconds": total,
+        "basis": f"from {len(done)} earlier runs on this machine"
+        + ("" if measured == len(configs) else f" ({measured} of the {len(configs)} runs matched one)"),
+    }
 
 
 def _train_images(cfg: RunConfig) -> int:
@@ -241,8 +293,15 @@ def queue_run(store: Store, cfg: RunConfig, launched_by: str | None = None) -> R
 
 def start_here(store: Store, cfg: RunConfig, launched_by: str | None = None) -> Run:
     """Record a checked run as running in this process (so no worker takes it)."""
-    return store.create_run(cfg.model_dump(), cfg.experiment, cfg.name, status="running", pid=os.getpid(),
-                            host=socket.gethostname(), launched_by=launched_by)
+    return store.create_run(
+        cfg.model_dump(),
+        cfg.experiment,
+        cfg.name,
+        status="running",
+        pid=os.getpid(),
+        host=socket.gethostname(),
+        launched_by=launched_by,
+    )
 
 
 def train_here(store: Store, run_id: int, progress: bool = True) -> Run:

@@ -22,5 +22,19 @@ from .records import FINISHED, STATUSES, Artifact, Job, Prediction, Run, Unknown
 from .store import Store
 from .summary import ClassMetric, RunSummary
 
-__all__ = ["FINISHED", "STATUSES", "Artifact", "ClassMetric", "EpochRow", "EpochWriter", "Job", "Prediction", "Run",
-           "RunSummary", "Store", "UnknownRun", "WorkerInfo", "default_db_url"]
+__all__ = [
+    "FINISHED",
+    "STATUSES",
+    "Artifact",
+    "ClassMetric",
+    "EpochRow",
+    "EpochWriter",
+    "Job",
+    "Prediction",
+    "Run",
+    "RunSummary",
+    "Store",
+    "UnknownRun",
+    "WorkerInfo",
+    "default_db_url",
+]

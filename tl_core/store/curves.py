@@ -56,8 +56,12 @@ class EpochRow(Mapping):
 def narrow_rows(run_id: int, epochs: dict[int, dict[str, float]]) -> list[dict]:
     """epoch_metrics rows of `epochs`, leaving out NaN (a diverged loss): a value the narrow table
     cannot hold on SQLite (NULL), and one the curves already read as absent."""
-    return [{"run_id": run_id, "epoch": e, "key": k, "value": float(v)}
-            for e, metrics in epochs.items() for k, v in metrics.items() if not math.isnan(float(v))]
+    return [
+        {"run_id": run_id, "epoch": e, "key": k, "value": float(v)}
+        for e, metrics in epochs.items()
+        for k, v in metrics.items()
+        if not math.isnan(float(v))
+    ]
 
 
 def curve_epochs(keys: list[str], epochs: list[int], matrix: bytes) -> dict[int, EpochRow]:
@@ -71,16 +75,26 @@ def add_to_curves(s: Session | Connection, run_id: int, epochs: dict[int, dict[s
     """Put `epochs` into the run's curves row (an epoch recorded again replaces its row)."""
     c = SqlRunCurves
     row = s.execute(select(c.keys, c.epochs, c.matrix).where(c.run_id == run_id)).first()
-    keys, rows = ([], {}) if row is None else (list(row.keys), dict(zip(row.epochs, np.frombuffer(
-        row.matrix, dtype="<f8").reshape(len(row.epochs), len(row.keys)).tolist())))
+    keys, rows = (
+        ([], {})
+        if row is None
+        else (
+            list(row.keys),
+            dict(
+                zip(row.epochs, np.frombuffer(row.matrix, dtype="<f8").reshape(len(row.epochs), len(row.keys)).tolist())
+            ),
+        )
+    )
     for epoch, metrics in epochs.items():
         keys += [k for k in metrics if k not in keys]
         rows[epoch] = [float(metrics[k]) if k in metrics else math.nan for k in keys]
     order = sorted(rows)
-    values = {"keys": keys, "epochs": order, "matrix": np.array(
-        [rows[e] + [math.nan] * (len(keys) - len(rows[e])) for e in order], dtype="<f8").tobytes()}
+    values = {
+        "keys": keys,
+        "epochs": order,
+        "matrix": np.array([rows[e] + [math.nan] * (len(keys) - len(rows[e])) for e in order], dtype="<f8").tobytes(),
+    }
     if row is None:
         s.execute(insert(c).values(run_id=run_id, **values))
     else:
         s.execute(update(c).where(c.run_id == run_id).values(**values))
-

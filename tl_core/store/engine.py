@@ -139,6 +139,7 @@ def _switch_to_wal(cur: sqlite3.Cursor) -> None:
                 path = cur.execute("PRAGMA database_list").fetchone()[2]
                 raise sqlite3.OperationalError(
                     f"could not switch {path} to WAL (PRAGMA journal_mode=WAL): another connection held "
-                    f"its write lock for {_BUSY_TIMEOUT_S} s") from e
+                    f"its write lock for {_BUSY_TIMEOUT_S} s"
+                ) from e
         time.sleep(pause)
         pause = min(2 * pause, 0.05)

@@ -14,8 +14,9 @@ from typing import Protocol
 class EpochLog(Protocol):
     """What the writer writes through: Store.log_epoch."""
 
-    def log_epoch(self, run_id: int, epoch: int, metrics: dict[str, float],
-                  best: tuple[float, int] | None = None) -> None: ...
+    def log_epoch(
+        self, run_id: int, epoch: int, metrics: dict[str, float], best: tuple[float, int] | None = None
+    ) -> None: ...
 
 
 class EpochWriter:
@@ -34,8 +35,9 @@ class EpochWriter:
         self.thread = threading.Thread(target=self._write, name="epoch-writer", daemon=True)
         self.thread.start()
 
-    def log_epoch(self, run_id: int, epoch: int, metrics: dict[str, float],
-                  best: tuple[float, int] | None = None) -> None:
+    def log_epoch(
+        self, run_id: int, epoch: int, metrics: dict[str, float], best: tuple[float, int] | None = None
+    ) -> None:
         self._raise()
         self.pending.put((run_id, epoch, dict(metrics), best))
 
@@ -51,7 +53,7 @@ class EpochWriter:
             self.pending.put(None)
             self.thread.join()
 
-    def __enter__(self) -> "EpochWriter":
+    def __enter__(self) -> EpochWriter:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -72,4 +74,3 @@ class EpochWriter:
             finally:
                 self.pending.task_done()
         self.pending.task_done()
-

@@ -27,13 +27,21 @@ class JobsMixin:
     _session: sessionmaker[Session]
     experiment_id: Callable[[str], int]  # Store's: the experiment's id, made on first use
 
-    def create_job(self, job_id: str, command: str, experiment: str, args: list[str], config: dict,
-                   log: str | None = None) -> Job:
+    def create_job(
+        self, job_id: str, command: str, experiment: str, args: list[str], config: dict, log: str | None = None
+    ) -> Job:
         """A new job, queued."""
         exp_id = self.experiment_id(experiment)
         with self._session.begin() as s:
-            row = SqlJob(id=job_id, experiment_id=exp_id, command=command, args=list(args), config=dict(config),
-                         status="queued", log=log)
+            row = SqlJob(
+                id=job_id,
+                experiment_id=exp_id,
+                command=command,
+                args=list(args),
+                config=dict(config),
+                status="queued",
+                log=log,
+            )
             s.add(row)
             s.flush()
             return _to_job(row, experiment)
@@ -43,8 +51,9 @@ class JobsMixin:
             found = s.execute(select(SqlJob, SqlExperiment.name).join(SqlExperiment).where(SqlJob.id == job_id)).first()
             return None if found is None else _to_job(*found)
 
-    def jobs(self, statuses: Iterable[str] | None = None, ids: Iterable[str] | None = None,
-             worker_id: int | None = None) -> list[Job]:
+    def jobs(
+        self, statuses: Iterable[str] | None = None, ids: Iterable[str] | None = None, worker_id: int | None = None
+    ) -> list[Job]:
         """Jobs, oldest first: all, or those with these statuses, ids, or of this worker."""
         q = select(SqlJob, SqlExperiment.name).join(SqlExperiment).order_by(SqlJob.created_at, SqlJob.id)
         if statuses:
@@ -61,8 +70,11 @@ class JobsMixin:
         `gpu`; False if it is no longer queued (another worker took it, or it was cancelled). The
         update is conditional: of two claimers, one gets it (PostgreSQL re-reads the row it waited for)."""
         with self._session.begin() as s:
-            done = s.execute(update(SqlJob).where(SqlJob.id == job_id, SqlJob.status == "queued").values(
-                status="running", started_at=utcnow(), worker_id=worker_id, host=host, gpu=gpu, pid=None))
+            done = s.execute(
+                update(SqlJob)
+                .where(SqlJob.id == job_id, SqlJob.status == "queued")
+                .values(status="running", started_at=utcnow(), worker_id=worker_id, host=host, gpu=gpu, pid=None)
+            )
             return done.rowcount == 1
 
     def update_job(self, job_id: str, **fields: Any) -> None:
@@ -76,25 +88,33 @@ class JobsMixin:
         if status not in FINISHED:
             raise ValueError(f"not an end: {status!r}")
         with self._session.begin() as s:
-            done = s.execute(update(SqlJob).where(SqlJob.id == job_id, SqlJob.status == "running").values(
-                status=status, ended_at=utcnow(), error=error, peak_mb=peak_mb))
+            done = s.execute(
+                update(SqlJob)
+                .where(SqlJob.id == job_id, SqlJob.status == "running")
+                .values(status=status, ended_at=utcnow(), error=error, peak_mb=peak_mb)
+            )
             return done.rowcount == 1
 
     def requeue_job(self, job_id: str, worker_id: int | None) -> bool:
         """A running job of `worker_id` back in the queue (its worker stops): another worker runs it
         again from the start."""
         with self._session.begin() as s:
-            done = s.execute(update(SqlJob).where(SqlJob.id == job_id, SqlJob.status == "running",
-                                                  SqlJob.worker_id == worker_id).values(
-                status="queued", started_at=None, worker_id=None, host=None, pid=None, gpu=None))
+            done = s.execute(
+                update(SqlJob)
+                .where(SqlJob.id == job_id, SqlJob.status == "running", SqlJob.worker_id == worker_id)
+                .values(status="queued", started_at=None, worker_id=None, host=None, pid=None, gpu=None)
+            )
             return done.rowcount == 1
 
     def cancel_job(self, job_id: str) -> Job | None:
         """A queued or running job cancelled: a queued one is never started; a running one's process is
         stopped by whoever runs it (its worker, at its next step)."""
         with self._session.begin() as s:
-            s.execute(update(SqlJob).where(SqlJob.id == job_id, SqlJob.status.in_(("queued", "running")))
-                      .values(status="cancelled", ended_at=utcnow(), error="cancelled"))
+            s.execute(
+                update(SqlJob)
+                .where(SqlJob.id == job_id, SqlJob.status.in_(("queued", "running")))
+                .values(status="cancelled", ended_at=utcnow(), error="cancelled")
+            )
         return self.get_job(job_id)
 
     def fail_orphaned_jobs(self, timeout_s: float | None = None) -> list[str]:
@@ -102,20 +122,44 @@ class JobsMixin:
         does for runs); the page waiting for one says why."""
         timeout_s = settings.current().worker_timeout_s if timeout_s is None else timeout_s
         cutoff = utcnow() - dt.timedelta(seconds=timeout_s)
-        q = (select(SqlJob.id, SqlWorker.id, SqlWorker.host).join(SqlWorker, SqlWorker.id == SqlJob.worker_id)
-             .where(SqlJob.status == "running", (SqlWorker.heartbeat_at < cutoff) | SqlWorker.stopped_at.is_not(None)))
+        q = (
+            select(SqlJob.id, SqlWorker.id, SqlWorker.host)
+            .join(SqlWorker, SqlWorker.id == SqlJob.worker_id)
+            .where(SqlJob.status == "running", (SqlWorker.heartbeat_at < cutoff) | SqlWorker.stopped_at.is_not(None))
+        )
         failed = []
         with self._session.begin() as s:
             for job_id, worker, host in s.execute(q).all():
-                done = s.execute(update(SqlJob).where(SqlJob.id == job_id, SqlJob.status == "running").values(
-                    status="failed", ended_at=utcnow(), error=f"its worker {worker} on {host} stopped while it ran; "
-                                                              f"start it again"))
+                done = s.execute(
+                    update(SqlJob)
+                    .where(SqlJob.id == job_id, SqlJob.status == "running")
+                    .values(
+                        status="failed",
+                        ended_at=utcnow(),
+                        error=f"its worker {worker} on {host} stopped while it ran; start it again",
+                    )
+                )
                 if done.rowcount == 1:
                     failed.append(job_id)
         return failed
 
 
 def _to_job(row: SqlJob, experiment: str) -> Job:
-    return Job(row.id, experiment, row.command, list(row.args), dict(row.config or {}), row.status, row.created_at,
-               row.started_at, row.ended_at, row.worker_id, row.host, row.pid, row.gpu, row.log, row.error,
-               row.peak_mb)
+    return Job(
+        row.id,
+        experiment,
+        row.command,
+        list(row.args),
+        dict(row.config or {}),
+        row.status,
+        row.created_at,
+        row.started_at,
+        row.ended_at,
+        row.worker_id,
+        row.host,
+        row.pid,
+        row.gpu,
+        row.log,
+        row.error,
+        row.peak_mb,
+    )

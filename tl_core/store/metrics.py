@@ -27,8 +27,9 @@ class MetricsMixin:
     _session: sessionmaker[Session]
 
     # each epoch's metrics
-    def log_epoch(self, run_id: int, epoch: int, metrics: dict[str, float],
-                  best: tuple[float, int] | None = None) -> None:
+    def log_epoch(
+        self, run_id: int, epoch: int, metrics: dict[str, float], best: tuple[float, int] | None = None
+    ) -> None:
         """One epoch's metrics and the run's progress, in one transaction."""
         with self.engine.begin() as s:  # Core, not the ORM: it runs every epoch and should cost ~1 ms
             # A resumed run may repeat an epoch that was recorded just before its process died.
@@ -44,8 +45,9 @@ class MetricsMixin:
     def import_epochs(self, run_id: int, epochs: dict[int, dict[str, float]]) -> None:
         """Record many epochs of a run at once (imports, generated databases), as log_epoch would."""
         with self._session.begin() as s:
-            s.execute(delete(SqlEpochMetric).where(SqlEpochMetric.run_id == run_id,
-                                                   SqlEpochMetric.epoch.in_(list(epochs))))
+            s.execute(
+                delete(SqlEpochMetric).where(SqlEpochMetric.run_id == run_id, SqlEpochMetric.epoch.in_(list(epochs)))
+            )
             if rows := narrow_rows(run_id, epochs):
                 s.execute(insert(SqlEpochMetric), rows)
             add_to_curves(s, run_id, epochs)
@@ -60,14 +62,17 @@ class MetricsMixin:
             return out
         with self._session() as s, gc_paused():
             for run_id, keys, epochs, matrix in s.execute(
-                    select(SqlRunCurves.run_id, SqlRunCurves.keys, SqlRunCurves.epochs, SqlRunCurves.matrix)
-                    .where(SqlRunCurves.run_id.in_(ids))):
+                select(SqlRunCurves.run_id, SqlRunCurves.keys, SqlRunCurves.epochs, SqlRunCurves.matrix).where(
+                    SqlRunCurves.run_id.in_(ids)
+                )
+            ):
                 out[run_id] = curve_epochs(keys, epochs, matrix)
             # Runs recorded before run_curves existed: from the narrow rows.
             older = [i for i in ids if not out[i]]
-            q = select(SqlEpochMetric.run_id, SqlEpochMetric.epoch, SqlEpochMetric.key,
-                       SqlEpochMetric.value).where(SqlEpochMetric.run_id.in_(older))
-            for run_id, epoch, key, value in (s.execute(q) if older else []):
+            q = select(SqlEpochMetric.run_id, SqlEpochMetric.epoch, SqlEpochMetric.key, SqlEpochMetric.value).where(
+                SqlEpochMetric.run_id.in_(older)
+            )
+            for run_id, epoch, key, value in s.execute(q) if older else []:
                 out[run_id].setdefault(epoch, {})[key] = value
         for run_id in older:
             out[run_id] = dict(sorted(out[run_id].items()))
@@ -75,8 +80,9 @@ class MetricsMixin:
 
     def count_epoch_rows(self, run_id: int) -> int:
         with self._session() as s:
-            return s.scalar(select(func.count()).select_from(SqlEpochMetric)
-                            .where(SqlEpochMetric.run_id == run_id)) or 0
+            return (
+                s.scalar(select(func.count()).select_from(SqlEpochMetric).where(SqlEpochMetric.run_id == run_id)) or 0
+            )
 
     def log_class_metrics(self, run_id: int, rows: list[ClassMetric]) -> None:
         with self._session.begin() as s:
@@ -86,8 +92,10 @@ class MetricsMixin:
     def class_metrics(self, run_id: int) -> list[ClassMetric]:
         q = select(SqlClassMetric).where(SqlClassMetric.run_id == run_id).order_by(SqlClassMetric.class_index)
         with self._session() as s:
-            return [ClassMetric(r.class_index, r.class_name, r.precision, r.recall, r.f1,
-                                r.support, list(r.confusion)) for r in s.scalars(q)]
+            return [
+                ClassMetric(r.class_index, r.class_name, r.precision, r.recall, r.f1, r.support, list(r.confusion))
+                for r in s.scalars(q)
+            ]
 
     # the best checkpoint's predictions on the validation images
     def save_predictions(self, run_id: int, epoch: int, rows: list[Prediction]) -> None:
@@ -110,4 +118,3 @@ class MetricsMixin:
         q = select(SqlPrediction).where(SqlPrediction.run_id == run_id).order_by(SqlPrediction.position)
         with self._session() as s:
             return [Prediction(r.position, r.path, r.label, r.pred, r.prob, r.true_prob, r.loss) for r in s.scalars(q)]
-

@@ -21,7 +21,7 @@ FINISHED = ("completed", "failed", "cancelled")
 
 def utcnow() -> dt.datetime:
     """Now, as the store keeps times: UTC without a time zone."""
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
 class UnknownRun(LookupError):
@@ -121,8 +121,10 @@ class WorkerInfo:
     @property
     def alive(self) -> bool:
         """Stopped neither by itself nor for lack of heartbeats (settings.worker_timeout_s)."""
-        return self.stopped_at is None and (utcnow() - self.heartbeat_at).total_seconds() <= \
-            settings.current().worker_timeout_s
+        return (
+            self.stopped_at is None
+            and (utcnow() - self.heartbeat_at).total_seconds() <= settings.current().worker_timeout_s
+        )
 
 
 @dataclass

@@ -1,14 +1,14 @@
 """Where runs and workers keep their files, under TL_RUNS_DIR (default ./runs).
 
-  <runs dir>/<run uid>/          one run: last.pt, best.pt, train.log. Named by the run's
-                                 globally unique id, never its number: two databases, or a
-                                 database made again, can share a runs folder without a new run
-                                 ever finding another run's checkpoint.
-  <runs dir>/workers/<db id>/    one database's worker: worker.pid, worker.log, standby.log
-                                 (by the database's instance id: a dashboard finds only the
-                                 worker of its own database).
-  <runs dir>/cache/              decoded images and frozen features, shared by content (cache.py).
-  <runs dir>/jobs/<job id>.log   the output of a page's job (service/jobs.py), where it ran.
+<runs dir>/<run uid>/          one run: last.pt, best.pt, train.log. Named by the run's
+                               globally unique id, never its number: two databases, or a
+                               database made again, can share a runs folder without a new run
+                               ever finding another run's checkpoint.
+<runs dir>/workers/<db id>/    one database's worker: worker.pid, worker.log, standby.log
+                               (by the database's instance id: a dashboard finds only the
+                               worker of its own database).
+<runs dir>/cache/              decoded images and frozen features, shared by content (cache.py).
+<runs dir>/jobs/<job id>.log   the output of a page's job (service/jobs.py), where it ran.
 """
 
 from __future__ import annotations

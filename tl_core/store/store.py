@@ -25,14 +25,34 @@ from .jobs import JobsMixin
 from .metrics import MetricsMixin
 from .records import FINISHED, STATUSES, Artifact, Job, Prediction, Run, UnknownRun, WorkerInfo, utcnow
 from .summary import ClassMetric, RunSummary
-from .tables import (SqlArtifact, SqlClassMetric, SqlEpochMetric, SqlExperiment, SqlPrediction, SqlRun, SqlRunCurves,
-                     SqlStoreInfo)
+from .tables import (
+    SqlArtifact,
+    SqlClassMetric,
+    SqlEpochMetric,
+    SqlExperiment,
+    SqlPrediction,
+    SqlRun,
+    SqlRunCurves,
+    SqlStoreInfo,
+)
 from .workers import WorkersMixin
 
 # Importable from here as before the store was split (training/ imports EpochWriter and Run from
 # this module; the package, tl_core.store, is the place to import them from).
-__all__ = ["FINISHED", "STATUSES", "Artifact", "ClassMetric", "EpochWriter", "Job", "Prediction", "Run", "Store",
-           "UnknownRun", "WorkerInfo", "default_db_url"]
+__all__ = [
+    "FINISHED",
+    "STATUSES",
+    "Artifact",
+    "ClassMetric",
+    "EpochWriter",
+    "Job",
+    "Prediction",
+    "Run",
+    "Store",
+    "UnknownRun",
+    "WorkerInfo",
+    "default_db_url",
+]
 
 
 class Store(WorkersMixin, JobsMixin, MetricsMixin):
@@ -87,15 +107,31 @@ class Store(WorkersMixin, JobsMixin, MetricsMixin):
             return list(s.scalars(select(SqlExperiment.name).order_by(SqlExperiment.id)))
 
     # runs
-    def create_run(self, config: dict, experiment: str = "default", name: str | None = None,
-                   status: str = "queued", pid: int | None = None, host: str | None = None,
-                   launched_by: str | None = None) -> Run:
+    def create_run(
+        self,
+        config: dict,
+        experiment: str = "default",
+        name: str | None = None,
+        status: str = "queued",
+        pid: int | None = None,
+        host: str | None = None,
+        launched_by: str | None = None,
+    ) -> Run:
         """A new run; a foreground run is created `running` with its own pid, so no worker takes it."""
         exp_id = self.experiment_id(experiment)
         with self._session.begin() as s:
-            row = SqlRun(experiment_id=exp_id, name=name or "", status=status, config=config,
-                         summary={}, environment={}, pid=pid, host=host, launched_by=launched_by,
-                         executor="here" if status == "running" else None)
+            row = SqlRun(
+                experiment_id=exp_id,
+                name=name or "",
+                status=status,
+                config=config,
+                summary={},
+                environment={},
+                pid=pid,
+                host=host,
+                launched_by=launched_by,
+                executor="here" if status == "running" else None,
+            )
             s.add(row)
             s.flush()
             if not row.name:
@@ -109,9 +145,14 @@ class Store(WorkersMixin, JobsMixin, MetricsMixin):
                 raise UnknownRun(f"no run with id {run_id}")
             return _to_run(*found)
 
-    def list_runs(self, experiment: str | None = None, statuses: Iterable[str] | None = None,
-                  run_ids: Iterable[int] | None = None, tag: str | None = None,
-                  launched_by: Iterable[str] | None = None) -> list[Run]:
+    def list_runs(
+        self,
+        experiment: str | None = None,
+        statuses: Iterable[str] | None = None,
+        run_ids: Iterable[int] | None = None,
+        tag: str | None = None,
+        launched_by: Iterable[str] | None = None,
+    ) -> list[Run]:
         """Runs, newest first: all, or those of an experiment, with these statuses, ids, a tag, or
         launched by any of these people (an empty `launched_by` is no filter, as `statuses`)."""
         q = self._select_runs().order_by(SqlRun.id.desc())
@@ -134,8 +175,7 @@ class Store(WorkersMixin, JobsMixin, MetricsMixin):
         took 1.5x as long for runs with real summaries (500: 0.45 s against 0.70 s on a busy machine).
         PostgreSQL's driver parses json columns itself."""
         summary = type_coerce(SqlRun.summary, Text) if self.engine.dialect.name == "sqlite" else SqlRun.summary
-        return (select(SqlRun, SqlExperiment.name, summary).join(SqlExperiment)
-                .options(defer(SqlRun.summary)))
+        return select(SqlRun, SqlExperiment.name, summary).join(SqlExperiment).options(defer(SqlRun.summary))
 
     def annotate(self, run_id: int, notes: str | None = None, tags: Iterable[str] | None = None) -> Run:
         """Set a run's notes and/or tags (tags trimmed, empty ones dropped, each once, in order)."""
@@ -175,8 +215,12 @@ class Store(WorkersMixin, JobsMixin, MetricsMixin):
 
     def artifacts(self, experiment: str, kind: str | None = None) -> list[Artifact]:
         """An experiment's artifacts, newest first."""
-        q = (select(SqlArtifact).join(SqlExperiment).where(SqlExperiment.name == experiment)
-             .order_by(SqlArtifact.id.desc()))
+        q = (
+            select(SqlArtifact)
+            .join(SqlExperiment)
+            .where(SqlExperiment.name == experiment)
+            .order_by(SqlArtifact.id.desc())
+        )
         if kind:
             q = q.where(SqlArtifact.kind == kind)
         with self._session() as s:
@@ -207,11 +251,20 @@ class Store(WorkersMixin, JobsMixin, MetricsMixin):
         return summary
 
     def start_run(self, run_id: int, pid: int, host: str, environment: dict, run_dir: str) -> None:
-        self.update_run(run_id, status="running", started_at=utcnow(), pid=pid, host=host,
-                        environment=environment, run_dir=run_dir, error=None)
+        self.update_run(
+            run_id,
+            status="running",
+            started_at=utcnow(),
+            pid=pid,
+            host=host,
+            environment=environment,
+            run_dir=run_dir,
+            error=None,
+        )
 
-    def finish_run(self, run_id: int, status: str, error: str | None = None,
-                   summary: RunSummary | dict | None = None) -> None:
+    def finish_run(
+        self, run_id: int, status: str, error: str | None = None, summary: RunSummary | dict | None = None
+    ) -> None:
         fields: dict[str, Any] = {"status": status, "ended_at": utcnow(), "error": error}
         if summary is not None:
             fields["summary"] = summary
@@ -220,8 +273,16 @@ class Store(WorkersMixin, JobsMixin, MetricsMixin):
     def requeue(self, run_id: int, status: str = "queued") -> Run:
         """A failed or cancelled run back in the queue (or `running` in the foreground), to resume
         from its own last checkpoint."""
-        self.update_run(run_id, status=status, cancel_requested=False, error=None, ended_at=None,
-                        pid=None, worker_pid=None, resume=True)
+        self.update_run(
+            run_id,
+            status=status,
+            cancel_requested=False,
+            error=None,
+            ended_at=None,
+            pid=None,
+            worker_pid=None,
+            resume=True,
+        )
         return self.get_run(run_id)
 
     def request_cancel(self, run_id: int) -> Run:
@@ -229,16 +290,18 @@ class Store(WorkersMixin, JobsMixin, MetricsMixin):
         run = self.get_run(run_id)
         with self._session.begin() as s:
             s.execute(update(SqlRun).where(SqlRun.id == run_id).values(cancel_requested=True))
-            s.execute(update(SqlRun).where(SqlRun.id == run_id, SqlRun.status == "queued")
-                      .values(status="cancelled", ended_at=utcnow()))
+            s.execute(
+                update(SqlRun)
+                .where(SqlRun.id == run_id, SqlRun.status == "queued")
+                .values(status="cancelled", ended_at=utcnow())
+            )
         return self.get_run(run.id)
 
     def cancel_requested(self, run_id: int) -> bool:
         with self._session() as s:
             return bool(s.scalar(select(SqlRun.cancel_requested).where(SqlRun.id == run_id)))
 
-    def claim_next_queued(self, worker_pid: int, worker_id: int | None = None,
-                          executor: str = "local") -> Run | None:
+    def claim_next_queued(self, worker_pid: int, worker_id: int | None = None, executor: str = "local") -> Run | None:
         """Atomically move the oldest queued run to running for this worker, or None. Several
         workers may claim at once: on PostgreSQL the row is taken with FOR UPDATE SKIP LOCKED (a
         worker skips rows another is claiming), on SQLite the update is conditional on the run
@@ -250,9 +313,13 @@ class Store(WorkersMixin, JobsMixin, MetricsMixin):
             run_id = s.scalar(pick)
             if run_id is None:
                 return None
-            claimed = s.execute(update(SqlRun).where(SqlRun.id == run_id, SqlRun.status == "queued")
-                                .values(status="running", started_at=utcnow(), worker_pid=worker_pid,
-                                        worker_id=worker_id, executor=executor))
+            claimed = s.execute(
+                update(SqlRun)
+                .where(SqlRun.id == run_id, SqlRun.status == "queued")
+                .values(
+                    status="running", started_at=utcnow(), worker_pid=worker_pid, worker_id=worker_id, executor=executor
+                )
+            )
             if claimed.rowcount != 1:
                 return None
         return self.get_run(run_id)
@@ -268,13 +335,30 @@ class Store(WorkersMixin, JobsMixin, MetricsMixin):
 
 def _to_run(row: SqlRun, experiment: str, summary: dict | str | None) -> Run:
     return Run(
-        id=row.id, experiment=experiment, name=row.name, status=row.status,
-        config=dict(row.config or {}), created_at=row.created_at, started_at=row.started_at,
-        ended_at=row.ended_at, pid=row.pid, host=row.host, worker_pid=row.worker_pid,
-        error=row.error, cancel_requested=bool(row.cancel_requested),
-        epochs_done=row.epochs_done, best_val_acc=row.best_val_acc, best_epoch=row.best_epoch,
-        summary=RunSummary.from_stored(summary), environment=dict(row.environment or {}),
-        run_dir=row.run_dir, uid=row.uid, resume=bool(row.resume), notes=row.notes or "",
-        tags=list(row.tags or []), worker_id=row.worker_id, executor=row.executor,
+        id=row.id,
+        experiment=experiment,
+        name=row.name,
+        status=row.status,
+        config=dict(row.config or {}),
+        created_at=row.created_at,
+        started_at=row.started_at,
+        ended_at=row.ended_at,
+        pid=row.pid,
+        host=row.host,
+        worker_pid=row.worker_pid,
+        error=row.error,
+        cancel_requested=bool(row.cancel_requested),
+        epochs_done=row.epochs_done,
+        best_val_acc=row.best_val_acc,
+        best_epoch=row.best_epoch,
+        summary=RunSummary.from_stored(summary),
+        environment=dict(row.environment or {}),
+        run_dir=row.run_dir,
+        uid=row.uid,
+        resume=bool(row.resume),
+        notes=row.notes or "",
+        tags=list(row.tags or []),
+        worker_id=row.worker_id,
+        executor=row.executor,
         launched_by=row.launched_by,
     )

@@ -371,8 +371,11 @@ class RunSummary(BaseModel):
             unfit = {err["loc"][0] for err in e.errors() if err["loc"]}
             if not unfit <= _said_unfit:  # once per key and process: runs are listed again and again
                 _said_unfit.update(unfit)
-                log.warning("a run's summary: left out %s, stored in a form this version cannot read (%s)",
-                            ", ".join(map(str, sorted(unfit, key=str))), e.errors()[0]["msg"])
+                log.warning(
+                    "a run's summary: left out %s, stored in a form this version cannot read (%s)",
+                    ", ".join(map(str, sorted(unfit, key=str))),
+                    e.errors()[0]["msg"],
+                )
             return cls.model_validate({k: v for k, v in data.items() if k not in unfit})
 
     @classmethod

@@ -41,8 +41,10 @@ class WorkersMixin:
     def workers(self, alive: bool | None = None) -> list[WorkerInfo]:
         """Every worker recorded (newest first), or only the live or only the gone ones."""
         with self._session() as s:
-            found = [WorkerInfo(w.id, w.host, w.pid, w.executor, w.started_at, w.heartbeat_at, w.stopped_at)
-                     for w in s.scalars(select(SqlWorker).order_by(SqlWorker.id.desc()))]
+            found = [
+                WorkerInfo(w.id, w.host, w.pid, w.executor, w.started_at, w.heartbeat_at, w.stopped_at)
+                for w in s.scalars(select(SqlWorker).order_by(SqlWorker.id.desc()))
+            ]
         return found if alive is None else [w for w in found if w.alive == alive]
 
     def fail_orphaned(self, timeout_s: float | None = None) -> list[int]:
@@ -51,18 +53,28 @@ class WorkersMixin:
         checkpoint. Safe when several workers notice at once: the update is conditional."""
         timeout_s = settings.current().worker_timeout_s if timeout_s is None else timeout_s
         cutoff = utcnow() - dt.timedelta(seconds=timeout_s)
-        q = (select(SqlRun.id, SqlWorker.id, SqlWorker.host, SqlWorker.heartbeat_at, SqlWorker.stopped_at)
-             .join(SqlWorker, SqlWorker.id == SqlRun.worker_id)
-             .where(SqlRun.status == "running", (SqlWorker.heartbeat_at < cutoff) | SqlWorker.stopped_at.is_not(None)))
+        q = (
+            select(SqlRun.id, SqlWorker.id, SqlWorker.host, SqlWorker.heartbeat_at, SqlWorker.stopped_at)
+            .join(SqlWorker, SqlWorker.id == SqlRun.worker_id)
+            .where(SqlRun.status == "running", (SqlWorker.heartbeat_at < cutoff) | SqlWorker.stopped_at.is_not(None))
+        )
         failed = []
         with self._session.begin() as s:
             for run_id, worker, host, beat, stopped in s.execute(q).all():
-                why = (f"its worker {worker} on {host} stopped at {stopped:%Y-%m-%d %H:%M:%S} UTC" if stopped else
-                       f"its worker {worker} on {host} stopped heartbeating at {beat:%Y-%m-%d %H:%M:%S} UTC")
-                done = s.execute(update(SqlRun).where(SqlRun.id == run_id, SqlRun.status == "running").values(
-                    status="failed", ended_at=utcnow(),
-                    error=f"worker lost: {why} (resumable from its last checkpoint)"))
+                why = (
+                    f"its worker {worker} on {host} stopped at {stopped:%Y-%m-%d %H:%M:%S} UTC"
+                    if stopped
+                    else f"its worker {worker} on {host} stopped heartbeating at {beat:%Y-%m-%d %H:%M:%S} UTC"
+                )
+                done = s.execute(
+                    update(SqlRun)
+                    .where(SqlRun.id == run_id, SqlRun.status == "running")
+                    .values(
+                        status="failed",
+                        ended_at=utcnow(),
+                        error=f"worker lost: {why} (resumable from its last checkpoint)",
+                    )
+                )
                 if done.rowcount == 1:
                     failed.append(run_id)
         return failed
-

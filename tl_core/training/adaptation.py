@@ -19,7 +19,8 @@ refuses a name not declared there.
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, Sequence
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -36,8 +37,10 @@ IMPLEMENTED: Registry[type[Adaptation]] = Registry("adaptation", flag="--adapt",
 def register_adaptation(cls: type[Adaptation]) -> type[Adaptation]:
     """Class decorator: `cls` implements the adaptation term_specs.py declares as `cls.name`."""
     if cls.name not in ADAPTATIONS:
-        raise ValueError(f"adaptation {cls.name!r} ({cls.__name__}) is not declared: add its AdaptationSpec to "
-                         f"training/term_specs.py (the settings, the form and --help read it there)")
+        raise ValueError(
+            f"adaptation {cls.name!r} ({cls.__name__}) is not declared: add its AdaptationSpec to "
+            f"training/term_specs.py (the settings, the form and --help read it there)"
+        )
     cls.spec = ADAPTATIONS.get(cls.name)
     return IMPLEMENTED.register(cls)
 
@@ -69,7 +72,9 @@ def dann_coefficient(progress: float, gamma: float = 10.0) -> float:
     return 2.0 / (1.0 + math.exp(-gamma * progress)) - 1.0
 
 
-def gaussian_mmd(x: torch.Tensor, y: torch.Tensor, scales: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0)) -> torch.Tensor:
+def gaussian_mmd(
+    x: torch.Tensor, y: torch.Tensor, scales: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0)
+) -> torch.Tensor:
     """Multi-kernel Gaussian MMD^2 between samples x [n, d] and y [m, d], n, m >= 2.
 
     The kernel is a sum of Gaussians k(a, b) = sum_s exp(-||a - b||^2 / (s * h)) (Long et al.
@@ -83,8 +88,10 @@ def gaussian_mmd(x: torch.Tensor, y: torch.Tensor, scales: Sequence[float] = (0.
         raise ValueError(f"gaussian_mmd: expects x [n, d] and y [m, d], got {tuple(x.shape)} and {tuple(y.shape)}")
     n, m = len(x), len(y)
     if n < 2 or m < 2:
-        raise UserError(f"mmd needs at least 2 source and 2 target images per batch, got {n} and {m}: "
-                        f"raise --batch-size or add target images")
+        raise UserError(
+            f"mmd needs at least 2 source and 2 target images per batch, got {n} and {m}: "
+            f"raise --batch-size or add target images"
+        )
     with torch.autocast(device_type=x.device.type, enabled=False):
         z = torch.cat([x.float(), y.float()])
         sq = z.square().sum(dim=1)
@@ -125,14 +132,18 @@ class Adaptation:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("name") != self.name:
-            raise UserError(f"the checkpoint's adaptation is {state.get('name')!r}, this run's is {self.name!r}: "
-                            f"resume with --adapt {state.get('name')} or start a new run")
+            raise UserError(
+                f"the checkpoint's adaptation is {state.get('name')!r}, this run's is {self.name!r}: "
+                f"resume with --adapt {state.get('name')} or start a new run"
+            )
 
     def _check(self, source: torch.Tensor, target: torch.Tensor) -> None:
         for what, t in (("source", source), ("target", target)):
             if t.dim() != 2 or t.shape[1] != self.feature_dim:
-                raise ValueError(f"{self.name}: {what} features are shaped {tuple(t.shape)}, expected "
-                                 f"[batch, {self.feature_dim}] (the head's input)")
+                raise ValueError(
+                    f"{self.name}: {what} features are shaped {tuple(t.shape)}, expected "
+                    f"[batch, {self.feature_dim}] (the head's input)"
+                )
 
 
 @register_adaptation
@@ -147,8 +158,12 @@ class DANN(Adaptation):
     def __init__(self, strength: float, feature_dim: int, hidden: int = 256):
         super().__init__(strength, feature_dim)
         self.discriminator = nn.Sequential(
-            nn.Linear(feature_dim, hidden), nn.ReLU(), nn.Dropout(0.5),
-            nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(0.5),
+            nn.Linear(feature_dim, hidden),
+            nn.ReLU(),
+            nn.Dropout(0.5),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Dropout(0.5),
             nn.Linear(hidden, 1),
         )
 

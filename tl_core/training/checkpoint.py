@@ -39,8 +39,17 @@ from .terms import Terms
 log = logger(__name__)
 
 # What last.pt holds beside best.pt's keys, always (best_confusion is None before a best epoch).
-_TRAINING = ("optimizer", "scaler", "finetuning", "terms", "rng", "loader_rng", "best", "best_confusion",
-             "wall_seconds")
+_TRAINING = (
+    "optimizer",
+    "scaler",
+    "finetuning",
+    "terms",
+    "rng",
+    "loader_rng",
+    "best",
+    "best_confusion",
+    "wall_seconds",
+)
 
 
 @dataclass
@@ -97,15 +106,17 @@ class Checkpoint:
             tmp.unlink(missing_ok=True)
 
     @classmethod
-    def load(cls, path: Path, map_location: str | torch.device = "cpu") -> "Checkpoint":
+    def load(cls, path: Path, map_location: str | torch.device = "cpu") -> Checkpoint:
         """The checkpoint at `path`, of this release or an older one (tensors only: weights_only)."""
         raw = torch.load(path, map_location=map_location, weights_only=True)
         if not isinstance(raw, dict) or "model" not in raw or "epoch" not in raw:
-            raise UserError(f"{path} is not a checkpoint TransferLab wrote (no model weights and epoch); "
-                            f"start a new run instead")
+            raise UserError(
+                f"{path} is not a checkpoint TransferLab wrote (no model weights and epoch); start a new run instead"
+            )
         names = {f.name for f in fields(cls)} - {"legacy"}
-        ckpt = cls(**{k: v for k, v in raw.items() if k in names},
-                   legacy={k: v for k, v in raw.items() if k not in names})
+        ckpt = cls(
+            **{k: v for k, v in raw.items() if k in names}, legacy={k: v for k, v in raw.items() if k not in names}
+        )
         if isinstance(ckpt.rng, torch.Tensor):  # written before the GPU's stream was saved too
             ckpt.rng = {"cpu": ckpt.rng}
         if ckpt.best is not None:
@@ -123,14 +134,20 @@ class Checkpoint:
     def check(self, path: Path, run: Run, cfg: RunConfig, classes: list[str]) -> None:
         """Refuse a checkpoint that is not this run's own, as it was configured, over these classes."""
         if self.run_uid is not None and self.run_uid != run.uid:  # older checkpoints name no owner
-            raise UserError(f"cannot resume run {run.id}: {path} is the checkpoint of another run (uid {self.run_uid}, "
-                            f"not {run.uid}); start a new run instead")
+            raise UserError(
+                f"cannot resume run {run.id}: {path} is the checkpoint of another run (uid {self.run_uid}, "
+                f"not {run.uid}); start a new run instead"
+            )
         if self.fingerprint() != cfg.fingerprint():
-            raise UserError(f"cannot resume run {run.id}: its checkpoint {path} was written with other settings "
-                            f"than the run's config; start a new run instead")
+            raise UserError(
+                f"cannot resume run {run.id}: its checkpoint {path} was written with other settings "
+                f"than the run's config; start a new run instead"
+            )
         if self.classes != classes:
-            raise UserError(f"cannot resume: the dataset's classes changed since the checkpoint {path} "
-                            f"({len(self.classes)} then, {len(classes)} now); start a new run instead")
+            raise UserError(
+                f"cannot resume: the dataset's classes changed since the checkpoint {path} "
+                f"({len(self.classes)} then, {len(classes)} now); start a new run instead"
+            )
 
 
 @dataclass
@@ -148,21 +165,45 @@ class RunCheckpoints:
 
     def __init__(self, run_dir: Path, run: Run, cfg: RunConfig, classes: list[str]):
         self.best_path, self.last_path = run_dir / "best.pt", run_dir / "last.pt"
-        self._common = dict(classes=classes, config=cfg.model_dump(), run_uid=run.uid,
-                            config_fingerprint=cfg.fingerprint())  # what a resume checks
+        self._common = dict(
+            classes=classes, config=cfg.model_dump(), run_uid=run.uid, config_fingerprint=cfg.fingerprint()
+        )  # what a resume checks
 
     def save_best(self, model: nn.Module, epoch: int, val_acc: float) -> None:
         Checkpoint(model.state_dict(), epoch, val_acc=val_acc, **self._common).save(self.best_path)
 
-    def save_last(self, model: nn.Module, optimizer, scaler, plan: Finetuning, terms: Terms, d: RunData,
-                  device: torch.device, epoch: int, best: Best, wall_seconds: float, metrics: dict | None,
-                  partial: EpochSoFar | None = None) -> None:
+    def save_last(
+        self,
+        model: nn.Module,
+        optimizer,
+        scaler,
+        plan: Finetuning,
+        terms: Terms,
+        d: RunData,
+        device: torch.device,
+        epoch: int,
+        best: Best,
+        wall_seconds: float,
+        metrics: dict | None,
+        partial: EpochSoFar | None = None,
+    ) -> None:
         """Everything to go on training after `epoch` (and, with `partial`, part of the next)."""
-        Checkpoint(model.state_dict(), epoch, optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
-                   finetuning=plan.state_dict(), terms=terms.state_dict(), rng=rng_state(device),
-                   loader_rng=d.train.generator.get_state(), best=(best.acc, best.epoch),
-                   best_confusion=best.confusion, wall_seconds=wall_seconds, metrics=metrics,
-                   partial=partial.state_dict() if partial is not None else None, **self._common).save(self.last_path)
+        Checkpoint(
+            model.state_dict(),
+            epoch,
+            optimizer=optimizer.state_dict(),
+            scaler=scaler.state_dict(),
+            finetuning=plan.state_dict(),
+            terms=terms.state_dict(),
+            rng=rng_state(device),
+            loader_rng=d.train.generator.get_state(),
+            best=(best.acc, best.epoch),
+            best_confusion=best.confusion,
+            wall_seconds=wall_seconds,
+            metrics=metrics,
+            partial=partial.state_dict() if partial is not None else None,
+            **self._common,
+        ).save(self.last_path)
 
 
 @dataclass
@@ -177,8 +218,19 @@ class Progress:
     last_metrics: dict | None = None  # the last epoch's recorded metrics
 
 
-def resume(path: Path, run: Run, cfg: RunConfig, bb: Backbone, plan: Finetuning, d: RunData, record: RunRecord,
-           scaler, device: torch.device, terms: Terms | None = None, extra: list[LayerGroup] = ()) -> Progress:
+def resume(
+    path: Path,
+    run: Run,
+    cfg: RunConfig,
+    bb: Backbone,
+    plan: Finetuning,
+    d: RunData,
+    record: RunRecord,
+    scaler,
+    device: torch.device,
+    terms: Terms | None = None,
+    extra: list[LayerGroup] = (),
+) -> Progress:
     """Restore a run from its own last checkpoint (written at the end of every epoch, and where
     the run stopped when its worker stopped in the middle of an epoch).
 
@@ -188,18 +240,27 @@ def resume(path: Path, run: Run, cfg: RunConfig, bb: Backbone, plan: Finetuning,
     """
     if not path.exists():
         if run.epochs_done:
-            raise UserError(f"cannot resume run {run.id}: it recorded {run.epochs_done} epochs but its checkpoint "
-                            f"{path} is gone; start a new run with the same settings instead")
+            raise UserError(
+                f"cannot resume run {run.id}: it recorded {run.epochs_done} epochs but its checkpoint "
+                f"{path} is gone; start a new run with the same settings instead"
+            )
         log.info(f"resume: run {run.id} stopped before its first checkpoint; starting from epoch 1")
         return Progress()
     ckpt = Checkpoint.load(path)
     ckpt.check(path, run, cfg, d.classes)
     partial = ckpt.partial  # written when the run stopped in the middle of an epoch
-    record.note(resumed_from={"epoch": ckpt.epoch + 1, **({"batch": partial["batches"]} if partial else {}),
-                              "checkpoint": str(path)})
-    log.info(f"resume: run {run.id} continues after epoch {ckpt.epoch + 1}"
-             + (f" and {partial['batches']}/{len(d.train)} batches of epoch {ckpt.epoch + 2}" if partial else "")
-             + f" from {path}")
+    record.note(
+        resumed_from={
+            "epoch": ckpt.epoch + 1,
+            **({"batch": partial["batches"]} if partial else {}),
+            "checkpoint": str(path),
+        }
+    )
+    log.info(
+        f"resume: run {run.id} continues after epoch {ckpt.epoch + 1}"
+        + (f" and {partial['batches']}/{len(d.train)} batches of epoch {ckpt.epoch + 2}" if partial else "")
+        + f" from {path}"
+    )
     if ckpt.metrics is not None:  # the checkpointed epoch's row, in case the process died before writing it
         record.store.log_epoch(run.id, ckpt.epoch, ckpt.metrics, best=ckpt.best)
     bb.model.load_state_dict(ckpt.model)
@@ -213,6 +274,11 @@ def resume(path: Path, run: Run, cfg: RunConfig, bb: Backbone, plan: Finetuning,
         scaler.load_state_dict(ckpt.scaler)
     set_rng_state(ckpt.rng, device)
     d.train.generator.set_state(ckpt.loader_rng)
-    return Progress(start_epoch=ckpt.epoch + 1, optimizer=optimizer, best=Best(*ckpt.best, ckpt.best_confusion),
-                    elapsed=ckpt.wall_seconds, so_far=EpochSoFar.from_state(partial, device) if partial else None,
-                    last_metrics=ckpt.metrics)
+    return Progress(
+        start_epoch=ckpt.epoch + 1,
+        optimizer=optimizer,
+        best=Best(*ckpt.best, ckpt.best_confusion),
+        elapsed=ckpt.wall_seconds,
+        so_far=EpochSoFar.from_state(partial, device) if partial else None,
+        last_metrics=ckpt.metrics,
+    )

@@ -22,13 +22,13 @@ import numpy as np
 import torch
 
 from ..data import folders, shared_memory
+from ..data.decode_cache import Check, DatasetRows, DecodedImages, Pipeline, PixelDataset, item_bytes, read_through
+from ..data.scan_cache import ArrayCache, CacheTooLarge
 from ..data.splits import Splits
+from ..logs import logger
 from ..models import weights
 from ..models.backbones import Backbone
-from ..data.scan_cache import ArrayCache, CacheTooLarge
 from ..models.cuts import Cut, NoCut, cut_at, modes_kept
-from ..data.decode_cache import Check, DatasetRows, DecodedImages, Pipeline, PixelDataset, item_bytes, read_through
-from ..logs import logger
 
 log = logger(__name__)
 
@@ -62,13 +62,15 @@ def extraction_dtype(setting: str, device: torch.device, amp: torch.dtype | None
 
 
 def precision_name(dtype: torch.dtype | None) -> str:
-    """"fp32", "bf16" or "fp16" for an autocast dtype (None: fp32)."""
-    return "fp32" if dtype is None else str(dtype).removeprefix("torch.").replace("bfloat16", "bf16").replace(
-        "float16", "fp16")
+    """ "fp32", "bf16" or "fp16" for an autocast dtype (None: fp32)."""
+    return (
+        "fp32"
+        if dtype is None
+        else str(dtype).removeprefix("torch.").replace("bfloat16", "bf16").replace("float16", "fp16")
+    )
 
 
-def val_precision(epoch: int, amp: torch.dtype | None, cached: "FeatureRun | None",
-                  features: torch.dtype | None) -> dict:
+def val_precision(epoch: int, amp: torch.dtype | None, cached: FeatureRun | None, features: torch.dtype | None) -> dict:
     """Which precision produced a phase's validation numbers, from `epoch` (0-based) on: the lowest
     of the run's autocast and, where the phase reads cached frozen features, theirs."""
     where = []
@@ -77,8 +79,7 @@ def val_precision(epoch: int, amp: torch.dtype | None, cached: "FeatureRun | Non
     if cached is not None and features is not None:
         where.append(f"frozen layers' output cached in {precision_name(features)}")
     lowest = amp if amp is not None else (features if cached is not None else None)
-    return {"from_epoch": epoch + 1, "precision": precision_name(lowest),
-            "how": "; ".join(where) or "fp32 throughout"}
+    return {"from_epoch": epoch + 1, "precision": precision_name(lowest), "how": "; ".join(where) or "fp32 throughout"}
 
 
 def precision_at(summary: dict, epoch: int | None) -> str | None:
@@ -94,14 +95,24 @@ def precision_at(summary: dict, epoch: int | None) -> str | None:
 class FeatureBatches:
     """(activations, labels) batches from a cache entry; shuffled per epoch, one view per image."""
 
-    def __init__(self, entry: ArrayCache, rows: np.ndarray, labels: list[int], views: int, batch_size: int,
-                 shuffle: bool = False, seed: int = 0, drop_last: bool = False, pin: bool = False):
+    def __init__(
+        self,
+        entry: ArrayCache,
+        rows: np.ndarray,
+        labels: list[int],
+        views: int,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        drop_last: bool = False,
+        pin: bool = False,
+    ):
         self.entry, self.rows, self.labels = entry, rows, torch.tensor(labels, dtype=torch.long)
         self.views, self.batch_size, self.shuffle, self.seed = views, batch_size, shuffle, seed
         self.drop_last, self.pin, self.epoch = drop_last, pin, 0
         self._data: np.memmap | None = None
 
-    def for_epoch(self, epoch: int) -> "FeatureBatches":
+    def for_epoch(self, epoch: int) -> FeatureBatches:
         self.epoch = epoch
         return self
 
@@ -120,7 +131,7 @@ class FeatureBatches:
         else:
             order, view = np.arange(n), np.zeros(n, dtype=np.int64)
         for b in range(len(self)):
-            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             x = torch.from_numpy(self._data[self.rows[idx] * self.views + view[idx]])
             yield (x.pin_memory() if self.pin else x), self.labels[idx]
 
@@ -142,9 +153,23 @@ class FrozenFeatures:
 
     EXTRACT_BATCH = {"cuda": 256, "cpu": 64}  # inference only: bigger batches than training's are faster
 
-    def __init__(self, bb: Backbone, splits: Splits, rows: DatasetRows, pipeline: Pipeline, *, views: int,
-                 batch_size: int, seed: int, device: torch.device, precision: torch.dtype | None = None,
-                 workers: int = 0, channels_last: bool = False, enabled: bool | str = True, check: Check | None = None):
+    def __init__(
+        self,
+        bb: Backbone,
+        splits: Splits,
+        rows: DatasetRows,
+        pipeline: Pipeline,
+        *,
+        views: int,
+        batch_size: int,
+        seed: int,
+        device: torch.device,
+        precision: torch.dtype | None = None,
+        workers: int = 0,
+        channels_last: bool = False,
+        enabled: bool | str = True,
+        check: Check | None = None,
+    ):
         """enabled: True, or False / the reason it is off (said in the run's summary)."""
         self.bb, self.splits, self.rows, self.pipeline = bb, splits, rows, pipeline
         self.views = views if pipeline.augment != "none" else 1
@@ -158,8 +183,12 @@ class FrozenFeatures:
 
     def at(self, boundary: int, epoch: int, phase_epochs: int) -> FeatureRun | None:
         """Cached activations for this boundary (computing what is missing), or None; recorded either way."""
-        record = {"epoch": epoch, "frozen_groups": boundary, "views": self.views,
-                  "precision": precision_name(self.precision)}
+        record = {
+            "epoch": epoch,
+            "frozen_groups": boundary,
+            "views": self.views,
+            "precision": precision_name(self.precision),
+        }
         self.records.append(record)
         try:
             # The key names the pretrained weights: right only while the groups below the boundary
@@ -178,9 +207,14 @@ class FrozenFeatures:
         """What the run records: summary["feature_cache"]."""
         used = [r for r in self.records if r.get("used")]
         first = used[0] if used else (self.records[0] if self.records else {})
-        out = {"used": bool(used), "boundary": first.get("boundary"), "views": self.views,
-               "hit": bool(used) and all(r.get("hit") for r in used), "precision": precision_name(self.precision),
-               "seconds": round(sum(r.get("seconds", 0.0) for r in used), 3)}
+        out = {
+            "used": bool(used),
+            "boundary": first.get("boundary"),
+            "views": self.views,
+            "hit": bool(used) and all(r.get("hit") for r in used),
+            "precision": precision_name(self.precision),
+            "seconds": round(sum(r.get("seconds", 0.0) for r in used), 3),
+        }
         if not used and first.get("why"):
             out["why"] = first["why"]
         if len(self.records) > 1:
@@ -193,22 +227,37 @@ class FrozenFeatures:
         if not r.get("used"):
             return f"feature cache: not used ({r.get('why', '')})"
         how = "found in the cache" if r["hit"] else f"computed in {r['seconds']:.1f} s"
-        views = (f"; augmentation {self.pipeline.augment}: {self.views} cached views per image, one sampled "
-                 f"per epoch" if self.pipeline.augment != "none" else "")
+        views = (
+            f"; augmentation {self.pipeline.augment}: {self.views} cached views per image, one sampled per epoch"
+            if self.pipeline.augment != "none"
+            else ""
+        )
         return f"feature cache: {r['boundary']} of {self.bb.spec.name} {how}{views}"
 
     # the work
     def _entry(self, cut: Cut, augmented: bool) -> ArrayCache:
         if self._weights is None:
             self._weights = weights.identity(self.bb.spec, self.bb.weights, self.seed)
-        key = {"backbone": self.bb.spec.name, "weights": self._weights,
-               "boundary": cut.boundary, "cut": cut.name, "dataset": self.rows.fingerprint,
-               # The val view never augments: runs with and without augmentation (and probes) share it.
-               "transform": {**self.pipeline.describe(), **({} if augmented else {"augment": "none"}),
-                             "view": "augmented" if augmented else "val", "views": self.views if augmented else 1},
-               "compute": {"device": self.device.type, "precision": precision_name(self.precision),
-                           "torch": torch.__version__},
-               "version": FEATURES_VERSION}
+        key = {
+            "backbone": self.bb.spec.name,
+            "weights": self._weights,
+            "boundary": cut.boundary,
+            "cut": cut.name,
+            "dataset": self.rows.fingerprint,
+            # The val view never augments: runs with and without augmentation (and probes) share it.
+            "transform": {
+                **self.pipeline.describe(),
+                **({} if augmented else {"augment": "none"}),
+                "view": "augmented" if augmented else "val",
+                "views": self.views if augmented else 1,
+            },
+            "compute": {
+                "device": self.device.type,
+                "precision": precision_name(self.precision),
+                "torch": torch.__version__,
+            },
+            "version": FEATURES_VERSION,
+        }
         n = len(self.rows.paths) * (self.views if augmented else 1)
         return ArrayCache("features", key, n, cut.shape, np.float32)
 
@@ -226,8 +275,10 @@ class FrozenFeatures:
         ordinary = phase_epochs * (len(self.train_rows) + len(self.val_rows))
         record["hit"] = missing == 0
         if missing > ordinary:
-            raise NoCut(f"a {phase_epochs}-epoch phase: caching costs {missing} frozen forward passes, "
-                        f"ordinary epochs {ordinary}")
+            raise NoCut(
+                f"a {phase_epochs}-epoch phase: caching costs {missing} frozen forward passes, "
+                f"ordinary epochs {ordinary}"
+            )
         for entry in {id(e): e for e in (train, val)}.values():
             entry.check_fits()
         start = time.perf_counter()
@@ -243,9 +294,21 @@ class FrozenFeatures:
         val_rows, val_labels = _readable(self.val_rows, self.splits.val, bad)
         drop_last = len(train_rows) > self.batch_size and len(train_rows) % self.batch_size == 1
         pin = self.device.type == "cuda"
-        return FeatureRun(cut, FeatureBatches(train, train_rows, train_labels, k, self.batch_size, shuffle=True,
-                                              seed=self.seed, drop_last=drop_last, pin=pin),
-                          FeatureBatches(val, val_rows, val_labels, 1, self.batch_size, pin=pin))
+        return FeatureRun(
+            cut,
+            FeatureBatches(
+                train,
+                train_rows,
+                train_labels,
+                k,
+                self.batch_size,
+                shuffle=True,
+                seed=self.seed,
+                drop_last=drop_last,
+                pin=pin,
+            ),
+            FeatureBatches(val, val_rows, val_labels, 1, self.batch_size, pin=pin),
+        )
 
     def _fill(self, entry: ArrayCache, cut: Cut, want: np.ndarray, augmented: bool) -> None:
         if not len(entry.missing(want)):
@@ -254,9 +317,13 @@ class FrozenFeatures:
         with entry.filling():
             todo = entry.missing(want)  # another run may have filled them while we waited
             image_rows = todo // self.views if augmented else todo
-            pixels = PixelDataset(images, image_rows, list(todo),  # the "label" is the entry row
-                                  self.pipeline.train_transform() if augmented else None,
-                                  seeds=todo if augmented else None)
+            pixels = PixelDataset(
+                images,
+                image_rows,
+                list(todo),  # the "label" is the entry row
+                self.pipeline.train_transform() if augmented else None,
+                seeds=todo if augmented else None,
+            )
             self._extract(entry, cut, pixels, todo)
 
     @torch.inference_mode()
@@ -268,8 +335,13 @@ class FrozenFeatures:
         if loader.lowered:
             log.warning(f"feature cache: {loader.note()}")
         # Its own generator: extracting must not draw from the run's random stream.
-        batches = read_through(pixels, batch_size=big, generator=torch.Generator(),
-                               pin_memory=self.device.type == "cuda", **loader.loader_args())
+        batches = read_through(
+            pixels,
+            batch_size=big,
+            generator=torch.Generator(),
+            pin_memory=self.device.type == "cuda",
+            **loader.loader_args(),
+        )
         written: list[np.ndarray] = []
         finished = False
         with modes_kept(self.bb.model):

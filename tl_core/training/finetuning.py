@@ -26,14 +26,14 @@ with `state_dict()` and takes it back with `load_state_dict()`, as Lightning's c
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import nn
 
-from ..models.backbones import LayerGroup
 from ..config import RunConfig
+from ..models.backbones import LayerGroup
 from .strategies import Strategy, StrategyParams
 
 _BATCHNORMS = (nn.modules.batchnorm._BatchNorm,)  # BatchNorm1d/2d/3d, SyncBatchNorm, timm's BatchNormAct2d
@@ -64,12 +64,16 @@ def set_train_mode(model: nn.Module, groups: Sequence[LayerGroup], n: int, bn: s
                 m.eval()
 
 
-
 def make_optimizer(cfg: RunConfig, param_groups: list[dict]) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         # Nesterov needs a momentum: --momentum 0 (which the config allows) is plain SGD.
-        return torch.optim.SGD(param_groups, lr=cfg.base_lr, momentum=cfg.momentum,
-                               weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
+        return torch.optim.SGD(
+            param_groups,
+            lr=cfg.base_lr,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+            nesterov=cfg.momentum > 0,
+        )
     return torch.optim.AdamW(param_groups, lr=cfg.base_lr, weight_decay=cfg.weight_decay)
 
 
@@ -93,29 +97,44 @@ def decay_split(group: LayerGroup) -> tuple[list[nn.Parameter], list[nn.Paramete
     return decayed, not_decayed
 
 
-def _wanted(cfg: RunConfig, groups: Sequence[LayerGroup], n: int, multipliers: list[float],
-            extra: Sequence[LayerGroup], split: bool) -> list[dict]:
+def _wanted(
+    cfg: RunConfig,
+    groups: Sequence[LayerGroup],
+    n: int,
+    multipliers: list[float],
+    extra: Sequence[LayerGroup],
+    split: bool,
+) -> list[dict]:
     """The optimizer groups for groups[n:] and `extra`: two per layer group (`split`), named
     "<group>" (decayed) and "<group>/no_decay", each carrying the layer group's name as "group";
     or, for an optimizer restored from a checkpoint written before the split, one per layer group
     at one weight decay, as then."""
     model_decay = 0.0 if cfg.regularizer != "none" else cfg.weight_decay
     wanted = []
-    for g, m, decay in ([(g, m, model_decay) for g, m in zip(groups[n:], multipliers)]
-                        + [(g, multipliers[-1], cfg.weight_decay) for g in extra]):
+    for g, m, decay in [(g, m, model_decay) for g, m in zip(groups[n:], multipliers)] + [
+        (g, multipliers[-1], cfg.weight_decay) for g in extra
+    ]:
         lr = {"peak_lr": cfg.base_lr * m, "lr": cfg.base_lr * m}
         if not split:
             wanted.append({"params": g.parameters(), "name": g.name, **lr, "weight_decay": decay})
             continue
         decayed, not_decayed = decay_split(g)
-        wanted += [{"params": params, "name": name, "group": g.name, **lr, "weight_decay": wd}
-                   for params, name, wd in ((decayed, g.name, decay), (not_decayed, g.name + NO_DECAY, 0.0))
-                   if params]
+        wanted += [
+            {"params": params, "name": name, "group": g.name, **lr, "weight_decay": wd}
+            for params, name, wd in ((decayed, g.name, decay), (not_decayed, g.name + NO_DECAY, 0.0))
+            if params
+        ]
     return wanted
 
 
-def sync_param_groups(optimizer: torch.optim.Optimizer | None, cfg: RunConfig, groups: Sequence[LayerGroup],
-                      n: int, multipliers: list[float], extra: Sequence[LayerGroup] = ()) -> torch.optim.Optimizer:
+def sync_param_groups(
+    optimizer: torch.optim.Optimizer | None,
+    cfg: RunConfig,
+    groups: Sequence[LayerGroup],
+    n: int,
+    multipliers: list[float],
+    extra: Sequence[LayerGroup] = (),
+) -> torch.optim.Optimizer:
     """Make the optimizer hold exactly groups[n:], each at base LR x its multiplier, and the
     `extra` groups (a loss term's own modules, e.g. DANN's domain discriminator) at the head's LR.
 
@@ -148,8 +167,14 @@ def is_split(param_groups: Sequence[dict]) -> bool:
     return all("group" in pg for pg in param_groups)
 
 
-def restore_optimizer(cfg: RunConfig, groups: Sequence[LayerGroup], n: int, multipliers: list[float],
-                      extra: Sequence[LayerGroup], state: dict) -> torch.optim.Optimizer:
+def restore_optimizer(
+    cfg: RunConfig,
+    groups: Sequence[LayerGroup],
+    n: int,
+    multipliers: list[float],
+    extra: Sequence[LayerGroup],
+    state: dict,
+) -> torch.optim.Optimizer:
     """The optimizer a checkpoint held (`state`: its state_dict()), over groups[n:] and `extra`, in
     the layout it was written in: split by weight decay, or, written before the split, one group
     per layer group with every parameter decayed as then (a run resumes as it started, whichever)."""
@@ -170,8 +195,9 @@ def phase_ends(epochs: dict[int, dict[str, float]], precisions: Sequence[dict] =
         groups = int(m.get("trainable_groups", 0))
         if not out or out[-1]["trainable_groups"] != groups:
             out.append({"first_epoch": epoch + 1, "trainable_groups": groups})
-        out[-1].update(last_epoch=epoch + 1, val_acc=m.get("val_acc"), val_loss=m.get("val_loss"),
-                       train_acc=m.get("train_acc"))
+        out[-1].update(
+            last_epoch=epoch + 1, val_acc=m.get("val_acc"), val_loss=m.get("val_loss"), train_acc=m.get("train_acc")
+        )
     for phase in out:
         said = [p for p in precisions if p["from_epoch"] <= phase["last_epoch"]]
         if said:
@@ -205,8 +231,9 @@ class Finetuning:
             return False
         self._move(n)
         # The schedule runs to the next change of plan, never past the run's last epoch.
-        self.phase = Phase(epoch, min(self.epochs, self.strategy.next_change(epoch, len(self.groups), self.params)
-                                      or self.epochs))
+        self.phase = Phase(
+            epoch, min(self.epochs, self.strategy.next_change(epoch, len(self.groups), self.params) or self.epochs)
+        )
         return True
 
     def widest(self) -> int:
@@ -227,8 +254,11 @@ class Finetuning:
         self.val_losses.append(val_loss)
 
     def state_dict(self) -> dict:
-        return {"boundary": self.boundary, "phase": (self.phase.start, self.phase.end),
-                "val_losses": list(self.val_losses)}
+        return {
+            "boundary": self.boundary,
+            "phase": (self.phase.start, self.phase.end),
+            "val_losses": list(self.val_losses),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Back to a checkpoint's state: its boundary (frozen again), phase and history."""

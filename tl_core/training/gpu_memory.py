@@ -29,15 +29,15 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..models.backbones import LayerGroup
 from ..errors import UserError
+from ..models.backbones import LayerGroup
 
 _NORMS = (nn.modules.batchnorm._BatchNorm,)
 _ACTIVE = [True]  # checkpointed modules recompute while this holds (off: to measure what they save)
@@ -148,26 +148,35 @@ class MemoryProbe:
 
     def advice(self, device_name: str) -> str:
         b = self.batch_that_fits()
-        lower = (f"lower --batch-size to {b} or less (with --accumulate {-(-self.batch_size // b)} for the same "
-                 f"effective batch)" if b >= 1 else
-                 "the model alone does not fit at this image size: lower --image-size or choose a smaller backbone")
-        return (f"this run would not fit in GPU memory: a training step at batch size {self.batch_size} needs about "
-                f"{self.predicted_mb / 1024:.1f} GiB (its probe step peaked at {self.peak_mb / 1024:.1f} GiB, plus "
-                f"{self.optimizer_mb / 1024:.1f} GiB of optimizer state), and {device_name} has "
-                f"{self.available_mb / 1024:.1f} GiB free of {self.total_mb / 1024:.1f} GiB; {lower}, or turn "
-                f"--checkpointing on, then start it again")
+        lower = (
+            f"lower --batch-size to {b} or less (with --accumulate {-(-self.batch_size // b)} for the same "
+            f"effective batch)"
+            if b >= 1
+            else "the model alone does not fit at this image size: lower --image-size or choose a smaller backbone"
+        )
+        return (
+            f"this run would not fit in GPU memory: a training step at batch size {self.batch_size} needs about "
+            f"{self.predicted_mb / 1024:.1f} GiB (its probe step peaked at {self.peak_mb / 1024:.1f} GiB, plus "
+            f"{self.optimizer_mb / 1024:.1f} GiB of optimizer state), and {device_name} has "
+            f"{self.available_mb / 1024:.1f} GiB free of {self.total_mb / 1024:.1f} GiB; {lower}, or turn "
+            f"--checkpointing on, then start it again"
+        )
 
     def summary(self) -> dict:
-        return {**{k: round(v, 1) if isinstance(v, float) else v for k, v in asdict(self).items()},
-                "predicted_mb": round(self.predicted_mb, 1)}
+        return {
+            **{k: round(v, 1) if isinstance(v, float) else v for k, v in asdict(self).items()},
+            "predicted_mb": round(self.predicted_mb, 1),
+        }
 
 
 def ran_out(batch_size: int, device_name: str, available: int, total: int) -> UserError:
     """What to say when the probe step itself runs out of memory (bytes free and in all)."""
-    return UserError(f"this run would not fit in GPU memory: one training step at batch size {batch_size} ran out "
-                     f"of it on {device_name} ({available / 2**30:.1f} GiB free of {total / 2**30:.1f} GiB); lower "
-                     f"--batch-size (try {max(1, batch_size // 2)}, with --accumulate 2 for the same effective batch), "
-                     f"or turn --checkpointing on, then start it again")
+    return UserError(
+        f"this run would not fit in GPU memory: one training step at batch size {batch_size} ran out "
+        f"of it on {device_name} ({available / 2**30:.1f} GiB free of {total / 2**30:.1f} GiB); lower "
+        f"--batch-size (try {max(1, batch_size // 2)}, with --accumulate 2 for the same effective batch), "
+        f"or turn --checkpointing on, then start it again"
+    )
 
 
 def optimizer_state_mb(params: list[nn.Parameter], optimizer: str) -> float:
@@ -177,9 +186,18 @@ def optimizer_state_mb(params: list[nn.Parameter], optimizer: str) -> float:
     return per * sum(p.numel() * p.element_size() for p in params) / 2**20
 
 
-def probe_step(model: nn.Module, groups: Sequence[LayerGroup], boundary: int, shape: tuple[int, ...],
-               loss_fn: nn.Module, amp, optimizer: str, device: torch.device, channels_last: bool = False,
-               forwards: int = 1) -> MemoryProbe:
+def probe_step(
+    model: nn.Module,
+    groups: Sequence[LayerGroup],
+    boundary: int,
+    shape: tuple[int, ...],
+    loss_fn: nn.Module,
+    amp,
+    optimizer: str,
+    device: torch.device,
+    channels_last: bool = False,
+    forwards: int = 1,
+) -> MemoryProbe:
     """One forward and backward pass of `model` on a batch of `shape` with groups[boundary:]
     trainable, measured, then undone. `forwards`: the batches a step sends through the model (2
     with domain adaptation: the target domain's batch too), probed as one batch that many times
@@ -227,8 +245,20 @@ def probe_step(model: nn.Module, groups: Sequence[LayerGroup], boundary: int, sh
             p.requires_grad_(flag)
         for m, mode in modes:
             m.train(mode)
-    measured = dict(before_mb=before / 2**20, peak_mb=torch.cuda.max_memory_allocated(device) / 2**20,
-                    available_mb=available / 2**20, total_mb=total / 2**20) if cuda else \
-        dict(before_mb=0.0, peak_mb=0.0, available_mb=0.0, total_mb=0.0)
-    return MemoryProbe(batch_size=shape[0], grads_mb=grads_mb,
-                       optimizer_mb=optimizer_state_mb(trainable, optimizer), seconds=seconds, **measured)
+    measured = (
+        dict(
+            before_mb=before / 2**20,
+            peak_mb=torch.cuda.max_memory_allocated(device) / 2**20,
+            available_mb=available / 2**20,
+            total_mb=total / 2**20,
+        )
+        if cuda
+        else dict(before_mb=0.0, peak_mb=0.0, available_mb=0.0, total_mb=0.0)
+    )
+    return MemoryProbe(
+        batch_size=shape[0],
+        grads_mb=grads_mb,
+        optimizer_mb=optimizer_state_mb(trainable, optimizer),
+        seconds=seconds,
+        **measured,
+    )

@@ -25,8 +25,9 @@ from .run_data import CHANNELS_LAST, RunData
 log = logger(__name__)
 
 
-def score_test_split(cfg: RunConfig, model: nn.Module, d: RunData, device: torch.device, amp, loss_fn,
-                     best: Path) -> dict:
+def score_test_split(
+    cfg: RunConfig, model: nn.Module, d: RunData, device: torch.device, amp, loss_fn, best: Path
+) -> dict:
     """{"test": the checkpoint chosen on val (`best`, best.pt), "test_last": the last epoch's model,
     only where that is not the best}, each metrics.scores with the loss and the 1-based epoch; {} for
     a run without a test split. The model is left at the weights it came with (the last epoch's),
@@ -34,8 +35,17 @@ def score_test_split(cfg: RunConfig, model: nn.Module, d: RunData, device: torch
     if not d.splits.test:
         return {}
     held_out = Splits(d.classes, d.splits.test, d.splits.test, d.index)
-    _, loader, _ = decode_cache.make_loaders(held_out, d.rows, d.pipeline, d.batch_size, cfg.seed, d.workers, device,
-                                             channels_last=CHANNELS_LAST, enabled=cfg.decode_cache == "on")
+    _, loader, _ = decode_cache.make_loaders(
+        held_out,
+        d.rows,
+        d.pipeline,
+        d.batch_size,
+        cfg.seed,
+        d.workers,
+        device,
+        channels_last=CHANNELS_LAST,
+        enabled=cfg.decode_cache == "on",
+    )
 
     def scored(epoch: int) -> dict:
         ev = evaluate(model, loader, loss_fn, device, amp, len(d.classes))
@@ -47,6 +57,8 @@ def score_test_split(cfg: RunConfig, model: nn.Module, d: RunData, device: torch
     model.load_state_dict(chosen.model)
     out["test"] = scored(chosen.epoch)
     model.load_state_dict(last)
-    log.info(f"test ({len(d.splits.test)} images, epoch {chosen.epoch + 1} chosen on val): acc {out['test']['acc']:.4f}"
-             + (f"; the last epoch's model: acc {out['test_last']['acc']:.4f}" if "test_last" in out else ""))
+    log.info(
+        f"test ({len(d.splits.test)} images, epoch {chosen.epoch + 1} chosen on val): acc {out['test']['acc']:.4f}"
+        + (f"; the last epoch's model: acc {out['test_last']['acc']:.4f}" if "test_last" in out else "")
+    )
     return out

@@ -52,22 +52,35 @@ class EpochSoFar:
     rng: dict | None = None  # the random streams as they stood at the stop
 
     def state_dict(self) -> dict:
-        return {"batches": self.batches, "loss_sum": float(self.loss_sum), "correct": int(self.correct),
-                "seen": self.seen, "sums": {k: float(v) for k, v in self.sums.items()}, "seconds": self.seconds,
-                "rng": self.rng}
+        return {
+            "batches": self.batches,
+            "loss_sum": float(self.loss_sum),
+            "correct": int(self.correct),
+            "seen": self.seen,
+            "sums": {k: float(v) for k, v in self.sums.items()},
+            "seconds": self.seconds,
+            "rng": self.rng,
+        }
 
     @classmethod
-    def from_state(cls, state: dict, device: torch.device) -> "EpochSoFar":
-        return cls(state["batches"], torch.tensor(state["loss_sum"], device=device),
-                   torch.tensor(state["correct"], device=device), state["seen"],
-                   {k: torch.tensor(v, device=device) for k, v in state["sums"].items()}, state["seconds"],
-                   state["rng"])
+    def from_state(cls, state: dict, device: torch.device) -> EpochSoFar:
+        return cls(
+            state["batches"],
+            torch.tensor(state["loss_sum"], device=device),
+            torch.tensor(state["correct"], device=device),
+            state["seen"],
+            {k: torch.tensor(v, device=device) for k, v in state["sums"].items()},
+            state["seconds"],
+            state["rng"],
+        )
 
 
 def rng_state(device: torch.device) -> dict:
     """torch's random streams that training draws from: the CPU's, and the GPU's where it trains."""
-    return {"cpu": torch.get_rng_state(),
-            **({"cuda": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {})}
+    return {
+        "cpu": torch.get_rng_state(),
+        **({"cuda": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
+    }
 
 
 def set_rng_state(state: dict, device: torch.device) -> None:
@@ -76,9 +89,22 @@ def set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def train_one_epoch(model, loader, optimizer, loss_fn, cfg: RunConfig, device, amp, scaler, phase: Phase,
-                    epoch: int, bar, should_stop, terms: Terms | None = None,
-                    so_far: EpochSoFar | None = None) -> tuple[float, float, int, dict]:
+def train_one_epoch(
+    model,
+    loader,
+    optimizer,
+    loss_fn,
+    cfg: RunConfig,
+    device,
+    amp,
+    scaler,
+    phase: Phase,
+    epoch: int,
+    bar,
+    should_stop,
+    terms: Terms | None = None,
+    so_far: EpochSoFar | None = None,
+) -> tuple[float, float, int, dict]:
     """Train one epoch: (mean task loss, accuracy, images seen, means of the terms' logged values).
 
     With --accumulate K the optimizer steps once every K batches (and at the epoch's end), each
@@ -149,8 +175,9 @@ def train_one_epoch(model, loader, optimizer, loss_fn, cfg: RunConfig, device, a
         so_far.batches = i + 1
         bar.update(1)
         if not bar.disable and show():
-            bar.set_postfix(loss=f"{so_far.loss_sum.item() / so_far.seen:.3f}",
-                            acc=f"{so_far.correct.item() / so_far.seen:.3f}")
+            bar.set_postfix(
+                loss=f"{so_far.loss_sum.item() / so_far.seen:.3f}", acc=f"{so_far.correct.item() / so_far.seen:.3f}"
+            )
     if pending:  # an epoch's last batches, fewer than K: their step is not carried into the next epoch
         _step(optimizer, scaler)
     so_far.seconds = time.perf_counter() - t0
@@ -193,10 +220,13 @@ def evaluate(model, loader, loss_fn, device, amp, num_classes: int, keep: bool =
         correct += (pred == y).sum()
         if num_classes >= 5:
             top5 += (logits.topk(5, 1).indices == y[:, None]).any(1).sum()
-        confusion += torch.bincount(y * num_classes + pred, minlength=num_classes ** 2)
+        confusion += torch.bincount(y * num_classes + pred, minlength=num_classes**2)
         seen += len(y)
-    out = {"val_loss": total_loss.item() / max(seen, 1), "val_acc": correct.item() / max(seen, 1),
-           "confusion": confusion.view(num_classes, num_classes).cpu()}
+    out = {
+        "val_loss": total_loss.item() / max(seen, 1),
+        "val_acc": correct.item() / max(seen, 1),
+        "confusion": confusion.view(num_classes, num_classes).cpu(),
+    }
     if num_classes >= 5:
         out["val_top5"] = top5.item() / max(seen, 1)
     if keep:

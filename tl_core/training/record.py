@@ -13,10 +13,10 @@ export its `exports`), and those stay.
 
 from __future__ import annotations
 
+from ..analysis import predictions
 from ..config import RunConfig
 from ..data import folders
 from ..data.splits import split_fingerprint
-from ..analysis import predictions
 from ..logs import logger
 from ..models.backbones import Backbone
 from ..store.store import Run, Store
@@ -47,20 +47,29 @@ class RunRecord:
             self.store.delete_predictions(self.run.id)
         self.summary = {
             **kept,
-            "classes": d.classes, "train_images": len(d.splits.train), "val_images": len(d.splits.val),
+            "classes": d.classes,
+            "train_images": len(d.splits.train),
+            "val_images": len(d.splits.val),
             "split": {"seed": cfg.split_seed, "val_fingerprint": split_fingerprint(d.splits)},
             "batch_size": {"used": d.batch_size, **({"why": d.batch_note} if d.batch_note else {})},
             "preprocessing": {**d.pipeline.describe(), "native_size": bb.preprocessing.native_size},
-            "warnings": warnings, "skipped": skipped,
-            "weights": bb.weights, "groups": [g.name for g in bb.groups], "decode_cache": d.decode_note,
-            "loader": d.loader.summary(), "batchnorm": {"setting": cfg.bn, "mode": cfg.strategy_params().bn}}
+            "warnings": warnings,
+            "skipped": skipped,
+            "weights": bb.weights,
+            "groups": [g.name for g in bb.groups],
+            "decode_cache": d.decode_note,
+            "loader": d.loader.summary(),
+            "batchnorm": {"setting": cfg.bn, "mode": cfg.strategy_params().bn},
+        }
         self.store.update_run(self.run.id, summary=self.summary)
         unlisted = skipped["count"] - len(skipped["files"])
         if d.batch_note:
             log.info(d.batch_note)
-        for line in [*(f"warning: {w}" for w in warnings),
-                     *(f"skipped {f['path']} ({f['reason']})" for f in skipped["files"]),
-                     *([f"skipped {unlisted} more files"] if unlisted else [])]:
+        for line in [
+            *(f"warning: {w}" for w in warnings),
+            *(f"skipped {f['path']} ({f['reason']})" for f in skipped["files"]),
+            *([f"skipped {unlisted} more files"] if unlisted else []),
+        ]:
             log.warning(line)
 
     def note(self, **fields) -> None:

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, ClassVar, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -34,8 +35,10 @@ IMPLEMENTED: Registry[type[Regularizer]] = Registry("regularizer", none="none")
 def register_regularizer(cls: type[Regularizer]) -> type[Regularizer]:
     """Class decorator: `cls` implements the regulariser term_specs.py declares as `cls.name`."""
     if cls.name not in REGULARIZERS:
-        raise ValueError(f"regularizer {cls.name!r} ({cls.__name__}) is not declared: add its RegularizerSpec to "
-                         f"training/term_specs.py (the settings, the form and --help read it there)")
+        raise ValueError(
+            f"regularizer {cls.name!r} ({cls.__name__}) is not declared: add its RegularizerSpec to "
+            f"training/term_specs.py (the settings, the form and --help read it there)"
+        )
     cls.spec = REGULARIZERS.get(cls.name)
     return IMPLEMENTED.register(cls)
 
@@ -66,8 +69,9 @@ class Regularizer:
     def needs_fisher(self) -> bool:
         return self.spec.needs_fisher
 
-    def setup(self, body: Sequence[nn.Parameter], head: Sequence[nn.Parameter],
-              fisher: Sequence[torch.Tensor] | None = None) -> None:
+    def setup(
+        self, body: Sequence[nn.Parameter], head: Sequence[nn.Parameter], fisher: Sequence[torch.Tensor] | None = None
+    ) -> None:
         """Snapshot w0 = the body's (pretrained) parameters now (detached float32 clones).
         `fisher` (ewc only): one tensor per body parameter, shaped like it."""
         self._body, self._head = list(body), list(head)
@@ -105,16 +109,19 @@ class Regularizer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("name") != self.name:
-            raise UserError(f"the checkpoint's regularizer is {state.get('name')!r}, this run's is {self.name!r}: "
-                            f"resume with --regularizer {state.get('name')} or start a new run")
+            raise UserError(
+                f"the checkpoint's regularizer is {state.get('name')!r}, this run's is {self.name!r}: "
+                f"resume with --regularizer {state.get('name')} or start a new run"
+            )
         if self._body is None:
             self._pending = dict(state)
         else:
             self._restore(state, None)
 
     def _restore(self, state: dict[str, Any], fisher: Sequence[torch.Tensor] | None) -> None:
-        self._w0 = [w.detach().float().to(p.device).clone() for w, p in
-                    zip(self._matching(state["w0"], "w0"), self._body)]
+        self._w0 = [
+            w.detach().float().to(p.device).clone() for w, p in zip(self._matching(state["w0"], "w0"), self._body)
+        ]
         saved = state.get("fisher")
         self._fisher = self._checked_fisher(saved if saved is not None else fisher) if self.needs_fisher else None
 
@@ -122,18 +129,24 @@ class Regularizer:
         """`tensors` if there is one per body parameter, shaped like it; else a clear error."""
         tensors = list(tensors)
         if len(tensors) != len(self._body):
-            raise UserError(f"{self.name}: {len(tensors)} {what} tensors for {len(self._body)} body parameters; "
-                            f"the checkpoint or estimate was made with another backbone: start a new run")
+            raise UserError(
+                f"{self.name}: {len(tensors)} {what} tensors for {len(self._body)} body parameters; "
+                f"the checkpoint or estimate was made with another backbone: start a new run"
+            )
         for k, (t, p) in enumerate(zip(tensors, self._body)):
             if tuple(t.shape) != tuple(p.shape):
-                raise UserError(f"{self.name}: {what} tensor {k} is shaped {tuple(t.shape)}, its parameter "
-                                f"{tuple(p.shape)}; the checkpoint or estimate was made with another backbone")
+                raise UserError(
+                    f"{self.name}: {what} tensor {k} is shaped {tuple(t.shape)}, its parameter "
+                    f"{tuple(p.shape)}; the checkpoint or estimate was made with another backbone"
+                )
         return tensors
 
     def _checked_fisher(self, fisher: Sequence[torch.Tensor] | None) -> list[torch.Tensor]:
         if fisher is None:
-            raise UserError(f"{self.name} needs a Fisher information, one tensor per body parameter: estimate it "
-                            f"with estimate_fisher(...) and pass it to setup(body, head, fisher)")
+            raise UserError(
+                f"{self.name} needs a Fisher information, one tensor per body parameter: estimate it "
+                f"with estimate_fisher(...) and pass it to setup(body, head, fisher)"
+            )
         out = [f.detach().float().to(p.device).clone() for f, p in zip(self._matching(fisher, "Fisher"), self._body)]
         if not all(bool(torch.isfinite(f).all()) and bool((f >= 0).all()) for f in out):
             raise UserError(f"{self.name}: the Fisher information must be finite and >= 0; estimate it again")
@@ -169,8 +182,10 @@ def make_regularizer(name: str, strength: float, head_strength: float) -> Regula
 
 # --- the Fisher information of the pretrained task -----------------------------------------
 
-def estimate_fisher(model: nn.Module, params: Sequence[nn.Parameter], batches: Iterable[torch.Tensor],
-                    max_images: int, seed: int = 0) -> tuple[list[torch.Tensor], int]:
+
+def estimate_fisher(
+    model: nn.Module, params: Sequence[nn.Parameter], batches: Iterable[torch.Tensor], max_images: int, seed: int = 0
+) -> tuple[list[torch.Tensor], int]:
     """Diagonal Fisher information of `params` under `model`'s own predictive distribution.
 
     `model(x)` gives the pretrained task's logits (e.g. ImageNet's 1000 classes; the caller puts
@@ -218,7 +233,7 @@ def estimate_fisher(model: nn.Module, params: Sequence[nn.Parameter], batches: I
                 with torch.no_grad():
                     y = sample_labels(model(x), generator)
                 for i in range(0, len(x), chunk):
-                    xs, ys = x[i: i + chunk], y[i: i + chunk]
+                    xs, ys = x[i : i + chunk], y[i : i + chunk]
                     try:
                         grads = per_image(model, names, params, xs, ys)
                     except (RuntimeError, NotImplementedError):  # an op vmap cannot batch: one image at a time
@@ -237,13 +252,18 @@ def estimate_fisher(model: nn.Module, params: Sequence[nn.Parameter], batches: I
         for p, flag in zip(params, flags):
             p.requires_grad_(flag)
     if seen == 0:
-        raise UserError("estimate_fisher: no images to estimate the Fisher information from; "
-                        "check that the training data has images")
+        raise UserError(
+            "estimate_fisher: no images to estimate the Fisher information from; "
+            "check that the training data has images"
+        )
     fisher = [s / seen for s in sums]
     mean = sum(float(f.sum()) for f in fisher) / max(1, sum(f.numel() for f in fisher))
     if not (math.isfinite(mean) and mean > 0):
-        warnings.warn("the Fisher information estimate is zero everywhere (the model is certain of every "
-                      "image); ewc falls back to uniform weights, i.e. l2sp", stacklevel=2)
+        warnings.warn(
+            "the Fisher information estimate is zero everywhere (the model is certain of every "
+            "image); ewc falls back to uniform weights, i.e. l2sp",
+            stacklevel=2,
+        )
         return [torch.ones_like(f) for f in fisher], seen
     return [f / mean for f in fisher], seen
 
@@ -262,8 +282,9 @@ def _chunk(params: Sequence[nn.Parameter]) -> int:
     return max(1, min(64, 2**26 // max(1, sum(p.numel() for p in params))))
 
 
-def _vmap_grads(model: nn.Module, names: dict[int, str], params: Sequence[nn.Parameter],
-                x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+def _vmap_grads(
+    model: nn.Module, names: dict[int, str], params: Sequence[nn.Parameter], x: torch.Tensor, y: torch.Tensor
+) -> list[torch.Tensor]:
     """Per-image gradients of log p(y_i|x_i) w.r.t. `params`: [B, *shape] each (torch.func)."""
     from torch.func import functional_call, grad, vmap
 
@@ -278,8 +299,9 @@ def _vmap_grads(model: nn.Module, names: dict[int, str], params: Sequence[nn.Par
         return list(vmap(grad(log_p), in_dims=(None, 0, 0))(weights, x, y))
 
 
-def _loop_grads(model: nn.Module, names: dict[int, str], params: Sequence[nn.Parameter],
-                x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+def _loop_grads(
+    model: nn.Module, names: dict[int, str], params: Sequence[nn.Parameter], x: torch.Tensor, y: torch.Tensor
+) -> list[torch.Tensor]:
     """The same as `_vmap_grads`, one image at a time with autograd (never touches .grad)."""
     for p in params:
         p.requires_grad_(True)

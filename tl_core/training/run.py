@@ -101,11 +101,14 @@ def _interrupted(store: Store, run_id: int, signal_name: str) -> None:
         store.finish_run(run_id, "cancelled", error="cancelled by request")
     elif settings().resume_on_restart:
         store.requeue(run_id)
-        _log(f"{signal_name}: run {run_id} stopped with its worker; back in the queue, to continue from its last "
-             f"checkpoint")
+        _log(
+            f"{signal_name}: run {run_id} stopped with its worker; back in the queue, to continue from its last "
+            f"checkpoint"
+        )
     else:
-        store.finish_run(run_id, "failed", error=f"stopped by {signal_name} with its worker (resumable from its "
-                                                 f"last checkpoint)")
+        store.finish_run(
+            run_id, "failed", error=f"stopped by {signal_name} with its worker (resumable from its last checkpoint)"
+        )
 
 
 def _explain(e: Exception) -> str:
@@ -116,8 +119,9 @@ def _explain(e: Exception) -> str:
     if said := shared_memory.explain(e):  # a DataLoader worker out of shared memory, or dead
         return said
     if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-        return (f"disk full while writing under {settings().runs_dir.resolve()}: free some space, then resume "
-                f"the run ({e})")
+        return (
+            f"disk full while writing under {settings().runs_dir.resolve()}: free some space, then resume the run ({e})"
+        )
     if isinstance(e, RuntimeError) and any(m in str(e).lower() for m in ("out of memory", "can't allocate memory")):
         return f"out of memory: reduce --batch-size or --image-size ({e})"
     return f"{type(e).__name__}: {e}"
@@ -170,20 +174,34 @@ def _fit(store: Store, run: Run, cfg: RunConfig, device: torch.device, run_dir: 
     extra = [LayerGroup("domain", terms.modules())] if terms.modules() else []
     drift = Drift(groups)
     checkpointed = gpu_memory.checkpoint_activations(groups) if cfg.checkpointing == "on" else 0
-    record.note(**said, **({"target": target.describe()} if target else {}),
-                memory={"accumulate": cfg.accumulate, "effective_batch": cfg.accumulate * d.batch_size,
-                        "checkpointing": cfg.checkpointing,
-                        **({"checkpointed_modules": checkpointed} if checkpointed else {})})
+    record.note(
+        **said,
+        **({"target": target.describe()} if target else {}),
+        memory={
+            "accumulate": cfg.accumulate,
+            "effective_batch": cfg.accumulate * d.batch_size,
+            "checkpointing": cfg.checkpointing,
+            **({"checkpointed_modules": checkpointed} if checkpointed else {}),
+        },
+    )
     # 4. A fresh start, or the run's own last checkpoint: the same trainable groups, optimizer
     #    state, schedule position, unfreezing history and random streams as when it stopped.
     checkpoints = RunCheckpoints(run_dir, run, cfg, d.classes)
-    at = (resume(checkpoints.last_path, run, cfg, bb, plan, d, record, scaler, device, terms, extra) if run.resume
-          else Progress())
+    at = (
+        resume(checkpoints.last_path, run, cfg, bb, plan, d, record, scaler, device, terms, extra)
+        if run.resume
+        else Progress()
+    )
     optimizer, best, last_metrics = at.optimizer, at.best, at.last_metrics
     started = clock.started - at.elapsed  # the run's wall clock goes on from its checkpoint's
-    bar = tqdm(total=cfg.epochs * len(d.train),
-               initial=at.start_epoch * len(d.train) + (at.so_far.batches if at.so_far else 0), unit="batch",
-               disable=not show, file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(
+        total=cfg.epochs * len(d.train),
+        initial=at.start_epoch * len(d.train) + (at.so_far.batches if at.so_far else 0),
+        unit="batch",
+        disable=not show,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
     feats, compiled, last_confusion, peak_mb = None, {}, None, 0.0
     with EpochWriter(store) as writer:  # epoch rows written in the background, all before the run ends
         for epoch in range(at.start_epoch, cfg.epochs):
@@ -195,11 +213,15 @@ def _fit(store: Store, run: Run, cfg: RunConfig, device: torch.device, run_dir: 
                 feats = frozen.at(plan.boundary, epoch, plan.phase.end - epoch)
                 _log(frozen.describe())
                 precision = feature_cache.val_precision(epoch, amp, feats, frozen.precision)
-                said = [p for p in record.summary.get("val_precision", [])
-                        if p["from_epoch"] < precision["from_epoch"]]  # a resume says its phase again
+                said = [
+                    p for p in record.summary.get("val_precision", []) if p["from_epoch"] < precision["from_epoch"]
+                ]  # a resume says its phase again
                 record.note(feature_cache=frozen.summary(), val_precision=[*said, precision])
-            net, train_batches, val_batches = ((feats.cut.rest, feats.train.for_epoch(epoch), feats.val) if feats
-                                               else (model, d.train.for_epoch(epoch), d.val))
+            net, train_batches, val_batches = (
+                (feats.cut.rest, feats.train.for_epoch(epoch), feats.val)
+                if feats
+                else (model, d.train.for_epoch(epoch), d.val)
+            )
             net = _compiled(net, compiled) if cfg.compile == "on" else net
             plan.train_mode(model)
             if checkpointed and first:  # what checkpointing saves, on this run's batches
@@ -218,17 +240,45 @@ def _fit(store: Store, run: Run, cfg: RunConfig, device: torch.device, run_dir: 
             epoch_start -= so_far.seconds
             try:
                 train_loss, train_acc, seen, term_means = loop.train_one_epoch(
-                    net, train_batches, optimizer, fit_loss, cfg, device, amp, scaler, plan.phase, epoch, bar,
-                    should_stop=stop_requested, terms=terms, so_far=so_far)
+                    net,
+                    train_batches,
+                    optimizer,
+                    fit_loss,
+                    cfg,
+                    device,
+                    amp,
+                    scaler,
+                    plan.phase,
+                    epoch,
+                    bar,
+                    should_stop=stop_requested,
+                    terms=terms,
+                    so_far=so_far,
+                )
             except RunInterrupted:  # the worker is stopping: save how far this epoch got, to go on from there
-                checkpoints.save_last(model, optimizer, scaler, plan, terms, d, device, epoch - 1, best,
-                                      time.perf_counter() - started, last_metrics, partial=so_far)
+                checkpoints.save_last(
+                    model,
+                    optimizer,
+                    scaler,
+                    plan,
+                    terms,
+                    d,
+                    device,
+                    epoch - 1,
+                    best,
+                    time.perf_counter() - started,
+                    last_metrics,
+                    partial=so_far,
+                )
                 raise
 
             # 7. Validate, record, checkpoint.
             ev = loop.evaluate(net, val_batches, loss_fn, device, amp, len(d.classes), keep=True)
-            on_target = (loop.evaluate(model, target.val, loss_fn, device, amp, len(d.classes))
-                         if target is not None and target.labelled else None)
+            on_target = (
+                loop.evaluate(model, target.val, loss_fn, device, amp, len(d.classes))
+                if target is not None and target.labelled
+                else None
+            )
             plan.observe(ev["val_loss"])
             last_confusion = ev["confusion"].tolist()
             if ev["val_acc"] > best.acc:
@@ -236,9 +286,12 @@ def _fit(store: Store, run: Run, cfg: RunConfig, device: torch.device, run_dir: 
                 checkpoints.save_best(model, epoch, best.acc)
                 record.save_predictions(epoch, d, val_batches, ev["outputs"])
             metrics = {
-                "train_loss": train_loss, "train_acc": train_acc,
-                "val_loss": ev["val_loss"], "val_acc": ev["val_acc"],
-                "val_macro_f1": macro_f1(last_confusion), "val_balanced_acc": balanced_accuracy(last_confusion),
+                "train_loss": train_loss,
+                "train_acc": train_acc,
+                "val_loss": ev["val_loss"],
+                "val_acc": ev["val_acc"],
+                "val_macro_f1": macro_f1(last_confusion),
+                "val_balanced_acc": balanced_accuracy(last_confusion),
                 **({"val_top5": ev["val_top5"]} if "val_top5" in ev else {}),
                 **({"target_loss": on_target["val_loss"], "target_acc": on_target["val_acc"]} if on_target else {}),
                 **term_means,
@@ -253,10 +306,13 @@ def _fit(store: Store, run: Run, cfg: RunConfig, device: torch.device, run_dir: 
             }
             writer.log_epoch(run.id, epoch, metrics, best=(best.acc, best.epoch))
             last_metrics, peak_mb = metrics, max(peak_mb, metrics["peak_memory_mb"])
-            checkpoints.save_last(model, optimizer, scaler, plan, terms, d, device, epoch, best,
-                                  metrics["wall_seconds"], metrics)
-            _log(f"epoch {epoch + 1}/{cfg.epochs}  train loss {train_loss:.3f} acc {train_acc:.3f}  "
-                 f"val loss {ev['val_loss']:.3f} acc {ev['val_acc']:.3f}  groups {plan.trainable_groups}/{len(groups)}")
+            checkpoints.save_last(
+                model, optimizer, scaler, plan, terms, d, device, epoch, best, metrics["wall_seconds"], metrics
+            )
+            _log(
+                f"epoch {epoch + 1}/{cfg.epochs}  train loss {train_loss:.3f} acc {train_acc:.3f}  "
+                f"val loss {ev['val_loss']:.3f} acc {ev['val_acc']:.3f}  groups {plan.trainable_groups}/{len(groups)}"
+            )
     bar.close()
     terms.close()
 

@@ -9,8 +9,8 @@ the layout convolutions run fastest in (`CHANNELS_LAST`), and the weights' own p
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -53,43 +53,79 @@ def load_data(cfg: RunConfig, device: torch.device) -> RunData:
     index = scan_cache.scan_dataset(cfg.data, cfg.in_channels)  # folders.scan_dataset, reused while no file changed
     splits = split_dataset(index, cfg.val_fraction, cfg.train_fraction, cfg.split_seed, cfg.test_fraction)
     batch_size, batch_note = batch_size_for(cfg.batch_size, len(splits.train))
-    pre, stats = channels.normalisation(backbones.preprocessing(cfg.backbone), cfg.in_channels, cfg.weights_to_load,
-                                        [it.path for it in splits.train])
+    pre, stats = channels.normalisation(
+        backbones.preprocessing(cfg.backbone), cfg.in_channels, cfg.weights_to_load, [it.path for it in splits.train]
+    )
     pipeline = decode_cache.Pipeline(pre, cfg.image_size, cfg.augment, cfg.in_channels, stats)
     rows = decode_cache.DatasetRows.of(index)
     workers = cfg.workers if cfg.workers is not None else default_workers(device)
     # Workers hand batches over through /dev/shm: as many as its free space holds (shared_memory.py).
     cached = decode_cache.cache_refusal(rows, pipeline, cfg.decode_cache == "on") is None
     loader = shared_memory.fit(workers, batch_size * decode_cache.item_bytes(pipeline, cached))
-    train, val, note = decode_cache.make_loaders(splits, rows, pipeline, batch_size, cfg.seed, loader.workers, device,
-                                                 channels_last=CHANNELS_LAST, enabled=cfg.decode_cache == "on",
-                                                 prefetch_factor=loader.prefetch_factor)
+    train, val, note = decode_cache.make_loaders(
+        splits,
+        rows,
+        pipeline,
+        batch_size,
+        cfg.seed,
+        loader.workers,
+        device,
+        channels_last=CHANNELS_LAST,
+        enabled=cfg.decode_cache == "on",
+        prefetch_factor=loader.prefetch_factor,
+    )
     return RunData(index, splits, rows, pipeline, batch_size, batch_note, loader.workers, train, val, note, loader)
 
 
 def load_model(cfg: RunConfig, num_classes: int, device: torch.device) -> backbones.Backbone:
     """The pretrained body (or random, for scratch) and a new head, on the device."""
-    bb = backbones.create_backbone(cfg.backbone, num_classes, weights=cfg.weights_to_load,
-                                   head=cfg.head, hidden=cfg.hidden, dropout=cfg.dropout, in_channels=cfg.in_channels)
+    bb = backbones.create_backbone(
+        cfg.backbone,
+        num_classes,
+        weights=cfg.weights_to_load,
+        head=cfg.head,
+        hidden=cfg.hidden,
+        dropout=cfg.dropout,
+        in_channels=cfg.in_channels,
+    )
     bb.model = bb.model.to(device, memory_format=torch.channels_last if CHANNELS_LAST else torch.preserve_format)
     return bb
 
 
-def frozen_features(cfg: RunConfig, bb: backbones.Backbone, d: RunData, device: torch.device,
-                    amp: torch.dtype | None, check: Callable[[], None] | None = None) -> feature_cache.FrozenFeatures:
+def frozen_features(
+    cfg: RunConfig,
+    bb: backbones.Backbone,
+    d: RunData,
+    device: torch.device,
+    amp: torch.dtype | None,
+    check: Callable[[], None] | None = None,
+) -> feature_cache.FrozenFeatures:
     """The run's cache of frozen groups' output (feature_cache.py), as its settings ask for it."""
-    return feature_cache.FrozenFeatures(bb, d.splits, d.rows, d.pipeline, views=cfg.feature_views,
-                                        batch_size=d.batch_size, seed=cfg.seed, device=device, workers=d.workers,
-                                        channels_last=CHANNELS_LAST, check=check, enabled=_feature_cache_enabled(cfg),
-                                        precision=feature_cache.extraction_dtype(cfg.feature_precision, device, amp))
+    return feature_cache.FrozenFeatures(
+        bb,
+        d.splits,
+        d.rows,
+        d.pipeline,
+        views=cfg.feature_views,
+        batch_size=d.batch_size,
+        seed=cfg.seed,
+        device=device,
+        workers=d.workers,
+        channels_last=CHANNELS_LAST,
+        check=check,
+        enabled=_feature_cache_enabled(cfg),
+        precision=feature_cache.extraction_dtype(cfg.feature_precision, device, amp),
+    )
 
 
 def _feature_cache_enabled(cfg: RunConfig) -> bool | str:
     if cfg.feature_cache != "on":
         return False
     if cfg.adapt != "none":
-        return ("off: --adapt runs target-domain images through the whole model at every step, "
-                "so there are no frozen features to reuse")
+        return (
+            "off: --adapt runs target-domain images through the whole model at every step, "
+            "so there are no frozen features to reuse"
+        )
     return True
 
 

@@ -30,9 +30,15 @@ def pick_device(preference: str) -> torch.device:
 
 
 def environment(device: torch.device) -> dict:
-    env = {"torch": torch.__version__, "torchvision": version("torchvision"), "timm": version("timm"),
-           "python": platform.python_version(), "device": str(device), "threads": torch.get_num_threads(),
-           "cpus": os.cpu_count()}
+    env = {
+        "torch": torch.__version__,
+        "torchvision": version("torchvision"),
+        "timm": version("timm"),
+        "python": platform.python_version(),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+    }
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     return env
@@ -59,19 +65,37 @@ def cudnn_benchmark(cfg: RunConfig, steps: int) -> tuple[bool, str]:
     if cfg.cudnn_benchmark != "auto":
         return cfg.cudnn_benchmark == "on", f"{cfg.cudnn_benchmark} (--cudnn-benchmark)"
     on = steps >= BENCHMARK_MIN_STEPS
-    return on, (f"{'on' if on else 'off'} (auto: {steps:,} training steps, {'at least' if on else 'under'} the "
-                f"{BENCHMARK_MIN_STEPS:,} its search pays back in)")
+    return on, (
+        f"{'on' if on else 'off'} (auto: {steps:,} training steps, {'at least' if on else 'under'} the "
+        f"{BENCHMARK_MIN_STEPS:,} its search pays back in)"
+    )
 
 
-def ready_gpu(cfg: RunConfig, model: nn.Module, plan: Finetuning, d: RunData, loss_fn: nn.Module,
-              amp: torch.dtype | None, device: torch.device) -> dict:
+def ready_gpu(
+    cfg: RunConfig,
+    model: nn.Module,
+    plan: Finetuning,
+    d: RunData,
+    loss_fn: nn.Module,
+    amp: torch.dtype | None,
+    device: torch.device,
+) -> dict:
     """On a GPU, before the frozen features are computed: cuDNN's mode for this run, and one probe step
     at the widest the strategy will train (gpu_memory.probe_step). A run that would not fit is
     refused here, with a batch size that would. Returns what the run's summary records of both."""
     torch.backends.cudnn.benchmark, why = cudnn_benchmark(cfg, cfg.epochs * len(d.train))
-    probe = gpu_memory.probe_step(model, plan.groups, plan.widest(), (d.batch_size, cfg.in_channels, cfg.image_size,
-                                  cfg.image_size), loss_fn, amp, cfg.optimizer, device, CHANNELS_LAST,
-                                  forwards=2 if cfg.adapt != "none" else 1)
+    probe = gpu_memory.probe_step(
+        model,
+        plan.groups,
+        plan.widest(),
+        (d.batch_size, cfg.in_channels, cfg.image_size, cfg.image_size),
+        loss_fn,
+        amp,
+        cfg.optimizer,
+        device,
+        CHANNELS_LAST,
+        forwards=2 if cfg.adapt != "none" else 1,
+    )
     if not probe.fits():
         raise UserError(probe.advice(torch.cuda.get_device_name(device)))
     return {"cudnn_benchmark": why, "gpu_memory": probe.summary()}
@@ -95,8 +119,11 @@ class StartupClock:
         """What the run's summary records, with `last_step` the one ending now: start-up's seconds,
         the time of the first batch, and each step's seconds."""
         self.mark(last_step)
-        return {"startup_seconds": round(self._last - self.started, 3), "first_batch_at": time.time(),
-                "startup": dict(self.steps)}
+        return {
+            "startup_seconds": round(self._last - self.started, 3),
+            "first_batch_at": time.time(),
+            "startup": dict(self.steps),
+        }
 
 
 def warm_cuda() -> bool:

@@ -14,7 +14,7 @@ import os
 import signal
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from ..store.store import Run, Store
 

@@ -33,8 +33,8 @@ of a random network mean nothing).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from ..errors import UserError
 from ..registry import Registry
@@ -94,9 +94,11 @@ class Strategy:
     def _bn_warnings(self, n_groups: int, epochs: int, p: StrategyParams) -> list[str]:
         if p.bn != "train" or not self.unfreezes(n_groups, epochs, p):
             return []
-        return [f"--bn train with --strategy {self.name}: at each unfreeze the newly trained groups' BatchNorm "
-                f"switches from the pretrained statistics the head learned on to batch statistics, and the "
-                f"accuracy drops (two_phase on the demo data: see BENCHMARKS.md); --bn frozen keeps them"]
+        return [
+            f"--bn train with --strategy {self.name}: at each unfreeze the newly trained groups' BatchNorm "
+            f"switches from the pretrained statistics the head learned on to batch statistics, and the "
+            f"accuracy drops (two_phase on the demo data: see BENCHMARKS.md); --bn frozen keeps them"
+        ]
 
 
 def discriminative(n: int, n_groups: int, decay: float) -> list[float]:
@@ -151,8 +153,10 @@ class Partial(Strategy):
     def validate(self, n_groups, epochs, p):
         _check_decay(p)
         if not 1 <= p.unfreeze <= n_groups - 1:
-            raise UserError(f"--unfreeze {p.unfreeze}: this backbone has {n_groups - 1} layer groups "
-                            f"below the head; choose 1 to {n_groups - 1}")
+            raise UserError(
+                f"--unfreeze {p.unfreeze}: this backbone has {n_groups - 1} layer groups "
+                f"below the head; choose 1 to {n_groups - 1}"
+            )
 
 
 @register_strategy
@@ -169,8 +173,10 @@ class Full(Strategy):
 
     def validate(self, n_groups, epochs, p):
         if p.head_lr_factor <= 0:
-            raise UserError(f"--head-lr-factor {p.head_lr_factor}: must be > 0 (10 trains the new head at "
-                            f"10x the pretrained layers' LR)")
+            raise UserError(
+                f"--head-lr-factor {p.head_lr_factor}: must be > 0 (10 trains the new head at "
+                f"10x the pretrained layers' LR)"
+            )
 
 
 @register_strategy
@@ -192,8 +198,9 @@ class TwoPhase(Strategy):
 
     def validate(self, n_groups, epochs, p):
         if not 1 <= p.head_epochs < epochs:
-            raise UserError(f"--head-epochs {p.head_epochs}: the head-only phase must last 1 to "
-                            f"{epochs - 1} epochs of the {epochs}")
+            raise UserError(
+                f"--head-epochs {p.head_epochs}: the head-only phase must last 1 to {epochs - 1} epochs of the {epochs}"
+            )
         if p.phase2_lr_factor <= 0:
             raise UserError("--phase2-lr-factor must be > 0 (0.1 trains the second phase at LR/10)")
 
@@ -253,8 +260,10 @@ class Progressive(Strategy):
         if p.unfreeze_every < 1 or p.patience < 1:
             raise UserError("--unfreeze-every and --patience must be at least 1 epoch")
         if not 0 < p.stage_lr_factor <= 1:
-            raise UserError(f"--stage-lr-factor {p.stage_lr_factor}: must be in (0, 1] (0.5 halves every "
-                            f"group's LR at each unfreezing step; 1 keeps it)")
+            raise UserError(
+                f"--stage-lr-factor {p.stage_lr_factor}: must be in (0, 1] (0.5 halves every "
+                f"group's LR at each unfreezing step; 1 keeps it)"
+            )
 
     def warnings(self, n_groups, epochs, p):
         said = self._bn_warnings(n_groups, epochs, p)
@@ -264,8 +273,10 @@ class Progressive(Strategy):
         if reached >= n_groups:
             return said
         needed = 1 + (n_groups - 1) * p.unfreeze_every
-        return said + [f"progressive unfreezes {reached} of {n_groups} groups in {epochs} epochs (one more every "
-                       f"{p.unfreeze_every}); raise --epochs to {needed} or lower --unfreeze-every to train them all"]
+        return said + [
+            f"progressive unfreezes {reached} of {n_groups} groups in {epochs} epochs (one more every "
+            f"{p.unfreeze_every}); raise --epochs to {needed} or lower --unfreeze-every to train them all"
+        ]
 
 
 @register_strategy
@@ -280,5 +291,6 @@ class Scratch(Strategy):
 
 def _check_decay(p: StrategyParams) -> None:
     if p.lr_decay < 1:
-        raise UserError(f"--lr-decay {p.lr_decay}: must be at least 1 (2.6 to 10 is usual; "
-                        f"1 gives every group the same LR)")
+        raise UserError(
+            f"--lr-decay {p.lr_decay}: must be at least 1 (2.6 to 10 is usual; 1 gives every group the same LR)"
+        )

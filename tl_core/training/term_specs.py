@@ -63,20 +63,43 @@ def _declare(registry: Registry, spec: TermSpec) -> None:
 # --- regularisers: keep what was pretrained (regularizers.py) --------------------------------
 
 _PULL = ("reg_strength", "head_reg_strength")
-_declare(REGULARIZERS, RegularizerSpec(
-    "l2sp", "L2-SP", "Pull the pretrained weights toward their starting point: alpha/2 ||w - w0||^2.", _PULL))
-_declare(REGULARIZERS, RegularizerSpec(
-    "ewc", "EWC", "L2-SP weighted by the pretrained task's Fisher information: important weights held harder.",
-    (*_PULL, "fisher_images"), needs_fisher=True))
+_declare(
+    REGULARIZERS,
+    RegularizerSpec(
+        "l2sp", "L2-SP", "Pull the pretrained weights toward their starting point: alpha/2 ||w - w0||^2.", _PULL
+    ),
+)
+_declare(
+    REGULARIZERS,
+    RegularizerSpec(
+        "ewc",
+        "EWC",
+        "L2-SP weighted by the pretrained task's Fisher information: important weights held harder.",
+        (*_PULL, "fisher_images"),
+        needs_fisher=True,
+    ),
+)
 
 # --- domain adaptation: cross from the source domain to the target (adaptation.py) -----------
 
-_declare(ADAPTATIONS, AdaptationSpec(
-    "dann", "DANN", "A domain discriminator behind a gradient-reversal layer: features the two domains share.",
-    ("adapt_strength",)))
-_declare(ADAPTATIONS, AdaptationSpec(
-    "mmd", "MMD", "A multi-kernel Gaussian MMD between source and target features, minimised with the task.",
-    ("adapt_strength",)))
+_declare(
+    ADAPTATIONS,
+    AdaptationSpec(
+        "dann",
+        "DANN",
+        "A domain discriminator behind a gradient-reversal layer: features the two domains share.",
+        ("adapt_strength",),
+    ),
+)
+_declare(
+    ADAPTATIONS,
+    AdaptationSpec(
+        "mmd",
+        "MMD",
+        "A multi-kernel Gaussian MMD between source and target features, minimised with the task.",
+        ("adapt_strength",),
+    ),
+)
 
 
 def check_strength(value: float, flag: str, meaning: str) -> float:

@@ -19,19 +19,20 @@ two passes: DAN's paper (Long et al. 2015, AlexNet) had no BatchNorm to tell the
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 from torch import nn
 
-from ..models import backbones
-from ..data import folders, decode_cache
-from ..data.splits import Splits, batch_size_for
 from ..analysis import forgetting
-from . import adaptation as adaptations, regularizers
 from ..config import RunConfig
+from ..data import decode_cache, folders
+from ..data.splits import Splits, batch_size_for
 from ..errors import UserError
+from ..models import backbones
+from . import adaptation as adaptations
+from . import regularizers
 from .run_data import RunData
 
 
@@ -83,9 +84,13 @@ class Terms:
             parts["domain_loss"] = self.adaptation.loss(features[:sources], features[sources:], run_progress)
         if not parts:
             return None, {}
-        logged = {**{k: v.detach().float() for k, v in parts.items()},
-                  **{k: torch.as_tensor(v, dtype=torch.float32) for k, v in (self.adaptation.stats if self.adaptation
-                                                                             else {}).items()}}
+        logged = {
+            **{k: v.detach().float() for k, v in parts.items()},
+            **{
+                k: torch.as_tensor(v, dtype=torch.float32)
+                for k, v in (self.adaptation.stats if self.adaptation else {}).items()
+            },
+        }
         return sum(parts.values()), logged
 
     def modules(self) -> list[nn.Module]:
@@ -145,9 +150,16 @@ class TargetData:
 
     def describe(self) -> dict:
         train, val = self.index.items["train"], self.index.items["val"]
-        return {"data": self.index.root, "layout": self.index.layout, "labelled": self.labelled,
-                "images": len({it.path for it in train + val}), "adapted_on": len(train), "evaluated_on": len(val),
-                "skipped": len(self.index.skipped), "decode_cache": self.note}
+        return {
+            "data": self.index.root,
+            "layout": self.index.layout,
+            "labelled": self.labelled,
+            "images": len({it.path for it in train + val}),
+            "adapted_on": len(train),
+            "evaluated_on": len(val),
+            "skipped": len(self.index.skipped),
+            "decode_cache": self.note,
+        }
 
 
 def load_target(cfg: RunConfig, d: RunData, device: torch.device, channels_last: bool) -> TargetData | None:
@@ -158,14 +170,23 @@ def load_target(cfg: RunConfig, d: RunData, device: torch.device, channels_last:
     index, labelled = folders.scan_target(cfg.target_data, d.classes, cfg.in_channels)
     splits = Splits(d.classes, index.items["train"], index.items["val"], index)
     batch_size = min(d.batch_size, batch_size_for(None, len(splits.train))[0])
-    train, val, note = decode_cache.make_loaders(splits, decode_cache.DatasetRows.of(index), d.pipeline, batch_size,
-                                            cfg.seed + 1, 0, device, channels_last=channels_last,
-                                            enabled=cfg.decode_cache == "on")
+    train, val, note = decode_cache.make_loaders(
+        splits,
+        decode_cache.DatasetRows.of(index),
+        d.pipeline,
+        batch_size,
+        cfg.seed + 1,
+        0,
+        device,
+        channels_last=channels_last,
+        enabled=cfg.decode_cache == "on",
+    )
     return TargetData(index, labelled, train, val, note)
 
 
-def make_terms(cfg: RunConfig, bb: backbones.Backbone, d: RunData, device: torch.device,
-               channels_last: bool) -> tuple[Terms, dict]:
+def make_terms(
+    cfg: RunConfig, bb: backbones.Backbone, d: RunData, device: torch.device, channels_last: bool
+) -> tuple[Terms, dict]:
     """The run's terms beside cross-entropy, set up on the weights training starts from; and what
     to say of them in the run's summary."""
     said: dict = {}
@@ -175,11 +196,17 @@ def make_terms(cfg: RunConfig, bb: backbones.Backbone, d: RunData, device: torch
         fisher = None
         if regularizer.needs_fisher:
             fisher, n = _fisher(cfg, bb, d, body, device, channels_last)
-            said["fisher"] = {"images": n, "source": "the pretrained model's own predictive distribution (its "
-                              "ImageNet classifier) on the run's training images: no source data at hand"}
+            said["fisher"] = {
+                "images": n,
+                "source": "the pretrained model's own predictive distribution (its "
+                "ImageNet classifier) on the run's training images: no source data at hand",
+            }
         regularizer.setup(body, list(bb.groups[-1].parameters()), fisher)
-        said["regularizer"] = {"name": regularizer.name, "optimizer": cfg.optimizer,
-                               "pull": regularizer_pull(regularizer.spec.label, cfg.optimizer)}
+        said["regularizer"] = {
+            "name": regularizer.name,
+            "optimizer": cfg.optimizer,
+            "pull": regularizer_pull(regularizer.spec.label, cfg.optimizer),
+        }
     adaptation = None
     if cfg.adapt != "none":
         adaptation = adaptations.make_adaptation(cfg.adapt, cfg.adapt_strength, _feature_dim(bb))
@@ -204,8 +231,10 @@ def regularizer_pull(label: str, optimizer: str) -> str:
     run's summary, and in the README."""
     if optimizer == "sgd":
         return f"{label}'s penalty in the loss under SGD, as in its paper: each weight pulled by LR x alpha x (w - w0)"
-    return (f"{label}'s penalty in the loss under {optimizer.upper()}, which rescales its pull per weight by Adam's "
-            f"running gradient RMS (its paper used SGD: --optimizer sgd for the paper's form)")
+    return (
+        f"{label}'s penalty in the loss under {optimizer.upper()}, which rescales its pull per weight by Adam's "
+        f"running gradient RMS (its paper used SGD: --optimizer sgd for the paper's form)"
+    )
 
 
 def _feature_dim(bb: backbones.Backbone) -> int:
@@ -213,8 +242,7 @@ def _feature_dim(bb: backbones.Backbone) -> int:
     return first.in_features
 
 
-def _fisher(cfg: RunConfig, bb: backbones.Backbone, d: RunData, body: list, device: torch.device,
-            channels_last: bool):
+def _fisher(cfg: RunConfig, bb: backbones.Backbone, d: RunData, body: list, device: torch.device, channels_last: bool):
     """EWC's diagonal Fisher, with the pretrained ImageNet classifier put back on the body for the
     estimate (the pretrained task's predictive distribution), the new head restored after."""
     new_head = bb.head
@@ -222,8 +250,17 @@ def _fisher(cfg: RunConfig, bb: backbones.Backbone, d: RunData, body: list, devi
     try:
         # The training images as validation sees them (never augmented), in a fixed order.
         splits = Splits(d.classes, d.splits.train, d.splits.train, d.index)
-        _, unaugmented, _ = decode_cache.make_loaders(splits, d.rows, d.pipeline, d.batch_size, cfg.seed, 0, device,
-                                                 channels_last=channels_last, enabled=cfg.decode_cache == "on")
+        _, unaugmented, _ = decode_cache.make_loaders(
+            splits,
+            d.rows,
+            d.pipeline,
+            d.batch_size,
+            cfg.seed,
+            0,
+            device,
+            channels_last=channels_last,
+            enabled=cfg.decode_cache == "on",
+        )
         images = (x for x, y in unaugmented if len(y))
         return regularizers.estimate_fisher(bb.model, body, images, cfg.fisher_images, seed=cfg.seed)
     finally:

@@ -67,12 +67,15 @@ def upgrade(engine: Engine) -> None:
             from alembic import command
             from alembic.script import ScriptDirectory
 
-            if found is not None and found not in {s.revision for s in ScriptDirectory.from_config(
-                    config()).walk_revisions()}:
-                raise UserError(f"{engine.url.render_as_string(hide_password=True)} is at schema revision "
-                                f"{found}, which this TransferLab does not know (its newest is {HEAD}): a newer "
-                                f"release made it. Upgrade TransferLab (git pull; pip install -r "
-                                f"requirements.txt) to open it.")
+            if found is not None and found not in {
+                s.revision for s in ScriptDirectory.from_config(config()).walk_revisions()
+            }:
+                raise UserError(
+                    f"{engine.url.render_as_string(hide_password=True)} is at schema revision "
+                    f"{found}, which this TransferLab does not know (its newest is {HEAD}): a newer "
+                    f"release made it. Upgrade TransferLab (git pull; pip install -r "
+                    f"requirements.txt) to open it."
+                )
             command.upgrade(config(c), "head")
 
 
@@ -131,7 +134,6 @@ def new_revision(message: str, url: str) -> None:
     engine = create_engine(url)
     try:
         with engine.connect() as c:
-            command.revision(config(c), message=message, autogenerate=True,
-                             rev_id=f"{int(HEAD) + 1:04d}")
+            command.revision(config(c), message=message, autogenerate=True, rev_id=f"{int(HEAD) + 1:04d}")
     finally:
         engine.dispose()

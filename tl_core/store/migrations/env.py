@@ -13,11 +13,12 @@ def run() -> None:
 
     connection = context.config.attributes.get("connection")
     if connection is None:
-        raise RuntimeError("run the migrations through tl_core.store.migrations.upgrade(engine), which hands "
-                           "Alembic a connection (there is no alembic.ini with a URL)")
+        raise RuntimeError(
+            "run the migrations through tl_core.store.migrations.upgrade(engine), which hands "
+            "Alembic a connection (there is no alembic.ini with a URL)"
+        )
     # render_as_batch: a revision that alters a column gets SQLite's copy-and-move, not an ALTER it lacks.
-    context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True,
-                      compare_type=True)
+    context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True, compare_type=True)
     with context.begin_transaction():
         context.run_migrations()
 

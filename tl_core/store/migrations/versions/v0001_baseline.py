@@ -138,8 +138,10 @@ def _bring_runs_up(bind: sa.engine.Connection) -> None:
     runs = sa.table("runs", sa.column("id", sa.Integer), sa.column("uid", sa.String))
     without = bind.execute(sa.select(runs.c.id).where(runs.c.uid.is_(None))).scalars().all()
     if without:
-        bind.execute(sa.update(runs).where(runs.c.id == sa.bindparam("run_id")).values(uid=sa.bindparam("new_uid")),
-                     [{"run_id": i, "new_uid": uuid.uuid4().hex} for i in without])
+        bind.execute(
+            sa.update(runs).where(runs.c.id == sa.bindparam("run_id")).values(uid=sa.bindparam("new_uid")),
+            [{"run_id": i, "new_uid": uuid.uuid4().hex} for i in without],
+        )
     names = sa.inspect(bind)  # a new inspector: the one above cached the columns before they were added
     uid = next(c for c in names.get_columns("runs") if c["name"] == "uid")
     index = any(i["name"] == "ix_runs_uid" for i in names.get_indexes("runs"))
