@@ -4,7 +4,7 @@
 # The pinned torch/torchvision pair in requirements.txt is the CUDA build on Linux x86_64: torch 2.14.1
 # is built with CUDA 13.0, which needs an NVIDIA driver 580 or newer on the host.
 # --shm-size: the training runs' DataLoader workers hand their batches over through /dev/shm, of
-# which Docker gives 64 MB (tl_core/shm.py).
+# which Docker gives 64 MB (tl_core/data/shared_memory.py).
 # BASE: the image this one builds on; docker/check-image.sh gives a Debian one made locally where no
 # image registry can be reached.
 ARG BASE=python:3.11-slim

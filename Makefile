@@ -2,7 +2,7 @@
 #   make start   dashboard + worker on the embedded default (SQLite, demo data, offline Lite0);
 #                Ctrl-C stops both (a training run stops at its next batch, resumes on the next start)
 #   make stop    stop a worker left running (started by a dashboard, or in another terminal)
-#   make test    the whole test suite (what .ci/run runs)
+#   make test    the lint and type checks, then the whole test suite (what .ci/run runs)
 # Each installs what it needs on first use (a virtualenv in .venv) and is quick after.
 
 PYTHON ?= python3
@@ -11,7 +11,7 @@ PY     := $(VENV)/bin/python
 HOST   ?= 127.0.0.1
 PORT   ?= 8501
 
-.PHONY: start stop test install install-dev chromium postgresql
+.PHONY: start stop test lint install install-dev chromium postgresql
 
 $(VENV)/.runtime: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,7 @@ install-dev: $(VENV)/.dev
 data/animals:
 	$(PY) -m tl_core demo-data data
 
-# The service (tl_core/supervisor.py): the worker first, then the dashboard; the worker is
+# The service (tl_core/executors/supervisor.py): the worker first, then the dashboard; the worker is
 # restarted if it dies, and runs a previous worker left running resume from their checkpoints.
 start: $(VENV)/.runtime data/animals
 	$(PY) -m tl_core serve --host $(HOST) --port $(PORT)
@@ -54,5 +54,11 @@ postgresql:
 # PostgreSQL), so the other process runs tests meanwhile. Tests that must not run at once share an
 # xdist_group (loadgroup keeps a group in one process); the slow ones start first (tests/conftest.py).
 # Settings and markers: pyproject.toml.
-test: $(VENV)/.dev chromium postgresql
+test: lint chromium postgresql
 	$(PY) -m pytest tests -q --durations=10 -n 2 --dist loadgroup
+
+# ruff (lint, then format: `$(VENV)/bin/ruff format .` fixes it) and mypy on tl_core; pyproject.toml.
+lint: $(VENV)/.dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy

@@ -593,7 +593,7 @@ def _cudnn_lines(r: dict) -> list[str]:
         f"({on['img/s'] / off['img/s']:.2f}x); the first step takes {on['first step s']:.1f} s on, "
         f"{off['first step s']:.1f} s off, and the first at a new batch shape {on['first step at a new shape s']:.1f} "
         f"s on, {off['first step at a new shape s']:.1f} s off. Runs turn it on only when long enough to pay "
-        "the search back (`--cudnn-benchmark auto`, train.py).",
+        "the search back (`--cudnn-benchmark auto`, training/startup.py).",
         "",
     ]
 

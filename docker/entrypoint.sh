@@ -1,7 +1,7 @@
 #!/bin/sh
 # Starts TransferLab in the container, with every piece of state (database, checkpoints, weights
 # cache, demo data) under $TL_STATE. One optional command:
-#   serve (default)  the service (tl_core/supervisor.py), under tini: the worker, restarted if it dies
+#   serve (default)  the service (tl_core/executors/supervisor.py), under tini: the worker, restarted if it dies
 #                    (runs left running before a restart resume from their checkpoints), and the
 #                    dashboard; `docker stop` stops both, each training run at its next batch
 #   dashboard        the pages only (TL_NO_WORKER=1): the workers run in other containers/machines

@@ -1,7 +1,7 @@
 #!/bin/sh
 # The image's health check (the Dockerfile's HEALTHCHECK), by what the entrypoint serves:
 #   serve, dashboard  the dashboard answers its health endpoint (in serve, a worker that dies is
-#                     restarted by the service itself: tl_core/supervisor.py)
+#                     restarted by the service itself: tl_core/executors/supervisor.py)
 #   worker            this container's worker heartbeats in the store: `python -m tl_core worker
 #                     --health` exits 1 once its heartbeat is older than TL_WORKER_TIMEOUT_S
 # docker-compose.yml's worker service asks the worker the same way.

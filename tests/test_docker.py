@@ -237,7 +237,7 @@ def _bytes(size: str) -> int:
 def test_the_compose_file_gives_shared_memory_a_worker_health_check_and_a_private_database():
     services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
     # Every service that trains or measures (the worker; the pages' measurements) gets more than
-    # Docker's 64 MB of /dev/shm for its DataLoader workers (tl_core/shm.py).
+    # Docker's 64 MB of /dev/shm for its DataLoader workers (tl_core/data/shared_memory.py).
     for name in ("dashboard", "worker"):
         assert _bytes(services[name]["shm_size"]) >= 2 * 1024**3, name
     # The worker's health: its heartbeat in the store (worker --health), not the dashboard's page.

@@ -1,4 +1,4 @@
-"""The LR range test (tl_core/lr_finder.py): the suggestion rules on known curves, state restored bit
+"""The LR range test (tl_core/analysis/lr_finder.py): the suggestion rules on known curves, state restored bit
 for bit, repeatable under a seed, stopped on divergence, per-group LR ratios kept, a suggestion
 that agrees with a grid of real runs, and errors that name the setting."""
 

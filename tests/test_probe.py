@@ -1,4 +1,4 @@
-"""The probe (tl_core/probe.py): real measurements on real small data, the table, the verdict."""
+"""The probe (tl_core/analysis/data_probe.py): real measurements on real small data, the table, the verdict."""
 
 from __future__ import annotations
 

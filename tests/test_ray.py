@@ -1,4 +1,4 @@
-"""Ray as the cluster executor (tl_core/ray_executor.py): queued runs trained as Ray tasks.
+"""Ray as the cluster executor (tl_core/executors/ray_executor.py): queued runs trained as Ray tasks.
 
 A two-CPU Ray cluster is started once for the module in a process of its own, and the executor
 (`python -m tl_core worker` with TL_EXECUTOR=ray) joins it through RAY_ADDRESS, as it would join a

@@ -1,4 +1,4 @@
-"""Shared memory and DataLoader workers (tl_core/shm.py): a run under a small /dev/shm trains with
+"""Shared memory and DataLoader workers (tl_core/data/shared_memory.py): a run under a small /dev/shm trains with
 fewer workers; a worker that cannot hand its batch over, or dies, fails the run at once, never a stall.
 
 The runs under a small /dev/shm train in a private mount namespace whose /dev/shm is a tmpfs of a

@@ -1,4 +1,4 @@
-"""tl_core/stats.py: calibrated verdicts on paired differences between strategies, Holm's
+"""tl_core/analysis/stats.py: calibrated verdicts on paired differences between strategies, Holm's
 correction over many pairs, seeds needed, and where data-efficiency curves cross.
 
 Each test fails if the behaviour breaks: a null difference is called a win more often than the

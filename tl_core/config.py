@@ -1,6 +1,6 @@
 """RunConfig: every setting of a run, validated before anything is queued or trained.
 
-The one declaration of a run's settings: the CLI makes a flag of each field (cli.py), and the
+The one declaration of a run's settings: the CLI makes a flag of each field (cli/parser.py), and the
 New run form reads each field's choices and default from here (`choices`, `default`).
 
 A setting that names a registered method (`--regularizer`, `--adapt`) is a str checked against
@@ -190,7 +190,7 @@ class RunConfig(BaseModel):
     name: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     workers: int | None = Field(None, ge=0, description="DataLoader workers; None picks by CPU count")
-    # speed: caches and hardware (see tl_core/features.py, tl_core/decoded.py)
+    # speed: caches and hardware (see tl_core/training/feature_cache.py, tl_core/data/decode_cache.py)
     feature_cache: Literal["on", "off"] = Field(
         "on", description="train above frozen layers on their output, computed once and cached on disk"
     )

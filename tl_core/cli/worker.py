@@ -47,7 +47,7 @@ def cmd_worker(args) -> int:
         raise UserError("--max-concurrent must be at least 1")
     logs.timed()  # read later: worker.log, the service's output, a container's log
     executor = settings.current().executor
-    if executor == "ray":  # the runs train on a Ray cluster (tl_core/ray_executor.py)
+    if executor == "ray":  # the runs train on a Ray cluster (tl_core/executors/ray_executor.py)
         from ..executors.ray_executor import RayExecutor  # ray: imported where TL_EXECUTOR=ray only
 
         RayExecutor(args.db or default_db_url(), args.max_concurrent, args.poll).serve()

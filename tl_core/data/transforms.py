@@ -2,7 +2,7 @@
 
 The transforms follow the weights' own preprocessing (mean/std, resize interpolation, crop
 ratio, weights.py) at the run's image size. Validation always uses the deterministic transform;
-augmentation is for training only. decoded.py shares `augmentations` for its cached path.
+augmentation is for training only. decode_cache.py shares `augmentations` for its cached path.
 Images of other than 3 channels (--in-channels) come as float tensors from data.load_pixels and
 take the same resizes and crops, normalised per channel; their augmentation has no colour jitter.
 """

@@ -16,7 +16,7 @@ device, so each is a GPU of its own here, with its own memory). Without an NVIDI
 cannot start) there are none: runs train on the CPU.
 
 A run *settles* once it has recorded its first epoch: by then its peak is in the memory NVML
-reports (even a strategy that unfreezes more later: its probe step, memory.py, has run the widest
+reports (even a strategy that unfreezes more later: its probe step, training/gpu_memory.py, has run the widest
 phase at start, and PyTorch's allocator keeps what that took; the optimizer's state for groups
 unfrozen later is what TL_GPU_MARGIN_MB is also for). Until then its GPU takes no other run, or
 two runs starting together could each see the other's memory as free. A job counts as settling
@@ -209,7 +209,7 @@ def kind(config: Mapping) -> tuple:
 def peaks(store: Store) -> dict[tuple, float]:
     """The GPU memory (MiB, PyTorch's allocations) each kind of run took, from the completed runs
     that recorded it: summary.gpu_memory's training peak (`peak_mb`) or, where larger, what its
-    probe step predicted (`predicted_mb`, memory.py): the probe's blocks stay in the allocator's
+    probe step predicted (`predicted_mb`, training/gpu_memory.py): the probe's blocks stay in the allocator's
     cache, so NVML counts them for the whole run, even where training peaks lower (a head on
     cached features). The largest where runs of a kind differ (their datasets do)."""
     found: dict[tuple, float] = {}

@@ -105,7 +105,7 @@ def train_on_node(run_id: int, db_url: str, cwd: str, env: dict[str, str]) -> di
                 noted = noted or _note_node(store, run_id, proc.pid, node)
                 time.sleep(0.5)
         except KeyboardInterrupt:
-            proc.send_signal(signal.SIGTERM)  # train.py: stops at its next batch, back in the queue
+            proc.send_signal(signal.SIGTERM)  # training/stopping.py: stops at its next batch, back in the queue
             while proc.poll() is None:
                 time.sleep(0.2)
         if not noted:

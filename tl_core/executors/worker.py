@@ -29,7 +29,7 @@ runs that lost their process:
   act on the same run at once.
 
 Stopping (SIGTERM, SIGINT, `python -m tl_core worker --stop`): each training process is asked to
-stop at its next batch (train.py); its run goes back to the queue and continues from its last
+stop at its next batch (training/stopping.py); its run goes back to the queue and continues from its last
 checkpoint on the next start, or at once on another live worker. One still running after
 STOP_GRACE_S is killed (its run is put back all the same). The worker then records its stop.
 
@@ -231,7 +231,7 @@ class Worker(Serving):
             if child.gpu is not None and not child.settled and run.worker_id == self.id and run.status != "queued":
                 self._record_gpu(run, child.gpu)
             if run.status != "running" or run.worker_id != self.id:
-                continue  # it recorded its end, or went back to the queue (train.py), or is another's now
+                continue  # it recorded its end, or went back to the queue (training/stopping.py), or is another's now
             if self.stopping:  # killed after STOP_GRACE_S: an interruption like the others
                 self._lost(run, "stopped with its worker", settings.current().resume_on_restart)
             else:

@@ -1,9 +1,9 @@
 """The service layer: everything a front end asks of the engine, in one place.
 
-The command line (cli.py) and the dashboard (app.py, pages/) both call these functions and
+The command line (cli/) and the dashboard (app.py, pages/) both call these functions and
 nothing deeper, so an operation (queue, cancel, resume, a comparison) behaves the same from
 either, and a new front end (an HTTP API, a notebook) starts here. Nothing here formats for
-a screen: that is cli.py's printing and ui/'s widgets and charts. torch is imported only by
+a screen: that is cli/output.py and ui/'s widgets and charts. torch is imported only by
 what builds or trains a model (the backbone table, a run trained in this process).
 
   catalog    backbones and strategies as tables, what a strategy trains, what to try first

@@ -16,7 +16,7 @@ from .runs import check_run
 
 def probe_data(store: Store, cfg: RunConfig, max_per_class: int = 50, job: str | None = None) -> dict:
     """Images per class and how well frozen pretrained features separate the classes; the strategies
-    to try first and why (probe.py). Stored as a "probe" artifact of cfg.experiment."""
+    to try first and why (analysis/data_probe.py). Stored as a "probe" artifact of cfg.experiment."""
     from ..analysis.data_probe import probe  # torch: only what measures imports it
 
     result = {**probe(cfg, max_per_class=max_per_class).to_dict(), "data": cfg.data, "job": job}

@@ -3,7 +3,7 @@ the images of a confusion-matrix cell, what one run fixed and broke against anot
 A page or command loads a run's predictions once (`run_predictions`) and asks the rest of them.
 
 Nothing here runs a model: the predictions were stored by the best epoch's validation pass
-(predictions.py, train.py).
+(predictions.py, training/loop.py).
 """
 
 from __future__ import annotations

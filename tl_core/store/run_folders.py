@@ -7,7 +7,7 @@
 <runs dir>/workers/<db id>/    one database's worker: worker.pid, worker.log, standby.log
                                (by the database's instance id: a dashboard finds only the
                                worker of its own database).
-<runs dir>/cache/              decoded images and frozen features, shared by content (cache.py).
+<runs dir>/cache/              decoded images and frozen features, shared by content (data/scan_cache.py).
 <runs dir>/jobs/<job id>.log   the output of a page's job (service/jobs.py), where it ran.
 """
 

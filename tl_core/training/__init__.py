@@ -3,7 +3,10 @@
 strategies.py     the strategies and their freeze boundaries (a decorator registry)
 finetuning.py     a run's fine-tuning state: the plan over layer groups, optimizer param groups
 schedules.py      LR schedules
-losses.py, terms.py  the loss's terms beside cross-entropy (regularisers, domain adaptation), composed
+term_specs.py     the loss's terms declared without torch: names, knobs, what each reads (registries)
+regularizers.py   terms toward the pretrained weights: L2-SP, EWC and its Fisher estimate
+adaptation.py     domain adaptation: DANN (gradient reversal, discriminator), multi-kernel MMD
+terms.py          a run's terms set up and composed as one `Terms`; the target domain's batches
 feature_cache.py  frozen groups' output computed once and cached on disk
 gpu_memory.py     will a run fit on its GPU (the probe step); activation checkpointing
 run.py            a run, start to end: `train_run`, and `_fit`, the loop read top to bottom

@@ -5,7 +5,7 @@ image is the same in every epoch. So, for each freeze boundary a strategy sets (
 freeze_to(n): groups 0..n-1 frozen, finetuning.py):
   1. cut the model there into `frozen` (images -> activations) and `rest` (activations ->
      logits): cuts.py;
-  2. compute `frozen` once per image into an on-disk cache (cache.py) keyed by backbone,
+  2. compute `frozen` once per image into an on-disk cache (data/scan_cache.py) keyed by backbone,
      weights, boundary, dataset content and transform; with augmentation, K views per image;
   3. train `rest` on batches of cached activations, sampling one view per image each epoch.
 It is used for a phase when the cache already holds the rows, or when filling it costs no more

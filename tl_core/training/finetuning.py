@@ -3,7 +3,7 @@
 One convention, fastai's: `freeze_to(n)` freezes groups 0..n-1 (stem first) and trains the rest,
 so n = 0 trains everything and n = L-1 (of L groups, the head last) trains the head alone.
 Strategies answer with that boundary (strategies.py), the feature cache cuts there (cuts.py,
-features.py), and this module moves it:
+feature_cache.py), and this module moves it:
   - frozen parameters get no gradient, and frozen groups stay in eval mode, so their BatchNorm
     running statistics do not move and normalise as at inference, as the feature cache computed
     them (Lightning's BaseFinetuning with train_bn=False stops the statistics too, by

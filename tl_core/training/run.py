@@ -167,7 +167,7 @@ def _fit(store: Store, run: Run, cfg: RunConfig, device: torch.device, run_dir: 
     frozen = frozen_features(cfg, bb, d, device, amp, check=raising(stop_requested))
     record.start(cfg, d, bb)  # the summary, written whole: every note after this adds to it
     record.note(**({"class_weights": weighting} if weighting else {}), **gpu)
-    # 3b. The loss's terms beside cross-entropy (losses.py) and the target domain, set up on the
+    # 3b. The loss's terms beside cross-entropy (regularizers.py, adaptation.py) and the target domain, set up on the
     #     weights training starts from, as layer drift is measured from them; the memory levers.
     target = load_target(cfg, d, device, CHANNELS_LAST)
     terms, said = make_terms(cfg, bb, d, device, CHANNELS_LAST)
