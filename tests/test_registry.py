@@ -82,9 +82,9 @@ def test_a_regulariser_declared_in_its_registry_is_a_choice_everywhere_at_once(m
     assert choices("regularizer") == ["none", "l2sp", "ewc", "l2sp_bn"]
     assert knobs("regularizer", "l2sp_bn") == ("reg_strength",)
     assert make_config(data="x", regularizer="l2sp_bn").regularizer == "l2sp_bn"
-    args = cli._parser().parse_args(["run", "--data", "x", "--regularizer", "l2sp_bn"])
+    args = cli.build_parser().parse_args(["run", "--data", "x", "--regularizer", "l2sp_bn"])
     assert make_config(data=args.data, regularizer=args.regularizer).regularizer == "l2sp_bn"
     with pytest.raises(SystemExit):
-        cli._parser().parse_args(["run", "--help"])
+        cli.build_parser().parse_args(["run", "--help"])
     shown = " ".join(capsys.readouterr().out.split())
     assert "--regularizer {none,l2sp,ewc,l2sp_bn}" in shown
