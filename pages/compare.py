@@ -17,23 +17,13 @@ validation). The curves and per-class results are validation's.
 import streamlit as st
 
 from tl_core import service
-from ui import charts, per_class, report, run_diff, session
+from ui import charts, per_class, report, run_diff, session, verdicts
 from ui import format as fmt
 
 session.through_router("compare")  # a deep link on a fresh server goes through app.py
 
 store = session.store()
 GROUP_AT = 12  # more runs than this are drawn as groups of seeds
-
-
-@st.cache_data(show_spinner="Testing the differences…", max_entries=32)
-def statistics(
-    run_ids: tuple[int, ...], progress: tuple, which: str, metric: str, split: str, family: str, best_lr: bool
-) -> list[dict]:
-    runs = store.list_runs(run_ids=run_ids)
-    return service.statistics(
-        runs, store.epoch_metrics(run_ids), which, metric=metric, split=split, family=family, best_lr=best_lr
-    )
 
 
 def from_url(key: str, param: str, cast=str) -> None:
@@ -271,119 +261,8 @@ else:
     b.plotly_chart(charts.group_bands(bands, metrics, "val_loss", min_runs=2), key="bands_loss")
 
 # --- is the difference real? -------------------------------------------------------------------
-progress = tuple((r.id, r.epochs_done, r.status) for r in runs)
-st.subheader("Is the difference real?")
-over_lrs = "lr" in differing and "strategy" in differing
-options = st.columns([3, 3])
-best_lr = over_lrs and options[0].toggle(
-    "Each strategy at its best LR (chosen on validation)",
-    key="compare_best_lr",
-    help="Strategies have different best LRs: compare each at the LR whose mean validation score over seeds is "
-    "highest in each cell, not all at one LR. The verdicts then read " + measure_short,
-)
-apart = [k for k in differing if k != "strategy" and not (best_lr and k == "lr")]  # what makes a cell
-cells = {tuple(repr(r.config.get(k)) for k in apart) for r in runs}
-family = "all"
-if len(cells) > 1:
-    family = {"every pair shown": "all", "each cell's pairs": "cell"}[
-        options[1].segmented_control(
-            "Correct for",
-            ["every pair shown", "each cell's pairs"],
-            default="every pair shown",
-            key="compare_family",
-            help="Holm's correction keeps the chance of any false verdict at 5% over this family of pairs: every pair "
-            "on the page (what you can pick from), or each cell of the grid on its own (a question per cell)",
-        )
-        or "every pair shown"
-    ]
-differences = statistics(tuple(r.id for r in runs), progress, which, metric, split, family, best_lr)
-if best_lr:
-    choices = service.lr_choices(runs, metrics, which, metric)
-    st.dataframe(
-        [
-            {
-                **c["cell"],
-                "strategy": c["strategy"],
-                "best LR": service.lr_text(c["lr"]),
-                "val mean": c["val_mean"],
-                "runs": c["n"],
-                "LRs tried": ", ".join(f"{service.lr_text(t['lr'])}: {t['val_mean']:.1%}" for t in c["tried"]),
-            }
-            for c in choices
-        ],
-        hide_index=True,
-        column_config={
-            "val mean": st.column_config.NumberColumn(f"Val {service.METRICS[metric]} (mean)", format="percent")
-        },
-    )
-    if split == "val":
-        st.caption(
-            ":material/warning: Without a test split these verdicts read the same validation numbers the "
-            "LRs were chosen on, which flatters each strategy's best LR."
-        )
-if not differences:
-    st.caption(
-        "With two or more strategies run on the same settings and seeds, each pair gets a paired t-interval "
-        f"of the difference in {measure_short} here (more seeds, narrower intervals)."
-    )
-else:
-    st.caption(
-        fmt.verdict_method(measure, differences, best_lr) + " A verdict holds for the split(s) it names; "
-        "vary the split (`--split-seeds`) to claim more. **Add N seeds** offers the seeds that would find a "
-        f"difference of the observed size 80% of the time (at most {service.SEEDS_OFFERED} in all)."
-    )
-
-
-def queue_more(members: list, unit: str, add: int) -> list:
-    """`add` more seeds (or splits, where the split is the unit) of exactly these runs' settings."""
-    adder = service.more_splits if unit == "split" else service.more_seeds
-    return adder(store, members, add, launched_by=session.launched_by())
-
-
-unsure = [d for d in differences if service.to_settle(d)]
-if len(differences) <= GROUP_AT:  # a few pairs: each with its own button
-    for i, d in enumerate(differences):
-        where = " · ".join(f"{k} {v}" for k, v in d["cell"].items())
-        line = st.columns([6, 1], vertical_alignment="center")
-        icon = ":material/check_circle:" if d["verdict"] in ("a", "b") else ":material/help:"
-        line[0].markdown(f"{icon} {d['text']}" + (f"  \n:gray[{where}]" if where else ""))
-        if (plan := service.to_settle(d)) and line[1].button(
-            f"Add {plan['add']} {plan['unit']}{'s' * (plan['add'] != 1)}",
-            key=f"more_seeds_{i}",
-            help=f"{plan['text'][0].upper()}{plan['text'][1:]}. Queues them for exactly these two strategies on "
-            f"these settings",
-        ):
-            queued = queue_more([r for r in runs if r.id in set(d["run_ids"])], plan["unit"], plan["add"])
-            st.toast(
-                f"Queued {len(queued)} runs: {d['a']} and {d['b']} with {plan['add']} more "
-                f"{plan['unit']}{'s' * (plan['add'] != 1)} each",
-                icon=":material/add_circle:",
-            )
-else:  # a grid's hundreds of pairs: one table, one button
-    st.dataframe(
-        [
-            {
-                "where": " · ".join(f"{k} {v}" for k, v in d["cell"].items()),
-                "verdict": d["text"],
-                "p (Holm)": d["p_adjusted"],
-            }
-            for d in differences
-        ],
-        hide_index=True,
-        column_config={
-            "verdict": st.column_config.TextColumn("Verdict", width="large"),
-            "p (Holm)": st.column_config.NumberColumn(format="%.3g", width="small"),
-        },
-    )
-    plan = service.settling_plan(runs, unsure)
-    if plan and st.button(
-        f"Add the seeds that would settle the {len(unsure)} pairs not yet told apart",
-        key="more_seeds_all",
-        help="Each group of runs gets the most any of its pairs asks, "
-        f"up to {service.SEEDS_OFFERED} seeds (or splits) in all",
-    ):
-        queued = [r for members, unit, add in plan for r in queue_more(members, unit, add)]
-        st.toast(f"Queued {len(queued)} runs", icon=":material/add_circle:")
+shown = verdicts.is_the_difference_real(store, runs, metrics, differing, which, metric, split)
+best_lr, differences, choices = shown.best_lr, shown.differences, shown.choices
 
 if mode != "Any runs" and (verdict := service.probe_verdict(store, st.session_state["compare_experiment"], which)):
     st.markdown(f":material/science: **The probe before training** recommended a strategy; {verdict}.")

@@ -135,3 +135,30 @@ def test_the_service_package_shadows_none_of_its_modules():
         module = importlib.import_module(f"tl_core.service.{info.name}")
         assert getattr(service, info.name) is module, f"tl_core.service.{info.name} is shadowed by a re-exported name"
     assert callable(service.compare_runs) and service.compare.compare_runs is service.compare_runs
+
+
+LONGEST = 500  # lines: a module past ~400 is two concepts (docs/architecture.md)
+
+
+def test_no_module_of_the_engine_or_the_dashboard_is_past_500_lines():
+    code = [*ENGINE, *sorted((ROOT / "ui").rglob("*.py")), *sorted((ROOT / "pages").glob("*.py")), ROOT / "app.py"]
+    long = {str(p.relative_to(ROOT)): n for p in code if (n := len(p.read_text().splitlines())) > LONGEST}
+    assert long == {}, f"split these by concept: {long}"
+
+
+def test_every_subpackage_of_the_engine_says_what_it_owns():
+    packages = [p for p in (ROOT / "tl_core").iterdir() if (p / "__init__.py").is_file()]
+    assert {p.name for p in packages} >= {
+        "data",
+        "models",
+        "training",
+        "analysis",
+        "inference",
+        "store",
+        "executors",
+        "service",
+        "cli",
+    }
+    for p in packages:
+        doc = ast.get_docstring(ast.parse((p / "__init__.py").read_text()))
+        assert doc and len(doc.split()) >= 8, f"tl_core/{p.name}/__init__.py: a docstring that says what it owns"

@@ -13,14 +13,14 @@ import streamlit as st
 
 from tl_core import service
 from tl_core.errors import UserError
-from tl_core.store.store import Run, Store
+from tl_core.store import Run, Store
 
 from . import charts, gallery
 
 
 def image_by_image(store: Store, runs: Sequence[Run], label: dict[int, str]) -> None:
     """The section, for `runs` (labelled as `label` names them); nothing where no two runs can be compared."""
-    comparable = {r.id: service.references(store, r, runs) for r in runs if r.summary.get("predictions")}
+    comparable = {r.id: service.references(store, r, runs) for r in runs if r.summary.predictions}
     comparable = {i: others for i, others in comparable.items() if others}
     if not comparable:
         return
@@ -46,7 +46,7 @@ def image_by_image(store: Store, runs: Sequence[Run], label: dict[int, str]) -> 
     except UserError as e:
         st.info(str(e), icon=":material/info:")
     else:
-        classes = list(by_id[reference_id].summary.get("classes") or [])
+        classes = list(by_id[reference_id].summary.classes)
         m = st.columns(5)
         m[0].metric("Fixed", len(d.fixed), border=True, help="Wrong in the reference, right in this run")
         m[1].metric("Broken", len(d.broken), border=True, help="Right in the reference, wrong in this run")
