@@ -23,6 +23,7 @@ from pydantic_core import core_schema
 from .data.splits import DEFAULT_BATCH_SIZE
 from .errors import UserError
 from .models.families import get_spec
+from .models.weights import native_size
 from .registry import Registry
 from .training.strategies import StrategyParams, batchnorm_mode, get_strategy
 from .training.term_specs import ADAPTATIONS, REGULARIZERS
@@ -257,8 +258,6 @@ class RunConfig(BaseModel):
 
     def warnings(self) -> list[str]:
         """Settings that run but likely not as meant: said before queueing, kept in the run."""
-        from .models.weights import native_size
-
         n_groups = len(get_spec(self.backbone).body_groups) + 1
         out = get_strategy(self.strategy).warnings(n_groups, self.epochs, self.strategy_params())
         if not self.body_trains():

@@ -239,7 +239,7 @@ def _stacked(batches: feature_cache.FeatureBatches) -> tuple[np.ndarray, np.ndar
 
 def linear_probe_accuracy(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray) -> float:
     """Logistic regression on standardized features: the classic linear probe."""
-    from sklearn.linear_model import LogisticRegression
+    from sklearn.linear_model import LogisticRegression  # scikit-learn: imported only when a probe runs
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 

@@ -72,7 +72,7 @@ def load_animals() -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_digits() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits as sk_load_digits
+    from sklearn.datasets import load_digits as sk_load_digits  # scikit-learn: only for the digits demo
 
     d = sk_load_digits()
     images = (d.images * (255.0 / 16.0)).round().clip(0, 255).astype(np.uint8)  # 0..16 -> 0..255

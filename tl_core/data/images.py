@@ -216,7 +216,7 @@ def _read_hwc(path: Path, channels: int) -> np.ndarray:
         arr = np.load(path, allow_pickle=False)
         _hwc(arr.shape, channels, "an array")
     elif kind == "tiff":
-        import tifffile
+        import tifffile  # only where a TIFF is read
 
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]

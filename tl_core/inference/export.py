@@ -97,7 +97,7 @@ def export(
 
 
 def _onnx(model: torch.nn.Module, example: torch.Tensor, out: Path, meta: str) -> None:
-    import onnx
+    import onnx  # only for an ONNX export
 
     batch = torch.export.Dim("batch", min=1)
     program = torch.onnx.export(

@@ -131,7 +131,7 @@ def from_bundle(path: str | Path) -> Predictor:
     if not path.is_file():
         raise UserError(f"{path} is not a file: pass a run id or the path of an exported bundle")
     if path.suffix == ".onnx":
-        import onnx
+        import onnx  # ONNX and its runtime: only for an ONNX bundle
         import onnxruntime as ort
 
         props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
@@ -224,7 +224,7 @@ def predict(
 
 
 def _heat_maps(predictor: Predictor, x: torch.Tensor, x_raw: np.ndarray, classes: list[int]) -> dict:
-    from ..analysis import gradcam
+    from ..analysis import gradcam  # captum: imported only when heat maps are asked for
 
     classes = list(dict.fromkeys(classes))
     maps = gradcam.grad_cam(predictor.model, backbones.get_spec(predictor.backbone), x, classes)

@@ -97,7 +97,7 @@ class Family:
     def build(self, name: str):
         """The architecture with its original classifier and random weights."""
         if self.source == "package":
-            import timm
+            import timm  # torch and timm: only when a model is built, never to read a family's spec
 
             return timm.create_model("tf_" + name, pretrained=False)
         import torchvision
@@ -171,7 +171,7 @@ class VGG(Family):
     groups = ("block1", "block2", "block3", "block4", "block5", "fc")
 
     def layout(self, m):
-        from torch import nn
+        from torch import nn  # torch: only for a built model (families.py is read without it)
 
         blocks, current = [], []
         for layer in m.features:  # a block ends at each max-pool
@@ -191,7 +191,7 @@ class _MobileNet(Family):
     cam_layer = "features"
 
     def layout(self, m):
-        from torch import nn
+        from torch import nn  # torch: only for a built model (families.py is read without it)
 
         def strided(block) -> bool:
             return any(isinstance(c, nn.Conv2d) and max(c.stride) > 1 for c in block.modules())
@@ -311,7 +311,7 @@ class ViT(Family):
     fixed_image_size = 224
 
     def layout(self, m):
-        import torch
+        import torch  # only for a built model (families.py is read without it)
 
         e = m.encoder
 

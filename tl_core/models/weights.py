@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from .. import settings
+from ..data.scan_cache import file_sha256
 from ..errors import UserError
 from .families import BackboneSpec, PackageWeights, get_spec, list_backbones
 
@@ -47,13 +48,13 @@ def _package(spec: BackboneSpec) -> PackageWeights:
 
 
 def _tv_weights(spec: BackboneSpec):
-    import torchvision
+    import torchvision  # torch and torchvision: only to load weights (queueing checks their presence without)
 
     return torchvision.models.get_model_weights(spec.name).DEFAULT
 
 
 def _cached_path(url: str) -> str:
-    import torch
+    import torch  # for its hub folder only: the worker checks weights without loading torch elsewhere
 
     return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(urlparse(url).path))
 
@@ -111,7 +112,7 @@ def _package_file(spec: BackboneSpec) -> str:
 
 
 def imagenet_state_dict(spec: BackboneSpec, model: nn.Module) -> dict[str, torch.Tensor]:
-    import torch
+    import torch  # only to load weights
 
     if spec.source == "package":
         raw = torch.load(_package_file(spec), map_location="cpu", weights_only=True)
@@ -159,7 +160,7 @@ def _lite_to_timm(raw: dict, repeats: Sequence[int]) -> dict:
 
 
 def file_state_dict(path: str) -> dict[str, torch.Tensor]:
-    import torch
+    import torch  # only to load weights
 
     if not os.path.isfile(path):
         raise UserError(f"--weights {path}: no such file; pass a state_dict saved with torch.save")
@@ -179,7 +180,7 @@ def preprocessing(name: str) -> Preprocessing:
     """Normalisation and resizing taken from the weights' own metadata."""
     spec = get_spec(name)
     if spec.source == "package":
-        from timm.models import get_pretrained_cfg
+        from timm.models import get_pretrained_cfg  # timm: only for its packaged models' preprocessing
 
         cfg = get_pretrained_cfg("tf_" + name).to_dict()
         return Preprocessing(
@@ -211,8 +212,6 @@ def imagenet_top1(name: str) -> float | None:
 def identity(spec: BackboneSpec, loaded: str, seed: int) -> dict:
     """What loaded weights are: a file's hash, a package's version, torchvision's URL, or the
     random init's seed (a key of the feature cache)."""
-    from ..data.scan_cache import file_sha256
-
     if loaded == "none":
         return {"random_init_seed": seed}
     if loaded != "imagenet":

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
+from torch.func import functional_call, grad, vmap
 
 from ..errors import UserError
 from ..registry import Registry
@@ -286,8 +287,6 @@ def _vmap_grads(
     model: nn.Module, names: dict[int, str], params: Sequence[nn.Parameter], x: torch.Tensor, y: torch.Tensor
 ) -> list[torch.Tensor]:
     """Per-image gradients of log p(y_i|x_i) w.r.t. `params`: [B, *shape] each (torch.func)."""
-    from torch.func import functional_call, grad, vmap
-
     keys = [names[id(p)] for p in params]
 
     def log_p(weights: tuple[torch.Tensor, ...], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:

@@ -40,7 +40,7 @@ _in_process = threading.Lock()  # Alembic's `op` and `context` are process-wide:
 
 def config(connection: Connection | None = None):
     """Alembic's Config, made in code: the scripts in this folder, run on `connection`."""
-    from alembic.config import Config
+    from alembic.config import Config  # Alembic: loaded only when a database is checked or upgraded
 
     cfg = Config()
     cfg.set_main_option("script_location", str(FOLDER).replace("%", "%%"))
