@@ -26,7 +26,7 @@ with `state_dict()` and takes it back with `load_state_dict()`, as Lightning's c
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -183,7 +183,7 @@ def restore_optimizer(
     return optimizer
 
 
-def phase_ends(epochs: dict[int, dict[str, float]], precisions: Sequence[dict] = ()) -> list[dict]:
+def phase_ends(epochs: Mapping[int, Mapping[str, float]], precisions: Sequence[dict] = ()) -> list[dict]:
     """Each phase of a run (epochs with the same trainable groups; strategies only unfreeze, so a
     count is never repeated) with its validation numbers at its last epoch, from the recorded
     `epochs` ({0-based epoch: metrics}); epochs counted from 1. The best epoch hides a phase that
