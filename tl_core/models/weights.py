@@ -17,9 +17,9 @@ import importlib.metadata
 import importlib.util
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence, Sized
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 from urllib.parse import urlparse
 
 from .. import settings
@@ -115,7 +115,8 @@ def imagenet_state_dict(spec: BackboneSpec, model: nn.Module) -> dict[str, torch
 
     if spec.source == "package":
         raw = torch.load(_package_file(spec), map_location="cpu", weights_only=True)
-        return _lite_to_timm(raw, [len(stage) for stage in model.blocks])
+        stages = cast(Iterable[Sized], model.blocks)  # timm's EfficientNet: a Sequential of stages
+        return _lite_to_timm(raw, [len(stage) for stage in stages])
     weights = _tv_weights(spec)
     try:
         return weights.get_state_dict(progress=True, check_hash=True, weights_only=True)
@@ -181,7 +182,9 @@ def preprocessing(name: str) -> Preprocessing:
     if spec.source == "package":
         from timm.models import get_pretrained_cfg
 
-        cfg = get_pretrained_cfg("tf_" + name).to_dict()
+        pretrained = get_pretrained_cfg("tf_" + name)
+        assert pretrained is not None  # timm has a pretrained config for every packaged backbone
+        cfg = pretrained.to_dict()
         return Preprocessing(
             tuple(cfg["mean"]),
             tuple(cfg["std"]),
