@@ -420,7 +420,7 @@ def make_loaders(
     stages = {pipeline.stage(True), pipeline.stage(False)}
     images = {s: DecodedImages(rows, s) for s in stages}
     refused = cache_refusal(rows, pipeline, enabled)
-    train: DataLoader | PixelLoader  # transforms' loaders, or the decode cache's
+    train: transforms.EpochLoader | PixelLoader  # transforms' loaders, or the decode cache's
     val: DataLoader | PixelLoader
     if refused is not None:
         train_tf, val_tf = transforms.build_transforms(

@@ -135,7 +135,7 @@ def make_loaders(
     pin_memory: bool = False,
     channels: int = 3,
     prefetch_factor: int = shared_memory.PREFETCH,
-) -> tuple[DataLoader, DataLoader]:
+) -> tuple[EpochLoader, DataLoader]:
     """(train, val) loaders; `workers` and `prefetch_factor` as shared_memory.fit sized them for /dev/shm."""
     g = torch.Generator().manual_seed(seed)
     read = load_image if channels == 3 else partial(read_tensor, channels=channels)

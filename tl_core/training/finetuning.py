@@ -221,6 +221,12 @@ class Finetuning:
         self.val_losses: list[float] = []
 
     @property
+    def planned_boundary(self) -> int:
+        """The boundary, read once an epoch is planned (`plan`, or `load_state_dict` on resume)."""
+        assert self.boundary is not None, "no epoch planned yet"
+        return self.boundary
+
+    @property
     def trainable_groups(self) -> int:
         return len(self.groups) - (self.boundary or 0)
 
@@ -244,7 +250,7 @@ class Finetuning:
 
     def multipliers(self) -> list[float]:
         """Each trainable group's LR as a multiple of the base LR, stem-side first."""
-        return self.strategy.lr_multipliers(self.boundary, len(self.groups), self.params)
+        return self.strategy.lr_multipliers(self.planned_boundary, len(self.groups), self.params)
 
     def train_mode(self, model: nn.Module) -> None:
         set_train_mode(model, self.groups, self.boundary or 0, self.params.bn)
