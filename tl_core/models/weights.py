@@ -39,7 +39,7 @@ class Preprocessing:
     std: tuple[float, ...]
     interpolation: str  # "bilinear" | "bicubic"
     crop_pct: float  # crop size / resize size, e.g. 224 / 256
-    native_size: int
+    native_size: int | None  # None where read back from a run that recorded none (predictor.pipeline_of)
 
 
 def _package(spec: BackboneSpec) -> PackageWeights:
@@ -201,7 +201,11 @@ def preprocessing(name: str) -> Preprocessing:
 def native_size(name: str) -> int:
     """The image size the weights were trained at (for packaged weights without importing timm)."""
     spec = get_spec(name)
-    return _package(spec).native_size if spec.source == "package" else preprocessing(name).native_size
+    if spec.source == "package":
+        return _package(spec).native_size
+    size = preprocessing(name).native_size
+    assert size is not None  # the weights' own metadata has it
+    return size
 
 
 def imagenet_top1(name: str) -> float | None:
