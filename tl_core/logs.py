@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 
 ROOT = "tl_core"
 TIMED = "%(asctime)s %(levelname)s %(module)s[%(process)d]: %(message)s"
@@ -42,7 +43,7 @@ class _Stderr(logging.Handler):
 
 
 class _UtcFormatter(logging.Formatter):
-    converter = time.gmtime
+    converter: Callable[[float | None], time.struct_time] = time.gmtime
     default_time_format = "%Y-%m-%dT%H:%M:%S"
     default_msec_format = "%s.%03dZ"
 

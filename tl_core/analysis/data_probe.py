@@ -280,7 +280,9 @@ def _frozen_activations(
         )
     weights.check_obtainable(cfg.backbone, cfg.weights)
     bb = backbones.create_backbone(cfg.backbone, len(splits.classes), weights=cfg.weights)
-    bb.model = bb.model.to(device, memory_format=torch.channels_last if CHANNELS_LAST else torch.preserve_format)
+    layout = torch.channels_last if CHANNELS_LAST else torch.preserve_format
+    # Module.to takes memory_format beside a device; torch's stubs have no such overload.
+    bb.model = bb.model.to(device, memory_format=layout)  # type: ignore[call-overload]
     # Without augmentation: the probe wants each image as validation sees it, and it is the cache
     # entry a feature_extraction run without augmentation reads (feature_cache.py keys it so).
     pipeline = decode_cache.Pipeline(backbones.preprocessing(cfg.backbone), weights.native_size(cfg.backbone), "none")

@@ -85,7 +85,8 @@ def knowledge_kept(
         raise UserError(f"cannot measure forgetting for {bb.spec.name}: {reason}")
     device = torch.device(device)
     if reference is None:
-        reference = imagenet_model(bb.spec.name).to(device, memory_format=torch.channels_last)
+        # Module.to takes memory_format beside a device; torch's stubs have no such overload.
+        reference = imagenet_model(bb.spec.name).to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]
     reference.eval()
     head = reference.get_submodule(bb.spec.head_path)
     agreed, in_top5, seen = (torch.zeros((), dtype=torch.long, device=device) for _ in range(3))

@@ -301,7 +301,7 @@ def restored(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -
         for p, flag, grad in zip(params, flags, grads):
             p.requires_grad_(flag)
             p.grad = grad
-        if optimizer is not None:
+        if optimizer is not None and opt_state is not None:  # both or neither
             optimizer.load_state_dict(opt_state)
         torch.set_rng_state(rng[0])
         if rng[1] is not None:
@@ -369,8 +369,8 @@ def lr_find(
     plan = Finetuning(get_strategy(cfg.strategy), cfg.strategy_params(), bb.groups, cfg.epochs)
     plan.plan(0)
     multipliers = plan.multipliers()
-    optimizer = sync_param_groups(None, cfg, bb.groups, plan.boundary, multipliers)
-    of_group = {g.name: m for g, m in zip(bb.groups[plan.boundary :], multipliers)}
+    optimizer = sync_param_groups(None, cfg, bb.groups, plan.planned_boundary, multipliers)
+    of_group = {g.name: m for g, m in zip(bb.groups[plan.planned_boundary :], multipliers)}
     per_optimizer_group = [of_group[pg["group"]] for pg in optimizer.param_groups]  # two a layer group
     # 2. What trains: the layers above the boundary on cached frozen features, where train._fit would.
     net, batches, cached = _what_trains(cfg, bb, d, plan, device, amp)
@@ -411,7 +411,7 @@ def lr_find(
         strategy=cfg.strategy,
         backbone=cfg.backbone,
         multipliers=of_group,
-        frozen_groups=plan.boundary,
+        frozen_groups=plan.planned_boundary,
         feature_cache=cached,
         seconds=round(time.perf_counter() - started, 3),
     )
@@ -421,7 +421,7 @@ def _what_trains(
     cfg: RunConfig, bb: Backbone, d: run_data.RunData, plan: Finetuning, device: torch.device, amp: torch.dtype | None
 ) -> tuple[nn.Module, Iterable, bool]:
     """(net, batches, cached): train._fit's choice for epoch 0, and whether it is the feature cache."""
-    feats = run_data.frozen_features(cfg, bb, d, device, amp).at(plan.boundary, 0, plan.phase.end)
+    feats = run_data.frozen_features(cfg, bb, d, device, amp).at(plan.planned_boundary, 0, plan.phase.end)
     if feats is None:
         return bb.model, d.train, False
     return feats.cut.rest, feats.train.for_epoch(0), True

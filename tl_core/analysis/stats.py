@@ -56,6 +56,10 @@ SAME = 1e-7  # paired differences (in points) closer than this are the same: no 
 POWER = 0.8  # the chance "seeds needed" aims at, of finding a true difference of the observed size
 MOST_UNITS = 100  # the most seeds (or splits) a power calculation looks for; more: "more than 100"
 
+# One strategy's scores, by seed or by (split seed, seed) pair. The keys are Any, not Hashable: they
+# are sorted and indexed, and a Mapping's key type is invariant (a dict keyed by pairs is no Mapping[Hashable]).
+Scores = Mapping[Any, float]
+
 
 @dataclass(frozen=True)
 class Difference:
@@ -115,9 +119,9 @@ class _Evidence:
 
 def paired_difference(
     name_a: str,
-    a: Mapping[Hashable, float],
+    a: Scores,
     name_b: str,
-    b: Mapping[Hashable, float],
+    b: Scores,
     *,
     confidence: float = 0.95,
     what: str = "",
@@ -130,13 +134,13 @@ def paired_difference(
     return family([(name_a, a, name_b, b)], confidence=confidence, correction="none", what=what)[0]
 
 
-def pairwise(groups: Mapping[str, Mapping[Hashable, float]], **kw: Any) -> list[Difference]:
+def pairwise(groups: Mapping[str, Scores], **kw: Any) -> list[Difference]:
     """`paired_difference` for every pair of groups, each once, in the mapping's order, as one family."""
     return family([(na, groups[na], nb, groups[nb]) for na, nb in itertools.combinations(groups, 2)], **kw)
 
 
 def family(
-    pairs: Sequence[tuple[str, Mapping[Hashable, float], str, Mapping[Hashable, float]]],
+    pairs: Sequence[tuple[str, Scores, str, Scores]],
     *,
     confidence: float = 0.95,
     correction: str = "holm",
@@ -153,8 +157,8 @@ def family(
     alpha = 1 - confidence
     evidence = [_evidence(*pair) for pair in pairs]
     tested = [i for i, e in enumerate(evidence) if e.p is not None]
-    p = [evidence[i].p for i in tested]
-    adjusted, held = holm(p, alpha) if correction == "holm" else (p, [alpha] * len(p))  # type: ignore[arg-type]
+    p = [e.p for e in evidence if e.p is not None]  # in the order of `tested`
+    adjusted, held = holm(p, alpha) if correction == "holm" else (p, [alpha] * len(p))
     p_adjusted, level = dict(zip(tested, adjusted)), dict(zip(tested, held))
     m = len(tested) if correction == "holm" else 1
     told = {i: p_adjusted[i] <= alpha for i in tested}
@@ -263,7 +267,7 @@ def _power(ns: np.ndarray, delta: np.ndarray | float, level: np.ndarray | float)
     return 1 - special.nctdtr(df, nc, c) + wrong_sign
 
 
-def _evidence(name_a: str, a: Mapping[Hashable, float], name_b: str, b: Mapping[Hashable, float]) -> _Evidence:
+def _evidence(name_a: str, a: Scores, name_b: str, b: Scores) -> _Evidence:
     keys = tuple(sorted(set(a) & set(b)))
     for name, group in ((name_a, a), (name_b, b)):
         bad = [k for k in keys if not math.isfinite(group[k])]
@@ -310,8 +314,9 @@ def _decide(
     n = len(e.diffs)
     low = high = None
     if e.test == "paired t":
-        half = float(special.stdtrit(n - 1, 1 - level / 2)) * e.sd / math.sqrt(n)  # type: ignore[operator]
-        low, high = e.mean - half, e.mean + half  # type: ignore[operator]
+        assert e.mean is not None and e.sd is not None  # a paired t-test has both
+        half = float(special.stdtrit(n - 1, 1 - level / 2)) * e.sd / math.sqrt(n)
+        low, high = e.mean - half, e.mean + half
         needed = None if told or needed is None else max(needed, n + 1)
     elif e.test == "identical":
         low = high = 0.0
@@ -320,13 +325,13 @@ def _decide(
             low = high = e.mean
         else:  # 2^(1-n) <= level from this many units on
             needed = max(n + 1, math.ceil(1 - math.log2(level) - 1e-12))
-    verdict = (
-        "too_few"
-        if e.test == "none" or (e.test == "sign-flip" and not told)
-        else ("a" if e.mean > 0 else "b")
-        if told
-        else "noise"
-    )  # type: ignore[operator]
+    if e.test == "none" or (e.test == "sign-flip" and not told):
+        verdict = "too_few"
+    elif told:
+        assert e.mean is not None  # a pair told apart was tested: it has a mean
+        verdict = "a" if e.mean > 0 else "b"
+    else:
+        verdict = "noise"
     d = Difference(
         e.a,
         e.b,
@@ -369,26 +374,32 @@ def _with_text(d: Difference, what: str) -> Difference:
     elif d.test == "identical":
         text = f"{d.a} vs {d.b}: the same {what or 'score'} on every one of the {units} ({basis}): no difference seen"
     elif d.test == "sign-flip" and d.verdict in ("a", "b"):
-        win, lose, gap = (d.a, d.b, d.mean) if d.verdict == "a" else (d.b, d.a, -d.mean)  # type: ignore[operator]
+        assert d.mean is not None  # every test but "none" has a mean
+        win, lose, gap = (d.a, d.b, d.mean) if d.verdict == "a" else (d.b, d.a, -d.mean)
         text = (
             f"{win} beats {lose} by {_pts(gap)} points{of} on every one of the {units} "
             f"(exact sign-flip test, p {d.p_adjusted:.2g}{holm_note}; {basis})"
         )
     elif d.test == "sign-flip":
+        assert d.mean is not None
         text = (
             f"{d.a} vs {d.b}: the same gap ({_pts(d.mean, '+')} points{of}) on each of the {units} "
             f"({basis}): too few to tell a steady gap from chance; {d.units_needed} {d.unit}s would"
         )
     elif d.verdict == "a":
+        # Verdicts from here on are the paired t-test's: mean and interval are set.
+        assert d.mean is not None and d.low is not None and d.high is not None
         text = (
             f"{d.a} beats {d.b} by {_pts(d.mean)} points{of} ({ci} {_pts(d.low)} to {_pts(d.high)}{holm_note}; {basis})"
         )
     elif d.verdict == "b":
+        assert d.mean is not None and d.low is not None and d.high is not None
         text = (
-            f"{d.b} beats {d.a} by {_pts(-d.mean)} points{of} "  # type: ignore[operator]
+            f"{d.b} beats {d.a} by {_pts(-d.mean)} points{of} "
             f"({ci} {_pts(-d.high)} to {_pts(-d.low)}{holm_note}; {basis})"
-        )  # type: ignore[operator]
+        )
     else:
+        assert d.mean is not None and d.low is not None and d.high is not None
         advice = (
             f"about {d.units_needed} {d.unit}s would tell a difference this size"
             if d.units_needed

@@ -70,6 +70,7 @@ def _ended(args, run: Run) -> int:
         else f"run {run.id} {run.status}: {run.error}"
     )
     if run.test_acc is not None:
+        assert run.summary.test is not None  # recorded with the test accuracy
         text += f"; test acc {run.test_acc:.4f} (that epoch, on {run.summary.test.images} held-out images)"
     if skipped := len(service.skipped_files(run.summary)):
         text += f"\n{skipped} files skipped (listed in `python -m tl_core show {run.id}`)"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 from .. import service
 from ..errors import UserError
@@ -126,7 +127,7 @@ def cmd_errors(args) -> int:
         }
 
     wrong = service.errors(preds)
-    obj = {
+    obj: dict[str, Any] = {
         "run_id": run.id,
         "epoch": best_at.epoch,
         "images": len(preds),

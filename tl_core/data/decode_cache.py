@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -291,7 +292,8 @@ def read_through(dataset: PixelDataset, **loader_args) -> Iterator[tuple[torch.T
     dataset.images.cache.create()
     fresh, bad = [], []
     try:
-        for x, y, f, b in DataLoader(dataset, collate_fn=collated, **loader_args):
+        # torch types collate_fn as taking a list of items; with __getitems__ it takes what that returns.
+        for x, y, f, b in DataLoader(dataset, collate_fn=collated, **loader_args):  # type: ignore[arg-type]
             fresh.append(f)
             bad.append(b)
             yield x, y
@@ -334,7 +336,7 @@ class PixelLoader:
         # workers' random streams (a checkpoint saves it, a resume restores it).
         self.order = transforms.EpochOrder(len(dataset), seed) if shuffle else None
         self.generator = torch.Generator().manual_seed(seed)
-        self.args = dict(
+        self.args: dict[str, Any] = dict(
             batch_size=batch_size,
             sampler=self.order,
             drop_last=drop_last,
@@ -418,6 +420,8 @@ def make_loaders(
     stages = {pipeline.stage(True), pipeline.stage(False)}
     images = {s: DecodedImages(rows, s) for s in stages}
     refused = cache_refusal(rows, pipeline, enabled)
+    train: transforms.EpochLoader | PixelLoader  # transforms' loaders, or the decode cache's
+    val: DataLoader | PixelLoader
     if refused is not None:
         train_tf, val_tf = transforms.build_transforms(
             pipeline.pre, pipeline.image_size, pipeline.augment, pipeline.in_channels
@@ -436,7 +440,7 @@ def make_loaders(
         return train, val, {"used": False, "why": refused}
     # drop_last keeps BatchNorm away from a final batch of one image (as transforms.make_loaders).
     drop_last = len(splits.train) > batch_size and len(splits.train) % batch_size == 1
-    common = dict(
+    common: dict[str, Any] = dict(
         pipeline=pipeline,
         device=device,
         batch_size=batch_size,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import inspect
 import json
 import os
 import shutil
@@ -82,11 +83,12 @@ def scan_dataset(root: str | os.PathLike, in_channels: int = 3):
     if not path.is_dir():
         return folders.scan_dataset(root, in_channels)  # its own error messages
     path = path.resolve()
+    code = b"".join(Path(inspect.getfile(m)).read_bytes() for m in (folders, images))  # the scan's own code
     key = {
         "root": str(path),
         "tree": _tree_fingerprint(path),
         "max_pixels": images.MAX_IMAGE_PIXELS,
-        "code": hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in (folders, images))).hexdigest()[:16],
+        "code": hashlib.sha256(code).hexdigest()[:16],
         **({"in_channels": in_channels} if in_channels != 3 else {}),
     }
     saved = cache_dir() / "scans" / f"{digest(key)}.json"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from functools import partial
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
@@ -119,6 +120,7 @@ class EpochLoader(DataLoader):
     """A training DataLoader whose order is set per epoch (EpochOrder)."""
 
     def for_epoch(self, epoch: int) -> EpochLoader:
+        assert isinstance(self.sampler, EpochOrder)  # make_loaders gives it one
         self.sampler.set_epoch(epoch)
         return self
 
@@ -133,11 +135,11 @@ def make_loaders(
     pin_memory: bool = False,
     channels: int = 3,
     prefetch_factor: int = shared_memory.PREFETCH,
-) -> tuple[DataLoader, DataLoader]:
+) -> tuple[EpochLoader, DataLoader]:
     """(train, val) loaders; `workers` and `prefetch_factor` as shared_memory.fit sized them for /dev/shm."""
     g = torch.Generator().manual_seed(seed)
     read = load_image if channels == 3 else partial(read_tensor, channels=channels)
-    common = dict(
+    common: dict[str, Any] = dict(
         num_workers=workers,
         pin_memory=pin_memory,
         persistent_workers=workers > 0,

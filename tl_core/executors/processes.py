@@ -29,6 +29,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeGuard
 
 import psutil
 
@@ -40,7 +41,7 @@ from .serving import STOP_GRACE_S
 # --- which processes are alive, and what they are -------------------------------------------
 
 
-def pid_alive(pid: int | None) -> bool:
+def pid_alive(pid: int | None) -> TypeGuard[int]:
     """Whether process `pid` exists and has not exited (a zombie, not yet reaped, is not alive)."""
     if not pid:
         return False

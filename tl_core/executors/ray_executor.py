@@ -186,10 +186,16 @@ class RayExecutor(Serving):
         try:
             # Ray's workers import this module from the executor's source folder, on every node.
             job = JobConfig(code_search_path=[str(SOURCE)])
+            # ray.init's logging_level is annotated int, but it takes a level's name too (its own default is "info").
             if address:
-                ray.init(address=address, job_config=job, logging_level="warning")
+                ray.init(address=address, job_config=job, logging_level="warning")  # type: ignore[arg-type]
             else:
-                ray.init(address="local", job_config=job, include_dashboard=False, logging_level="warning")
+                ray.init(
+                    address="local",
+                    job_config=job,
+                    include_dashboard=False,
+                    logging_level="warning",  # type: ignore[arg-type]
+                )
         except ConnectionError as e:
             raise UserError(
                 f"cannot reach the Ray cluster at RAY_ADDRESS={address} ({e}); start it (`ray start "
@@ -280,6 +286,7 @@ class RayExecutor(Serving):
     # 3. The loop.
     def step(self) -> None:
         if time.monotonic() - self.beat_at >= settings.current().heartbeat_s:
+            assert self.id is not None  # serve() registered this executor before its loop
             self.store.heartbeat(self.id)
             self.beat_at = time.monotonic()
             if orphaned := self.store.fail_orphaned():

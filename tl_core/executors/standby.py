@@ -89,6 +89,7 @@ class Standby:
         proc, self.proc = self.proc, None
         if proc is None:
             return None
+        assert proc.stdin is not None  # started with stdin=PIPE
         try:
             if proc.poll() is not None:
                 raise OSError(f"exited with {proc.returncode}")
@@ -106,6 +107,7 @@ class Standby:
         proc, self.proc = self.proc, None
         if proc is None:
             return
+        assert proc.stdin is not None  # started with stdin=PIPE
         with contextlib.suppress(OSError):
             proc.stdin.close()  # no run for it: it exits by itself; a signal makes sure
         proc.terminate()

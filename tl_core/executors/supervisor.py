@@ -96,6 +96,7 @@ class Supervisor:
         _say(f"worker started (pid {self.worker.pid})")
 
     def start_dashboard(self) -> None:
+        assert self.dashboard_options is not None  # run() starts a dashboard only with its options
         self.dashboard = self._spawn([sys.executable, "-m", "streamlit", "run", str(APP), *self.dashboard_options])
         _say(f"dashboard started (pid {self.dashboard.pid})")
 
@@ -109,7 +110,8 @@ class Supervisor:
         code = 0
         try:
             while not self.signals:
-                if self.dashboard is not None and (code := self.dashboard.poll()) is not None:
+                if self.dashboard is not None and (exited := self.dashboard.poll()) is not None:
+                    code = exited
                     _say(f"the dashboard exited ({code}); stopping the worker")
                     break
                 self._watch_worker()

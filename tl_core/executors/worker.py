@@ -311,6 +311,7 @@ class Worker(Serving):
     def step(self) -> None:
         if self.id is None:
             self.start()
+        assert self.id is not None  # start() registered this worker
         if time.monotonic() - self.beat_at >= settings.current().heartbeat_s:
             self.store.heartbeat(self.id)
             self.beat_at = time.monotonic()

@@ -109,6 +109,7 @@ def _onnx(model: torch.nn.Module, example: torch.Tensor, out: Path, meta: str) -
         dynamic_shapes=({0: batch},),
         verbose=False,
     )
+    assert program is not None  # the dynamo exporter returns its program
     program.save(str(out))
     m = onnx.load(str(out))
     entry = m.metadata_props.add()

@@ -26,6 +26,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -192,7 +193,7 @@ def predict(
     channels = predictor.pipeline.in_channels
     out: list[dict] = []
     for path in paths:
-        item = {"image": Path(path).name, "path": str(path)}
+        item: dict[str, Any] = {"image": Path(path).name, "path": str(path)}
         problem = images.check_image(path, channels)
         if problem is None:
             try:
@@ -227,6 +228,7 @@ def _heat_maps(predictor: Predictor, x: torch.Tensor, x_raw: np.ndarray, classes
     from ..analysis import gradcam  # captum: imported only when heat maps are asked for
 
     classes = list(dict.fromkeys(classes))
+    assert predictor.model is not None  # predict refuses `cam` without a PyTorch model
     maps = gradcam.grad_cam(predictor.model, backbones.get_spec(predictor.backbone), x, classes)
     view = gradcam.model_view(x_raw)
     return {

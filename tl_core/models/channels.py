@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from typing import cast
 
 import numpy as np
 import torch
@@ -75,7 +76,7 @@ def adapt_first_conv(model: nn.Module, spec: BackboneSpec, channels: int) -> Non
 
 def input_channels(model: nn.Module, spec: BackboneSpec) -> int:
     """How many channels `model` reads."""
-    return model.get_submodule(spec.first_conv).in_channels
+    return cast(nn.Conv2d, model.get_submodule(spec.first_conv)).in_channels  # every family's first_conv is one
 
 
 # --- normalisation -----------------------------------------------------------------------------

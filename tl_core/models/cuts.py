@@ -19,6 +19,7 @@ import torch.nn.functional as nnf
 from torch import nn
 
 from .backbones import Backbone
+from .channels import input_channels
 
 
 class NoCut(Exception):
@@ -35,6 +36,8 @@ class Rest(nn.Module):
     flag (timm's head dropout reads `model.training`); the loop's set_train_mode then puts the
     frozen groups back in eval mode every epoch.
     """
+
+    _model: nn.Module  # set in __init__, past nn.Module's registration
 
     def __init__(self, model: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], parts: list[nn.Module]):
         super().__init__()
@@ -127,7 +130,7 @@ def cut_at(bb: Backbone, boundary: int, image_size: int, device: torch.device) -
     if not 0 < boundary < len(bb.groups):
         raise NoCut("nothing is frozen" if boundary <= 0 else "every group is frozen")
     cut = _head_cut(bb) if boundary == len(bb.groups) - 1 else _chain_cut(bb, boundary)
-    channels = bb.model.get_submodule(bb.spec.first_conv).in_channels  # 3, or --in-channels
+    channels = input_channels(bb.model, bb.spec)  # 3, or --in-channels
     x = torch.randn(2, channels, image_size, image_size, generator=torch.Generator().manual_seed(0)).to(device)
     with modes_kept(bb.model), torch.no_grad():
         bb.model.eval()

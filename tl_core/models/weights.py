@@ -17,9 +17,9 @@ import importlib.metadata
 import importlib.util
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence, Sized
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 from urllib.parse import urlparse
 
 from .. import settings
@@ -40,7 +40,7 @@ class Preprocessing:
     std: tuple[float, ...]
     interpolation: str  # "bilinear" | "bicubic"
     crop_pct: float  # crop size / resize size, e.g. 224 / 256
-    native_size: int
+    native_size: int | None  # None where read back from a run that recorded none (predictor.pipeline_of)
 
 
 def _package(spec: BackboneSpec) -> PackageWeights:
@@ -116,7 +116,8 @@ def imagenet_state_dict(spec: BackboneSpec, model: nn.Module) -> dict[str, torch
 
     if spec.source == "package":
         raw = torch.load(_package_file(spec), map_location="cpu", weights_only=True)
-        return _lite_to_timm(raw, [len(stage) for stage in model.blocks])
+        stages = cast(Iterable[Sized], model.blocks)  # timm's EfficientNet: a Sequential of stages
+        return _lite_to_timm(raw, [len(stage) for stage in stages])
     weights = _tv_weights(spec)
     try:
         return weights.get_state_dict(progress=True, check_hash=True, weights_only=True)
@@ -182,7 +183,9 @@ def preprocessing(name: str) -> Preprocessing:
     if spec.source == "package":
         from timm.models import get_pretrained_cfg  # timm: only for its packaged models' preprocessing
 
-        cfg = get_pretrained_cfg("tf_" + name).to_dict()
+        pretrained = get_pretrained_cfg("tf_" + name)
+        assert pretrained is not None  # timm has a pretrained config for every packaged backbone
+        cfg = pretrained.to_dict()
         return Preprocessing(
             tuple(cfg["mean"]),
             tuple(cfg["std"]),
@@ -199,7 +202,11 @@ def preprocessing(name: str) -> Preprocessing:
 def native_size(name: str) -> int:
     """The image size the weights were trained at (for packaged weights without importing timm)."""
     spec = get_spec(name)
-    return _package(spec).native_size if spec.source == "package" else preprocessing(name).native_size
+    if spec.source == "package":
+        return _package(spec).native_size
+    size = preprocessing(name).native_size
+    assert size is not None  # the weights' own metadata has it
+    return size
 
 
 def imagenet_top1(name: str) -> float | None:

@@ -8,7 +8,7 @@ in what is returned here, as everywhere in the service (the store keeps the loop
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -55,7 +55,7 @@ def smooth(values: Sequence[float], weight: float) -> list[float]:
     return out
 
 
-def unfreeze_epochs(epochs: dict[int, dict[str, float]]) -> dict[int, int]:
+def unfreeze_epochs(epochs: Mapping[int, Mapping[str, float]]) -> dict[int, int]:
     """{epoch (1-based): trainable groups} for each epoch where more groups train than the epoch before."""
     out, before = {}, None
     for e, m in sorted(epochs.items()):
@@ -66,7 +66,7 @@ def unfreeze_epochs(epochs: dict[int, dict[str, float]]) -> dict[int, int]:
     return out
 
 
-def phases(epochs: dict[int, dict[str, float]]) -> list[tuple[int, int, int]]:
+def phases(epochs: Mapping[int, Mapping[str, float]]) -> list[tuple[int, int, int]]:
     """The fine-tuning timeline: (first epoch, last epoch, trainable groups), 1-based, per phase."""
     out: list[tuple[int, int, int]] = []
     for e, m in sorted(epochs.items()):

@@ -71,7 +71,7 @@ def group_runs(runs: Sequence[Run], keys: Sequence[str] | None = None) -> list[G
 
 
 def _label(settings: dict) -> str:
-    parts = []
+    parts: list[str] = []
     for k, v in settings.items():
         if k == "strategy":
             parts.insert(0, str(v))

@@ -56,6 +56,6 @@ def probe_verdict(store: Store, experiment: str, which: str = "best") -> str | N
     by_strategy: dict[str, list[float]] = defaultdict(list)
     for r in runs:
         if (v := value(r, metrics[r.id], which)) is not None:
-            by_strategy[r.config.get("strategy")].append(v)
+            by_strategy[r.config["strategy"]].append(v)  # every run config names its strategy
     results = {s: sum(v) / len(v) for s, v in by_strategy.items()}
     return judge(found[0].data["recommendation"]["strategies"], results) if results else None

@@ -59,7 +59,7 @@ def predict_images(
     from ..inference.predictor import from_bundle, from_run, predict  # torch: only what predicts imports it
 
     run = store.get_run(int(source)) if str(source).isdigit() else None
-    predictor = from_run(run) if run is not None else from_bundle(source)
+    predictor = from_run(run) if run is not None else from_bundle(str(source))
     # Which precision produced these probabilities, and which the run's validation numbers they
     # may be set beside (None where the run or bundle recorded none): they agree to that precision.
     out = {

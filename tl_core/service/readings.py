@@ -11,19 +11,21 @@ Every other service module that reads a run's numbers reads them through here.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from ..errors import UserError
 from ..store.store import Run
 
-Metrics = dict[int, dict[int, dict[str, float]]]  # {run id: {epoch index: {key: value}}}
+Metrics = dict[int, dict[int, Mapping[str, float]]]  # {run id: {epoch index: {key: value}}}
 WHICH = ("best", "last")
 METRICS = {"acc": "accuracy", "macro_f1": "macro-F1", "balanced_acc": "balanced accuracy"}
 SPLITS = ("test", "val")
 DRIFT = "drift/"  # drift/<group>: ||w - w0|| / ||w0|| of the group's parameters since training began
 
 
-def value(run: Run, epochs: dict[int, dict[str, float]], which: str = "best", key: str = "val_acc") -> float | None:
+def value(
+    run: Run, epochs: Mapping[int, Mapping[str, float]], which: str = "best", key: str = "val_acc"
+) -> float | None:
     """A run's `key` at its best epoch (by val accuracy) or its last."""
     if not epochs:
         return run.best_val_acc if which == "best" and key == "val_acc" else None
@@ -36,7 +38,7 @@ def value(run: Run, epochs: dict[int, dict[str, float]], which: str = "best", ke
 
 
 def score(
-    run: Run, epochs: dict[int, dict[str, float]], which: str = "best", metric: str = "acc", split: str = "val"
+    run: Run, epochs: Mapping[int, Mapping[str, float]], which: str = "best", metric: str = "acc", split: str = "val"
 ) -> float | None:
     """A run's `metric` (acc, macro_f1, balanced_acc) on `split` at its best epoch (chosen on val) or its last.
 
@@ -103,7 +105,7 @@ def images_per_class(run: Run) -> float | None:
     return round(n / len(classes), 1) if n and classes else None
 
 
-def drift_groups(run: Run, epochs: dict[int, dict[str, float]]) -> list[str]:
+def drift_groups(run: Run, epochs: Mapping[int, Mapping[str, float]]) -> list[str]:
     """The layer groups a run recorded drift for: in the run's order (stem first, head last), then
     any the summary does not name."""
     recorded = {k[len(DRIFT) :] for m in epochs.values() for k in m if k.startswith(DRIFT)}

@@ -8,7 +8,7 @@ from __future__ import annotations
 import codecs
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from ..store import FINISHED, STATUSES, Run, RunSummary, Store
@@ -82,7 +82,7 @@ def run_details(store: Store, run_id: int) -> dict:
     }
 
 
-def drift_by_group(run: Run, epochs: dict[int, dict[str, float]]) -> dict[str, list[float | None]]:
+def drift_by_group(run: Run, epochs: Mapping[int, Mapping[str, float]]) -> dict[str, list[float | None]]:
     """{group: its drift at each epoch (epoch 1 first; None where not recorded)}; {} if none was."""
     order = sorted(epochs)
     return {g: [epochs[e].get(DRIFT + g) for e in order] for g in drift_groups(run, epochs)}
@@ -104,7 +104,7 @@ def skipped_files(summary: RunSummary) -> list[dict]:
     ]
 
 
-def summarize(run: Run, epochs: dict[int, dict[str, float]]) -> dict:
+def summarize(run: Run, epochs: Mapping[int, Mapping[str, float]]) -> dict:
     """The comparison row of one run."""
     last = epochs[max(epochs)] if epochs else {}
     ips = [m["images_per_sec"] for m in epochs.values() if "images_per_sec" in m]
@@ -125,7 +125,7 @@ def summarize(run: Run, epochs: dict[int, dict[str, float]]) -> dict:
     }
 
 
-def time_to_accuracy(epochs: dict[int, dict[str, float]], target: float) -> float | None:
+def time_to_accuracy(epochs: Mapping[int, Mapping[str, float]], target: float) -> float | None:
     """Wall-clock seconds until val_acc first reached `target`; None if it never did."""
     for m in epochs.values():
         if m.get("val_acc", -1) >= target:

@@ -245,14 +245,16 @@ def estimate_seconds(store: Store, configs: Sequence[RunConfig]) -> dict:
         for r in store.list_runs(statuses=["completed"])
         if r.host == host and r.summary.total_seconds and r.summary.train_images and r.epochs
     ]
-    per_image = {}  # (backbone, image size, strategy | None) -> seconds per image-epoch, the median
+    per_image: dict[tuple, float] = {}  # (backbone, image size, strategy | None) -> seconds per image-epoch, the median
     for key_of in (
         lambda r: (r.config.get("backbone"), r.config.get("image_size"), r.config.get("strategy")),
         lambda r: (r.config.get("backbone"), r.config.get("image_size"), None),
     ):
         seen: dict[tuple, list[float]] = {}
         for r in done:
-            seen.setdefault(key_of(r), []).append(r.summary.total_seconds / (r.summary.train_images * r.epochs))
+            seconds, images = r.summary.total_seconds, r.summary.train_images
+            assert seconds is not None and images is not None  # every run in `done` has both
+            seen.setdefault(key_of(r), []).append(seconds / (images * r.epochs))
         for k, v in seen.items():
             per_image.setdefault(k, sorted(v)[len(v) // 2])
     total, measured = 0.0, 0

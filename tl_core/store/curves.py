@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping
+from typing import cast
 
 import numpy as np
 from sqlalchemy import insert, select, update
@@ -18,7 +19,7 @@ from sqlalchemy.orm import Session
 from .tables import SqlRunCurves
 
 
-class EpochRow(Mapping):
+class EpochRow(Mapping[str, float]):
     """One epoch's metrics, read from its run's curves row (a numpy row) as they are asked for:
     {key: value}, leaving out the NaNs (metrics that epoch lacks). A 500-run comparison reads a
     few keys of each epoch; making a float and a dict entry of every key of every epoch first cost
@@ -36,7 +37,7 @@ class EpochRow(Mapping):
         return value
 
     def __contains__(self, key: object) -> bool:
-        i = self._index.get(key)
+        i = self._index.get(cast(str, key))  # dict.get takes any key: one that is no str is not there
         return i is not None and not math.isnan(self._values[i])
 
     def __iter__(self) -> Iterator[str]:
@@ -64,7 +65,7 @@ def narrow_rows(run_id: int, epochs: dict[int, dict[str, float]]) -> list[dict]:
     ]
 
 
-def curve_epochs(keys: list[str], epochs: list[int], matrix: bytes) -> dict[int, EpochRow]:
+def curve_epochs(keys: list[str], epochs: list[int], matrix: bytes) -> dict[int, Mapping[str, float]]:
     """{epoch: {key: value}} from a curves row (each epoch's row read as it is asked for)."""
     index = {k: i for i, k in enumerate(keys)}
     values = np.frombuffer(matrix, dtype="<f8").reshape(len(epochs), len(keys))

@@ -18,9 +18,9 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import CursorResult, Engine, Result, create_engine, event
 from sqlalchemy.engine import make_url
 
 from .. import settings
@@ -65,6 +65,12 @@ def gc_paused() -> Iterator[None]:
     finally:
         if was:
             gc.enable()
+
+
+def rows_matched(result: Result[Any]) -> int:
+    """The rows an UPDATE matched. Session.execute is typed as returning a Result; for an UPDATE it is
+    a CursorResult, which has the count."""
+    return cast(CursorResult[Any], result).rowcount
 
 
 def _make_folder(url: str) -> None:

@@ -16,6 +16,7 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from .. import settings
+from .engine import rows_matched
 from .records import FINISHED, STATUSES, Job, utcnow
 from .tables import SqlExperiment, SqlJob, SqlWorker
 
@@ -75,7 +76,7 @@ class JobsMixin:
                 .where(SqlJob.id == job_id, SqlJob.status == "queued")
                 .values(status="running", started_at=utcnow(), worker_id=worker_id, host=host, gpu=gpu, pid=None)
             )
-            return done.rowcount == 1
+            return rows_matched(done) == 1
 
     def update_job(self, job_id: str, **fields: Any) -> None:
         if "status" in fields and fields["status"] not in STATUSES:
@@ -93,7 +94,7 @@ class JobsMixin:
                 .where(SqlJob.id == job_id, SqlJob.status == "running")
                 .values(status=status, ended_at=utcnow(), error=error, peak_mb=peak_mb)
             )
-            return done.rowcount == 1
+            return rows_matched(done) == 1
 
     def requeue_job(self, job_id: str, worker_id: int | None) -> bool:
         """A running job of `worker_id` back in the queue (its worker stops): another worker runs it
@@ -104,7 +105,7 @@ class JobsMixin:
                 .where(SqlJob.id == job_id, SqlJob.status == "running", SqlJob.worker_id == worker_id)
                 .values(status="queued", started_at=None, worker_id=None, host=None, pid=None, gpu=None)
             )
-            return done.rowcount == 1
+            return rows_matched(done) == 1
 
     def cancel_job(self, job_id: str) -> Job | None:
         """A queued or running job cancelled: a queued one is never started; a running one's process is
@@ -139,7 +140,7 @@ class JobsMixin:
                         error=f"its worker {worker} on {host} stopped while it ran; start it again",
                     )
                 )
-                if done.rowcount == 1:
+                if rows_matched(done) == 1:
                     failed.append(job_id)
         return failed
 

@@ -7,7 +7,7 @@ run on the Store's engine and sessions.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from sqlalchemy import Engine, delete, func, insert, select, update
@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from .curves import add_to_curves, curve_epochs, narrow_rows
 from .engine import gc_paused
-from .records import Prediction
+from .records import Prediction, UnknownRun
 from .summary import ClassMetric, PredictionsNote, RunSummary
 from .tables import SqlClassMetric, SqlEpochMetric, SqlPrediction, SqlRun, SqlRunCurves
 
@@ -54,10 +54,10 @@ class MetricsMixin:
             last = max(epochs)
             s.execute(update(SqlRun).where(SqlRun.id == run_id).values(epochs_done=last + 1))
 
-    def epoch_metrics(self, run_ids: Iterable[int]) -> dict[int, dict[int, dict[str, float]]]:
+    def epoch_metrics(self, run_ids: Iterable[int]) -> dict[int, dict[int, Mapping[str, float]]]:
         """{run_id: {epoch: {key: value}}} for the given runs (from run_curves: one row per run)."""
         ids = list(run_ids)
-        out: dict[int, dict[int, dict[str, float]]] = {i: {} for i in ids}
+        out: dict[int, dict[int, Mapping[str, float]]] = {i: {} for i in ids}
         if not ids:
             return out
         with self._session() as s, gc_paused():
@@ -72,10 +72,11 @@ class MetricsMixin:
             q = select(SqlEpochMetric.run_id, SqlEpochMetric.epoch, SqlEpochMetric.key, SqlEpochMetric.value).where(
                 SqlEpochMetric.run_id.in_(older)
             )
+            narrow: dict[int, dict[int, dict[str, float]]] = {i: {} for i in older}
             for run_id, epoch, key, value in s.execute(q) if older else []:
-                out[run_id].setdefault(epoch, {})[key] = value
+                narrow[run_id].setdefault(epoch, {})[key] = value
         for run_id in older:
-            out[run_id] = dict(sorted(out[run_id].items()))
+            out[run_id] = dict(sorted(narrow[run_id].items()))
         return out
 
     def count_epoch_rows(self, run_id: int) -> int:
@@ -105,6 +106,8 @@ class MetricsMixin:
             if rows:
                 s.execute(insert(SqlPrediction), [{"run_id": run_id, **r.__dict__} for r in rows])
             row = s.get(SqlRun, run_id)
+            if row is None:
+                raise UnknownRun(f"no run with id {run_id}")
             summary = RunSummary.from_stored(row.summary)
             summary.predictions = PredictionsNote(epoch=epoch + 1, images=len(rows))
             row.summary = summary.to_dict()

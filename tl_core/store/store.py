@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import defer, sessionmaker
 
 from . import migrations
-from .engine import database_url, default_db_url, gc_paused, make_engine
+from .engine import database_url, default_db_url, gc_paused, make_engine, rows_matched
 from .epoch_writer import EpochWriter
 from .jobs import JobsMixin
 from .metrics import MetricsMixin
@@ -80,6 +80,7 @@ class Store(WorkersMixin, JobsMixin, MetricsMixin):
             except IntegrityError:  # another process made it first
                 with self.engine.connect() as c:
                     found = c.scalar(select(SqlStoreInfo.value).where(key))
+                    assert found is not None  # the other process's row
             self._instance_id = found
         return self._instance_id
 
@@ -100,7 +101,9 @@ class Store(WorkersMixin, JobsMixin, MetricsMixin):
                 return exp.id
         except IntegrityError:  # another process made it between the look and the insert
             with self._session() as s:
-                return s.scalar(select(SqlExperiment.id).where(SqlExperiment.name == name))
+                made = s.scalar(select(SqlExperiment.id).where(SqlExperiment.name == name))
+                assert made is not None  # the other process's row
+                return made
 
     def list_experiments(self) -> list[str]:
         with self._session() as s:
@@ -320,7 +323,7 @@ class Store(WorkersMixin, JobsMixin, MetricsMixin):
                     status="running", started_at=utcnow(), worker_pid=worker_pid, worker_id=worker_id, executor=executor
                 )
             )
-            if claimed.rowcount != 1:
+            if rows_matched(claimed) != 1:
                 return None
         return self.get_run(run_id)
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from collections.abc import ItemsView, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -363,7 +363,7 @@ class RunSummary(BaseModel):
             try:
                 return cls.model_validate_json(data)  # parsed and validated in one pass
             except ValidationError:
-                data = json.loads(data)  # NaN and Infinity too, as the JSON parser above
+                data = cast(Mapping[str, Any], json.loads(data))  # NaN and Infinity too, as the JSON parser above
         data = dict(data or {})
         try:
             return cls.model_validate(data)

@@ -12,6 +12,7 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from .. import settings
+from .engine import rows_matched
 from .records import WorkerInfo, utcnow
 from .tables import SqlRun, SqlWorker
 
@@ -75,6 +76,6 @@ class WorkersMixin:
                         error=f"worker lost: {why} (resumable from its last checkpoint)",
                     )
                 )
-                if done.rowcount == 1:
+                if rows_matched(done) == 1:
                     failed.append(run_id)
         return failed

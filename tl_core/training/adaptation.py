@@ -99,6 +99,7 @@ def gaussian_mmd(
         i, j = torch.triu_indices(n + m, n + m, offset=1, device=z.device)
         h = d2.detach()[i, j].median().clamp_min(1e-12)
         k = sum(torch.exp(-d2 / (s * h)) for s in scales)
+        assert isinstance(k, torch.Tensor)  # a sum of tensors (there are scales)
         kxx, kyy, kxy = k[:n, :n], k[n:, n:], k[:n, n:]
         xx = (kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1))
         yy = (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))

@@ -19,8 +19,10 @@ A resume takes only the run's own last.pt, written with the run's settings, over
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -120,7 +122,7 @@ class Checkpoint:
         if isinstance(ckpt.rng, torch.Tensor):  # written before the GPU's stream was saved too
             ckpt.rng = {"cpu": ckpt.rng}
         if ckpt.best is not None:
-            ckpt.best = tuple(ckpt.best)
+            ckpt.best = cast(tuple[float, int], tuple(ckpt.best))  # (val_acc, epoch), a list where older
         return ckpt
 
     def fingerprint(self) -> str:
@@ -165,7 +167,7 @@ class RunCheckpoints:
 
     def __init__(self, run_dir: Path, run: Run, cfg: RunConfig, classes: list[str]):
         self.best_path, self.last_path = run_dir / "best.pt", run_dir / "last.pt"
-        self._common = dict(
+        self._common: dict[str, Any] = dict(
             classes=classes, config=cfg.model_dump(), run_uid=run.uid, config_fingerprint=cfg.fingerprint()
         )  # what a resume checks
 
@@ -229,7 +231,7 @@ def resume(
     scaler,
     device: torch.device,
     terms: Terms | None = None,
-    extra: list[LayerGroup] = (),
+    extra: Sequence[LayerGroup] = (),
 ) -> Progress:
     """Restore a run from its own last checkpoint (written at the end of every epoch, and where
     the run stopped when its worker stopped in the middle of an epoch).
@@ -248,6 +250,9 @@ def resume(
         return Progress()
     ckpt = Checkpoint.load(path)
     ckpt.check(path, run, cfg, d.classes)
+    # What save_last always writes: last.pt is never a weights-only checkpoint.
+    assert ckpt.optimizer is not None and ckpt.rng is not None and ckpt.loader_rng is not None
+    assert ckpt.best is not None and ckpt.wall_seconds is not None
     partial = ckpt.partial  # written when the run stopped in the middle of an epoch
     record.note(
         resumed_from={
@@ -269,7 +274,7 @@ def resume(
     plan.load_state_dict(ckpt.finetuning_state(len(bb.groups)))
     if terms is not None:
         terms.load_state_dict(ckpt.terms or {})
-    optimizer = restore_optimizer(cfg, bb.groups, plan.boundary, plan.multipliers(), extra, ckpt.optimizer)
+    optimizer = restore_optimizer(cfg, bb.groups, plan.planned_boundary, plan.multipliers(), extra, ckpt.optimizer)
     if ckpt.scaler is not None:
         scaler.load_state_dict(ckpt.scaler)
     set_rng_state(ckpt.rng, device)

@@ -26,7 +26,7 @@ with `state_dict()` and takes it back with `load_state_dict()`, as Lightning's c
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -183,7 +183,7 @@ def restore_optimizer(
     return optimizer
 
 
-def phase_ends(epochs: dict[int, dict[str, float]], precisions: Sequence[dict] = ()) -> list[dict]:
+def phase_ends(epochs: Mapping[int, Mapping[str, float]], precisions: Sequence[dict] = ()) -> list[dict]:
     """Each phase of a run (epochs with the same trainable groups; strategies only unfreeze, so a
     count is never repeated) with its validation numbers at its last epoch, from the recorded
     `epochs` ({0-based epoch: metrics}); epochs counted from 1. The best epoch hides a phase that
@@ -221,6 +221,12 @@ class Finetuning:
         self.val_losses: list[float] = []
 
     @property
+    def planned_boundary(self) -> int:
+        """The boundary, read once an epoch is planned (`plan`, or `load_state_dict` on resume)."""
+        assert self.boundary is not None, "no epoch planned yet"
+        return self.boundary
+
+    @property
     def trainable_groups(self) -> int:
         return len(self.groups) - (self.boundary or 0)
 
@@ -244,7 +250,7 @@ class Finetuning:
 
     def multipliers(self) -> list[float]:
         """Each trainable group's LR as a multiple of the base LR, stem-side first."""
-        return self.strategy.lr_multipliers(self.boundary, len(self.groups), self.params)
+        return self.strategy.lr_multipliers(self.planned_boundary, len(self.groups), self.params)
 
     def train_mode(self, model: nn.Module) -> None:
         set_train_mode(model, self.groups, self.boundary or 0, self.params.bn)

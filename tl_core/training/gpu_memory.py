@@ -56,6 +56,7 @@ def _statistics_held(module: nn.Module):
         for m, (momentum, tracked) in zip(norms, kept):
             m.momentum = momentum
             if tracked is not None:  # the count a cumulative average (momentum None) divides by
+                assert m.num_batches_tracked is not None  # the count `tracked` was copied from
                 m.num_batches_tracked.copy_(tracked)
 
 
@@ -79,7 +80,8 @@ def checkpoint_activations(groups: Sequence[LayerGroup]) -> int:
                 return checkpoint(forward, *args, use_reentrant=False, context_fn=context, **kwargs)
 
             module.forward = checkpointed
-            module._tl_checkpointed = True
+            # nn.Module's __setattr__ takes any value; torch's stubs say Tensor | Module.
+            module._tl_checkpointed = True  # type: ignore[assignment]
             count += 1
     return count
 

@@ -40,8 +40,8 @@ class RunRecord:
         """The run's summary before its first epoch: data, batch, input, warnings, skipped files;
         and the same in its log. A start from scratch drops its earlier attempt's predictions."""
         warnings, skipped = cfg.warnings(), folders.skipped_summary(d.index)
-        if d.loader.lowered:  # fewer DataLoader workers than asked: /dev/shm is small (shared_memory.py)
-            warnings.append(d.loader.note())
+        if note := d.loader.note():  # fewer DataLoader workers than asked: /dev/shm is small (shared_memory.py)
+            warnings.append(note)
         kept = {k: v for k, v in self.run.summary.items() if k in _KEPT_ON_RESUME and self.run.resume}
         if not self.run.resume:
             self.store.delete_predictions(self.run.id)

@@ -120,6 +120,7 @@ class Regularizer:
             self._restore(state, None)
 
     def _restore(self, state: dict[str, Any], fisher: Sequence[torch.Tensor] | None) -> None:
+        assert self._body is not None  # set up (setup) before the state is restored
         self._w0 = [
             w.detach().float().to(p.device).clone() for w, p in zip(self._matching(state["w0"], "w0"), self._body)
         ]
@@ -129,6 +130,7 @@ class Regularizer:
     def _matching(self, tensors: Sequence[torch.Tensor], what: str) -> list[torch.Tensor]:
         """`tensors` if there is one per body parameter, shaped like it; else a clear error."""
         tensors = list(tensors)
+        assert self._body is not None
         if len(tensors) != len(self._body):
             raise UserError(
                 f"{self.name}: {len(tensors)} {what} tensors for {len(self._body)} body parameters; "
@@ -148,6 +150,7 @@ class Regularizer:
                 f"{self.name} needs a Fisher information, one tensor per body parameter: estimate it "
                 f"with estimate_fisher(...) and pass it to setup(body, head, fisher)"
             )
+        assert self._body is not None
         out = [f.detach().float().to(p.device).clone() for f, p in zip(self._matching(fisher, "Fisher"), self._body)]
         if not all(bool(torch.isfinite(f).all()) and bool((f >= 0).all()) for f in out):
             raise UserError(f"{self.name}: the Fisher information must be finite and >= 0; estimate it again")

@@ -27,6 +27,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -171,7 +172,7 @@ def _fit(store: Store, run: Run, cfg: RunConfig, device: torch.device, run_dir: 
     #     weights training starts from, as layer drift is measured from them; the memory levers.
     target = load_target(cfg, d, device, CHANNELS_LAST)
     terms, said = make_terms(cfg, bb, d, device, CHANNELS_LAST)
-    extra = [LayerGroup("domain", terms.modules())] if terms.modules() else []
+    extra = [LayerGroup("domain", [*terms.modules()])] if terms.modules() else []
     drift = Drift(groups)
     checkpointed = gpu_memory.checkpoint_activations(groups) if cfg.checkpointing == "on" else 0
     record.note(
@@ -202,21 +203,23 @@ def _fit(store: Store, run: Run, cfg: RunConfig, device: torch.device, run_dir: 
         file=sys.stderr,
         dynamic_ncols=True,
     )
-    feats, compiled, last_confusion, peak_mb = None, {}, None, 0.0
+    feats, last_confusion, peak_mb = None, None, 0.0
+    compiled: dict[nn.Module, nn.Module] = {}  # torch.compile of each net trained
     with EpochWriter(store) as writer:  # epoch rows written in the background, all before the run ends
         for epoch in range(at.start_epoch, cfg.epochs):
             epoch_start, first = time.perf_counter(), epoch == at.start_epoch
             # 5. Move the freeze boundary where the strategy wants it; the optimizer follows, and
             #    the rest trains on the frozen groups' cached output when that pays (or is cached).
             if plan.plan(epoch) or first:
-                optimizer = sync_param_groups(optimizer, cfg, groups, plan.boundary, plan.multipliers(), extra)
-                feats = frozen.at(plan.boundary, epoch, plan.phase.end - epoch)
+                optimizer = sync_param_groups(optimizer, cfg, groups, plan.planned_boundary, plan.multipliers(), extra)
+                feats = frozen.at(plan.planned_boundary, epoch, plan.phase.end - epoch)
                 _log(frozen.describe())
                 precision = feature_cache.val_precision(epoch, amp, feats, frozen.precision)
-                said = [
+                earlier = [
                     p for p in record.summary.get("val_precision", []) if p["from_epoch"] < precision["from_epoch"]
                 ]  # a resume says its phase again
-                record.note(feature_cache=frozen.summary(), val_precision=[*said, precision])
+                record.note(feature_cache=frozen.summary(), val_precision=[*earlier, precision])
+            assert optimizer is not None  # made (or restored) for the first epoch, just above
             net, train_batches, val_batches = (
                 (feats.cut.rest, feats.train.for_epoch(epoch), feats.val)
                 if feats
@@ -228,6 +231,7 @@ def _fit(store: Store, run: Run, cfg: RunConfig, device: torch.device, run_dir: 
                 x = next(x for x, y in val_batches if len(y))
                 record.note(memory={**record.summary["memory"], "activations_mb": gpu_memory.activation_memory(net, x)})
             if terms.adaptation is not None:
+                assert target is not None  # an adaptation term has its target domain
                 terms.target = target.batches(epoch)
             bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}")
             if first:  # start-up is over: record what it cost, and where it went
@@ -322,6 +326,7 @@ def _fit(store: Store, run: Run, cfg: RunConfig, device: torch.device, run_dir: 
         record.note(gpu_memory={**record.summary.get("gpu_memory", {}), "peak_mb": round(peak_mb, 1)})
     record.note(forgetting=_forgetting(cfg, bb, d, device, amp))
     record.note(**held_out.score_test_split(cfg, model, d, device, amp, loss_fn, checkpoints.best_path))
+    assert best.confusion is not None  # every run has a best epoch once an epoch is done
     store.log_class_metrics(run.id, class_metrics(best.confusion.tolist(), d.classes))
     _finish(record, d, last_confusion, time.perf_counter() - started)
     return _result(store, run.id)
@@ -332,7 +337,7 @@ def _finish(record: RunRecord, d: RunData, last_confusion: list | None, total_se
     that ends below the one before it), the last epoch's confusion (for comparisons read there),
     and the images found unreadable while decoding (truncated)."""
     epochs = record.store.epoch_metrics([record.run.id])[record.run.id]
-    fields = {"phases": phase_ends(epochs, record.summary.get("val_precision", []))}
+    fields: dict[str, Any] = {"phases": phase_ends(epochs, record.summary.get("val_precision", []))}
     if last_confusion is not None:
         fields["last_confusion"] = last_confusion
     if unreadable := decode_cache.unreadable_paths(d.rows, d.pipeline, d.splits):

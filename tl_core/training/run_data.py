@@ -14,9 +14,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from ..config import RunConfig
-from ..data import decode_cache, folders, scan_cache, shared_memory
+from ..data import decode_cache, folders, scan_cache, shared_memory, transforms
 from ..data.splits import Splits, batch_size_for, class_weights, split_dataset
 from ..models import backbones, channels
 from . import feature_cache
@@ -33,8 +34,8 @@ class RunData:
     batch_size: int
     batch_note: str | None
     workers: int  # DataLoader workers, as fitted to /dev/shm (loader)
-    train: object  # batches of (images, labels) on the device
-    val: object
+    train: transforms.EpochLoader | decode_cache.PixelLoader  # batches of (images, labels) on the device
+    val: DataLoader | decode_cache.PixelLoader
     decode_note: dict
     loader: shared_memory.LoaderPlan  # the workers and prefetch, fitted to /dev/shm's free space
 
@@ -88,7 +89,9 @@ def load_model(cfg: RunConfig, num_classes: int, device: torch.device) -> backbo
         dropout=cfg.dropout,
         in_channels=cfg.in_channels,
     )
-    bb.model = bb.model.to(device, memory_format=torch.channels_last if CHANNELS_LAST else torch.preserve_format)
+    layout = torch.channels_last if CHANNELS_LAST else torch.preserve_format
+    # Module.to takes memory_format beside a device; torch's stubs have no such overload.
+    bb.model = bb.model.to(device, memory_format=layout)  # type: ignore[call-overload]
     return bb
 
 

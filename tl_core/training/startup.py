@@ -137,7 +137,8 @@ def warm_cuda() -> bool:
         return False
     device = torch.device("cuda")
     amp, _ = amp_for(device)
-    conv = nn.Conv2d(3, 8, 3).to(device, memory_format=torch.channels_last)
+    # Module.to takes memory_format beside a device; torch's stubs have no such overload.
+    conv = nn.Conv2d(3, 8, 3).to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]
     x = torch.randn(4, 3, 16, 16, device=device).contiguous(memory_format=torch.channels_last)
     with torch.autocast("cuda", dtype=amp):
         loss = conv(x).float().mean() + (x.flatten(1) @ x.flatten(1).T).float().mean()

@@ -48,6 +48,7 @@ class FeatureTap:
 
     def take(self) -> torch.Tensor:
         value, self.value = self.value, None
+        assert value is not None  # the head ran since the last take
         return value.float().flatten(1)
 
     def close(self) -> None:
@@ -71,6 +72,7 @@ class Terms:
         len(x) outputs are the source's)."""
         if self.adaptation is None:
             return x
+        assert self.target is not None  # set every epoch where there is an adaptation term
         return torch.cat([x, next(self.target).to(x.device, non_blocking=True)])
 
     def __call__(self, sources: int, run_progress: float) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
@@ -80,10 +82,13 @@ class Terms:
         if self.regularizer is not None:
             parts["reg_penalty"] = self.regularizer.penalty()
         if self.adaptation is not None:
+            assert self.tap is not None  # made with the adaptation term
             features = self.tap.take()
             parts["domain_loss"] = self.adaptation.loss(features[:sources], features[sources:], run_progress)
         if not parts:
             return None, {}
+        total = sum(parts.values())
+        assert isinstance(total, torch.Tensor)  # a sum of tensors (parts is not empty)
         logged = {
             **{k: v.detach().float() for k, v in parts.items()},
             **{
@@ -91,7 +96,7 @@ class Terms:
                 for k, v in (self.adaptation.stats if self.adaptation else {}).items()
             },
         }
-        return sum(parts.values()), logged
+        return total, logged
 
     def modules(self) -> list[nn.Module]:
         return self.adaptation.modules() if self.adaptation is not None else []
@@ -108,6 +113,7 @@ class Terms:
         batch is drawn too (one per source batch, as `inputs` draws them), so the batches after it
         meet the same target batches as before."""
         if self.adaptation is not None:
+            assert self.target is not None
             next(self.target)
 
     def close(self) -> None:
@@ -210,6 +216,7 @@ def make_terms(
     adaptation = None
     if cfg.adapt != "none":
         adaptation = adaptations.make_adaptation(cfg.adapt, cfg.adapt_strength, _feature_dim(bb))
+        assert adaptation is not None  # make_adaptation's None is for "none"
         for m in adaptation.modules():
             m.to(device)
     tap = FeatureTap(bb.head) if adaptation is not None else None

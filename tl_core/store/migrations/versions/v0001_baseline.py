@@ -11,6 +11,7 @@ code had a nullable uid under a unique index).
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 
 import sqlalchemy as sa
 from alembic import op
@@ -32,7 +33,7 @@ def _experiments_fk() -> sa.ForeignKey:
 
 
 # Each table as that release made it, in an order that makes a referenced table first.
-TABLES = {
+TABLES: dict[str, Callable[[], list[sa.schema.SchemaItem]]] = {
     "experiments": lambda: [
         sa.Column("id", sa.Integer, primary_key=True),
         sa.Column("name", sa.String(200), nullable=False, unique=True),
@@ -110,7 +111,7 @@ TABLES = {
 }
 
 # Columns of runs added after the first release (what store._ADDED_COLUMNS used to add).
-ADDED_TO_RUNS = {
+ADDED_TO_RUNS: dict[str, Callable[[], sa.Column]] = {
     "uid": lambda: sa.Column("uid", sa.String(32), nullable=True),  # NOT NULL once every run has one
     "resume": lambda: sa.Column("resume", sa.Boolean, nullable=False, server_default=sa.false()),
     "notes": lambda: sa.Column("notes", sa.Text, nullable=True),

@@ -8,6 +8,8 @@ them already: only what is missing is added.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -16,7 +18,7 @@ down_revision = "0001"
 branch_labels = None
 depends_on = None
 
-ADDED_TO_RUNS = {
+ADDED_TO_RUNS: dict[str, tuple[Callable[[], sa.Column], str | None]] = {
     "worker_id": (lambda: sa.Column("worker_id", sa.Integer, nullable=True), "ix_runs_worker_id"),
     "executor": (lambda: sa.Column("executor", sa.String(20), nullable=True), None),
     "launched_by": (lambda: sa.Column("launched_by", sa.String(200), nullable=True), "ix_runs_launched_by"),
