@@ -120,6 +120,13 @@ def test_data_and_models_never_import_the_layers_above_them(low, high):
     assert {m: t for m, t in wrong.items() if t} == {}
 
 
+@pytest.mark.parametrize("low", ["tl_core.training", "tl_core.analysis", "tl_core.inference", "tl_core.store"])
+def test_what_a_run_does_never_imports_where_runs_are_sent(low):
+    # executors/ starts runs (the worker, the standby, Ray) and places them: it sits above what it runs
+    wrong = {m: sorted(t for t in GRAPH[m] if t.startswith("tl_core.executors")) for m in _under(low)}
+    assert {m: t for m, t in wrong.items() if t} == {}
+
+
 def test_the_engine_never_imports_the_service_or_the_front_ends():
     front = ("tl_core.service", "tl_core.cli", "tl_core.__main__")  # `python -m tl_core` is the CLI
     engine = [m for m in MODULES if not m.startswith(front)]

@@ -154,13 +154,9 @@ def test_a_step_that_runs_out_of_memory_is_told_plainly_what_to_lower():
     )
 
 
-def test_the_standby_starts_cuda_ahead_of_a_run_only_on_its_one_gpu(monkeypatch):
-    from tl_core.executors import placement
-
-    monkeypatch.setattr(placement, "gpu_count", lambda: 2)  # which GPU is the run's is not known yet
-    assert warm_cuda() is False
-    monkeypatch.setattr(placement, "gpu_count", lambda: 1)
-    assert warm_cuda() is torch.cuda.is_available()
+def test_the_standby_starts_cuda_ahead_of_a_run_only_on_its_one_gpu():
+    assert warm_cuda(2) is False  # which GPU is the run's is not known yet
+    assert warm_cuda(1) is torch.cuda.is_available()
     assert torch.cuda.is_initialized() is torch.cuda.is_available()
 
 

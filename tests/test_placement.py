@@ -270,7 +270,7 @@ def test_gpu_count_is_narrowed_the_same_way(nvml, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,0,-1,1")
     assert placement.gpu_count() == 2
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", MIG_A)
-    assert placement.gpu_count() == 1  # a standby on one MIG device warms CUDA on it (train.warm_cuda)
+    assert placement.gpu_count() == 1  # a standby on one MIG device warms CUDA on it (training.startup.warm_cuda)
 
 
 def test_without_a_driver_there_are_no_gpus(monkeypatch):

@@ -33,6 +33,7 @@ from .. import settings
 from ..logs import logger
 from ..store.run_folders import run_folder
 from ..store.store import Store
+from .placement import gpu_count
 from .processes import kill_group, start_child
 
 if TYPE_CHECKING:
@@ -127,7 +128,7 @@ def train_in_process(store: Store, run_id: int | None) -> RunResult | None:
     (`wait_for_run`), then train it. None: the worker stopped without handing one over."""
     # torch, torchvision and timm: imported in the training process only (the worker imports this
     # module for `Standby`, and never torch); the seconds a standby saves.
-    from ..training.run import train_run
+    from ..training.run import train_run  # torch: see above
 
     if run_id is None and (run_id := wait_for_run(store)) is None:
         return None
@@ -144,7 +145,7 @@ def wait_for_run(store: Store) -> int | None:
 
     from ..training.startup import warm_cuda  # torch: in the standby process only, never the worker's
 
-    warmed = warm_cuda()  # on its one GPU: CUDA started before the run comes
+    warmed = warm_cuda(gpu_count())  # on its one GPU: CUDA started before the run comes
     log.info(f"standby {os.getpid()}: imports done, waiting for a run")
     line = sys.stdin.readline().split()  # "<run id>", or "<run id> <gpu>" for a run placed on a GPU
     if not line:  # the worker stopped without a run for us

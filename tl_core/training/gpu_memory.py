@@ -38,6 +38,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..errors import UserError
 from ..models.backbones import LayerGroup
+from .finetuning import freeze_to
 
 _NORMS = (nn.modules.batchnorm._BatchNorm,)
 _ACTIVE = [True]  # checkpointed modules recompute while this holds (off: to measure what they save)
@@ -204,8 +205,6 @@ def probe_step(
     trainable, measured, then undone. `forwards`: the batches a step sends through the model (2
     with domain adaptation: the target domain's batch too), probed as one batch that many times
     larger. On a CPU only the time is measured (memory: zeros)."""
-    from .finetuning import freeze_to  # finetuning builds on the strategies; memory is below them
-
     cuda = device.type == "cuda"
     flags = [(p, p.requires_grad) for p in model.parameters()]
     modes = [(m, m.training) for m in model.modules()]

@@ -126,14 +126,13 @@ class StartupClock:
         }
 
 
-def warm_cuda() -> bool:
+def warm_cuda(visible_gpus: int) -> bool:
     """Start CUDA ahead of a run, in the worker's standby process, where this process sees one GPU
-    (with several, the standby waits to be told its GPU: CUDA, once started, could not change it):
+    (`visible_gpus`, the driver's count, which the standby reads without asking CUDA; with several,
+    the standby waits to be told its GPU: CUDA, once started, could not change it):
     the context, cuBLAS's and cuDNN's handles and the kernels of a small bf16 convolution step, the
     start-up the run's first batch then does not pay. Returns whether it did."""
-    from ..executors.placement import gpu_count  # the driver's count: asks CUDA nothing where there are several
-
-    if gpu_count() != 1 or not torch.cuda.is_available():
+    if visible_gpus != 1 or not torch.cuda.is_available():
         return False
     device = torch.device("cuda")
     amp, _ = amp_for(device)
