@@ -82,13 +82,6 @@ def val_precision(epoch: int, amp: torch.dtype | None, cached: FeatureRun | None
     return {"from_epoch": epoch + 1, "precision": precision_name(lowest), "how": "; ".join(where) or "fp32 throughout"}
 
 
-def precision_at(summary: dict, epoch: int | None) -> str | None:
-    """The precision of a run's validation numbers at `epoch` (1-based), or None where the run
-    recorded none (trained before val_precision existed)."""
-    said = [p for p in summary.get("val_precision", []) if epoch is not None and p["from_epoch"] <= epoch]
-    return said[-1]["precision"] if said else None
-
-
 # --- batches of cached activations ----------------------------------------------------------------
 
 
