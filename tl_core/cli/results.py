@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from typing import Any
@@ -168,14 +169,12 @@ def cmd_logs(args) -> int:
         raise UserError("--tail must be 0 or more")
     store = service.open_store(args.db)
     text: list[str] = []
-    try:
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends --follow
         for chunk in service.log_text(store, args.run_id, args.follow, args.tail):
             text.append(chunk)
             if not args.json:
                 sys.stdout.write(chunk)
                 sys.stdout.flush()
-    except KeyboardInterrupt:  # Ctrl-C ends --follow
-        pass
     run = store.get_run(args.run_id)
     if args.json:
         print(json.dumps({"run_id": run.id, "status": run.status, "log": "".join(text)}))

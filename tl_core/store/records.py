@@ -25,7 +25,7 @@ def utcnow() -> dt.datetime:
 
 
 class UnknownRun(LookupError):
-    pass
+    """No run (or job) with that id in the store."""
 
 
 @dataclass

@@ -20,7 +20,7 @@ from .records import utcnow
 
 
 class Base(DeclarativeBase):
-    pass
+    """The store's tables' metadata: every model below, and what the migrations are checked against."""
 
 
 class SqlExperiment(Base):

@@ -20,7 +20,7 @@ from ..store.store import Run, Store
 
 
 class RunCancelled(Exception):
-    pass
+    """The run was cancelled (from a page or `cancel`): it stops at its next batch."""
 
 
 class RunInterrupted(Exception):

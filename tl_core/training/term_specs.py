@@ -49,7 +49,7 @@ class RegularizerSpec(TermSpec):
 
 @dataclass(frozen=True)
 class AdaptationSpec(TermSpec):
-    pass
+    """A domain adaptation method: it reads a target domain (`--target-data`) beside the source."""
 
 
 REGULARIZERS: Registry[RegularizerSpec] = Registry("regularizer", none="none")
