@@ -1,0 +1,185 @@
+"""Which backbone for my data: LogME and LEEP (analysis/transferability.py) on data with a known answer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tl_core.analysis import transferability as T
+
+# --- LogME: the evidence, its maximum, its known answers (numpy only) ----------------------------
+
+
+def _blobs(n: int, dims: int, classes: int = 3, spread: float = 2.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian features around one random mean per class, `spread` apart: separable as spread grows."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % classes
+    return rng.normal(size=(n, dims)) + spread * rng.normal(size=(classes, dims))[y], y
+
+
+def _log_marginal(f: np.ndarray, y: np.ndarray, alpha: float, beta: float) -> float:
+    """log N(y | 0, I / beta + F F^T / alpha) per image, computed directly from the (n, n) covariance."""
+    n = len(y)
+    cov = np.eye(n) / beta + f @ f.T / alpha
+    _, logdet = np.linalg.slogdet(cov)
+    return float(-0.5 * (n * np.log(2 * np.pi) + logdet + y @ np.linalg.solve(cov, y))) / n
+
+
+def _scaled_spectrum(f: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """F divided by its largest singular value (as logme scores it), and that F's U and sigma."""
+    scaled = f / np.linalg.svd(f, compute_uv=False)[0]
+    u, sigma = T._spectrum(f)
+    return scaled, u, sigma
+
+
+def test_logme_per_class_evidence_is_the_marginal_likelihood_at_its_maximum():
+    f, y = _blobs(200, 10)
+    scaled, u, sigma = _scaled_spectrum(f)
+    for c in range(3):
+        target = (y == c).astype(float)
+        e = T.class_evidence(u, sigma, target, dims=10)
+        assert e.converged and e.steps < 50
+        # The closed form over the SVD is the Gaussian marginal likelihood of the labels ...
+        assert e.evidence == pytest.approx(_log_marginal(scaled, target, e.alpha, e.beta), abs=1e-9)
+        # ... at its maximum over alpha and beta (moving either away lowers it) ...
+        for a, b in ((1.2, 1), (0.8, 1), (1, 1.2), (1, 0.8)):
+            assert _log_marginal(scaled, target, e.alpha * a, e.beta * b) < e.evidence
+        # ... where MacKay's fixed point holds: alpha = gamma / |m|^2, beta = (n - gamma) / |F m - y|^2.
+        a_mat = e.alpha * np.eye(10) + e.beta * scaled.T @ scaled
+        m = e.beta * np.linalg.solve(a_mat, scaled.T @ target)
+        gamma = float((e.beta * sigma / (e.alpha + e.beta * sigma)).sum())
+        assert e.alpha == pytest.approx(gamma / (m @ m), rel=1e-5)
+        assert e.beta == pytest.approx((200 - gamma) / ((scaled @ m - target) ** 2).sum(), rel=1e-5)
+
+
+def test_with_fewer_images_than_dimensions_logme_takes_the_noiseless_limit_it_approaches():
+    """n <= D: the labels can be fitted exactly, the evidence grows with beta towards N(y | 0, F F^T / alpha)."""
+    f, y = _blobs(30, 100)
+    scaled, u, sigma = _scaled_spectrum(f)
+    target = (y == 0).astype(float)
+    e = T.class_evidence(u, sigma, target, dims=100)
+    assert e.beta == np.inf and e.converged
+    assert e.evidence == pytest.approx(_log_marginal(scaled, target, e.alpha, np.inf), abs=1e-9)
+    below = [_log_marginal(scaled, target, e.alpha, beta) for beta in (1e2, 1e4, 1e6)]
+    assert below[0] < below[1] < below[2] < e.evidence  # rising towards the limit, never past it
+    assert (
+        _log_marginal(scaled, target, e.alpha * 1.2, np.inf)
+        < e.evidence
+        > _log_marginal(scaled, target, e.alpha * 0.8, np.inf)
+    )
+
+
+def test_logme_prefers_features_that_separate_the_classes():
+    f, y = _blobs(120, 16, spread=2.0)
+    shuffled = np.random.default_rng(1).permutation(y)
+    noise = np.random.default_rng(2).normal(size=f.shape)
+    assert T.logme(f, y) > T.logme(f, shuffled) + 0.3  # the same features, labels they do not predict
+    assert T.logme(f, y) > T.logme(noise, y) + 0.3  # features that know nothing of the labels
+    weak, strong = T.logme(*_blobs(120, 16, spread=0.5)), T.logme(*_blobs(120, 16, spread=4.0))
+    assert weak < T.logme(f, y) < strong  # more separable, higher
+
+
+def test_logme_ignores_the_features_scale_and_the_labels_names():
+    f, y = _blobs(90, 12)
+    base = T.logme(f, y)
+    assert T.logme(1000 * f, y) == pytest.approx(base, abs=1e-9)  # alpha absorbs any scale
+    assert T.logme(f / 1000, y) == pytest.approx(base, abs=1e-9)
+    assert T.logme(f, np.array([3, 7, 11])[y]) == pytest.approx(base, abs=1e-12)  # only present classes count
+    # The average of each class's evidence: one class's indicator scored alone, by hand.
+    _, u, sigma = _scaled_spectrum(f)
+    each = [T.class_evidence(u, sigma, (y == c).astype(float), 12).evidence for c in range(3)]
+    assert base == pytest.approx(np.mean(each), abs=1e-12)
+
+
+def _reference_logme_icml(f: np.ndarray, y: np.ndarray) -> float:
+    """The authors' ICML form, transcribed from github.com/thuml/LogME LogME.py (MIT licence):
+    `_fit_icml` and `each_evidence`, numba left out."""
+    fh, f = f, f.T
+    dims, n = f.shape
+    v, s, vh = np.linalg.svd(f @ fh, full_matrices=True)
+    evidences = []
+    for i in range(int(y.max() + 1)):
+        y_ = (y == i).astype(np.float64)
+        epsilon, alpha, beta = 1e-5, 1.0, 1.0
+        lam = alpha / beta
+        tmp = vh @ (f @ y_)
+        for _ in range(11):
+            gamma = (s / (s + lam)).sum()
+            m = v @ (tmp * beta / (alpha + beta * s))
+            alpha_de = (m * m).sum()
+            alpha = gamma / (alpha_de + epsilon)
+            beta_de = ((y_ - fh @ m) ** 2).sum()
+            beta = (n - gamma) / (beta_de + epsilon)
+            new_lam = alpha / beta
+            if np.abs(new_lam - lam) / lam < 0.01:
+                break
+            lam = new_lam
+        evidence = (
+            dims / 2.0 * np.log(alpha)
+            + n / 2.0 * np.log(beta)
+            - 0.5 * np.sum(np.log(alpha + beta * s))
+            - beta / 2.0 * (beta_de + epsilon)
+            - alpha / 2.0 * (alpha_de + epsilon)
+            - n / 2.0 * np.log(2 * np.pi)
+        )
+        evidences.append(evidence / n)
+    return float(np.mean(evidences))
+
+
+def test_logme_agrees_with_the_authors_reference_where_their_forms_agree():
+    """More images than dimensions, features of unit scale: the reference's early stop and epsilon
+    move its number by less than 1e-3 from the maximum computed here."""
+    for seed in range(3):
+        f, y = _blobs(150, 8, spread=1.0, seed=seed)
+        assert T.logme(f, y) == pytest.approx(_reference_logme_icml(f, y), abs=1e-3)
+
+
+# --- LEEP ----------------------------------------------------------------------------------------
+
+
+def _leep_by_the_formula(theta: np.ndarray, y: np.ndarray) -> float:
+    """Nguyen et al. 2020, eq. (1)-(2), one sum at a time."""
+    n, sources = theta.shape
+    classes = sorted(set(y.tolist()))
+    joint = {(c, z): sum(theta[i, z] for i in range(n) if y[i] == c) / n for c in classes for z in range(sources)}
+    marginal = {z: sum(joint[c, z] for c in classes) for z in range(sources)}
+    total = 0.0
+    for i in range(n):
+        total += np.log(sum(joint[y[i], z] / marginal[z] * theta[i, z] for z in range(sources)))
+    return total / n
+
+
+def test_leep_is_its_formula():
+    rng = np.random.default_rng(0)
+    theta = T.softmax(rng.normal(size=(40, 7)) * 2)
+    y = rng.integers(0, 3, 40)
+    assert T.leep(theta, y) == pytest.approx(_leep_by_the_formula(theta, y), abs=1e-12)
+    assert T.softmax(np.array([[1000.0, 0.0], [0.0, 0.0]])) == pytest.approx(np.array([[1.0, 0.0], [0.5, 0.5]]))
+
+
+def test_leep_known_answers():
+    y = np.array([0, 0, 1, 1, 1, 2, 2, 2, 2, 2])
+    # Each target class read off its own source class with certainty: every image predicted right, log 1.
+    assert T.leep(np.eye(4)[y], y) == pytest.approx(0.0, abs=1e-12)
+    # A source model that says the same of every image: the predictor is the classes' frequencies,
+    # and LEEP the labels' mean log frequency (minus their empirical entropy).
+    frequency = np.bincount(y) / len(y)
+    assert T.leep(np.full((10, 5), 0.2), y) == pytest.approx(np.mean(np.log(frequency[y])), abs=1e-12)
+    # Informative but noisy source probabilities beat the same ones against shuffled labels, and LEEP <= 0.
+    rng = np.random.default_rng(0)
+    labels = np.arange(300) % 3
+    theta = T.softmax(3 * np.eye(6)[labels] + rng.normal(size=(300, 6)))
+    shuffled = rng.permutation(labels)
+    assert T.leep(theta, shuffled) < T.leep(theta, labels) <= 0
+
+
+def test_bad_input_is_refused():
+    f, y = _blobs(20, 4)
+    with pytest.raises(ValueError, match="at least two classes"):
+        T.logme(f, np.zeros(20, dtype=int))
+    with pytest.raises(ValueError, match="must agree"):
+        T.logme(f, y[:-1])
+    with pytest.raises(ValueError, match="NaN"):
+        T.logme(np.full_like(f, np.nan), y)
+    with pytest.raises(ValueError, match="probabilities"):
+        T.leep(f, y)
