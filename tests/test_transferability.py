@@ -1,11 +1,19 @@
-"""Which backbone for my data: LogME and LEEP (analysis/transferability.py) on data with a known answer."""
+"""Which backbone for my data: LogME and LEEP (analysis/transferability.py) on data with a known answer,
+`rank-backbones` on the real packaged EfficientNet-Lite0 against the same architecture at random init,
+and its job."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
 
+from tl_core import cli
 from tl_core.analysis import transferability as T
+from tl_core.cli.parser import build_parser
+from tl_core.config import make_config
+from tl_core.service import jobs
 
 # --- LogME: the evidence, its maximum, its known answers (numpy only) ----------------------------
 
@@ -183,3 +191,86 @@ def test_bad_input_is_refused():
         T.logme(np.full_like(f, np.nan), y)
     with pytest.raises(ValueError, match="probabilities"):
         T.leep(f, y)
+
+
+# --- rank-backbones: real weights, real images ---------------------------------------------------
+
+
+def _rank(capsys, *args: str) -> tuple[int, dict | None, str]:
+    code = cli.main(["rank-backbones", *args])
+    out, err = capsys.readouterr()
+    return code, json.loads(out) if code == 0 and "--json" in args else None, err
+
+
+def test_rank_backbones_puts_pretrained_lite0_above_the_same_architecture_at_random_init(
+    animals, store, capsys, monkeypatch
+):
+    from tl_core.analysis import backbone_ranking
+
+    seen = []  # the images each candidate is scored on: a train subsample, never val or test
+    measure = backbone_ranking.frozen_activations
+    monkeypatch.setattr(
+        backbone_ranking, "frozen_activations", lambda cfg, splits, *a: seen.append(splits) or measure(cfg, splits, *a)
+    )
+    common = ["--data", animals, "--image-size", "64", "--max-per-class", "4", "--test-fraction", "0.2"]
+    flags = [*common, "--experiment", "rank", "--db", store.url, "--json"]
+    code, found, _ = _rank(capsys, *flags, "--backbones", "efficientnet_lite0@none,efficientnet_lite0")
+    assert code == 0 and found is not None
+    first, second = found["ranked"]
+    assert (first["candidate"], second["candidate"]) == ("efficientnet_lite0", "efficientnet_lite0@none")
+    assert (first["rank"], second["rank"]) == (1, 2) and first["logme"] > second["logme"] + 0.02
+    # LEEP only where the ImageNet head exists; every score timed, the features computed once each.
+    assert first["leep"] < 0 and first["leep_rank"] == 1 and first["leep_skipped"] is None
+    assert second["leep"] is None and second["leep_rank"] is None and "random init" in second["leep_skipped"]
+    assert all(s["seconds"] >= s["seconds_features"] > 0 and s["seconds_logme"] >= 0 for s in found["ranked"])
+    assert {s["feature_cache"] for s in found["ranked"]} == {"computed"} and first["features"] == 1280
+    assert (found["images"], len(found["classes"]), found["split"], found["ranked_by"]) == (40, 10, "train", "logme")
+    assert set(found["scores"]) == {"logme", "leep"} and found["data"] == animals and found["job"] is None
+    assert all(s["image_size"] == 64 and s["weights"] in ("imagenet", "none") for s in found["ranked"])
+    # Stored with the experiment, as the probe is; a second ranking reads the cache.
+    (stored,) = store.artifacts("rank", "backbone_ranking")
+    assert stored.data["ranked"] == found["ranked"]
+    for splits in seen:
+        assert not splits.val and not splits.test and len(splits.train) == 40
+    held = {it.path for it in _held_out(animals)}
+    assert not held & {it.path for s in seen for it in s.train}
+    code, again, _ = _rank(capsys, *flags, "--backbones", "efficientnet_lite0")
+    assert again["ranked"][0]["feature_cache"] == "hit" and again["ranked"][0]["logme"] == first["logme"]
+    # Text: a table, best first.
+    code, _, _ = _rank(capsys, *common, "--db", store.url, "--backbones", "efficientnet_lite0,efficientnet_lite0@none")
+    assert code == 0
+
+
+def _held_out(data: str):
+    from tl_core.data.scan_cache import scan_dataset
+    from tl_core.data.splits import split_dataset
+
+    splits = split_dataset(scan_dataset(data), 0.2, 1.0, 0, 0.2)
+    return [*splits.val, *splits.test]
+
+
+@pytest.mark.parametrize(
+    "backbones, data, message",
+    [
+        ("resnet999", None, "--backbones: unknown backbone 'resnet999'"),
+        ("efficientnet_lite0,efficientnet_lite0", None, "efficientnet_lite0 listed twice"),
+        ("efficientnet_lite0@", None, "is not a backbone"),
+        ("efficientnet_lite0", "empty", "has no class folders"),
+    ],
+)
+def test_bad_input_gets_one_clear_line(animals, store, capsys, tmp_path, backbones, data, message):
+    folder = animals if data is None else str(tmp_path / data)
+    (tmp_path / "empty").mkdir()
+    code, _, err = _rank(capsys, "--data", folder, "--backbones", backbones, "--db", store.url)
+    assert code == 2 and err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_page_starts_the_ranking_as_a_job_whose_command_line_parses():
+    cfg = make_config(data="/d", image_size=96, experiment="e", weights="none")
+    args = [*jobs.flags(cfg, jobs.NOT_FLAGS["rank-backbones"]), "--backbones", "efficientnet_lite0,efficientnet_lite1"]
+    assert (
+        "--backbone" not in args and "--image-size" not in args and jobs.KINDS["rank-backbones"] == "backbone_ranking"
+    )
+    parsed = build_parser().parse_args(["rank-backbones", *args, "--job", "j"])
+    assert parsed.backbones == ["efficientnet_lite0", "efficientnet_lite1"] and parsed.rank_image_size is None
+    assert (parsed.weights, parsed.experiment, parsed.job) == ("none", "e", "j")

@@ -1,1 +1,1 @@
-"""Measuring data, runs and models: the data probe, the LR finder, layer drift, forgetting, statistics of comparisons, metrics, Grad-CAM, stored predictions."""
+"""Measuring data, runs and models: the data probe, which backbone for the data (LogME, LEEP), the LR finder, layer drift, forgetting, statistics of comparisons, metrics, Grad-CAM, stored predictions."""

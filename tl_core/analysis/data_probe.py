@@ -31,6 +31,7 @@ import statistics
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -226,7 +227,7 @@ def median_per_class(items: Sequence[folders.Item], num_classes: int) -> float:
     return float(statistics.median(counts.tolist()))
 
 
-def _stacked(batches: feature_cache.FeatureBatches) -> tuple[np.ndarray, np.ndarray]:
+def stacked(batches: feature_cache.FeatureBatches) -> tuple[np.ndarray, np.ndarray]:
     """Every (activations, labels) batch as one (images, features) matrix and one label vector."""
     xs, ys = [], []
     for x, y in batches:
@@ -268,24 +269,34 @@ def knn_accuracy(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_
     return float((np.asarray(pred) == y_val).mean())
 
 
-def _frozen_activations(
-    cfg: RunConfig, splits: Splits, rows: decode_cache.DatasetRows, device: torch.device
-) -> tuple[feature_cache.FeatureRun, str]:
-    """The pretrained body's output at the head input for `splits`' images, at the weights' native
-    size, through the feature cache."""
-    if cfg.weights == "none":
-        raise UserError(
-            f"--weights none: probing {cfg.data} measures how well pretrained features separate its "
-            f"classes, and random weights have none; probe with --weights imagenet or a state_dict file"
-        )
+class Activations(NamedTuple):
+    """What `frozen_activations` computed: the cached activations, whether the cache had them, the backbone."""
+
+    run: feature_cache.FeatureRun
+    cache: str  # "hit" | "computed"
+    backbone: backbones.Backbone  # with its new head: what the activations came out of
+
+
+def frozen_activations(
+    cfg: RunConfig,
+    splits: Splits,
+    rows: decode_cache.DatasetRows,
+    device: torch.device,
+    image_size: int | None = None,
+) -> Activations:
+    """The body's output at the head input (cfg's backbone and weights, random ones for weights
+    none: seeded by cfg.seed) for `splits`' images at `image_size` (default: the weights' native
+    size), through the feature cache."""
     weights.check_obtainable(cfg.backbone, cfg.weights)
+    seed_everything(cfg.seed)  # a random init is the same for a seed, as its cache key says
     bb = backbones.create_backbone(cfg.backbone, len(splits.classes), weights=cfg.weights)
     layout = torch.channels_last if CHANNELS_LAST else torch.preserve_format
     # Module.to takes memory_format beside a device; torch's stubs have no such overload.
     bb.model = bb.model.to(device, memory_format=layout)  # type: ignore[call-overload]
     # Without augmentation: the probe wants each image as validation sees it, and it is the cache
     # entry a feature_extraction run without augmentation reads (feature_cache.py keys it so).
-    pipeline = decode_cache.Pipeline(backbones.preprocessing(cfg.backbone), weights.native_size(cfg.backbone), "none")
+    size = image_size or weights.native_size(cfg.backbone)
+    pipeline = decode_cache.Pipeline(backbones.preprocessing(cfg.backbone), size, "none")
     precision = feature_cache.extraction_dtype(cfg.feature_precision, device, amp_for(device)[0])
     # One batch per split: the probes need every activation at once, and a batch at least as big
     # as the split never drops a last lone image (FeatureBatches does, for BatchNorm's sake).
@@ -308,11 +319,11 @@ def _frozen_activations(
     record = frozen.records[-1]
     if run is None:
         raise UserError(
-            f"cannot probe {cfg.data}: the frozen features of {cfg.backbone} could not be cached "
+            f"cannot measure {cfg.data}: the frozen features of {cfg.backbone} could not be cached "
             f"({record.get('why', 'no reason given')}); if the cache is too large, free disk space "
-            f"or raise TL_CACHE_MAX_GB, else probe with another --backbone"
+            f"or raise TL_CACHE_MAX_GB, else measure with another backbone"
         )
-    return run, "hit" if record.get("hit") else "computed"
+    return Activations(run, "hit" if record.get("hit") else "computed", bb)
 
 
 def probe(cfg: RunConfig, *, max_per_class: int = 50, k: int = 5) -> Probe:
@@ -335,6 +346,11 @@ def probe(cfg: RunConfig, *, max_per_class: int = 50, k: int = 5) -> Probe:
             f"separate the classes, and these images are not RGB; compare strategies with runs instead "
             f"(a feature_extraction run is the linear probe on the rebuilt first layer)"
         )
+    if cfg.weights == "none":
+        raise UserError(
+            f"--weights none: probing {cfg.data} measures how well pretrained features separate its "
+            f"classes, and random weights have none; probe with --weights imagenet or a state_dict file"
+        )
     started = time.perf_counter()
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
@@ -349,9 +365,9 @@ def probe(cfg: RunConfig, *, max_per_class: int = 50, k: int = 5) -> Probe:
         index,
     )
     # 2. Frozen activations at the head input, computed once and cached.
-    run, cache_state = _frozen_activations(cfg, probed, decode_cache.DatasetRows.of(index), device)
-    x_train, y_train = _stacked(run.train.for_epoch(0))
-    x_val, y_val = _stacked(run.val)
+    run, cache_state, _ = frozen_activations(cfg, probed, decode_cache.DatasetRows.of(index), device)
+    x_train, y_train = stacked(run.train.for_epoch(0))
+    x_val, y_val = stacked(run.val)
     if len(np.unique(y_train)) < 2 or not len(y_val):
         raise UserError(
             f"cannot probe {cfg.data}: too few readable images (train {len(y_train)}, val {len(y_val)}) "

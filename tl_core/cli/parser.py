@@ -11,6 +11,7 @@ from typing import Any
 
 from ..config import RunConfig, choices, make_config
 from ..data.demo import DATASETS  # numpy and PIL only, loaded by the service already
+from ..service.measure import RANK_NOT_FLAGS
 from ..store.store import default_db_url
 
 # Short help for the run flags; the rest read well from their names or their field's description.
@@ -140,6 +141,30 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(p)
     p.add_argument("--max-per-class", type=int, default=50, help="images per class probed (default 50)")
     p.add_argument("--job", help=argparse.SUPPRESS)  # set by the dashboard, which waits for this result
+
+    p = sub.add_parser(
+        "rank-backbones",
+        parents=[common],
+        help="before training: which backbone for this data? Candidates ranked by LogME (and LEEP where they "
+        "have an ImageNet head) from their frozen features on the training images, with the seconds each took",
+    )
+    _add_config_flags(p, skip=RANK_NOT_FLAGS)
+    p.add_argument(
+        "--backbones",
+        type=_names,
+        required=True,
+        help="comma-separated candidates, each a registered backbone with --weights, or its own after an @: "
+        "efficientnet_lite0,efficientnet_lite1,efficientnet_lite0@none",
+    )
+    p.add_argument(
+        "--image-size",
+        dest="rank_image_size",
+        type=int,
+        default=None,
+        help="the size every candidate sees the images at (default: each weights' native size, as the probe)",
+    )
+    p.add_argument("--max-per-class", type=int, default=50, help="training images per class scored (default 50)")
+    p.add_argument("--job", help=argparse.SUPPRESS)
 
     p = sub.add_parser(
         "lr-find",

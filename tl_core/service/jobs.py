@@ -1,9 +1,9 @@
-"""Work a front end starts and waits for: an LR range test, a probe of the data, a prediction
-with heat maps, an export and its parity check.
+"""Work a front end starts and waits for: an LR range test, a probe of the data, a ranking of
+candidate backbones, a prediction with heat maps, an export and its parity check.
 
 They take seconds to a minute, so they run in a process of their own (a dashboard page never
-trains inside its script): `python -m tl_core lr-find|probe <the run's settings> --experiment E
---job ID` or `python -m tl_core predict|export RUN ... --job ID`, which stores its result as an
+trains inside its script): `python -m tl_core lr-find|probe|rank-backbones <the run's settings>
+--experiment E --job ID` or `python -m tl_core predict|export RUN ... --job ID`, which stores its result as an
 artifact of experiment E tagged with the job id, and records its own end in the store (`recorded`).
 The page asks `result()` until it is there, or `failure()` says why the job ended without one.
 
@@ -37,29 +37,33 @@ from ..executors.jobs import log_tail
 from ..executors.processes import pid_alive
 from ..store import Job, Store, UnknownRun
 from ..store.run_folders import job_log
+from .measure import RANK_NOT_FLAGS, RANKING
 from .runs import start_worker
 
 KINDS = {
     "lr-find": "lr_find",
     "probe": "probe",
+    "rank-backbones": RANKING,
     "predict": "prediction",
     "export": "export",
 }  # command -> artifact kind
 ON_RUNS = ("predict", "export")  # commands whose first argument is a run id (or, for predict, a bundle's path)
+NOT_FLAGS = {"rank-backbones": RANK_NOT_FLAGS}  # run settings a command has no flag for (its own instead)
 
 
-def flags(cfg: RunConfig) -> list[str]:
-    """The command-line flags that recreate `cfg` (every setting that is not its default's None)."""
+def flags(cfg: RunConfig, skip: Sequence[str] = ()) -> list[str]:
+    """The command-line flags that recreate `cfg` (every setting that is not its default's None), but `skip`."""
     out: list[str] = []
     for key, value in cfg.model_dump().items():
-        if value is not None:
+        if value is not None and key not in skip:
             out += [f"--{key.replace('_', '-')}", str(value)]
     return out
 
 
 def start(store: Store, command: str, cfg: RunConfig, extra: Sequence[str] = ()) -> Job:
     """Queue `python -m tl_core COMMAND` on `cfg`; its result lands in the store."""
-    return start_command(store, command, cfg.experiment, [*flags(cfg), *extra], cfg.model_dump())
+    args = [*flags(cfg, NOT_FLAGS.get(command, ())), *extra]
+    return start_command(store, command, cfg.experiment, args, cfg.model_dump())
 
 
 def start_command(store: Store, command: str, experiment: str, args: Sequence[str], config: dict | None = None) -> Job:
