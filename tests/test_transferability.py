@@ -1,6 +1,6 @@
 """Which backbone for my data: LogME and LEEP (analysis/transferability.py) on data with a known answer,
 `rank-backbones` on the real packaged EfficientNet-Lite0 against the same architecture at random init,
-and its job."""
+its job, an experiment over backbones, and how the ranking's prediction is checked after it."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import json
 import numpy as np
 import pytest
 
-from tl_core import cli
+from tl_core import cli, service
 from tl_core.analysis import transferability as T
 from tl_core.cli.parser import build_parser
 from tl_core.config import make_config
+from tl_core.errors import UserError
 from tl_core.service import jobs
 
 # --- LogME: the evidence, its maximum, its known answers (numpy only) ----------------------------
@@ -274,3 +275,89 @@ def test_a_page_starts_the_ranking_as_a_job_whose_command_line_parses():
     parsed = build_parser().parse_args(["rank-backbones", *args, "--job", "j"])
     assert parsed.backbones == ["efficientnet_lite0", "efficientnet_lite1"] and parsed.rank_image_size is None
     assert (parsed.weights, parsed.experiment, parsed.job) == ("none", "e", "j")
+
+
+# --- an experiment over backbones, and the ranking checked after it ------------------------------
+
+
+def test_an_experiment_spans_backbones(tiny):
+    base = {"data": tiny, "image_size": 32, "epochs": 1, "experiment": "b"}
+    configs = service.plan_runs(
+        base, ["feature_extraction", "full"], [0, 1], backbones=["efficientnet_lite0", "efficientnet_lite1"]
+    )
+    assert [(c.backbone, c.strategy, c.seed) for c in configs[:4]] == [
+        ("efficientnet_lite0", "feature_extraction", 0),
+        ("efficientnet_lite0", "feature_extraction", 1),
+        ("efficientnet_lite0", "full", 0),
+        ("efficientnet_lite0", "full", 1),
+    ]
+    assert len(configs) == 8 and {c.backbone for c in configs[4:]} == {"efficientnet_lite1"}
+    assert {c.backbone for c in service.plan_runs({**base, "backbone": "efficientnet_lite1"}, ["full"], [0])} == {
+        "efficientnet_lite1"
+    }
+    with pytest.raises(UserError, match="listed twice"):
+        service.plan_runs(base, ["full"], [0], backbones=["efficientnet_lite0", "efficientnet_lite0"])
+    with pytest.raises(UserError, match="unknown backbone"):
+        service.plan_runs(base, ["full"], [0], backbones=["efficientnet_lite0", "nope"])
+
+
+def test_experiment_refuses_backbone_and_backbones_together(tiny, store, capsys):
+    args = ["experiment", "--data", tiny, "--strategies", "full", "--db", store.url, "--detach"]
+    assert cli.main([*args, "--backbone", "efficientnet_lite0", "--backbones", "efficientnet_lite1"]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert cli.main([*args, "--backbones", "efficientnet_lite0,efficientnet_lite1", "--image-size", "32"]) == 0
+    assert {r.config["backbone"] for r in store.list_runs()} == {"efficientnet_lite0", "efficientnet_lite1"}
+
+
+def _finished(store, backbone: str, strategy: str, seed: int, acc: float, weights: str = "imagenet") -> None:
+    config = {"data": "/d", "backbone": backbone, "weights": weights, "strategy": strategy, "seed": seed, "epochs": 1}
+    run = store.create_run(config, "over", status="running")
+    store.log_epoch(run.id, 0, {"val_acc": acc, "val_loss": 1 - acc}, best=(acc, 0))
+    store.finish_run(run.id, "completed", summary={"train_images": 20, "classes": ["a", "b"]})
+
+
+def _ranking(store, scores: dict[str, float], data: str = "/d") -> None:
+    ranked = [
+        {"candidate": c, "backbone": c.partition("@")[0], "weights": c.partition("@")[2] or "imagenet", "logme": v}
+        for c, v in sorted(scores.items(), key=lambda kv: -kv[1])
+    ]
+    for i, s in enumerate(ranked, 1):
+        s.update(rank=i, leep=None if "@" in s["candidate"] else -1.0 - i / 10)
+    store.add_artifact("over", "backbone_ranking", {"ranked": ranked, "data": data, "job": None})
+
+
+def test_compare_groups_an_experiment_by_backbone_and_says_how_well_the_ranking_predicted_it(store):
+    measured = {
+        "resnet18": 0.70,
+        "efficientnet_lite0": 0.80,
+        "efficientnet_lite1": 0.85,
+        "efficientnet_lite0@none": 0.3,
+    }
+    for seed in (0, 1):
+        for candidate, acc in measured.items():
+            backbone, _, weights = candidate.partition("@")
+            _finished(store, backbone, "feature_extraction", seed, acc + 0.01 * seed, weights or "imagenet")
+    runs = store.list_runs("over")
+    labels = {g.label for g in service.group_runs(runs)}
+    assert "backbone resnet18 · weights imagenet" in labels and len(labels) == 4  # Compare's groups, by backbone
+    assert service.ranking_agreement(store, "over") is None  # no ranking stored
+    # LogME got the order right but for the two Lite models: rho = 0.8, tau = 4/6.
+    _ranking(
+        store,
+        {"resnet18": -0.5, "efficientnet_lite0": -0.2, "efficientnet_lite1": -0.3, "efficientnet_lite0@none": -0.9},
+    )
+    found = service.ranking_agreement(store, "over")
+    (row,) = found["by_strategy"]
+    assert row["strategy"] == "feature_extraction" and [p["candidate"] for p in row["points"]][:2] == [
+        "efficientnet_lite0",
+        "efficientnet_lite1",
+    ]
+    assert row["logme"]["spearman"] == pytest.approx(0.8) and row["logme"]["kendall"] == pytest.approx(4 / 6)
+    assert row["leep"] is not None and row["leep"]["spearman"] == pytest.approx(0.5)  # three with LEEP
+    assert row["points"][0]["measured"] == pytest.approx(0.805) and row["points"][0]["runs"] == 2
+    assert "it put efficientnet_lite0 first (80.5%), but efficientnet_lite1 measured best (85.5%)" in row["text"]
+    report = service.experiment_report(store, "over")
+    assert report["ranking"]["by_strategy"][0]["text"] == row["text"]
+    # A ranking of other data says nothing of these runs.
+    store.add_artifact("over", "backbone_ranking", {"ranked": [], "data": "/elsewhere", "job": None})
+    assert service.ranking_agreement(store, "over")["by_strategy"][0]["text"] == row["text"]

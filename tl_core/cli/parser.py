@@ -108,11 +108,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "experiment",
         parents=[common],
-        help="a grid of runs as one experiment: strategies x "
+        help="a grid of runs as one experiment: backbones x strategies x "
         "train fractions x LRs x seeds (trained here one after another, or queued with --detach)",
     )
     _add_config_flags(p, skip=("strategy", "seed", "train_fraction", "lr"))
     p.add_argument("--strategies", type=_names, required=True, help="comma-separated, e.g. feature_extraction,full")
+    p.add_argument(
+        "--backbones",
+        type=_names,
+        default=None,
+        help="comma-separated: every cell on each backbone, e.g. efficientnet_lite0,efficientnet_lite1 "
+        "(instead of --backbone); rank them first with `rank-backbones`",
+    )
     p.add_argument("--seeds", type=int, default=1, help="seeds per cell, from --first-seed on (default 1)")
     p.add_argument("--first-seed", type=int, default=0)
     p.add_argument(

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .. import service
 from ..config import RunConfig
+from ..errors import UserError
 from ..service import auth
 from .commands import command
 from .output import _ended, _out, _table
@@ -33,10 +34,14 @@ def cmd_run(args) -> int:
 @command("experiment")
 def cmd_experiment(args) -> int:
     base = {k: v for k, v in vars(args).items() if k in RunConfig.model_fields}
+    if args.backbones and "backbone" in base:
+        raise UserError("give --backbone (one) or --backbones (several, comma-separated), not both")
     if "experiment" not in base:  # a grid is its own experiment: named after its data and the time
         base["experiment"] = f"{Path(args.data).name}-{time.strftime('%m%d-%H%M%S')}"
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    configs = service.plan_runs(base, args.strategies, seeds, args.train_fractions, args.lrs, args.split_seeds)
+    configs = service.plan_runs(
+        base, args.strategies, seeds, args.train_fractions, args.lrs, args.split_seeds, args.backbones
+    )
     store = service.open_store(args.db)
     estimate = service.estimate_seconds(store, configs)
     for warning in dict.fromkeys(w for c in configs for w in c.warnings()):
@@ -71,15 +76,15 @@ def cmd_experiment(args) -> int:
 
 
 def _experiment_text(report: dict) -> str:
-    lines = [
-        _table(
-            report["runs"], ["id", "strategy", "status", "best_val_acc", "best_epoch", "final_val_acc", "total_seconds"]
-        )
-    ]
+    backbones = ["backbone"] if len({r["backbone"] for r in report["runs"]}) > 1 else []  # an experiment over backbones
+    cols = ["id", *backbones, "strategy", "status", "best_val_acc", "best_epoch", "final_val_acc", "total_seconds"]
+    lines = [_table(report["runs"], cols)]
     lines += [f"compared: {report['measure']}"] if report["statistics"] else []
     lines += [d["text"] for d in report["statistics"]]
     lines += [c["text"] for c in report["data_efficiency"]["crossovers"]]
     lines += [f"the probe's recommendation: {report['probe']}"] if report.get("probe") else []
+    if ranking := report.get("ranking"):
+        lines += [f"the ranking before training: {row['text']}" for row in ranking["by_strategy"]]
     return "\n".join(lines)
 
 

@@ -5,7 +5,8 @@ strategy, grouping.py) by (split seed, seed), and test the family of pairs with 
 (analysis/stats.py); `to_settle` says how many more seeds would tell a pair apart. Beside them:
 data efficiency (the score against training images per class, and where the leader changes), each
 layer group's drift and the knowledge kept (forgetting) side by side, per-class results, and
-`compare_runs` / `experiment_report`, the whole comparison in one answer (the CLI's). Each run is
+`compare_runs` / `experiment_report`, the whole comparison in one answer (the CLI's; with, after an
+experiment over backbones, how well the ranking before it predicted them: measure.ranking_agreement). Each run is
 read as readings.py says (`which` epoch, `metric`, `split`).
 """
 
@@ -19,7 +20,7 @@ from ..analysis import crossovers, stats
 from ..analysis.metrics import class_metrics
 from ..store import ClassMetric, Run, Store
 from .grouping import at_best_lr, differing_keys, group_runs, lr_choices, lr_text
-from .measure import probe_verdict
+from .measure import probe_verdict, ranking_agreement
 from .readings import Metrics, describe, drift_groups, images_per_class, resolve_split, score, split_seed, value
 from .results import summarize
 
@@ -331,4 +332,5 @@ def experiment_report(
         "data_efficiency": data_efficiency(curves, metrics, which, keys, metric, split),
         **({"lr_choices": lr_choices(runs, metrics, which, metric)} if best_lr else {}),
         "probe": probe_verdict(store, experiment, which),
+        "ranking": ranking_agreement(store, experiment, which, metric, split),
     }

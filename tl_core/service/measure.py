@@ -1,5 +1,5 @@
 """Measurements before training, stored with the experiment: the probe of the data, the LR finder,
-the ranking of candidate backbones; and, after the runs, whether the probe was right.
+the ranking of candidate backbones; and, after the runs, whether the probe and the ranking were right.
 
 Each runs here (the CLI) or in a job's process (the dashboard, jobs.py) and records its result
 as an artifact of the experiment named in its config, with the job id when a job started it.
@@ -7,12 +7,18 @@ as an artifact of the experiment named in its config, with the job id when a job
 
 from __future__ import annotations
 
+import math
+import statistics as pystats
+import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 
+from scipy import stats as scistats
+
 from ..config import RunConfig
-from ..store import Store
-from .readings import value
+from ..store import Run, Store
+from ..training.strategies import get_strategy
+from .readings import describe, resolve_split, score, value
 from .runs import check_run
 
 RANKING = "backbone_ranking"  # the artifact a ranking of backbones is stored as
@@ -86,3 +92,100 @@ def rank_backbones(
     result = {**ranking.to_dict(), "data": cfg.data, "job": job}
     store.add_artifact(cfg.experiment, RANKING, result)
     return result
+
+
+def _candidate(run: Run) -> tuple[str, str]:
+    """(backbone, weights) a run trained from, as a ranking names its candidates: a strategy
+    without pretrained weights (scratch) starts from none."""
+    pretrained = get_strategy(str(run.config.get("strategy"))).pretrained
+    return str(run.config.get("backbone")), (str(run.config.get("weights", "imagenet")) if pretrained else "none")
+
+
+def _correlation(predicted: list[float], measured: list[float]) -> dict:
+    """Spearman's rho and Kendall's tau (scipy.stats) with their p-values; None where undefined (a
+    constant side, as tied accuracies make it) or, for the p-value, too few points to have one."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # constant input: the coefficient is undefined, said by None
+        rho = scistats.spearmanr(predicted, measured)
+        tau = scistats.kendalltau(predicted, measured)
+
+    def number(x) -> float | None:
+        return None if x is None or math.isnan(float(x)) else float(x)
+
+    return {
+        "spearman": number(rho.statistic),
+        "spearman_p": number(rho.pvalue) if len(predicted) > 2 else None,
+        "kendall": number(tau.statistic),
+        "kendall_p": number(tau.pvalue) if len(predicted) > 2 else None,
+    }
+
+
+def _agreement_text(strategy: str, points: list[dict], logme: dict, measure: str) -> str:
+    predicted = max(points, key=lambda p: p["logme"])
+    best = max(points, key=lambda p: p["measured"])
+    order = (
+        f"Spearman {logme['spearman']:+.2f}, Kendall {logme['kendall']:+.2f}"
+        if logme["spearman"] is not None and logme["kendall"] is not None
+        else "no correlation defined (tied scores)"
+    )
+    first = (
+        f"it put {predicted['candidate']} first, which measured best ({best['measured']:.1%})"
+        if predicted is best
+        else f"it put {predicted['candidate']} first ({predicted['measured']:.1%}), but "
+        f"{best['candidate']} measured best ({best['measured']:.1%})"
+    )
+    few = "; with two backbones the order is only right or wrong" if len(points) == 2 else ""
+    return f"{strategy}: LogME's ranking of {len(points)} backbones against {measure}: {order}; {first}{few}"
+
+
+def ranking_agreement(
+    store: Store, experiment: str, which: str = "best", metric: str = "acc", split: str = "auto"
+) -> dict | None:
+    """After an experiment over backbones: the rank correlation (Spearman, Kendall) between its
+    stored ranking's prediction (LogME; LEEP where at least two had one) and each backbone's
+    measured `metric` (mean over its completed runs: seeds, splits), per strategy. None without a
+    ranking of the experiment's data, or fewer than two of its candidates measured."""
+    runs = [r for r in store.list_runs(experiment) if r.status == "completed"]
+    rankings = [a.data for a in store.artifacts(experiment, RANKING)]  # newest first
+    data = {r.config.get("data") for r in runs}
+    ranking = next((d for d in rankings if d.get("data") in data), None)
+    if ranking is None or not runs:
+        return None
+    split = resolve_split(runs, split)
+    metrics = store.epoch_metrics([r.id for r in runs])
+    ranked = {(s["backbone"], s["weights"]): s for s in ranking["ranked"]}
+    measured: dict[str, dict[tuple[str, str], list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in runs:
+        if (v := score(r, metrics.get(r.id, {}), which, metric, split)) is not None:
+            measured[str(r.config.get("strategy"))][_candidate(r)].append(v)
+    measure = describe(metric, split, which, short=True) + f" ({which} epoch)"
+    rows = []
+    for strategy, by_candidate in measured.items():
+        points = [
+            {
+                "candidate": ranked[c]["candidate"],
+                "logme": ranked[c]["logme"],
+                "leep": ranked[c]["leep"],
+                "rank": ranked[c]["rank"],
+                "measured": pystats.fmean(vs),
+                "runs": len(vs),
+            }
+            for c, vs in by_candidate.items()
+            if c in ranked
+        ]
+        if len(points) < 2:
+            continue
+        logme = _correlation([p["logme"] for p in points], [p["measured"] for p in points])
+        with_leep = [p for p in points if p["leep"] is not None]
+        leep = (
+            _correlation([p["leep"] for p in with_leep], [p["measured"] for p in with_leep])
+            if len(with_leep) >= 2
+            else None
+        )
+        points.sort(key=lambda p: p["rank"])
+        text = _agreement_text(strategy, points, logme, measure)
+        rows.append({"strategy": strategy, "points": points, "logme": logme, "leep": leep, "text": text})
+    unranked = sorted({f"{b}@{w}" for by in measured.values() for (b, w) in by if (b, w) not in ranked})
+    if not rows:
+        return None
+    return {"job": ranking.get("job"), "measure": measure, "split": split, "by_strategy": rows, "unranked": unranked}

@@ -121,27 +121,33 @@ def plan_runs(
     train_fractions: Sequence[float] | None = None,
     lrs: Sequence[float | None] | None = None,
     split_seeds: Sequence[int] | None = None,
+    backbones: Sequence[str] | None = None,
 ) -> list[RunConfig]:
-    """The grid strategies x train fractions x LRs x split seeds x seeds, everything else equal: one
-    validated config per cell and seed; UserError if any is invalid. Fractions, LRs and the split
-    seed default to `base`'s; several split seeds make the split a replicate like the seed (the
-    statistics then take the split as their unit)."""
+    """The grid backbones x strategies x train fractions x LRs x split seeds x seeds, everything else
+    equal: one validated config per cell and seed; UserError if any is invalid. Backbones, fractions,
+    LRs and the split seed default to `base`'s; several split seeds make the split a replicate like
+    the seed (the statistics then take the split as their unit)."""
     if not strategies:
         raise UserError("tick at least one strategy")
     if not seeds:
         raise UserError("choose at least one seed")
+    nets = list(backbones or [base.get("backbone", RunConfig.model_fields["backbone"].default)])
     fractions = list(train_fractions or [base.get("train_fraction", 1.0)])
     rates = list(lrs or [base.get("lr")])
     splits = list(split_seeds or [base.get("split_seed", 0)])
     if (
-        len(set(fractions)) < len(fractions)
+        len(set(nets)) < len(nets)
+        or len(set(fractions)) < len(fractions)
         or len(set(rates)) < len(rates)
         or len(set(seeds)) < len(seeds)
         or len(set(splits)) < len(splits)
     ):
-        raise UserError("a train fraction, LR, split seed or seed is listed twice; list each once")
+        raise UserError("a backbone, train fraction, LR, split seed or seed is listed twice; list each once")
     configs = [
-        make_config(**{**base, "strategy": s, "train_fraction": f, "lr": lr, "split_seed": split, "seed": seed})
+        make_config(
+            **{**base, "backbone": b, "strategy": s, "train_fraction": f, "lr": lr, "split_seed": split, "seed": seed}
+        )
+        for b in nets
         for s in strategies
         for f in fractions
         for lr in rates
@@ -183,11 +189,11 @@ def queue_runs(
     lrs: Sequence[float | None] | None = None,
     launched_by: str | None = None,
     split_seeds: Sequence[int] | None = None,
+    backbones: Sequence[str] | None = None,
 ) -> list[Run]:
     """Validate every run of the grid first, then queue them all as one experiment (nothing queued on error)."""
-    return [
-        queue_run(store, c, launched_by) for c in plan_runs(base, strategies, seeds, train_fractions, lrs, split_seeds)
-    ]
+    planned = plan_runs(base, strategies, seeds, train_fractions, lrs, split_seeds, backbones)
+    return [queue_run(store, c, launched_by) for c in planned]
 
 
 def more_seeds(store: Store, runs: Sequence[Run], n: int = 2, launched_by: str | None = None) -> list[Run]:
