@@ -11,13 +11,14 @@ and chart reads each run at its best epoch or its last, as chosen; the URL keeps
 Summary, statistics, data efficiency and the report compare one score: accuracy, macro-F1 or
 balanced accuracy, on the test split when every run measured it (switchable to validation), else
 on validation; a grid over LRs can be compared with each strategy at its best LR (chosen on
-validation). The curves and per-class results are validation's.
+validation). The curves and per-class results are validation's. After an experiment over backbones
+ranked before it (rank-backbones), how well the ranking predicted them: the rank correlation.
 """
 
 import streamlit as st
 
 from tl_core import service
-from ui import charts, per_class, report, run_diff, session, verdicts
+from ui import backbone_ranking, charts, per_class, report, run_diff, session, verdicts
 from ui import format as fmt
 
 session.through_router("compare")  # a deep link on a fresh server goes through app.py
@@ -266,6 +267,8 @@ best_lr, differences, choices = shown.best_lr, shown.differences, shown.choices
 
 if mode != "Any runs" and (verdict := service.probe_verdict(store, st.session_state["compare_experiment"], which)):
     st.markdown(f":material/science: **The probe before training** recommended a strategy; {verdict}.")
+if mode != "Any runs":  # an experiment over backbones ranked before it: was the ranking right?
+    backbone_ranking.agreement(st.session_state["compare_experiment"], which, metric, split)
 
 # --- how much data? ----------------------------------------------------------------------------
 if len({r.config.get("train_fraction") for r in runs}) > 1:
@@ -340,6 +343,7 @@ st.dataframe(
     hide_index=True,
     column_order=[
         "name",
+        *(["backbone"] if "backbone" in differing else []),
         "strategy",
         *(["seed"] if several_seeds else []),
         "status",
@@ -355,6 +359,7 @@ st.dataframe(
     column_config={
         "id": st.column_config.NumberColumn("ID", width="small"),
         "name": "Run",
+        "backbone": "Backbone",
         "strategy": "Strategy",
         "seed": st.column_config.NumberColumn("Seed", width="small"),
         "status": st.column_config.TextColumn("Status", width="small"),

@@ -1,4 +1,4 @@
-"""New run: choose a dataset, a backbone and one or more strategies, then queue the runs.
+"""New run: choose a dataset, a backbone (or rank candidates first) and one or more strategies, then queue the runs.
 
 The preview, the parameter counts, the strategy knobs and the plan (how many runs, about how
 long, from earlier runs here) follow every change. Beside the strategies: a regularizer, a target
@@ -15,7 +15,7 @@ from tl_core import service
 from tl_core.config import choices, default, make_config
 from tl_core.errors import UserError
 from tl_core.service import jobs
-from ui import charts, run_form, session
+from ui import backbone_ranking, charts, run_form, session
 from ui import format as fmt
 
 session.through_router("new_run")  # a deep link on a fresh server goes through app.py
@@ -163,6 +163,7 @@ with st.expander("All backbones"):
             ),
         },
     )
+backbones = backbone_ranking.candidates(table, backbone, data_path)  # the plan spans these (one, or the ranked)
 
 # --- 3. strategies -------------------------------------------------------------------------------
 st.header("3 · Strategies", divider="gray")
@@ -390,7 +391,7 @@ with st.container(border=True):
         lrs = fmt.numbers(form["lr_text"], "Learning rates") or [None]
         fractions = fmt.numbers(form["fractions_text"], "Train fractions") or [default("train_fraction")]
         seeds = [int(form["seed"]) + i for i in range(int(form["n_seeds"]))]
-        configs = service.plan_runs(base, ticked, seeds, fractions, lrs)
+        configs = service.plan_runs(base, ticked, seeds, fractions, lrs, backbones=backbones)
     except UserError as e:
         problem = e
     if configs:
@@ -402,7 +403,7 @@ with st.container(border=True):
         )
         st.caption(
             f"Will queue **{len(configs)}** run(s): {', '.join(ticked)} × {len(fractions)} train fraction(s) "
-            f"× {len(lrs)} LR(s) × {len(seeds)} seed(s), on {backbone}; {when}."
+            f"× {len(lrs)} LR(s) × {len(seeds)} seed(s), on {', '.join(backbones)}; {when}."
         )
     else:
         st.caption(

@@ -16,6 +16,8 @@ from tl_core.config import make_config
 from tl_core.errors import UserError
 from tl_core.service import jobs
 
+from .test_app import demo_root, env, make_run, no_exception, page  # noqa: F401  (fixtures)
+
 # --- LogME: the evidence, its maximum, its known answers (numpy only) ----------------------------
 
 
@@ -361,3 +363,47 @@ def test_compare_groups_an_experiment_by_backbone_and_says_how_well_the_ranking_
     # A ranking of other data says nothing of these runs.
     store.add_artifact("over", "backbone_ranking", {"ranked": [], "data": "/elsewhere", "job": None})
     assert service.ranking_agreement(store, "over")["by_strategy"][0]["text"] == row["text"]
+
+
+# --- the pages: New run ranks the candidates (a real job), Compare says whether it was right -------
+
+
+@pytest.mark.slow
+def test_new_run_ranks_the_candidates_in_a_job_and_can_run_the_plan_on_each(env):
+    from .helpers import job_result
+
+    at = no_exception(page("new_run.py").run())
+    at.multiselect(key="rank_candidates").set_value(["efficientnet_lite0", "efficientnet_lite1"])
+    at = no_exception(at.button(key="rank_backbones").click().run())
+    found = job_result(at, "rank_job", env)
+    assert [s["backbone"] for s in sorted(found["ranked"], key=lambda s: s["backbone"])] == [
+        "efficientnet_lite0",
+        "efficientnet_lite1",
+    ]
+    assert {s["image_size"] for s in found["ranked"]} == {224, 240}  # each weights' native size
+    at = no_exception(at.run())
+    table = next(d.value for d in at.dataframe if "logme" in d.value.columns)
+    assert list(table["candidate"]) == [s["candidate"] for s in found["ranked"]]
+    at = no_exception(at.toggle(key="rank_span").set_value(True).run())
+    plan = next(c.value for c in at.caption if c.value.startswith("Will queue"))
+    assert "on efficientnet_lite" in plan and ", efficientnet_lite" in plan  # the plan spans both backbones
+
+
+def test_compare_shows_the_backbones_and_how_well_the_ranking_predicted_them(env):
+    for backbone, acc in (("efficientnet_lite0", 0.6), ("efficientnet_lite1", 0.7), ("resnet18", 0.5)):
+        run = make_run(env, f"fe-{backbone}", "feature_extraction", experiment="nets")
+        env.update_run(run.id, config={**run.config, "backbone": backbone, "weights": "imagenet"})
+        env.log_epoch(run.id, 3, {"val_acc": acc, "val_loss": 1.0}, best=(acc, 3))
+    ranked = [
+        {"candidate": b, "backbone": b, "weights": "imagenet", "logme": v, "leep": None, "rank": r}
+        for r, (b, v) in enumerate((("efficientnet_lite1", -0.1), ("efficientnet_lite0", -0.2), ("resnet18", -0.3)), 1)
+    ]
+    env.add_artifact("nets", "backbone_ranking", {"ranked": ranked, "data": "/nowhere", "job": None})
+    at = page("compare.py")
+    at.query_params["experiment"] = "nets"
+    at = no_exception(at.run())
+    summary = next(d for d in at.dataframe if "images_per_sec" in d.value.columns)
+    assert list(summary.proto.column_order)[:3] == ["name", "backbone", "strategy"]  # each run's backbone, shown
+    assert any(h.value == "Did the ranking pick the backbone?" for h in at.subheader)
+    said = next(m.value for m in at.markdown if "LogME's ranking of 3 backbones" in m.value)
+    assert "Spearman +1.00, Kendall +1.00" in said and "which measured best (70.0%)" in said
