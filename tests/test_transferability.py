@@ -365,6 +365,24 @@ def test_compare_groups_an_experiment_by_backbone_and_says_how_well_the_ranking_
     assert service.ranking_agreement(store, "over")["by_strategy"][0]["text"] == row["text"]
 
 
+def test_one_strategy_over_backbones_pairs_the_backbones_in_the_statistics(store):
+    for seed, noise in enumerate((0.0, 0.011, 0.004, 0.017, 0.008)):
+        _finished(store, "efficientnet_lite0", "feature_extraction", seed, 0.70 + noise)
+        _finished(
+            store, "efficientnet_lite1", "feature_extraction", seed, 0.80 + (0.013, 0.002, 0.009, 0.0, 0.015)[seed]
+        )
+    runs = store.list_runs("over")
+    (pair,) = service.statistics(runs, store.epoch_metrics([r.id for r in runs]))
+    assert (pair["compared"], pair["a"], pair["b"], pair["verdict"]) == (
+        "backbone",
+        "efficientnet_lite0",
+        "efficientnet_lite1",
+        "b",
+    )
+    assert pair["text"].startswith("efficientnet_lite1 beats efficientnet_lite0 by") and pair["n_pairs"] == 5
+    assert pair["cell"] == {} and pair["strategy_a"] == pair["strategy_b"] == "feature_extraction"
+
+
 # --- the pages: New run ranks the candidates (a real job), Compare says whether it was right -------
 
 

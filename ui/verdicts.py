@@ -71,7 +71,8 @@ def is_the_difference_real(
         help="Strategies have different best LRs: compare each at the LR whose mean validation score over seeds is "
         "highest in each cell, not all at one LR. The verdicts then read " + measure_short,
     )
-    apart = [k for k in differing if k != "strategy" and not (best_lr and k == "lr")]  # what makes a cell
+    axis = service.compare.compared_axis(differing)  # the strategy, or for one strategy over backbones, the backbone
+    apart = [k for k in differing if k != axis and not (best_lr and k == "lr")]  # what makes a cell
     cells = {tuple(repr(r.config.get(k)) for k in apart) for r in runs}
     family = "all"
     if len(cells) > 1:

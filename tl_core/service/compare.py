@@ -41,7 +41,9 @@ def statistics(
 ) -> list[dict]:
     """For each cell of the grid (everything equal but strategy, seed and split seed), every pair of
     strategies' paired difference in `metric` on `split`: its t-interval and a plain verdict, Holm-
-    corrected over every pair shown (`family="all"`) or over each cell's pairs ("cell").
+    corrected over every pair shown (`family="all"`) or over each cell's pairs ("cell"). Runs of one
+    strategy on several backbones (an experiment over backbones) pair their backbones instead
+    (`compared_axis`).
 
     `best_lr`: each strategy at its best LR in each cell (chosen on validation, `lr_choices`), the LR
     beside its name. Each dict: the cell, the Difference, the two strategies and their LRs, the ids
@@ -52,7 +54,8 @@ def statistics(
         raise ValueError(f"family {family!r}: choose one of {FAMILIES}")
     if best_lr:
         runs = at_best_lr(runs, metrics, which, metric)
-    other = [k for k in differing_keys(runs) if k not in ("strategy", "lr") or (k == "lr" and not best_lr)]
+    axis = compared_axis(differing_keys(runs))
+    other = [k for k in differing_keys(runs) if k not in (axis, "lr") or (k == "lr" and not best_lr)]
     cells: dict[tuple, dict[str, dict[tuple[int, int], float]]] = defaultdict(lambda: defaultdict(dict))
     members: dict[tuple, dict[str, list[Run]]] = defaultdict(lambda: defaultdict(list))
     where: dict[tuple, dict] = {}
@@ -62,7 +65,7 @@ def statistics(
             continue
         cell = tuple(repr(r.config.get(k)) for k in other)
         where[cell] = {k: r.config.get(k) for k in other}
-        name = str(r.config.get("strategy", r.name))
+        name = str(r.config.get(axis, r.name))
         if best_lr:
             name += f" ({lr_text(r.config.get('lr'))})"
         cells[cell][name][(split_seed(r), int(r.config.get("seed", 0)))] = v
@@ -83,6 +86,7 @@ def statistics(
                 {
                     "cell": where[cell],
                     **d.to_dict(),
+                    "compared": axis,
                     "strategy_a": ra[0].config.get("strategy"),
                     "strategy_b": rb[0].config.get("strategy"),
                     "lr_a": ra[0].config.get("lr"),
@@ -96,6 +100,12 @@ def statistics(
                 }
             )
     return out
+
+
+def compared_axis(differing: Sequence[str]) -> str:
+    """What a comparison's pairs differ in: the strategy, or where every run has one strategy and the
+    backbones differ (an experiment over backbones), the backbone."""
+    return "backbone" if "strategy" not in differing and "backbone" in differing else "strategy"
 
 
 def settling_plan(runs: Sequence[Run], differences: Iterable[dict]) -> list[tuple[list[Run], str, int]]:
