@@ -39,9 +39,7 @@ def cmd_rank_backbones(args) -> int:
     found = service.rank_backbones(
         service.open_store(args.db), _config(args), args.backbones, args.rank_image_size, args.max_per_class, args.job
     )
-    rows = [
-        {**s, "leep": s["leep"] if s["leep"] is not None else "-", "seconds": s["seconds"]} for s in found["ranked"]
-    ]
+    rows = [{**s, "leep": "-" if s["leep"] is None else s["leep"]} for s in found["ranked"]]
     skipped = [f"{s['candidate']}: {s['leep_skipped']}" for s in found["ranked"] if s["leep_skipped"]]
     text = "\n".join(
         [
