@@ -47,11 +47,11 @@ def candidates(table: list[dict], backbone: str, data_path: str | None) -> list[
         "Weights that need a download fail offline.",
     )
     experiment = (st.session_state.get("experiment") or "").strip() or "default"
-    found = session.job_result("rank_job", store)
+    found = session.job_result("rank_job", store)  # shown as it runs, until its result is stored
+    waiting = "rank_job" in st.session_state and found is None
     if found is None or found.get("data") != data_path:
         found = jobs.latest(store, experiment, "rank-backbones", data=data_path) if data_path else None
     row = st.columns([2, 5], vertical_alignment="center")
-    waiting = "rank_job" in st.session_state and session.job_result("rank_job", store) is None
     if row[0].button(
         "Rank the candidates",
         icon=":material/leaderboard:",
