@@ -103,10 +103,13 @@ def test_a_lora_run_resumes_from_its_checkpoint_as_if_never_stopped(store, tiny,
     with monkeypatch.context() as m:
         stop_before_epoch(m, 1)
         stopped = train(store, **settings)
+    assert stopped.status == "cancelled" and stopped.epochs == 1
     store.requeue(stopped.run_id, status="running")
     resumed = T.train_run(store, stopped.run_id, progress=False)
     assert whole.status == resumed.status == "completed", resumed.error
+    assert store.get_run(resumed.run_id).summary.resumed_from is not None
     a, b = (store.epoch_metrics([r.run_id])[r.run_id] for r in (whole, resumed))
+    assert sorted(a) == sorted(b) == [0, 1, 2]
     for epoch in range(3):
         for key in ("train_loss", "val_loss", "trainable_params"):
             assert b[epoch][key] == pytest.approx(a[epoch][key], rel=1e-5, abs=1e-7), (epoch, key)
@@ -162,10 +165,11 @@ def _tiny_vit() -> backbones.Backbone:
     groups = [backbones.LayerGroup(s.name, list(s.parts)) for s in layout.stages]
     groups.append(backbones.LayerGroup("head", [model.head]))
     return backbones.Backbone(
-        spec, model, groups, layout, Preprocessing((0.5,) * 3, (0.5,) * 3, "bicubic", 1.0), "none"
+        spec, model, groups, layout, Preprocessing((0.5,) * 3, (0.5,) * 3, "bicubic", 1.0, 32), "none"
     )
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::torch.jit.TracerWarning")  # torch.jit.trace: export's
 def test_lora_on_a_vit_adapts_attention_and_mlp_and_merges_back_exactly():
     bb = _tiny_vit()
     before = {k: v.clone() for k, v in bb.model.state_dict().items()}
