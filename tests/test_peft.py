@@ -219,6 +219,32 @@ def test_lora_on_a_vit_adapts_attention_and_mlp_and_merges_back_exactly():
         torch.testing.assert_close(bb.model(x), adapted_out, rtol=1e-5, atol=1e-5)
 
 
+def test_lora_on_a_cnn_adapts_its_convolutions_and_merges_back_exactly():
+    # ResNet's 7x7 stride-2 stem, its 3x3 and 1x1 convolutions (strided too): peft's convolution
+    # adapters, merged by the same delta as merge_and_unload, give the plain model its function.
+    torch.manual_seed(0)
+    bb = backbones.create_backbone("resnet18", 3, weights="none")
+    targets = adapters.add_lora(bb, rank=2, alpha=4, image_size=32)
+    assert targets[0] == "conv1" and "layer2.0.downsample.0" in targets and "fc" not in targets
+    for layer in adapters.lora_layers(bb.model).values():  # as if trained: B away from zero
+        for b in layer.lora_B.values():
+            torch.nn.init.normal_(b.weight, std=0.05)
+    x = torch.randn(2, 3, 32, 32)
+    bb.model.eval()
+    with torch.no_grad():
+        plain = backbones.create_backbone("resnet18", 3, weights="none").model.eval()
+        plain.load_state_dict(adapters.plain_state_dict(bb.model))
+        torch.testing.assert_close(plain(x), bb.model(x), rtol=1e-4, atol=1e-4)
+        assert not torch.allclose(plain.conv1.weight, bb.model.conv1.base_layer.weight)
+    # The layout runs the adapted layers: the stages then the tail are the model's forward.
+    y = x
+    for stage in bb.layout.stages:
+        y = stage(y)
+    with torch.no_grad():
+        torch.testing.assert_close(bb.layout.tail(y), bb.model(x))
+    assert bb.groups[0].parts[0] is bb.model.conv1  # regrouped: the stem holds the adapted conv
+
+
 def test_lora_skips_layers_whose_forward_the_model_never_calls():
     # torchvision's ViT computes attention with nn.MultiheadAttention, which reads its out_proj's
     # weight directly: an adapter there would be silently ignored, so only the MLP's layers get one.
