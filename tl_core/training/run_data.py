@@ -136,7 +136,7 @@ def _feature_cache_enabled(cfg: RunConfig) -> bool | str:
     trains = get_strategy(cfg.strategy).trains
     if trains != "all":
         return (
-            f"off: --strategy {cfg.strategy} trains {trains} in every layer group, from the stem up, so "
+            f"off: --strategy {cfg.strategy} trains {trains} throughout the body, so "
             f"no group's output stays fixed to cache"
         )
     return True
