@@ -318,7 +318,7 @@ class LoRA(Strategy):
 class BitFit(Strategy):
     name = "bitfit"
     summary = "Freeze every pretrained weight but the bias terms; train those and the new head."
-    when = "The cheapest fine-tune of the whole body: a fraction of a percent of its parameters train."
+    when = "The cheapest fine-tune of the whole body: its biases are about 0.1-1% of its parameters."
     default_lr = 1e-3
     knobs = ("bn",)
     trains = "biases"
