@@ -335,7 +335,7 @@ c2.caption(
     f"{measure.capitalize()}"
     + (f", val accuracy at each run's {which} epoch" if scored_apart else "")
     + ", when its best came, time to the target val accuracy, total time, trainable parameters at the last "
-    "epoch and training throughput."
+    "epoch (and their share of the model) and training throughput."
 )
 several_seeds = len({row["seed"] for row in summary}) > 1
 st.dataframe(
@@ -354,6 +354,7 @@ st.dataframe(
         "time_to_target_s",
         "total_seconds",
         "trainable_params",
+        "trainable_share",
         "images_per_sec",
     ],
     column_config={
@@ -377,6 +378,13 @@ st.dataframe(
         "total_seconds": st.column_config.NumberColumn("Total time", format="%.1f s", width="small"),
         "trainable_params": st.column_config.NumberColumn(
             "Trainable", format="compact", width="small", help="Trainable parameters at the last epoch"
+        ),
+        "trainable_share": st.column_config.NumberColumn(
+            "Trainable share",
+            format="percent",
+            width="small",
+            help="Their share of all the model's parameters (LoRA's adapters counted in both); "
+            "none for runs recorded before it was",
         ),
         "images_per_sec": st.column_config.NumberColumn("Images/s", format="%.0f", width="small"),
     },

@@ -311,6 +311,24 @@ if "unfreeze_on" in knobs_in_use:
         key="stage_lr_factor",
         help="progressive: every group's LR is multiplied by this at each unfreezing step (1: unchanged)",
     )
+if "lora_rank" in knobs_in_use:
+    settings["lora_rank"] = next(cols).number_input(
+        "LoRA rank (lora)",
+        1,
+        1024,
+        default("lora_rank"),
+        key="lora_rank",
+        help=fmt.flag_help("lora_rank"),
+    )
+    settings["lora_alpha"] = next(cols).number_input(
+        "LoRA alpha (lora)",
+        0.01,
+        10000.0,
+        default("lora_alpha"),
+        1.0,
+        key="lora_alpha",
+        help=fmt.flag_help("lora_alpha"),
+    )
 
 if "bn" in knobs_in_use:
     settings["bn"] = next(cols).selectbox(

@@ -198,6 +198,8 @@ def test_new_run_every_strategy_ticked_shows_every_knob(env):
         "head_lr_factor",
         "stage_lr_factor",
         "bn",
+        "lora_rank",
+        "lora_alpha",
     } <= shown
     assert "unfreeze_every" not in shown  # a schedule knob, hidden while unfreezing on a plateau
 

@@ -36,6 +36,10 @@ def expected_plan(name: str, n_groups: int, epoch: int, p: StrategyParams) -> di
         # every unfreezing step multiplies the plan by stage_lr_factor
         "progressive": disc(stage, p.stage_lr_factor ** (stage - 1)),
         "scratch": every,
+        # every group from the first epoch at the base LR: EfficientNet-Lite's stem is one convolution
+        # (stride 2, "same" padding computed per input: timm's Conv2dSame), which takes no adapter
+        "lora": {k: BASE_LR for k in range(1, L)},
+        "bitfit": every,  # every group has biases (its BatchNorms')
     }[name]
 
 

@@ -26,6 +26,7 @@ EPOCH_KEYS = {
     "val_balanced_acc",
     "trainable_groups",
     "trainable_params",
+    "trainable_share",
     "epoch_seconds",
     "images_per_sec",
     "peak_memory_mb",

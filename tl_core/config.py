@@ -46,6 +46,8 @@ ADDED_LATER = (
     "test_fraction",
     "class_weights",
     "bn",
+    "lora_rank",
+    "lora_alpha",
 )
 
 
@@ -136,6 +138,12 @@ class RunConfig(BaseModel):
         "pretrained running statistics, which the head learned on, never move; its weight and bias still train), "
         "train normalises by batch statistics and moves them to the data's; auto: each strategy's choice, train "
         'from random weights (see README, "BatchNorm when layers unfreeze")',
+    )
+    lora_rank: int = Field(
+        8, description="lora: the rank r of each adapter's update B @ A (its parameters grow with r)"
+    )
+    lora_alpha: float = Field(
+        16.0, description="lora: the adapters' update is scaled by alpha / rank (twice the rank is usual)"
     )
     # terms of the loss beside the strategy (training/term_specs.py): keep what was pretrained, cross domains
     regularizer: Annotated[str, OneOf(REGULARIZERS)] = Field(
@@ -327,6 +335,8 @@ class RunConfig(BaseModel):
             patience=self.patience,
             stage_lr_factor=self.stage_lr_factor,
             bn=batchnorm_mode(get_strategy(self.strategy), self.bn, self.weights_to_load != "none"),
+            lora_rank=self.lora_rank,
+            lora_alpha=self.lora_alpha,
         )
 
     @property

@@ -33,6 +33,7 @@ __all__ = [
     "list_backbones",
     "make_head",
     "preprocessing",
+    "regroup",
     "skeleton",
 ]
 
@@ -51,6 +52,13 @@ class LayerGroup:
         for p in self.parts:
             params.extend([p] if isinstance(p, nn.Parameter) else p.parameters())
         return params
+
+    def named_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """Each parameter with its name inside its part ("" for a bare parameter part, ViT's class token)."""
+        named: list[tuple[str, nn.Parameter]] = []
+        for p in self.parts:
+            named.extend([("", p)] if isinstance(p, nn.Parameter) else p.named_parameters())
+        return named
 
     def modules(self) -> list[nn.Module]:
         return [p for p in self.parts if isinstance(p, nn.Module)]
@@ -111,6 +119,13 @@ def make_head(
 
 def _groups(stages: list[Stage], head: nn.Module) -> list[LayerGroup]:
     return [LayerGroup(s.name, list(s.parts)) for s in stages] + [LayerGroup("head", [head])]
+
+
+def regroup(bb: Backbone) -> None:
+    """Lay `bb`'s model out again into its groups, after modules inside it were replaced (LoRA's
+    adapters wrap layers, adapters.py): a layout holds the modules it was made from."""
+    bb.layout = bb.spec.adapter.layout(bb.model)
+    bb.groups = _groups(bb.layout.stages, bb.head)
 
 
 def create_backbone(

@@ -52,6 +52,20 @@ def strategy_param_counts(backbone: str, strategy: str, settings: dict, num_clas
     cfg = RunConfig.model_construct(**{**fields, "backbone": backbone, "strategy": strategy})
     sizes = _group_sizes(backbone, num_classes, cfg.head, cfg.hidden)
     s, p, n = get_strategy(strategy), cfg.strategy_params(), len(sizes)
+    if s.trains != "all":  # parameter-efficient: every group from the first epoch, a subset of each
+        size = get_spec(backbone).fixed_image_size or cfg.image_size
+        total, trained = _efficient_sizes(backbone, num_classes, cfg.head, cfg.hidden, s.trains, p.lora_rank, size)
+        return {
+            "total": total,
+            "groups": n,
+            "start_groups": n,
+            "end_groups": n,
+            "start_trainable": trained,
+            "end_trainable": trained,
+            "start_frozen": total - trained,
+            "end_frozen": total - trained,
+            "end_is_bound": False,
+        }
     plateau = strategy == "progressive" and p.unfreeze_on == "plateau"
     first = s.freeze_to(0, n, p, ())  # freeze boundaries: groups [0, b) frozen
     last = 0 if plateau else s.freeze_to(max(0, cfg.epochs - 1), n, p, ())
@@ -99,3 +113,25 @@ def recommend_strategy(images_per_class: float) -> tuple[list[str], str]:
         f"about {n} training images per class is plenty: fine-tune every layer (full), or with "
         f"learning rates falling towards the stem (discriminative)",
     )
+
+
+@functools.lru_cache(maxsize=64)
+def _efficient_sizes(
+    backbone: str, num_classes: int, head: str, hidden: int, trains: str, rank: int, image_size: int
+) -> tuple[int, int]:
+    """(all parameters, those that train) under a parameter-efficient strategy (Strategy.trains): the
+    new head, and the body's biases or the LoRA adapters it would get (counted, not added: no peft)."""
+    import torch  # builds the architecture (without weights): torch
+
+    from ..models import adapters
+    from ..models.backbones import skeleton
+    from ..training.finetuning import trained
+
+    bb = skeleton(backbone, num_classes, head, hidden)
+    total, in_head = sum(p.numel() for p in bb.model.parameters()), bb.groups[-1].num_params()
+    if trains == "adapters":
+        example = torch.zeros(1, 3, image_size, image_size, device=next(bb.model.parameters()).device)
+        added = adapters.lora_size(bb.model, bb.spec.head_path, example, rank)
+        return total + added, in_head + added
+    body = sum(p.numel() for g in bb.groups[:-1] for name, p in g.named_parameters() if trained(trains, name))
+    return total, in_head + body

@@ -33,6 +33,7 @@ EPOCH_KEYS = (
     "domain_acc",
     "trainable_groups",
     "trainable_params",
+    "trainable_share",
     "epoch_seconds",
     "images_per_sec",
     "peak_memory_mb",
@@ -121,6 +122,7 @@ def summarize(run: Run, epochs: Mapping[int, Mapping[str, float]]) -> dict:
         "epochs": len(epochs),
         "total_seconds": last.get("wall_seconds"),
         "trainable_params": last.get("trainable_params"),
+        "trainable_share": last.get("trainable_share"),
         "images_per_sec": sum(ips) / len(ips) if ips else None,
     }
 

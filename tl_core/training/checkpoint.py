@@ -3,7 +3,9 @@ restored from its own (`resume`).
 
 A run keeps two in its folder (run_folders.py), each written atomically (a crash mid-write never
 leaves half of one):
-  best.pt  the weights of the epoch best on val so far (prediction, export, the test pass);
+  best.pt  the weights of the epoch best on val so far (prediction, export, the test pass), of the
+           plain architecture: a LoRA run's adapters merged into its weights (models/adapters.py),
+           so it loads into the model `create_backbone` builds, as every run's does;
   last.pt  everything to go on training, written at the end of every epoch, and where the run
            stopped when its worker stopped in the middle of an epoch (`partial`).
 On disk a checkpoint is a flat dict of tensors and plain values, read with weights_only=True;
@@ -30,6 +32,7 @@ from torch import nn
 from ..config import RunConfig
 from ..errors import UserError
 from ..logs import logger
+from ..models.adapters import plain_state_dict
 from ..models.backbones import Backbone, LayerGroup
 from ..store.store import Run
 from .finetuning import Finetuning, restore_optimizer
@@ -172,7 +175,7 @@ class RunCheckpoints:
         )  # what a resume checks
 
     def save_best(self, model: nn.Module, epoch: int, val_acc: float) -> None:
-        Checkpoint(model.state_dict(), epoch, val_acc=val_acc, **self._common).save(self.best_path)
+        Checkpoint(plain_state_dict(model), epoch, val_acc=val_acc, **self._common).save(self.best_path)
 
     def save_last(
         self,

@@ -4,6 +4,8 @@ One convention, fastai's: `freeze_to(n)` freezes groups 0..n-1 (stem first) and 
 so n = 0 trains everything and n = L-1 (of L groups, the head last) trains the head alone.
 Strategies answer with that boundary (strategies.py), the feature cache cuts there (cuts.py,
 feature_cache.py), and this module moves it:
+  - within a trained group, a parameter-efficient strategy trains a subset (`Strategy.trains`:
+    its biases, BitFit; its LoRA adapters, models/adapters.py), the new head always in full;
   - frozen parameters get no gradient, and frozen groups stay in eval mode, so their BatchNorm
     running statistics do not move and normalise as at inference, as the feature cache computed
     them (Lightning's BaseFinetuning with train_bn=False stops the statistics too, by
@@ -33,17 +35,30 @@ import torch
 from torch import nn
 
 from ..config import RunConfig
+from ..models.adapters import is_adapter_parameter
 from ..models.backbones import LayerGroup
 from .strategies import Strategy, StrategyParams
 
 _BATCHNORMS = (nn.modules.batchnorm._BatchNorm,)  # BatchNorm1d/2d/3d, SyncBatchNorm, timm's BatchNormAct2d
 
 
-def freeze_to(groups: Sequence[LayerGroup], n: int) -> None:
-    """Freeze groups[:n], train groups[n:] (fastai's freeze_to)."""
+def trained(trains: str, name: str) -> bool:
+    """Whether the parameter `name` (as its group's `named_parameters` names it) of a trained group
+    below the head trains under a strategy's `trains` ("all", "biases" or "adapters")."""
+    if trains == "biases":
+        return name.rpartition(".")[2] == "bias"
+    if trains == "adapters":
+        return is_adapter_parameter(name)
+    return True
+
+
+def freeze_to(groups: Sequence[LayerGroup], n: int, trains: str = "all") -> None:
+    """Freeze groups[:n], train groups[n:] (fastai's freeze_to); in groups[n:] below the head, only
+    the parameters `trains` names (`trained`); the head (groups[-1]) in full."""
     for i, group in enumerate(groups):
-        for p in group.parameters():
-            p.requires_grad_(i >= n)
+        head = i == len(groups) - 1
+        for name, p in group.named_parameters():
+            p.requires_grad_(i >= n and (head or trained(trains, name)))
 
 
 def set_train_mode(model: nn.Module, groups: Sequence[LayerGroup], n: int, bn: str = "train") -> None:
@@ -93,6 +108,8 @@ def decay_split(group: LayerGroup) -> tuple[list[nn.Parameter], list[nn.Paramete
     decayed: list[nn.Parameter] = []
     not_decayed: list[nn.Parameter] = []
     for p in group.parameters():
+        if not p.requires_grad:  # frozen inside a trained group (BitFit's weights, LoRA's base layers)
+            continue
         (not_decayed if p.ndim <= 1 or id(p) in bare else decayed).append(p)
     return decayed, not_decayed
 
@@ -228,7 +245,9 @@ class Finetuning:
 
     @property
     def trainable_groups(self) -> int:
-        return len(self.groups) - (self.boundary or 0)
+        """Groups above the boundary with a parameter that trains (under LoRA, a group whose layers
+        take no adapter, EfficientNet-Lite's stem, has none)."""
+        return sum(any(p.requires_grad for p in g.parameters()) for g in self.groups[self.boundary or 0 :])
 
     def plan(self, epoch: int) -> bool:
         """Move the boundary where the strategy wants it for `epoch`; True if it moved (a new phase)."""
@@ -278,5 +297,5 @@ class Finetuning:
         return {"boundary": n_groups - ckpt["n_trainable"], "phase": ckpt["phase"], "val_losses": ckpt["val_losses"]}
 
     def _move(self, n: int) -> None:
-        freeze_to(self.groups, n)
+        freeze_to(self.groups, n, self.strategy.trains)
         self.boundary = n

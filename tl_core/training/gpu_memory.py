@@ -200,17 +200,20 @@ def probe_step(
     device: torch.device,
     channels_last: bool = False,
     forwards: int = 1,
+    trains: str = "all",
 ) -> MemoryProbe:
     """One forward and backward pass of `model` on a batch of `shape` with groups[boundary:]
     trainable, measured, then undone. `forwards`: the batches a step sends through the model (2
     with domain adaptation: the target domain's batch too), probed as one batch that many times
-    larger. On a CPU only the time is measured (memory: zeros)."""
+    larger. `trains`: which parameters of those groups train (Strategy.trains: a parameter-efficient
+    strategy keeps no gradient or optimizer state for the rest). On a CPU only the time is measured
+    (memory: zeros)."""
     cuda = device.type == "cuda"
     flags = [(p, p.requires_grad) for p in model.parameters()]
     modes = [(m, m.training) for m in model.modules()]
     params = {name for name, _ in model.named_parameters()}
     buffers = {k: v.clone() for k, v in model.state_dict().items() if k not in params}
-    freeze_to(groups, boundary)
+    freeze_to(groups, boundary, trains)
     trainable = [p for p in model.parameters() if p.requires_grad]
     grads_mb = sum(p.numel() * p.element_size() for p in trainable) / 2**20
     x = torch.zeros((shape[0] * forwards, *shape[1:]), device=device)

@@ -18,6 +18,7 @@ from ..config import RunConfig
 from ..data import decode_cache
 from ..data.splits import Splits
 from ..logs import logger
+from ..models.adapters import load_plain_state_dict
 from .checkpoint import Checkpoint
 from .loop import evaluate
 from .run_data import CHANNELS_LAST, RunData
@@ -54,7 +55,7 @@ def score_test_split(
     chosen = Checkpoint.load(best, map_location=device)
     out = {} if chosen.epoch == cfg.epochs - 1 else {"test_last": scored(cfg.epochs - 1)}
     last = {k: v.to("cpu", copy=True) for k, v in model.state_dict().items()}
-    model.load_state_dict(chosen.model)
+    load_plain_state_dict(model, chosen.model)  # best.pt holds the plain architecture (LoRA's adapters merged)
     out["test"] = scored(chosen.epoch)
     model.load_state_dict(last)
     log.info(

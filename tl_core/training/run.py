@@ -302,7 +302,7 @@ def _fit(store: Store, run: Run, cfg: RunConfig, device: torch.device, run_dir: 
                 **drift.metrics(groups),
                 **{f"lr/{pg.get('group', pg['name'])}": pg["lr"] for pg in optimizer.param_groups},  # per layer group
                 "trainable_groups": plan.trainable_groups,
-                "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+                **trainable(model),
                 "epoch_seconds": time.perf_counter() - epoch_start,
                 "images_per_sec": seen / max(so_far.seconds, 1e-9),
                 "peak_memory_mb": peak_memory_mb(device),
@@ -351,6 +351,13 @@ def _forgetting(cfg: RunConfig, bb: backbones.Backbone, d: RunData, device: torc
     if why is not None:
         return {"skipped": why}
     return {**forgetting.knowledge_kept(bb, d.val, device, amp), "epoch": cfg.epochs}
+
+
+def trainable(model: nn.Module) -> dict[str, float]:
+    """The parameters that train this epoch, and their share of all the model's (adapters counted in
+    both, as peft's print_trainable_parameters counts them)."""
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"trainable_params": trained, "trainable_share": trained / sum(p.numel() for p in model.parameters())}
 
 
 def _compiled(net: nn.Module, cache_: dict) -> nn.Module:

@@ -19,8 +19,9 @@ from torch.utils.data import DataLoader
 from ..config import RunConfig
 from ..data import decode_cache, folders, scan_cache, shared_memory, transforms
 from ..data.splits import Splits, batch_size_for, class_weights, split_dataset
-from ..models import backbones, channels
+from ..models import adapters, backbones, channels
 from . import feature_cache
+from .strategies import get_strategy
 
 
 @dataclass
@@ -79,7 +80,8 @@ def load_data(cfg: RunConfig, device: torch.device) -> RunData:
 
 
 def load_model(cfg: RunConfig, num_classes: int, device: torch.device) -> backbones.Backbone:
-    """The pretrained body (or random, for scratch) and a new head, on the device."""
+    """The pretrained body (or random, for scratch) and a new head, on the device; with LoRA's
+    adapters beside its layers where the strategy trains adapters (adapters.py)."""
     bb = backbones.create_backbone(
         cfg.backbone,
         num_classes,
@@ -89,6 +91,8 @@ def load_model(cfg: RunConfig, num_classes: int, device: torch.device) -> backbo
         dropout=cfg.dropout,
         in_channels=cfg.in_channels,
     )
+    if get_strategy(cfg.strategy).trains == "adapters":  # after the weights load: B = 0 keeps them exact
+        adapters.add_lora(bb, cfg.lora_rank, cfg.lora_alpha, cfg.image_size, cfg.in_channels)
     layout = torch.channels_last if CHANNELS_LAST else torch.preserve_format
     # Module.to takes memory_format beside a device; torch's stubs have no such overload.
     bb.model = bb.model.to(device, memory_format=layout)  # type: ignore[call-overload]
@@ -128,6 +132,12 @@ def _feature_cache_enabled(cfg: RunConfig) -> bool | str:
         return (
             "off: --adapt runs target-domain images through the whole model at every step, "
             "so there are no frozen features to reuse"
+        )
+    trains = get_strategy(cfg.strategy).trains
+    if trains != "all":
+        return (
+            f"off: --strategy {cfg.strategy} trains {trains} throughout the body, so "
+            f"no group's output stays fixed to cache"
         )
     return True
 

@@ -95,6 +95,7 @@ def ready_gpu(
         device,
         CHANNELS_LAST,
         forwards=2 if cfg.adapt != "none" else 1,
+        trains=plan.strategy.trains,
     )
     if not probe.fits():
         raise UserError(probe.advice(torch.cuda.get_device_name(device)))

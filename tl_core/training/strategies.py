@@ -54,6 +54,8 @@ class StrategyParams:
     patience: int = 1  # progressive, plateau: epochs without improvement before unfreezing
     stage_lr_factor: float = 1.0  # progressive: every group's LR x this at each unfreezing stage
     bn: str = "frozen"  # pretrained BatchNorm in trained groups: "frozen" (inference mode) or "train"
+    lora_rank: int = 8  # lora: rank r of each adapter's update B @ A
+    lora_alpha: float = 16.0  # lora: the update is scaled by alpha / r
 
 
 class Strategy:
@@ -64,6 +66,7 @@ class Strategy:
     pretrained: bool = True  # False: random init (the scratch baseline)
     knobs: tuple[str, ...] = ()  # StrategyParams fields this strategy reads
     bn_auto: str = "frozen"  # what --bn auto means for it (module docstring)
+    trains: str = "all"  # which parameters of a trained group train: "all", "biases" or "adapters"
 
     def freeze_to(self, epoch: int, n_groups: int, p: StrategyParams, val_losses: Sequence[float] = ()) -> int:
         """The freeze boundary in `epoch` (0-based): groups [0, n) frozen. 0 trains everything."""
@@ -287,6 +290,38 @@ class Scratch(Strategy):
     default_lr = 1e-3
     pretrained = False
     bn_auto = "train"
+
+
+@register_strategy
+class LoRA(Strategy):
+    name = "lora"
+    summary = (
+        "Freeze every pretrained weight; train low-rank adapters (rank r) beside the attention and MLP "
+        "projections (convolutions in a CNN) and the new head."
+    )
+    when = "A large pretrained model (a ViT) and little data: a fine-tune's reach at a few percent of its parameters."
+    default_lr = 1e-3
+    knobs = ("lora_rank", "lora_alpha", "bn")
+    trains = "adapters"
+
+    def validate(self, n_groups, epochs, p):
+        if p.lora_rank < 1:
+            raise UserError(f"--lora-rank {p.lora_rank}: must be at least 1 (4 to 16 is usual)")
+        if p.lora_alpha <= 0:
+            raise UserError(
+                f"--lora-alpha {p.lora_alpha}: must be > 0 (the adapters' update is scaled by alpha / rank; "
+                f"twice the rank is usual)"
+            )
+
+
+@register_strategy
+class BitFit(Strategy):
+    name = "bitfit"
+    summary = "Freeze every pretrained weight but the bias terms; train those and the new head."
+    when = "The cheapest fine-tune of the whole body: its biases are about 0.1-1% of its parameters."
+    default_lr = 1e-3
+    knobs = ("bn",)
+    trains = "biases"
 
 
 def _check_decay(p: StrategyParams) -> None:

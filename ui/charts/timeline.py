@@ -22,7 +22,8 @@ def timeline_text(m: dict[str, float]) -> str:
     if "trainable_groups" in m:
         parts.append(f"{int(m['trainable_groups'])} groups train")
     if "trainable_params" in m:
-        parts.append(f"{m['trainable_params'] / 1e6:.2f}M trainable parameters")
+        share = f" ({m['trainable_share']:.2%} of the model)" if "trainable_share" in m else ""
+        parts.append(f"{m['trainable_params'] / 1e6:.2f}M trainable parameters{share}")
     return " · ".join(parts) + (f"<br>LR {lrs}" if lrs else "")
 
 
