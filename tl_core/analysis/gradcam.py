@@ -25,6 +25,7 @@ from matplotlib import colormaps
 from PIL import Image
 from torch import nn
 
+from ..errors import UserError
 from ..models.families import BackboneSpec
 
 __all__ = ["cam_module", "grad_cam", "model_view", "overlay", "png"]
@@ -61,6 +62,8 @@ def grad_cam(model: nn.Module, spec: BackboneSpec, x: torch.Tensor, classes: Seq
         raise ValueError(f"grad_cam takes one image shaped (1, C, H, W), got {tuple(x.shape)}")
     if not classes:
         return np.zeros((0, *x.shape[2:]), np.float32)
+    if not spec.cam_layer:
+        raise UserError(f"no Grad-CAM for {spec.name}: {spec.cam_layout}")
     layer = cam_module(model, spec.cam_layer)
     flags = [p.requires_grad for p in model.parameters()]
     was_training = model.training

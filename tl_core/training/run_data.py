@@ -88,6 +88,7 @@ def load_model(cfg: RunConfig, num_classes: int, device: torch.device) -> backbo
         hidden=cfg.hidden,
         dropout=cfg.dropout,
         in_channels=cfg.in_channels,
+        image_size=cfg.image_size,
     )
     layout = torch.channels_last if CHANNELS_LAST else torch.preserve_format
     # Module.to takes memory_format beside a device; torch's stubs have no such overload.
