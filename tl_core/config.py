@@ -46,6 +46,7 @@ ADDED_LATER = (
     "test_fraction",
     "class_weights",
     "bn",
+    "layer_decay",
 )
 
 
@@ -130,6 +131,11 @@ class RunConfig(BaseModel):
     unfreeze_on: Literal["schedule", "plateau"] = "schedule"
     patience: int = 1
     stage_lr_factor: float = 1.0
+    layer_decay: float = Field(
+        0.75,
+        description="discriminative on a transformer (a timm ViT): each block's LR is this times the LR of "
+        "the block above it (BEiT's layer-wise decay); other backbones use --lr-decay per layer group",
+    )
     bn: Literal["auto", "frozen", "train"] = Field(
         "auto",
         description="BatchNorm of the pretrained layers that train: frozen keeps it in inference mode (the "
@@ -229,6 +235,11 @@ class RunConfig(BaseModel):
             )
         if self.image_size < spec.min_image_size:
             raise UserError(f"--image-size {self.image_size}: {self.backbone} needs at least {spec.min_image_size} px")
+        if why := spec.adapter.check_image_size(self.backbone, self.image_size):
+            raise UserError(
+                f"--image-size {self.image_size}: {self.backbone} cannot run on images of that size ({why}); "
+                f"choose another size, e.g. {native_size(self.backbone)}"
+            )
         if self.adapt != "none" and not self.target_data:
             raise UserError(
                 f"--adapt {self.adapt} needs --target-data FOLDER: a folder of target-domain images "
@@ -327,6 +338,8 @@ class RunConfig(BaseModel):
             patience=self.patience,
             stage_lr_factor=self.stage_lr_factor,
             bn=batchnorm_mode(get_strategy(self.strategy), self.bn, self.weights_to_load != "none"),
+            layer_decay=self.layer_decay,
+            transformer_blocks=get_spec(self.backbone).transformer_blocks,
         )
 
     @property
