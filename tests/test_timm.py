@@ -8,12 +8,14 @@ Nothing is downloaded: each model's random weights are saved to a local file (wi
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 
 from tl_core import service
 from tl_core.analysis import forgetting, gradcam
@@ -21,7 +23,7 @@ from tl_core.cli import main
 from tl_core.config import make_config
 from tl_core.errors import UserError
 from tl_core.inference import export as E
-from tl_core.models import backbones, cuts, timm_models, weights
+from tl_core.models import backbones, channels, cuts, timm_models, weights
 from tl_core.service import export_run
 from tl_core.training import finetuning, gpu_memory
 from tl_core.training.finetuning import NO_DECAY, Finetuning, sync_param_groups
@@ -201,8 +203,6 @@ def test_pretrained_weights_come_from_the_hugging_face_cache_and_a_missing_one_i
     torch.manual_seed(0)
     reference = timm.create_model(name, pretrained=False)
     cached = tmp_path / "model.safetensors"
-    from safetensors.torch import save_file
-
     save_file(reference.state_dict(), str(cached))
     repo = timm_models.pretrained_cfg(name)["hf_hub_id"]
     monkeypatch.setattr(
@@ -276,3 +276,22 @@ def test_new_run_searches_timm_models_by_name(tmp_path, monkeypatch, tiny):
     label = picked.options[0]  # family, parameters, native size and weights beside the name
     assert label.startswith("timm/convnext_atto.d2_in1k") and "convnext" in label and "M params" in label
     assert "224 px" in label and "weights needs download" in label
+
+
+def test_an_architecture_the_exporter_cannot_take_is_refused_with_the_reason(tiny_run, monkeypatch, tmp_path):
+    store, run_id = tiny_run
+
+    def unsupported(*args, **kwargs):
+        raise RuntimeError("Unsupported operator aten::window_partition\nmore detail")
+
+    monkeypatch.setattr(torch.jit, "trace", unsupported)
+    out = tmp_path / "model.pt"
+    with pytest.raises(UserError, match=r"torchscript exporter cannot export .*aten::window_partition\); the other"):
+        export_run(store, run_id, "torchscript", out)
+    assert not out.exists()
+
+
+def test_n_channels_need_one_rgb_convolution_to_rebuild():
+    bb = backbones.create_backbone("timm/convnext_atto", 4, weights="none", image_size=32)
+    with pytest.raises(UserError, match=r"--in-channels 2: timm/convnext_atto does not read the image with one RGB"):
+        channels.adapt_first_conv(bb.model, replace(bb.spec, first_conv=""), 2)

@@ -379,6 +379,7 @@ def describe(name: str) -> Described:
     )
 
 
+@functools.lru_cache(maxsize=256)
 def check_image_size(name: str, size: int) -> str | None:
     """Why `name` cannot run on `size` px images, or None: built for that size on the meta device
     and its forward traced (a window or patch grid that does not divide it fails here)."""
