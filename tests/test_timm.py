@@ -135,6 +135,10 @@ def test_the_feature_cache_hits_and_the_exports_predict_as_the_run(family, saved
     caches = [store.get_run(r.run_id).summary["feature_cache"] for r in (first, again, deeper)]
     assert [c["hit"] for c in caches[:2]] == [False, True] and caches[0]["boundary"] == "head input"
     assert caches[2]["used"] and caches[2]["boundary"].endswith(" input") and caches[2]["boundary"] != "head input"
+    # Layer drift per group: the trained last group moved, the frozen ones did not.
+    drift = store.epoch_metrics([deeper.run_id])[deeper.run_id][0]
+    spec = backbones.get_spec(f"timm/{name}")
+    assert drift[f"drift/{spec.body_groups[-1]}"] > 0 and drift[f"drift/{spec.body_groups[0]}"] == 0
     for fmt in ("torchscript", "onnx"):
         r = export_run(store, first.run_id, fmt)
         assert r["passed"] and r["top1_agreement"] == 1.0 and r["max_prob_diff"] <= E.TOLERANCE
