@@ -37,6 +37,7 @@ SAMPLE = {  # a family of timm's: (model, image size)
     "efficientnet": ("efficientnet_b0", 32),
     "regnet": ("regnetx_002", 32),
     "hybrid": ("coatnet_nano_rw_224", 32),  # convolution stages, then transformer stages
+    "eva": ("eva02_tiny_patch14_224", 28),  # its blocks also take a rotary position table
 }
 
 
@@ -299,3 +300,11 @@ def test_n_channels_need_one_rgb_convolution_to_rebuild():
     bb = backbones.create_backbone("timm/convnext_atto", 4, weights="none", image_size=32)
     with pytest.raises(UserError, match=r"--in-channels 2: timm/convnext_atto does not read the image with one RGB"):
         channels.adapt_first_conv(bb.model, replace(bb.spec, first_conv=""), 2)
+
+
+def test_grad_cam_reads_the_patch_grid_after_register_tokens():
+    bb = backbones.create_backbone("timm/vit_small_patch14_reg4_dinov2", 4, weights="none", image_size=28)
+    assert (bb.spec.cam_layer, bb.spec.cam_layout) == ("blocks.-1.norm1", "tokens:5")  # class + 4 registers
+    x, _ = _batch(28)
+    maps = gradcam.grad_cam(bb.model, bb.spec, x[:1], [0, 3])
+    assert maps.shape == (2, 28, 28) and maps.max() <= 1

@@ -43,7 +43,10 @@ def _as_nchw(out: torch.Tensor, layout: str, view: nn.Module) -> torch.Tensor:
     """`out` with its spatial map passed through `view` as NCHW, in `out`'s own layout."""
     if layout == "nhwc":
         return view(out.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-    cls, patches = out[:, :1], out[:, 1:]  # "tokens": the class token, then a square grid of patches
+    # "tokens": the class token, then a square grid of patches; "tokens:N": N prefix tokens (class,
+    # registers; 0 for a model without) before the grid
+    prefix = int(layout.partition(":")[2] or 1)
+    cls, patches = out[:, :prefix], out[:, prefix:]
     n, hw, c = patches.shape
     side = math.isqrt(hw)
     if side * side != hw:
@@ -70,7 +73,7 @@ def grad_cam(model: nn.Module, spec: BackboneSpec, x: torch.Tensor, classes: Seq
     hook = None
     try:
         model.eval()
-        if spec.cam_layout != "nchw":
+        if spec.cam_layout != "nchw":  # "nhwc", "tokens" or "tokens:N"
             view = nn.Identity()
             hook = layer.register_forward_hook(lambda _m, _i, out: _as_nchw(out, spec.cam_layout, view))
             layer = view

@@ -96,7 +96,8 @@ class Family:
     package_weights: ClassVar[dict[str, PackageWeights]] = {}
     # Grad-CAM's layer: the last spatial feature map the classifier depends on. A path part "-1"
     # is the last child, so deeper variants of a family need no entry of their own. Its output is
-    # "nchw", "nhwc" (channels last) or "tokens" (N, 1+H*W, C) with the class token first.
+    # "nchw", "nhwc" (channels last) or "tokens" (N, 1+H*W, C) with the class token first
+    # ("tokens:K": K prefix tokens, for timm's ViTs with register tokens or none).
     cam_layer: ClassVar[str]
     cam_layout: ClassVar[str] = "nchw"
 
@@ -410,9 +411,9 @@ class Timm(Family):
     cam_layer = ""
 
     def layout(self, m):
-        from . import timm_models  # torch and timm: only for a built timm model
+        from . import timm_layout, timm_models  # torch and timm: only for a built timm model
 
-        laid = timm_models.lay_out(m, timm_models.head_path(m.pretrained_cfg["architecture"]))
+        laid = timm_layout.lay_out(m, timm_models.head_path(m.pretrained_cfg["architecture"]))
         stages = [Stage(n, parts, run, nd) for (n, parts, run), nd in zip(laid.stages, laid.no_decay)]
         return Layout(stages, laid.tail)
 

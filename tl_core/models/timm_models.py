@@ -10,18 +10,12 @@ metadata; no model is listed by hand:
      architecture's checkpoint filter resamples position embeddings to the built size, and a
      classifier the file holds is dropped; everything else must fit, strictly;
   3. layer groups from timm's `group_matcher(coarse=True)` (stem, then stages or blocks), laid out
-     as the forward pass runs them. A trace of `forward_features` records the modules it calls
-     (a module whose parameters all fall in one group is one unit). The stem stage is everything
-     before the first unit of the second group (forward_features itself, stopped there); then each
-     group's units in call order; `forward_head` is the tail. The trace checks that each unit is
-     fed exactly its predecessor's output (the same tensor), so chaining the stages is the forward.
-     Parameters timm leaves unmatched join the group whose stage runs them; those only the head
-     runs (a head norm) join the last group;
-  4. Grad-CAM's layer: the last unit of forward_features with a spatial map (NCHW or NHWC), or for
-     a ViT with one class token the last block's input norm (as the torchvision ViT's).
-An architecture whose forward cannot be laid out so (a block fed anything but its predecessor's
-output, as ConViT's class token inserted midway; a pair of classifiers, as LeViT's distilled
-head) is refused with the reason, as soon as its spec is asked for (a UserError).
+     as the forward pass runs them, with Grad-CAM's layer (timm_layout.py);
+  4. the spec families.py files for it (`describe`), image sizes it cannot run (`check_image_size`),
+     its pretrained weights in the Hugging Face cache, and the zoo searched by name (`zoo`).
+An architecture that cannot be laid out (a block fed anything but its predecessor's output, as
+ConViT's class token inserted midway) or that has two classifiers (LeViT's distilled pair) is
+refused with the reason, as soon as its spec is asked for (a UserError).
 
 Imports torch and timm: families.py reads it only for a `timm/` backbone.
 """
@@ -30,20 +24,19 @@ from __future__ import annotations
 
 import difflib
 import functools
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import timm
 import torch
 from huggingface_hub import hf_hub_download, try_to_load_from_cache
-from timm.models import get_pretrained_cfg, group_parameters, load_state_dict
+from timm.models import get_pretrained_cfg, load_state_dict
 from torch import nn
 
 from ..errors import UserError
+from .timm_layout import IMAGE_SIZE, lay_out, trace
 
 PREFIX = "timm/"
-_ATTR = "tl_image_size"  # the image size a model was built for, kept on it (the trace runs at it)
 
 
 def timm_name(backbone: str) -> str:
@@ -113,7 +106,7 @@ def build(
         raise UserError(
             f"{origin} does not fit {PREFIX}{name} ({first}); pass weights saved from the same architecture"
         ) from None
-    setattr(model, _ATTR, size)
+    setattr(model, IMAGE_SIZE, size)
     return model
 
 
@@ -131,197 +124,6 @@ def head_path(name: str) -> str:
 def head_features(model: nn.Module) -> int:
     """How many features the head reads (after timm's own pooling and pre-logits)."""
     return int(getattr(model, "head_hidden_size", None) or model.num_features)  # type: ignore[arg-type]
-
-
-# --- the layout: stages from timm's group_matcher and a trace of forward_features -----------------
-
-
-@dataclass
-class Unit:
-    name: str
-    module: nn.Module
-    group: int | None  # timm's group of its parameters; None: it has none
-
-
-@dataclass
-class Laid:
-    """A timm model's layout, plainly (families.Timm makes Stages of it)."""
-
-    stages: list[tuple[str, list, list[Callable]]]  # (name, parts, what runs it), stem first
-    no_decay: list[list[nn.Parameter]]  # per stage: parameters timm's no_weight_decay() names
-    tail: Callable
-    cam_layer: str
-    cam_layout: str
-    transformer_blocks: bool  # every group past the stem is a transformer block (it has `attn`)
-    names: list[str] = field(default_factory=list)
-
-
-class _Stop(Exception):
-    def __init__(self, x: torch.Tensor):
-        self.x = x
-
-
-def _units(model: nn.Module, head: str, group_of: dict[str, int]) -> tuple[list[Unit], list[tuple[str, nn.Parameter]]]:
-    """The modules that own one group's parameters each (largest first), and parameters that sit
-    directly on a module spanning groups (a ViT's class token and position embedding)."""
-    units: list[Unit] = []
-    bare: list[tuple[str, nn.Parameter]] = []
-
-    def walk(prefix: str, module: nn.Module) -> None:
-        path = prefix.rstrip(".")
-        if path == head:
-            return
-        names = [prefix + n for n, _ in module.named_parameters() if not (prefix + n).startswith(head + ".")]
-        groups = {group_of[n] for n in names}
-        children = list(module.named_children())
-        holds_head = path != "" and head.startswith(prefix)
-        if path and not holds_head and (len(groups) <= 1 or not children):
-            units.append(Unit(path, module, groups.pop() if groups else None))
-            return
-        bare.extend((prefix + n, p) for n, p in module.named_parameters(recurse=False))
-        for n, child in children:
-            walk(prefix + n + ".", child)
-
-    walk("", model)
-    return units, bare
-
-
-def _trace(model: nn.Module, units: list[Unit], size: int) -> tuple[list[tuple[Unit, tuple, dict, Any]], Any]:
-    """Each unit's calls during forward_features, in order, with their inputs and output."""
-    calls: list[tuple[Unit, tuple, dict, Any]] = []
-    hooks = [
-        u.module.register_forward_hook(
-            lambda _m, args, kwargs, out, u=u: calls.append((u, args, kwargs, out)), with_kwargs=True
-        )
-        for u in units
-    ]
-    p = next(model.parameters())
-    first = getattr(model, "pretrained_cfg", {}).get("first_conv")
-    conv = model.get_submodule(first) if isinstance(first, str) and first else None
-    channels = conv.in_channels if isinstance(conv, nn.Conv2d) else 3  # 3, or what channels.py rebuilt it for
-    x = torch.zeros(1, channels, size, size, device=p.device, dtype=p.dtype)
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            out = model.forward_features(x)  # type: ignore[operator]
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
-    return calls, out
-
-
-def _refuse(model: nn.Module, why: str) -> UserError:
-    name = getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)
-    return UserError(
-        f"{PREFIX}{name} cannot be split into layer groups: {why}. TransferLab takes timm models whose "
-        f"forward runs a stem, then its stages or blocks one after another"
-    )
-
-
-def lay_out(model: nn.Module, head: str) -> Laid:
-    """The stages of a built timm model (module docstring, 3 and 4)."""
-    group_of = group_parameters(model, model.group_matcher(coarse=True), reverse=True)  # type: ignore[operator]
-    units, bare = _units(model, head, group_of)
-    calls, features = _trace(model, units, int(getattr(model, _ATTR)))
-    called = [c[0] for c in calls]
-    if len({id(u) for u in called}) != len(called):
-        twice = next(u.name for i, u in enumerate(called) if any(v is u for v in called[:i]))
-        raise _refuse(model, f"its forward runs {twice} more than once")
-    ids = sorted({u.group for u in called if u.group is not None})
-    if len(ids) < 2:
-        raise _refuse(model, "timm's group_matcher gives it a single group")
-    first = next(i for i, u in enumerate(called) if u.group == ids[1])
-    # 1. the body: groups in call order, never going back; each unit fed its predecessor's output
-    groups: list[list[Unit]] = []
-    current = -1
-    for i in range(first, len(calls)):
-        unit, args, kwargs, out = calls[i]
-        if i > first and (len(args) != 1 or kwargs or args[0] is not calls[i - 1][3]):
-            raise _refuse(model, f"{unit.name} is not fed exactly {calls[i - 1][0].name}'s output")
-        if not isinstance(out, torch.Tensor):
-            raise _refuse(model, f"{unit.name} returns {type(out).__name__}, not a tensor")
-        g = current if unit.group is None else unit.group
-        if g < current:
-            raise _refuse(model, f"its forward runs {unit.name} (group {g}) after group {current}")
-        if g > current or not groups:
-            groups.append([])
-            current = g
-        groups[-1].append(unit)
-    if features is not calls[-1][3]:
-        raise _refuse(model, f"forward_features does more after {calls[-1][0].name}")
-    stem_units = [u for u in called[:first] if u.group is not None]
-    group_ids = [
-        next(u.group for u in g if u.group is not None) if any(u.group is not None for u in g) else -1 for g in groups
-    ]
-    # 2. parts: units by where the forward runs them; bare parameters by timm's group; the rest last
-    parts: list[list] = [[u.module for u in stem_units]] + [
-        [u.module for u in g if u.group is not None] for g in groups
-    ]
-    ran = {id(u) for u in called}
-    parts[-1].extend(u.module for u in units if id(u) not in ran and u.group is not None)
-    for name, p in bare:
-        g = group_of[name]
-        k = 0 if g == ids[0] else (1 + group_ids.index(g) if g in group_ids else len(parts) - 1)
-        parts[k].append(p)
-    # 3. the stem runs forward_features until the first body unit's input
-    entry = called[first].module
-
-    def stem(x: torch.Tensor) -> torch.Tensor:
-        def stop(_m, args):
-            raise _Stop(args[0])
-
-        handle = entry.register_forward_pre_hook(stop)
-        try:
-            model.forward_features(x)  # type: ignore[operator]
-        except _Stop as s:
-            return s.x
-        finally:
-            handle.remove()
-        raise AssertionError("forward_features never reached its first block")
-
-    names = ["stem"] + [_group_name([u.name for u in g if u.group is not None] or [g[0].name]) for g in groups]
-    no_decay_names = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()  # type: ignore[operator]
-    owner = {id(p): n for n, p in model.named_parameters()}
-    no_decay = [[p for p in _params(ps) if owner.get(id(p)) in no_decay_names] for ps in parts]
-    cam_layer, cam_layout = _cam(model, calls)
-    return Laid(
-        stages=[(names[0], parts[0], [stem])]
-        + [(n, ps, [u.module for u in g]) for n, ps, g in zip(names[1:], parts[1:], groups)],
-        no_decay=no_decay,
-        tail=model.forward_head,  # type: ignore[arg-type]
-        cam_layer=cam_layer,
-        cam_layout=cam_layout,
-        transformer_blocks=all(hasattr(g[0].module, "attn") for g in groups),
-        names=names,
-    )
-
-
-def _params(parts: list) -> list[nn.Parameter]:
-    out: list[nn.Parameter] = []
-    for p in parts:
-        out.extend([p] if isinstance(p, nn.Parameter) else p.parameters())
-    return out
-
-
-def _group_name(units: list[str]) -> str:
-    return "+".join(units) if len(units) <= 2 else f"{units[0]}..{units[-1]}"
-
-
-def _cam(model: nn.Module, calls: list[tuple[Unit, tuple, dict, Any]]) -> tuple[str, str]:
-    """Grad-CAM's layer and its output's layout; ("", reason) where there is none."""
-    width = getattr(model, "num_features", None)
-    for unit, _, _, out in reversed(calls):
-        if isinstance(out, torch.Tensor) and out.dim() == 4:
-            if out.shape[1] == width:
-                return unit.name, "nchw"
-            if out.shape[-1] == width:
-                return unit.name, "nhwc"
-    blocks = getattr(model, "blocks", None)
-    if getattr(model, "num_prefix_tokens", 0) == 1 and blocks is not None and hasattr(blocks[-1], "norm1"):
-        return "blocks.-1.norm1", "tokens"
-    return "", "its features are not a spatial map with one class token before the patches"
 
 
 # --- what the torch-free spec needs ---------------------------------------------------------------
@@ -370,7 +172,7 @@ def describe(name: str) -> Described:
         first_conv=first_conv if isinstance(first_conv, str) else "",
         cam_layer=laid.cam_layer,
         cam_layout=laid.cam_layout,
-        min_image_size=max(32, int(patch[0]) if patch else 0),
+        min_image_size=int(patch[0]) if patch else 32,  # one patch; a convolutional net's stride of 32
         native_size=native_size(cfg),
         family=module,
         classifier_classes=int(cfg.get("num_classes") or 0),
@@ -387,7 +189,7 @@ def check_image_size(name: str, size: int) -> str | None:
         return None
     try:
         model = skeleton(name, size)
-        _trace(model, [], size)
+        trace(model, [], size)
     except (UserError, RuntimeError, AssertionError, ValueError) as e:
         return str(e).strip().splitlines()[0][:200] or type(e).__name__
     return None
