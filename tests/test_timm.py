@@ -235,6 +235,8 @@ def test_bad_names_and_architectures_it_cannot_split_are_refused_clearly(tiny):
         make_config(data=tiny, backbone="timm/convit_tiny")  # its class token joins midway
     with pytest.raises(UserError, match="2 classifiers"):
         make_config(data=tiny, backbone="timm/levit_128s")  # a distilled pair of heads
+    with pytest.raises(UserError, match="timm gives it no group_matcher"):
+        make_config(data=tiny, backbone="timm/poolformer_s12")
     with pytest.raises(UserError, match=r"--image-size 48: timm/coatnet_nano_rw_224 cannot run on images of that size"):
         make_config(data=tiny, backbone="timm/coatnet_nano_rw_224", image_size=48)  # its attention windows do not fit
 

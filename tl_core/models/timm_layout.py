@@ -95,6 +95,9 @@ def _units(model: nn.Module, head: str, group_of: dict[str, int]) -> tuple[list[
         if path == head:
             return
         names = [prefix + n for n, _ in module.named_parameters() if not (prefix + n).startswith(head + ".")]
+        shared = [n for n in names if n not in group_of]  # named_parameters lists a shared one once
+        if shared:
+            raise _refuse(model, f"{shared[0]} is shared with another block")
         groups = {group_of[n] for n in names}
         children = list(module.named_children())
         holds_head = path != "" and head.startswith(prefix)
@@ -144,8 +147,13 @@ def _refuse(model: nn.Module, why: str) -> UserError:
 
 
 def lay_out(model: nn.Module, head: str) -> Laid:
-    """The stages of a built timm model (module docstring, 3 and 4)."""
+    """The stages of a built timm model (module docstring)."""
+    if not hasattr(model, "group_matcher"):
+        raise _refuse(model, "timm gives it no group_matcher to say its layer groups")
     group_of = group_parameters(model, model.group_matcher(coarse=True), reverse=True)  # type: ignore[operator]
+    missing = [n for n, _ in model.named_parameters() if n not in group_of]
+    if missing:
+        raise _refuse(model, f"its group_matcher places no group for {missing[0]}")
     units, bare = _units(model, head, group_of)
     calls, features = trace(model, units, int(getattr(model, IMAGE_SIZE)))
     called = [c[0] for c in calls]

@@ -115,8 +115,8 @@ def head_path(name: str) -> str:
     where = pretrained_cfg(name).get("classifier") or "head"
     if not isinstance(where, str):
         raise UserError(
-            f"{PREFIX}{name} has {len(where)} classifiers ({', '.join(where)}), as a distilled model does; "
-            f"TransferLab puts one new head on a backbone: choose an architecture with one classifier"
+            f"{PREFIX}{name} has {len(where)} classifiers ({', '.join(where)}): TransferLab puts one new head "
+            f"on a backbone; choose an architecture with one classifier (a distilled model has two)"
         )
     return where
 
@@ -161,8 +161,15 @@ def describe(name: str) -> Described:
     check_name(name)
     cfg = pretrained_cfg(name)
     head = head_path(name)
-    model = skeleton(name)
-    laid = lay_out(model, head)
+    try:
+        model = skeleton(name)
+        laid = lay_out(model, head)
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError, RuntimeError, AssertionError) as e:
+        # an architecture whose structure the layout does not expect: refused, with what went wrong
+        reason = (str(e).strip().splitlines() or [""])[0][:200]
+        raise UserError(
+            f"{PREFIX}{name} cannot be split into layer groups ({type(e).__name__}: {reason}); choose another model"
+        ) from None
     patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
     first_conv = cfg.get("first_conv") or ""
     module = type(model).__module__.rpartition(".")[2]
