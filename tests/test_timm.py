@@ -310,3 +310,12 @@ def test_grad_cam_reads_the_patch_grid_after_register_tokens():
     x, _ = _batch(28)
     maps = gradcam.grad_cam(bb.model, bb.spec, x[:1], [0, 3])
     assert maps.shape == (2, 28, 28) and maps.max() <= 1
+
+
+def test_weights_without_a_classifier_of_their_own_measure_no_forgetting_and_estimate_no_fisher(tiny):
+    spec = backbones.get_spec("timm/vit_small_patch14_dinov2.lvd142m")  # self-supervised: no classifier
+    assert not spec.imagenet_head
+    with pytest.raises(UserError, match=r"--regularizer ewc .*\(weights with their own classifier\)"):
+        make_config(data=tiny, backbone=spec.name, image_size=28, strategy="full", regularizer="ewc")
+    with pytest.raises(UserError, match="have no classifier of their own"):
+        backbones.imagenet_model(spec.name, 28)

@@ -252,12 +252,12 @@ class RunConfig(BaseModel):
                 f"use --regularizer none, or a strategy with pretrained weights"
             )
         fisher = self.regularizer != "none" and REGULARIZERS.get(self.regularizer).needs_fisher
-        if fisher and (self.weights_to_load != "imagenet" or self.in_channels != 3):
+        if fisher and (self.weights_to_load != "imagenet" or self.in_channels != 3 or not spec.imagenet_head):
             others = " or ".join(n for n, s in REGULARIZERS.items() if not s.needs_fisher)
             raise UserError(
                 f"--regularizer {self.regularizer} estimates its Fisher information from the pretrained "
-                f"model's own ImageNet predictions on RGB images: it needs --weights imagenet and "
-                f"--in-channels 3; use --regularizer {others} otherwise"
+                f"model's own ImageNet predictions on RGB images: it needs --weights imagenet (weights with "
+                f"their own classifier) and --in-channels 3; use --regularizer {others} otherwise"
             )
         return self
 
