@@ -132,6 +132,9 @@ st.header("2 · Backbone", divider="gray")
 table = backbone_table()
 by_name = {row["backbone"]: row for row in table}
 names = list(by_name)
+zoo = st.segmented_control(
+    "From", ["TransferLab's backbones", "timm's models"], default="TransferLab's backbones", key="backbone_from"
+)
 backbone = st.selectbox(
     "Backbone",
     names,
@@ -141,10 +144,20 @@ backbone = st.selectbox(
         f"{n}  ·  {by_name[n]['params'] / 1e6:.1f}M params  ·  ImageNet top-1 "
         f"{by_name[n]['imagenet_top1'] or 0:.1f}%  ·  weights {by_name[n]['weights']}"
     ),
+    disabled=zoo == "timm's models",
 )
-if by_name[backbone]["weights"] != "offline" and by_name[backbone]["weights"] != "cached":
+weights_here = by_name[backbone]["weights"]
+if zoo == "timm's models":
+    picked = run_form.timm_picker() or st.stop()
+    backbone, weights_here = picked["backbone"], picked["weights"]
+    try:
+        service.layer_groups(backbone)  # a model TransferLab cannot split into layer groups says why here
+    except UserError as e:
+        st.error(fmt.form_message(e), icon=":material/error:")
+        st.stop()
+if weights_here not in ("offline", "cached"):
     st.warning(
-        f"{backbone}'s ImageNet weights are {by_name[backbone]['weights']}: without internet "
+        f"{backbone}'s pretrained weights are {weights_here}: without internet "
         f"access its pretrained runs will fail. The EfficientNet-Lite backbones work offline.",
         icon=":material/cloud_off:",
     )
@@ -263,6 +276,16 @@ if "lr_decay" in knobs_in_use:
         key="lr_decay",
         help="partial / discriminative / progressive: the head trains at the LR, each group below it at "
         "the LR of the group above / decay",
+    )
+if "layer_decay" in knobs_in_use:
+    settings["layer_decay"] = next(cols).number_input(
+        "Layer decay per block (ViT)",
+        0.05,
+        1.0,
+        default("layer_decay"),
+        0.05,
+        key="layer_decay",
+        help=fmt.flag_help("layer_decay"),
     )
 if "head_lr_factor" in knobs_in_use:
     settings["head_lr_factor"] = next(cols).number_input(

@@ -48,6 +48,7 @@ ADDED_LATER = (
     "bn",
     "lora_rank",
     "lora_alpha",
+    "layer_decay",
 )
 
 
@@ -132,6 +133,11 @@ class RunConfig(BaseModel):
     unfreeze_on: Literal["schedule", "plateau"] = "schedule"
     patience: int = 1
     stage_lr_factor: float = 1.0
+    layer_decay: float = Field(
+        0.75,
+        description="discriminative on a transformer (a timm ViT): each block's LR is this times the LR of "
+        "the block above it (BEiT's layer-wise decay); other backbones use --lr-decay per layer group",
+    )
     bn: Literal["auto", "frozen", "train"] = Field(
         "auto",
         description="BatchNorm of the pretrained layers that train: frozen keeps it in inference mode (the "
@@ -237,6 +243,11 @@ class RunConfig(BaseModel):
             )
         if self.image_size < spec.min_image_size:
             raise UserError(f"--image-size {self.image_size}: {self.backbone} needs at least {spec.min_image_size} px")
+        if why := spec.adapter.check_image_size(self.backbone, self.image_size):
+            raise UserError(
+                f"--image-size {self.image_size}: {self.backbone} cannot run on images of that size ({why}); "
+                f"choose another size, e.g. {native_size(self.backbone)}"
+            )
         if self.adapt != "none" and not self.target_data:
             raise UserError(
                 f"--adapt {self.adapt} needs --target-data FOLDER: a folder of target-domain images "
@@ -249,12 +260,12 @@ class RunConfig(BaseModel):
                 f"use --regularizer none, or a strategy with pretrained weights"
             )
         fisher = self.regularizer != "none" and REGULARIZERS.get(self.regularizer).needs_fisher
-        if fisher and (self.weights_to_load != "imagenet" or self.in_channels != 3):
+        if fisher and (self.weights_to_load != "imagenet" or self.in_channels != 3 or not spec.imagenet_head):
             others = " or ".join(n for n, s in REGULARIZERS.items() if not s.needs_fisher)
             raise UserError(
                 f"--regularizer {self.regularizer} estimates its Fisher information from the pretrained "
-                f"model's own ImageNet predictions on RGB images: it needs --weights imagenet and "
-                f"--in-channels 3; use --regularizer {others} otherwise"
+                f"model's own ImageNet predictions on RGB images: it needs --weights imagenet (weights with "
+                f"their own classifier) and --in-channels 3; use --regularizer {others} otherwise"
             )
         return self
 
@@ -337,6 +348,8 @@ class RunConfig(BaseModel):
             bn=batchnorm_mode(get_strategy(self.strategy), self.bn, self.weights_to_load != "none"),
             lora_rank=self.lora_rank,
             lora_alpha=self.lora_alpha,
+            layer_decay=self.layer_decay,
+            transformer_blocks=get_spec(self.backbone).transformer_blocks,
         )
 
     @property

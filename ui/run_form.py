@@ -1,5 +1,6 @@
-"""The New run form's longer parts: the options beside the strategy (a loss term, a target domain,
-channels, memory), the training settings, and the LR finder with its one-click suggestion.
+"""The New run form's longer parts: the timm model picker, the options beside the strategy (a loss
+term, a target domain, channels, memory), the training settings, and the LR finder with its
+one-click suggestion.
 
 Each widget keeps the key and label the page always had (the CLI's flag names, for a user who
 moves between them); the page reads what they return and plans the runs.
@@ -13,11 +14,44 @@ from typing import Any
 
 import streamlit as st
 
+from tl_core import service
 from tl_core.config import DEFAULT_BATCH_SIZE, choices, default, knobs
 from tl_core.service import jobs
 
 from . import charts, session
 from . import format as fmt
+
+
+@st.cache_data(show_spinner="Searching timm's models…")
+def _timm_models(search: str) -> list[dict]:
+    return service.timm_table(search)
+
+
+def timm_picker() -> dict | None:
+    """A timm model chosen by searching timm's pretrained models by name: its row of
+    service.timm_table (`backbone` is `timm/<name>.<tag>`), or None."""
+    search = st.text_input(
+        "Search timm's pretrained models",
+        key="timm_search",
+        placeholder="words of the name, e.g. convnext tiny, vit small dinov2, efficientnet b0",
+    )
+    if not search.strip():
+        st.caption("Type part of a model's name: every word must appear in it.")
+        return None
+    found = _timm_models(search.strip())
+    if not found:
+        st.warning(f"No timm pretrained model's name holds every word of “{search}”.", icon=":material/search_off:")
+        return None
+    by_name = {row["backbone"]: row for row in found}
+
+    def label(name: str) -> str:
+        row = by_name[name]
+        params = f"{row['params'] / 1e6:.1f}M params  ·  " if "params" in row else ""
+        return f"{name}  ·  {row['family']}  ·  {params}{row['native_size']} px  ·  weights {row['weights']}"
+
+    narrow = "" if "params" in found[0] else "; narrow the search to see parameters"
+    st.caption(f"{len(found)} match{'es' if len(found) != 1 else ''}{narrow}")
+    return by_name[st.selectbox("timm model", list(by_name), key="timm_backbone", format_func=label)]
 
 
 def lr_finder(configs: list, ticked: list[str]) -> None:

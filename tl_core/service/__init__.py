@@ -24,7 +24,14 @@ what builds or trains a model (the backbone table, a run trained in this process
 """
 
 from ..store import FINISHED, STATUSES
-from .catalog import backbone_table, layer_groups, recommend_strategy, strategy_param_counts, strategy_table
+from .catalog import (
+    backbone_table,
+    layer_groups,
+    recommend_strategy,
+    strategy_param_counts,
+    strategy_table,
+    timm_table,
+)
 from .compare import (
     FAMILIES,
     SEEDS_OFFERED,
@@ -113,6 +120,7 @@ __all__ = [
     "FINISHED",
     "STATUSES",
     "backbone_table",
+    "timm_table",
     "cancel_run",
     "check_run",
     "checkpoint",

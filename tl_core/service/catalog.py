@@ -28,6 +28,21 @@ def backbone_table() -> list[dict]:
     return rows
 
 
+SEARCH_PARAMS_UP_TO = 60  # a search with more matches lists them without building each to count its parameters
+
+
+def timm_table(search: str = "") -> list[dict]:
+    """timm's pretrained models (`timm.list_models(pretrained=True)`), `timm/<name>` each, whose name
+    holds every word of `search`: family, native size, weights here or not; with a search of at most
+    SEARCH_PARAMS_UP_TO matches, their parameters too."""
+    from ..models import timm_models  # timm (and torch): only to list its models
+
+    rows = timm_models.zoo(search)
+    if search.strip() and len(rows) <= SEARCH_PARAMS_UP_TO:
+        rows = timm_models.zoo(search, params=True)
+    return rows
+
+
 def strategy_table() -> list[dict]:
     """One row per registered strategy: what it does, when to use it, its default LR and knobs."""
     return [

@@ -101,10 +101,11 @@ def decay_split(group: LayerGroup) -> tuple[list[nn.Parameter], list[nn.Paramete
     timm's `param_groups_weight_decay`: 1-D parameters (every BatchNorm and LayerNorm weight and
     bias, every bias) get none, since decay pulls a norm's scale toward zero, not toward a simpler
     function; nor do the bare parameters a family lists as parts of a group, ViT's class token and
-    position embedding (timm's `VisionTransformer.no_weight_decay()`). Decay falls on the rest:
-    convolution and linear weights.
+    position embedding (timm's `VisionTransformer.no_weight_decay()`), nor those a timm model's own
+    `no_weight_decay()` names (`group.no_decay`: relative position tables, position embeddings).
+    Decay falls on the rest: convolution and linear weights.
     """
-    bare = {id(p) for p in group.parts if isinstance(p, nn.Parameter)}
+    bare = {id(p) for p in group.parts if isinstance(p, nn.Parameter)} | {id(p) for p in group.no_decay}
     decayed: list[nn.Parameter] = []
     not_decayed: list[nn.Parameter] = []
     for p in group.parameters():

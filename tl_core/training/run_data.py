@@ -90,6 +90,7 @@ def load_model(cfg: RunConfig, num_classes: int, device: torch.device) -> backbo
         hidden=cfg.hidden,
         dropout=cfg.dropout,
         in_channels=cfg.in_channels,
+        image_size=cfg.image_size,
     )
     if get_strategy(cfg.strategy).trains == "adapters":  # after the weights load: B = 0 keeps them exact
         adapters.add_lora(bb, cfg.lora_rank, cfg.lora_alpha, cfg.image_size, cfg.in_channels)

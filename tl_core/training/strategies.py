@@ -56,6 +56,8 @@ class StrategyParams:
     bn: str = "frozen"  # pretrained BatchNorm in trained groups: "frozen" (inference mode) or "train"
     lora_rank: int = 8  # lora: rank r of each adapter's update B @ A
     lora_alpha: float = 16.0  # lora: the update is scaled by alpha / r
+    layer_decay: float = 0.75  # discriminative on a transformer: each block's LR x this below the next
+    transformer_blocks: bool = False  # the backbone's groups past the stem are transformer blocks (its spec)
 
 
 class Strategy:
@@ -210,17 +212,32 @@ class TwoPhase(Strategy):
 
 @register_strategy
 class Discriminative(Strategy):
+    """On a transformer whose groups are its blocks (a timm ViT), the LR decays per block by
+    --layer-decay, BEiT's layer-wise decay (timm's `param_groups_layer_decay`): the block k below
+    the head trains at layer_decay^k of the head's LR, the stem (patch and position embeddings)
+    lowest. Elsewhere, by --lr-decay per layer group."""
+
     name = "discriminative"
     summary = "Fine-tune every layer, with learning rates falling by a factor per group towards the stem."
-    when = "Full fine-tuning that protects the generic early features: lr_k = base / decay^(L-k)."
+    when = (
+        "Full fine-tuning that protects the generic early features: lr_k = base / decay^(L-k); "
+        "on a transformer, per block: base x layer_decay^(L-k)."
+    )
     default_lr = 1e-3
-    knobs = ("lr_decay", "bn")
+    knobs = ("lr_decay", "layer_decay", "bn")
 
     def lr_multipliers(self, n, n_groups, p):
+        if p.transformer_blocks:
+            return [p.layer_decay ** (n_groups - k) for k in range(n + 1, n_groups + 1)]
         return discriminative(n, n_groups, p.lr_decay)
 
     def validate(self, n_groups, epochs, p):
         _check_decay(p)
+        if not 0 < p.layer_decay <= 1:
+            raise UserError(
+                f"--layer-decay {p.layer_decay}: must be in (0, 1] (0.65 to 0.85 is usual for ViTs; 1 gives "
+                f"every block the same LR)"
+            )
 
 
 @register_strategy
