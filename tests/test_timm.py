@@ -319,3 +319,47 @@ def test_weights_without_a_classifier_of_their_own_measure_no_forgetting_and_est
         make_config(data=tiny, backbone=spec.name, image_size=28, strategy="full", regularizer="ewc")
     with pytest.raises(UserError, match="have no classifier of their own"):
         backbones.imagenet_model(spec.name, 28)
+
+
+@pytest.mark.slow  # peft's import, a run and two exports: ~20 s on 2 cores
+def test_a_lora_run_on_a_timm_vit_trains_only_adapters_and_head_and_exports_with_parity(saved, tiny, store):
+    # Issue 24's proof: LoRA on a ViT (timm's, through --backbone timm/...), end to end.
+    from tl_core.models import adapters
+    from tl_core.service import export_run
+    from tl_core.store.run_folders import run_folder
+    from tl_core.training.checkpoint import Checkpoint
+
+    name, size = SAMPLE["vit"]
+    result = train(
+        store,
+        data=tiny,
+        backbone=f"timm/{name}",
+        weights=str(saved["vit"]),
+        image_size=size,
+        strategy="lora",
+        lora_rank=4,
+        epochs=1,
+        lr=0.01,
+    )
+    assert result.status == "completed", result.error
+    run = store.get_run(result.run_id)
+    last = Checkpoint.load(run_folder(run) / "last.pt").model
+    adapted = {k for k in last if adapters.is_adapter_parameter(k)}
+    # Adapters on the attention and MLP projections of every block, nowhere else.
+    assert {k.split(".lora_")[0].rsplit(".", 1)[-1] for k in adapted} == {"qkv", "proj", "fc1", "fc2"}
+    loaded = backbones.create_backbone(f"timm/{name}", 4, weights=str(saved["vit"]), image_size=size).model
+    pretrained = loaded.state_dict()
+    head = {k for k in pretrained if k.startswith(tuple(n + "." for n in ("head", "fc", "classifier")))}
+    assert head, "the new head's parameters are found by their module's name"
+    for key, value in last.items():
+        plain = key.replace(".base_layer.", ".")
+        if key not in adapted and plain not in head:
+            assert torch.equal(value, pretrained[plain]), f"{key} changed"  # the ViT itself stays as loaded
+    n_trained = sum(last[k].numel() for k in adapted) + sum(pretrained[k].numel() for k in head)
+    epoch = store.epoch_metrics([run.id])[run.id][0]
+    assert epoch["trainable_params"] == n_trained and 0 < epoch["trainable_share"] < 0.2
+    best = Checkpoint.load(run_folder(run) / "best.pt").model  # adapters merged: the plain ViT
+    assert not any(adapters.is_adapter_parameter(k) or ".base_layer." in k for k in best)
+    for fmt in ("torchscript", "onnx"):
+        r = export_run(store, run.id, fmt)
+        assert r["passed"] and r["top1_agreement"] == 1.0, r
