@@ -91,12 +91,16 @@ def test_a_timm_model_loads_its_weights_and_cuts_exactly_at_every_boundary(famil
 
 @pytest.mark.parametrize("family", SAMPLE)
 def test_every_strategy_trains_a_step_and_its_frozen_groups_stay_bitwise_frozen(family, saved, tiny):
+    from tl_core.models import adapters
+
     name, size = SAMPLE[family]
-    bb = _backbone(family, saved)
-    start = {k: v.clone() for k, v in bb.model.state_dict().items()}
+    plain = _backbone(family, saved)
+    adapted = _backbone(family, saved)  # lora's model: adapters injected, as a run's load_model does
+    adapters.add_lora(adapted, 4, 8.0, size)
     x, y = _batch(size)
     for strategy in list_strategies():
-        bb.model.load_state_dict(start)
+        bb = adapted if get_strategy(strategy).trains == "adapters" else plain
+        start = {k: v.clone() for k, v in bb.model.state_dict().items()}
         cfg = make_config(
             data=tiny, backbone=f"timm/{name}", strategy=strategy, epochs=3, head_epochs=1, image_size=size
         )
@@ -110,18 +114,27 @@ def test_every_strategy_trains_a_step_and_its_frozen_groups_stay_bitwise_frozen(
 
             def frozen_state() -> list[torch.Tensor]:  # parameters and buffers (BatchNorm statistics)
                 params = [p for g in bb.groups[:n] for p in g.parameters()]
+                params += [p for g in bb.groups[n:] for p in g.parameters() if not p.requires_grad]  # lora, bitfit
                 return params + [b for g in bb.groups[:n] for m in g.modules() for b in m.buffers()]
 
+            # The lowest group with a parameter to train (bitfit: a bias; lora: an adapter).
+            low = next(i for i in range(n, len(bb.groups)) if any(p.requires_grad for p in bb.groups[i].parameters()))
             before = [t.clone() for t in frozen_state()]
-            lowest = [p.clone() for p in bb.groups[n].parameters()]
+            lowest = [p.clone() for p in bb.groups[low].parameters() if p.requires_grad]
             optimizer.zero_grad()
             F.cross_entropy(bb.model(x), y).backward()
             optimizer.step()
             # Frozen: every parameter and buffer exactly as before the step.
             assert all(torch.equal(a, b) for a, b in zip(before, frozen_state())), f"{strategy}: a frozen tensor moved"
             # Trained: the lowest trainable group moved (gradients reach it through the whole model).
-            moved = [not torch.equal(a, b) for a, b in zip(lowest, bb.groups[n].parameters())]
-            assert any(moved), f"{strategy} at boundary {n}: {bb.groups[n].name} did not train"
+            trained = [p for p in bb.groups[low].parameters() if p.requires_grad]
+            moved = [not torch.equal(a, b) for a, b in zip(lowest, trained)]
+            assert any(moved), f"{strategy} at boundary {n}: {bb.groups[low].name} did not train"
+            if low > n:  # a group without anything of the strategy's to train: only lora, where it has no layer
+                assert get_strategy(strategy).trains == "adapters", (
+                    f"{strategy}: {bb.groups[n].name} has nothing to train"
+                )
+        bb.model.load_state_dict(start)
 
 
 @pytest.mark.parametrize("family", SAMPLE)

@@ -37,9 +37,10 @@ def candidates(table: list[dict], backbone: str, data_path: str | None) -> list[
     by_name = {row["backbone"]: row for row in table}
     here = [n for n, row in by_name.items() if row["weights"] in HERE]
     st.markdown("**Which backbone for this data?**")
+    options = list(dict.fromkeys([backbone, *by_name]))  # the one chosen above may be a timm/ model
     picked = st.multiselect(
         "Candidates to rank",
-        list(by_name),
+        options,
         default=list(dict.fromkeys([backbone, *here]))[:4],
         key="rank_candidates",
         help="Each scored from its frozen features on up to 50 training images per class (never val or test): "

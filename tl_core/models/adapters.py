@@ -14,8 +14,8 @@ the adapters inside the groups of the layers they adapt. The layers adapted (`lo
     convolution, ungrouped with zero padding (peft cannot merge a grouped one: depthwise
     convolutions stay frozen);
   - in a transformer (a model with an attention module), its Linear layers only: attention
-    qkv/proj and the MLP's fc layers, not the patch embedding; in a CNN, convolutions and Linear
-    layers alike.
+    qkv/proj and the MLP's fc layers, not the patch embedding; in a CNN, and in a hybrid whose
+    attention and MLP are 1x1 convolutions (CoAtNet), convolutions and Linear layers alike.
 Each adapter adds B @ A * alpha / r to its layer's output, B starting at zero: training starts
 from exactly the pretrained model.
 
@@ -100,9 +100,12 @@ def lora_targets(model: nn.Module, head_path: str, example: torch.Tensor) -> lis
         for name, m in model.named_modules()
         if name and _adaptable(m) and name != head_path and not name.startswith(head_path + ".")
     }
-    called = _called(model, candidates, example)
+    called = {n: m for n, m in candidates.items() if n in _called(model, candidates, example)}
+    # A transformer's projections are its Linear layers; a hybrid whose attention and MLP are 1x1
+    # convolutions (CoAtNet, MaxViT's conv stages) has none, and takes adapters on its convolutions.
     transformer = any(_is_attention(m) for m in model.modules())
-    return [n for n, m in candidates.items() if n in called and (isinstance(m, nn.Linear) or not transformer)]
+    linear_only = transformer and any(isinstance(m, nn.Linear) for m in called.values())
+    return [n for n, m in called.items() if isinstance(m, nn.Linear) or not linear_only]
 
 
 def lora_size(model: nn.Module, head_path: str, example: torch.Tensor, rank: int) -> int:
