@@ -138,6 +138,7 @@ def _efficient_sizes(
     new head, and the body's biases or the LoRA adapters it would get (counted, not added: no peft)."""
     import torch  # builds the architecture (without weights): torch
 
+    # torch in each: the catalog's tables are read by processes that never load it otherwise
     from ..models import adapters
     from ..models.backbones import skeleton
     from ..training.finetuning import trained

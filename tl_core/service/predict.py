@@ -88,7 +88,7 @@ def export_run(
     """Export the run's best checkpoint (export.py) and check it on its validation images; the result,
     passed or not, is kept in the run's summary ("exports") and, with a job id, as an artifact."""
     from ..inference.export import FORMATS, TOLERANCE, ExportMismatch, export  # torch (and onnx): only here
-    from ..inference.predictor import from_run
+    from ..inference.predictor import from_run  # torch, as above
 
     run = store.get_run(run_id)
     images = [p.path for p in store.predictions(run_id)]
