@@ -70,6 +70,7 @@ class Findings:
     duplicates: list[dict]
     outliers: list[dict]
     found: dict[str, int]  # how many of each, before LIMIT
+    seconds: dict[str, float]  # each finding's time: {"label_issues", "duplicates", "outliers"}
 
 
 @dataclass
@@ -91,7 +92,9 @@ class DataCheck:
     unreadable: list[dict]  # scanned, but could not be decoded: {"path", "split", "label"}
     folds: int
     near_threshold: float
-    seconds: dict = field(default_factory=dict)  # {"features", "check", "total"}
+    seconds: dict = field(
+        default_factory=dict
+    )  # {"features", "label_issues", "duplicates", "outliers", "check", "total"}
     feature_cache: str = "computed"  # "hit" | "computed"
 
     def to_dict(self) -> dict:
@@ -171,11 +174,13 @@ def check_features(
     learn = np.asarray([images[i].split != "test" for i in featured], dtype=bool)
     check_folds(labels, learn, classes, folds)
     x = np.asarray(features, dtype=np.float32).reshape(len(featured), -1)
+    clock = [time.perf_counter()]
     # 1. Likely label errors: a k-fold linear model on train and val; test only scored.
     issues = [
         {**_named(images[featured[e.index]], classes), "suggested": classes[e.suggested], "score": e.score}
         for e in label_issues(x, labels, learn, len(classes), folds, seed)
     ]
+    clock.append(time.perf_counter())
     # 2. Duplicates: exact by content, near by cosine; groups across splits first.
     unit = duplicates.unit_rows(x)
     groups: list[dict[str, Any]] = []
@@ -185,14 +190,17 @@ def check_features(
         similarity = 1.0 if kind == "exact" else round(g.similarity, 4)
         groups.append({"kind": kind, "cross_split": cross, "similarity": similarity, "images": named})
     groups.sort(key=lambda d: (not d["cross_split"], d["kind"] != "exact", -d["similarity"], d["images"][0]["path"]))
+    clock.append(time.perf_counter())
     # 3. Outliers: far from every class's centroid.
     flagged, scores = _outliers(unit, labels, learn, len(classes))
     outliers = [{**_named(images[featured[r]], classes), "score": float(scores[r])} for r in flagged]
+    clock.append(time.perf_counter())
     return Findings(
         issues[:limit],
         groups[:limit],
         outliers[:limit],
         {"label_issues": len(issues), "duplicates": len(groups), "outliers": len(outliers)},
+        {k: round(b - a, 3) for k, a, b in zip(("label_issues", "duplicates", "outliers"), clock, clock[1:])},
     )
 
 
@@ -300,6 +308,7 @@ def check_data(
         near_threshold=near_threshold,
         seconds={
             "features": round(computed - started, 3),
+            **found.seconds,
             "check": round(done - computed, 3),
             "total": round(done - started, 3),
         },
