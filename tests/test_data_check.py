@@ -3,8 +3,9 @@ are found, the test split is only read, bad input gets one clear line.
 
 One small folder (4 animal classes, 21 images each, split by the user into train/val/test) with
 known faults: labels flipped (in train, val and test), exact copies placed across splits and within
-one, near copies (re-encoded as JPEG, brightened) across splits, a noise image, an empty file. The
-CLI checks it once (`checked`); the tests read its --json answer.
+one, near copies (re-encoded as JPEG at quality 75, brightened by 10%) across splits, a noise image,
+an empty file. The CLI checks it once (`checked`); the tests read its --json answer. (The demo
+animals hold copies of their own: in this folder two bears of identical bytes, in train and test.)
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from PIL import Image, ImageEnhance
 
 from tl_core.analysis import data_check, duplicates
 from tl_core.analysis.label_issues import out_of_sample_probs
+from tl_core.cli.parser import build_parser
+from tl_core.config import make_config
 from tl_core.data.demo import write_demo_data
 from tl_core.errors import UserError
 from tl_core.service import jobs
@@ -104,6 +107,7 @@ def checked(tmp_path_factory) -> tuple[dict, dict, Path]:
     return json.loads(r.stdout), faults, tmp
 
 
+@pytest.mark.slow  # the folder's features: computed once, in the CLI's process (~20 s on 2 cores)
 def test_flipped_labels_rank_near_the_top_with_their_true_class_suggested(checked):
     found, faults, _ = checked
     ranked = [i["path"] for i in found["label_issues"]]
@@ -117,6 +121,7 @@ def test_flipped_labels_rank_near_the_top_with_their_true_class_suggested(checke
     assert scores == sorted(scores) and all(0 <= s < 0.5 for s in scores[: len(flipped)])
 
 
+@pytest.mark.slow  # the folder's features: computed once, in the CLI's process (~20 s on 2 cores)
 def test_every_exact_copy_is_found_and_copies_across_splits_come_first(checked):
     found, faults, _ = checked
     groups = found["duplicates"]
@@ -127,6 +132,7 @@ def test_every_exact_copy_is_found_and_copies_across_splits_come_first(checked):
     assert flags == sorted(flags, reverse=True)  # every leak before any copy within a split
 
 
+@pytest.mark.slow  # the folder's features: computed once, in the CLI's process (~20 s on 2 cores)
 def test_near_copies_are_found_above_the_threshold_and_distinct_images_are_not(checked):
     found, faults, _ = checked
     near = [g for g in found["duplicates"] if g["kind"] == "near"]
@@ -138,6 +144,7 @@ def test_near_copies_are_found_above_the_threshold_and_distinct_images_are_not(c
     assert sorted(map(sorted, ({i["path"] for i in g["images"]} for g in near))) == sorted(map(sorted, planted))
 
 
+@pytest.mark.slow  # the folder's features: computed once, in the CLI's process (~20 s on 2 cores)
 def test_the_json_answer_has_the_agreed_shape_and_is_stored_with_the_experiment(checked):
     found, faults, tmp = checked
     assert {"label_issues", "duplicates", "outliers", "counts", "imbalance", "skipped", "unreadable"} <= set(found)
@@ -155,8 +162,12 @@ def test_the_json_answer_has_the_agreed_shape_and_is_stored_with_the_experiment(
     assert len(stored) == 1 and stored[0].data["label_issues"] == found["label_issues"]
     # A page starts it as a job: the run's settings as flags, but its --image-size (the check's own).
     assert jobs.KINDS["check-data"] == "data_check" and jobs.NOT_FLAGS["check-data"] == ("image_size",)
+    cfg = make_config(data=str(tmp / "ds"), experiment="e1", image_size=64)
+    args = build_parser().parse_args(["check-data", *jobs.flags(cfg, jobs.NOT_FLAGS["check-data"]), "--job", "J"])
+    assert args.check_image_size is None and args.experiment == "e1" and args.job == "J" and args.folds == 5
 
 
+@pytest.mark.slow  # the folder's features: computed once, in the CLI's process (~20 s on 2 cores)
 def test_bad_input_gets_one_clear_line(checked, tmp_path):
     _, _, tmp = checked
     missing = _cli("check-data", "--data", str(tmp_path / "nowhere"), cwd=tmp_path)
