@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import RunConfig
+from ..config import RunConfig, make_config
 from ..data import decode_cache, folders, scan_cache
 from ..data.splits import Splits, split_dataset
 from ..errors import UserError
@@ -262,6 +262,9 @@ def check_data(
         )
     if not 0 < near_threshold <= 1:
         raise UserError(f"--near-threshold {near_threshold:g}: give a cosine similarity above 0, up to 1")
+    # The size the images are seen at, checked as a run's --image-size is (what the backbone takes).
+    size = image_size or weights.native_size(cfg.backbone)
+    cfg = make_config(**{**cfg.model_dump(), "image_size": size})
     started = time.perf_counter()
     seed_everything(cfg.seed)
     # 1. The splits a run of cfg would use: train, val and test, all of them read.
@@ -272,7 +275,6 @@ def check_data(
     check_folds(labels, np.asarray([img.split != "test" for img in images]), splits.classes, folds)  # before any work
     # 2. Every image's content digest, and its frozen features (the probe's cache).
     digests = [duplicates.file_digest(img.path) for img in images]
-    size = image_size or weights.native_size(cfg.backbone)
     x, featured, cache_state = image_features(cfg, images, index, size)
     computed = time.perf_counter()
     # 3. The check on them.
