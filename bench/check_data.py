@@ -3,7 +3,10 @@ calibration of its near-copy threshold (duplicates.NEAR_AT). Writes the "check-d
 BENCHMARKS.md.
 
     python bench/check_data.py [--images 10000] [--dim 1280] [--classes 10] [--sample 200]
-                               [--calibrate] [--report BENCHMARKS.md | --report '']
+                               [--wait 120] [--calibrate] [--report BENCHMARKS.md | --report '']
+
+Each measurement waits (up to --wait s) for other processes to use under 10% of the CPU, and
+says what share they took meanwhile (bench.py's CpuShare).
 
 1. The check (data_check.check_features: label issues by 5-fold logistic regression and
    cleanlab, exact and near duplicates, outliers) on synthetic features of --images x --dim
@@ -36,7 +39,7 @@ from PIL import Image, ImageEnhance
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tl_core; this folder (bench/) is on the path as the script's own
 
-from bench import CpuShare  # noqa: E402  (the share of the CPU other processes took meanwhile)
+from bench import CpuShare, wait_until_quiet  # noqa: E402  (others' share of the CPU; waiting for a quiet one)
 from tl_core.analysis import data_check, duplicates  # noqa: E402
 from tl_core.config import make_config  # noqa: E402
 from tl_core.data import folders  # noqa: E402
@@ -224,6 +227,9 @@ def main() -> None:
     ap.add_argument("--sample", type=int, default=200, help="demo images whose features are computed (default 200)")
     ap.add_argument("--calibrate", action="store_true", help="measure the near-copy threshold's figures instead")
     ap.add_argument("--per-class", type=int, default=30, help="--calibrate: demo images per class (default 30)")
+    ap.add_argument(
+        "--wait", type=float, default=120, help="seconds to wait at most for a quiet CPU before each measurement"
+    )
     ap.add_argument("--report", default=str(ROOT / "BENCHMARKS.md"), help="the report to write into ('' for none)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -231,8 +237,10 @@ def main() -> None:
         if args.calibrate:
             print(json.dumps(calibrate(Path(tmp), args.per_class), indent=1))
             return
+        wait_until_quiet(args.wait)
         result = {"check": time_check(args.images, args.dim, args.classes)}
         print(json.dumps(result["check"]), flush=True)
+        wait_until_quiet(args.wait)
         result["features"] = time_features(Path(tmp), args.sample)
         print(json.dumps(result["features"]), flush=True)
     if args.report:
