@@ -1,1 +1,1 @@
-"""Measuring data, runs and models: the data probe, which backbone for the data (LogME, LEEP), the LR finder, layer drift, forgetting, statistics of comparisons, metrics, Grad-CAM, stored predictions."""
+"""Measuring data, runs and models: the data probe, the check of the data (label errors, duplicates, outliers), which backbone for the data (LogME, LEEP), the LR finder, layer drift, forgetting, statistics of comparisons, metrics, Grad-CAM, stored predictions."""

@@ -1,5 +1,5 @@
 """Measurements before training: `probe` (how well frozen features separate the classes, and which
-strategy to try first), `rank-backbones` (which backbone: LogME and LEEP on frozen features),
+strategy to try first), `check-data` (label errors, duplicates and leaks, imbalance, outliers), `rank-backbones` (which backbone: LogME and LEEP on frozen features),
 `lr-find` (the LR range test)."""
 
 from __future__ import annotations
@@ -23,6 +23,44 @@ def cmd_probe(args) -> int:
         f"try first: {', '.join(rec['strategies'])}: {rec['why']}",
     )
     return 0
+
+
+SHOWN = 10  # findings of each kind printed as text (--json has them all)
+
+
+@command("check-data")
+def cmd_check_data(args) -> int:
+    found = service.check_data(
+        service.open_store(args.db), _config(args), args.check_image_size, args.folds, args.near_threshold, args.job
+    )
+    _out(args, found, _check_text(found))
+    return 0
+
+
+def _check_text(c: dict) -> str:
+    counts = "; ".join(f"{s} " + ", ".join(f"{k} {n}" for k, n in per.items()) for s, per in c["counts"].items())
+    imb = c["imbalance"]
+    leaks = sum(g["cross_split"] for g in c["duplicates"])
+    lines = [
+        f"{c['images']} images of {len(c['classes'])} classes checked with {c['backbone']}'s features at "
+        f"{c['image_size']} px (feature cache: {c['feature_cache']}) in {c['seconds']['total']:.1f} s",
+        f"images per class: {counts}",
+        f"imbalance: {imb['ratio']:g} ({imb['largest']} the largest class, {imb['smallest']} the smallest)",
+        f"{c['found']['label_issues']} likely label error(s), most likely first (score: the out-of-sample "
+        f"probability of its label; {c['folds']}-fold):",
+        _table(c["label_issues"][:SHOWN], ["path", "split", "label", "suggested", "score"]),
+        f"{c['found']['duplicates']} group(s) of duplicates, {leaks} across splits (a leak; near: cosine >= "
+        f"{c['near_threshold']:g}):",
+        *[
+            f"  {g['kind']} {g['similarity']:.3f}{' ACROSS SPLITS' if g['cross_split'] else ''}: "
+            + ", ".join(f"{i['path']} ({i['split']}, {i['label']})" for i in g["images"])
+            for g in c["duplicates"][:SHOWN]
+        ],
+        f"{c['found']['outliers']} outlier(s), far from every class (score: 1 - cosine to the nearest class centre):",
+        _table(c["outliers"][:SHOWN], ["path", "split", "label", "score"]),
+        f"{c['skipped']['count']} file(s) skipped by the scan, {len(c['unreadable'])} unreadable (--json lists them)",
+    ]
+    return "\n".join(line for line in lines if line)
 
 
 @command("lr-find")

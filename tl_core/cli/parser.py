@@ -11,7 +11,7 @@ from typing import Any
 
 from ..config import RunConfig, choices, make_config
 from ..data.demo import DATASETS  # numpy and PIL only, loaded by the service already
-from ..service.measure import RANK_NOT_FLAGS
+from ..service.measure import CHECK_NOT_FLAGS, NEAR_AT, RANK_NOT_FLAGS
 from ..store.store import default_db_url
 
 # Short help for the run flags; the rest read well from their names or their field's description.
@@ -148,6 +148,31 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(p)
     p.add_argument("--max-per-class", type=int, default=50, help="images per class probed (default 50)")
     p.add_argument("--job", help=argparse.SUPPRESS)  # set by the dashboard, which waits for this result
+
+    p = sub.add_parser(
+        "check-data",
+        parents=[common],
+        help="before training: likely label errors (k-fold linear model on frozen features, ranked by "
+        "cleanlab), exact and near duplicates (leaks across train/val/test first), class counts and "
+        "imbalance, unreadable files, outliers; over every split, the test split only read",
+    )
+    _add_config_flags(p, skip=CHECK_NOT_FLAGS)
+    p.add_argument(
+        "--image-size",
+        dest="check_image_size",
+        type=int,
+        default=None,
+        help="the size the images are seen at (default: the weights' native size, as the probe)",
+    )
+    p.add_argument("--folds", type=int, default=5, help="folds of the out-of-sample label model (default 5)")
+    p.add_argument(
+        "--near-threshold",
+        type=float,
+        default=NEAR_AT,
+        help=f"cosine similarity of two images' embeddings from which they are near copies (default {NEAR_AT}, "
+        "calibrated on the demo data: re-encoded and brightened copies above, distinct images below)",
+    )
+    p.add_argument("--job", help=argparse.SUPPRESS)
 
     p = sub.add_parser(
         "rank-backbones",

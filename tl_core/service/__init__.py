@@ -13,7 +13,8 @@ what builds or trains a model (the backbone table, a run trained in this process
   results    one run in full (each layer group's drift), comparison rows, per-epoch rows, a run's log and checkpoints
   grouping   what differs between runs, groups of seeds, the settings table, each strategy's best LR
   curves     what the charts draw: per-epoch mean and spread over runs, smoothing, the fine-tuning phases
-  measure    before training: the probe of the data, the LR finder, candidate backbones ranked (LogME, LEEP),
+  measure    before training: the probe of the data, the check of the data (label errors, duplicates,
+             leaks, outliers), the LR finder, candidate backbones ranked (LogME, LEEP),
              stored with the experiment; after it, whether the probe and the ranking were right
   compare    statistics (is a difference real, the seeds that would settle it), data efficiency, layer drift and
              forgetting side by side, per-class results; `compare_runs` and `experiment_report` in one answer
@@ -48,7 +49,7 @@ from .compare import (
 from .curves import epoch_spread, phases, smooth, unfreeze_epochs
 from .datasets import data_roots, dataset_folders, dataset_report, resolve_data_path, sample_images
 from .grouping import at_best_lr, config_table, differing_keys, group_runs, lr_choices, lr_text
-from .measure import find_lr, probe_data, probe_verdict, rank_backbones, ranking_agreement
+from .measure import check_data, find_lr, probe_data, probe_verdict, rank_backbones, ranking_agreement
 from .predict import export_run, exports, has_checkpoint, predict_images, predictable_runs, save_uploads
 from .predictions import cell, confusion, diff, errors, references, run_predictions, thumbnail
 from .readings import METRICS, SPLITS, WHICH, describe, has_test, resolve_split, score, split_seed, value
@@ -96,6 +97,7 @@ from .runs import (
 )
 
 __all__ = [
+    "check_data",
     "find_lr",
     "probe_data",
     "probe_verdict",

@@ -1,8 +1,8 @@
-"""Work a front end starts and waits for: an LR range test, a probe of the data, a ranking of
+"""Work a front end starts and waits for: an LR range test, a probe or a check of the data, a ranking of
 candidate backbones, a prediction with heat maps, an export and its parity check.
 
 They take seconds to a minute, so they run in a process of their own (a dashboard page never
-trains inside its script): `python -m tl_core lr-find|probe|rank-backbones <the run's settings>
+trains inside its script): `python -m tl_core lr-find|probe|check-data|rank-backbones <the run's settings>
 --experiment E --job ID` or `python -m tl_core predict|export RUN ... --job ID`, which stores its result as an
 artifact of experiment E tagged with the job id, and records its own end in the store (`recorded`).
 The page asks `result()` until it is there, or `failure()` says why the job ended without one.
@@ -37,18 +37,22 @@ from ..executors.jobs import log_tail
 from ..executors.processes import pid_alive
 from ..store import Job, Store, UnknownRun
 from ..store.run_folders import job_log
-from .measure import RANK_NOT_FLAGS, RANKING
+from .measure import CHECK_NOT_FLAGS, DATA_CHECK, RANK_NOT_FLAGS, RANKING
 from .runs import start_worker
 
 KINDS = {
     "lr-find": "lr_find",
     "probe": "probe",
+    "check-data": DATA_CHECK,
     "rank-backbones": RANKING,
     "predict": "prediction",
     "export": "export",
 }  # command -> artifact kind
 ON_RUNS = ("predict", "export")  # commands whose first argument is a run id (or, for predict, a bundle's path)
-NOT_FLAGS = {"rank-backbones": RANK_NOT_FLAGS}  # run settings a command has no flag for (its own instead)
+NOT_FLAGS = {
+    "rank-backbones": RANK_NOT_FLAGS,
+    "check-data": CHECK_NOT_FLAGS,
+}  # run settings a command has no flag for (its own instead)
 
 
 def flags(cfg: RunConfig, skip: Sequence[str] = ()) -> list[str]:

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from scipy import stats as scistats
 
+from ..analysis.duplicates import NEAR_AT  # numpy only: the threshold the CLI's help states
 from ..config import RunConfig
 from ..store import Run, Store
 from ..training.strategies import get_strategy
@@ -25,6 +26,9 @@ RANKING = "backbone_ranking"  # the artifact a ranking of backbones is stored as
 # Run settings `rank-backbones` takes no flag for: it reads --backbones, and --image-size is its own
 # (default: each weights' native size, not a run's 96 px).
 RANK_NOT_FLAGS = ("backbone", "image_size")
+DATA_CHECK = "data_check"  # the artifact a check of the data is stored as
+# `check-data`'s --image-size is its own (default: the weights' native size, as the probe's).
+CHECK_NOT_FLAGS = ("image_size",)
 
 
 def probe_data(store: Store, cfg: RunConfig, max_per_class: int = 50, job: str | None = None) -> dict:
@@ -34,6 +38,25 @@ def probe_data(store: Store, cfg: RunConfig, max_per_class: int = 50, job: str |
 
     result = {**probe(cfg, max_per_class=max_per_class).to_dict(), "data": cfg.data, "job": job}
     store.add_artifact(cfg.experiment, "probe", result)
+    return result
+
+
+def check_data(
+    store: Store,
+    cfg: RunConfig,
+    image_size: int | None = None,
+    folds: int = 5,
+    near_threshold: float = NEAR_AT,
+    job: str | None = None,
+) -> dict:
+    """Likely label errors, duplicates and leaks across splits, class counts and imbalance,
+    unreadable files and outliers of every image of cfg.data, train, val and test
+    (analysis/data_check.py). Stored as a "data_check" artifact of cfg.experiment."""
+    from ..analysis.data_check import check_data as check  # torch: only what measures imports it
+
+    found = check(cfg, image_size=image_size, folds=folds, near_threshold=near_threshold)
+    result = {**found.to_dict(), "job": job}
+    store.add_artifact(cfg.experiment, DATA_CHECK, result)
     return result
 
 

@@ -1,0 +1,211 @@
+"""The data check (tl_core/analysis/data_check.py, `check-data`): faults placed in real demo images
+are found, the test split is only read, bad input gets one clear line.
+
+One small folder (4 animal classes, 21 images each, split by the user into train/val/test) with
+known faults: labels flipped (in train, val and test), exact copies placed across splits and within
+one, near copies (re-encoded as JPEG at quality 75, brightened by 10%) across splits, a noise image,
+an empty file. The CLI checks it once (`checked`); the tests read its --json answer. (The demo
+animals hold copies of their own: in this folder two bears of identical bytes, in train and test.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageEnhance
+
+from tl_core.analysis import data_check, duplicates
+from tl_core.analysis.label_issues import out_of_sample_probs
+from tl_core.cli.parser import build_parser
+from tl_core.config import make_config
+from tl_core.data.demo import write_demo_data
+from tl_core.errors import UserError
+from tl_core.service import jobs
+from tl_core.store.store import Store
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = ("bear", "bird", "cat", "cow")
+PER_SPLIT = {"train": 14, "val": 4, "test": 3}
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TL_RUNS_DIR": str(cwd / "runs"), "TL_OFFLINE": "1"}
+    env.pop("DATABASE_URL", None)
+    return subprocess.run(
+        [sys.executable, "-m", "tl_core", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def _brighter(im: Image.Image) -> Image.Image:
+    return ImageEnhance.Brightness(im).enhance(1.1)
+
+
+def _faulty_folder(root: Path) -> tuple[Path, dict]:
+    """The folder, and the faults placed in it (paths as the check reports them: resolved)."""
+    write_demo_data(root / "demo", datasets=("animals",), per_class=sum(PER_SPLIT.values()), size=96)
+    ds = (root / "ds").resolve()
+    names: dict[tuple[str, str], list[str]] = {}
+    for c in CLASSES:
+        files = sorted((root / "demo" / "animals" / c).iterdir())
+        start = 0
+        for split, n in PER_SPLIT.items():
+            (ds / split / c).mkdir(parents=True)
+            for f in files[start : start + n]:
+                shutil.copy(f, ds / split / c / f.name)
+            names[split, c] = [f.name for f in files[start : start + n]]
+            start += n
+
+    def moved(split: str, c: str, k: int, to: str) -> tuple[str, str]:
+        name = names[split, c][k]
+        (ds / split / c / name).rename(ds / split / to / name)
+        return str(ds / split / to / name), c
+
+    def copied(split: str, c: str, k: int, to: str, make=None) -> tuple[str, str]:
+        src, dst = ds / split / c / names[split, c][k], ds / to
+        if make is None:
+            shutil.copy(src, dst)
+        else:  # re-encoded: JPEG at quality 75 for a .jpg
+            make(Image.open(src).convert("RGB")).save(dst, **({"quality": 75} if dst.suffix == ".jpg" else {}))
+        return str(src), str(dst)
+
+    flipped = dict(  # path -> the class it really is
+        [
+            moved("train", "bear", 0, "bird"),
+            moved("train", "cat", 1, "cow"),
+            moved("val", "bird", 0, "cat"),
+            moved("test", "cow", 0, "bear"),
+        ]
+    )
+    exact = [  # (source, copy, across splits)
+        (*copied("train", "bear", 2, "test/bear/copy.png"), True),
+        (*copied("train", "cow", 3, "val/cow/copy.png"), True),
+        (*copied("train", "cat", 4, "train/cat/copy (1).png"), False),
+    ]
+    near = [
+        copied("train", "bird", 5, "val/bird/reencoded.jpg", lambda im: im),
+        copied("val", "cat", 1, "test/cat/brightened.png", _brighter),
+    ]
+    noise = ds / "train" / "cow" / "noise.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8)).save(noise)
+    (ds / "train" / "cat" / "empty.png").write_bytes(b"")
+    return ds, {"flipped": flipped, "exact": exact, "near": near, "noise": str(noise)}
+
+
+@pytest.fixture(scope="module")
+def checked(tmp_path_factory) -> tuple[dict, dict, Path]:
+    tmp = tmp_path_factory.mktemp("check")
+    ds, faults = _faulty_folder(tmp)
+    r = _cli("check-data", "--data", str(ds), "--json", "--db", f"sqlite:///{tmp / 'e.db'}", cwd=tmp)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout), faults, tmp
+
+
+@pytest.mark.slow  # the folder's features: computed once, in the CLI's process (~20 s on 2 cores)
+def test_flipped_labels_rank_near_the_top_with_their_true_class_suggested(checked):
+    found, faults, _ = checked
+    ranked = [i["path"] for i in found["label_issues"]]
+    flipped = faults["flipped"]
+    # Every flipped image (train, val and test alike) among the first few flagged.
+    assert all(p in ranked[: len(flipped) + 2] for p in flipped), ranked[:8]
+    by_path = {i["path"]: i for i in found["label_issues"]}
+    assert sum(by_path[p]["suggested"] == true for p, true in flipped.items()) >= len(flipped) - 1
+    assert [i["split"] for i in found["label_issues"] if i["path"] in flipped].count("test") == 1
+    scores = [i["score"] for i in found["label_issues"]]
+    assert scores == sorted(scores) and all(0 <= s < 0.5 for s in scores[: len(flipped)])
+
+
+@pytest.mark.slow  # the folder's features: computed once, in the CLI's process (~20 s on 2 cores)
+def test_every_exact_copy_is_found_and_copies_across_splits_come_first(checked):
+    found, faults, _ = checked
+    groups = found["duplicates"]
+    for source, copy, across in faults["exact"]:
+        group = next(g for g in groups if g["kind"] == "exact" and {source, copy} <= {i["path"] for i in g["images"]})
+        assert group["cross_split"] is across and group["similarity"] == 1.0 and len(group["images"]) == 2
+    flags = [g["cross_split"] for g in groups]
+    assert flags == sorted(flags, reverse=True)  # every leak before any copy within a split
+
+
+@pytest.mark.slow  # the folder's features: computed once, in the CLI's process (~20 s on 2 cores)
+def test_near_copies_are_found_above_the_threshold_and_distinct_images_are_not(checked):
+    found, faults, _ = checked
+    near = [g for g in found["duplicates"] if g["kind"] == "near"]
+    planted = [set(pair) for pair in faults["near"]]
+    for pair in planted:
+        group = next(g for g in near if pair <= {i["path"] for i in g["images"]})
+        assert group["cross_split"] and group["similarity"] >= duplicates.NEAR_AT == found["near_threshold"]
+    # Nothing else: no two distinct images of a class (nor of two classes) are called near copies.
+    assert sorted(map(sorted, ({i["path"] for i in g["images"]} for g in near))) == sorted(map(sorted, planted))
+
+
+@pytest.mark.slow  # the folder's features: computed once, in the CLI's process (~20 s on 2 cores)
+def test_the_json_answer_has_the_agreed_shape_and_is_stored_with_the_experiment(checked):
+    found, faults, tmp = checked
+    assert {"label_issues", "duplicates", "outliers", "counts", "imbalance", "skipped", "unreadable"} <= set(found)
+    assert set(found["label_issues"][0]) == {"path", "split", "label", "suggested", "score"}
+    assert set(found["duplicates"][0]) == {"kind", "cross_split", "similarity", "images"}
+    assert set(found["duplicates"][0]["images"][0]) == {"path", "split", "label"}
+    assert set(found["outliers"][0]) == {"path", "split", "label", "score"}
+    # The noise image is the farthest from every class; the empty file was skipped by the scan.
+    assert found["outliers"][0]["path"] == faults["noise"]
+    assert any(f["path"].endswith("empty.png") for f in found["skipped"]["files"])
+    assert found["counts"]["train"]["cow"] == 14 + 1 + 1 and found["counts"]["test"]["bear"] == 3 + 1 + 1
+    assert found["imbalance"]["ratio"] == pytest.approx(23 / 22, abs=1e-3)
+    assert found["backbone"] == "efficientnet_lite0" and found["image_size"] == 224 and found["job"] is None
+    stored = Store(f"sqlite:///{tmp / 'e.db'}").artifacts("default", "data_check")
+    assert len(stored) == 1 and stored[0].data["label_issues"] == found["label_issues"]
+    # A page starts it as a job: the run's settings as flags, but its --image-size (the check's own).
+    assert jobs.KINDS["check-data"] == "data_check" and jobs.NOT_FLAGS["check-data"] == ("image_size",)
+    cfg = make_config(data=str(tmp / "ds"), experiment="e1", image_size=64)
+    args = build_parser().parse_args(["check-data", *jobs.flags(cfg, jobs.NOT_FLAGS["check-data"]), "--job", "J"])
+    assert args.check_image_size is None and args.experiment == "e1" and args.job == "J" and args.folds == 5
+
+
+@pytest.mark.slow  # the folder's features: computed once, in the CLI's process (~20 s on 2 cores)
+def test_bad_input_gets_one_clear_line(checked, tmp_path):
+    _, _, tmp = checked
+    missing = _cli("check-data", "--data", str(tmp_path / "nowhere"), cwd=tmp_path)
+    assert missing.returncode == 2 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
+    few = _cli("check-data", "--data", str(tmp / "ds"), "--folds", "30", cwd=tmp_path)
+    assert few.returncode == 2 and "too few images for 30-fold label checking" in few.stderr
+    assert "--folds" in few.stderr and len(few.stderr.strip().splitlines()) == 1
+
+
+# --- the engine on features alone: no model, no images ---------------------------------------------
+
+
+def test_near_pairs_in_blocks_are_every_pair_above_the_threshold_once():
+    rng = np.random.default_rng(1)
+    x = duplicates.unit_rows(rng.normal(size=(300, 16)))
+    x[150] = x[3]
+    x[299] = duplicates.unit_rows(x[10:11] + 0.05 * rng.normal(size=(1, 16)))[0]
+    i, j, s = duplicates.near_pairs(x, 0.9, block=64)  # blocks that do not divide the rows
+    sims = x @ x.T
+    want = {(a, b) for a, b in zip(*np.nonzero(sims >= 0.9), strict=True) if a < b}
+    assert set(zip(i.tolist(), j.tolist(), strict=True)) == want and (3, 150) in want and (10, 299) in want
+    assert np.allclose(s, sims[i, j], atol=1e-6)
+
+
+def test_the_test_split_is_scored_but_never_learnt_from():
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 20)
+    x = rng.normal(size=(60, 8)) + 2 * np.eye(3, 8)[y]
+    learn = np.ones(60, bool)
+    learn[::6] = False  # 10 images held out as the test split
+    probs = out_of_sample_probs(x, y, learn, 3, folds=5, seed=0)
+    other = y.copy()
+    other[~learn] = (other[~learn] + 1) % 3  # the test labels changed: nothing may move
+    assert np.array_equal(out_of_sample_probs(x, other, learn, 3, folds=5, seed=0), probs)
+    assert np.allclose(probs.sum(axis=1), 1)
+
+
+def test_too_few_images_per_class_for_the_folds_is_refused_before_any_work():
+    images = [data_check.Image(f"{c}{i}.png", "train", c) for c in range(2) for i in range(4)]
+    with pytest.raises(UserError, match=r"too few images for 5-fold label checking: class 'a' \(4\), 'b' \(4\)"):
+        data_check.check_features(images, [str(i) for i in range(8)], np.ones((8, 4)), np.arange(8), ["a", "b"])
