@@ -115,6 +115,15 @@ def test_the_list_is_kept_with_the_dataset_copied_into_queued_runs_and_undone(ti
     # More seeds of a run are exactly its settings: its exclusions, not the list as it is now.
     (more,) = service.more_seeds(store, [store.get_run(run.id)], n=1)
     assert more.config["exclude"] == run.config["exclude"]
+    # Runs with other exclusions are another group; one recorded before exclusions existed is one without.
+    before = store.create_run({k: v for k, v in later.config.items() if k != "exclude"}, "x")
+    runs = [store.get_run(i) for i in (run.id, more.id, later.id, before.id)]
+    assert service.differing_keys(runs) == ["exclude"]
+    groups = service.group_runs(runs)
+    assert [(g.label, [r.id for r in g.runs]) for g in groups] == [
+        ("2 images excluded or moved", [run.id, more.id]),
+        ("no exclusions", [later.id, before.id]),
+    ]
 
 
 def test_exclude_file_takes_paths_entries_or_a_run_config_and_the_cli_records_it(tiny, store, tmp_path):
