@@ -448,6 +448,7 @@ with st.container(border=True):
         st.caption(
             f"Will queue **{len(configs)}** run(s): {', '.join(ticked)} × {len(fractions)} train fraction(s) "
             f"× {len(lrs)} LR(s) × {len(seeds)} seed(s), on {', '.join(backbones)}; {when}."
+            + (f" Each records the {len(configs[0].exclude)} excluded or moved images." if configs[0].exclude else "")
         )
     else:
         st.caption(

@@ -152,9 +152,15 @@ def test_exclude_file_takes_paths_entries_or_a_run_config_and_the_cli_records_it
     argv = ["run", "--data", tiny, "--image-size", "32", "--detach", "--db", store.url]
     assert main([*argv, "--exclude", str(entries)]) == 0
     assert main(argv) == 0
-    with_file, stored = sorted(store.list_runs(), key=lambda r: r.id)
+    grid = ["experiment", "--data", tiny, "--strategies", "feature_extraction,full", "--image-size", "32"]
+    assert main([*grid, "--detach", "--db", store.url, "--exclude", str(plain)]) == 0
+    with_file, stored, *experiment = sorted(store.list_runs(), key=lambda r: r.id)
     assert [e["path"] for e in with_file.config["exclude"]] == sorted([_name(tiny, a), _name(tiny, b)])
     assert [e["path"] for e in stored.config["exclude"]] == [_name(tiny, _images(tiny, "bird")[0])]
+    names = sorted([_name(tiny, a), _name(tiny, b)])  # the plain file: both left out
+    assert [r.config["exclude"] for r in experiment] == [
+        [{"path": n, "action": "exclude", "to": None} for n in names]
+    ] * 2
 
 
 @pytest.mark.slow
@@ -242,6 +248,7 @@ def test_new_run_shows_a_stored_check_and_its_buttons_add_and_undo_exclusions(en
     at = no_exception(at.button(key=f"undo_issues_{data_check._digest(first)}").click().run())
     at = no_exception(at.button(key=f"undo_list_{data_check._digest(outlier)}").click().run())
     assert {e.path for e in service.list_exclusions(env, data)} == {second}
+    assert any("Each records the 1 excluded or moved images" in c.value for c in at.caption)
     at = no_exception(at.button(key="launch").click().run())
     (run,) = env.list_runs()
     assert run.config["exclude"] == [{"path": second, "action": "relabel", "to": "bird"}]
