@@ -1,6 +1,7 @@
 """New run: choose a dataset, a backbone (or rank candidates first) and one or more strategies, then queue the runs.
 
-The preview, the parameter counts, the strategy knobs and the plan (how many runs, about how
+The preview, the data check's findings (excluding images from the runs, or moving them to another class),
+the parameter counts, the strategy knobs and the plan (how many runs, about how
 long, from earlier runs here) follow every change. Beside the strategies: a regularizer, a target
 domain to adapt to, input channels and memory settings, each labelled as its CLI flag. A grid is
 one launch: strategies x train fractions x LRs x seeds. Launch queues every run of the plan or, if any is invalid, none.
@@ -15,7 +16,7 @@ from tl_core import service
 from tl_core.config import choices, default, make_config
 from tl_core.errors import UserError
 from tl_core.service import jobs
-from ui import backbone_ranking, charts, run_form, session
+from ui import backbone_ranking, charts, data_check, run_form, session
 from ui import format as fmt
 
 session.through_router("new_run")  # a deep link on a fresh server goes through app.py
@@ -91,6 +92,8 @@ else:
     except UserError as e:
         st.error(fmt.form_message(e), icon=":material/folder_off:")
 
+folder_name = Path(data_path).name if data_path else "experiment"
+st.session_state.setdefault("experiment", f"{folder_name}-{time.strftime('%m%d-%H%M')}")  # the probe's and check's too
 if report:
     per_class_train = report["train_images"] / max(1, report["num_classes"])
     m = st.columns(5)
@@ -124,6 +127,8 @@ if report:
     if report["skipped"]:
         with st.expander(f"{len(report['skipped'])} skipped files"):
             st.dataframe(report["skipped"], hide_index=True)
+    check_on = ("backbone", "image_size", "experiment", "val_fraction", "split_seed", "test_fraction")
+    data_check.section(session.store(), data_path, {k: st.session_state[k] for k in check_on if k in st.session_state})
 else:
     per_class_train = 0
 
@@ -181,9 +186,6 @@ backbones = backbone_ranking.candidates(table, backbone, data_path)  # the plan 
 # --- 3. strategies -------------------------------------------------------------------------------
 st.header("3 · Strategies", divider="gray")
 st.caption("Tick one strategy for a single run, or several to compare them in one experiment (everything else equal).")
-st.session_state.setdefault(
-    "experiment", f"{Path(data_path).name if data_path else 'experiment'}-{time.strftime('%m%d-%H%M')}"
-)
 store = session.store()
 recommended: list[str] = []
 if report:
@@ -429,6 +431,7 @@ with st.container(border=True):
             "class_weights": form["class_weights"],
             "experiment": experiment.strip(),
         }
+        base = service.with_exclusions(store, base)  # the dataset's exclusion list, as it is now
         lrs = fmt.numbers(form["lr_text"], "Learning rates") or [None]
         fractions = fmt.numbers(form["fractions_text"], "Train fractions") or [default("train_fraction")]
         seeds = [int(form["seed"]) + i for i in range(int(form["n_seeds"]))]
@@ -445,6 +448,7 @@ with st.container(border=True):
         st.caption(
             f"Will queue **{len(configs)}** run(s): {', '.join(ticked)} × {len(fractions)} train fraction(s) "
             f"× {len(lrs)} LR(s) × {len(seeds)} seed(s), on {', '.join(backbones)}; {when}."
+            + (f" Each records the {len(configs[0].exclude)} excluded or moved images." if configs[0].exclude else "")
         )
     else:
         st.caption(

@@ -303,7 +303,8 @@ else:
         f"At its best epoch ({best_at.epoch}) the model gets {len(wrong)} of {len(preds)} "
         f"validation images wrong; the worst first (highest loss: confidently wrong)."
     )
-    shown = gallery.some(wrong, names, key=f"errors_shown_{run.id}")
+    flags = service.flagged(store, str(run.config.get("data", "")), [p.path for p in wrong], run.experiment)
+    shown = gallery.some(wrong, names, key=f"errors_shown_{run.id}", flags=flags)
 
     # The confusion matrix, one cell's images on a click (or picked from the list below it).
     matrix = service.confusion(preds, len(names))

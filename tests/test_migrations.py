@@ -43,7 +43,7 @@ def test_head_is_the_newest_revision_in_the_scripts():
 
     scripts = ScriptDirectory.from_config(migrations.config())
     assert scripts.get_heads() == [migrations.HEAD], "bump tl_core.store.migrations.HEAD with a new revision"
-    assert [s.revision for s in scripts.walk_revisions()][::-1] == ["0001", "0002", "0003"]
+    assert [s.revision for s in scripts.walk_revisions()][::-1] == ["0001", "0002", "0003", "0004"]
 
 
 def test_a_new_database_gets_every_table_as_the_models_have_them(db_url):
@@ -59,6 +59,12 @@ def test_a_new_database_gets_every_table_as_the_models_have_them(db_url):
     assert store.claim_job(job.id, worker, "box", "MIG-1111") and not store.claim_job(job.id, worker, "box", "0")
     assert store.finish_job(job.id, "completed", peak_mb=812.5)
     assert store.jobs(statuses=["completed"]) == [store.get_job(job.id)] and store.get_job(job.id).gpu == "MIG-1111"
+    store.set_exclusion("/data/pets", "cat/1.jpg", "exclude", added_by="ada")
+    store.set_exclusion("/data/pets", "cat/1.jpg", "relabel", "dog")  # replaces the entry
+    assert [(e.path, e.action, e.to, e.added_by) for e in store.exclusions("/data/pets")] == [
+        ("cat/1.jpg", "relabel", "dog", None)
+    ]
+    assert store.remove_exclusion("/data/pets", "cat/1.jpg") and not store.remove_exclusion("/data/pets", "cat/1.jpg")
     store.close()
 
 
@@ -146,7 +152,7 @@ def test_a_downgraded_database_comes_back_to_head_with_its_runs(db_url):
     run = store.create_run({"strategy": "full"}, launched_by="ada")
     store.log_epoch(run.id, 0, {"val_acc": 0.5})
     migrations.downgrade(store.engine, "0001")  # on SQLite: runs copied, its epochs kept
-    assert not {"workers", "jobs"} & set(inspect(store.engine).get_table_names())
+    assert not {"workers", "jobs", "exclusions"} & set(inspect(store.engine).get_table_names())
     store.close()
     store = Store(db_url)
     assert _revision(store) == [migrations.HEAD] and _differences(store) == []

@@ -17,9 +17,10 @@ import json
 import typing
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import core_schema
 
+from .data.exclusions import Exclusion
 from .data.splits import DEFAULT_BATCH_SIZE
 from .errors import UserError
 from .models.families import get_spec
@@ -49,6 +50,7 @@ ADDED_LATER = (
     "lora_rank",
     "lora_alpha",
     "layer_decay",
+    "exclude",
 )
 
 
@@ -103,6 +105,12 @@ class RunConfig(BaseModel):
         "split, carved first by --split-seed (val and train fractions split the rest); "
         "0: none, or the folder's own test/. Runs choose their epoch on val and are "
         "scored once on test",
+    )
+    exclude: list[Exclusion] = Field(
+        [],  # pydantic copies a mutable default for each config
+        description="images left out ({path, action: exclude}) or moved to another class ({path, action: relabel, "
+        "to: class}), by path relative to --data, applied before the split: the dataset's exclusion list when the "
+        "run was queued, or --exclude FILE",
     )
     # optimisation
     epochs: int = Field(5, gt=0)
@@ -230,6 +238,15 @@ class RunConfig(BaseModel):
         "some models, the first step of each shape much slower; see BENCHMARKS.md); auto: on only for runs long "
         "enough to pay the search back",
     )
+
+    @field_validator("exclude", mode="after")
+    @classmethod
+    def _one_entry_per_image(cls, exclude: list[Exclusion]) -> list[Exclusion]:
+        # In path order, so that the same list is the same config (and fingerprint) however it was made.
+        paths = [e.path for e in exclude]
+        if twice := sorted({p for p in paths if paths.count(p) > 1}):
+            raise ValueError(f"{', '.join(twice[:5])} listed twice; give each image one entry")
+        return sorted(exclude, key=lambda e: e.path)
 
     @model_validator(mode="after")
     def _check_against_registries(self) -> RunConfig:

@@ -2,7 +2,8 @@
 
 A section of the compare page: the runs that stored their validation predictions, a reference and
 another run to pick, the counts (fixed, broken, still wrong), the change in the confusion matrix
-and per class, and the images of each kind (service.diff).
+and per class, and the images of each kind (service.diff); and the images every run gets wrong
+(service.wrong_in_every_run). An image the data check flagged is marked so (service.flagged).
 """
 
 from __future__ import annotations
@@ -66,6 +67,9 @@ def image_by_image(store: Store, runs: Sequence[Run], label: dict[int, str]) -> 
             charts.class_deltas(d.class_deltas, f"per-class accuracy: {label[other_id]} against {label[reference_id]}"),
             key="class_deltas",
         )
+        every = service.wrong_in_every_run(store, list(runs))
+        data, experiment = str(by_id[reference_id].config.get("data", "")), by_id[reference_id].experiment
+        flags = service.flagged(store, data, [p.path for p in [*d.still_wrong, *every]], experiment)
         for tab, (kind, images) in zip(
             st.tabs([f"Fixed ({len(d.fixed)})", f"Broken ({len(d.broken)})", f"Still wrong ({len(d.still_wrong)})"]),
             [("fixed", d.fixed), ("broken", d.broken), ("still_wrong", d.still_wrong)],
@@ -74,4 +78,17 @@ def image_by_image(store: Store, runs: Sequence[Run], label: dict[int, str]) -> 
                 if not images:
                     st.caption("None.")
                 else:
-                    gallery.some(images, classes, key=f"compare_{kind}_{reference_id}_{other_id}")
+                    gallery.some(images, classes, key=f"compare_{kind}_{reference_id}_{other_id}", flags=flags)
+        _wrong_in_every_run(every, classes, flags)
+
+
+def _wrong_in_every_run(every: list, classes: list[str], flags: dict[str, str]) -> None:
+    """The images every run compared gets wrong, those the data check flagged marked as such."""
+    with st.expander(f"Wrong in every run ({len(every)})", expanded=any(p.path in flags for p in every)):
+        st.caption(
+            "The validation images every run compared here with stored predictions gets wrong, worst first; "
+            "those the data check flagged say what it found (New run: Check the data), so that a label error "
+            "is not read as every strategy's failure."
+        )
+        if every:
+            gallery.some(every, classes, key="compare_every_wrong", flags=flags)

@@ -200,7 +200,7 @@ def rank(
     device = pick_device(cfg.device)
     # 1. The train split a run of cfg would use, subsampled by its split seed; val and test unread.
     index = scan_cache.scan_dataset(cfg.data)
-    splits = split_dataset(index, cfg.val_fraction, cfg.train_fraction, cfg.split_seed, cfg.test_fraction)
+    splits = split_dataset(index, cfg.val_fraction, cfg.train_fraction, cfg.split_seed, cfg.test_fraction, cfg.exclude)
     train = Splits(splits.classes, subsample(splits.train, max_per_class, cfg.split_seed), [], index)
     if len({it.label for it in train.train}) < 2:
         raise UserError(

@@ -357,7 +357,7 @@ def probe(cfg: RunConfig, *, max_per_class: int = 50, k: int = 5) -> Probe:
     # 1. The split a run of cfg would train on, and a seeded subsample of it (the split's seed:
     #    every run of an experiment, whatever its --seed, is probed on the same images).
     index = scan_cache.scan_dataset(cfg.data)
-    splits = split_dataset(index, cfg.val_fraction, cfg.train_fraction, cfg.split_seed, cfg.test_fraction)
+    splits = split_dataset(index, cfg.val_fraction, cfg.train_fraction, cfg.split_seed, cfg.test_fraction, cfg.exclude)
     probed = Splits(
         splits.classes,
         subsample(splits.train, max_per_class, cfg.split_seed),

@@ -11,6 +11,7 @@ from typing import Any
 
 from ..config import RunConfig, choices, make_config
 from ..data.demo import DATASETS  # numpy and PIL only, loaded by the service already
+from ..service.exclusions import EXCLUDE_FILE_HELP
 from ..service.measure import CHECK_NOT_FLAGS, NEAR_AT, RANK_NOT_FLAGS
 from ..store.store import default_db_url
 
@@ -37,9 +38,10 @@ _HELP = {
 
 
 def _add_config_flags(p: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
-    """One --flag per RunConfig field (but `skip`), with its type, choices and default."""
+    """One --flag per RunConfig field (but `skip`, and `exclude`: a list, given as a file by
+    `_add_exclude_flag`), with its type, choices and default."""
     for name, field in RunConfig.model_fields.items():
-        if name in skip:
+        if name in skip or name == "exclude":
             continue
         flag = "--" + name.replace("_", "-")
         ann = field.annotation
@@ -57,6 +59,11 @@ def _add_config_flags(p: argparse.ArgumentParser, skip: Sequence[str] = ()) -> N
             if field.default is not None:
                 kw["help"] = f"{kw['help'] or ''} (default: {field.default})".strip()
         p.add_argument(flag, **kw)
+
+
+def _add_exclude_flag(p: argparse.ArgumentParser) -> None:
+    """--exclude FILE: the run's exclusions from a file, instead of the dataset's list in the store."""
+    p.add_argument("--exclude", dest="exclude_file", metavar="FILE", default=None, help=EXCLUDE_FILE_HELP)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", parents=[common], help="train one run in the foreground (or queue it with --detach)")
     _add_config_flags(p)
+    _add_exclude_flag(p)
     p.add_argument("--detach", action="store_true", help="queue the run for the worker and print its id")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -112,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
         "train fractions x LRs x seeds (trained here one after another, or queued with --detach)",
     )
     _add_config_flags(p, skip=("strategy", "seed", "train_fraction", "lr"))
+    _add_exclude_flag(p)
     p.add_argument("--strategies", type=_names, required=True, help="comma-separated, e.g. feature_extraction,full")
     p.add_argument(
         "--backbones",

@@ -1,5 +1,5 @@
-"""Runs: `run` and `experiment` (trained here, or queued with --detach), `resume`, `cancel`, and the
-table of runs (`runs`)."""
+"""Runs: `run` and `experiment` (trained here, or queued with --detach; with the dataset's exclusion
+list as it is, or --exclude FILE), `resume`, `cancel`, and the table of runs (`runs`)."""
 
 from __future__ import annotations
 
@@ -8,21 +8,25 @@ import time
 from pathlib import Path
 
 from .. import service
-from ..config import RunConfig
+from ..config import RunConfig, make_config
 from ..errors import UserError
 from ..service import auth
 from .commands import command
 from .output import _ended, _out, _table
-from .parser import _config
+
+
+def _settings(args) -> dict:
+    """The run settings given as flags (the rest take RunConfig's defaults)."""
+    return {k: v for k, v in vars(args).items() if k in RunConfig.model_fields}
 
 
 @command("run")
 def cmd_run(args) -> int:
-    cfg = _config(args)
+    store = service.open_store(args.db)
+    cfg = make_config(**service.with_exclusions(store, _settings(args), args.exclude_file))
     service.check_run(cfg)
     for warning in cfg.warnings():
         print(f"warning: {warning}", file=sys.stderr)
-    store = service.open_store(args.db)
     if args.detach:
         run = service.queue_run(store, cfg, auth.os_user())
         _out(args, {"run_id": run.id, "status": run.status}, f"queued run {run.id}")
@@ -33,7 +37,8 @@ def cmd_run(args) -> int:
 
 @command("experiment")
 def cmd_experiment(args) -> int:
-    base = {k: v for k, v in vars(args).items() if k in RunConfig.model_fields}
+    store = service.open_store(args.db)
+    base = service.with_exclusions(store, _settings(args), args.exclude_file)
     if args.backbones and "backbone" in base:
         raise UserError("give --backbone (one) or --backbones (several, comma-separated), not both")
     if "experiment" not in base:  # a grid is its own experiment: named after its data and the time
@@ -42,7 +47,6 @@ def cmd_experiment(args) -> int:
     configs = service.plan_runs(
         base, args.strategies, seeds, args.train_fractions, args.lrs, args.split_seeds, args.backbones
     )
-    store = service.open_store(args.db)
     estimate = service.estimate_seconds(store, configs)
     for warning in dict.fromkeys(w for c in configs for w in c.warnings()):
         print(f"warning: {warning}", file=sys.stderr)

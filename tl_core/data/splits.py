@@ -18,11 +18,13 @@ import hashlib
 import os
 import random
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..errors import UserError
+from .exclusions import Applied, Exclusion, apply
 from .folders import DatasetIndex, Item, scan_dataset
 
 DEFAULT_BATCH_SIZE = 32  # images per batch where a run does not say (batch_size_for)
@@ -35,6 +37,7 @@ class Splits:
     val: list[Item]
     index: DatasetIndex
     test: list[Item] = field(default_factory=list)  # held out: read once, after training; empty if none
+    applied: Applied = field(default_factory=Applied)  # the run's exclusions, as they were applied
 
 
 def _by_class(items: list[Item]) -> dict[int, list[Item]]:
@@ -62,13 +65,18 @@ def split_dataset(
     train_fraction: float = 1.0,
     seed: int = 0,
     test_fraction: float = 0.0,
+    exclude: Sequence[Exclusion] = (),
 ) -> Splits:
     """Train/val (and test) items: the user's split, or a stratified seeded split per class.
 
-    The test split is the folder's test/, or, with `test_fraction` > 0, carved first (stratified,
-    by its own stream of `seed`) from the images the rest is split from; with 0 every other
-    draw is exactly as before test splits existed.
+    `exclude` is applied before anything is split (exclusions.py): excluded images are in no
+    split, relabelled ones are drawn with their new class. The test split is the folder's test/,
+    or, with `test_fraction` > 0, carved first (stratified, by its own stream of `seed`) from the
+    images the rest is split from; with 0 every other draw is exactly as before test splits existed.
+    Splits.index stays the folder as scanned (every image has its row in the caches).
     """
+    scanned = index
+    index, applied = apply(index, exclude)
     if not 0 <= test_fraction < 1:
         raise UserError(
             f"--test-fraction {test_fraction:g}: give a share of every class's images from 0 (no test "
@@ -91,7 +99,7 @@ def split_dataset(
             test, pool = _carve_test(pool, test_fraction, seed, index, keep=2)
         train, val = _carve_val(pool, val_fraction, rng, index)
     train = _keep_fraction(train, train_fraction, rng)
-    return Splits(index.classes, train, val, index, sorted(test, key=lambda it: (it.label, it.path)))
+    return Splits(index.classes, train, val, scanned, sorted(test, key=lambda it: (it.label, it.path)), applied)
 
 
 def _carve_val(
@@ -193,12 +201,14 @@ def class_weights(items: list[Item], classes: list[str]) -> list[float]:
 
 
 def split_fingerprint(splits: Splits) -> str:
-    """A digest of which images are in the validation set (and the test set, where there is one):
-    equal for runs that share their split. Without a test split it is the digest of val alone,
-    as it was before test splits existed."""
+    """A digest of which images are in the validation set (and the test set, where there is one),
+    and which images the run's exclusions relabelled: equal for runs that share their split.
+    Without a test split or exclusions it is the digest of val alone, as it was before either existed."""
     paths = sorted(os.path.relpath(it.path, splits.index.root) for it in splits.val)
     if splits.test:
         paths += ["--test--", *sorted(os.path.relpath(it.path, splits.index.root) for it in splits.test)]
+    if splits.applied.relabelled:  # the same images, some under another class: not the same split
+        paths += ["--relabelled--", *(f"{p}\t{to}" for p, to in sorted(splits.applied.moved_to.items()))]
     return hashlib.sha256("\n".join(paths).encode()).hexdigest()[:16]
 
 

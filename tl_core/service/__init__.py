@@ -22,6 +22,9 @@ what builds or trains a model (the backbone table, a run trained in this process
              what one run fixed and broke against another, thumbnails
   predict    predict with a run or an exported bundle (uploads checked first); export, with its parity check
   jobs       measurements, predictions and exports a page starts in a process of its own and waits for
+  exclusions a dataset's exclusion list (images left out of training, or moved to another class): list,
+             add, undo; copied into each run's config when runs are queued, or read from --exclude FILE
+  findings   the data check's findings as galleries show them: a dataset's newest check, each image's flags
 """
 
 from ..store import FINISHED, STATUSES
@@ -48,10 +51,12 @@ from .compare import (
 )
 from .curves import epoch_spread, phases, smooth, unfreeze_epochs
 from .datasets import data_roots, dataset_folders, dataset_report, resolve_data_path, sample_images
+from .exclusions import exclude_image, image_name, list_exclusions, relabel_image, undo_exclusion, with_exclusions
+from .findings import flagged, latest_check
 from .grouping import at_best_lr, config_table, differing_keys, group_runs, lr_choices, lr_text
 from .measure import check_data, find_lr, probe_data, probe_verdict, rank_backbones, ranking_agreement
 from .predict import export_run, exports, has_checkpoint, predict_images, predictable_runs, save_uploads
-from .predictions import cell, confusion, diff, errors, references, run_predictions, thumbnail
+from .predictions import cell, confusion, diff, errors, references, run_predictions, thumbnail, wrong_in_every_run
 from .readings import METRICS, SPLITS, WHICH, describe, has_test, resolve_split, score, split_seed, value
 from .results import (
     checkpoint,
@@ -98,6 +103,15 @@ from .runs import (
 
 __all__ = [
     "check_data",
+    "exclude_image",
+    "image_name",
+    "list_exclusions",
+    "relabel_image",
+    "undo_exclusion",
+    "with_exclusions",
+    "flagged",
+    "latest_check",
+    "wrong_in_every_run",
     "find_lr",
     "probe_data",
     "probe_verdict",

@@ -13,6 +13,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ..config import ADDED_LATER, default
 from ..store.store import Run
 from .readings import Metrics, score, split_seed
 
@@ -21,12 +22,20 @@ from .readings import Metrics, score, split_seed
 NOT_COMPARED = ("name", "experiment", "seed", "split_seed", "workers", "device")
 
 
+def _setting(run: Run, key: str) -> object:
+    """A run's setting; one added after the run was recorded is its default (what the run did, and
+    what its fingerprint takes it to be), so runs recorded before and after it was added compare equal."""
+    if key not in run.config and key in ADDED_LATER:
+        return default(key)
+    return run.config.get(key)
+
+
 def differing_keys(runs: Sequence[Run]) -> list[str]:
     """Config settings that take more than one value across `runs` (in the config's order)."""
     keys: list[str] = []
     for r in runs:
         keys += [k for k in r.config if k not in keys and k not in NOT_COMPARED]
-    return [k for k in keys if len({repr(r.config.get(k)) for r in runs}) > 1]
+    return [k for k in keys if len({repr(_setting(r, k)) for r in runs}) > 1]
 
 
 def config_table(runs: Sequence[Run], differs_only: bool = True) -> list[dict]:
@@ -62,7 +71,7 @@ def group_runs(runs: Sequence[Run], keys: Sequence[str] | None = None) -> list[G
     keys = list(differing_keys(runs) if keys is None else keys)
     groups: dict[tuple, Group] = {}
     for r in runs:
-        settings = {k: r.config.get(k) for k in keys}
+        settings = {k: _setting(r, k) for k in keys}
         key = tuple(repr(v) for v in settings.values())
         if key not in groups:
             groups[key] = Group(_label(settings) or "all runs", settings)
@@ -79,6 +88,8 @@ def _label(settings: dict) -> str:
             parts.append(f"{v:g} of the data")
         elif k == "lr":
             parts.append("default LR" if v is None else f"LR {v:g}")
+        elif k == "exclude":
+            parts.append(f"{len(v)} images excluded or moved" if v else "no exclusions")
         else:
             parts.append(f"{k} {v}")
     return " · ".join(parts)

@@ -56,10 +56,11 @@ NOT_FLAGS = {
 
 
 def flags(cfg: RunConfig, skip: Sequence[str] = ()) -> list[str]:
-    """The command-line flags that recreate `cfg` (every setting that is not its default's None), but `skip`."""
+    """The command-line flags that recreate `cfg` (every setting that is not its default's None), but `skip`
+    and its exclusions: a job measures the folder as it is (only `run` and `experiment` take --exclude)."""
     out: list[str] = []
     for key, value in cfg.model_dump().items():
-        if value is not None and key not in skip:
+        if value is not None and key not in skip and key != "exclude":
             out += [f"--{key.replace('_', '-')}", str(value)]
     return out
 

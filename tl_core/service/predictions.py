@@ -1,5 +1,6 @@
 """A run's stored predictions on its validation images, for a front end: its errors worst first,
-the images of a confusion-matrix cell, what one run fixed and broke against another, thumbnails.
+the images of a confusion-matrix cell, what one run fixed and broke against another, the images
+every run of a comparison gets wrong, thumbnails.
 A page or command loads a run's predictions once (`run_predictions`) and asks the rest of them.
 
 Nothing here runs a model: the predictions were stored by the best epoch's validation pass
@@ -49,6 +50,23 @@ def diff(store: Store, reference_id: int, run_id: int) -> Diff:
 def references(store: Store, run: Run, runs: list[Run]) -> list[Run]:
     """The runs of `runs` that `run` can be compared with image by image: same classes, predictions stored."""
     return [r for r in runs if r.id != run.id and classes(r) == classes(run) and r.summary.predictions]
+
+
+def wrong_in_every_run(store: Store, runs: list[Run]) -> list[Prediction]:
+    """The validation images every one of `runs` (those with stored predictions and the first one's
+    classes) predicts wrong, worst mean loss first, as the first of them predicted each; [] with
+    fewer than two such runs."""
+    with_preds = [r for r in runs if r.summary.predictions]
+    if not with_preds:
+        return []
+    same = [r for r in with_preds if classes(r) == classes(with_preds[0])]
+    if len(same) < 2:
+        return []
+    by_run = [{p.path: p for p in store.predictions(r.id)} for r in same]
+    shared = set(by_run[0]).intersection(*by_run[1:])
+    wrong = [path for path in shared if all(not preds[path].correct for preds in by_run)]
+    loss = {path: sum(preds[path].loss for preds in by_run) / len(by_run) for path in wrong}
+    return [by_run[0][path] for path in sorted(wrong, key=lambda path: -loss[path])]
 
 
 def thumbnail(path: str, size: int = 160) -> bytes | None:

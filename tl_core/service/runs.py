@@ -1,4 +1,5 @@
-"""Runs and the worker: plan, check and queue runs; cancel, resume, delete; train one here."""
+"""Runs and the worker: plan, check and queue runs (with the dataset's exclusions as they are then);
+cancel, resume, delete; train one here."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from ..executors.processes import ensure_worker, running_worker, stop_workers
 from ..models.weights import check_obtainable
 from ..store import FINISHED, Run, Store, WorkerInfo, default_db_url
 from ..store.run_folders import is_run_folder, run_folder
+from .exclusions import with_exclusions
 
 # --- the store and the worker ---------------------------------------------------------------
 
@@ -98,9 +100,10 @@ def check_run(cfg: RunConfig) -> None:
     """Refuse a run before it is recorded: its weights must be obtainable, its dataset trainable and its
     target-domain folder (--target-data) readable."""
     check_obtainable(cfg.backbone, cfg.weights_to_load)
+    index = scan_dataset(cfg.data, cfg.in_channels)
     splits = split_dataset(
-        scan_dataset(cfg.data, cfg.in_channels), cfg.val_fraction, cfg.train_fraction, cfg.split_seed, cfg.test_fraction
-    )
+        index, cfg.val_fraction, cfg.train_fraction, cfg.split_seed, cfg.test_fraction, cfg.exclude
+    )  # an exclusion moving an image to a class the folder lacks is refused here
     batch_size_for(cfg.batch_size, len(splits.train))
     if cfg.target_data:
         scan_target(cfg.target_data, splits.classes, cfg.in_channels)
@@ -165,6 +168,7 @@ def plan_runs(
             cfg.batch_size,
             cfg.backbone,
             cfg.weights_to_load,
+            tuple(cfg.exclude),
         )
         if key not in checked:
             check_run(cfg)
@@ -191,7 +195,10 @@ def queue_runs(
     split_seeds: Sequence[int] | None = None,
     backbones: Sequence[str] | None = None,
 ) -> list[Run]:
-    """Validate every run of the grid first, then queue them all as one experiment (nothing queued on error)."""
+    """Validate every run of the grid first, then queue them all as one experiment (nothing queued on error).
+    Each run records the dataset's exclusion list as it is now, unless `base` names its own `exclude`."""
+    if "exclude" not in base:
+        base = with_exclusions(store, base)
     planned = plan_runs(base, strategies, seeds, train_fractions, lrs, split_seeds, backbones)
     return [queue_run(store, c, launched_by) for c in planned]
 
@@ -290,7 +297,8 @@ def estimate_seconds(store: Store, configs: Sequence[RunConfig]) -> dict:
 
 def _train_images(cfg: RunConfig) -> int:
     index = scan_dataset(cfg.data, cfg.in_channels)
-    return len(split_dataset(index, cfg.val_fraction, cfg.train_fraction, cfg.split_seed, cfg.test_fraction).train)
+    splits = split_dataset(index, cfg.val_fraction, cfg.train_fraction, cfg.split_seed, cfg.test_fraction, cfg.exclude)
+    return len(splits.train)
 
 
 def queue_run(store: Store, cfg: RunConfig, launched_by: str | None = None) -> Run:

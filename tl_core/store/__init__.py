@@ -5,9 +5,9 @@ Its public surface is re-exported here (`from tl_core.store import Store, Run`);
 modules import one another, never this package.
 
   tables.py        the SQLAlchemy models (Base, Sql*)
-  records.py       the plain dataclasses out: Run, Job, Prediction, Artifact, WorkerInfo
+  records.py       the plain dataclasses out: Run, Job, Prediction, Artifact, WorkerInfo, ExcludedImage
   summary.py       a run's summary, typed (RunSummary and its blocks), and ClassMetric
-  store.py         Store: experiments, runs, artifacts; workers.py, jobs.py, metrics.py are its parts
+  store.py         Store: experiments, runs, artifacts; workers.py, jobs.py, metrics.py, exclusions.py are its parts
   curves.py        a run's epochs as one matrix row (run_curves), read back as EpochRow
   epoch_writer.py  EpochWriter: Store.log_epoch on a background thread
   engine.py        the database URL, the engine, SQLite's settings, JSON without NaN on PostgreSQL
@@ -18,7 +18,7 @@ modules import one another, never this package.
 from .curves import EpochRow
 from .engine import default_db_url
 from .epoch_writer import EpochWriter
-from .records import FINISHED, STATUSES, Artifact, Job, Prediction, Run, UnknownRun, WorkerInfo
+from .records import FINISHED, STATUSES, Artifact, ExcludedImage, Job, Prediction, Run, UnknownRun, WorkerInfo
 from .store import Store
 from .summary import ClassMetric, RunSummary
 
@@ -29,6 +29,7 @@ __all__ = [
     "ClassMetric",
     "EpochRow",
     "EpochWriter",
+    "ExcludedImage",
     "Job",
     "Prediction",
     "Run",

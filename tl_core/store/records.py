@@ -1,5 +1,5 @@
 """The plain records the store hands out: a run, a worker, an experiment's artifact, a page's job,
-one stored prediction; and the statuses a run or a job goes through. (A class's results,
+one stored prediction, an image of a dataset's exclusion list; and the statuses a run or a job goes through. (A class's results,
 ClassMetric, are summary.py's: a run's summary holds them too.)
 
 Dataclasses, never ORM rows (as mlflow's `entities`): a reader keeps, pickles and compares them
@@ -156,3 +156,21 @@ class Job:
     log: str | None = None
     error: str | None = None
     peak_mb: float | None = None
+
+
+@dataclass(frozen=True)
+class ExcludedImage:
+    """An entry of a dataset's exclusion list (see tables.SqlExclusion): the image, by its path
+    relative to the dataset folder, left out (`exclude`) or read as class `to` (`relabel`)."""
+
+    dataset: str
+    path: str
+    action: str
+    to: str | None
+    created_at: dt.datetime
+    added_by: str | None = None
+    note: str | None = None
+
+    def entry(self) -> dict[str, Any]:
+        """The entry as a run's config records it (config.RunConfig.exclude)."""
+        return {"path": self.path, "action": self.action, "to": self.to}

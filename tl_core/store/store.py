@@ -5,7 +5,7 @@ Shaped after mlflow's SQLAlchemy tracking store: every public method returns pla
 `Store(url)` applies the Alembic revisions (migrations/) when it opens a database: a new one gets
 every table, one made by an earlier release is upgraded in place. Its other parts are mixed in
 from the modules named for them: workers.py (workers and their heartbeats), jobs.py (a page's
-jobs), metrics.py (epochs, class metrics, predictions).
+jobs), metrics.py (epochs, class metrics, predictions), exclusions.py (datasets' exclusion lists).
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ from sqlalchemy.orm import defer, sessionmaker
 from . import migrations
 from .engine import database_url, default_db_url, gc_paused, make_engine, rows_matched
 from .epoch_writer import EpochWriter
+from .exclusions import ExclusionsMixin
 from .jobs import JobsMixin
 from .metrics import MetricsMixin
-from .records import FINISHED, STATUSES, Artifact, Job, Prediction, Run, UnknownRun, WorkerInfo, utcnow
+from .records import FINISHED, STATUSES, Artifact, ExcludedImage, Job, Prediction, Run, UnknownRun, WorkerInfo, utcnow
 from .summary import ClassMetric, RunSummary
 from .tables import (
     SqlArtifact,
@@ -45,6 +46,7 @@ __all__ = [
     "Artifact",
     "ClassMetric",
     "EpochWriter",
+    "ExcludedImage",
     "Job",
     "Prediction",
     "Run",
@@ -55,7 +57,7 @@ __all__ = [
 ]
 
 
-class Store(WorkersMixin, JobsMixin, MetricsMixin):
+class Store(WorkersMixin, JobsMixin, MetricsMixin, ExclusionsMixin):
     """All reads and writes of experiments, runs and metrics go through here."""
 
     def __init__(self, url: str | None = None):

@@ -63,6 +63,17 @@ class Split(Block):
     """A hash of the validation images: runs with the same one were scored on the same images."""
 
 
+class Exclusions(Block):
+    """What the run's exclusions (its config's `exclude`) did, by path relative to the dataset folder."""
+
+    excluded: list[str] = []
+    """Images in no split: not trained, validated or tested on."""
+    relabelled: list[str] = []
+    """Images read as the class their entry names."""
+    not_found: list[str] = []
+    """Entries that named no image of the folder's scan (removed since, or skipped as unreadable)."""
+
+
 class BatchSize(Block):
     used: int
     why: str | None = None
@@ -301,6 +312,8 @@ class RunSummary(BaseModel):
     train_images: int | None = None
     val_images: int | None = None
     split: Split | None = None
+    exclusions: Exclusions | None = None
+    """What the run's exclusions did to its data, before it was split; absent without."""
     batch_size: BatchSize | None = None
     preprocessing: Preprocessing | None = None
     warnings: list[str] = []

@@ -181,3 +181,18 @@ class SqlPrediction(Base):
     prob: Mapped[float] = mapped_column(Float)  # of the predicted class
     true_prob: Mapped[float] = mapped_column(Float)  # of the true class
     loss: Mapped[float] = mapped_column(Float)  # cross-entropy, -log(true_prob)
+
+
+class SqlExclusion(Base):
+    """An image of a dataset left out of training, or moved to another class, without touching the
+    user's files: the dataset's exclusion list, which runs copy into their config when queued."""
+
+    __tablename__ = "exclusions"
+    __table_args__ = (CheckConstraint("action IN ('exclude', 'relabel')", name="exclusion_action"),)
+    dataset: Mapped[str] = mapped_column(Text, primary_key=True)  # the dataset folder, resolved
+    path: Mapped[str] = mapped_column(Text, primary_key=True)  # the image, relative to the folder (forward slashes)
+    action: Mapped[str] = mapped_column(String(20))
+    to_class: Mapped[str | None] = mapped_column(String(300), nullable=True)  # relabel: the class it is read as
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    added_by: Mapped[str | None] = mapped_column(String(200), nullable=True)  # who added it
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)  # why: the finding it came from

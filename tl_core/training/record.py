@@ -51,6 +51,7 @@ class RunRecord:
             "train_images": len(d.splits.train),
             "val_images": len(d.splits.val),
             "split": {"seed": cfg.split_seed, "val_fingerprint": split_fingerprint(d.splits)},
+            **({"exclusions": d.splits.applied.to_dict()} if cfg.exclude else {}),
             "batch_size": {"used": d.batch_size, **({"why": d.batch_note} if d.batch_note else {})},
             "preprocessing": {**d.pipeline.describe(), "native_size": bb.preprocessing.native_size},
             "warnings": warnings,
@@ -65,6 +66,17 @@ class RunRecord:
         unlisted = skipped["count"] - len(skipped["files"])
         if d.batch_note:
             log.info(d.batch_note)
+        if cfg.exclude:
+            applied = d.splits.applied
+            log.info(
+                f"exclusions: {len(applied.excluded)} images left out, {len(applied.relabelled)} moved to another "
+                f"class, before the split"
+                + (
+                    f"; {len(applied.not_found)} entries named no image found: {applied.not_found[:5]}"
+                    if applied.not_found
+                    else ""
+                )
+            )
         for line in [
             *(f"warning: {w}" for w in warnings),
             *(f"skipped {f['path']} ({f['reason']})" for f in skipped["files"]),

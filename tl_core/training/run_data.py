@@ -53,7 +53,7 @@ def load_data(cfg: RunConfig, device: torch.device) -> RunData:
     size, and loaders over images decoded once, normalised on the device with the weights' own
     preprocessing (channels the weights have none for: measured on the training images)."""
     index = scan_cache.scan_dataset(cfg.data, cfg.in_channels)  # folders.scan_dataset, reused while no file changed
-    splits = split_dataset(index, cfg.val_fraction, cfg.train_fraction, cfg.split_seed, cfg.test_fraction)
+    splits = split_dataset(index, cfg.val_fraction, cfg.train_fraction, cfg.split_seed, cfg.test_fraction, cfg.exclude)
     batch_size, batch_note = batch_size_for(cfg.batch_size, len(splits.train))
     pre, stats = channels.normalisation(
         backbones.preprocessing(cfg.backbone), cfg.in_channels, cfg.weights_to_load, [it.path for it in splits.train]

@@ -15,6 +15,7 @@ from any working folder and inside the Docker image. The revisions are in `versi
         it also brings an even older database up (runs without those columns: every run gets a uid)
   0002  workers, and runs' worker_id, executor and launched_by
   0003  jobs: a page's LR range tests, probes, predictions and exports, queued for the workers
+  0004  exclusions: datasets' exclusion lists (images left out of training, or moved to another class)
 
 A new revision: change the models in tables.py, then write `versions/vNNNN_<what>.py` by hand or
 start it with `new_revision("what changed", url)` (autogenerate against a database at head), and
@@ -32,7 +33,7 @@ from sqlalchemy.engine import Connection, Engine
 from ...errors import UserError
 
 FOLDER = Path(__file__).resolve().parent
-HEAD = "0003"  # the newest revision in versions/ (a test checks the two agree)
+HEAD = "0004"  # the newest revision in versions/ (a test checks the two agree)
 
 _ADVISORY_KEY = 7_461_616_273  # PostgreSQL's lock on "this database is being migrated"
 _in_process = threading.Lock()  # Alembic's `op` and `context` are process-wide: one migration at a time
