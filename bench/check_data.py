@@ -13,12 +13,15 @@ says what share they took meanwhile (bench.py's CpuShare).
    (efficientnet_lite0's 1,280 at the head input): a mixture of --classes non-negative clusters
    (ReLU6-like, as Lite0's pooled features), 5% of the labels flipped, 1% of the images exact or
    near copies, a 70/15/15 train/val/test split. Target: under 30 s on this CPU.
+   The features come with pixel descriptors (pixel_hash.py, 10,000 x 143), the copies' close.
 2. Beside it, what the check reuses: frozen features of efficientnet_lite0 (ImageNet weights, at
    its native 224 px, fp32 or bf16 as --feature-precision auto picks) computed for --sample demo
-   images with the cache cold (images/s), and the content digests of those files (files/s).
-3. --calibrate: the cosine similarity of each demo image's features to its re-encoded (JPEG
-   quality 75 and 50) and brightened (+10%, +20%) copies, against the most similar distinct image
-   of its class: the figures duplicates.py states for NEAR_AT.
+   images with the cache cold (images/s), the content digests of those files (files/s) and their
+   pixel descriptors (images/s; then cached as the features are).
+3. --calibrate: the cosine similarity of each demo image's embeddings and pixel descriptors to its
+   re-encoded (JPEG quality 75 and 50), brightened (+10%, +20%), darkened (-20%), contrasted
+   (+20%) and resized (3/4) copies, against the distinct images (of its class; of any class): the
+   figures duplicates.py states for NEAR_AT and PIXEL_AT.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tl_core; this folder (bench/) is on the path as the script's own
 
 from bench import CpuShare, wait_until_quiet  # noqa: E402  (others' share of the CPU; waiting for a quiet one)
-from tl_core.analysis import data_check, duplicates  # noqa: E402
+from tl_core.analysis import data_check, duplicates, pixel_hash  # noqa: E402
 from tl_core.config import make_config  # noqa: E402
 from tl_core.data import folders  # noqa: E402
 from tl_core.data.demo import write_demo_data  # noqa: E402
@@ -52,7 +55,11 @@ COPIES = {
     "jpeg q50": lambda im: _jpeg(im, 50),
     "bright +10%": lambda im: ImageEnhance.Brightness(im).enhance(1.1),
     "bright +20%": lambda im: ImageEnhance.Brightness(im).enhance(1.2),
+    "dark -20%": lambda im: ImageEnhance.Brightness(im).enhance(0.8),
+    "contrast +20%": lambda im: ImageEnhance.Contrast(im).enhance(1.2),
+    "3/4 size": lambda im: im.resize((im.width * 3 // 4, im.height * 3 // 4)),
 }
+PIXEL_THRESHOLDS = (0.99, 0.992, 0.993, 0.994, 0.995)
 
 
 def _jpeg(im: Image.Image, quality: int) -> Image.Image:
@@ -79,19 +86,21 @@ def synthetic(n: int, dim: int, classes: int, seed: int = 0):
         digests[b] = digests[a]
         x[b] = x[a]
     labels[dst] = labels[src]
+    pixels = duplicates.unit_rows(rng.normal(size=(n, pixel_hash.DIM)))
+    pixels[dst] = duplicates.unit_rows(pixels[src] + 0.003 * rng.normal(size=(len(src), pixel_hash.DIM)))
     flipped = rng.choice(n, size=n // 20, replace=False)
     labels[flipped] = (labels[flipped] + rng.integers(1, classes, len(flipped))) % classes
     splits = rng.choice(["train", "val", "test"], size=n, p=[0.7, 0.15, 0.15])
     images = [data_check.Image(f"img{i:05d}.png", str(s), int(y)) for i, (s, y) in enumerate(zip(splits, labels))]
-    return images, digests, x, set(flipped.tolist())
+    return images, digests, x, pixels, set(flipped.tolist())
 
 
 def time_check(n: int, dim: int, classes: int) -> dict:
-    images, digests, x, flipped = synthetic(n, dim, classes)
+    images, digests, x, pixels, flipped = synthetic(n, dim, classes)
     names = [f"class{c}" for c in range(classes)]
     with CpuShare() as load:
         start = time.perf_counter()
-        found = data_check.check_features(images, digests, x, np.arange(n), names)
+        found = data_check.check_features(images, digests, x, np.arange(n), names, pixels=pixels)
         total = time.perf_counter() - start
     top = {int(p["path"][3:8]) for p in found.label_issues[: len(flipped)]}
     return {
@@ -117,6 +126,10 @@ def time_features(root: Path, sample: int) -> dict:
     for im in images:
         duplicates.file_digest(im.path)
     hashed = time.perf_counter() - start
+    start = time.perf_counter()
+    for im in images:
+        pixel_hash.descriptor(im.path)
+    described = time.perf_counter() - start
     cfg = make_config(data=str(root / "data" / "animals"))
     with CpuShare() as load:
         start = time.perf_counter()
@@ -128,11 +141,16 @@ def time_features(root: Path, sample: int) -> dict:
         "feature_seconds": round(seconds, 2),
         "images_per_s": round(len(images) / seconds, 1),
         "files_hashed_per_s": round(len(images) / hashed),
+        "pixel_descriptors_per_s": round(len(images) / described),
         "others": round(load.others, 2),
     }
 
 
 # --- 3. the near-copy threshold ---------------------------------------------------------------
+
+
+def _copy_path(path: Path, i: int) -> Path:
+    return path.with_name(f"{path.stem}.copy{i}.png")
 
 
 def calibrate(root: Path, per_class: int) -> dict:
@@ -143,7 +161,7 @@ def calibrate(root: Path, per_class: int) -> dict:
         for path in sorted(folder.glob("*/*.png")):
             im = Image.open(path).convert("RGB")
             for i, make in enumerate(COPIES.values()):
-                make(im).save(path.with_name(f"{path.stem}.copy{i}.png"))
+                make(im).save(_copy_path(path, i))
         index = folders.scan_dataset(folder)
         images = [data_check.Image(it.path, "train", it.label) for it in index.items["all"]]
         x, featured, _ = data_check.image_features(make_config(data=str(folder)), images, index, 224)
@@ -152,27 +170,34 @@ def calibrate(root: Path, per_class: int) -> dict:
         labels = np.asarray([images[i].label for i in featured])
         row = {p: k for k, p in enumerate(paths)}
         originals = [k for k, p in enumerate(paths) if ".copy" not in p]
-        copies = {
-            kind: np.asarray([unit[k] @ unit[row[paths[k].replace(".png", f".copy{i}.png")]] for k in originals])
-            for i, kind in enumerate(COPIES)
-        }
-        o = unit[originals]
-        sims = o @ o.T
+        content = [Path(paths[k]).read_bytes() for k in originals]
+        distinct = np.triu(np.array([[a != b for b in content] for a in content]), k=1)  # the demo holds copies
         same = labels[originals][:, None] == labels[originals][None, :]
-        pairs = np.triu(same, k=1)  # every pair of distinct images of one class, once
-        out[name] = {
-            "originals": len(originals),
-            "same_class_pairs": int(pairs.sum()),
-            "copies_lowest": {kind: round(float(v.min()), 4) for kind, v in copies.items()},
-            "distinct_highest": round(float(sims[pairs].max()), 4),
-            "at": {
-                f"{t:.2f}": {
-                    "copies_found": {kind: round(float((v >= t).mean()), 3) for kind, v in copies.items()},
-                    "distinct_pairs_above": int((sims[pairs] >= t).sum()),
-                }
-                for t in THRESHOLDS
-            },
-        }
+        out[name] = {"originals": len(originals), "distinct_pairs": int(distinct.sum())}
+        pixels = {p: pixel_hash.descriptor(p) for p in paths}
+        for measure, vec, thresholds in (
+            ("embeddings", lambda k: unit[k], THRESHOLDS),
+            ("pixels", lambda k: pixels[paths[k]], PIXEL_THRESHOLDS),
+        ):
+            copies = {
+                kind: np.asarray([vec(k) @ vec(row[str(_copy_path(Path(paths[k]), i))]) for k in originals])
+                for i, kind in enumerate(COPIES)
+            }
+            o = np.stack([vec(k) for k in originals])
+            sims = o @ o.T
+            out[name][measure] = {
+                "copies_lowest": {kind: round(float(v.min()), 4) for kind, v in copies.items()},
+                "distinct_highest": round(float(sims[distinct].max()), 4),
+                "distinct_same_class_highest": round(float(sims[distinct & same].max()), 4),
+                "at": {
+                    f"{t:g}": {
+                        "copies_found": {kind: round(float((v >= t).mean()), 3) for kind, v in copies.items()},
+                        "distinct_pairs_above": int((sims[distinct] >= t).sum()),
+                        "distinct_same_class_pairs_above": int((sims[distinct & same] >= t).sum()),
+                    }
+                    for t in thresholds
+                },
+            }
     return out
 
 
@@ -207,7 +232,8 @@ def write_section(path: Path, result: dict) -> None:
         f"efficientnet_lite0's frozen features at 224 px with the cache cold, {feats['images_per_s']:.1f} images/s "
         f"({feats['sample']} demo images in {feats['feature_seconds']:.1f} s; other processes took "
         f"{feats['others']:.0%} of the CPU meanwhile): 10,000 images about {10000 / feats['images_per_s'] / 60:.0f} "
-        f"min; and the files' content digests, {feats['files_hashed_per_s']:,} files/s.",
+        f"min; the files' content digests, {feats['files_hashed_per_s']:,} files/s; their pixel descriptors "
+        f"(96 px PNGs), {feats['pixel_descriptors_per_s']:,} images/s.",
         END,
     ]
     new = "\n".join(lines)

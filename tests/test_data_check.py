@@ -139,7 +139,8 @@ def test_near_copies_are_found_above_the_threshold_and_distinct_images_are_not(c
     planted = [set(pair) for pair in faults["near"]]
     for pair in planted:
         group = next(g for g in near if pair <= {i["path"] for i in g["images"]})
-        assert group["cross_split"] and group["similarity"] >= duplicates.NEAR_AT == found["near_threshold"]
+        assert group["cross_split"] and group["pixel_similarity"] >= duplicates.PIXEL_AT == found["pixel_threshold"]
+        assert found["near_threshold"] == duplicates.NEAR_AT
     # Nothing else: no two distinct images of a class (nor of two classes) are called near copies.
     assert sorted(map(sorted, ({i["path"] for i in g["images"]} for g in near))) == sorted(map(sorted, planted))
 
@@ -149,7 +150,7 @@ def test_the_json_answer_has_the_agreed_shape_and_is_stored_with_the_experiment(
     found, faults, tmp = checked
     assert {"label_issues", "duplicates", "outliers", "counts", "imbalance", "skipped", "unreadable"} <= set(found)
     assert set(found["label_issues"][0]) == {"path", "split", "label", "suggested", "score"}
-    assert set(found["duplicates"][0]) == {"kind", "cross_split", "similarity", "images"}
+    assert set(found["duplicates"][0]) == {"kind", "cross_split", "similarity", "pixel_similarity", "images"}
     assert set(found["duplicates"][0]["images"][0]) == {"path", "split", "label"}
     assert set(found["outliers"][0]) == {"path", "split", "label", "score"}
     # The noise image is the farthest from every class; the empty file was skipped by the scan.
@@ -172,9 +173,11 @@ def test_bad_input_gets_one_clear_line(checked, tmp_path):
     _, _, tmp = checked
     missing = _cli("check-data", "--data", str(tmp_path / "nowhere"), cwd=tmp_path)
     assert missing.returncode == 2 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
-    few = _cli("check-data", "--data", str(tmp / "ds"), "--folds", "30", cwd=tmp_path)
-    assert few.returncode == 2 and "too few images for 30-fold label checking" in few.stderr
-    assert "--folds" in few.stderr and len(few.stderr.strip().splitlines()) == 1
+    one = _cli("check-data", "--data", str(tmp / "ds"), "--folds", "1", cwd=tmp_path)
+    assert one.returncode == 2 and "--folds 1: the out-of-sample probabilities need at least 2 folds" in one.stderr
+    assert len(one.stderr.strip().splitlines()) == 1
+    pixel = _cli("check-data", "--data", str(tmp / "ds"), "--pixel-threshold", "1.5", cwd=tmp_path)
+    assert pixel.returncode == 2 and "--pixel-threshold 1.5: give a cosine similarity" in pixel.stderr
 
 
 # --- the engine on features alone: no model, no images ---------------------------------------------
@@ -205,7 +208,45 @@ def test_the_test_split_is_scored_but_never_learnt_from():
     assert np.allclose(probs.sum(axis=1), 1)
 
 
-def test_too_few_images_per_class_for_the_folds_is_refused_before_any_work():
-    images = [data_check.Image(f"{c}{i}.png", "train", c) for c in range(2) for i in range(4)]
-    with pytest.raises(UserError, match=r"too few images for 5-fold label checking: class 'a' \(4\), 'b' \(4\)"):
-        data_check.check_features(images, [str(i) for i in range(8)], np.ones((8, 4)), np.arange(8), ["a", "b"])
+def _clusters(per_class: list[int], dim: int = 64, seed: int = 0) -> tuple[list, np.ndarray]:
+    """Images of well separated classes (`per_class` train images each) and their features."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(len(per_class)), per_class)
+    images = [data_check.Image(f"{c}_{k}.png", "train", int(c)) for k, c in enumerate(labels)]
+    return images, rng.normal(size=(len(labels), dim)) * 0.3 + 3 * np.eye(len(per_class), dim)[labels]
+
+
+def test_a_class_smaller_than_the_folds_is_left_out_of_the_label_model_and_the_rest_is_checked():
+    images, x = _clusters([20, 20, 3])
+    flipped = 5
+    images[flipped] = data_check.Image(images[flipped].path, "train", 1)  # a class-0 image labelled 1
+    digests = [str(i) for i in range(len(images))]
+    digests[-1] = digests[0]  # an exact copy, in the small class
+    found = data_check.check_features(images, digests, x, np.arange(len(images)), ["a", "b", "c"])
+    assert found.left_out == [{"class": "c", "images": 3}]
+    assert found.label_issues[0]["path"] == images[flipped].path and found.label_issues[0]["suggested"] == "a"
+    assert all(i["label"] != "c" and i["suggested"] != "c" for i in found.label_issues)
+    assert [g["kind"] for g in found.duplicates] == ["exact"] and found.outliers is not None
+    # Every class too small: no label errors, each class named, the duplicates still found.
+    found = data_check.check_features(images, digests, x, np.arange(len(images)), ["a", "b", "c"], folds=25)
+    assert found.label_issues == [] and [o["class"] for o in found.left_out] == ["a", "b", "c"]
+    assert [g["kind"] for g in found.duplicates] == ["exact"]
+    with pytest.raises(UserError, match="--folds 1: the out-of-sample probabilities need at least 2 folds"):
+        data_check.check_features(images, digests, x, np.arange(len(images)), ["a", "b", "c"], folds=1)
+
+
+def test_near_copies_by_pixels_join_what_the_embeddings_miss_and_report_both_similarities():
+    images, x = _clusters([10, 10])
+    pixels = duplicates.unit_rows(np.random.default_rng(2).normal(size=(20, 143)))
+    pixels[7] = duplicates.unit_rows(pixels[2:3] + 0.003 * np.random.default_rng(3).normal(size=(1, 143)))[0]
+    digests = [str(i) for i in range(20)]
+    found = data_check.check_features(images, digests, x, np.arange(20), ["a", "b"], pixels=pixels, folds=2)
+    (group,) = found.duplicates
+    assert [i["path"] for i in group["images"]] == [images[2].path, images[7].path] and group["kind"] == "near"
+    assert group["pixel_similarity"] == pytest.approx(float(pixels[2] @ pixels[7]), abs=1e-4)
+    assert group["pixel_similarity"] >= duplicates.PIXEL_AT
+    unit = duplicates.unit_rows(x)
+    assert group["similarity"] == pytest.approx(float(unit[2] @ unit[7]), abs=1e-4)
+    assert group["similarity"] < duplicates.NEAR_AT
+    # Without the pixels, the embeddings alone see no copy here.
+    assert data_check.check_features(images, digests, x, np.arange(20), ["a", "b"], folds=2).duplicates == []

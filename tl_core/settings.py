@@ -4,7 +4,7 @@
 |-----------------------|-----------------------------|----------------------------------------------------|
 | DATABASE_URL          | sqlite:///experiments.db    | the experiment store                               |
 | TL_RUNS_DIR           | runs                        | run folders, worker files (store/run_folders.py)   |
-| TL_CACHE_DIR          | $TL_RUNS_DIR/cache          | decoded images, frozen features (data/scan_cache)  |
+| TL_CACHE_DIR          | $TL_RUNS_DIR/cache          | decoded images, frozen features, pixel descriptors |
 | TL_CACHE_MAX_GB       | 20                          | the largest single cache entry                     |
 | TL_DATA_ROOTS         | data                        | folders the dashboard may read datasets from (:)   |
 | TL_MAX_CONCURRENT     | by GPU memory, 1 on CPU     | runs a worker trains at once (a fixed number)      |

@@ -75,6 +75,13 @@ def _findings(store: Store, data_path: str, check: dict, excluded: dict[str, Exc
     )
     act = _Actions(store, data_path, excluded)
     with tabs[0]:
+        if left_out := check.get("label_classes_left_out"):
+            st.caption(
+                "Not checked for label errors (fewer train and val images than the "
+                f"{check.get('folds', 5)} folds of the model): "
+                + ", ".join(f"{o['class']} ({o['images']})" for o in left_out)
+                + ". Add images to them, or check with a smaller `--folds` from the CLI."
+            )
         _grid(
             issues,
             "issues",
@@ -86,11 +93,18 @@ def _findings(store: Store, data_path: str, check: dict, excluded: dict[str, Exc
         shown = _shown("dup_groups", len(groups))
         for n, group in enumerate(groups[:shown]):
             leak = " · :red[across splits: a leak]" if group.get("cross_split") else ""
-            st.markdown(f"**{group.get('kind', 'near')} copies** · similarity {group.get('similarity', 1.0):.3f}{leak}")
+            st.markdown(f"**{group.get('kind', 'near')} copies** · {_similarity(group)}{leak}")
             _row(group["images"], f"dup{n}", act, lambda i: f"{i['split']} · {i['label']}", "a duplicate")
         _more("dup_groups", shown, len(groups))
     with tabs[2]:
         _grid(outliers, "outliers", act, lambda i: f"{i['split']} · {i['label']} · {i['score']:.2f}", "an outlier")
+
+
+def _similarity(group: dict) -> str:
+    if group.get("kind") == "exact":
+        return "the same bytes"
+    pixels = group.get("pixel_similarity")  # checks stored before the pixel descriptors have none
+    return (f"pixels {pixels:.3f}, " if pixels is not None else "") + f"embeddings {group.get('similarity', 1.0):.3f}"
 
 
 class _Actions:

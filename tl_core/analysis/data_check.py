@@ -7,9 +7,13 @@ would use (its split seed, val and test fractions: train, val AND test), and rep
     probabilities of a linear model on the frozen features, ranked by cleanlab); each with its
     `path`, `split`, `label` (its folder's class), `suggested` (the likeliest other class) and
     `score` (the out-of-sample probability of its label: lower, likelier an error);
-  - duplicates: groups of exact copies (the same bytes) and near copies (cosine similarity of the
-    L2-normalised embeddings at or above duplicates.NEAR_AT, calibrated there), each
-    {"kind": "exact"|"near", "cross_split", "similarity", "images": [{"path", "split", "label"}]};
+    Classes with fewer train and val images than folds are left out of this model (too few to
+    learn them out of sample): `label_classes_left_out` names them, the rest of the check runs;
+  - duplicates: groups of exact copies (the same bytes) and near copies (the cosine similarity of
+    the images' pixel descriptors at or above duplicates.PIXEL_AT, pixel_hash.py; or of their
+    L2-normalised embeddings at or above duplicates.NEAR_AT; both calibrated in duplicates.py),
+    each {"kind": "exact"|"near", "cross_split", "similarity" (embeddings), "pixel_similarity",
+    "images": [{"path", "split", "label"}]}, the similarities the group's weakest links;
     groups spanning splits first (a leak: the same picture trained on and scored on);
   - class counts per split and the imbalance (largest class over smallest, the whole folder);
   - the files the scan skipped and why (folders.py, as `dataset` reports them) and the images that
@@ -44,7 +48,7 @@ from ..errors import UserError
 from ..models import weights
 from ..training.loop import seed_everything
 from ..training.startup import pick_device
-from . import duplicates
+from . import duplicates, pixel_hash
 from .data_probe import frozen_activations
 from .label_issues import label_issues
 
@@ -71,6 +75,7 @@ class Findings:
     outliers: list[dict]
     found: dict[str, int]  # how many of each, before LIMIT
     seconds: dict[str, float]  # each finding's time: {"label_issues", "duplicates", "outliers"}
+    left_out: list[dict]  # classes too small for the label model: {"class", "images"}
 
 
 @dataclass
@@ -91,7 +96,9 @@ class DataCheck:
     skipped: dict  # folders.skipped_summary: {"count", "files": [{"path", "reason"}]}
     unreadable: list[dict]  # scanned, but could not be decoded: {"path", "split", "label"}
     folds: int
+    label_classes_left_out: list[dict]  # {"class", "images"}: fewer train and val images than folds
     near_threshold: float
+    pixel_threshold: float
     seconds: dict = field(
         default_factory=dict
     )  # {"features", "label_issues", "duplicates", "outliers", "check", "total"}
@@ -104,18 +111,34 @@ class DataCheck:
 # --- the check on features --------------------------------------------------------------------
 
 
-def check_folds(labels: np.ndarray, learn: np.ndarray, classes: Sequence[str], folds: int) -> None:
-    """Refuse a check whose k-fold model cannot see every class in every fold."""
+def check_folds(folds: int) -> None:
+    """Refuse a k-fold model of fewer than 2 folds."""
     if folds < 2:
         raise UserError(f"--folds {folds}: the out-of-sample probabilities need at least 2 folds; pass --folds 5")
+
+
+def label_classes(labels: np.ndarray, learn: np.ndarray, classes: Sequence[str], folds: int) -> np.ndarray:
+    """The classes the k-fold model can learn: those with at least `folds` rows to learn from (each fold
+    then holds one of them, as StratifiedKFold needs)."""
     counts = np.bincount(labels[learn], minlength=len(classes))
-    short = [f"{classes[c]!r} ({counts[c]})" for c in np.flatnonzero(counts < folds).tolist()]
-    if short:
-        raise UserError(
-            f"too few images for {folds}-fold label checking: class {', '.join(short[:5])} "
-            f"{'has' if len(short) == 1 else 'have'} fewer than {folds} readable train and val images; "
-            f"pass a smaller --folds (at least 2) or add images to {'that class' if len(short) == 1 else 'those classes'}"
-        )
+    return np.flatnonzero(counts >= folds)
+
+
+def _label_issues(
+    x: np.ndarray, labels: np.ndarray, learn: np.ndarray, classes: Sequence[str], folds: int, seed: int
+) -> tuple[list[tuple[int, int, float]], list[dict]]:
+    """((row, suggested class, score) most likely first; the classes left out): the label model on
+    the rows of the classes it can learn (label_classes), none when fewer than two are left."""
+    kept = label_classes(labels, learn, classes, folds)
+    counts = np.bincount(labels[learn], minlength=len(classes))
+    left_out = [{"class": classes[c], "images": int(counts[c])} for c in range(len(classes)) if c not in set(kept)]
+    if len(kept) < 2:
+        return [], left_out
+    rows = np.flatnonzero(np.isin(labels, kept))
+    index = np.full(len(classes), -1)
+    index[kept] = np.arange(len(kept))
+    found = label_issues(x[rows], index[labels[rows]], learn[rows], len(kept), folds, seed)
+    return [(int(rows[e.index]), int(kept[e.suggested]), e.score) for e in found], left_out
 
 
 def _named(img: Image, classes: Sequence[str]) -> dict:
@@ -123,18 +146,36 @@ def _named(img: Image, classes: Sequence[str]) -> dict:
 
 
 def _duplicate_groups(
-    images: Sequence[Image], digests: Sequence[str], unit: np.ndarray, featured: np.ndarray, threshold: float
+    images: Sequence[Image],
+    digests: Sequence[str],
+    unit: np.ndarray,
+    featured: np.ndarray,
+    pixels: np.ndarray,
+    threshold: float,
+    pixel_threshold: float,
 ) -> list[tuple[str, duplicates.Group]]:
-    """("exact" | "near", group of image indices): exact copies over every image; near copies over
-    the featured ones, from pairs that are not exact copies (those are the exact groups)."""
+    """("exact" | "near", group of image indices, weakest links (embeddings, pixels)): exact copies
+    over every image; near copies from the pairs whose pixel descriptors (a row per image) or
+    embeddings (a row per featured image) are close enough, but not exact copies (those are the
+    exact groups)."""
+    n = len(images)
     left, right = duplicates.exact_pairs(digests)
-    found = [("exact", g) for g in duplicates.groups(len(images), left, right, np.ones(len(left), np.float32))]
-    i, j, sims = duplicates.near_pairs(unit, threshold)
-    i, j = featured[i], featured[j]  # rows of the features -> images
-    differ = np.asarray([digests[a] != digests[b] for a, b in zip(i.tolist(), j.tolist(), strict=True)], dtype=bool)
-    if len(i):
-        found += [("near", g) for g in duplicates.groups(len(images), i[differ], j[differ], sims[differ])]
-    return found
+    found = [("exact", g) for g in duplicates.groups(n, left, right, np.ones((len(left), 2), np.float32))]
+    fi, fj, _ = duplicates.near_pairs(unit, threshold)
+    pi, pj, _ = duplicates.near_pairs(pixels, pixel_threshold)
+    pairs = np.unique(np.concatenate([featured[fi] * n + featured[fj], pi * n + pj]))  # i < j: rows ascend
+    i, j = pairs // n, pairs % n
+    keep = np.asarray([digests[a] != digests[b] for a, b in zip(i.tolist(), j.tolist(), strict=True)], dtype=bool)
+    i, j = i[keep], j[keep]
+    if not len(i):
+        return found
+    row = np.full(n, -1)
+    row[featured] = np.arange(len(featured))
+    both = (row[i] >= 0) & (row[j] >= 0)
+    by_features = np.where(both, np.einsum("kd,kd->k", unit[row[i]], unit[row[j]]), 0.0)
+    by_pixels = np.einsum("kd,kd->k", pixels[i], pixels[j])
+    sims = np.stack([by_features, by_pixels], axis=1)
+    return found + [("near", g) for g in duplicates.groups(n, i, j, sims)]
 
 
 def _outliers(
@@ -161,35 +202,58 @@ def check_features(
     featured: np.ndarray,
     classes: Sequence[str],
     *,
+    pixels: np.ndarray | None = None,
     folds: int = 5,
     near_threshold: float = duplicates.NEAR_AT,
+    pixel_threshold: float = duplicates.PIXEL_AT,
     seed: int = 0,
     limit: int = LIMIT,
 ) -> Findings:
     """The check on computed features: `images` (every image of the folder), their file `digests`,
-    and `features` for the images `featured` names (row k is images[featured[k]]; images that could
-    not be decoded have none)."""
+    `features` for the images `featured` names (row k is images[featured[k]]; images that could
+    not be decoded have none) and their `pixels` descriptors (pixel_hash.py: a row per image, zeros
+    for an unreadable one; None: near copies by embeddings only)."""
+    check_folds(folds)
     featured = np.asarray(featured, dtype=np.int64)
     labels = np.asarray([images[i].label for i in featured], dtype=np.int64)
     learn = np.asarray([images[i].split != "test" for i in featured], dtype=bool)
-    check_folds(labels, learn, classes, folds)
     x = np.asarray(features, dtype=np.float32).reshape(len(featured), -1)
+    if pixels is None:
+        pixels = np.zeros((len(images), 1), np.float32)
     clock = [time.perf_counter()]
     # 1. Likely label errors: a k-fold linear model on train and val; test only scored.
+    found_issues, left_out = _label_issues(x, labels, learn, classes, folds, seed)
     issues = [
-        {**_named(images[featured[e.index]], classes), "suggested": classes[e.suggested], "score": e.score}
-        for e in label_issues(x, labels, learn, len(classes), folds, seed)
+        {**_named(images[featured[r]], classes), "suggested": classes[suggested], "score": score}
+        for r, suggested, score in found_issues
     ]
     clock.append(time.perf_counter())
-    # 2. Duplicates: exact by content, near by cosine; groups across splits first.
+    # 2. Duplicates: exact by content, near by pixels or embeddings; groups across splits first.
     unit = duplicates.unit_rows(x)
     groups: list[dict[str, Any]] = []
-    for kind, g in _duplicate_groups(images, digests, unit, featured, near_threshold):
+    for kind, g in _duplicate_groups(
+        images, digests, unit, featured, np.asarray(pixels, np.float32), near_threshold, pixel_threshold
+    ):
         named = [_named(images[i], classes) for i in g.members]
         cross = len({images[i].split for i in g.members}) > 1
-        similarity = 1.0 if kind == "exact" else round(g.similarity, 4)
-        groups.append({"kind": kind, "cross_split": cross, "similarity": similarity, "images": named})
-    groups.sort(key=lambda d: (not d["cross_split"], d["kind"] != "exact", -d["similarity"], d["images"][0]["path"]))
+        similarity, pixel_similarity = (1.0, 1.0) if kind == "exact" else (round(v, 4) for v in g.weakest)
+        groups.append(
+            {
+                "kind": kind,
+                "cross_split": cross,
+                "similarity": similarity,
+                "pixel_similarity": pixel_similarity,
+                "images": named,
+            }
+        )
+    groups.sort(
+        key=lambda d: (
+            not d["cross_split"],
+            d["kind"] != "exact",
+            -max(d["similarity"], d["pixel_similarity"]),
+            d["images"][0]["path"],
+        )
+    )
     clock.append(time.perf_counter())
     # 3. Outliers: far from every class's centroid.
     flagged, scores = _outliers(unit, labels, learn, len(classes))
@@ -201,6 +265,7 @@ def check_features(
         outliers[:limit],
         {"label_issues": len(issues), "duplicates": len(groups), "outliers": len(outliers)},
         {k: round(b - a, 3) for k, a, b in zip(("label_issues", "duplicates", "outliers"), clock, clock[1:])},
+        left_out,
     )
 
 
@@ -250,6 +315,7 @@ def check_data(
     image_size: int | None = None,
     folds: int = 5,
     near_threshold: float = duplicates.NEAR_AT,
+    pixel_threshold: float = duplicates.PIXEL_AT,
     limit: int = LIMIT,
 ) -> DataCheck:
     """Check every image of `cfg.data` (the module docstring says what, and how); the features
@@ -260,8 +326,10 @@ def check_data(
             f"{cfg.backbone}; --in-channels {cfg.in_channels} --weights {cfg.weights} has none: "
             "check with --in-channels 3 and --weights imagenet"
         )
-    if not 0 < near_threshold <= 1:
-        raise UserError(f"--near-threshold {near_threshold:g}: give a cosine similarity above 0, up to 1")
+    for flag, value in (("--near-threshold", near_threshold), ("--pixel-threshold", pixel_threshold)):
+        if not 0 < value <= 1:
+            raise UserError(f"{flag} {value:g}: give a cosine similarity above 0, up to 1")
+    check_folds(folds)
     # The size the images are seen at, checked as a run's --image-size is (what the backbone takes).
     size = image_size or weights.native_size(cfg.backbone)
     cfg = make_config(**{**cfg.model_dump(), "image_size": size})
@@ -271,10 +339,9 @@ def check_data(
     index = scan_cache.scan_dataset(cfg.data)
     splits = split_dataset(index, cfg.val_fraction, cfg.train_fraction, cfg.split_seed, cfg.test_fraction)
     images = folder_images(splits)
-    labels = np.asarray([img.label for img in images], dtype=np.int64)
-    check_folds(labels, np.asarray([img.split != "test" for img in images]), splits.classes, folds)  # before any work
-    # 2. Every image's content digest, and its frozen features (the probe's cache).
+    # 2. Every image's content digest and pixel descriptor, and its frozen features (the probe's cache).
     digests = [duplicates.file_digest(img.path) for img in images]
+    pixels = pixel_hash.descriptors(decode_cache.DatasetRows.of(index), [img.path for img in images])
     x, featured, cache_state = image_features(cfg, images, index, size)
     computed = time.perf_counter()
     # 3. The check on them.
@@ -284,8 +351,10 @@ def check_data(
         x,
         featured,
         splits.classes,
+        pixels=pixels,
         folds=folds,
         near_threshold=near_threshold,
+        pixel_threshold=pixel_threshold,
         seed=cfg.seed,
         limit=limit,
     )
@@ -307,7 +376,9 @@ def check_data(
         skipped=folders.skipped_summary(index),
         unreadable=[_named(img, splits.classes) for i, img in enumerate(images) if i not in decoded],
         folds=folds,
+        label_classes_left_out=found.left_out,
         near_threshold=near_threshold,
+        pixel_threshold=pixel_threshold,
         seconds={
             "features": round(computed - started, 3),
             **found.seconds,

@@ -1,32 +1,39 @@
-"""Duplicates in a dataset: exact copies by content, near copies by the cosine of their embeddings.
+"""Duplicates in a dataset: exact copies by content; near copies by their pixels or their embeddings.
 
   - exact: the same bytes (a BLAKE2b digest of each file, `file_digest`), whatever the name;
-  - near: the cosine similarity of two images' L2-normalised frozen embeddings (the body's output
-    at the head input, data_probe.frozen_activations) at or above `NEAR_AT`.
+  - near, by pixels: the cosine similarity of two images' pixel descriptors (pixel_hash.py: the
+    lowest frequencies of the grey image's DCT, pHash's numbers) at or above `PIXEL_AT`: what
+    re-encoding, resizing, brightening and contrast leave in place;
+  - near, by embeddings: the cosine similarity of two images' L2-normalised frozen embeddings (the
+    body's output at the head input, data_probe.frozen_activations) at or above `NEAR_AT`: copies
+    the pixels no longer show (a crop, a flip, a heavier edit), and look-alikes.
+A pair is a near copy when either measure reaches its threshold.
 Pairs are found by normalised matrix products in blocks of rows (`near_pairs`: no Python loop over
 pairs; 10,000 x 1,280 features take a few seconds, bench/check_data.py), then joined into groups
-(connected components, `groups`): a group's `similarity` is its weakest link.
+(connected components, `groups`): a group's similarities are its weakest links.
 
-NEAR_AT, calibrated on the demo data (`python bench/check_data.py --calibrate`): 300 images of each
-set (30 a class, 96 px PNGs), each copied four ways, seen as the check sees them (efficientnet_lite0,
-ImageNet weights, 224 px): the share of the copies at or above a threshold, and how many of the
-4,350 pairs of DISTINCT images of one class are:
-  animals  JPEG q75  JPEG q50  +10% bright  +20% bright   distinct pairs at or above
+Both thresholds are calibrated on the demo data (`python bench/check_data.py --calibrate`): 300 images
+of each set (30 a class, 96 px PNGs), each copied four ways (JPEG quality 75 and 50, 10% and 20%
+brighter), seen as the check sees them (efficientnet_lite0, ImageNet weights, 224 px for the
+embeddings): the share of the copies at or above a threshold, and how many of the 44,850 pairs of
+distinct images (any class) are.
+PIXEL_AT = 0.993 (pixel_hash.py's table): every copy of the four kinds and of three more (20%
+darker, contrast +20%, 3/4 size) is found in both sets: the lowest copy is at 0.995 (+20% bright,
+digits), the highest pair of distinct images at 0.990 (animals) and 0.982 (digits).
+NEAR_AT = 0.95, on the embeddings alone (animals):
+            JPEG q75  JPEG q50  +10% bright  +20% bright   distinct same-class pairs at or above (of 4,350)
     0.93     96%       90%        99%          95%          25
     0.94     90%       78%        98%          92%           7
     0.95     82%       62%        96%          85%           1 (the highest: 0.950)
     0.96     64%       40%        93%          72%           0
-  (the lowest copy: 0.860, +20% bright; 0.892, JPEG q75.)
-NEAR_AT = 0.95: nearly every slightly brightened copy and 4 in 5 re-encoded ones are found, and
-all but 1 of 4,350 distinct same-class pairs are not. At 0.94 the distinct look-alikes start to
-chain: in tests/test_data_check.py's folder, six different bear silhouettes in one pose joined one
-group at 0.941 (its planted copies: 0.979 brightened, 0.962 re-encoded).
-  digits (8x8 scans upscaled 12x) cannot be calibrated this way: distinct images of one digit differ
-  by a few of their 64 pixels and reach 0.983, above most of their copies (at 0.95: JPEG q75 99%,
-  q50 17%, +10% 82%, +20% 20% found, and 283 of 4,350 distinct pairs above). On images that small,
-  near copies are look-alikes as much as copies; exact copies are still exact.
+  At 0.94 the distinct look-alikes start to chain: in tests/test_data_check.py's folder, six
+  different bear silhouettes in one pose joined one group at 0.941.
+  digits (8x8 scans upscaled 12x) cannot be calibrated this way on embeddings: distinct images of
+  one digit reach 0.983, above most of their copies (283 of 4,350 distinct pairs at or above 0.95).
+  On images that small, near copies by embeddings are look-alikes as much as copies; their pixels
+  still tell copies apart (above).
 Photos share less than silhouettes on a flat background, so distinct photos sit lower; lower
---near-threshold to catch heavier edits (0.93: 9 in 10 q50 re-encodes), raise it for bursts.
+--near-threshold to catch heavier edits, raise it (or --pixel-threshold) for bursts.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 
 NEAR_AT = 0.95  # cosine similarity of L2-normalised embeddings: a near copy at or above it (module docstring)
+PIXEL_AT = 0.993  # cosine similarity of pixel descriptors (pixel_hash.py): a copy at or above it (module docstring)
 BLOCK_ROWS = 1024  # rows per matrix product: 1,024 x 10,000 float32 similarities are 40 MB
 _READ_BYTES = 1 << 20
 
@@ -96,15 +104,18 @@ def near_pairs(
 
 @dataclass
 class Group:
-    """Items joined by pairs: their indices (ascending) and the lowest similarity among the pairs that joined them."""
+    """Items joined by pairs: their indices (ascending) and, for each measure of the pairs, the lowest
+    value among the pairs that joined them (its weakest link)."""
 
     members: list[int]
-    similarity: float
+    weakest: tuple[float, ...]
 
 
 def groups(n: int, left: np.ndarray, right: np.ndarray, sims: np.ndarray) -> list[Group]:
     """Connected components of more than one item over the pairs (left[k], right[k]) of `n` items,
-    each with its weakest link (union-find, path halving)."""
+    each with its weakest link in each column of `sims` (one row a pair; union-find, path halving)."""
+    sims = np.asarray(sims, dtype=np.float64)
+    sims = sims.reshape(len(left), -1) if sims.ndim < 2 else sims
     parent = np.arange(n)
 
     def root(a: int) -> int:
@@ -117,11 +128,11 @@ def groups(n: int, left: np.ndarray, right: np.ndarray, sims: np.ndarray) -> lis
         ra, rb = root(a), root(b)
         if ra != rb:
             parent[max(ra, rb)] = min(ra, rb)
-    weakest: dict[int, float] = {}
+    weakest: dict[int, np.ndarray] = {}
     members: dict[int, list[int]] = {}
-    for a, s in zip(left.tolist(), sims.tolist(), strict=True):
+    for a, s in zip(left.tolist(), sims, strict=True):
         r = root(a)
-        weakest[r] = min(weakest.get(r, 1.0), float(s))
+        weakest[r] = np.minimum(weakest[r], s) if r in weakest else s
     for a in sorted(set(left.tolist()) | set(right.tolist())):
         members.setdefault(root(a), []).append(a)
-    return [Group(m, weakest[r]) for r, m in sorted(members.items()) if len(m) > 1]
+    return [Group(m, tuple(float(v) for v in weakest[r])) for r, m in sorted(members.items()) if len(m) > 1]

@@ -31,7 +31,13 @@ SHOWN = 10  # findings of each kind printed as text (--json has them all)
 @command("check-data")
 def cmd_check_data(args) -> int:
     found = service.check_data(
-        service.open_store(args.db), _config(args), args.check_image_size, args.folds, args.near_threshold, args.job
+        service.open_store(args.db),
+        _config(args),
+        args.check_image_size,
+        args.folds,
+        args.near_threshold,
+        args.job,
+        args.pixel_threshold,
     )
     _out(args, found, _check_text(found))
     return 0
@@ -48,11 +54,12 @@ def _check_text(c: dict) -> str:
         f"imbalance: {imb['ratio']:g} ({imb['largest']} the largest class, {imb['smallest']} the smallest)",
         f"{c['found']['label_issues']} likely label error(s), most likely first (score: the out-of-sample "
         f"probability of its label; {c['folds']}-fold):",
+        _left_out(c),
         _table(c["label_issues"][:SHOWN], ["path", "split", "label", "suggested", "score"]),
-        f"{c['found']['duplicates']} group(s) of duplicates, {leaks} across splits (a leak; near: cosine >= "
-        f"{c['near_threshold']:g}):",
+        f"{c['found']['duplicates']} group(s) of duplicates, {leaks} across splits (a leak; near: pixels' cosine "
+        f">= {c['pixel_threshold']:g} or embeddings' >= {c['near_threshold']:g}):",
         *[
-            f"  {g['kind']} {g['similarity']:.3f}{' ACROSS SPLITS' if g['cross_split'] else ''}: "
+            f"  {g['kind']} {_similarities(g)}{' ACROSS SPLITS' if g['cross_split'] else ''}: "
             + ", ".join(f"{i['path']} ({i['split']}, {i['label']})" for i in g["images"])
             for g in c["duplicates"][:SHOWN]
         ],
@@ -61,6 +68,23 @@ def _check_text(c: dict) -> str:
         f"{c['skipped']['count']} file(s) skipped by the scan, {len(c['unreadable'])} unreadable (--json lists them)",
     ]
     return "\n".join(line for line in lines if line)
+
+
+def _left_out(c: dict) -> str:
+    """The classes the label model left out, and what to do, or ''."""
+    if not (out := c.get("label_classes_left_out")):
+        return ""
+    names = ", ".join(f"{o['class']!r} ({o['images']})" for o in out)
+    return (
+        f"  not checked for label errors: class {names}: fewer train and val images than the {c['folds']} folds "
+        "(add images, or pass a smaller --folds, at least 2)"
+    )
+
+
+def _similarities(g: dict) -> str:
+    if g["kind"] == "exact":
+        return "(same bytes)"
+    return f"(pixels {g['pixel_similarity']:.3f}, embeddings {g['similarity']:.3f})"
 
 
 @command("lr-find")

@@ -12,7 +12,7 @@ from typing import Any
 from ..config import RunConfig, choices, make_config
 from ..data.demo import DATASETS  # numpy and PIL only, loaded by the service already
 from ..service.exclusions import EXCLUDE_FILE_HELP
-from ..service.measure import CHECK_NOT_FLAGS, NEAR_AT, RANK_NOT_FLAGS
+from ..service.measure import CHECK_NOT_FLAGS, NEAR_AT, PIXEL_AT, RANK_NOT_FLAGS
 from ..store.store import default_db_url
 
 # Short help for the run flags; the rest read well from their names or their field's description.
@@ -179,7 +179,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=NEAR_AT,
         help=f"cosine similarity of two images' embeddings from which they are near copies (default {NEAR_AT}, "
-        "calibrated on the demo data: re-encoded and brightened copies above, distinct images below)",
+        "calibrated on the demo data: most re-encoded and brightened copies above, distinct images below)",
+    )
+    p.add_argument(
+        "--pixel-threshold",
+        type=float,
+        default=PIXEL_AT,
+        help=f"cosine similarity of two images' pixel descriptors (their grey image's lowest DCT frequencies) from "
+        f"which they are near copies (default {PIXEL_AT}, calibrated on the demo data: every re-encoded, resized, "
+        "brightened copy above, distinct images below)",
     )
     p.add_argument("--job", help=argparse.SUPPRESS)
 

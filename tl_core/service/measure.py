@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from scipy import stats as scistats
 
-from ..analysis.duplicates import NEAR_AT  # numpy only: the threshold the CLI's help states
+from ..analysis.duplicates import NEAR_AT, PIXEL_AT  # numpy only: the thresholds the CLI's help states
 from ..config import RunConfig
 from ..store import Run, Store
 from ..training.strategies import get_strategy
@@ -48,13 +48,16 @@ def check_data(
     folds: int = 5,
     near_threshold: float = NEAR_AT,
     job: str | None = None,
+    pixel_threshold: float = PIXEL_AT,
 ) -> dict:
     """Likely label errors, duplicates and leaks across splits, class counts and imbalance,
     unreadable files and outliers of every image of cfg.data, train, val and test
     (analysis/data_check.py). Stored as a "data_check" artifact of cfg.experiment."""
     from ..analysis.data_check import check_data as check  # torch: only what measures imports it
 
-    found = check(cfg, image_size=image_size, folds=folds, near_threshold=near_threshold)
+    found = check(
+        cfg, image_size=image_size, folds=folds, near_threshold=near_threshold, pixel_threshold=pixel_threshold
+    )
     result = {**found.to_dict(), "job": job}
     store.add_artifact(cfg.experiment, DATA_CHECK, result)
     return result
