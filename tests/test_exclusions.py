@@ -8,18 +8,23 @@ buttons add and undo entries, and the error galleries' mark on images the check 
 from __future__ import annotations
 
 import json
+import shutil
+import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from tl_core import service
+from tl_core.analysis import duplicates
 from tl_core.cli import main
 from tl_core.config import RunConfig, make_config
 from tl_core.data import exclusions, folders
 from tl_core.data.splits import split_dataset, split_fingerprint
 from tl_core.errors import UserError
-from tl_core.service import findings
+from tl_core.service import findings, jobs
 from tl_core.store import Prediction
+from tl_core.store.run_folders import job_log
 from ui import data_check
 
 from .test_app import demo_root, env, make_run, no_exception, page  # noqa: F401  (fixtures)
@@ -252,6 +257,38 @@ def test_new_run_shows_a_stored_check_and_its_buttons_add_and_undo_exclusions(en
     at = no_exception(at.button(key="launch").click().run())
     (run,) = env.list_runs()
     assert run.config["exclude"] == [{"path": second, "action": "relabel", "to": "bird"}]
+
+
+@pytest.mark.slow  # the job's process computes the demo folder's features at 224 px (~15 s on 2 cores)
+def test_check_the_data_on_new_run_is_a_job_whose_findings_the_page_then_shows(env, demo_root, tmp_path, monkeypatch):
+    # The demo folder with a copy made in it: a cat re-encoded as a JPEG under another name.
+    shutil.copytree(demo_root / "animals", tmp_path / "data" / "animals")
+    monkeypatch.setenv("TL_DATA_ROOTS", str(tmp_path / "data"))
+    data = str((tmp_path / "data" / "animals").resolve())
+    cat = _images(data, "cat")
+    Image.open(cat[0]).convert("RGB").save(Path(data) / "cat" / "leak.jpg", quality=75)
+    at = no_exception(page("new_run.py").run())
+    assert any("No check of this folder yet" in c.value for c in at.caption)
+    at = no_exception(at.button(key="check_data").click().run())
+    job = at.session_state[data_check.JOB]
+    assert job.command == "check-data" and "--image-size" not in job.args
+    deadline = time.monotonic() + 300
+    while jobs.result(env, job) is None and time.monotonic() < deadline:
+        assert jobs.failure(env, job) is None, job_log(job.id).read_text()
+        time.sleep(1)
+    found = jobs.result(env, job)
+    assert found is not None and found["data"] == data and found["image_size"] == 224
+    copy = next(g for g in found["duplicates"] if {cat[0], str(Path(data) / "cat" / "leak.jpg")} <= _paths(g))
+    assert copy["kind"] == "near" and copy["pixel_similarity"] >= duplicates.PIXEL_AT
+    at = no_exception(page("new_run.py").run())
+    tabs = [t.label for t in at.tabs]
+    assert f"Likely label errors ({found['found']['label_issues']})" in tabs
+    assert any(t.startswith(f"Duplicates ({found['found']['duplicates']} groups") for t in tabs)
+    assert any("pixels 0.99" in m.value or "pixels 1.000" in m.value for m in at.markdown)
+
+
+def _paths(group: dict) -> set[str]:
+    return {str(Path(i["path"])) for i in group["images"]}
 
 
 def test_the_error_galleries_mark_the_images_every_run_gets_wrong_that_the_check_flagged(env, demo_root):

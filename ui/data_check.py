@@ -48,7 +48,7 @@ def section(store: Store, data_path: str, settings: dict) -> None:
         key="check_data",
         disabled=findings.CHECK not in jobs.KINDS or (started is not None and jobs.result(store, started) is None),
         help="A job: a k-fold linear model on cached frozen features ranks likely label errors (cleanlab), "
-        "embeddings find near and exact copies, distance to every class finds outliers",
+        "content hashes find exact copies, pixels and embeddings near ones, distance to every class finds outliers",
     ):
         try:
             st.session_state[JOB] = jobs.start(store, findings.CHECK, make_config(data=data_path, **settings))
