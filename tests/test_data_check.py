@@ -140,6 +140,7 @@ def test_near_copies_are_found_above_the_threshold_and_distinct_images_are_not(c
     for pair in planted:
         group = next(g for g in near if pair <= {i["path"] for i in g["images"]})
         assert group["cross_split"] and group["pixel_similarity"] >= duplicates.PIXEL_AT == found["pixel_threshold"]
+        assert "pixels" in group["by"]
         assert found["near_threshold"] == duplicates.NEAR_AT
     # Nothing else: no two distinct images of a class (nor of two classes) are called near copies.
     assert sorted(map(sorted, ({i["path"] for i in g["images"]} for g in near))) == sorted(map(sorted, planted))
@@ -150,7 +151,7 @@ def test_the_json_answer_has_the_agreed_shape_and_is_stored_with_the_experiment(
     found, faults, tmp = checked
     assert {"label_issues", "duplicates", "outliers", "counts", "imbalance", "skipped", "unreadable"} <= set(found)
     assert set(found["label_issues"][0]) == {"path", "split", "label", "suggested", "score"}
-    assert set(found["duplicates"][0]) == {"kind", "cross_split", "similarity", "pixel_similarity", "images"}
+    assert set(found["duplicates"][0]) == {"kind", "by", "cross_split", "similarity", "pixel_similarity", "images"}
     assert set(found["duplicates"][0]["images"][0]) == {"path", "split", "label"}
     assert set(found["outliers"][0]) == {"path", "split", "label", "score"}
     # The noise image is the farthest from every class; the empty file was skipped by the scan.
@@ -248,5 +249,13 @@ def test_near_copies_by_pixels_join_what_the_embeddings_miss_and_report_both_sim
     unit = duplicates.unit_rows(x)
     assert group["similarity"] == pytest.approx(float(unit[2] @ unit[7]), abs=1e-4)
     assert group["similarity"] < duplicates.NEAR_AT
+    assert group["by"] == ["pixels"] and found.found["look_alikes"] == 0
     # Without the pixels, the embeddings alone see no copy here.
     assert data_check.check_features(images, digests, x, np.arange(20), ["a", "b"], folds=2).duplicates == []
+    # Two images whose embeddings alone are close: a look-alike, after the copies.
+    x[12] = x[3] + 0.001
+    found = data_check.check_features(images, digests, x, np.arange(20), ["a", "b"], pixels=pixels, folds=2)
+    assert [g["by"] for g in found.duplicates] == [["pixels"], ["embeddings"]] and found.found["look_alikes"] == 1
+    alike = found.duplicates[1]
+    assert [i["path"] for i in alike["images"]] == [images[3].path, images[12].path]
+    assert alike["similarity"] >= duplicates.NEAR_AT > alike["pixel_similarity"]

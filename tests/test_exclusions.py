@@ -326,3 +326,17 @@ def test_the_error_galleries_mark_the_images_every_run_gets_wrong_that_the_check
     at.query_params["run"] = str(runs[0].id)
     at = no_exception(at.run())
     assert sum("flagged by the data check" in c.value for c in at.caption) == 1
+
+
+def test_the_flags_tell_a_copy_from_a_look_alike_by_embeddings_alone(tmp_path):
+    root = str(tmp_path)
+
+    def group(by: list[str], *names: str) -> dict:
+        images = [{"path": str(tmp_path / n), "split": s, "label": "cat"} for n, s in zip(names, ("train", "test"))]
+        return {"kind": "near", "by": by, "cross_split": True, "images": images}
+
+    said = findings.flags(
+        {"duplicates": [group(["pixels"], "a.png", "b.png"), group(["embeddings"], "c.png", "d.png")]}, root
+    )
+    assert said["b.png"] == ["near duplicate of 1 other image(s) across splits (a leak)"]
+    assert said["c.png"] == ["look-alike (embeddings) of 1 other image(s) across splits (a leak if one picture)"]

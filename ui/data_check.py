@@ -92,8 +92,14 @@ def _findings(store: Store, data_path: str, check: dict, excluded: dict[str, Exc
     with tabs[1]:
         shown = _shown("dup_groups", len(groups))
         for n, group in enumerate(groups[:shown]):
-            leak = " · :red[across splits: a leak]" if group.get("cross_split") else ""
-            st.markdown(f"**{group.get('kind', 'near')} copies** · {_similarity(group)}{leak}")
+            alike = group.get("by") == ["embeddings"]  # not a copy by its bytes or pixels
+            leak = (
+                (" · :orange[across splits: a leak if one picture]" if alike else " · :red[across splits: a leak]")
+                if group.get("cross_split")
+                else ""
+            )
+            what = "look-alikes (embeddings alone)" if alike else f"{group.get('kind', 'near')} copies"
+            st.markdown(f"**{what}** · {_similarity(group)}{leak}")
             _row(group["images"], f"dup{n}", act, lambda i: f"{i['split']} · {i['label']}", "a duplicate")
         _more("dup_groups", shown, len(groups))
     with tabs[2]:

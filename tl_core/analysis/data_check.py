@@ -12,9 +12,12 @@ would use (its split seed, val and test fractions: train, val AND test), and rep
   - duplicates: groups of exact copies (the same bytes) and near copies (the cosine similarity of
     the images' pixel descriptors at or above duplicates.PIXEL_AT, pixel_hash.py; or of their
     L2-normalised embeddings at or above duplicates.NEAR_AT; both calibrated in duplicates.py),
-    each {"kind": "exact"|"near", "cross_split", "similarity" (embeddings), "pixel_similarity",
-    "images": [{"path", "split", "label"}]}, the similarities the group's weakest links;
-    groups spanning splits first (a leak: the same picture trained on and scored on);
+    each {"kind": "exact"|"near", "by", "cross_split", "similarity" (embeddings), "pixel_similarity",
+    "images": [{"path", "split", "label"}]}, the similarities the group's weakest links, `by` what
+    found it ("bytes"; "pixels" and/or "embeddings"); groups spanning splits first (a leak: the same
+    picture trained on and scored on). A group `by` ["embeddings"] alone is a look-alike (found
+    counts them, `look_alikes`): a copy edited past its pixels (a crop, a flip), or two pictures of
+    one scene, or, on small simple images, distinct images of a class (duplicates.py);
   - class counts per split and the imbalance (largest class over smallest, the whole folder);
   - the files the scan skipped and why (folders.py, as `dataset` reports them) and the images that
     could not be decoded (`unreadable`);
@@ -145,37 +148,35 @@ def _named(img: Image, classes: Sequence[str]) -> dict:
     return {"path": img.path, "split": img.split, "label": classes[img.label]}
 
 
-def _duplicate_groups(
-    images: Sequence[Image],
-    digests: Sequence[str],
-    unit: np.ndarray,
-    featured: np.ndarray,
-    pixels: np.ndarray,
-    threshold: float,
-    pixel_threshold: float,
-) -> list[tuple[str, duplicates.Group]]:
-    """("exact" | "near", group of image indices, weakest links (embeddings, pixels)): exact copies
-    over every image; near copies from the pairs whose pixel descriptors (a row per image) or
-    embeddings (a row per featured image) are close enough, but not exact copies (those are the
-    exact groups)."""
-    n = len(images)
-    left, right = duplicates.exact_pairs(digests)
-    found = [("exact", g) for g in duplicates.groups(n, left, right, np.ones((len(left), 2), np.float32))]
-    fi, fj, _ = duplicates.near_pairs(unit, threshold)
-    pi, pj, _ = duplicates.near_pairs(pixels, pixel_threshold)
-    pairs = np.unique(np.concatenate([featured[fi] * n + featured[fj], pi * n + pj]))  # i < j: rows ascend
-    i, j = pairs // n, pairs % n
-    keep = np.asarray([digests[a] != digests[b] for a, b in zip(i.tolist(), j.tolist(), strict=True)], dtype=bool)
-    i, j = i[keep], j[keep]
-    if not len(i):
-        return found
-    row = np.full(n, -1)
-    row[featured] = np.arange(len(featured))
-    both = (row[i] >= 0) & (row[j] >= 0)
-    by_features = np.where(both, np.einsum("kd,kd->k", unit[row[i]], unit[row[j]]), 0.0)
-    by_pixels = np.einsum("kd,kd->k", pixels[i], pixels[j])
-    sims = np.stack([by_features, by_pixels], axis=1)
-    return found + [("near", g) for g in duplicates.groups(n, i, j, sims)]
+def _duplicates(
+    images: Sequence[Image], classes: Sequence[str], groups: list[duplicates.Found]
+) -> list[dict[str, Any]]:
+    """The groups as the JSON has them: leaks across splits first, then exact copies, then copies by
+    their pixels, then look-alikes by their embeddings alone, the closest first."""
+    out: list[dict[str, Any]] = []
+    for f in groups:
+        kind, g, by = f.kind, f.group, f.by
+        similarity, pixel_similarity = (1.0, 1.0) if kind == "exact" else (round(v, 4) for v in g.weakest)
+        out.append(
+            {
+                "kind": kind,
+                "by": by,
+                "cross_split": len({images[i].split for i in g.members}) > 1,
+                "similarity": similarity,
+                "pixel_similarity": pixel_similarity,
+                "images": [_named(images[i], classes) for i in g.members],
+            }
+        )
+    out.sort(
+        key=lambda d: (
+            not d["cross_split"],
+            d["kind"] != "exact",
+            d["by"] == ["embeddings"],
+            -max(d["similarity"], d["pixel_similarity"]),
+            d["images"][0]["path"],
+        )
+    )
+    return out
 
 
 def _outliers(
@@ -230,29 +231,9 @@ def check_features(
     clock.append(time.perf_counter())
     # 2. Duplicates: exact by content, near by pixels or embeddings; groups across splits first.
     unit = duplicates.unit_rows(x)
-    groups: list[dict[str, Any]] = []
-    for kind, g in _duplicate_groups(
-        images, digests, unit, featured, np.asarray(pixels, np.float32), near_threshold, pixel_threshold
-    ):
-        named = [_named(images[i], classes) for i in g.members]
-        cross = len({images[i].split for i in g.members}) > 1
-        similarity, pixel_similarity = (1.0, 1.0) if kind == "exact" else (round(v, 4) for v in g.weakest)
-        groups.append(
-            {
-                "kind": kind,
-                "cross_split": cross,
-                "similarity": similarity,
-                "pixel_similarity": pixel_similarity,
-                "images": named,
-            }
-        )
-    groups.sort(
-        key=lambda d: (
-            not d["cross_split"],
-            d["kind"] != "exact",
-            -max(d["similarity"], d["pixel_similarity"]),
-            d["images"][0]["path"],
-        )
+    pixels = np.asarray(pixels, np.float32)
+    groups = _duplicates(
+        images, classes, duplicates.find(digests, unit, featured, pixels, near_threshold, pixel_threshold)
     )
     clock.append(time.perf_counter())
     # 3. Outliers: far from every class's centroid.
@@ -263,7 +244,12 @@ def check_features(
         issues[:limit],
         groups[:limit],
         outliers[:limit],
-        {"label_issues": len(issues), "duplicates": len(groups), "outliers": len(outliers)},
+        {
+            "label_issues": len(issues),
+            "duplicates": len(groups),
+            "look_alikes": sum(g["by"] == ["embeddings"] for g in groups),
+            "outliers": len(outliers),
+        },
         {k: round(b - a, 3) for k, a, b in zip(("label_issues", "duplicates", "outliers"), clock, clock[1:])},
         left_out,
     )

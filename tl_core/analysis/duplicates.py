@@ -140,3 +140,54 @@ def groups(n: int, left: np.ndarray, right: np.ndarray, sims: np.ndarray) -> lis
     for a in sorted(set(left.tolist()) | set(right.tolist())):
         members.setdefault(root(a), []).append(a)
     return [Group(m, tuple(float(v) for v in weakest[r])) for r, m in sorted(members.items()) if len(m) > 1]
+
+
+@dataclass
+class Found:
+    """A group of copies: "exact" | "near", its images and weakest links (embeddings, pixels), and
+    what found it: ["bytes"], or "embeddings" and/or "pixels" (a pair of it at or above that threshold)."""
+
+    kind: str
+    group: Group
+    by: list[str]
+
+
+def find(
+    digests: Sequence[str],
+    unit: np.ndarray,
+    featured: np.ndarray,
+    pixels: np.ndarray,
+    threshold: float,
+    pixel_threshold: float,
+) -> list[Found]:
+    """The groups of copies among the images whose file `digests` are given: exact copies over every
+    image; near copies from the pairs whose pixel descriptors (`pixels`, L2-normalised, a row per
+    image) or embeddings (`unit`, L2-normalised, row k that of image featured[k]) are at or above
+    their threshold, but not exact copies (those are the exact groups). Each group with its weakest
+    links (embeddings, pixels) and what found it."""
+    n = len(digests)
+    left, right = exact_pairs(digests)
+    ones = np.ones((len(left), 2), np.float32)
+    found = [Found("exact", g, ["bytes"]) for g in groups(n, left, right, ones)]
+    fi, fj, _ = near_pairs(unit, threshold)
+    pi, pj, _ = near_pairs(pixels, pixel_threshold)
+    pairs = np.unique(np.concatenate([featured[fi] * n + featured[fj], pi * n + pj]))  # i < j: rows ascend
+    i, j = pairs // n, pairs % n
+    keep = np.asarray([digests[a] != digests[b] for a, b in zip(i.tolist(), j.tolist(), strict=True)], dtype=bool)
+    i, j = i[keep], j[keep]
+    if not len(i):
+        return found
+    row = np.full(n, -1)
+    row[featured] = np.arange(len(featured))
+    both = (row[i] >= 0) & (row[j] >= 0)
+    by_features = np.where(both, np.einsum("kd,kd->k", unit[row[i]], unit[row[j]]), 0.0)
+    by_pixels = np.einsum("kd,kd->k", pixels[i], pixels[j])
+    for g in groups(n, i, j, np.stack([by_features, by_pixels], axis=1)):
+        inside = np.isin(i, g.members)  # the pairs that joined it
+        by = [
+            m
+            for m, s, t in (("embeddings", by_features, threshold), ("pixels", by_pixels, pixel_threshold))
+            if (s[inside] >= t).any()
+        ]
+        found.append(Found("near", g, by))
+    return found

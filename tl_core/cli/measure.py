@@ -57,7 +57,9 @@ def _check_text(c: dict) -> str:
         _left_out(c),
         _table(c["label_issues"][:SHOWN], ["path", "split", "label", "suggested", "score"]),
         f"{c['found']['duplicates']} group(s) of duplicates, {leaks} across splits (a leak; near: pixels' cosine "
-        f">= {c['pixel_threshold']:g} or embeddings' >= {c['near_threshold']:g}):",
+        f">= {c['pixel_threshold']:g} or embeddings' >= {c['near_threshold']:g}; "
+        f"{c['found'].get('look_alikes', 0)} by embeddings alone: look-alikes, copies only if edited past their "
+        "pixels):",
         *[
             f"  {g['kind']} {_similarities(g)}{' ACROSS SPLITS' if g['cross_split'] else ''}: "
             + ", ".join(f"{i['path']} ({i['split']}, {i['label']})" for i in g["images"])
@@ -84,7 +86,8 @@ def _left_out(c: dict) -> str:
 def _similarities(g: dict) -> str:
     if g["kind"] == "exact":
         return "(same bytes)"
-    return f"(pixels {g['pixel_similarity']:.3f}, embeddings {g['similarity']:.3f})"
+    what = "look-alikes, by embeddings alone" if g.get("by") == ["embeddings"] else "copies"
+    return f"{what} (pixels {g['pixel_similarity']:.3f}, embeddings {g['similarity']:.3f})"
 
 
 @command("lr-find")

@@ -64,10 +64,12 @@ def flags(check: dict, data: str) -> dict[str, list[str]]:
             f" (score {float(issue.get('score', 0)):.2f})",
         )
     for group in check.get("duplicates", []):
-        where = " across splits (a leak)" if group.get("cross_split") else ""
+        alike = group.get("by") == ["embeddings"]  # not a copy by its bytes or pixels: a look-alike
+        leak = " (a leak if one picture)" if alike else " (a leak)"
+        where = f" across splits{leak}" if group.get("cross_split") else ""
+        what = "look-alike (embeddings)" if alike else f"{group.get('kind', 'near')} duplicate"
         for image in group.get("images", []):
-            others = len(group["images"]) - 1
-            say(image["path"], f"{group.get('kind', 'near')} duplicate of {others} other image(s){where}")
+            say(image["path"], f"{what} of {len(group['images']) - 1} other image(s){where}")
     for outlier in check.get("outliers", []):
         say(outlier["path"], f"outlier: far from every class (score {float(outlier.get('score', 0)):.2f})")
     return out
