@@ -36,8 +36,11 @@ def strategy_table() -> list[dict]:
 
 
 @st.cache_data(show_spinner="Scanning the dataset…", ttl=60)
-def dataset_report(path: str, val_fraction: float, split_seed: int, test_fraction: float) -> dict:
-    return service.dataset_report(path, val_fraction, split_seed, test_fraction)
+def dataset_report(
+    path: str, val_fraction: float, split_seed: int, test_fraction: float, exclude: tuple[tuple, ...] = ()
+) -> dict:
+    entries = [{"path": p, "action": a, "to": to} for p, a, to in exclude]
+    return service.dataset_report(path, val_fraction, split_seed, test_fraction, entries)
 
 
 @st.cache_data(show_spinner=False, ttl=60)
@@ -88,6 +91,7 @@ else:
             st.session_state.get("val_fraction", default("val_fraction")),
             int(st.session_state.get("split_seed", default("split_seed"))),
             st.session_state.get("test_fraction", default("test_fraction")),
+            tuple((e.path, e.action, e.to) for e in service.list_exclusions(session.store(), data_path)),
         )
     except UserError as e:
         st.error(fmt.form_message(e), icon=":material/folder_off:")
@@ -107,6 +111,12 @@ if report:
         "chosen on val (a test/ folder, or Test fraction in 5 · Training)",
     )
     m[4].metric("Median image size", "×".join(str(v) for v in report["image_size"]["median"]))
+    if (applied := report["applied"])["excluded"] or applied["relabelled"]:
+        st.caption(
+            f"Counted as the runs you queue will split it: without the {len(applied['excluded'])} excluded "
+            f"images, with the {len(applied['relabelled'])} moved ones in their new class (the exclusion list, "
+            "in Check the data below)."
+        )
     if not report["test_images"]:
         st.caption(
             "No test split: runs are chosen and reported on val alone. Add a test/ folder, or a Test "

@@ -248,6 +248,11 @@ def test_new_run_shows_a_stored_check_and_its_buttons_add_and_undo_exclusions(en
     assert listed == {first: ("exclude", None), second: ("relabel", "bird"), outlier: ("exclude", None)}
     assert service.list_exclusions(env, data)[0].note.startswith("the check: ")
     assert any(e.label == "Excluded images (3)" for e in at.expander)
+    # The counts above are the runs' to be: two images fewer, one moved.
+    at = no_exception(at.run())
+    counted = {m.label: int(m.value) for m in at.metric if m.label in ("Train images", "Val images", "Test images")}
+    assert sum(counted.values()) == len(folders.scan_dataset(data).items["all"]) - 2
+    assert any("without the 2 excluded images, with the 1 moved ones" in c.value for c in at.caption)
 
     # Undo, from the image's own button and from the list; the plan's runs take the list as it is.
     at = no_exception(at.button(key=f"undo_issues_{data_check._digest(first)}").click().run())

@@ -213,11 +213,16 @@ def split_fingerprint(splits: Splits) -> str:
 
 
 def dataset_report(
-    root: str | os.PathLike, val_fraction: float = 0.2, seed: int = 0, test_fraction: float = 0.0
+    root: str | os.PathLike,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    test_fraction: float = 0.0,
+    exclude: Sequence[Exclusion] = (),
 ) -> dict:
-    """Classes, images per class per split (train, val, test), image sizes, skipped files: for the CLI and UI."""
+    """Classes, images per class per split (train, val, test), image sizes, skipped files: for the CLI and UI.
+    With `exclude`, the counts are those a run with these exclusions splits (what was applied: `applied`)."""
     index = scan_dataset(root)
-    splits = split_dataset(index, val_fraction=val_fraction, seed=seed, test_fraction=test_fraction)
+    splits = split_dataset(index, val_fraction=val_fraction, seed=seed, test_fraction=test_fraction, exclude=exclude)
     counts = {
         name: Counter(it.label for it in items)
         for name, items in (("train", splits.train), ("val", splits.val), ("test", splits.test))
@@ -257,4 +262,5 @@ def dataset_report(
         },
         "skipped": [{"path": p, "reason": r} for p, r in index.skipped],
         "warnings": warnings,
+        "applied": splits.applied.to_dict(),
     }

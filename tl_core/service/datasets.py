@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from .. import settings
 from ..data import folders, splits
+from ..data.exclusions import Exclusion
 from ..errors import UserError
 
 
@@ -41,10 +42,18 @@ def resolve_data_path(path: str, roots: Iterable[Path]) -> str:
     return str(real)
 
 
-def dataset_report(path: str, val_fraction: float = 0.2, split_seed: int = 0, test_fraction: float = 0.0) -> dict:
+def dataset_report(
+    path: str,
+    val_fraction: float = 0.2,
+    split_seed: int = 0,
+    test_fraction: float = 0.0,
+    exclude: Sequence[dict] = (),
+) -> dict:
     """Classes, images per class per split (train, val, test), sizes, skipped files and warnings
-    (UserError if unusable)."""
-    return splits.dataset_report(path, val_fraction, split_seed, test_fraction)
+    (UserError if unusable); with `exclude` (entries {path, action, to}: the dataset's exclusion
+    list), as a run with them splits the folder."""
+    entries = [Exclusion(**e) for e in exclude]
+    return splits.dataset_report(path, val_fraction, split_seed, test_fraction, entries)
 
 
 def sample_images(path: str, per_class: int = 4) -> dict[str, list[str]]:
