@@ -55,7 +55,9 @@ def _check_text(c: dict) -> str:
         f"{c['found']['label_issues']} likely label error(s), most likely first (score: the out-of-sample "
         f"probability of its label; {c['folds']}-fold):",
         _left_out(c),
-        _table(c["label_issues"][:SHOWN], ["path", "split", "label", "suggested", "score"]),
+        _table(c["label_issues"][:SHOWN], ["path", "split", "label", "suggested", "score"])
+        if c["label_issues"]
+        else "",
         f"{c['found']['duplicates']} group(s) of duplicates, {leaks} across splits (a leak; near: pixels' cosine "
         f">= {c['pixel_threshold']:g} or embeddings' >= {c['near_threshold']:g}; "
         f"{c['found'].get('look_alikes', 0)} by embeddings alone: look-alikes, copies only if edited past their "
@@ -66,7 +68,7 @@ def _check_text(c: dict) -> str:
             for g in c["duplicates"][:SHOWN]
         ],
         f"{c['found']['outliers']} outlier(s), far from every class (score: 1 - cosine to the nearest class centre):",
-        _table(c["outliers"][:SHOWN], ["path", "split", "label", "score"]),
+        _table(c["outliers"][:SHOWN], ["path", "split", "label", "score"]) if c["outliers"] else "",
         f"{c['skipped']['count']} file(s) skipped by the scan, {len(c['unreadable'])} unreadable (--json lists them)",
     ]
     return "\n".join(line for line in lines if line)
