@@ -150,6 +150,7 @@ def test_near_copies_are_found_above_the_threshold_and_distinct_images_are_not(c
 def test_the_json_answer_has_the_agreed_shape_and_is_stored_with_the_experiment(checked):
     found, faults, tmp = checked
     assert {"label_issues", "duplicates", "outliers", "counts", "imbalance", "skipped", "unreadable"} <= set(found)
+    assert found["look_alikes_shown"] and found["look_alike_share"] < 0.1
     assert set(found["label_issues"][0]) == {"path", "split", "label", "suggested", "score"}
     assert set(found["duplicates"][0]) == {"kind", "by", "cross_split", "similarity", "pixel_similarity", "images"}
     assert set(found["duplicates"][0]["images"][0]) == {"path", "split", "label"}
@@ -259,3 +260,21 @@ def test_near_copies_by_pixels_join_what_the_embeddings_miss_and_report_both_sim
     alike = found.duplicates[1]
     assert [i["path"] for i in alike["images"]] == [images[3].path, images[12].path]
     assert alike["similarity"] >= duplicates.NEAR_AT > alike["pixel_similarity"]
+    assert found.look_alikes_shown and found.look_alike_share == 2 / 20
+
+
+def test_where_most_images_have_a_look_alike_by_embeddings_those_are_left_out_and_the_copies_kept():
+    images, x = _clusters([10, 10])
+    pixels = duplicates.unit_rows(np.random.default_rng(2).normal(size=(20, 143)))
+    pixels[7] = pixels[2]  # a copy by its pixels
+    digests = [str(i) for i in range(20)]
+    digests[9] = digests[4]  # and one by its bytes
+    # Embeddings that cannot tell the images apart (a random initialisation's): every pair above NEAR_AT.
+    same = np.ones((20, 64)) + 0.001 * np.random.default_rng(4).normal(size=(20, 64))
+    found = data_check.check_features(images, digests, same, np.arange(20), ["a", "b"], pixels=pixels, folds=2)
+    assert not found.look_alikes_shown and found.look_alike_share > duplicates.LOOK_ALIKE_SHARE
+    assert sorted((g["kind"], g["by"]) for g in found.duplicates) == [
+        ("exact", ["bytes"]),
+        ("near", ["embeddings", "pixels"]),
+    ]
+    assert found.found["look_alikes"] == 0

@@ -90,6 +90,12 @@ def _findings(store: Store, data_path: str, check: dict, excluded: dict[str, Exc
             "a likely label error",
         )
     with tabs[1]:
+        if not check.get("look_alikes_shown", True):
+            st.caption(
+                f"Look-alikes by embeddings alone are left out: {check['look_alike_share']:.0%} of the images have "
+                f"one at cosine ≥ {check['near_threshold']:g}, so the backbone's embeddings cannot tell these images "
+                "apart there. Every copy by its bytes or pixels is listed."
+            )
         shown = _shown("dup_groups", len(groups))
         for n, group in enumerate(groups[:shown]):
             alike = group.get("by") == ["embeddings"]  # not a copy by its bytes or pixels

@@ -79,6 +79,8 @@ class Findings:
     found: dict[str, int]  # how many of each, before LIMIT
     seconds: dict[str, float]  # each finding's time: {"label_issues", "duplicates", "outliers"}
     left_out: list[dict]  # classes too small for the label model: {"class", "images"}
+    look_alike_share: float = 0.0  # of the images, those with a look-alike by embeddings alone
+    look_alikes_shown: bool = True  # False: left out, over duplicates.LOOK_ALIKE_SHARE
 
 
 @dataclass
@@ -102,6 +104,8 @@ class DataCheck:
     label_classes_left_out: list[dict]  # {"class", "images"}: fewer train and val images than folds
     near_threshold: float
     pixel_threshold: float
+    look_alike_share: float  # the images with a look-alike by embeddings alone (duplicates.find)
+    look_alikes_shown: bool  # False: more than duplicates.LOOK_ALIKE_SHARE had one; left out
     seconds: dict = field(
         default_factory=dict
     )  # {"features", "label_issues", "duplicates", "outliers", "check", "total"}
@@ -232,9 +236,8 @@ def check_features(
     # 2. Duplicates: exact by content, near by pixels or embeddings; groups across splits first.
     unit = duplicates.unit_rows(x)
     pixels = np.asarray(pixels, np.float32)
-    groups = _duplicates(
-        images, classes, duplicates.find(digests, unit, featured, pixels, near_threshold, pixel_threshold)
-    )
+    copies = duplicates.find(digests, unit, featured, pixels, near_threshold, pixel_threshold)
+    groups = _duplicates(images, classes, copies.groups)
     clock.append(time.perf_counter())
     # 3. Outliers: far from every class's centroid.
     flagged, scores = _outliers(unit, labels, learn, len(classes))
@@ -252,6 +255,8 @@ def check_features(
         },
         {k: round(b - a, 3) for k, a, b in zip(("label_issues", "duplicates", "outliers"), clock, clock[1:])},
         left_out,
+        copies.look_alike_share,
+        copies.look_alikes_shown,
     )
 
 
@@ -365,6 +370,8 @@ def check_data(
         label_classes_left_out=found.left_out,
         near_threshold=near_threshold,
         pixel_threshold=pixel_threshold,
+        look_alike_share=found.look_alike_share,
+        look_alikes_shown=found.look_alikes_shown,
         seconds={
             "features": round(computed - started, 3),
             **found.seconds,

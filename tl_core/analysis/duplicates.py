@@ -38,6 +38,14 @@ NEAR_AT = 0.95, on the embeddings alone (animals):
   still tell copies apart (above).
 Photos share less than silhouettes on a flat background, so distinct photos sit lower; lower
 --near-threshold to catch heavier edits, raise it (or --pixel-threshold) for bursts.
+A pair by embeddings alone (not the same bytes, not the same pixels) is a look-alike. Where more
+than LOOK_ALIKE_SHARE (half) of a folder's images have one, the embeddings cannot tell its images
+apart at that threshold (as cleanlab scales its near-duplicate radius by the median distance to the
+nearest neighbour: here the median image's nearest neighbour is above the threshold): small simple
+images such as the demo digits (at 0.95, 65% of them; the animals 0.7%), or the features of a
+random initialisation.
+Those pairs are then left out, and the check says so (`look_alikes_shown`); the copies by bytes and
+pixels are still found.
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ import numpy as np
 
 NEAR_AT = 0.95  # cosine similarity of L2-normalised embeddings: a near copy at or above it (module docstring)
 PIXEL_AT = 0.993  # cosine similarity of pixel descriptors (pixel_hash.py): a copy at or above it (module docstring)
+LOOK_ALIKE_SHARE = 0.5  # more images than this with a look-alike by embeddings alone: those are left out (docstring)
 BLOCK_ROWS = 1024  # rows per matrix product: 1,024 x 10,000 float32 similarities are 40 MB
 _READ_BYTES = 1 << 20
 
@@ -152,6 +161,16 @@ class Found:
     by: list[str]
 
 
+@dataclass
+class Copies:
+    """What `find` found: the groups, and how many of the images had a look-alike by embeddings alone
+    (a pair at or above that threshold that is no copy by bytes or pixels)."""
+
+    groups: list[Found]
+    look_alike_share: float  # of the images with embeddings
+    look_alikes_shown: bool  # False: over LOOK_ALIKE_SHARE, left out (the embeddings cannot tell these images apart)
+
+
 def find(
     digests: Sequence[str],
     unit: np.ndarray,
@@ -159,35 +178,42 @@ def find(
     pixels: np.ndarray,
     threshold: float,
     pixel_threshold: float,
-) -> list[Found]:
+) -> Copies:
     """The groups of copies among the images whose file `digests` are given: exact copies over every
     image; near copies from the pairs whose pixel descriptors (`pixels`, L2-normalised, a row per
     image) or embeddings (`unit`, L2-normalised, row k that of image featured[k]) are at or above
     their threshold, but not exact copies (those are the exact groups). Each group with its weakest
-    links (embeddings, pixels) and what found it."""
+    links (embeddings, pixels) and what found it. Where more than LOOK_ALIKE_SHARE of the images have
+    a look-alike by embeddings alone, those pairs are left out (module docstring)."""
     n = len(digests)
     left, right = exact_pairs(digests)
     ones = np.ones((len(left), 2), np.float32)
     found = [Found("exact", g, ["bytes"]) for g in groups(n, left, right, ones)]
     fi, fj, _ = near_pairs(unit, threshold)
     pi, pj, _ = near_pairs(pixels, pixel_threshold)
-    pairs = np.unique(np.concatenate([featured[fi] * n + featured[fj], pi * n + pj]))  # i < j: rows ascend
+    same = np.asarray(digests)
+    by_embeddings = np.unique(featured[fi] * n + featured[fj])  # i < j: rows ascend
+    by_embeddings = by_embeddings[same[by_embeddings // n] != same[by_embeddings % n]]
+    by_pixels = np.unique(pi * n + pj)
+    alike = np.setdiff1d(by_embeddings, by_pixels)  # neither the same bytes nor the same pixels
+    share = len(np.unique(np.concatenate([alike // n, alike % n]))) / max(1, len(featured))
+    shown = share <= LOOK_ALIKE_SHARE
+    pairs = np.union1d(by_embeddings if shown else np.intersect1d(by_embeddings, by_pixels), by_pixels)
     i, j = pairs // n, pairs % n
-    keep = np.asarray([digests[a] != digests[b] for a, b in zip(i.tolist(), j.tolist(), strict=True)], dtype=bool)
-    i, j = i[keep], j[keep]
-    if not len(i):
-        return found
-    row = np.full(n, -1)
-    row[featured] = np.arange(len(featured))
-    both = (row[i] >= 0) & (row[j] >= 0)
-    by_features = np.where(both, np.einsum("kd,kd->k", unit[row[i]], unit[row[j]]), 0.0)
-    by_pixels = np.einsum("kd,kd->k", pixels[i], pixels[j])
-    for g in groups(n, i, j, np.stack([by_features, by_pixels], axis=1)):
-        inside = np.isin(i, g.members)  # the pairs that joined it
-        by = [
-            m
-            for m, s, t in (("embeddings", by_features, threshold), ("pixels", by_pixels, pixel_threshold))
-            if (s[inside] >= t).any()
-        ]
-        found.append(Found("near", g, by))
-    return found
+    differ = same[i] != same[j]
+    i, j = i[differ], j[differ]
+    if len(i):
+        row = np.full(n, -1)
+        row[featured] = np.arange(len(featured))
+        both = (row[i] >= 0) & (row[j] >= 0)
+        features_cos = np.where(both, np.einsum("kd,kd->k", unit[row[i]], unit[row[j]]), 0.0)
+        pixels_cos = np.einsum("kd,kd->k", pixels[i], pixels[j])
+        for g in groups(n, i, j, np.stack([features_cos, pixels_cos], axis=1)):
+            inside = np.isin(i, g.members)  # the pairs that joined it
+            by = [
+                m
+                for m, s, t in (("embeddings", features_cos, threshold), ("pixels", pixels_cos, pixel_threshold))
+                if (s[inside] >= t).any()
+            ]
+            found.append(Found("near", g, by))
+    return Copies(found, round(share, 4), shown)

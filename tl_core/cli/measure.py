@@ -62,6 +62,7 @@ def _check_text(c: dict) -> str:
         f">= {c['pixel_threshold']:g} or embeddings' >= {c['near_threshold']:g}; "
         f"{c['found'].get('look_alikes', 0)} by embeddings alone: look-alikes, copies only if edited past their "
         "pixels):",
+        _look_alikes(c),
         *[
             f"  {g['kind']} {_similarities(g)}{' ACROSS SPLITS' if g['cross_split'] else ''}: "
             + ", ".join(f"{i['path']} ({i['split']}, {i['label']})" for i in g["images"])
@@ -82,6 +83,17 @@ def _left_out(c: dict) -> str:
     return (
         f"  not checked for label errors: class {names}: fewer train and val images than the {c['folds']} folds "
         "(add images, or pass a smaller --folds, at least 2)"
+    )
+
+
+def _look_alikes(c: dict) -> str:
+    """Why look-alikes by embeddings were left out, or ''."""
+    if c.get("look_alikes_shown", True):
+        return ""
+    return (
+        f"  look-alikes by embeddings alone left out: {c['look_alike_share']:.0%} of the images have one at cosine "
+        f">= {c['near_threshold']:g}, so the embeddings cannot tell these images apart there (every copy by bytes "
+        "or pixels is listed); pass a higher --near-threshold to see the closest"
     )
 
 
