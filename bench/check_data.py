@@ -30,7 +30,6 @@ import argparse
 import io
 import json
 import os
-import re
 import sys
 import tempfile
 import time
@@ -41,6 +40,8 @@ from PIL import Image, ImageEnhance
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tl_core; this folder (bench/) is on the path as the script's own
+
+from report import replace_section  # noqa: E402  (this folder is on the path as the script's own)
 
 from bench import CpuShare, wait_until_quiet  # noqa: E402  (others' share of the CPU; waiting for a quiet one)
 from tl_core.analysis import data_check, duplicates, pixel_hash  # noqa: E402
@@ -237,12 +238,7 @@ def write_section(path: Path, result: dict) -> None:
         END,
     ]
     new = "\n".join(lines)
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if START in text:
-        text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: new, text, flags=re.S)
-    else:
-        text = text.rstrip("\n") + "\n\n" + new + "\n"
-    path.write_text(text)
+    replace_section(path, START, END, new)
 
 
 def main() -> None:

@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import random
-import re
 import shutil
 import socket
 import subprocess
@@ -29,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 import bookkeeping  # noqa: E402  (this folder is on the path as the script's own)
 from bookkeeping import _epoch, _median_ms  # noqa: E402  (this folder is on the path as the script's own)
+from report import replace_section  # noqa: E402  (this folder is on the path as the script's own)
 
 from tl_core.store import ClassMetric, Store  # noqa: E402
 
@@ -200,12 +200,7 @@ def write_section(path: Path, r: dict) -> None:
             END,
         ]
     )
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if START in text:
-        text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: new, text, flags=re.S)
-    else:
-        text = text.rstrip("\n") + "\n\n" + new + "\n"
-    path.write_text(text)
+    replace_section(path, START, END, new)
 
 
 def main() -> None:

@@ -33,7 +33,6 @@ import faulthandler
 import io
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -45,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 import torchvision  # noqa: E402
+from report import replace_section  # noqa: E402  (this folder is on the path as the script's own)
 
 from tl_core.config import make_config  # noqa: E402
 from tl_core.data.demo import write_demo_data  # noqa: E402
@@ -600,13 +600,8 @@ def _cudnn_lines(r: dict) -> list[str]:
 
 def write_section(path: Path, r: dict, quick: bool) -> None:
     """Replace the GPU section of the report (or append it); the CPU bench keeps it (bench.py)."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
     new = section(r, quick)
-    if START in text:
-        text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: new, text, flags=re.S)
-    else:
-        text = text.rstrip("\n") + "\n\n" + new + "\n"
-    path.write_text(text)
+    replace_section(path, START, END, new)
 
 
 if __name__ == "__main__":

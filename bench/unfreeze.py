@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import sys
 import tempfile
@@ -30,6 +29,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from report import replace_section  # noqa: E402  (this folder is on the path as the script's own)
 
 from tl_core.config import make_config  # noqa: E402
 from tl_core.data.demo import write_demo_data  # noqa: E402
@@ -144,12 +145,7 @@ def write_section(path: Path, rows: list[dict], args: argparse.Namespace) -> Non
             END,
         ]
     )
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if START in text:
-        text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: new, text, flags=re.S)
-    else:
-        text = text.rstrip("\n") + "\n\n" + new + "\n"
-    path.write_text(text)
+    replace_section(path, START, END, new)
 
 
 def main() -> None:
