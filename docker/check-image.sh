@@ -4,6 +4,7 @@
 #   2. start its entrypoint with a small /dev/shm (TL_CHECK_SHM, 64m: Docker's default) and a password;
 #   3. wait for the dashboard's health endpoint (and the image's own health check);
 #   4. queue a run through the CLI inside it (8 DataLoader workers, 224 px, batch 128) and wait for it to complete;
+#      then check the same folder with `check-data` inside it (cleanlab, scikit-learn, the pixel descriptors);
 #   5. stop it as `docker stop` does (SIGTERM to its init) and check the run's checkpoint is kept.
 # Not part of `make test`: it installs torch's CUDA wheels into an image (minutes, ~25 GB of disk).
 #
@@ -196,11 +197,17 @@ inside python -m tl_core logs "$run_id" --tail 8 >&2 || true
 acc=$(echo "$shown" | json_get 'round(d["best_val_acc"], 3)')
 loader=$(echo "$shown" | json_get '"{workers} of {asked_workers} DataLoader workers, prefetch {prefetch_factor}, {shm_free_mb:.0f} MB free in /dev/shm".format(**d["summary"]["loader"])')
 run_dir=$(echo "$shown" | json_get 'd["run_dir"]')
+# The data check (cleanlab, scikit-learn, the pixel descriptors) inside the image, on the same folder.
 t=$(date +%s)
-say "run $run_id completed; stopping the container as docker stop does (SIGTERM to its init)"
+checked=$(inside python -m tl_core check-data --data "$IN/demo-data/animals" --json | tail -1) \
+  || fail "check-data failed inside the image: $checked"
+check=$(echo "$checked" | json_get '"{} images, {} likely label errors, {} groups of duplicates".format(d["images"], d["found"]["label_issues"], d["found"]["duplicates"])')
+check_s=$(since "$t")
+t=$(date +%s)
+say "run $run_id completed, the data checked; stopping the container as docker stop does (SIGTERM to its init)"
 stop_it
 stop_s=$(since "$t")
 [ "$code" = 0 ] || { tail -20 "$LOG" >&2; fail "the container exited $code on SIGTERM"; }
 ckpt=$STATE${run_dir#"$IN"}/last.pt
 [ -s "$ckpt" ] && [ -s "$(dirname "$ckpt")/best.pt" ] || fail "the run's checkpoint is gone after the stop: $ckpt"
-echo "check-image: OK: $IMAGE ($ENGINE, $image_size) built in ${build_s} s; entrypoint with /dev/shm $SHM and a password healthy in ${health_s} s; run $run_id queued by the CLI inside completed in ${run_s} s (val acc $acc; $loader); stopped by SIGTERM in ${stop_s} s, exit 0, checkpoint kept ($(du -h "$ckpt" | cut -f1) ${ckpt#"$WORK"/}); $(since "$started") s in all"
+echo "check-image: OK: $IMAGE ($ENGINE, $image_size) built in ${build_s} s; entrypoint with /dev/shm $SHM and a password healthy in ${health_s} s; run $run_id queued by the CLI inside completed in ${run_s} s (val acc $acc; $loader); check-data inside in ${check_s} s ($check); stopped by SIGTERM in ${stop_s} s, exit 0, checkpoint kept ($(du -h "$ckpt" | cut -f1) ${ckpt#"$WORK"/}); $(since "$started") s in all"
